@@ -1,0 +1,77 @@
+"""Plain integer counters owned by the loop.
+
+The packet path only does `counters.x += 1`; nothing here locks or calls a library. The
+Prometheus exporter reads these at scrape time from another thread: reading an int attribute or
+copying a small dict is atomic enough under the GIL for monotonically increasing counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from netstack.drops import Drop
+
+
+@dataclasses.dataclass(slots=True)
+class Counters:
+    """Every counter of one stack instance; field names map onto metric names."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+
+    arp_requests_rx: int = 0
+    arp_requests_tx: int = 0
+    arp_replies_rx: int = 0
+    arp_replies_tx: int = 0
+    arp_resolution_failures: int = 0
+
+    ipv4_rx: int = 0
+    ipv4_tx: int = 0
+    ipv4_fragments_rx: int = 0
+    ipv4_fragments_tx: int = 0
+    ipv4_reassembled: int = 0
+    ipv4_reassembly_failures: int = 0
+
+    udp_rx: int = 0
+    udp_tx: int = 0
+
+    loop_wakeups: int = 0
+
+    # ICMP messages keyed by (direction, type name), e.g. ("rx", "echo_request").
+    icmp: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+    # Every drop, keyed by its reason; the reason carries its layer.
+    drops: Counter[Drop] = dataclasses.field(default_factory=Counter)
+
+    def drop(self, reason: Drop, count: int = 1) -> None:
+        self.drops[reason] += count
+
+    def total_drops(self) -> int:
+        return sum(self.drops.values())
+
+    def summary(self) -> str:
+        """A few human lines for the end of a run."""
+        lines = [
+            f"rx {self.rx_packets} frames / {self.rx_bytes} bytes, "
+            f"tx {self.tx_packets} frames / {self.tx_bytes} bytes",
+            f"arp: requests rx {self.arp_requests_rx} tx {self.arp_requests_tx}, "
+            f"replies rx {self.arp_replies_rx} tx {self.arp_replies_tx}, "
+            f"resolution failures {self.arp_resolution_failures}",
+            f"ipv4: rx {self.ipv4_rx} tx {self.ipv4_tx}, fragments rx {self.ipv4_fragments_rx} "
+            f"tx {self.ipv4_fragments_tx}, reassembled {self.ipv4_reassembled}",
+            f"udp: rx {self.udp_rx} tx {self.udp_tx}",
+        ]
+        if self.icmp:
+            icmp = ", ".join(f"{d} {t} {n}" for (d, t), n in sorted(self.icmp.items()))
+            lines.append(f"icmp: {icmp}")
+        if self.drops:
+            drops = ", ".join(
+                f"{r.layer}/{r.reason} {n}"
+                for r, n in sorted(self.drops.items(), key=lambda kv: kv[0].value)
+            )
+            lines.append(f"drops ({self.total_drops()}): {drops}")
+        else:
+            lines.append("drops: none")
+        return "\n".join(lines)

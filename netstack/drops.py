@@ -1,0 +1,79 @@
+"""The closed set of reasons a frame can be dropped for.
+
+Every drop in the stack names exactly one of these. The set is closed on purpose: it becomes the
+`reason` label of `netstack_drops_total{layer, reason}`, and Prometheus labels must stay bounded.
+Add a member when a new decision branch drops input; never build a reason from packet data.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Drop(enum.Enum):
+    """(layer, reason) of one dropped frame, packet, datagram or segment."""
+
+    # link: frames the Link could not read or write
+    LINK_RX_OVERSIZE = ("link", "oversize")
+    LINK_TX_ERROR = ("link", "tx_error")
+    LINK_TX_QUEUE_FULL = ("link", "tx_queue_full")
+
+    # ethernet
+    ETH_TRUNCATED = ("ethernet", "truncated")
+    ETH_NOT_FOR_US = ("ethernet", "not_for_us")
+    ETH_UNKNOWN_ETHERTYPE = ("ethernet", "unknown_ethertype")
+    ETH_BAD_SOURCE = ("ethernet", "bad_source")
+
+    # arp
+    ARP_TRUNCATED = ("arp", "truncated")
+    ARP_UNSUPPORTED = ("arp", "unsupported")  # not Ethernet/IPv4, or bad hlen/plen
+    ARP_BAD_OPCODE = ("arp", "bad_opcode")
+    ARP_NOT_FOR_US = ("arp", "not_for_us")
+    ARP_BAD_SENDER = ("arp", "bad_sender")  # broadcast/multicast MAC, or 0.0.0.0 / our own IP
+    ARP_QUEUE_FULL = ("arp", "queue_full")  # waiting-for-resolution queue full
+    ARP_RESOLUTION_FAILED = ("arp", "resolution_failed")
+
+    # ipv4
+    IPV4_TRUNCATED = ("ipv4", "truncated")
+    IPV4_BAD_VERSION = ("ipv4", "bad_version")
+    IPV4_BAD_HEADER_LENGTH = ("ipv4", "bad_header_length")
+    IPV4_BAD_TOTAL_LENGTH = ("ipv4", "bad_total_length")
+    IPV4_BAD_CHECKSUM = ("ipv4", "bad_checksum")
+    IPV4_BAD_SOURCE = ("ipv4", "bad_source")  # broadcast, multicast or loopback source
+    IPV4_NOT_FOR_US = ("ipv4", "not_for_us")
+    IPV4_UNKNOWN_PROTOCOL = ("ipv4", "unknown_protocol")
+    IPV4_BAD_FRAGMENT = ("ipv4", "bad_fragment")  # beyond 65535, or non-final not multiple of 8
+    IPV4_FRAGMENT_OVERLAP = ("ipv4", "fragment_overlap")
+    IPV4_REASSEMBLY_TIMEOUT = ("ipv4", "reassembly_timeout")
+    IPV4_REASSEMBLY_OVERFLOW = ("ipv4", "reassembly_overflow")  # byte or datagram limit hit
+    IPV4_NO_ROUTE = ("ipv4", "no_route")
+    IPV4_FRAGMENTATION_NEEDED = ("ipv4", "fragmentation_needed")  # DF set and too big
+
+    # icmp
+    ICMP_TRUNCATED = ("icmp", "truncated")
+    ICMP_BAD_CHECKSUM = ("icmp", "bad_checksum")
+    ICMP_UNSUPPORTED_TYPE = ("icmp", "unsupported_type")
+    ICMP_RATE_LIMITED = ("icmp", "rate_limited")  # an error we chose not to send
+    ICMP_BROADCAST_ECHO = ("icmp", "broadcast_echo")  # echo to broadcast ignored
+
+    # udp
+    UDP_TRUNCATED = ("udp", "truncated")
+    UDP_BAD_LENGTH = ("udp", "bad_length")
+    UDP_BAD_CHECKSUM = ("udp", "bad_checksum")
+    UDP_NO_PORT = ("udp", "no_port")
+    UDP_RECEIVE_QUEUE_FULL = ("udp", "receive_queue_full")
+
+    # tcp (the TCP issue fills this in further)
+    TCP_TRUNCATED = ("tcp", "truncated")
+    TCP_BAD_HEADER_LENGTH = ("tcp", "bad_header_length")
+    TCP_BAD_CHECKSUM = ("tcp", "bad_checksum")
+    TCP_BAD_OPTIONS = ("tcp", "bad_options")
+    TCP_NO_LISTENER = ("tcp", "no_listener")
+
+    @property
+    def layer(self) -> str:
+        return self.value[0]
+
+    @property
+    def reason(self) -> str:
+        return self.value[1]
