@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Set up netstack on a fresh Debian/Ubuntu machine and run it, or run its tests.
+#
+#   bash deploy/bootstrap.sh run [netstack run flags...]   # as root: creates tap0, answers as 192.0.2.2
+#   bash deploy/bootstrap.sh test [pytest args...]         # as root: installs the test tools, runs pytest
+#
+# It installs only what is missing (Debian packages, then a virtualenv in .venv with the project),
+# so running it again is quick.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${NETSTACK_VENV:-$ROOT/.venv}
+MODE=${1:-run}
+shift || true
+
+BUILD_PACKAGES=(python3 python3-venv python3-dev gcc libffi-dev)
+TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd)
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: run this as root (sudo bash deploy/bootstrap.sh $MODE): the stack needs CAP_NET_ADMIN" >&2
+        exit 1
+    fi
+}
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "bootstrap: please install: ${missing[*]}" >&2
+        return 0
+    fi
+    echo "bootstrap: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_ok() {
+    command -v python3 >/dev/null && python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
+setup_venv() {
+    local extra=$1
+    if ! python_ok || ! command -v cc >/dev/null; then
+        apt_install "${BUILD_PACKAGES[@]}"
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q "$ROOT$extra"
+}
+
+need_root
+case "$MODE" in
+    run)
+        setup_venv ""
+        exec "$VENV/bin/netstack" run "$@"
+        ;;
+    test)
+        apt_install "${TEST_PACKAGES[@]}"
+        setup_venv "[test]"
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash deploy/bootstrap.sh run|test [args...]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,104 @@
+"""The `netstack` command: `netstack run` starts the stack, `netstack check-config` validates.
+
+Flag names and defaults are a contract other tools rely on; they come from config.SETTINGS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from netstack import __version__
+from netstack.config import SETTINGS, Config, ConfigError, build_config, load_toml
+
+log = logging.getLogger("netstack")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netstack", description="A user-space TCP/IP stack on a TAP device."
+    )
+    parser.add_argument("--version", action="version", version=f"netstack {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the stack (default: create tap0, answer as 192.0.2.2)")
+    run.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    for setting in SETTINGS:
+        if setting.cli:
+            default = "none" if setting.default is None else setting.default
+            run.add_argument(
+                setting.flag,
+                dest=setting.attr,
+                default=argparse.SUPPRESS,
+                metavar=setting.attr.split("_")[-1].upper(),
+                help=f"{setting.help} (default: {default})",
+            )
+
+    check = commands.add_parser("check-config", help="validate a config file, print the settings")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
+    return {s.key: getattr(args, s.attr) for s in SETTINGS if s.cli and hasattr(args, s.attr)}
+
+
+def _load(args: argparse.Namespace) -> Config:
+    layers = []
+    if args.config is not None:
+        layers.append(load_toml(args.config))
+    layers.append(_flag_layer(args))
+    source = str(args.config) if args.config is not None else "command line"
+    return build_config(*layers, source=source)
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds timestamps itself.
+    fmt = "%(levelname)s %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from netstack.runtime import Stack, StartupError, open_link  # noqa: PLC0415
+
+    config = _load(args)
+    _setup_logging(config.log_level)
+    try:
+        link = open_link(config)
+    except StartupError as err:
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
+    stack = Stack(config, link)
+    stack.run()
+    print(stack.counters.summary(), file=sys.stderr)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = build_config(load_toml(args.file), source=str(args.file))
+    print(config.describe())
+    return 0
+
+
+COMMANDS = {"run": _run, "check-config": _check_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"netstack: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,233 @@
+"""Settings: one table drives defaults, TOML keys, CLI flags, validation and `check-config`.
+
+A setting's TOML key is its dotted name (`services.udp_echo` lives in a `[services]` table);
+its CLI flag, where it has one, is `--` plus the last part with dashes. Unknown keys and bad
+values raise `ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from netstack.wire.ethernet import mac_from_str, mac_to_str
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LINKS = ("tap", "packet")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_NONE_WORDS = ("none", "off", "false", "")
+
+
+class ConfigError(ValueError):
+    """A bad setting; str() is the one line shown to the user."""
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or value is False or (
+        isinstance(value, str) and value.strip().lower() in _NONE_WORDS
+    )
+
+
+def _interface_address(value: Any) -> ipaddress.IPv4Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("expected an address with a prefix length, like 192.0.2.2/24")
+    iface = ipaddress.IPv4Interface(value)
+    if iface.network.prefixlen > 30:
+        raise ValueError("prefix length must be 30 or shorter")
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise ValueError("address is the network or broadcast address of its subnet")
+    if iface.ip.is_multicast or iface.ip.is_loopback or iface.ip.is_unspecified:
+        raise ValueError("address must be a unicast address")
+    return iface
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_optional(value: Any) -> Any:
+        return None if _is_none(value) else parse(value)
+
+    return parse_optional
+
+
+def _ipv4(value: Any) -> ipaddress.IPv4Address:
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 address like 192.0.2.1")
+    return ipaddress.IPv4Address(value)
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse_int(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse_int
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse_choice(value: Any) -> str:
+        text = str(value).lower()
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse_choice
+
+
+def _ifname(value: Any) -> str:
+    if not isinstance(value, str) or not _IFNAME.match(value):
+        raise ValueError("interface names are 1-15 characters of letters, digits, _ . : -")
+    return value
+
+
+def _mac(value: Any) -> bytes:
+    mac = mac_from_str(str(value))
+    if mac[0] & 1:
+        raise ValueError("must be a unicast MAC address")
+    return mac
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a file path")
+    return Path(value)
+
+
+def _port(value: Any) -> int:
+    return _int_range(1, 65535)(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    cli: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.rsplit(".", 1)[-1].replace("_", "-")
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace(".", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("link", _choice(LINKS), "tap", "tap: a TAP device; packet: AF_PACKET on an existing interface"),
+    Setting("interface", _ifname, "tap0", "interface to create or attach to"),
+    Setting("address", _interface_address, "192.0.2.2/24", "the stack's own address/prefix"),
+    Setting(
+        "host_address",
+        _optional(_interface_address),
+        "192.0.2.1/24",
+        "address given to the kernel side of the TAP, or 'none'",
+    ),
+    Setting("gateway", _optional(_ipv4), None, "default gateway for off-link destinations"),
+    Setting("mtu", _optional(_int_range(576, 65535)), None, "link MTU (default: the interface's)"),
+    Setting("mac", _optional(_mac), None, "the stack's MAC (default: stable, locally administered)"),
+    Setting("pcap", _optional(_path), None, "write every frame to this pcap file"),
+    Setting("pcap_max_bytes", _int_range(4096, 2**40), 64 * 2**20, "rotate the pcap at this size", cli=False),
+    Setting("pcap_max_files", _int_range(1, 1000), 5, "pcap files kept when rotating", cli=False),
+    Setting("log_level", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
+    Setting("services.udp_echo", _optional(_port), 7, "UDP echo port, or false", cli=False),
+    Setting("services.udp_discard", _optional(_port), 9, "UDP discard port, or false", cli=False),
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    link: str
+    interface: str
+    address: ipaddress.IPv4Interface
+    host_address: ipaddress.IPv4Interface | None
+    gateway: ipaddress.IPv4Address | None
+    mtu: int | None
+    mac: bytes | None
+    pcap: Path | None
+    pcap_max_bytes: int
+    pcap_max_files: int
+    log_level: str
+    services_udp_echo: int | None
+    services_udp_discard: int | None
+
+    def stack_mac(self) -> bytes:
+        """The configured MAC, or a stable locally administered one derived from our identity."""
+        if self.mac is not None:
+            return self.mac
+        digest = hashlib.sha256(f"netstack {self.interface} {self.address.ip}".encode()).digest()
+        return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
+
+    def service_ports(self) -> dict[str, int | None]:
+        return {"udp_echo": self.services_udp_echo, "udp_discard": self.services_udp_discard}
+
+    def describe(self) -> str:
+        """The effective settings, one `key = value` per line, TOML-like."""
+        lines = []
+        for setting in SETTINGS:
+            value = getattr(self, setting.attr)
+            if isinstance(value, bytes):
+                value = mac_to_str(value)
+            lines.append(f"{setting.key} = {'none' if value is None else value}")
+        lines.append(f"# mac in use = {mac_to_str(self.stack_mac())}")
+        return "\n".join(lines)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config into a flat {dotted key: raw value} dict."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    return _flatten(data)
+
+
+def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
+    """Merge raw layers (later wins) over the defaults, validating every key and value."""
+    raw: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in SETTINGS_BY_KEY:
+                raise ConfigError(f"{source}: unknown setting '{key}'")
+            raw[key] = value
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = raw[setting.key]
+        try:
+            values[setting.attr] = setting.parse(value) if value is not None else None
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{source}: bad value for '{setting.key}' ({value!r}): {err}") from None
+    config = Config(**values)
+    if config.gateway is not None and config.gateway not in config.address.network:
+        raise ConfigError(
+            f"{source}: bad value for 'gateway' ({config.gateway}): not in {config.address.network}"
+        )
+    if config.host_address is not None and config.host_address.ip == config.address.ip:
+        raise ConfigError(f"{source}: bad value for 'host_address': same as 'address'")
+    return config

@@ -1,0 +1,162 @@
+"""UDP engine: a port table, checksums, and a datagram API for applications.
+
+Applications bind a port (or 0 for a random ephemeral one, RFC 6056 style) with a receive
+callback; the callback gets a memoryview that is only valid during the call (copy to keep).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from netstack.counters import Counters
+from netstack.drops import Drop
+from netstack.proto.ipv4 import Ipv4Engine
+from netstack.wire import icmp as wicmp
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import udp as wudp
+from netstack.wire.errors import Malformed
+
+EPHEMERAL_FIRST = 49152
+EPHEMERAL_LAST = 65535
+MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN - wudp.HEADER_LEN  # 65507
+
+# (payload, (src_ip, src_port), dst_ip, now): payload valid only during the call.
+DatagramHandler = Callable[[memoryview, tuple[int, int], int, float], None]
+# (icmp_type, icmp_code, (dst_ip, dst_port) of the datagram that failed, now)
+ErrorHandler = Callable[[int, int, tuple[int, int], float], None]
+
+
+class PortInUse(OSError):
+    """bind() on a port that is already bound."""
+
+
+class UdpSocket:
+    """One bound port. Send with `sendto`; datagrams arrive through the bound callback."""
+
+    __slots__ = ("_engine", "closed", "on_datagram", "on_error", "port")
+
+    def __init__(
+        self,
+        engine: UdpEngine,
+        port: int,
+        on_datagram: DatagramHandler,
+        on_error: ErrorHandler | None,
+    ) -> None:
+        self._engine = engine
+        self.port = port
+        self.on_datagram = on_datagram
+        self.on_error = on_error
+        self.closed = False
+
+    def sendto(self, data: bytes | bytearray | memoryview, address: tuple[int, int]) -> bool:
+        """Queue one datagram; False when it could not be sent (no route, too big, closed)."""
+        if self.closed:
+            raise OSError("socket is closed")
+        return self._engine.sendto(self.port, data, address)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._engine.unbind(self.port)
+
+
+class UdpEngine:
+    """Demultiplexes datagrams to bound ports and answers closed ports with ICMP."""
+
+    def __init__(
+        self,
+        ipv4: Ipv4Engine,
+        counters: Counters,
+        rng: random.Random,
+    ) -> None:
+        self.ipv4 = ipv4
+        self.counters = counters
+        self._rng = rng
+        self._ports: dict[int, UdpSocket] = {}
+        self.now = 0.0  # the time of the frame or timer being handled; set by the host
+        ipv4.register(wipv4.PROTO_UDP, self.receive)
+
+    # -- port table ------------------------------------------------------------------------
+    def bind(
+        self,
+        port: int,
+        on_datagram: DatagramHandler,
+        on_error: ErrorHandler | None = None,
+    ) -> UdpSocket:
+        if port == 0:
+            port = self._ephemeral_port()
+        elif not 0 < port <= 0xFFFF:
+            raise ValueError(f"UDP port out of range: {port}")
+        elif port in self._ports:
+            raise PortInUse(f"UDP port {port} is already bound")
+        sock = UdpSocket(self, port, on_datagram, on_error)
+        self._ports[port] = sock
+        return sock
+
+    def unbind(self, port: int) -> None:
+        self._ports.pop(port, None)
+
+    def bound_ports(self) -> list[int]:
+        return sorted(self._ports)
+
+    def _ephemeral_port(self) -> int:
+        """RFC 6056 algorithm 1: a random start, then the next free port."""
+        span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
+        start = self._rng.randrange(span)
+        for i in range(span):
+            port = EPHEMERAL_FIRST + (start + i) % span
+            if port not in self._ports:
+                return port
+        raise PortInUse("no free ephemeral UDP port")
+
+    # -- receive ---------------------------------------------------------------------------
+    def receive(
+        self, header: wipv4.Ipv4Header, payload: memoryview, packet: memoryview, now: float
+    ) -> None:
+        try:
+            udp, data = wudp.parse(payload, header.src, header.dst)
+        except Malformed as bad:
+            self.counters.drop(bad.reason)
+            return
+        self.counters.udp_rx += 1
+        sock = self._ports.get(udp.dst_port)
+        if sock is None:
+            self.counters.drop(Drop.UDP_NO_PORT)
+            if header.dst == self.ipv4.config.address and self.ipv4.icmp_error is not None:
+                self.ipv4.icmp_error(
+                    wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE, packet, now
+                )
+            return
+        self.now = now
+        sock.on_datagram(data, (header.src, udp.src_port), header.dst, now)
+
+    def receive_error(
+        self,
+        icmp_type: int,
+        code: int,
+        inner: wipv4.Ipv4Header,
+        inner_payload: memoryview,
+        now: float,
+    ) -> None:
+        """An ICMP error quoting one of our datagrams: tell the socket that sent it."""
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        sock = self._ports.get(src_port)
+        if sock is not None and sock.on_error is not None:
+            sock.on_error(icmp_type, code, (inner.dst, dst_port), now)
+
+    # -- send ------------------------------------------------------------------------------
+    def sendto(
+        self, src_port: int, data: bytes | bytearray | memoryview, address: tuple[int, int]
+    ) -> bool:
+        dst_ip, dst_port = address
+        if len(data) > MAX_PAYLOAD:
+            raise ValueError(f"UDP payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
+        if not 0 < dst_port <= 0xFFFF:
+            raise ValueError(f"UDP port out of range: {dst_port}")
+        header = wudp.build(self.ipv4.config.address, dst_ip, src_port, dst_port, data)
+        if self.ipv4.send(dst_ip, wipv4.PROTO_UDP, (header, data), self.now):
+            self.counters.udp_tx += 1
+            return True
+        return False
