@@ -39,6 +39,7 @@ class Counters:
     udp_tx: int = 0
 
     loop_wakeups: int = 0
+    arp_conflicts: int = 0  # someone else claimed our IPv4 address (RFC 5227)
 
     # ICMP messages keyed by (direction, type name), e.g. ("rx", "echo_request").
     icmp: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)

@@ -48,6 +48,7 @@ class Drop(enum.Enum):
     IPV4_REASSEMBLY_OVERFLOW = ("ipv4", "reassembly_overflow")  # byte or datagram limit hit
     IPV4_NO_ROUTE = ("ipv4", "no_route")
     IPV4_FRAGMENTATION_NEEDED = ("ipv4", "fragmentation_needed")  # DF set and too big
+    IPV4_TOO_BIG = ("ipv4", "too_big")  # local payload over 65515 bytes: no datagram fits
 
     # icmp
     ICMP_TRUNCATED = ("icmp", "truncated")

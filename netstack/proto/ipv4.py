@@ -1,0 +1,234 @@
+"""IPv4 host engine (RFC 791, RFC 1122 3.2.1): receive checks, reassembly, routing, fragmenting.
+
+Pure: packets and `now` in; packets out through `link_send(next_hop, pieces, now)` (the ARP
+engine's `send_ipv4`). A host, not a router: it accepts datagrams for its address, the limited
+broadcast and its subnet's directed broadcast, and never forwards.
+
+Receive order (each drop counts one reason): wire validation, martian source, destination,
+reassembly, protocol dispatch. Send: route, ident, fragment to the MTU by slicing the caller's
+buffers (memoryviews, no join), hand each packet to the link.
+Counting: `ipv4_rx` / `ipv4_tx` count IP packets on the wire (each fragment is one),
+`ipv4_fragments_rx/tx` the fragments among them, `ipv4_reassembled` finished datagrams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+
+from netstack.counters import Counters
+from netstack.drops import Drop
+from netstack.proto.reassembly import Reassembler
+from netstack.wire import ipv4 as wipv4
+from netstack.wire.errors import Malformed
+
+Buffer = bytes | bytearray | memoryview
+Handler = Callable[[wipv4.Ipv4Header, memoryview, memoryview, float], None]
+LinkSend = Callable[[int, tuple[Buffer, ...], float], None]
+IcmpError = Callable[[int, int, Buffer, float], None]
+
+BROADCAST_ALL = 0xFFFFFFFF
+MIN_MTU = 68  # RFC 791: every host must take 68-byte datagrams unfragmented
+MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN  # 65515: largest payload of one datagram we build
+ICMP_TIME_EXCEEDED, CODE_REASSEMBLY_TIME_EXCEEDED = 11, 1
+ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE = 3, 2
+
+
+@dataclasses.dataclass(slots=True)
+class Ipv4Config:
+    address: int
+    prefix_len: int
+    gateway: int | None = None
+    mtu: int = 1500
+    default_ttl: int = 64
+    reassembly_timeout: float = 30.0
+    reassembly_max_bytes: int = 4 * 1024 * 1024
+    reassembly_max_datagrams: int = 64
+
+
+def _byte_view(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    return view if view.format == "B" else view.cast("B")
+
+
+class Ipv4Engine:
+    """Validates and dispatches received datagrams; routes and fragments sent ones."""
+
+    def __init__(
+        self,
+        config: Ipv4Config,
+        counters: Counters,
+        link_send: LinkSend,
+        rng: random.Random,
+    ) -> None:
+        if not 0 <= config.prefix_len <= 32:
+            raise ValueError(f"prefix length {config.prefix_len} out of range")
+        if not MIN_MTU <= config.mtu <= 65535:
+            raise ValueError(f"MTU {config.mtu} out of range {MIN_MTU}..65535")
+        self.config = config
+        self.counters = counters
+        self.link_send = link_send
+        self.netmask = (0xFFFFFFFF << (32 - config.prefix_len)) & 0xFFFFFFFF
+        self.network = config.address & self.netmask
+        # RFC 3021: /31 and /32 have no broadcast address.
+        self.subnet_broadcast: int | None = (
+            self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
+        )
+        self.icmp_error: IcmpError | None = None
+        self._handlers: dict[int, Handler] = {}
+        self._ident = rng.getrandbits(16)
+        self._reassembler = Reassembler(
+            counters,
+            timeout=config.reassembly_timeout,
+            max_bytes=config.reassembly_max_bytes,
+            max_datagrams=config.reassembly_max_datagrams,
+        )
+
+    # -- addresses and routes --------------------------------------------------------------
+    def is_local(self, dst: int) -> bool:
+        return dst == self.config.address
+
+    def is_broadcast(self, dst: int) -> bool:
+        return dst == BROADCAST_ALL or dst == self.subnet_broadcast
+
+    def route(self, dst: int) -> int | None:
+        """Next hop for `dst`: itself on-link, 0xFFFFFFFF for broadcasts, else the gateway."""
+        if self.is_broadcast(dst):
+            return BROADCAST_ALL
+        if dst == 0 or dst >> 24 == 127:
+            return None
+        if dst & self.netmask == self.network or dst & 0xF0000000 == 0xE0000000:
+            return dst  # on-link (multicast is link-local here: the link maps it to a MAC)
+        return self.config.gateway
+
+    def _bad_source(self, src: int, dst: int) -> bool:
+        """RFC 1122 3.2.1.3 martians; 0.0.0.0 only towards the limited broadcast (DHCP/BOOTP)."""
+        if src == 0:
+            return dst != BROADCAST_ALL
+        return (
+            src >= 0xE0000000  # multicast, class E and the limited broadcast
+            or src >> 24 in (0, 127)
+            or src == self.config.address
+            or src == self.subnet_broadcast
+        )
+
+    # -- receive ---------------------------------------------------------------------------
+    def register(self, protocol: int, handler: Handler) -> None:
+        self._handlers[protocol] = handler
+
+    def receive(self, packet: memoryview, now: float) -> None:
+        """Validate one received IPv4 packet (a view valid only during the call) and deliver it."""
+        c = self.counters
+        c.ipv4_rx += 1
+        try:
+            header, payload = wipv4.parse(packet)
+        except Malformed as bad:
+            c.drop(bad.reason)
+            return
+        dst = header.dst
+        if self._bad_source(header.src, dst):
+            c.drop(Drop.IPV4_BAD_SOURCE)
+            return
+        if dst != self.config.address and dst != BROADCAST_ALL and dst != self.subnet_broadcast:
+            c.drop(Drop.IPV4_NOT_FOR_US)
+            return
+        if header.more_fragments or header.frag_offset:
+            c.ipv4_fragments_rx += 1
+            whole = self._reassembler.add(header, packet, payload, now)
+            if whole is None:
+                return
+            header, packet = whole
+            payload = packet[header.header_len :]
+        else:
+            packet = packet[: header.total_length]
+        handler = self._handlers.get(header.protocol)
+        if handler is None:
+            c.drop(Drop.IPV4_UNKNOWN_PROTOCOL)
+            self._report(ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE, packet, dst, now)
+            return
+        handler(header, payload, packet, now)
+
+    def _report(self, icmp_type: int, code: int, packet: Buffer, dst: int, now: float) -> None:
+        """ICMP error about `packet`; never about broadcasts (RFC 1122 3.2.2)."""
+        if self.icmp_error is not None and dst == self.config.address:
+            self.icmp_error(icmp_type, code, packet, now)
+
+    # -- send ------------------------------------------------------------------------------
+    def send(
+        self,
+        dst: int,
+        protocol: int,
+        payload: tuple[Buffer, ...],
+        now: float,
+        *,
+        ttl: int | None = None,
+        tos: int = 0,
+        dont_fragment: bool = False,
+    ) -> bool:
+        """Route and send one datagram, fragmenting it to the MTU; False if it was dropped."""
+        c = self.counters
+        next_hop = self.route(dst)
+        if next_hop is None:
+            c.drop(Drop.IPV4_NO_ROUTE)
+            return False
+        length = 0
+        for piece in payload:
+            length += piece.nbytes if type(piece) is memoryview else len(piece)
+        if length > MAX_PAYLOAD:
+            c.drop(Drop.IPV4_TOO_BIG)
+            return False
+        src = self.config.address
+        ttl = self.config.default_ttl if ttl is None else ttl
+        ident = self._ident
+        self._ident = (ident + 1) & 0xFFFF
+        if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
+            header = wipv4.build(
+                src, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
+                dont_fragment=dont_fragment,
+            )
+            c.ipv4_tx += 1
+            self.link_send(next_hop, (header, *payload), now)
+            return True
+        if dont_fragment:
+            c.drop(Drop.IPV4_FRAGMENTATION_NEEDED)
+            return False
+        step = (self.config.mtu - wipv4.MIN_HEADER_LEN) & ~7
+        pieces = [v for v in map(_byte_view, payload) if len(v)]
+        index = pos = offset = 0
+        while offset < length:
+            size = min(step, length - offset)
+            slices: list[memoryview] = []
+            need = size
+            while need:
+                view = pieces[index]
+                take = min(len(view) - pos, need)
+                slices.append(view[pos : pos + take])
+                pos += take
+                need -= take
+                if pos == len(view):
+                    index += 1
+                    pos = 0
+            header = wipv4.build(
+                src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
+                more_fragments=offset + size < length, frag_offset=offset,
+            )
+            c.ipv4_tx += 1
+            c.ipv4_fragments_tx += 1
+            self.link_send(next_hop, (header, *slices), now)
+            offset += size
+        return True
+
+    # -- timers ----------------------------------------------------------------------------
+    def poll(self, now: float) -> None:
+        """Expire reassembly; ICMP time exceeded for datagrams whose fragment zero arrived."""
+        for first in self._reassembler.poll(now):
+            dst = int.from_bytes(first[16:20], "big")
+            self._report(ICMP_TIME_EXCEEDED, CODE_REASSEMBLY_TIME_EXCEEDED, first, dst, now)
+
+    def next_deadline(self) -> float | None:
+        return self._reassembler.next_deadline()
+
+    @property
+    def reassembler(self) -> Reassembler:
+        return self._reassembler
