@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"netstack {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the stack (default: create tap0, answer as 192.0.2.2)")
+    run = commands.add_parser(
+        "run", help="run the stack (default: create tap0, answer as 192.0.2.2)"
+    )
     run.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     for setting in SETTINGS:
         if setting.cli:
@@ -65,7 +67,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from netstack.runtime import Stack, StartupError, open_link  # noqa: PLC0415
+    from netstack.runtime import Stack, StartupError, open_link
 
     config = _load(args)
     _setup_logging(config.log_level)

@@ -29,8 +29,10 @@ class ConfigError(ValueError):
 
 
 def _is_none(value: Any) -> bool:
-    return value is None or value is False or (
-        isinstance(value, str) and value.strip().lower() in _NONE_WORDS
+    return (
+        value is None
+        or value is False
+        or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
     )
 
 
@@ -123,7 +125,12 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("link", _choice(LINKS), "tap", "tap: a TAP device; packet: AF_PACKET on an existing interface"),
+    Setting(
+        "link",
+        _choice(LINKS),
+        "tap",
+        "tap: a TAP device; packet: AF_PACKET on an existing interface",
+    ),
     Setting("interface", _ifname, "tap0", "interface to create or attach to"),
     Setting("address", _interface_address, "192.0.2.2/24", "the stack's own address/prefix"),
     Setting(
@@ -134,9 +141,17 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("gateway", _optional(_ipv4), None, "default gateway for off-link destinations"),
     Setting("mtu", _optional(_int_range(576, 65535)), None, "link MTU (default: the interface's)"),
-    Setting("mac", _optional(_mac), None, "the stack's MAC (default: stable, locally administered)"),
+    Setting(
+        "mac", _optional(_mac), None, "the stack's MAC (default: stable, locally administered)"
+    ),
     Setting("pcap", _optional(_path), None, "write every frame to this pcap file"),
-    Setting("pcap_max_bytes", _int_range(4096, 2**40), 64 * 2**20, "rotate the pcap at this size", cli=False),
+    Setting(
+        "pcap_max_bytes",
+        _int_range(4096, 2**40),
+        64 * 2**20,
+        "rotate the pcap at this size",
+        cli=False,
+    ),
     Setting("pcap_max_files", _int_range(1, 1000), 5, "pcap files kept when rotating", cli=False),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
     Setting("services.udp_echo", _optional(_port), 7, "UDP echo port, or false", cli=False),
@@ -222,7 +237,9 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         try:
             values[setting.attr] = setting.parse(value) if value is not None else None
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: bad value for '{setting.key}' ({value!r}): {err}") from None
+            raise ConfigError(
+                f"{source}: bad value for '{setting.key}' ({value!r}): {err}"
+            ) from None
     config = Config(**values)
     if config.gateway is not None and config.gateway not in config.address.network:
         raise ConfigError(

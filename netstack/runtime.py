@@ -38,20 +38,20 @@ def has_net_admin() -> bool:
 
 def open_link(config: Config):
     """Open (creating if needed) the configured link and configure its kernel side."""
-    from netstack.io.link import LinkError  # noqa: PLC0415 - keeps the ffi import lazy
+    from netstack.io.link import LinkError
 
     if not has_net_admin():
         raise StartupError("needs root or CAP_NET_ADMIN (try: sudo netstack run)")
     try:
         if config.link == "tap":
-            from netstack.io.tap import TapLink  # noqa: PLC0415
+            from netstack.io.tap import TapLink
 
             link = TapLink(config.interface)
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
         else:
-            from netstack.io.packet import PacketLink  # noqa: PLC0415
+            from netstack.io.packet import PacketLink
 
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")

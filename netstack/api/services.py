@@ -16,9 +16,7 @@ class UdpEcho:
         self.datagrams = 0
         self.socket: UdpSocket = udp.bind(port, self._on_datagram)
 
-    def _on_datagram(
-        self, data: memoryview, peer: tuple[int, int], dst: int, now: float
-    ) -> None:
+    def _on_datagram(self, data: memoryview, peer: tuple[int, int], dst: int, now: float) -> None:
         self.datagrams += 1
         # The view stays valid until the tx queue is flushed, so echo it without a copy.
         self.socket.sendto(data, peer)
@@ -32,9 +30,7 @@ class UdpDiscard:
         self.bytes = 0
         self.socket: UdpSocket = udp.bind(port, self._on_datagram)
 
-    def _on_datagram(
-        self, data: memoryview, peer: tuple[int, int], dst: int, now: float
-    ) -> None:
+    def _on_datagram(self, data: memoryview, peer: tuple[int, int], dst: int, now: float) -> None:
         self.datagrams += 1
         self.bytes += len(data)
 
@@ -45,6 +41,4 @@ DEFAULT_PORTS = {"udp_echo": 7, "udp_discard": 9}
 
 def start_services(udp: UdpEngine, ports: dict[str, int | None]) -> dict[str, object]:
     """Bind each enabled service (port not None) and return them by name."""
-    return {
-        name: UDP_SERVICES[name](udp, port) for name, port in ports.items() if port is not None
-    }
+    return {name: UDP_SERVICES[name](udp, port) for name, port in ports.items() if port is not None}

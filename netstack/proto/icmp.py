@@ -106,7 +106,9 @@ class IcmpEngine:
             handler(icmp.type, icmp.code, inner, inner_payload, now)
 
     # -- send errors -----------------------------------------------------------------------
-    def send_error(self, icmp_type: int, code: int, original: bytes | memoryview, now: float) -> bool:
+    def send_error(
+        self, icmp_type: int, code: int, original: bytes | memoryview, now: float
+    ) -> bool:
         """Report a problem with `original` (a whole IPv4 packet) to its sender.
 
         Returns whether an error was sent. RFC 1122 3.2.2: no error about an ICMP error, a
@@ -117,13 +119,13 @@ class IcmpEngine:
             header, payload = wipv4.parse(view, verify_checksum=False, allow_truncated=True)
         except Malformed:
             return False
-        if header.frag_offset != 0 or not self._is_unicast(header.src) or self._is_broadcast(
-            header.dst
+        if (
+            header.frag_offset != 0
+            or not self._is_unicast(header.src)
+            or self._is_broadcast(header.dst)
         ):
             return False
-        if header.protocol == wipv4.PROTO_ICMP and (
-            len(payload) < 1 or payload[0] in ERROR_TYPES
-        ):
+        if header.protocol == wipv4.PROTO_ICMP and (len(payload) < 1 or payload[0] in ERROR_TYPES):
             return False
         if not self._bucket.allow(now):
             self.counters.drop(Drop.ICMP_RATE_LIMITED)

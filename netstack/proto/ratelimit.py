@@ -9,7 +9,7 @@ class TokenBucket:
     Pure: the caller passes `now`, so tests drive it with a fake clock.
     """
 
-    __slots__ = ("burst", "rate", "_stamp", "_tokens")
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float) -> None:
         if rate < 0 or burst < 1:

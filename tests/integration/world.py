@@ -56,7 +56,7 @@ def netns_del(name: str) -> None:
 
 
 def ns_socket(ns: str, family: int, kind: int) -> socket.socket:
-    """A socket that lives in namespace `ns` (setns is per-thread, so do it in a throwaway thread)."""
+    """A socket living in namespace `ns` (setns is per-thread: do it in a throwaway thread)."""
     result: list[object] = []
 
     def make() -> None:

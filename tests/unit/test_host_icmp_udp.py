@@ -113,7 +113,7 @@ def test_closed_udp_port_gets_port_unreachable_quoting_the_datagram() -> None:
     out = feed(host, sent)
     assert host.counters.drops[Drop.UDP_NO_PORT] == 1
     assert len(out) == 1
-    _, ip, payload = parse_ip(out[0])
+    _, _ip, payload = parse_ip(out[0])
     icmp, quoted = wicmp.parse(payload)
     assert (icmp.type, icmp.code) == (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE)
     assert bytes(quoted) == sent[weth.HEADER_LEN :]
@@ -193,7 +193,7 @@ def test_send_to_unresolved_peer_waits_for_arp_then_flows() -> None:
     sock = host.udp.bind(5000, lambda *a: None)
     sock.sendto(b"first", (PEER_IP, 9))
     (request,) = drain(host)
-    eth, rest = weth.parse(memoryview(request))
+    eth, _rest = weth.parse(memoryview(request))
     assert eth.dst == weth.BROADCAST and eth.ethertype == weth.ETHERTYPE_ARP
     from netstack.wire import arp as warp
 

@@ -1,0 +1,381 @@
+/*
+ * netstack C helpers, compiled by cffi (ffi/build_ffi.py) into netstack._ffi.
+ *
+ * Why C at all: Python pays ~1 us per syscall wrapper call and per frame object. These helpers
+ * move a whole batch of frames per crossing (read loop / recvmmsg into a preallocated arena,
+ * writev / sendmmsg from an iovec array) and compute the Internet checksum.
+ *
+ * Conventions: every function returns a count or 0 on success and -errno on failure. EINTR is
+ * retried (except by epoll_wait, which reports 0 so the caller can look at its signal flags).
+ * Every descriptor is opened O_NONBLOCK | O_CLOEXEC.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23 /* Linux >= 4.20 */
+#endif
+
+/* Largest batch a single call handles; bounds the on-stack mmsghdr / epoll_event arrays. */
+#define NS_MAX_BATCH 1024
+#define NS_MAX_EVENTS 256
+
+static int ns_copy_ifname(struct ifreq *ifr, const char *name)
+{
+    size_t len;
+
+    memset(ifr, 0, sizeof(*ifr));
+    if (name == NULL)
+        return 0;
+    len = strlen(name);
+    if (len >= IFNAMSIZ)
+        return -EINVAL;
+    memcpy(ifr->ifr_name, name, len);
+    return 0;
+}
+
+/* Open /dev/net/tun and attach it to TAP/TUN interface `name` (created if it does not exist).
+ * `flags` are the TUNSETIFF flags (IFF_TAP|IFF_NO_PI, later IFF_VNET_HDR, IFF_MULTI_QUEUE).
+ * The kernel's chosen name (e.g. for "tap%d") is copied to name_out (IFNAMSIZ bytes). */
+int ns_tap_open(const char *name, int flags, char *name_out)
+{
+    struct ifreq ifr;
+    int fd, rc, err;
+
+    rc = ns_copy_ifname(&ifr, name);
+    if (rc < 0)
+        return rc;
+    ifr.ifr_flags = (short)flags;
+    do {
+        fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -errno;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    if (name_out != NULL) {
+        memcpy(name_out, ifr.ifr_name, IFNAMSIZ);
+        name_out[IFNAMSIZ - 1] = '\0';
+    }
+    return fd;
+}
+
+/* A throwaway socket for interface ioctls: AF_INET exists in every namespace; AF_PACKET is the
+ * fallback for kernels built without IPv4. */
+static int ns_ioctl_socket(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+static int ns_if_ioctl(const char *name, unsigned long request, struct ifreq *ifr)
+{
+    int fd, rc, err;
+
+    rc = ns_copy_ifname(ifr, name);
+    if (rc < 0)
+        return rc;
+    if (name == NULL || name[0] == '\0')
+        return -EINVAL;
+    fd = ns_ioctl_socket();
+    if (fd < 0)
+        return fd;
+    rc = ioctl(fd, request, ifr);
+    err = errno;
+    close(fd);
+    return rc < 0 ? -err : 0;
+}
+
+int ns_if_hwaddr(const char *name, uint8_t *mac_out)
+{
+    struct ifreq ifr;
+    int rc = ns_if_ioctl(name, SIOCGIFHWADDR, &ifr);
+
+    if (rc < 0)
+        return rc;
+    memcpy(mac_out, ifr.ifr_hwaddr.sa_data, 6);
+    return 0;
+}
+
+int ns_if_mtu(const char *name)
+{
+    struct ifreq ifr;
+    int rc = ns_if_ioctl(name, SIOCGIFMTU, &ifr);
+
+    return rc < 0 ? rc : ifr.ifr_mtu;
+}
+
+/* A raw AF_PACKET socket bound to one interface. It is created with protocol 0 (receives
+ * nothing) and only then bound with ETH_P_ALL to the ifindex, so no frame from another
+ * interface can slip into its queue between socket() and bind(). */
+int ns_packet_open(const char *name)
+{
+    struct sockaddr_ll sll;
+    unsigned int ifindex;
+    int fd, err, one = 1;
+
+    if (name == NULL || strlen(name) >= IFNAMSIZ)
+        return -EINVAL;
+    ifindex = if_nametoindex(name);
+    if (ifindex == 0)
+        return -errno;
+    fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0)
+        goto fail;
+    memset(&sll, 0, sizeof(sll));
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = (int)ifindex;
+    if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
+        goto fail;
+    return fd;
+fail:
+    err = errno;
+    close(fd);
+    return -err;
+}
+
+int ns_epoll_create(void)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+
+    return fd < 0 ? -errno : fd;
+}
+
+int ns_epoll_ctl(int epfd, int op, int fd, uint32_t events)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = events;
+    ev.data.fd = fd;
+    return epoll_ctl(epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* EINTR returns 0 (no events): the Python caller then runs its signal handlers. */
+int ns_epoll_wait(int epfd, int *fds_out, uint32_t *events_out, int max, int timeout_ms)
+{
+    struct epoll_event evs[NS_MAX_EVENTS];
+    int n, i;
+
+    if (max <= 0)
+        return -EINVAL;
+    if (max > NS_MAX_EVENTS)
+        max = NS_MAX_EVENTS;
+    n = epoll_wait(epfd, evs, max, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    for (i = 0; i < n; i++) {
+        fds_out[i] = evs[i].data.fd;
+        events_out[i] = evs[i].events;
+    }
+    return n;
+}
+
+/* TAP receive: one read() per frame into consecutive slots until EAGAIN or max_frames.
+ * lens_out[i] is what read() returned. The kernel silently truncates a frame longer than the
+ * slot, so callers size slots above the largest legal frame and treat lens_out[i] >= slot_size
+ * as "truncated". An error after at least one frame ends the batch early; the next call
+ * reports it. */
+int ns_read_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out)
+{
+    int i = 0;
+    ssize_t n;
+
+    while (i < max_frames) {
+        n = read(fd, arena + (size_t)i * slot_size, slot_size);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || i > 0)
+                break;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        lens_out[i++] = (uint32_t)n;
+    }
+    return i;
+}
+
+/* TAP transmit: one writev() per frame, frame i made of iov_counts[i] consecutive iovecs.
+ * Stops at EAGAIN and returns the frames written. A hard error on the first frame returns
+ * -errno (the caller drops that frame); on a later frame it returns the frames written so far,
+ * and the next call (starting at the failing frame) reports it. */
+int ns_write_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames)
+{
+    int i = 0;
+    ssize_t n;
+
+    while (i < n_frames) {
+        n = writev(fd, iov, iov_counts[i]);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || i > 0)
+                break;
+            return -errno;
+        }
+        iov += iov_counts[i];
+        i++;
+    }
+    return i;
+}
+
+/* AF_PACKET receive: recvmmsg() of up to max_frames into consecutive slots. MSG_TRUNC makes the
+ * kernel report a frame's real length, so (as for ns_read_batch) lens_out[i] >= slot_size means
+ * "truncated". */
+int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out)
+{
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    int total = 0, want, n, i;
+
+    while (total < max_frames) {
+        want = max_frames - total;
+        if (want > 64)
+            want = 64;
+        memset(msgs, 0, sizeof(msgs[0]) * (size_t)want);
+        for (i = 0; i < want; i++) {
+            iovs[i].iov_base = arena + (size_t)(total + i) * slot_size;
+            iovs[i].iov_len = slot_size;
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        n = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT | MSG_TRUNC, NULL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || total > 0)
+                break;
+            return -errno;
+        }
+        for (i = 0; i < n; i++)
+            lens_out[total + i] = msgs[i].msg_len;
+        total += n;
+        if (n < want)
+            break;
+    }
+    return total;
+}
+
+/* AF_PACKET transmit: sendmmsg() of the whole batch (chunks of 64), frames as for
+ * ns_write_batch; same return convention. */
+int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames)
+{
+    struct mmsghdr msgs[64];
+    const struct iovec *next = iov;
+    int total = 0, want, n, i;
+
+    while (total < n_frames) {
+        const struct iovec *chunk = next;
+
+        want = n_frames - total;
+        if (want > 64)
+            want = 64;
+        memset(msgs, 0, sizeof(msgs[0]) * (size_t)want);
+        for (i = 0; i < want; i++) {
+            msgs[i].msg_hdr.msg_iov = (struct iovec *)next;
+            msgs[i].msg_hdr.msg_iovlen = (size_t)iov_counts[total + i];
+            next += iov_counts[total + i];
+        }
+        n = sendmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) {
+                next = chunk;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK || total > 0)
+                break;
+            return -errno;
+        }
+        total += n;
+        if (n < want)
+            break;
+    }
+    return total;
+}
+
+/* RFC 1071 partial sum: adds buf's 16-bit big-endian words to `sum` and returns an unfolded
+ * 32-bit value congruent to the result modulo 0xFFFF. Words are summed in native byte order
+ * into a 64-bit accumulator (RFC 1071 2(B): the ones-complement sum is byte-order independent)
+ * and swapped once at the end. An odd tail byte is the high byte of a zero-padded word. */
+uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum)
+{
+    uint64_t acc = 0;
+    uint32_t w0, w1, w2, w3;
+    uint16_t h;
+
+    while (len >= 16) {
+        memcpy(&w0, buf, 4);
+        memcpy(&w1, buf + 4, 4);
+        memcpy(&w2, buf + 8, 4);
+        memcpy(&w3, buf + 12, 4);
+        acc += (uint64_t)w0 + w1 + w2 + w3;
+        buf += 16;
+        len -= 16;
+    }
+    while (len >= 4) {
+        memcpy(&w0, buf, 4);
+        acc += w0;
+        buf += 4;
+        len -= 4;
+    }
+    if (len >= 2) {
+        memcpy(&h, buf, 2);
+        acc += h;
+        buf += 2;
+        len -= 2;
+    }
+    if (len) {
+        uint8_t tail[2] = {buf[0], 0};
+
+        memcpy(&h, tail, 2);
+        acc += h;
+    }
+    /* Fold 64 -> 16 bits with end-around carry, then into network order. */
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    acc = (acc & 0xffffu) + (acc >> 16);
+    h = (uint16_t)acc;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    h = (uint16_t)((h >> 8) | (h << 8));
+#endif
+    acc = (uint64_t)sum + h;
+    acc = (acc & 0xffffffffu) + (acc >> 32);
+    return (uint32_t)acc;
+}
+
+/* Fold a partial sum to 16 bits and complement it: the value for a checksum field. */
+uint16_t ns_csum_fold(uint32_t sum)
+{
+    uint64_t s = sum;
+
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return (uint16_t)(~s & 0xffffu);
+}

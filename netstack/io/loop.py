@@ -1,0 +1,346 @@
+"""The one event loop: epoll, timers, batched receive, one transmit flush per turn.
+
+A turn: wait in epoll (timeout = nearest timer or deadline source) -> drain each readable link
+a bounded number of batches -> hand the views to its on_frames -> run due timers and deadline
+sources -> flush every link's tx queue with one send_batch. The loop owns the clock; everything
+it calls gets `now` as an argument. Only `stop()` may be called from another thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from netstack._ffi import ffi, lib
+from netstack.counters import Counters
+from netstack.drops import Drop
+from netstack.io.link import Frame, Link, LinkError, LinkTxError
+from netstack.io.timers import TimerCallback, TimerHandle, TimerHeap
+
+log = logging.getLogger("netstack.io.loop")
+
+EPOLLIN: int = lib.EPOLLIN
+EPOLLOUT: int = lib.EPOLLOUT
+EPOLLERR: int = lib.EPOLLERR
+EPOLLHUP: int = lib.EPOLLHUP
+
+FramesCallback = Callable[[list[memoryview], float], None]
+ReaderCallback = Callable[[float], None]
+# (direction "rx" | "tx", a received view or a Frame of pieces, now)
+FrameObserver = Callable[[str, "memoryview | Frame", float], None]
+
+MAX_EVENTS = 64
+
+
+@dataclass(eq=False)
+class _LinkState:
+    link: Link
+    on_frames: FramesCallback
+    queue: list[Frame]
+    want_out: bool = False  # EPOLLOUT registered because the kernel said EAGAIN
+    tx_errors: int = field(default=0)
+
+
+class Loop:
+    """Single-threaded epoll loop over links, extra readers, timers and deadline sources."""
+
+    def __init__(
+        self,
+        counters: Counters | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_batches_per_turn: int = 4,
+        tx_queue_limit: int = 4096,
+    ) -> None:
+        self.counters = counters if counters is not None else Counters()
+        self.clock = clock
+        self.max_batches_per_turn = max_batches_per_turn
+        self.tx_queue_limit = tx_queue_limit
+        self.timers = TimerHeap(on_error=self._callback_failed)
+        self.frame_observers: list[FrameObserver] = []
+        # Links that failed for good (interface deleted, ...): removed from the loop, which stops.
+        self.failed_links: list[tuple[Link, LinkError]] = []
+        epfd = lib.ns_epoll_create()
+        if epfd < 0:
+            raise OSError(-epfd, os.strerror(-epfd))
+        self._epfd = epfd
+        self._links: dict[int, _LinkState] = {}
+        self._readers: dict[int, ReaderCallback] = {}
+        self._sources: list[tuple[Callable[[], float | None], Callable[[float], None]]] = []
+        self._fds = ffi.new("int[]", MAX_EVENTS)
+        self._events = ffi.new("uint32_t[]", MAX_EVENTS)
+        self._running = False
+        self._stop_requested = False
+        # Woken by signals (set_wakeup_fd) and by stop() from other threads.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
+        self._ctl(lib.EPOLL_CTL_ADD, self._wake_fd, EPOLLIN)
+
+    # -- registration ------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock()
+
+    def add_link(
+        self, link: Link, on_frames: FramesCallback, tx_queue: list[Frame] | None = None
+    ) -> list[Frame]:
+        """Poll `link`; received batches go to on_frames(views, now). Returns its tx queue.
+
+        Pass `tx_queue` to adopt an existing list (e.g. a host's) as the queue.
+        """
+        if link.fd in self._links or link.fd in self._readers:
+            raise ValueError(f"fd {link.fd} is already registered")
+        queue = tx_queue if tx_queue is not None else []
+        self._ctl(lib.EPOLL_CTL_ADD, link.fd, EPOLLIN)
+        self._links[link.fd] = _LinkState(link, on_frames, queue)
+        return queue
+
+    def remove_link(self, link: Link) -> None:
+        if self._links.pop(link.fd, None) is not None:
+            self._ctl(lib.EPOLL_CTL_DEL, link.fd, 0)
+
+    def tx(self, link: Link) -> list[Frame]:
+        """The list of frames waiting to go out on `link`; append to it, the loop flushes it."""
+        return self._links[link.fd].queue
+
+    def add_reader(self, fd: int, callback: ReaderCallback) -> None:
+        """Call callback(now) whenever fd is readable (level-triggered: drain it)."""
+        if fd in self._links or fd in self._readers:
+            raise ValueError(f"fd {fd} is already registered")
+        self._ctl(lib.EPOLL_CTL_ADD, fd, EPOLLIN)
+        self._readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._ctl(lib.EPOLL_CTL_DEL, fd, 0)
+
+    def call_at(self, when: float, callback: TimerCallback) -> TimerHandle:
+        """Run callback(now) once the clock reaches `when` (loop clock, seconds)."""
+        return self.timers.schedule(when, callback)
+
+    def call_later(self, delay: float, callback: TimerCallback) -> TimerHandle:
+        return self.timers.schedule(self.clock() + delay, callback)
+
+    def add_deadline_source(
+        self, next_deadline: Callable[[], float | None], poll: Callable[[float], None]
+    ) -> None:
+        """A sans-I/O engine's timers: poll(now) runs when next_deadline() has passed."""
+        self._sources.append((next_deadline, poll))
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Turn until stop(); SIGINT/SIGTERM stop it when run from the main thread."""
+        restore = self._install_signals()
+        self._running = True
+        try:
+            while not self._stop_requested:
+                self.run_once()
+        finally:
+            self._running = False
+            self._stop_requested = False
+            restore()
+
+    def stop(self) -> None:
+        """Ask run() to return after the current turn; idempotent, callable from any thread."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):  # buffer full (already woken) or closed
+            self._wake_w.send(b"\0")
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One turn. `timeout` (seconds) caps the wait; None waits for the next deadline."""
+        now = self.clock()
+        for state in self._links.values():
+            if state.queue and not state.want_out:  # queued outside a turn (before run, ...)
+                self._flush_link(state, now)
+        wait = self._timeout_ms(now)
+        if timeout is not None:
+            cap = max(0, math.ceil(timeout * 1000))
+            wait = cap if wait < 0 else min(wait, cap)
+        n = lib.ns_epoll_wait(self._epfd, self._fds, self._events, MAX_EVENTS, wait)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        self.counters.loop_wakeups += 1
+        now = self.clock()
+        if n:
+            self._dispatch(n, now)
+        self._run_due(now)
+        self._flush(now)
+
+    def _dispatch(self, n: int, now: float) -> None:
+        fds = ffi.unpack(self._fds, n)
+        links = self._links
+        for fd in fds:
+            state = links.get(fd)
+            if state is not None:
+                self._drain(state, now)
+            elif fd == self._wake_fd:
+                self._drain_wakeups()
+            else:
+                reader = self._readers.get(fd)
+                if reader is not None:
+                    try:
+                        reader(now)
+                    except Exception as err:
+                        self._callback_failed(err)
+
+    def _drain(self, state: _LinkState, now: float) -> None:
+        link = state.link
+        observers = self.frame_observers
+        for _ in range(self.max_batches_per_turn):
+            try:
+                frames = link.receive_batch()
+            except LinkError as err:  # e.g. the interface was deleted under us
+                self._link_failed(state, err)
+                return
+            if link.rx_oversize:
+                self.counters.drop(Drop.LINK_RX_OVERSIZE, link.rx_oversize)
+                link.rx_oversize = 0
+            if not frames:
+                return
+            if observers:
+                for frame in frames:
+                    for observer in observers:
+                        observer("rx", frame, now)
+            try:
+                state.on_frames(frames, now)
+            except Exception:
+                log.exception("on_frames for %s failed; frames dropped", link.name)
+            if len(frames) < getattr(link, "max_batch", 1 << 30):
+                return
+            # Frames queued so far may be views into this link's arena, which the next
+            # receive_batch overwrites: send them before reading again.
+            self._flush(now)
+
+    def _link_failed(self, state: _LinkState, err: LinkError) -> None:
+        """A link that cannot be read is gone: drop it and stop the loop."""
+        log.error("link %s failed: %s; stopping", state.link.name, err)
+        self.failed_links.append((state.link, err))
+        self.remove_link(state.link)
+        self.stop()
+
+    def _callback_failed(self, err: Exception) -> None:
+        log.error("callback failed; the loop goes on", exc_info=err)
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _run_due(self, now: float) -> None:
+        timers = self.timers
+        deadline = timers.next_deadline()
+        if deadline is not None and deadline <= now:
+            timers.run_expired(now)
+        for next_deadline, poll in self._sources:
+            deadline = next_deadline()
+            if deadline is not None and deadline <= now:
+                try:
+                    poll(now)
+                except Exception as err:
+                    self._callback_failed(err)
+
+    def _flush(self, now: float) -> None:
+        for state in list(self._links.values()):
+            if state.queue:
+                self._flush_link(state, now)
+            elif state.want_out:
+                self._set_want_out(state, False)
+
+    def _flush_link(self, state: _LinkState, now: float) -> None:
+        link, queue, counters = state.link, state.queue, self.counters
+        while queue:
+            try:
+                written = link.send_batch(queue)
+                refused = False
+            except LinkTxError as err:
+                written, refused = err.written, True
+                state.tx_errors += 1
+                if state.tx_errors <= 3:
+                    log.warning("link %s: %s (frame dropped)", link.name, err)
+            if written:
+                counters.tx_packets += written
+                counters.tx_bytes += sum(len(p) for frame in queue[:written] for p in frame)
+                if self.frame_observers:
+                    for frame in queue[:written]:
+                        for observer in self.frame_observers:
+                            observer("tx", frame, now)
+                del queue[:written]
+            if not refused:
+                break
+            del queue[0]  # the frame the kernel refused for good
+            counters.drop(Drop.LINK_TX_ERROR)
+        excess = len(queue) - self.tx_queue_limit
+        if excess > 0:
+            del queue[:excess]
+            counters.drop(Drop.LINK_TX_QUEUE_FULL, excess)
+        if queue:
+            # Left for EPOLLOUT: own the bytes, since views may point into a receive arena.
+            queue[:] = [(b"".join(frame),) for frame in queue]
+        if bool(queue) != state.want_out:
+            self._set_want_out(state, bool(queue))
+
+    def _set_want_out(self, state: _LinkState, want: bool) -> None:
+        events = EPOLLIN | EPOLLOUT if want else EPOLLIN
+        self._ctl(lib.EPOLL_CTL_MOD, state.link.fd, events)
+        state.want_out = want
+
+    def _timeout_ms(self, now: float) -> int:
+        """Milliseconds until the nearest deadline (rounded up), -1 when there is none."""
+        deadline = self.timers.next_deadline()
+        for next_deadline, _ in self._sources:
+            d = next_deadline()
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        if deadline is None:
+            return -1
+        return max(0, math.ceil((deadline - now) * 1000))
+
+    def _ctl(self, op: int, fd: int, events: int) -> None:
+        rc = lib.ns_epoll_ctl(self._epfd, op, fd, events)
+        if rc < 0 and not (op == lib.EPOLL_CTL_DEL and rc in (-errno.EBADF, -errno.ENOENT)):
+            raise OSError(-rc, os.strerror(-rc))
+
+    # -- signals -----------------------------------------------------------------------------
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+
+        def restore() -> None:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+        return restore
+
+    def close(self) -> None:
+        """Release the epoll fd and wakeup sockets (links are closed by their owners)."""
+        if self._epfd >= 0:
+            os.close(self._epfd)
+            self._epfd = -1
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""A TAP device as a Link: the kernel on one side, this stack on the other.
+
+The TAP's own MAC (`peer_mac`) belongs to the kernel side of the wire; the stack answers with a
+MAC of its own (`mac`), given or a random locally administered one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from netstack._ffi import ffi, lib
+from netstack.io.link import (
+    IFNAMSIZ,
+    BatchLink,
+    LinkError,
+    LinkUnavailableError,
+    check_ifname,
+    link_error,
+    read_hwaddr,
+    read_mtu,
+)
+
+IFF_TAP: int = lib.IFF_TAP
+IFF_TUN: int = lib.IFF_TUN
+IFF_NO_PI: int = lib.IFF_NO_PI
+IFF_VNET_HDR: int = lib.IFF_VNET_HDR
+IFF_MULTI_QUEUE: int = lib.IFF_MULTI_QUEUE
+DEFAULT_FLAGS = IFF_TAP | IFF_NO_PI
+
+
+def random_mac() -> bytes:
+    """A random unicast, locally administered MAC (02:xx:xx:xx:xx:xx family)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return bytes(raw)
+
+
+def open_tap(name: str, flags: int = DEFAULT_FLAGS) -> tuple[int, str]:
+    """Open /dev/net/tun attached to `name` (created if missing); returns (fd, actual name)."""
+    encoded = check_ifname(name)
+    name_out = ffi.new("char[]", IFNAMSIZ)
+    fd = lib.ns_tap_open(encoded, flags, name_out)
+    if fd >= 0:
+        return fd, ffi.string(name_out).decode()
+    err = -fd
+    if err == errno.ENOENT:
+        raise LinkUnavailableError(
+            "/dev/net/tun does not exist: TUN/TAP is unavailable (try: modprobe tun)", err
+        )
+    if err == errno.EINVAL:
+        raise LinkError(f"interface {name} exists and is not a TAP device", err)
+    raise link_error(err, name, "opening TAP")
+
+
+class TapLink(BatchLink):
+    """Ethernet frames through a TAP fd: a read() loop in, one writev() per frame out."""
+
+    _rx_fn = staticmethod(lib.ns_read_batch)
+    _tx_fn = staticmethod(lib.ns_write_batch)
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_batch: int = 64,
+        flags: int = DEFAULT_FLAGS,
+        mac: bytes | None = None,
+    ) -> None:
+        if flags & (IFF_TUN | IFF_VNET_HDR) or not flags & IFF_TAP or not flags & IFF_NO_PI:
+            raise ValueError("TapLink handles IFF_TAP|IFF_NO_PI frames (no TUN, no vnet header)")
+        if mac is not None and len(mac) != 6:
+            raise ValueError("mac must be 6 bytes")
+        fd, actual = open_tap(name, flags)
+        try:
+            self.peer_mac = read_hwaddr(actual)
+            mtu = read_mtu(actual)
+            super().__init__(actual, fd, mac if mac is not None else random_mac(), mtu, max_batch)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.flags = flags
