@@ -15,7 +15,7 @@ MODE=${1:-run}
 shift || true
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev gcc libffi-dev)
-TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd)
+TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd prometheus)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -47,7 +47,8 @@ python_ok() {
 }
 
 setup_venv() {
-    local extra=$1
+    # Arguments are pip's: a plain install to run; for the tests an editable one, because the
+    # test suite imports the source tree and so needs the compiled module built in place.
     if ! python_ok || ! command -v cc >/dev/null; then
         apt_install "${BUILD_PACKAGES[@]}"
     fi
@@ -55,18 +56,18 @@ setup_venv() {
         python3 -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q "$ROOT$extra"
+    "$VENV/bin/python" -m pip install -q "$@"
 }
 
 need_root
 case "$MODE" in
     run)
-        setup_venv ""
+        setup_venv "$ROOT"
         exec "$VENV/bin/netstack" run "$@"
         ;;
     test)
         apt_install "${TEST_PACKAGES[@]}"
-        setup_venv "[test]"
+        setup_venv -e "$ROOT[test]"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)
