@@ -3,9 +3,10 @@
 #
 #   bash deploy/bootstrap.sh run [netstack run flags...]   # as root: creates tap0, answers as 192.0.2.2
 #   bash deploy/bootstrap.sh test [pytest args...]         # as root: installs the test tools, runs pytest
+#   bash deploy/bootstrap.sh setup                         # only install (e.g. before going offline)
 #
-# It installs only what is missing (Debian packages, then a virtualenv in .venv with the project),
-# so running it again is quick.
+# It installs only what is missing (Debian packages, then a virtualenv in .venv with the project;
+# the project is reinstalled only when its sources changed), so running it again is quick.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ MODE=${1:-run}
 shift || true
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev gcc libffi-dev)
-TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd prometheus)
+TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd prometheus systemd)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -46,9 +47,24 @@ python_ok() {
     command -v python3 >/dev/null && python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
 
+source_stamp() {
+    # What the install depends on: the project's files and how it was installed.
+    {
+        echo "$*"
+        find pyproject.toml setup.py MANIFEST.in ffi netstack -type f \
+            \( -name '*.py' -o -name '*.c' -o -name '*.toml' -o -name '*.in' \) -print0 |
+            sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -d' ' -f1
+}
+
 setup_venv() {
     # Arguments are pip's: a plain install to run; for the tests an editable one, because the
     # test suite imports the source tree and so needs the compiled module built in place.
+    local stamp_file="$VENV/.netstack-install" stamp
+    stamp=$(source_stamp "$@")
+    if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
+        return 0
+    fi
     if ! python_ok || ! command -v cc >/dev/null; then
         apt_install "${BUILD_PACKAGES[@]}"
     fi
@@ -57,12 +73,16 @@ setup_venv() {
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q "$@"
+    echo "$stamp" >"$stamp_file"
 }
 
 need_root
 case "$MODE" in
+    setup)
+        setup_venv -e "$ROOT[test]"
+        ;;
     run)
-        setup_venv "$ROOT"
+        setup_venv -e "$ROOT[test]"
         exec "$VENV/bin/netstack" run "$@"
         ;;
     test)
@@ -71,7 +91,7 @@ case "$MODE" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)
-        echo "usage: bash deploy/bootstrap.sh run|test [args...]" >&2
+        echo "usage: bash deploy/bootstrap.sh run|test|setup [args...]" >&2
         exit 2
         ;;
 esac
