@@ -1,4 +1,4 @@
-"""The `netstack` command: `netstack run` starts the stack, `netstack check-config` validates.
+"""The `netstack` command: `run` starts the stack, `check-config` validates, `stats` reports.
 
 Flag names and defaults are a contract other tools rely on; they come from config.SETTINGS.
 """
@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from netstack import __version__
+from netstack import __version__, stats
 from netstack.config import SETTINGS, Config, ConfigError, build_config, load_toml
 
 log = logging.getLogger("netstack")
@@ -42,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file, print the settings")
     check.add_argument("file", type=Path)
+    stats.add_parser(commands)
     return parser
 
 
@@ -58,28 +58,30 @@ def _load(args: argparse.Namespace) -> Config:
     return build_config(*layers, source=source)
 
 
-def _setup_logging(level: str) -> None:
-    # Under systemd (JOURNAL_STREAM set) journald adds timestamps itself.
-    fmt = "%(levelname)s %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-
-
 def _run(args: argparse.Namespace) -> int:
+    from netstack.logsetup import setup_logging
     from netstack.runtime import Stack, StartupError, open_link
 
     config = _load(args)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)  # journald-friendly under systemd
     try:
         link = open_link(config)
     except StartupError as err:
         print(f"netstack: {err}", file=sys.stderr)
         return 1
-    stack = Stack(config, link)
+    # SIGHUP re-reads the file (flags still win); without a file there is nothing to reload.
+    reload = (lambda: _load(args)) if args.config is not None else None
+    stack = Stack(config, link, reload=reload)
+    try:
+        stack.start_metrics()
+    except StartupError as err:
+        stack.close()
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
     stack.run()
     print(stack.counters.summary(), file=sys.stderr)
-    return 0
+    # A link that failed is a failure (Restart=on-failure restarts us); a requested stop is not.
+    return 1 if stack.loop.failed_links else 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -88,7 +90,7 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check-config": _check_config}
+COMMANDS = {"run": _run, "check-config": _check_config, "stats": stats.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,9 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from netstack.io.fault import FaultSpec, parse_fault
 from netstack.wire.ethernet import mac_from_str, mac_to_str
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -107,6 +108,35 @@ def _port(value: Any) -> int:
     return _int_range(1, 65535)(value)
 
 
+class HostPort(NamedTuple):
+    """A listening address; str() gives it back as HOST:PORT (IPv6 in brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def parse_host_port(value: Any) -> HostPort:
+    """HOST:PORT with an IPv4 address, a hostname or a [bracketed] IPv6 address; port 1-65535."""
+    if not isinstance(value, str):
+        raise ValueError("expected HOST:PORT, like 127.0.0.1:9464")
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("expected HOST:PORT, like 127.0.0.1:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = str(ipaddress.IPv6Address(host[1:-1]))
+    elif host.replace(".", "").isdigit():  # dotted digits: must be an IPv4 address
+        host = str(ipaddress.IPv4Address(host))
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f"bad host {host!r} (IPv6 addresses go in brackets: [::1]:9464)")
+    return HostPort(host, _port(int(port)))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Setting:
     key: str
@@ -153,7 +183,26 @@ SETTINGS: tuple[Setting, ...] = (
         cli=False,
     ),
     Setting("pcap_max_files", _int_range(1, 1000), 5, "pcap files kept when rotating", cli=False),
+    Setting(
+        "fault",
+        parse_fault,
+        None,
+        "inject faults for testing: drop=0.05,dup=0.01,reorder=0.25,corrupt=0.001,delay=2ms,"
+        "jitter=1ms,limit=4096,seed=N; 'rx:'/'tx:' before a key: that direction only",
+    ),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug, info, warning or error"),
+    Setting(
+        "shutdown_timeout",
+        _int_range(0, 600),
+        5,
+        "seconds connections get to close on SIGTERM before they are reset",
+    ),
+    Setting(
+        "metrics_address",
+        _optional(parse_host_port),
+        "127.0.0.1:9464",
+        "serve Prometheus metrics at http://HOST:PORT/metrics, or 'none'",
+    ),
     Setting("services.udp_echo", _optional(_port), 7, "UDP echo port, or false", cli=False),
     Setting("services.udp_discard", _optional(_port), 9, "UDP discard port, or false", cli=False),
 )
@@ -172,7 +221,10 @@ class Config:
     pcap: Path | None
     pcap_max_bytes: int
     pcap_max_files: int
+    fault: FaultSpec | None
     log_level: str
+    shutdown_timeout: int
+    metrics_address: HostPort | None
     services_udp_echo: int | None
     services_udp_discard: int | None
 

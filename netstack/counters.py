@@ -11,6 +11,12 @@ import dataclasses
 from collections import Counter
 
 from netstack.drops import Drop
+from netstack.histogram import (
+    BATCH_FRAMES_BOUNDS,
+    ITERATION_SECONDS_BOUNDS,
+    RTT_SECONDS_BOUNDS,
+    Histogram,
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -40,6 +46,32 @@ class Counters:
 
     loop_wakeups: int = 0
     arp_conflicts: int = 0  # someone else claimed our IPv4 address (RFC 5227)
+
+    # TCP (filled in by the TCP engine; exported from the start so rate() works at once).
+    tcp_segments_rx: int = 0
+    tcp_segments_tx: int = 0
+    tcp_retransmitted_segments: int = 0
+    tcp_fast_retransmits: int = 0
+    tcp_timeouts: int = 0  # retransmission timer expiries
+    tcp_active_opens: int = 0  # connect(): SYN sent
+    tcp_passive_opens: int = 0  # SYN accepted by a listener
+    tcp_resets_rx: int = 0
+    tcp_resets_tx: int = 0
+    tcp_syn_queue_overflows: int = 0
+    tcp_accept_queue_overflows: int = 0
+    tcp_syn_cookies_sent: int = 0
+    tcp_syn_cookies_validated: int = 0
+
+    # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
+    loop_batch_frames: Histogram = dataclasses.field(
+        default_factory=lambda: Histogram(BATCH_FRAMES_BOUNDS)
+    )
+    loop_iteration_seconds: Histogram = dataclasses.field(
+        default_factory=lambda: Histogram(ITERATION_SECONDS_BOUNDS)
+    )
+    tcp_rtt_seconds: Histogram = dataclasses.field(
+        default_factory=lambda: Histogram(RTT_SECONDS_BOUNDS)
+    )
 
     # ICMP messages keyed by (direction, type name), e.g. ("rx", "echo_request").
     icmp: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)

@@ -17,6 +17,8 @@ class Drop(enum.Enum):
     LINK_RX_OVERSIZE = ("link", "oversize")
     LINK_TX_ERROR = ("link", "tx_error")
     LINK_TX_QUEUE_FULL = ("link", "tx_queue_full")
+    LINK_FAULT_INJECTED = ("link", "fault_injected")  # --fault: a loss we were told to cause
+    LINK_FAULT_QUEUE_FULL = ("link", "fault_queue_full")  # --fault: too many frames held
 
     # ethernet
     ETH_TRUNCATED = ("ethernet", "truncated")

@@ -1,16 +1,29 @@
-"""Assembles a running stack from a Config: link, host, services, pcap and the loop."""
+"""Assembles a running stack from a Config: link, host, services, pcap and the loop.
+
+It also runs the stack's life as a service: READY=1/WATCHDOG=1/STATUS= to systemd (notify.py),
+a graceful SIGTERM (closers get `shutdown_timeout` seconds to end their connections, then are
+reset) and a SIGHUP that reloads what can change live.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
+import signal
+import time
+from collections.abc import Callable
+from typing import Protocol
 
 from netstack.api.services import start_services
-from netstack.config import Config
+from netstack.config import SETTINGS, Config, ConfigError
 from netstack.counters import Counters
 from netstack.io import netlink
+from netstack.io.fault import FaultLink
 from netstack.io.loop import Loop
+from netstack.logsetup import set_level
+from netstack.notify import Heartbeat, Notifier
 from netstack.pcap import PcapWriter
 from netstack.proto.host import Host, HostConfig
 from netstack.wire.ethernet import mac_to_str
@@ -64,10 +77,103 @@ def open_link(config: Config):
     return link
 
 
+class Closer(Protocol):
+    """Something holding connections that should end politely on SIGTERM (the TCP engine).
+
+    Frames it emits go out the usual way (the host's tx list); the loop keeps turning while it
+    drains, so FINs are retransmitted and ACKs received as in normal operation.
+    """
+
+    def begin_shutdown(self, now: float) -> None:
+        """Stop accepting new connections; start closing the open ones (send FIN)."""
+
+    def is_quiet(self) -> bool:
+        """True once nothing is left to close."""
+
+    def abort(self, now: float) -> None:
+        """The grace period is over: reset (RST) whatever is left."""
+
+
+class GracefulShutdown:
+    """SIGTERM's sequence, pure: begin -> poll until every closer is quiet or `timeout` has
+    passed -> abort the loud ones -> done. The stack runs `poll` as a loop deadline source."""
+
+    CHECK_INTERVAL = 0.05  # how often is_quiet() is asked while draining
+
+    def __init__(self, closers: list[Closer], timeout: float) -> None:
+        self.closers = closers
+        self.timeout = timeout
+        self.started = False
+        self.done = False
+        self.deadline: float | None = None
+        self.aborted: list[Closer] = []
+        self._next_check: float | None = None
+
+    def begin(self, now: float) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.deadline = now + self.timeout
+        for closer in self.closers:
+            closer.begin_shutdown(now)
+        self.poll(now)
+
+    def poll(self, now: float) -> bool:
+        """Check the closers; abort them at the deadline. True once shutdown is complete."""
+        if not self.started or self.done:
+            return self.done
+        assert self.deadline is not None
+        loud = [closer for closer in self.closers if not closer.is_quiet()]
+        if loud and now < self.deadline:
+            self._next_check = min(self.deadline, now + self.CHECK_INTERVAL)
+            return False
+        for closer in loud:
+            closer.abort(now)
+        self.aborted = loud
+        self.done = True
+        self._next_check = None
+        return True
+
+    def abort_now(self, now: float) -> bool:
+        """Skip the rest of the grace period (a second SIGTERM)."""
+        self.begin(now)
+        self.deadline = now
+        return self.poll(now)
+
+    def next_deadline(self) -> float | None:
+        return self._next_check
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    return mac_to_str(value) if isinstance(value, bytes) else str(value)
+
+
+# Settings a SIGHUP applies to the running stack, and the Stack method that applies each;
+# every other setting needs a restart.
+LIVE_SETTINGS: dict[str, str] = {
+    "log_level": "_apply_log_level",
+    "pcap": "_apply_pcap",
+    "pcap_max_bytes": "_apply_pcap",
+    "pcap_max_files": "_apply_pcap",
+    "shutdown_timeout": "_apply_shutdown_timeout",
+}
+
+
 class Stack:
     """A host on a link, driven by a loop; `run()` blocks until SIGINT/SIGTERM or `stop()`."""
 
-    def __init__(self, config: Config, link, *, clock=None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        link,
+        *,
+        clock=None,
+        notifier: Notifier | None = None,
+        reload: Callable[[], Config] | None = None,
+    ) -> None:
+        """`reload` returns the config as it is now (re-read from its file) for SIGHUP."""
         self.config = config
         self.link = link
         self.counters = Counters()
@@ -87,13 +193,13 @@ class Stack:
         self.services = start_services(self.host.udp, config.service_ports())
         self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
         self.pcap: PcapWriter | None = None
-        if config.pcap is not None:
-            self.pcap = PcapWriter(
-                config.pcap, max_bytes=config.pcap_max_bytes, max_files=config.pcap_max_files
-            )
-            self.loop.frame_observers.append(self._capture)
+        self.metrics = None  # a metrics.MetricsServer once start_metrics() has run
+        self._apply_pcap()
+        if config.fault is not None:  # --fault: impair the link for testing (io/fault.py)
+            self.link = link = FaultLink.around(link, config.fault, self.loop, self.counters)
         self.loop.add_link(link, self._on_frames)
         self.loop.add_deadline_source(self.host.next_deadline, self._poll)
+        self._init_service(notifier, reload)
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         self.host.receive_batch(frames, now)
@@ -121,16 +227,188 @@ class Stack:
         )
 
     def run(self) -> None:
-        self.host.start(self.loop.now())
+        now = self.loop.now()
+        self.host.start(now)
         self._move_tx()
         log.info("%s", self.describe())
+        self.loop.call_at(now, self._ready)  # from the first turn: the loop is serving
         try:
             self.loop.run()
         finally:
+            if not self.shutdown.started:
+                self.notifier.stopping()
+            self.heartbeat.stop()
             self.close()
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.pcap is not None:
             self.pcap.close()
             self.pcap = None
         self.link.close()
+        self.notifier.close()
+
+    # -- metrics -------------------------------------------------------------------------------
+    def tcp_connections_by_state(self) -> dict[str, int]:
+        """Open TCP connections per state name (metrics.TCP_STATES); {} until TCP lands.
+
+        Runs on the metrics HTTP thread: read per-state ints or copy before iterating, never
+        walk a dict the loop may resize meanwhile.
+        """
+        return {}
+
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics at config.metrics_address (None: off). Called by `run`'s
+        caller (the CLI) before run(), so a busy port is a startup error, not a half-up stack.
+        """
+        address = self.config.metrics_address
+        if address is None or self.metrics is not None:
+            return
+        from netstack.metrics import MetricsServer, build_registry
+
+        registry = build_registry(
+            self.counters,
+            interface=self.link.name,
+            arp_cache_entries=self.host.arp.cache_entries,
+            tcp_connections_by_state=self.tcp_connections_by_state,
+        )
+        try:
+            self.metrics = MetricsServer(address.host, address.port, registry)
+        except OSError as err:
+            raise StartupError(
+                f"cannot serve metrics on {address}: {err.strerror or err} "
+                "(set metrics_address, or 'none' to turn metrics off)"
+            ) from None
+        log.info("metrics at %s", self.metrics.url)
+
+    # -- life as a service ---------------------------------------------------------------------
+    def _init_service(
+        self, notifier: Notifier | None, reload: Callable[[], Config] | None
+    ) -> None:
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.reload_config = reload
+        # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.
+        self.closers: list[Closer] = []
+        self.shutdown = GracefulShutdown(self.closers, self.config.shutdown_timeout)
+        self.loop.add_deadline_source(self.shutdown.next_deadline, self._shutdown_poll)
+        self.heartbeat = Heartbeat(self.notifier, self.loop, self.status_line)
+        self._rate_sample: tuple[float, int, int] | None = None
+        self.loop.signal_handlers.update(
+            {
+                signal.SIGTERM: self._on_stop_signal,
+                signal.SIGINT: self._on_stop_signal,
+                signal.SIGHUP: self._on_reload_signal,
+            }
+        )
+
+    def add_closer(self, closer: Closer) -> None:
+        self.closers.append(closer)
+
+    def status_line(self, now: float) -> str:
+        """One line for `systemctl status`: state, address, connections, packet rates."""
+        rx, tx = self.counters.rx_packets, self.counters.tx_packets
+        since, rx0, tx0 = self._rate_sample or (now, rx, tx)
+        self._rate_sample = (now, rx, tx)
+        elapsed = now - since
+        rx_pps = (rx - rx0) / elapsed if elapsed > 0 else 0.0
+        tx_pps = (tx - tx0) / elapsed if elapsed > 0 else 0.0
+        state = "stopping" if self.shutdown.started else "up"
+        return (
+            f"{state}: {self.config.address.ip} on {self.link.name}, "
+            f"{sum(self.tcp_connections_by_state().values())} connections, "
+            f"rx {rx_pps:.0f} pps, tx {tx_pps:.0f} pps"
+        )
+
+    def _ready(self, now: float) -> None:
+        self.notifier.ready(self.status_line(now))
+        self.heartbeat.start(now)
+
+    def request_shutdown(self, now: float) -> None:
+        """What SIGTERM does: STOPPING=1, closers begin; the loop stops once they are done."""
+        if self.shutdown.started:
+            log.warning("shutdown already under way: resetting what is left")
+            self.shutdown.abort_now(now)
+        else:
+            log.info(
+                "shutting down: %d closer(s) get %ss to end their connections",
+                len(self.closers),
+                self.shutdown.timeout,
+            )
+            self.shutdown.begin(now)
+            self.notifier.stopping(self.status_line(now))
+        self._shutdown_step(now)
+
+    def _on_stop_signal(self, signum: int, now: float) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        self.request_shutdown(now)
+
+    def _shutdown_poll(self, now: float) -> None:
+        self.shutdown.poll(now)
+        self._shutdown_step(now)
+
+    def _shutdown_step(self, now: float) -> None:
+        self._move_tx()  # FINs and RSTs the closers emitted
+        if self.shutdown.done:
+            if self.shutdown.aborted:
+                log.warning(
+                    "shutdown: %d closer(s) still busy after %ss were reset",
+                    len(self.shutdown.aborted),
+                    self.shutdown.timeout,
+                )
+            self.loop.stop()
+
+    def _on_reload_signal(self, signum: int, now: float) -> None:
+        if self.reload_config is None:
+            log.warning("SIGHUP: started without --config, nothing to reload")
+            return
+        self.notifier.reloading(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        try:
+            self.apply_config(self.reload_config())
+        except ConfigError as err:
+            log.error("reload failed, running settings kept: %s", err)
+        except OSError as err:  # e.g. a pcap path that cannot be written
+            log.error("reload: %s", err)
+        finally:
+            self.notifier.ready(self.status_line(now))
+
+    def apply_config(self, new: Config) -> list[str]:
+        """Apply what can change live; log every change. Returns the keys that need a restart."""
+        old = self.config
+        changed = [s for s in SETTINGS if getattr(old, s.attr) != getattr(new, s.attr)]
+        if not changed:
+            log.info("reload: no changes")
+        live = [s for s in changed if s.key in LIVE_SETTINGS]
+        restart = [s for s in changed if s.key not in LIVE_SETTINGS]
+        for s in changed:
+            change = f"{_show(getattr(old, s.attr))} -> {_show(getattr(new, s.attr))}"
+            if s.key in LIVE_SETTINGS:
+                log.info("reload: %s changed (%s), applied", s.key, change)
+            else:
+                log.warning("reload: %s changed (%s), needs a restart", s.key, change)
+        self.config = dataclasses.replace(old, **{s.attr: getattr(new, s.attr) for s in live})
+        for method in dict.fromkeys(LIVE_SETTINGS[s.key] for s in live):
+            getattr(self, method)()
+        return [s.key for s in restart]
+
+    def _apply_log_level(self) -> None:
+        set_level(self.config.log_level)
+
+    def _apply_shutdown_timeout(self) -> None:
+        self.shutdown.timeout = self.config.shutdown_timeout
+
+    def _apply_pcap(self) -> None:
+        """(Re)open the capture the config asks for; the old file is flushed and closed."""
+        if self.pcap is not None:
+            self.pcap.close()
+            self.pcap = None
+        observers = self.loop.frame_observers
+        if self._capture in observers:
+            observers.remove(self._capture)
+        config = self.config
+        if config.pcap is not None:
+            self.pcap = PcapWriter(
+                config.pcap, max_bytes=config.pcap_max_bytes, max_files=config.pcap_max_files
+            )
+            observers.append(self._capture)

@@ -25,6 +25,7 @@ from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.io.link import Frame, Link, LinkError, LinkTxError
 from netstack.io.timers import TimerCallback, TimerHandle, TimerHeap
+from netstack.logsetup import RateLimitedLog
 
 log = logging.getLogger("netstack.io.loop")
 
@@ -80,6 +81,11 @@ class Loop:
         self._events = ffi.new("uint32_t[]", MAX_EVENTS)
         self._running = False
         self._stop_requested = False
+        # Signals the owner handles itself (else SIGINT/SIGTERM just stop the loop):
+        # handler(signum, now) runs at a safe point of a turn, never inside another callback.
+        self.signal_handlers: dict[int, Callable[[int, float], None]] = {}
+        self._pending_signals: list[int] = []
+        self._tx_warnings = RateLimitedLog(log)
         # Woken by signals (set_wakeup_fd) and by stop() from other threads.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -112,6 +118,16 @@ class Loop:
     def tx(self, link: Link) -> list[Frame]:
         """The list of frames waiting to go out on `link`; append to it, the loop flushes it."""
         return self._links[link.fd].queue
+
+    def drain_link(self, link: Link, now: float) -> None:
+        """Read `link` now as if epoll had said it is readable.
+
+        For wrappers that hold frames of their own (io.fault delays): their release time is a
+        deadline, not an fd event. Call it from a deadline source or timer.
+        """
+        state = self._links.get(link.fd)
+        if state is not None:
+            self._drain(state, now)
 
     def add_reader(self, fd: int, callback: ReaderCallback) -> None:
         """Call callback(now) whenever fd is readable (level-triggered: drain it)."""
@@ -171,10 +187,14 @@ class Loop:
             raise OSError(-n, os.strerror(-n))
         self.counters.loop_wakeups += 1
         now = self.clock()
+        busy_since = time.perf_counter()  # a measurement, not protocol time: not self.clock
         if n:
             self._dispatch(n, now)
+        if self._pending_signals:
+            self._run_signal_handlers(now)
         self._run_due(now)
         self._flush(now)
+        self.counters.loop_iteration_seconds.observe(time.perf_counter() - busy_since)
 
     def _dispatch(self, n: int, now: float) -> None:
         fds = ffi.unpack(self._fds, n)
@@ -207,6 +227,7 @@ class Loop:
                 link.rx_oversize = 0
             if not frames:
                 return
+            self.counters.loop_batch_frames.observe(len(frames))
             if observers:
                 for frame in frames:
                     for observer in observers:
@@ -230,6 +251,14 @@ class Loop:
 
     def _callback_failed(self, err: Exception) -> None:
         log.error("callback failed; the loop goes on", exc_info=err)
+
+    def _run_signal_handlers(self, now: float) -> None:
+        while self._pending_signals:
+            signum = self._pending_signals.pop(0)
+            try:
+                self.signal_handlers[signum](signum, now)
+            except Exception as err:
+                self._callback_failed(err)
 
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
@@ -265,8 +294,7 @@ class Loop:
             except LinkTxError as err:
                 written, refused = err.written, True
                 state.tx_errors += 1
-                if state.tx_errors <= 3:
-                    log.warning("link %s: %s (frame dropped)", link.name, err)
+                self._tx_warnings.warning(now, "link %s: %s (frame dropped)", link.name, err)
             if written:
                 counters.tx_packets += written
                 counters.tx_bytes += sum(len(p) for frame in queue[:written] for p in frame)
@@ -314,10 +342,14 @@ class Loop:
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signums = {signal.SIGINT, signal.SIGTERM, *self.signal_handlers}
+        previous = {sig: signal.getsignal(sig) for sig in signums}
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
         def on_signal(signum: int, frame: object) -> None:
+            if signum in self.signal_handlers:
+                self._pending_signals.append(signum)  # the wakeup fd ends the epoll wait
+                return
             log.info("%s: stopping", signal.Signals(signum).name)
             self.stop()
 

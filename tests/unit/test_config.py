@@ -85,3 +85,37 @@ def test_run_rejects_bad_address_before_touching_the_system(
     assert main(["run", "--address", "not-an-ip"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("netstack: ") and "'address'" in err
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('adress = "10.0.0.2/24"\n', "unknown setting 'adress'"),
+        ('address = "10.0.0.300/24"\n', "bad value for 'address'"),
+        ("[services]\nudp_echo = 70000\n", "bad value for 'services.udp_echo'"),
+        ('shutdown_timeout = "soon"\n', "bad value for 'shutdown_timeout'"),
+        (None, "not found"),
+    ],
+)
+def test_bad_config_files_fail_in_one_line_for_run_and_check_config(
+    command: str,
+    text: str | None,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the unit's ExecStartPre= (check-config) and ExecStart= (run --config) print."""
+    path = tmp_path / "netstack.toml"
+    if text is not None:
+        path.write_text(text)
+    argv = ["run", "--config", str(path)] if command == "run" else ["check-config", str(path)]
+    assert main(argv) == 2  # before any device is touched: no root needed
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"netstack: {path}: ") or lines[0] == (
+        f"netstack: config file {path}: not found"
+    )
+    assert expected in lines[0]
+    assert captured.out == ""

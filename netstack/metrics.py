@@ -1,0 +1,374 @@
+"""The Prometheus exporter: reads the loop's plain counters at scrape time, serves them over HTTP.
+
+Nothing here runs on the packet path. The loop only does `counters.x += 1` (netstack/counters.py)
+and `histogram.observe(v)` (netstack/histogram.py); `StackCollector.collect()` turns those into
+metric families when Prometheus asks, on the HTTP server's thread. Reading an int attribute or
+copying a dict is atomic under the GIL, and counters only grow, so no lock is needed.
+
+Conventions (see /work/shared/DESIGN.md): `netstack_` prefix, base units, `_total` on counters,
+label values from closed sets only (Drop members, directions, ICMP type names, TCP states). Every
+labelled series is emitted from the first scrape, 0 included, so `rate()` works from the start
+and dashboards show flat lines rather than "no data".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.metrics import disable_created_metrics
+
+from netstack import __version__
+from netstack.counters import Counters
+from netstack.drops import Drop
+from netstack.histogram import Histogram
+from netstack.wire.icmp import TYPE_NAMES as ICMP_TYPE_NAMES
+
+log = logging.getLogger("netstack.metrics")
+
+PREFIX = "netstack_"
+DIRECTIONS = ("rx", "tx")
+# ICMP type label values: the names netstack/proto/icmp.py counts under, plus its catch-all.
+ICMP_TYPES: tuple[str, ...] = (*sorted(set(ICMP_TYPE_NAMES.values())), "other")
+# TCP connection states (RFC 9293 names, snake_case): the `state` label of
+# netstack_tcp_connections. The TCP engine's tcp_connections_by_state hook returns counts keyed
+# by these names; each is always emitted (0 when absent) so the series exist before TCP does.
+TCP_STATES = (
+    "listen",
+    "syn_sent",
+    "syn_received",
+    "established",
+    "fin_wait_1",
+    "fin_wait_2",
+    "close_wait",
+    "closing",
+    "last_ack",
+    "time_wait",
+)
+
+
+class Family(NamedTuple):
+    """One counter family read straight from Counters fields: (label values, field) per series."""
+
+    name: str  # without the prefix and the `_total` suffix
+    help: str
+    labels: tuple[str, ...]
+    series: tuple[tuple[tuple[str, ...], str], ...]
+
+
+def _per_direction(name: str, help: str, rx: str, tx: str) -> Family:
+    return Family(name, help, ("direction",), ((("rx",), rx), (("tx",), tx)))
+
+
+def _single(name: str, help: str, field: str) -> Family:
+    return Family(name, help, (), (((), field),))
+
+
+# Counter families whose values are plain Counters fields. The link-level families carry an
+# `interface` label whose value is only known at run time, so they live in LINK_FAMILIES.
+COUNTER_FAMILIES: tuple[Family, ...] = (
+    _per_direction(
+        "arp_requests", "ARP requests received and sent.", "arp_requests_rx", "arp_requests_tx"
+    ),
+    _per_direction(
+        "arp_replies", "ARP replies received and sent.", "arp_replies_rx", "arp_replies_tx"
+    ),
+    _single(
+        "arp_resolution_failures",
+        "Next hops that did not answer ARP after every retry.",
+        "arp_resolution_failures",
+    ),
+    _single(
+        "arp_conflicts",
+        "ARP packets from another host claiming our IPv4 address (RFC 5227).",
+        "arp_conflicts",
+    ),
+    _per_direction(
+        "ipv4_packets",
+        "IPv4 packets received and sent on the wire (each fragment counts once).",
+        "ipv4_rx",
+        "ipv4_tx",
+    ),
+    _per_direction(
+        "ipv4_fragments",
+        "IPv4 fragments received and sent (a subset of netstack_ipv4_packets_total).",
+        "ipv4_fragments_rx",
+        "ipv4_fragments_tx",
+    ),
+    Family(
+        "ipv4_reassemblies",
+        "Fragmented datagrams reassembled (ok) or given up (failed; the drops say why).",
+        ("result",),
+        ((("ok",), "ipv4_reassembled"), (("failed",), "ipv4_reassembly_failures")),
+    ),
+    _per_direction("udp_datagrams", "UDP datagrams received and sent.", "udp_rx", "udp_tx"),
+    _per_direction(
+        "tcp_segments", "TCP segments received and sent.", "tcp_segments_rx", "tcp_segments_tx"
+    ),
+    _single(
+        "tcp_retransmitted_segments",
+        "TCP segments sent again (timeouts and fast retransmits).",
+        "tcp_retransmitted_segments",
+    ),
+    _single(
+        "tcp_fast_retransmits",
+        "TCP fast retransmits (three duplicate ACKs or SACK loss detection).",
+        "tcp_fast_retransmits",
+    ),
+    _single("tcp_timeouts", "TCP retransmission timer expiries.", "tcp_timeouts"),
+    _single("tcp_active_opens", "TCP connections opened by us (SYN sent).", "tcp_active_opens"),
+    _single(
+        "tcp_passive_opens",
+        "TCP connections accepted by a listener (SYN received).",
+        "tcp_passive_opens",
+    ),
+    _per_direction(
+        "tcp_resets", "TCP RST segments received and sent.", "tcp_resets_rx", "tcp_resets_tx"
+    ),
+    Family(
+        "tcp_listen_overflows",
+        "Connections refused because a listener's SYN queue or accept queue was full.",
+        ("queue",),
+        ((("syn",), "tcp_syn_queue_overflows"), (("accept",), "tcp_accept_queue_overflows")),
+    ),
+    _single(
+        "tcp_syn_cookies_sent",
+        "SYN-ACKs sent with a SYN cookie (SYN queue full).",
+        "tcp_syn_cookies_sent",
+    ),
+    _single(
+        "tcp_syn_cookies_validated",
+        "ACKs that carried a valid SYN cookie and opened a connection.",
+        "tcp_syn_cookies_validated",
+    ),
+    _single("loop_wakeups", "Returns from epoll_wait (loop turns).", "loop_wakeups"),
+)
+
+# (name, help, Counters field) of the per-interface link counters.
+LINK_FAMILIES = (
+    ("rx_packets", "Ethernet frames received.", "rx_packets"),
+    ("tx_packets", "Ethernet frames sent.", "tx_packets"),
+    ("rx_bytes", "Bytes of Ethernet frames received.", "rx_bytes"),
+    ("tx_bytes", "Bytes of Ethernet frames sent.", "tx_bytes"),
+)
+
+# (name, help, Counters field) of the histograms.
+HISTOGRAMS = (
+    ("loop_batch_frames", "Frames per receive batch (one read_batch call).", "loop_batch_frames"),
+    (
+        "loop_iteration_seconds",
+        "Busy time of one loop turn: dispatch, timers and transmit (the epoll wait excluded).",
+        "loop_iteration_seconds",
+    ),
+    ("tcp_rtt_seconds", "TCP round-trip time samples (RFC 6298).", "tcp_rtt_seconds"),
+)
+
+
+def _no_connections() -> Mapping[str, int]:
+    return {}
+
+
+class StackCollector:
+    """A prometheus_client custom collector over one stack's Counters and a few gauge hooks.
+
+    `arp_cache_entries()` and `tcp_connections_by_state()` run on the scrape thread: they must
+    only read (len() of a dict, a copy of per-state ints) and never iterate a dict the loop may
+    be resizing. A hook that raises costs its family for that scrape, never the whole scrape.
+    """
+
+    def __init__(
+        self,
+        counters: Counters,
+        *,
+        interface: str,
+        arp_cache_entries: Callable[[], int] = lambda: 0,
+        tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
+        version: str = __version__,
+    ) -> None:
+        self.counters = counters
+        self.interface = interface
+        self.arp_cache_entries = arp_cache_entries
+        self.tcp_connections_by_state = tcp_connections_by_state
+        self.version = version
+        self._hook_failures: set[str] = set()
+
+    def describe(self) -> list[Metric]:
+        # Registration asks describe() for the names; returning nothing skips the duplicate
+        # check instead of running the hooks at registration time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        up = GaugeMetricFamily(PREFIX + "up", "1 while the stack's loop is running.")
+        up.add_metric([], 1)
+        yield up
+        info = GaugeMetricFamily(
+            PREFIX + "build_info",
+            "Always 1; the labels say which netstack this is.",
+            labels=["version"],
+        )
+        info.add_metric([self.version], 1)
+        yield info
+
+        for name, help, field in LINK_FAMILIES:
+            family = CounterMetricFamily(PREFIX + name, help, labels=["interface"])
+            family.add_metric([self.interface], getattr(c, field))
+            yield family
+
+        drops = dict(c.drops)  # one C-level copy: the loop may add a key meanwhile
+        family = CounterMetricFamily(
+            PREFIX + "drops",
+            "Frames, packets, datagrams or segments dropped, by layer and reason.",
+            labels=["layer", "reason"],
+        )
+        for member in Drop:
+            family.add_metric([member.layer, member.reason], drops.get(member, 0))
+        yield family
+        no_port = CounterMetricFamily(
+            PREFIX + "udp_no_port",
+            "UDP datagrams for a port nobody listens on (also a drop, udp/no_port).",
+        )
+        no_port.add_metric([], drops.get(Drop.UDP_NO_PORT, 0))
+        yield no_port
+
+        for spec in COUNTER_FAMILIES:
+            family = CounterMetricFamily(PREFIX + spec.name, spec.help, labels=list(spec.labels))
+            for values, field in spec.series:
+                family.add_metric(list(values), getattr(c, field))
+            yield family
+
+        icmp = dict(c.icmp)
+        family = CounterMetricFamily(
+            PREFIX + "icmp_messages",
+            "ICMP messages received and sent, by type.",
+            labels=["direction", "type"],
+        )
+        for direction in DIRECTIONS:
+            for kind in ICMP_TYPES:
+                family.add_metric([direction, kind], icmp.get((direction, kind), 0))
+        yield family
+
+        for name, help, field in HISTOGRAMS:
+            yield _histogram(PREFIX + name, help, getattr(c, field))
+
+        yield from self._gauges()
+
+    def _gauges(self) -> Iterator[Metric]:
+        entries = self._call("arp_cache_entries", self.arp_cache_entries)
+        if entries is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "arp_cache_entries", "Entries in the ARP cache.", value=entries
+            )
+        states = self._call("tcp_connections_by_state", self.tcp_connections_by_state)
+        if states is not None:
+            family = GaugeMetricFamily(
+                PREFIX + "tcp_connections", "TCP connections by state.", labels=["state"]
+            )
+            for state in TCP_STATES:
+                family.add_metric([state], states.get(state, 0))
+            yield family
+
+    def _call(self, name: str, hook: Callable[[], object]):  # -> hook's result or None
+        try:
+            return hook()
+        except Exception:
+            if name not in self._hook_failures:  # log once per hook, not once per scrape
+                self._hook_failures.add(name)
+                log.exception("metrics hook %s failed; its family is left out", name)
+            return None
+
+
+def _histogram(name: str, help: str, histogram: Histogram) -> HistogramMetricFamily:
+    snap = histogram.snapshot()
+    buckets = [(_le(bound), count) for bound, count in snap.buckets]
+    return HistogramMetricFamily(name, help, buckets=buckets, sum_value=snap.sum)
+
+
+def _le(bound: float) -> str:
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
+def build_registry(
+    counters: Counters,
+    *,
+    interface: str,
+    arp_cache_entries: Callable[[], int] = lambda: 0,
+    tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
+) -> CollectorRegistry:
+    """A fresh registry (never the global default one) with the stack and process collectors."""
+    disable_created_metrics()  # no `_created` series: they double the series count for nothing
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        StackCollector(
+            counters,
+            interface=interface,
+            arp_cache_entries=arp_cache_entries,
+            tcp_connections_by_state=tcp_connections_by_state,
+        )
+    )
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...
+    return registry
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr; a client that stalls is dropped after `timeout` seconds."""
+
+    timeout = 3.0
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class MetricsServer:
+    """Serves one registry at http://HOST:PORT/metrics from a single daemon thread.
+
+    One request at a time on purpose: the thread only reads counters, and a scrape is a few
+    milliseconds. `close()` stops the thread and frees the port.
+    """
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family = infos[0][0]
+
+        class Server(WSGIServer):
+            address_family = family
+            allow_reuse_address = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+        self._server = Server(infos[0][4][:2], _QuietHandler)
+        self._server.set_app(make_wsgi_app(registry))
+        bound = self._server.server_address
+        self.host, self.port = str(bound[0]), int(bound[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+            name="netstack-metrics", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self._server.server_close()

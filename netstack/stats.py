@@ -1,0 +1,310 @@
+"""`netstack stats`: a running stack's counters as a human summary, like `netstat -s` / `ss -s`.
+
+It reads the stack's Prometheus endpoint (the same text Prometheus scrapes, parsed with
+prometheus_client's parser), so it needs no privileges and works on any stack it can reach.
+With `--interval N` it reads twice, N seconds apart, and shows per-second rates beside totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from netstack.config import SETTINGS_BY_KEY, ConfigError, HostPort, load_toml, parse_host_port
+
+MAX_INTERVAL = 300.0
+Labels = Mapping[str, str]
+
+
+class StatsError(RuntimeError):
+    """The endpoint cannot be read; str() is the one line shown to the user."""
+
+
+class Snapshot:
+    """One scrape: every sample by name, with its labels."""
+
+    def __init__(self, text: str, taken: float) -> None:
+        from prometheus_client.parser import text_string_to_metric_families  # not for `run`
+
+        self.taken = taken
+        self.samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[sample.name].append((sample.labels, sample.value))
+
+    def has(self, name: str) -> bool:
+        return name in self.samples
+
+    def value(self, name: str, labels: Labels | None = None) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 when none match)."""
+        want = (labels or {}).items()
+        return sum(v for have, v in self.samples.get(name, ()) if want <= have.items())
+
+    def by(self, name: str, *label_names: str) -> dict[tuple[str, ...], float]:
+        """Samples of `name` summed by the given labels."""
+        out: dict[tuple[str, ...], float] = defaultdict(float)
+        for labels, v in self.samples.get(name, ()):
+            out[tuple(labels.get(n, "") for n in label_names)] += v
+        return dict(out)
+
+
+# (section, rows of (text, metric sample name, label filter)); counters unless named in GAUGES.
+SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = (
+    (
+        "Link",
+        (
+            ("frames received", "netstack_rx_packets_total", {}),
+            ("bytes received", "netstack_rx_bytes_total", {}),
+            ("frames sent", "netstack_tx_packets_total", {}),
+            ("bytes sent", "netstack_tx_bytes_total", {}),
+        ),
+    ),
+    (
+        "Arp",
+        (
+            ("requests received", "netstack_arp_requests_total", {"direction": "rx"}),
+            ("requests sent", "netstack_arp_requests_total", {"direction": "tx"}),
+            ("replies received", "netstack_arp_replies_total", {"direction": "rx"}),
+            ("replies sent", "netstack_arp_replies_total", {"direction": "tx"}),
+            ("resolution failures", "netstack_arp_resolution_failures_total", {}),
+            ("address conflicts", "netstack_arp_conflicts_total", {}),
+            ("cache entries", "netstack_arp_cache_entries", {}),
+        ),
+    ),
+    (
+        "Ip",
+        (
+            ("packets received", "netstack_ipv4_packets_total", {"direction": "rx"}),
+            ("packets sent", "netstack_ipv4_packets_total", {"direction": "tx"}),
+            ("fragments received", "netstack_ipv4_fragments_total", {"direction": "rx"}),
+            ("fragments sent", "netstack_ipv4_fragments_total", {"direction": "tx"}),
+            ("datagrams reassembled", "netstack_ipv4_reassemblies_total", {"result": "ok"}),
+            ("reassemblies failed", "netstack_ipv4_reassemblies_total", {"result": "failed"}),
+        ),
+    ),
+    (
+        "Udp",
+        (
+            ("datagrams received", "netstack_udp_datagrams_total", {"direction": "rx"}),
+            ("datagrams sent", "netstack_udp_datagrams_total", {"direction": "tx"}),
+            ("datagrams to closed ports", "netstack_udp_no_port_total", {}),
+        ),
+    ),
+    (
+        "Tcp",
+        (
+            ("segments received", "netstack_tcp_segments_total", {"direction": "rx"}),
+            ("segments sent", "netstack_tcp_segments_total", {"direction": "tx"}),
+            ("segments retransmitted", "netstack_tcp_retransmitted_segments_total", {}),
+            ("fast retransmits", "netstack_tcp_fast_retransmits_total", {}),
+            ("retransmission timeouts", "netstack_tcp_timeouts_total", {}),
+            ("active opens", "netstack_tcp_active_opens_total", {}),
+            ("passive opens", "netstack_tcp_passive_opens_total", {}),
+            ("resets received", "netstack_tcp_resets_total", {"direction": "rx"}),
+            ("resets sent", "netstack_tcp_resets_total", {"direction": "tx"}),
+            ("SYN queue overflows", "netstack_tcp_listen_overflows_total", {"queue": "syn"}),
+            ("accept queue overflows", "netstack_tcp_listen_overflows_total", {"queue": "accept"}),
+            ("SYN cookies sent", "netstack_tcp_syn_cookies_sent_total", {}),
+            ("SYN cookies validated", "netstack_tcp_syn_cookies_validated_total", {}),
+        ),
+    ),
+)
+GAUGES = {"netstack_arp_cache_entries"}
+DIRECTION_WORDS = {"rx": "received", "tx": "sent"}
+
+
+def fetch(url: str, timeout: float) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode("utf-8")
+    except urllib.error.URLError as err:
+        why = getattr(err, "reason", err)
+        raise StatsError(
+            f"cannot read {url}: {why} (is the stack running with metrics_address set?)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StatsError(f"cannot read {url}: {err}") from None
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) else f"{value:.3g}"
+
+
+def _rate(now: Snapshot, before: Snapshot | None, name: str, labels: Labels) -> str:
+    if before is None or name in GAUGES:
+        return ""
+    dt = now.taken - before.taken
+    per_s = (now.value(name, labels) - before.value(name, labels)) / dt if dt > 0 else 0.0
+    return f"  ({per_s:.1f}/s)"
+
+
+def _lines(rows: list[tuple[float, str, str]]) -> list[str]:
+    width = max((len(_number(v)) for v, _, _ in rows), default=1)
+    text_width = (
+        max((len(text) for _, text, _ in rows), default=1) if any(r for *_, r in rows) else 0
+    )
+    return [
+        f"    {_number(v):>{width}} {text:<{text_width}}{rate}".rstrip() for v, text, rate in rows
+    ]
+
+
+def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
+    """The summary text; rates when `before` (an earlier snapshot of the same stack) is given."""
+    version = next(iter(now.by("netstack_build_info", "version")), ("?",))[0]
+    head = f"netstack {version} at {url}"
+    if before is not None:
+        head += f", rates over {now.taken - before.taken:.1f} s"
+    out = [head]
+    interface = next(iter(now.by("netstack_rx_packets_total", "interface")), ("?",))[0]
+    for section, table in SECTIONS:
+        title = f"{section} {interface}:" if section == "Link" else f"{section}:"
+        rows = [
+            (now.value(name, labels), text, _rate(now, before, name, labels))
+            for text, name, labels in table
+            if now.has(name)
+        ]
+        out += [title, *_lines(rows)]
+        if section == "Ip":
+            out += _icmp(now, before)
+        if section == "Tcp":
+            out += _tcp_states(now)
+    out += _drops(now, before)
+    out += _loop(now, before)
+    out += _process(now, before)
+    return "\n".join(out)
+
+
+def _icmp(now: Snapshot, before: Snapshot | None) -> list[str]:
+    name = "netstack_icmp_messages_total"
+    rows = []
+    for (direction, kind), value in sorted(now.by(name, "direction", "type").items()):
+        if value:
+            labels = {"direction": direction, "type": kind}
+            text = f"{kind} {DIRECTION_WORDS.get(direction, direction)}"
+            rows.append((value, text, _rate(now, before, name, labels)))
+    return ["Icmp:", *(_lines(rows) if rows else ["    none"])]
+
+
+def _tcp_states(now: Snapshot) -> list[str]:
+    states = {s: v for (s,), v in now.by("netstack_tcp_connections", "state").items() if v}
+    total = sum(states.values())
+    detail = ", ".join(
+        f"{s} {_number(v)}" for s, v in sorted(states.items(), key=lambda kv: -kv[1])
+    )
+    return [f"    connections: {_number(total)}" + (f" ({detail})" if detail else "")]
+
+
+def _drops(now: Snapshot, before: Snapshot | None) -> list[str]:
+    name = "netstack_drops_total"
+    drops = {k: v for k, v in now.by(name, "layer", "reason").items() if v}
+    rows = [
+        (v, f"{layer}/{reason}", _rate(now, before, name, {"layer": layer, "reason": reason}))
+        for (layer, reason), v in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    title = f"Drops ({_number(sum(drops.values()))} total):"
+    return [title, *(_lines(rows) if rows else ["    none"])]
+
+
+def _mean(snap: Snapshot, before: Snapshot | None, histogram: str) -> float | None:
+    total, count = snap.value(histogram + "_sum"), snap.value(histogram + "_count")
+    if before is not None:
+        total -= before.value(histogram + "_sum")
+        count -= before.value(histogram + "_count")
+    return total / count if count else None
+
+
+def _loop(now: Snapshot, before: Snapshot | None) -> list[str]:
+    lines = _lines(
+        [
+            (
+                now.value("netstack_loop_wakeups_total"),
+                "wakeups",
+                _rate(now, before, "netstack_loop_wakeups_total", {}),
+            )
+        ]
+    )
+    batch = _mean(now, before, "netstack_loop_batch_frames")
+    busy = _mean(now, before, "netstack_loop_iteration_seconds")
+    if batch is not None:
+        lines.append(f"    {batch:.1f} frames per receive batch (mean)")
+    if busy is not None:
+        lines.append(f"    {busy * 1e6:.0f} us busy per turn (mean)")
+    return ["Loop:", *lines]
+
+
+def _process(now: Snapshot, before: Snapshot | None) -> list[str]:
+    if not now.has("process_resident_memory_bytes"):
+        return []
+    rss = now.value("process_resident_memory_bytes") / 2**20
+    fds = now.value("process_open_fds")
+    cpu = now.value("process_cpu_seconds_total")
+    line = f"    rss {rss:.1f} MiB, {fds:.0f} open fds, cpu {cpu:.2f} s"
+    if before is not None and now.taken > before.taken:
+        used = cpu - before.value("process_cpu_seconds_total")
+        line += f" ({100 * used / (now.taken - before.taken):.0f}% of a core)"
+    return ["Process:", line]
+
+
+# -- the command -------------------------------------------------------------------------------
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    default = SETTINGS_BY_KEY["metrics_address"].default
+    parser = commands.add_parser(
+        "stats", help="summarise a running stack's counters (from its metrics endpoint)"
+    )
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help=f"the stack's metrics address (default: from --config, else {default})",
+    )
+    parser.add_argument("--config", type=Path, help="read metrics_address from this TOML file")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="read twice, this far apart, and show per-second rates",
+    )
+    parser.add_argument("--timeout", type=float, default=3.0, help="HTTP timeout in seconds")
+
+
+def _address(args: argparse.Namespace) -> HostPort:
+    setting = SETTINGS_BY_KEY["metrics_address"]
+    raw, source = setting.default, "default"
+    if args.config is not None:
+        raw = load_toml(args.config).get(setting.key, raw)
+        source = str(args.config)
+    if args.metrics_address is not None:
+        raw, source = args.metrics_address, "--metrics-address"
+    if isinstance(raw, str) and raw.strip().lower() in ("none", "off", "false", ""):
+        raise ConfigError(f"{source}: metrics are off ('none'); nothing to read")
+    try:
+        return parse_host_port(raw)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: bad value for 'metrics_address' ({raw!r}): {err}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    address = _address(args)
+    if args.interval is not None and not 0 < args.interval <= MAX_INTERVAL:
+        raise ConfigError(f"--interval must be between 0 and {MAX_INTERVAL:g} seconds")
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    url = f"http://{host}:{address.port}/metrics"
+    try:
+        before = None
+        if args.interval is not None:
+            before = Snapshot(fetch(url, args.timeout), time.monotonic())
+            time.sleep(args.interval)
+        now = Snapshot(fetch(url, args.timeout), time.monotonic())
+    except StatsError as err:
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:  # the parser's complaint: not a Prometheus endpoint
+        print(f"netstack: {url} is not Prometheus text: {err}", file=sys.stderr)
+        return 1
+    print(render(url, now, before))
+    return 0
