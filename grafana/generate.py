@@ -326,7 +326,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 width=8,
             ),
             Panel(
-                "TCP listen queue overflows and SYN cookies",
+                "TCP listen queue overflows, SYN cookies, challenge ACKs",
                 "cps",
                 (
                     (
@@ -341,8 +341,17 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         f"sum by (instance) ({rate('netstack_tcp_syn_cookies_validated_total')})",
                         "SYN cookies validated {{instance}}",
                     ),
+                    (
+                        f"sum by (instance) ({rate('netstack_tcp_syn_cookies_failed_total')})",
+                        "SYN cookies failed {{instance}}",
+                    ),
+                    (
+                        f"sum by (instance) ({rate('netstack_tcp_challenge_acks_total')})",
+                        "challenge ACKs {{instance}}",
+                    ),
                 ),
-                "SYN queue or accept queue full; SYN cookies sent and accepted back.",
+                "SYN queue or accept queue full; SYN cookies sent, accepted and refused; "
+                "RFC 5961 challenge ACKs.",
                 width=24,
             ),
         ),

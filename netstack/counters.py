@@ -61,6 +61,8 @@ class Counters:
     tcp_accept_queue_overflows: int = 0
     tcp_syn_cookies_sent: int = 0
     tcp_syn_cookies_validated: int = 0
+    tcp_syn_cookies_failed: int = 0  # an ACK to a listener that was not a valid cookie
+    tcp_challenge_acks: int = 0  # RFC 5961 challenge ACKs sent (after rate limiting)
 
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(

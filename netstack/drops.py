@@ -66,12 +66,41 @@ class Drop(enum.Enum):
     UDP_NO_PORT = ("udp", "no_port")
     UDP_RECEIVE_QUEUE_FULL = ("udp", "receive_queue_full")
 
-    # tcp (the TCP issue fills this in further)
+    # tcp: malformed
     TCP_TRUNCATED = ("tcp", "truncated")
     TCP_BAD_HEADER_LENGTH = ("tcp", "bad_header_length")
     TCP_BAD_CHECKSUM = ("tcp", "bad_checksum")
     TCP_BAD_OPTIONS = ("tcp", "bad_options")
+    TCP_NOT_UNICAST = ("tcp", "not_unicast")  # to a broadcast address (RFC 1122 4.2.3.10)
+    # tcp: no connection (answered with a RST unless the segment was one)
     TCP_NO_LISTENER = ("tcp", "no_listener")
+    TCP_CLOSED = ("tcp", "closed")
+    # tcp: listeners
+    TCP_LISTEN_RST = ("tcp", "listen_rst")
+    TCP_LISTEN_ACK = ("tcp", "listen_ack")  # an ACK that is no valid SYN cookie: RST sent
+    TCP_LISTEN_NO_SYN = ("tcp", "listen_no_syn")
+    TCP_SYN_QUEUE_FULL = ("tcp", "syn_queue_full")  # and SYN cookies off
+    TCP_ACCEPT_QUEUE_FULL = ("tcp", "accept_queue_full")
+    # tcp: segment checks (RFC 9293 3.10.7.4, RFC 7323, RFC 5961)
+    TCP_PAWS = ("tcp", "paws")  # timestamp older than TS.Recent
+    TCP_OUT_OF_WINDOW = ("tcp", "out_of_window")  # unacceptable sequence number: ACK sent
+    TCP_RST_OUT_OF_WINDOW = ("tcp", "rst_out_of_window")
+    TCP_RST_CHALLENGED = ("tcp", "rst_challenged")  # in window, not RCV.NXT: challenge ACK
+    TCP_SYN_CHALLENGED = ("tcp", "syn_challenged")  # SYN in a synchronized state
+    TCP_SYN_RETRANSMIT = ("tcp", "syn_retransmit")  # the peer's SYN again: SYN-ACK resent
+    TCP_NO_SYN = ("tcp", "no_syn")  # SYN_SENT: neither SYN nor RST
+    TCP_NO_ACK = ("tcp", "no_ack")  # synchronized state: ACK flag missing
+    TCP_BAD_ACK = ("tcp", "bad_ack")  # not acknowledging our SYN: RST sent
+    TCP_ACK_UNSENT = ("tcp", "ack_unsent")  # acknowledges data never sent
+    TCP_ACK_TOO_OLD = ("tcp", "ack_too_old")  # below SND.UNA - MAX.SND.WND
+    # tcp: text
+    TCP_ZERO_WINDOW = ("tcp", "zero_window")  # text with no room for it
+    TCP_OOO_QUEUE_FULL = ("tcp", "ooo_queue_full")
+    TCP_DATA_AFTER_FIN = ("tcp", "data_after_fin")
+    TCP_DATA_AFTER_CLOSE = ("tcp", "data_after_close")  # the application closed: RST sent
+    # tcp: ICMP errors about our segments
+    TCP_ICMP_NO_CONNECTION = ("tcp", "icmp_no_connection")
+    TCP_ICMP_OUT_OF_WINDOW = ("tcp", "icmp_out_of_window")  # RFC 5927 sequence check
 
     @property
     def layer(self) -> str:

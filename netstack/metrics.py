@@ -153,6 +153,16 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "ACKs that carried a valid SYN cookie and opened a connection.",
         "tcp_syn_cookies_validated",
     ),
+    _single(
+        "tcp_syn_cookies_failed",
+        "ACKs to a listener that carried no valid SYN cookie.",
+        "tcp_syn_cookies_failed",
+    ),
+    _single(
+        "tcp_challenge_acks",
+        "RFC 5961 challenge ACKs sent (suspicious RST or SYN in window).",
+        "tcp_challenge_acks",
+    ),
     _single("loop_wakeups", "Returns from epoll_wait (loop turns).", "loop_wakeups"),
 )
 

@@ -112,6 +112,8 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
             ("accept queue overflows", "netstack_tcp_listen_overflows_total", {"queue": "accept"}),
             ("SYN cookies sent", "netstack_tcp_syn_cookies_sent_total", {}),
             ("SYN cookies validated", "netstack_tcp_syn_cookies_validated_total", {}),
+            ("SYN cookies failed", "netstack_tcp_syn_cookies_failed_total", {}),
+            ("challenge ACKs sent", "netstack_tcp_challenge_acks_total", {}),
         ),
     ),
 )

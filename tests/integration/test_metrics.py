@@ -24,7 +24,16 @@ from netstack.drops import Drop
 from netstack.wire import ethernet as weth
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import udp as wudp
-from tests.integration.world import World, can_run_world, have_tools, ns_socket, running_world
+from tests.integration.world import (
+    World,
+    can_run_world,
+    have_tools,
+    netns_add,
+    netns_del,
+    new_netns_name,
+    ns_socket,
+    running_world,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +342,32 @@ def test_metrics_address_none_serves_nothing(quiet_world: World) -> None:
     )
     assert result.returncode == 1
     assert "cannot read" in result.stderr
+
+
+def test_busy_metrics_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    """Another listener on the metrics port: the stack refuses to start, saying which setting."""
+    ok, why = can_run_world()
+    if not ok:
+        pytest.skip(why)
+    ns = new_netns_name("busy")
+    netns_add(ns)
+    try:
+        squatter = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+        squatter.bind(("127.0.0.1", METRICS_PORT))
+        squatter.listen()
+        try:
+            result = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "netstack", "run"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        finally:
+            squatter.close()
+    finally:
+        netns_del(ns)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"netstack: cannot serve metrics on 127.0.0.1:{METRICS_PORT}")
+    assert "metrics_address" in last

@@ -5,6 +5,7 @@ exit 0 on SIGTERM), SIGHUP reloads, and running with CAP_NET_ADMIN as its only c
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,3 +246,187 @@ def test_runs_with_cap_net_admin_as_its_only_capability(tmp_path: Path, user: st
             proc.kill()
             proc.wait()
         netns_del(ns)
+
+
+# -- the real unit under a real systemd ---------------------------------------------------------
+# A throwaway container (systemd-nspawn --volatile=yes: the host's /usr, an empty /etc and /var,
+# its own network namespace) boots systemd; the stack is installed the README's way (a venv at
+# /opt/netstack, built from this checkout) and deploy/netstack.service runs with all its
+# hardening: DynamicUser, one capability, the seccomp filter, IPAddressAllow, the watchdog.
+SOURCE_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache",
+    ".ruff_cache", "*.so", "results",
+)  # fmt: skip
+
+
+class Container:
+    def __init__(self, proc: subprocess.Popen, log: Path, etc: Path) -> None:
+        self.proc, self.log, self.etc = proc, log, etc
+        self.pid = 0
+
+    def find_init(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            for child in children.read_text().split() if children.exists() else []:
+                comm = Path(f"/proc/{child}/comm")
+                if comm.exists() and comm.read_text().strip() == "systemd":  # exec'd by now
+                    self.pid = int(child)
+                    return
+            time.sleep(0.1)
+        pytest.skip(f"systemd-nspawn did not start a container:\n{self.log.read_text()[-2000:]}")
+
+    def run(self, *cmd: str, timeout: float = 60, check: bool = False):
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", *cmd],
+            capture_output=True, text=True, timeout=timeout, check=check,
+        )  # fmt: skip
+
+    def show(self, *props: str) -> dict[str, str]:
+        args = [a for p in props for a in ("-p", p)]
+        out = self.run("systemctl", "show", "netstack", *args).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, *args: str) -> str:
+        return self.run("journalctl", "-u", "netstack", "-o", "cat", "--no-pager", *args).stdout
+
+
+def _build_opt_venv(tmp: Path) -> Path:
+    """pip install this checkout into a venv whose path is /opt/netstack (in a private mount
+    namespace, so the host's /opt is untouched), as deploy/README.md does."""
+    src, venv = tmp / "src", tmp / "opt-netstack"
+    shutil.copytree(REPO, src, ignore=SOURCE_IGNORE)
+    venv.mkdir()
+    script = (
+        f"mount -t tmpfs tmpfs /opt && mkdir /opt/netstack && mount --bind {venv} /opt/netstack"
+        f" && /usr/bin/python3 -m venv /opt/netstack && /opt/netstack/bin/pip install -q {src}"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return venv
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory):
+    if shutil.which("systemd-nspawn") is None or shutil.which("nsenter") is None:
+        pytest.skip("systemd-nspawn (package systemd-container) is not installed")
+    if not (Path("/usr/lib/systemd/systemd").exists() and Path("/bin").is_symlink()):
+        pytest.skip("needs a merged-/usr systemd host to boot its /usr in a container")
+    tmp = tmp_path_factory.mktemp("nspawn")
+    venv = _build_opt_venv(tmp)
+    etc = tmp / "etc-netstack"
+    etc.mkdir()
+    (etc / "netstack.toml").write_text((REPO / "deploy" / "netstack.toml").read_text())
+    machine_id = tmp / "machine-id"  # not a first boot: no presets enable units behind our back
+    machine_id.write_text(os.urandom(16).hex() + "\n")
+    log = tmp / "nspawn.log"
+    unit = REPO / "deploy" / "netstack.service"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "-D", "/", "--volatile=yes", "--boot", "--private-network",
+             "--register=no", "--keep-unit", f"--machine=nst-{os.getpid()}", "--console=pipe",
+             f"--bind-ro={venv}:/opt/netstack",
+             f"--bind-ro={unit}:/etc/systemd/system/netstack.service",
+             f"--bind={etc}:/etc/netstack", f"--bind-ro={machine_id}:/etc/machine-id"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    box = Container(proc, log, etc)
+    try:
+        box.find_init(30)
+        deadline = time.monotonic() + 120
+        while True:  # the manager's bus socket appears a moment after PID 1 starts
+            booted = box.run("systemctl", "is-system-running", "--wait", timeout=120)
+            if booted.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if booted.stdout.strip() not in ("running", "degraded"):
+            why = f"{booted.stdout}{booted.stderr}\n{log.read_text()[-2000:]}"
+            pytest.skip(f"the container did not boot: {why}")
+        # A VM's udev makes /dev/net/tun 0666 (deploy/README.md, section 1); nspawn copies the
+        # host's mode, which may be 0600. Set it in the container's own /dev only.
+        box.run("chmod", "0666", "/dev/net/tun", check=True)
+        yield box
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # nspawn powers the container off
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_unit_starts_ready_and_confined(container: Container) -> None:
+    started = container.run("systemctl", "start", "netstack", timeout=60)
+    assert started.returncode == 0, started.stderr + container.journal()
+    # Type=notify: `systemctl start` returned after READY=1, so it answers now.
+    assert container.run("ping", "-c", "1", "-W", "1", "10.0.0.2").returncode == 0
+    props = container.show("StatusText", "MainPID", "UID", "WatchdogUSec", "ActiveState")
+    assert props["ActiveState"] == "active"
+    assert props["StatusText"].startswith("up: 10.0.0.2 on tap0, 0 connections, rx ")
+    assert props["WatchdogUSec"] == "10s"
+    assert props["UID"] not in ("0", "[not set]")  # DynamicUser=
+    status = container.run("cat", f"/proc/{props['MainPID']}/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == 1 << 12  # CAP_NET_ADMIN
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # SystemCallFilter= is in force
+    metrics = container.run(
+        "/opt/netstack/bin/python", "-c",
+        "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=5)"
+        ".read().decode())",
+    )  # fmt: skip
+    assert "netstack_up 1.0" in metrics.stdout, metrics.stderr  # IPAddressAllow=localhost
+    assert "Traceback" not in container.journal()
+
+
+def test_unit_reload_applies_live_settings(container: Container) -> None:
+    if container.show("ActiveState")["ActiveState"] != "active":
+        container.run("systemctl", "start", "netstack", check=True)
+    text = (REPO / "deploy" / "netstack.toml").read_text()
+    text = text.replace('# pcap = "/var/log/netstack/', 'pcap = "/var/log/netstack/')
+    text = text.replace('address = "10.0.0.2/24"', 'address = "10.0.0.3/24"')
+    (container.etc / "netstack.toml").write_text(text)
+    reloaded = container.run("systemctl", "reload", "netstack", timeout=60)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert container.run("ping", "-c", "2", "-W", "1", "10.0.0.2").returncode == 0
+    assert "pcap changed (none -> /var/log/netstack/netstack.pcap), applied" in container.journal()
+    # Priorities reach the journal: the restart-needing change is a warning.
+    warnings = container.journal("-p", "warning")
+    assert "address changed (10.0.0.2/24 -> 10.0.0.3/24), needs a restart" in warnings
+    assert "pcap changed" not in warnings
+    pcap = container.run("stat", "-c", "%s %a", "/var/log/private/netstack/netstack.pcap")
+    size, mode = pcap.stdout.split()
+    assert int(size) > 24 and mode == "600", pcap  # LogsDirectory=, UMask=0077
+    (container.etc / "netstack.toml").write_text((REPO / "deploy" / "netstack.toml").read_text())
+
+
+def test_unit_watchdog_restarts_a_stuck_loop(container: Container) -> None:
+    if container.show("ActiveState")["ActiveState"] != "active":
+        container.run("systemctl", "start", "netstack", check=True)
+    before = container.show("MainPID", "NRestarts")
+    container.run("kill", "-STOP", before["MainPID"], check=True)  # the loop stops turning
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = container.show("MainPID", "NRestarts", "ActiveState")
+        if now["NRestarts"] != before["NRestarts"] and now["ActiveState"] == "active":
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("no watchdog restart:\n" + container.journal())
+    assert now["MainPID"] != before["MainPID"]
+    assert container.run("ping", "-c", "1", "-W", "1", "10.0.0.2").returncode == 0
+
+
+def test_unit_stop_is_graceful(container: Container) -> None:
+    if container.show("ActiveState")["ActiveState"] != "active":
+        container.run("systemctl", "start", "netstack", check=True)
+    stopped = container.run("systemctl", "stop", "netstack", timeout=60)
+    assert stopped.returncode == 0
+    props = container.show("Result", "ExecMainStatus", "ActiveState")
+    assert props == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}
+    journal = container.journal("-n", "30")
+    assert "SIGTERM received" in journal and "Deactivated successfully" in journal

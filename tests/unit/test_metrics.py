@@ -8,6 +8,7 @@ queries through a real Prometheus.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import re
@@ -30,7 +31,9 @@ from netstack.drops import Drop
 from netstack.histogram import Histogram
 from netstack.io.loop import Loop
 from netstack.metrics import (
+    COUNTER_FAMILIES,
     ICMP_TYPES,
+    LINK_FAMILIES,
     TCP_STATES,
     MetricsServer,
     _QuietHandler,
@@ -192,6 +195,27 @@ def test_every_family_reads_the_counters() -> None:
     assert parsed[("process_resident_memory_bytes", frozenset())] > 0
     assert ("process_open_fds", frozenset()) in parsed
     assert ("process_cpu_seconds_total", frozenset()) in parsed
+
+
+def test_every_table_family_reads_its_own_field() -> None:
+    """Each Counters field behind a table family lands in its own series (no copy-paste slips)."""
+    c = Counters()
+    fields = [(spec, labels, field) for spec in COUNTER_FAMILIES for labels, field in spec.series]
+    for n, (_, _, field) in enumerate(fields, start=1):
+        setattr(c, field, 1000 + n)
+    parsed = samples(exposition(c))
+    for n, (spec, labels, _) in enumerate(fields, start=1):
+        name = f"netstack_{spec.name}_total"
+        assert value(parsed, name, **dict(zip(spec.labels, labels, strict=True))) == 1000 + n
+
+
+def test_every_int_counter_is_exported() -> None:
+    """A new Counters int field needs a row in metrics.COUNTER_FAMILIES (one line)."""
+    exported = {field for spec in COUNTER_FAMILIES for _, field in spec.series}
+    exported |= {field for _, _, field in LINK_FAMILIES}
+    ints = {f.name for f in dataclasses.fields(Counters) if f.type in ("int", int)}
+    missing = sorted(ints - exported)
+    assert not missing, f"add these Counters fields to netstack/metrics.py: {missing}"
 
 
 def test_labelled_series_exist_from_the_start() -> None:
