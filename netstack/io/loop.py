@@ -155,7 +155,8 @@ class Loop:
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> None:
-        """Turn until stop(); SIGINT/SIGTERM stop it when run from the main thread."""
+        """Turn until stop(); SIGINT/SIGTERM stop it when run from the main thread, unless
+        `signal_handlers` takes them (the Stack does, for a graceful shutdown)."""
         restore = self._install_signals()
         self._running = True
         try:
