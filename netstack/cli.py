@@ -1,4 +1,5 @@
-"""The `netstack` command: `run` starts the stack, `check-config` validates, `stats` reports.
+"""The `netstack` command: `run` starts the stack, `check-config` validates, `stats` reports,
+`soak` runs a long mixed load against a stack in its own namespace (netstack/soak/).
 
 Flag names and defaults are a contract other tools rely on; they come from config.SETTINGS.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from netstack import __version__, stats
 from netstack.config import SETTINGS, Config, ConfigError, build_config, load_toml
+from netstack.soak import runner as soak
 
 log = logging.getLogger("netstack")
 
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file, print the settings")
     check.add_argument("file", type=Path)
     stats.add_parser(commands)
+    soak.add_parser(commands)
     return parser
 
 
@@ -90,7 +93,7 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check-config": _check_config, "stats": stats.main}
+COMMANDS = {"run": _run, "check-config": _check_config, "stats": stats.main, "soak": soak.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from netstack.io.fault import FaultSpec, parse_fault
+from netstack.proto.tcp.config import TcpConfig
 from netstack.wire.ethernet import mac_from_str, mac_to_str
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
@@ -106,6 +108,29 @@ def _path(value: Any) -> Path:
 
 def _port(value: Any) -> int:
     return _int_range(1, 65535)(value)
+
+
+def _float_range(low: float, high: float) -> Callable[[Any], float]:
+    def parse_float(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse_float
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
 
 
 class HostPort(NamedTuple):
@@ -205,6 +230,44 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("services.udp_echo", _optional(_port), 7, "UDP echo port, or false", cli=False),
     Setting("services.udp_discard", _optional(_port), 9, "UDP discard port, or false", cli=False),
+    Setting("services.tcp_echo", _optional(_port), 7, "TCP echo port, or false", cli=False),
+    Setting("services.tcp_discard", _optional(_port), 9, "TCP discard port, or false", cli=False),
+    Setting("services.tcp_chargen", _optional(_port), 19, "TCP chargen port, or false", cli=False),
+    Setting(
+        "tcp.congestion_control",
+        _choice(TCP_CONGESTION_CONTROLS),
+        "cubic",
+        "TCP congestion control: cubic or reno",
+        cli=False,
+    ),
+    Setting(
+        "tcp.send_buffer",
+        _int_range(4096, 64 << 20),
+        512 * 1024,
+        "TCP send buffer (bytes)",
+        cli=False,
+    ),
+    Setting(
+        "tcp.receive_buffer",
+        _int_range(4096, 64 << 20),
+        512 * 1024,
+        "TCP receive buffer, the largest window offered (bytes)",
+        cli=False,
+    ),
+    Setting(
+        "tcp.rto_min",
+        _float_range(0.001, 60.0),
+        0.2,
+        "TCP minimum retransmission timeout, seconds (RFC 6298 says 1.0; Linux uses 0.2)",
+        cli=False,
+    ),
+    Setting(
+        "tcp.syncookies",
+        _bool,
+        True,
+        "answer SYNs with cookies when a SYN queue is full",
+        cli=False,
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -227,6 +290,14 @@ class Config:
     metrics_address: HostPort | None
     services_udp_echo: int | None
     services_udp_discard: int | None
+    services_tcp_echo: int | None
+    services_tcp_discard: int | None
+    services_tcp_chargen: int | None
+    tcp_congestion_control: str
+    tcp_send_buffer: int
+    tcp_receive_buffer: int
+    tcp_rto_min: float
+    tcp_syncookies: bool
 
     def stack_mac(self) -> bytes:
         """The configured MAC, or a stable locally administered one derived from our identity."""
@@ -237,6 +308,23 @@ class Config:
 
     def service_ports(self) -> dict[str, int | None]:
         return {"udp_echo": self.services_udp_echo, "udp_discard": self.services_udp_discard}
+
+    def tcp_service_ports(self) -> dict[str, int | None]:
+        return {
+            "tcp_echo": self.services_tcp_echo,
+            "tcp_discard": self.services_tcp_discard,
+            "tcp_chargen": self.services_tcp_chargen,
+        }
+
+    def tcp_config(self) -> TcpConfig:
+        """The TCP engine's tunables: the defaults, with what the settings name."""
+        return TcpConfig(
+            congestion_control=self.tcp_congestion_control,
+            send_buffer=self.tcp_send_buffer,
+            receive_buffer=self.tcp_receive_buffer,
+            rto_min=self.tcp_rto_min,
+            syncookies=self.tcp_syncookies,
+        )
 
     def describe(self) -> str:
         """The effective settings, one `key = value` per line, TOML-like."""

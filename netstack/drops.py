@@ -101,6 +101,7 @@ class Drop(enum.Enum):
     # tcp: ICMP errors about our segments
     TCP_ICMP_NO_CONNECTION = ("tcp", "icmp_no_connection")
     TCP_ICMP_OUT_OF_WINDOW = ("tcp", "icmp_out_of_window")  # RFC 5927 sequence check
+    TCP_INTERNAL_ERROR = ("tcp", "internal_error")  # a bug: logged, the connection reset
 
     @property
     def layer(self) -> str:

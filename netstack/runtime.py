@@ -186,11 +186,14 @@ class Stack:
                 prefix_len=config.address.network.prefixlen,
                 gateway=int(config.gateway) if config.gateway is not None else None,
                 mtu=mtu,
+                tcp=config.tcp_config(),
             ),
             self.counters,
             random.SystemRandom(),
         )
-        self.services = start_services(self.host.udp, config.service_ports())
+        self.services = start_services(
+            self.host.udp, {**config.service_ports(), **config.tcp_service_ports()}, self.host.tcp
+        )
         self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run
@@ -200,6 +203,7 @@ class Stack:
         self.loop.add_link(link, self._on_frames)
         self.loop.add_deadline_source(self.host.next_deadline, self._poll)
         self._init_service(notifier, reload)
+        self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         self.host.receive_batch(frames, now)
@@ -252,12 +256,12 @@ class Stack:
 
     # -- metrics -------------------------------------------------------------------------------
     def tcp_connections_by_state(self) -> dict[str, int]:
-        """Open TCP connections per state name (metrics.TCP_STATES); {} until TCP lands.
+        """TCP connections per state name (metrics.TCP_STATES; "listen" counts listeners).
 
         Runs on the metrics HTTP thread: read per-state ints or copy before iterating, never
         walk a dict the loop may resize meanwhile.
         """
-        return {}
+        return self.host.tcp.connections_by_state()  # a copy of a fixed-size dict of ints
 
     def start_metrics(self) -> None:
         """Serve Prometheus metrics at config.metrics_address (None: off). Called by `run`'s
@@ -317,7 +321,7 @@ class Stack:
         state = "stopping" if self.shutdown.started else "up"
         return (
             f"{state}: {self.config.address.ip} on {self.link.name}, "
-            f"{sum(self.tcp_connections_by_state().values())} connections, "
+            f"{self.host.tcp.connection_count()} connections, "
             f"rx {rx_pps:.0f} pps, tx {tx_pps:.0f} pps"
         )
 

@@ -144,8 +144,15 @@ class TcpTransport:
         """TCP_NODELAY: turn Nagle's algorithm off (on by default)."""
         self._conn.set_nodelay(on)
 
-    def set_keepalive(self, on: bool = True, idle: float | None = None) -> None:
-        self._conn.set_keepalive(on, idle)
+    def set_keepalive(
+        self,
+        on: bool = True,
+        idle: float | None = None,
+        interval: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        """SO_KEEPALIVE, with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (None: the configured ones)."""
+        self._conn.set_keepalive(on, idle, interval, count)
 
     # -- closing -----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -15,6 +15,8 @@ from netstack.drops import Drop
 from netstack.proto.arp import ArpConfig, ArpEngine
 from netstack.proto.icmp import IcmpConfig, IcmpEngine
 from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
+from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.engine import TcpEngine
 from netstack.proto.udp import UdpEngine
 from netstack.wire import ethernet as weth
 from netstack.wire import icmp as wicmp
@@ -34,10 +36,11 @@ class HostConfig:
     mtu: int = 1500
     arp: ArpConfig = dataclasses.field(default_factory=ArpConfig)
     icmp: IcmpConfig = dataclasses.field(default_factory=IcmpConfig)
+    tcp: TcpConfig = dataclasses.field(default_factory=TcpConfig)
 
 
 class Host:
-    """Ethernet demultiplexing plus the ARP, IPv4, ICMP and UDP engines wired together."""
+    """Ethernet demultiplexing plus the ARP, IPv4, ICMP, UDP and TCP engines wired together."""
 
     def __init__(
         self,
@@ -68,11 +71,13 @@ class Host:
         self.icmp = IcmpEngine(self.ipv4, c, config.icmp)
         self.udp = UdpEngine(self.ipv4, c, self.rng)
         self.icmp.error_handlers[wipv4.PROTO_UDP] = self.udp.receive_error
+        self.tcp = TcpEngine(self.ipv4, c, self.rng, config.tcp)
+        self.icmp.error_handlers[wipv4.PROTO_TCP] = self.tcp.receive_error
         self._ethertypes: dict[int, Callable[[weth.EthernetHeader, memoryview, float], None]] = {
             weth.ETHERTYPE_ARP: self.arp.receive,
             weth.ETHERTYPE_IPV4: self._receive_ipv4,
         }
-        self._engines = (self.arp, self.ipv4)
+        self._engines = (self.arp, self.ipv4, self.tcp)
 
     # -- the loop's entry points ---------------------------------------------------------
     def start(self, now: float) -> None:
@@ -82,10 +87,11 @@ class Host:
 
     def receive_batch(self, frames: list[memoryview], now: float) -> None:
         """Handle a batch of received frames; views are valid only during this call."""
-        self.now = self.udp.now = now
+        self.now = self.udp.now = self.tcp.now = now
         receive = self.receive
         for frame in frames:
             receive(frame, now)
+        self.tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
 
     def receive(self, frame: memoryview, now: float) -> None:
         c = self.counters

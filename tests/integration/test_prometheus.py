@@ -271,7 +271,9 @@ def test_every_dashboard_query_returns_series(world: World, prometheus: Promethe
     assert total(f'increase(netstack_drops_total{{{sel}, reason="no_port"}}[1m])') > 5
     assert total(f'increase(netstack_drops_total{{{sel}, reason="bad_checksum"}}[1m])') > 5
     assert total(f'increase(netstack_ipv4_reassemblies_total{{{sel}, result="ok"}}[1m])') > 0
-    assert total(f"netstack_tcp_connections{{{sel}}}") == 0  # before TCP: series, all zero
+    # The three TCP services listen; no connection was made (the series exist all the same).
+    assert total(f'netstack_tcp_connections{{{sel}, state="listen"}}') == 3
+    assert total(f'netstack_tcp_connections{{{sel}, state!="listen"}}') == 0
     assert time.monotonic() - started < 60
 
 

@@ -1,7 +1,8 @@
 """Fuzz the whole receive path: no frame raises, and every frame is accounted for.
 
 "Accounted for" means each frame either bumps a drop counter (with its reason) or a counter of
-something handled (an ARP packet, an ICMP message, a UDP datagram, a fragment held).
+something handled (an ARP packet, an ICMP message, a UDP datagram, a TCP segment, a fragment
+held).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from netstack.counters import Counters
 from netstack.wire import arp as warp
 from netstack.wire import ethernet as weth
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import tcp as wtcp
 from tests.unit.hosttools import (
     OUR_IP,
     OUR_MAC,
@@ -26,6 +28,11 @@ from tests.unit.hosttools import (
 )
 
 
+def tcp_frame(flags: int, sport: int, dport: int, data: bytes = b"", **kw) -> bytes:
+    segment = wtcp.build(PEER_IP, OUR_IP, sport, dport, 1000, 0, flags, 8192, data, **kw)
+    return ip_frame(segment + data, wipv4.PROTO_TCP)
+
+
 def handled(c: Counters) -> int:
     return (
         c.total_drops()
@@ -33,6 +40,7 @@ def handled(c: Counters) -> int:
         + c.arp_replies_rx
         + sum(n for (direction, _), n in c.icmp.items() if direction == "rx")
         + c.udp_rx
+        + c.tcp_segments_rx
         + c.ipv4_fragments_rx
     )
 
@@ -43,6 +51,10 @@ VALID_FRAMES = [
     udp_frame(b"datagram", 4000, 9),
     udp_frame(b"datagram", 4000, 999),
     ip_frame(b"\0" * 20, wipv4.PROTO_TCP),
+    tcp_frame(wtcp.SYN, 4000, 7),
+    tcp_frame(wtcp.SYN, 4000, 19, options=wtcp.TcpOptions(1460, 7, True, (), (1, 0))),
+    tcp_frame(wtcp.ACK | wtcp.PSH, 4000, 9, b"payload"),
+    tcp_frame(wtcp.RST, 4000, 999),
     ip_frame(b"frag" * 4, wipv4.PROTO_UDP, ident=3),
     weth.build(weth.BROADCAST, PEER_MAC, weth.ETHERTYPE_ARP)
     + warp.build(warp.OP_REQUEST, PEER_MAC, PEER_IP, b"\0" * 6, OUR_IP),
@@ -53,7 +65,11 @@ VALID_FRAMES = [
 
 def _host():
     host = make_host()
-    start_services(host.udp, {"udp_echo": 7, "udp_discard": 9})
+    start_services(
+        host.udp,
+        {"udp_echo": 7, "udp_discard": 9, "tcp_echo": 7, "tcp_discard": 9, "tcp_chargen": 19},
+        host.tcp,
+    )
     return host
 
 

@@ -1,0 +1,1456 @@
+"""One TCP connection (the TCB): segment arrival, output, timers and application events.
+
+Pure: the engine hands it parsed segments and `now`; it answers by transmitting through the
+engine and by flags the engine acts on at the end of the batch. Reading the code against
+RFC 9293 3.10.7 ("SEGMENT ARRIVES"): `segment()` is the dispatcher, `_rx_syn_sent()` the
+SYN-SENT branch, and for the synchronized states the checks run in the RFC's order — PAWS
+(RFC 7323 5.3), sequence acceptability, RST (RFC 5961 3.2), SYN (RFC 5961 4.2), ACK (RFC 5961
+5.2 range check, then `_process_ack`), then text and FIN (`_process_data`).
+
+Sequence numbers are unwrapped ints (see seq.py): SND.UNA <= SND.NXT, RCV.NXT <= RCV.ADV, all
+compared with plain `<`. The send buffer is indexed by stream offset: the byte with sequence
+number s sits at offset s - snd_base, where snd_base = ISS + 1.
+
+Application calls (send, shutdown_write, close, abort, pause/resume_reading) never transmit on
+the spot (abort's RST excepted): they set state and ask the engine to flush this connection,
+which it does at the end of the current receive batch or timer run, or — when the call came
+from outside the engine — at the next loop turn (the engine's next_deadline() is "now").
+That one output point is also where delayed ACKs, window updates and Nagle are decided, so a
+batch of segments gets one ACK and application writes made while handling it piggyback on it.
+
+Application events go to `handler` (see Handler) from `dispatch()`, which the engine calls
+after each batch — never from the middle of segment processing, so a callback can do anything
+(close, abort, write to another connection) without finding a half-updated TCB.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING, Protocol
+
+from netstack.drops import Drop
+from netstack.proto.ratelimit import TokenBucket
+from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
+from netstack.proto.tcp.rtt import RttEstimator
+from netstack.proto.tcp.scoreboard import Scoreboard, Sent
+from netstack.proto.tcp.seq import HALF, MASK, unwrap
+from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
+
+if TYPE_CHECKING:
+    from netstack.proto.tcp.cc import CongestionControl
+    from netstack.proto.tcp.engine import Listener, TcpEngine
+
+DEFAULT_MSS = 536  # RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option
+MIN_MSS = 48  # a floor on the peer's MSS (Linux's tcp_min_snd_mss): no 1-byte segments
+MAX_WSCALE = 14  # RFC 7323 2.3
+TS_OPTION_LEN = 12  # NOP NOP TS(10), carried by every segment once timestamps are on
+SACK_BLOCK_LEN = 8
+PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
+SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
+OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
+
+# Loss-recovery states (Linux's TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss).
+OPEN, RECOVERY, LOSS = "open", "recovery", "loss"
+
+S = State
+
+
+class Handler(Protocol):
+    """Where a connection's application events go (netstack/api/tcp.py adapts these to an
+    asyncio-style Protocol). Every call comes from the engine's dispatch point."""
+
+    def on_established(self) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_closed(self, exc: Exception | None) -> None: ...
+    def on_pause_writing(self) -> None: ...
+    def on_resume_writing(self) -> None: ...
+
+
+def _error(kind: type[OSError], code: int, detail: str = "") -> OSError:
+    message = os.strerror(code)
+    return kind(code, f"{message} ({detail})" if detail else message)
+
+
+def refused() -> OSError:
+    return _error(ConnectionRefusedError, errno.ECONNREFUSED)
+
+
+def reset() -> OSError:
+    return _error(ConnectionResetError, errno.ECONNRESET)
+
+
+def timed_out(detail: str = "") -> OSError:
+    return _error(TimeoutError, errno.ETIMEDOUT, detail)
+
+
+class Connection:
+    """RFC 9293's TCB plus everything RFC 6298/5681/6582/6675/7323/2018/5961 add to it."""
+
+    __slots__ = (
+        "ack_now",
+        "ack_pending",
+        "app_closed",
+        "board",
+        "ca_state",
+        "cc",
+        "challenge",
+        "close_at",
+        "config",
+        "counters",
+        "cwnd_limited",
+        "delack_at",
+        "dupacks",
+        "engine",
+        "eof_delivered",
+        "eof_pending",
+        "error",
+        "fin_queued",
+        "fin_seq",
+        "from_cookie",
+        "handler",
+        "heap_at",
+        "irs",
+        "iss",
+        "ka_params",
+        "ka_probes",
+        "keepalive",
+        "keepalive_at",
+        "key",
+        "last_ack_sent",
+        "last_data",
+        "last_rx",
+        "last_send",
+        "listener",
+        "local_ip",
+        "local_port",
+        "lost_done",
+        "lost_pending",
+        "made_pending",
+        "max_snd_wnd",
+        "mss",
+        "nodelay",
+        "oow_at",
+        "peer_mss",
+        "persist_at",
+        "persist_backoff",
+        "probes_out",
+        "rcv_adv",
+        "rcv_buf_size",
+        "rcv_fin_seq",
+        "rcv_mss",
+        "rcv_nxt",
+        "rcv_wscale",
+        "rcvbuf",
+        "reading_paused",
+        "recover",
+        "remote_ip",
+        "remote_port",
+        "rexmt_at",
+        "rexmt_count",
+        "rto_tsval",
+        "rtt",
+        "sack_ok",
+        "snd_base",
+        "snd_nxt",
+        "snd_sml",
+        "snd_una",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wnd",
+        "snd_wscale",
+        "sndbuf",
+        "soft_error",
+        "state",
+        "syn_pending",
+        "syn_retransmitted",
+        "syn_sent_at",
+        "syn_window",
+        "ts_offset",
+        "ts_ok",
+        "ts_recent",
+        "ts_recent_at",
+        "user",
+        "window_check",
+        "write_high",
+        "write_low",
+        "writing_paused",
+        "wscale_ok",
+    )
+
+    def __init__(
+        self,
+        engine: TcpEngine,
+        local_port: int,
+        remote_ip: int,
+        remote_port: int,
+        listener: Listener | None = None,
+    ) -> None:
+        cfg = self.config = engine.config
+        self.engine = engine
+        self.counters = engine.counters
+        self.local_ip = engine.local_ip
+        self.local_port = local_port
+        self.remote_ip = remote_ip
+        self.remote_port = remote_port
+        self.key = (remote_ip, remote_port, local_port)
+        self.state = S.CLOSED
+        self.listener = listener  # passive opens: the listener until accepted
+        self.handler: Handler | None = None
+        self.user: object = None  # free for the API layer (the transport)
+        # sequence space (unwrapped)
+        self.iss = self.irs = 0
+        self.snd_una = self.snd_nxt = self.snd_base = 0
+        self.snd_sml = 0  # end of the last small segment sent (Minshall's Nagle)
+        self.snd_wnd = self.snd_wl1 = self.snd_wl2 = self.max_snd_wnd = 0
+        self.rcv_nxt = self.rcv_adv = 0
+        self.last_ack_sent = 0
+        self.syn_window = 0
+        # options
+        self.snd_wscale = self.rcv_wscale = 0
+        self.wscale_ok = False
+        self.ts_ok = False
+        self.ts_recent = 0
+        self.ts_recent_at = 0.0
+        self.ts_offset = 0
+        self.sack_ok = False
+        self.peer_mss = DEFAULT_MSS
+        self.mss = DEFAULT_MSS
+        self.rcv_mss = DEFAULT_MSS
+        # buffers
+        self.sndbuf = SendBuffer(cfg.send_buffer)
+        self.rcvbuf = ReceiveBuffer(cfg.ooo_max_pieces)
+        self.rcv_buf_size = cfg.receive_buffer
+        self.fin_queued = False  # the application is done sending: a FIN follows the data
+        self.fin_seq: int | None = None  # sequence number of our FIN, once sent
+        self.rcv_fin_seq: int | None = None  # where the peer's FIN sits, once seen
+        # application-facing flags
+        self.app_closed = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.write_high = cfg.send_buffer
+        self.write_low = cfg.send_buffer // 2
+        self.nodelay = not cfg.nagle
+        self.keepalive = cfg.keepalive
+        self.ka_params = (cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_count)
+        self.made_pending = False
+        self.eof_pending = False
+        self.eof_delivered = False
+        self.lost_pending = False
+        self.lost_done = False
+        self.error: OSError | None = None
+        self.soft_error: OSError | None = None
+        # ACK generation
+        self.ack_now = False
+        self.ack_pending = False
+        self.window_check = False
+        self.syn_pending = False
+        # timers (absolute times, None when off) and their retry counts
+        self.rexmt_at: float | None = None
+        self.persist_at: float | None = None
+        self.delack_at: float | None = None
+        self.keepalive_at: float | None = None
+        self.close_at: float | None = None  # TIME_WAIT, or an orphaned FIN_WAIT_2
+        self.heap_at: float | None = None  # the engine's timer-heap bookkeeping
+        self.rexmt_count = 0
+        self.rto_tsval = 0  # our TSval when the retransmission timer last fired
+        self.probes_out = 0
+        self.ka_probes = 0
+        self.persist_backoff = 0
+        self.syn_retransmitted = False
+        self.syn_sent_at = 0.0
+        self.last_send = 0.0
+        self.last_data = 0.0  # when data (not just an ACK) last went out
+        self.last_rx = 0.0
+        # RTT, congestion, loss recovery
+        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self.cc: CongestionControl | None = None
+        self.board = Scoreboard()
+        self.ca_state = OPEN
+        self.recover = 0
+        self.dupacks = 0
+        self.cwnd_limited = False
+        self.challenge: TokenBucket | None = None
+        self.oow_at = -1e9  # when we last answered an empty out-of-window segment
+        self.from_cookie = False
+
+    def __repr__(self) -> str:
+        from netstack.wire.ipv4 import ip_to_str
+
+        return (
+            f"<Connection {self.local_port} -> {ip_to_str(self.remote_ip)}:{self.remote_port} "
+            f"{self.state.value}>"
+        )
+
+    # =========================================================================================
+    # opening
+    # =========================================================================================
+    def _our_wscale(self) -> int:
+        """The smallest shift that lets the whole receive buffer be advertised."""
+        shift = 0
+        while (0xFFFF << shift) < self.rcv_buf_size and shift < MAX_WSCALE:
+            shift += 1
+        return shift
+
+    def _start_send_space(self, iss: int) -> None:
+        self.iss = iss
+        self.snd_una = self.snd_nxt = iss
+        self.snd_base = iss + 1
+        self.recover = iss
+
+    def open_active(self, iss: int, now: float) -> None:
+        """connect(): SYN_SENT; the SYN goes out at the next flush."""
+        self._start_send_space(iss)
+        self.ts_offset = self.engine.ts_offset(self)
+        cfg = self.config
+        self.rcv_wscale = self._our_wscale() if cfg.window_scaling else 0
+        self.last_rx = now
+        self._set_state(S.SYN_SENT)
+        self.syn_pending = True
+
+    def open_passive(self, h: TcpHeader, iss: int, now: float) -> None:
+        """A listener took this SYN: SYN_RECEIVED; the SYN-ACK goes out at the next flush."""
+        self.irs = h.seq
+        self.rcv_nxt = h.seq + 1
+        self._start_send_space(iss)
+        self.ts_offset = self.engine.ts_offset(self)
+        self._negotiate(h.options, now)
+        self.snd_wnd = self.max_snd_wnd = h.window  # never scaled in a SYN
+        self.snd_wl1 = self.irs
+        self.last_rx = now
+        self._set_state(S.SYN_RECEIVED)
+        self.syn_pending = True
+
+    def open_from_cookie(
+        self,
+        h: TcpHeader,
+        mss: int,
+        wscale: int | None,
+        sack: bool,
+        now: float,
+    ) -> None:
+        """The final ACK of a handshake answered with a SYN cookie: ESTABLISHED at once."""
+        self.from_cookie = True
+        iss = (h.ack - 1) & MASK
+        self.irs = (h.seq - 1) & MASK
+        self.rcv_nxt = self.irs + 1
+        self._start_send_space(iss)
+        self.snd_una = self.snd_nxt = iss + 1
+        self.ts_offset = self.engine.ts_offset(self)
+        cfg = self.config
+        ts = h.options.timestamp
+        self.peer_mss = mss
+        if wscale is not None and cfg.window_scaling:
+            self.wscale_ok = True
+            self.snd_wscale = min(wscale, MAX_WSCALE)
+            self.rcv_wscale = self._our_wscale()
+        self.sack_ok = sack and cfg.sack
+        if ts is not None and cfg.timestamps:
+            self.ts_ok = True
+            self.ts_recent = ts[0]
+            self.ts_recent_at = now
+        self._set_mss()
+        self.snd_wnd = self.max_snd_wnd = h.window << self.snd_wscale
+        self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
+        # The SYN-ACK advertised min(buffer, 65535) unscaled (engine.cookie_window).
+        self.rcv_adv = self.rcv_nxt + min(self.rcv_buf_size, 0xFFFF)
+        self.last_ack_sent = self.rcv_nxt
+        self.last_rx = now
+        self._set_state(S.SYN_RECEIVED)
+        self._established(now)
+
+    def _negotiate(self, opts: TcpOptions, now: float) -> None:
+        """Options from the peer's SYN (or SYN-ACK): on only when both sides offer them."""
+        cfg = self.config
+        self.peer_mss = opts.mss if opts.mss else DEFAULT_MSS
+        if cfg.window_scaling and opts.window_scale is not None:
+            self.wscale_ok = True
+            self.snd_wscale = min(opts.window_scale, MAX_WSCALE)
+            self.rcv_wscale = self._our_wscale()
+        else:
+            self.wscale_ok = False
+            self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = cfg.sack and opts.sack_permitted
+        ts = opts.timestamp
+        if cfg.timestamps and ts is not None:
+            self.ts_ok = True
+            self.ts_recent = ts[0]
+            self.ts_recent_at = now
+        else:
+            self.ts_ok = False
+        self._set_mss()
+
+    def _set_mss(self) -> None:
+        """RFC 9293 3.7.1 / RFC 6691: payload per segment = min(MSS's) - option bytes."""
+        opts = TS_OPTION_LEN if self.ts_ok else 0
+        self.mss = max(MIN_MSS, min(self.peer_mss, self.engine.mss) - opts)
+        self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
+        if self.cc is None:
+            self.cc = self.engine.make_cc(self.mss)
+
+    def _established(self, now: float) -> None:
+        """Into ESTABLISHED (from SYN_SENT or SYN_RECEIVED)."""
+        self.rexmt_at = None
+        self.rexmt_count = 0
+        if self.syn_retransmitted and self.rtt.srtt is None:
+            self.rtt.reset_to(SYN_RTO_AFTER_RETRY)
+        if self.keepalive:
+            self.keepalive_at = now + self.ka_params[0]
+        self._set_state(S.ESTABLISHED)
+        self.made_pending = True
+        if self.fin_queued:  # close()/write_eof() arrived before the handshake finished
+            self._event(Event.CLOSE)
+
+    # =========================================================================================
+    # state changes
+    # =========================================================================================
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if new is old:
+            return
+        self.state = new
+        if new is S.TIME_WAIT:
+            self._enter_time_wait()
+        elif new is S.CLOSED:
+            self._release()
+            self.lost_pending = True
+        elif new is S.FIN_WAIT_2 and self.app_closed:
+            # Orphaned: the application will read nothing more; give the peer a while to
+            # close (Linux's tcp_fin_timeout), and tell the application we are done.
+            self.close_at = self.engine.now + self.config.fin_wait2_timeout
+            self.lost_pending = True
+        self.engine.state_changed(self, old, new)
+
+    def _event(self, event: Event) -> None:
+        self._set_state(next_state(self.state, event))
+
+    def _enter_time_wait(self) -> None:
+        self.rexmt_at = self.persist_at = self.keepalive_at = None
+        self.close_at = self.engine.now + self.config.time_wait
+        self.sndbuf.clear()
+        self.board.clear()
+        self.lost_pending = True
+
+    def _release(self) -> None:
+        """CLOSED: stop every timer, free the buffers (queued input stays for delivery)."""
+        self.rexmt_at = self.persist_at = self.delack_at = None
+        self.keepalive_at = self.close_at = None
+        self.sndbuf.clear()
+        self.board.clear()
+        self.rcvbuf.ooo.clear()
+        self.syn_pending = False
+        self.ack_now = self.ack_pending = False
+
+    def time_wait_reopened(self) -> None:
+        """A new SYN takes this TIME_WAIT connection's 4-tuple (RFC 6191): close now."""
+        self.close_at = None
+        self._fail(None)
+
+    def _fail(self, exc: OSError | None) -> None:
+        """The connection is over with `exc` for the application (None: no error)."""
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._event(Event.RESET)
+
+    # =========================================================================================
+    # segment arrival (RFC 9293 3.10.7)
+    # =========================================================================================
+    def segment(self, h: TcpHeader, payload: memoryview, now: float) -> None:
+        self.last_rx = now
+        self.ka_probes = 0
+        state = self.state
+        if state is S.SYN_SENT:
+            self._rx_syn_sent(h, payload, now)
+            return
+        if state is S.CLOSED:  # a stale reference; the engine normally never routes here
+            self.counters.drop(Drop.TCP_CLOSED)
+            return
+        flags = h.flags
+        rst = flags & RST
+        seq = unwrap(h.seq, self.rcv_nxt)
+        plen = len(payload)
+        ts = h.options.timestamp
+        if state is S.SYN_RECEIVED and flags & (SYN | ACK | RST) == SYN and seq + 1 == self.rcv_nxt:
+            self.syn_pending = True  # the peer's SYN again: our SYN-ACK was lost
+            self.counters.drop(Drop.TCP_SYN_RETRANSMIT)
+            return
+        # RFC 7323 5.3 R1: PAWS. RSTs are exempt (RFC 7323 5.2).
+        if (
+            ts is not None
+            and self.ts_ok
+            and not rst
+            and 0 < ((self.ts_recent - ts[0]) & MASK) < HALF
+            and now - self.ts_recent_at <= PAWS_IDLE
+            and not self._disordered_ack(h, seq, plen, ts[0])
+        ):
+            self._oow_ack(now, plen)
+            self.counters.drop(Drop.TCP_PAWS)
+            return
+        # Sequence acceptability (RFC 9293 3.10.7.4 "first").
+        seg_len = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        rcv_nxt = self.rcv_nxt
+        wnd = self.rcv_adv - rcv_nxt
+        if wnd < 0:
+            wnd = 0
+        if seg_len == 0:
+            ok = seq == rcv_nxt if wnd == 0 else rcv_nxt <= seq < rcv_nxt + wnd
+        elif wnd == 0:
+            # RFC 9293: with a zero window "special allowance should be made to accept valid
+            # ACKs, URGs, and RSTs": a segment at RCV.NXT is processed, its text trimmed off.
+            ok = seq == rcv_nxt
+        else:
+            ok = seq < rcv_nxt + wnd and seq + seg_len > rcv_nxt
+        if not ok:
+            if rst:
+                self.counters.drop(Drop.TCP_RST_OUT_OF_WINDOW)
+                return
+            if flags & SYN:
+                self._challenge_ack(now)  # RFC 5961 4.2 applies to any SYN
+                self.counters.drop(Drop.TCP_SYN_CHALLENGED)
+                return
+            if state is S.TIME_WAIT and flags & FIN:
+                self.close_at = now + self.config.time_wait  # a retransmitted FIN: re-ACK
+            self._oow_ack(now, seg_len)
+            self.counters.drop(Drop.TCP_OUT_OF_WINDOW)
+            return
+        # RST (RFC 5961 3.2): only an exact RCV.NXT match resets; in window: challenge.
+        if rst:
+            if seq == rcv_nxt:
+                self._reset_by_peer()
+            else:
+                self._challenge_ack(now)
+                self.counters.drop(Drop.TCP_RST_CHALLENGED)
+            return
+        # SYN in a synchronized state (RFC 5961 4.2): challenge ACK, drop.
+        if flags & SYN:
+            self._challenge_ack(now)
+            self.counters.drop(Drop.TCP_SYN_CHALLENGED)
+            return
+        if not flags & ACK:
+            self.counters.drop(Drop.TCP_NO_ACK)
+            return
+        ack = unwrap(h.ack, self.snd_una)
+        if state is S.SYN_RECEIVED:
+            if not self.snd_una < ack <= self.snd_nxt:
+                self.engine.send_reset(self.remote_ip, self.remote_port, self.local_port, h.ack)
+                self.counters.drop(Drop.TCP_BAD_ACK)
+                return
+            if not self.engine.accept_ready(self):
+                self.counters.tcp_accept_queue_overflows += 1
+                self.counters.drop(Drop.TCP_ACCEPT_QUEUE_FULL)
+                return
+            self._syn_acked(h, ack, seq, now)
+        else:
+            # RFC 5961 5.2: SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, else ACK and drop.
+            if ack > self.snd_nxt:
+                self._challenge_ack(now)  # rate-limited like every RFC 5961 ACK (section 7)
+                self.counters.drop(Drop.TCP_ACK_UNSENT)
+                return
+            if ack < self.snd_una - self.max_snd_wnd:
+                self._challenge_ack(now)
+                self.counters.drop(Drop.TCP_ACK_TOO_OLD)
+                return
+        # RFC 7323 4.3: remember TSval of a segment covering the left edge of our window.
+        if (
+            ts is not None
+            and self.ts_ok
+            and seq <= self.last_ack_sent
+            and (((ts[0] - self.ts_recent) & MASK) < HALF or now - self.ts_recent_at > PAWS_IDLE)
+        ):
+            self.ts_recent = ts[0]
+            self.ts_recent_at = now
+        self._process_ack(h, ack, seq, plen, now)
+        if self.state is S.CLOSED:
+            return
+        if plen or flags & FIN:
+            self._process_data(h, seq, payload, now)
+
+    def _disordered_ack(self, h: TcpHeader, seq: int, plen: int, tsval: int) -> bool:
+        """A duplicate ACK overtaken by a later one (Linux's tcp_disordered_ack): its old
+        TSval must not make PAWS drop it, or reordering would hide dupacks."""
+        return (
+            plen == 0
+            and h.flags & (SYN | FIN | RST) == 0
+            and seq == self.rcv_nxt
+            and unwrap(h.ack, self.snd_una) == self.snd_una
+            and (h.window << self.snd_wscale) == self.snd_wnd
+            and ((self.ts_recent - tsval) & MASK) <= self.rtt.rto * 1000
+        )
+
+    def _oow_ack(self, now: float, seg_len: int) -> None:
+        """RFC 9293: an unacceptable segment is answered with an ACK. Empty ones (pure ACKs,
+        probes) at most every OOW_ACK_INTERVAL per connection, as Linux's
+        tcp_invalid_ratelimit does, so two stacks cannot ping-pong ACKs forever."""
+        if seg_len == 0:
+            if now - self.oow_at < OOW_ACK_INTERVAL:
+                return
+            self.oow_at = now
+        self.ack_now = True
+
+    # -- SYN-SENT (RFC 9293 3.10.7.3) ------------------------------------------------------
+    def _rx_syn_sent(self, h: TcpHeader, payload: memoryview, now: float) -> None:
+        flags = h.flags
+        ack = 0
+        if flags & ACK:
+            ack = unwrap(h.ack, self.snd_una)
+            if ack <= self.iss or ack > self.snd_nxt:
+                if not flags & RST:
+                    self.engine.send_reset(self.remote_ip, self.remote_port, self.local_port, h.ack)
+                self.counters.drop(Drop.TCP_BAD_ACK)
+                return
+        if flags & RST:
+            if flags & ACK:  # RFC 5961 3.2: acceptable only when it acknowledges our SYN
+                self.counters.tcp_resets_rx += 1
+                self._fail(refused())
+            else:
+                self.counters.drop(Drop.TCP_RST_OUT_OF_WINDOW)
+            return
+        if not flags & SYN:
+            self.counters.drop(Drop.TCP_NO_SYN)
+            return
+        self.irs = h.seq
+        self.rcv_nxt = h.seq + 1
+        self._negotiate(h.options, now)
+        self.rcv_adv = self.rcv_nxt + self.syn_window
+        self.snd_wnd = self.max_snd_wnd = h.window  # unscaled in a SYN
+        self.snd_wl1 = self.irs
+        if flags & ACK:
+            self.snd_una = ack
+            self.snd_wl2 = ack
+            self._sample_syn_rtt(h, now)
+            self.ack_now = True
+            self._established(now)
+            if len(payload) or flags & FIN:  # text in a SYN-ACK: RFC 9293 step six
+                self._process_data(h, self.irs + 1, payload, now)
+        else:
+            # Simultaneous open: SYN_RECEIVED, answer <SEQ=ISS><ACK=RCV.NXT><SYN,ACK>.
+            self._event(Event.RCV_SYN)
+            self.syn_pending = True
+
+    def _sample_syn_rtt(self, h: TcpHeader, now: float) -> None:
+        ts = h.options.timestamp
+        if self.ts_ok and ts is not None and ts[1]:
+            r = ((self._tsval(now) - ts[1]) & MASK) / 1000.0
+        elif not self.syn_retransmitted:
+            r = now - self.syn_sent_at
+        else:
+            return
+        self.rtt.sample(r)
+        self.counters.tcp_rtt_seconds.observe(r)
+
+    def _syn_acked(self, h: TcpHeader, ack: int, seq: int, now: float) -> None:
+        """SYN_RECEIVED and our SYN acknowledged: ESTABLISHED (RFC 9293 3.10.7.4 fifth)."""
+        self.snd_una = ack
+        self.snd_wnd = h.window << self.snd_wscale
+        self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+        self.snd_wl1 = seq
+        self.snd_wl2 = ack
+        self._sample_syn_rtt(h, now)
+        self._established(now)
+
+    # -- ACK (RFC 9293 3.10.7.4 fifth; RFC 5681, 6582, 6675, 6298) ---------------------------
+    def _process_ack(self, h: TcpHeader, ack: int, seq: int, plen: int, now: float) -> None:
+        # Window update (RFC 9293 3.10.7.4: SND.WL1/SND.WL2 decide whether it is newer).
+        window_changed = False
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            wnd = h.window << self.snd_wscale
+            if wnd != self.snd_wnd:
+                window_changed = True
+                if wnd > self.snd_wnd:
+                    self.persist_backoff = 0
+                self.snd_wnd = wnd
+                if wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+        self.probes_out = 0  # the peer answers: window probes are not going unanswered
+        new_sacked = 0
+        blocks = h.options.sack_blocks
+        if blocks and self.sack_ok:
+            new_sacked = self._take_sack(blocks, ack)
+        acked = ack - self.snd_una
+        if acked > 0:
+            self._new_ack(h, ack, acked, now)
+        elif (
+            ack == self.snd_una
+            and self.snd_nxt > self.snd_una
+            and (new_sacked or (plen == 0 and not h.flags & (SYN | FIN) and not window_changed))
+        ):
+            self._dupack(now)
+        elif new_sacked and self.ca_state == RECOVERY:
+            self.board.mark_lost(self.mss)
+        if window_changed or acked > 0:
+            self.engine.touch(self)
+
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
+        """RFC 2018 on the sender: validated blocks above the cumulative ACK mark records."""
+        una = self.snd_una if self.snd_una > ack else ack
+        nxt = self.snd_nxt
+        valid = []
+        for left_w, right_w in blocks:
+            left = unwrap(left_w, una)
+            right = unwrap(right_w, una)
+            if una <= left < right <= nxt:  # else D-SACK (RFC 2883) or bogus: ignored
+                valid.append((left, right))
+        return self.board.sack(valid) if valid else 0
+
+    def _new_ack(self, h: TcpHeader, ack: int, acked: int, now: float) -> None:
+        """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged."""
+        flight = self.snd_nxt - self.snd_una
+        self.snd_una = ack
+        sent_at, _ = self.board.ack(ack)
+        self.sndbuf.consume(min(ack - self.snd_base, self.sndbuf.end))
+        # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
+        # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
+        # older than our last timeout, which would measure the timeout, not the path.
+        rtt: float | None = None
+        ts = h.options.timestamp
+        if sent_at is not None:
+            rtt = now - sent_at
+        elif self.ts_ok and ts is not None and ts[1]:
+            d = (self._tsval(now) - ts[1]) & MASK
+            if d < HALF and ((ts[1] - self.rto_tsval) & MASK) < HALF:
+                rtt = d / 1000.0
+        if rtt is not None:
+            self.rtt.sample(rtt, self.rtt.expected_samples(flight, self.mss))
+            self.counters.tcp_rtt_seconds.observe(rtt)
+        self.rexmt_count = 0
+        cc = self.cc
+        assert cc is not None
+        state = self.ca_state
+        if state == RECOVERY:
+            if ack >= self.recover:  # full ACK: recovery is over
+                self.ca_state = OPEN
+                self.dupacks = 0
+                cc.on_recovery_exit(now)
+                if not self.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
+                    outstanding = self.snd_nxt - ack
+                    cc.cwnd = min(cc.ssthresh, max(outstanding, self.mss) + self.mss)
+            elif self.sack_ok:
+                self.board.mark_lost(self.mss)
+            else:
+                # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
+                if self.board.mark_first_lost():
+                    first = self.board.first()
+                    assert first is not None
+                    self._retransmit(first, now)
+                cc.cwnd = max(cc.cwnd - acked + (self.mss if acked >= self.mss else 0), self.mss)
+        else:
+            if state == LOSS and ack >= self.recover:
+                self.ca_state = OPEN
+            self.dupacks = 0
+            # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
+            # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
+            if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
+                cc.on_ack(acked, now, rtt, flight)
+        # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
+        if self.snd_una >= self.snd_nxt:
+            self.rexmt_at = None
+        else:
+            self.rexmt_at = now + self.rtt.rto
+        # Our FIN acknowledged?
+        if self.fin_seq is not None and ack > self.fin_seq:
+            self._event(Event.FIN_ACKED)
+        elif self.writing_paused and len(self.sndbuf) <= self.write_low:
+            self.engine.touch(self)
+
+    def _dupack(self, now: float) -> None:
+        """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information)."""
+        self.dupacks += 1
+        board = self.board
+        if self.ca_state == OPEN:
+            lost = False
+            if self.sack_ok:
+                board.mark_lost(self.mss)
+                first = board.first()
+                lost = first is not None and first.lost
+            if (self.dupacks >= 3 or lost) and self.snd_una >= self.recover:
+                self._enter_recovery(now)
+            elif not self.sack_ok and self.dupacks < 3:
+                self.engine.touch(self)  # RFC 3042 limited transmit
+        elif self.ca_state == RECOVERY:
+            if self.sack_ok:
+                board.mark_lost(self.mss)
+            else:
+                assert self.cc is not None
+                self.cc.cwnd += self.mss  # RFC 6582 / 5681: inflate by one segment per dupack
+            self.engine.touch(self)
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK)."""
+        cc = self.cc
+        assert cc is not None
+        self.recover = self.snd_nxt
+        cc.on_congestion(now, self.snd_nxt - self.snd_una)
+        board = self.board
+        board.mark_first_lost()  # RFC 6675 (4.3) / RFC 6582: the first hole goes out now
+        if not self.sack_ok:
+            cc.cwnd = cc.ssthresh + 3 * self.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
+        self.ca_state = RECOVERY
+        self.counters.tcp_fast_retransmits += 1
+        first = board.first()
+        if first is not None and first.lost and not first.rexmit:
+            self._retransmit(first, now)
+        self.rexmt_at = now + self.rtt.rto
+        self.engine.touch(self)
+
+    # -- text and FIN (RFC 9293 3.10.7.4 seventh and eighth) ---------------------------------
+    def _process_data(self, h: TcpHeader, seq: int, payload: memoryview, now: float) -> None:
+        state = self.state
+        fin = bool(h.flags & FIN)
+        plen = len(payload)
+        if state not in RECEIVING:
+            # The peer already sent its FIN (or we never synchronised): text is ignored.
+            if plen:
+                self.counters.drop(Drop.TCP_DATA_AFTER_FIN)
+            return
+        if plen and self.app_closed:
+            # RFC 1122 4.2.2.13 (and Linux): data for an application that closed: reset.
+            self.counters.drop(Drop.TCP_DATA_AFTER_CLOSE)
+            self._send_rst_now(now)
+            self._fail(None)
+            return
+        rcv_nxt = self.rcv_nxt
+        if seq < rcv_nxt:  # the front was received already
+            cut = rcv_nxt - seq
+            if cut >= plen:
+                payload = payload[plen:]
+                seq += plen
+                if fin and seq < rcv_nxt:
+                    fin = False
+            else:
+                payload = payload[cut:]
+                seq = rcv_nxt
+            plen = len(payload)
+        right = self.rcv_adv
+        if seq + plen > right:  # beyond the window we offered: trim (and lose the FIN)
+            keep = max(0, right - seq)
+            payload = payload[:keep]
+            plen = keep
+            fin = False
+            self.ack_now = True  # tell the peer where the window really ends
+            if not plen:
+                self.counters.drop(Drop.TCP_ZERO_WINDOW)
+        if fin and self.rcv_fin_seq is None:
+            self.rcv_fin_seq = seq + plen
+        rb = self.rcvbuf
+        if seq == rcv_nxt:
+            if plen:
+                first = rb.first_ooo_start()
+                if first is not None and first < seq + plen:
+                    payload = payload[: first - seq]
+                    plen = len(payload)
+                rb.push(bytes(payload))
+                rcv_nxt += plen
+                if rb.ooo:
+                    rcv_nxt, pieces = rb.take_ooo(rcv_nxt)
+                    for piece in pieces:
+                        rb.push(piece)
+                    self.ack_now = True  # RFC 5681 4.2: a segment that fills a hole
+                self.rcv_nxt = rcv_nxt
+                self.ack_pending = True
+            if self.rcv_fin_seq is not None and self.rcv_nxt == self.rcv_fin_seq:
+                self._rcv_fin(now)
+        elif plen:
+            _, refused = rb.add_ooo(seq, payload)
+            if refused:
+                self.counters.drop(Drop.TCP_OOO_QUEUE_FULL)
+            self.ack_now = True  # RFC 5681 4.2: out of order -> immediate (duplicate) ACK
+        else:
+            self.ack_now = True  # a FIN beyond a hole
+        self.engine.touch(self)
+
+    def _rcv_fin(self, now: float) -> None:
+        self.rcv_nxt += 1
+        self.rcv_fin_seq = None
+        self.ack_now = True
+        self.eof_pending = True
+        self._event(Event.RCV_FIN)
+
+    # -- RST, challenge ACKs ------------------------------------------------------------------
+    def _reset_by_peer(self) -> None:
+        self.counters.tcp_resets_rx += 1
+        state = self.state
+        if state is S.SYN_RECEIVED:
+            # Passive: back to LISTEN, i.e. forget it. Active (simultaneous open): refused.
+            self._fail(None if self.listener is not None else refused())
+        elif state in (S.CLOSING, S.LAST_ACK, S.TIME_WAIT):
+            self._fail(None)
+        else:
+            self._fail(reset())
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 3.2/4.2/5.2: answer with an ACK, at a limited rate per connection."""
+        bucket = self.challenge
+        if bucket is None:
+            cfg = self.config
+            bucket = self.challenge = TokenBucket(cfg.challenge_ack_rate, cfg.challenge_ack_burst)
+        if bucket.allow(now):
+            self.counters.tcp_challenge_acks += 1
+            self.ack_now = True
+            self.engine.touch(self)
+
+    # =========================================================================================
+    # output
+    # =========================================================================================
+    def _tsval(self, now: float) -> int:
+        return (int(now * 1000) + self.ts_offset) & MASK
+
+    def _window_field(self) -> int:
+        """The window to advertise, scaled; never moves the right edge left (RFC 9293
+        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount)."""
+        shift = self.rcv_wscale
+        free = self.rcv_buf_size - self.rcvbuf.queued
+        rcv_nxt = self.rcv_nxt
+        cur = self.rcv_adv - rcv_nxt
+        if cur < 0:
+            cur = 0
+        if free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
+            wnd = free
+        else:
+            wnd = cur
+        field = wnd >> shift
+        if field > 0xFFFF:
+            field = 0xFFFF
+        right = rcv_nxt + (field << shift)
+        if right < self.rcv_adv:  # rounding down would shrink it: round up instead
+            field = min(0xFFFF, -(-cur >> shift))
+            right = rcv_nxt + (field << shift)
+        if right > self.rcv_adv:
+            self.rcv_adv = right
+        return field
+
+    def _xmit(self, flags: int, seq: int, payload, now: float) -> None:
+        """Build and send one segment from the current TCB state."""
+        ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
+        blocks: tuple[tuple[int, int], ...] = ()
+        if self.sack_ok and self.rcvbuf.ooo and flags & ACK:
+            blocks = tuple((s & MASK, e & MASK) for s, e in self.rcvbuf.sack_blocks(3 if ts else 4))
+        options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
+        window = 0 if flags & RST else self._window_field()
+        if flags & ACK:
+            ack = self.rcv_nxt & MASK
+            self.last_ack_sent = self.rcv_nxt
+            self.ack_now = self.ack_pending = False
+            self.delack_at = None
+            self.window_check = False
+        else:
+            ack = 0
+        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
+        self.last_send = now
+
+    def _send_syn(self, now: float) -> None:
+        """SYN (SYN_SENT) or SYN-ACK (SYN_RECEIVED), with the options we offer or echo."""
+        cfg = self.config
+        active = self.state is S.SYN_SENT
+        flags = SYN if active else SYN | ACK
+        if active:  # offer what we are configured for
+            wscale = self.rcv_wscale if cfg.window_scaling else None
+            sack = cfg.sack
+            ts = (self._tsval(now), 0) if cfg.timestamps else None
+        else:  # echo what both sides agreed on
+            wscale = self.rcv_wscale if self.wscale_ok else None
+            sack = self.sack_ok
+            ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
+        options = TcpOptions(self.engine.mss, wscale, sack, (), ts)
+        window = min(self.rcv_buf_size, 0xFFFF)
+        self.syn_window = window
+        if active:
+            ack = 0
+        else:
+            ack = self.rcv_nxt & MASK
+            self.rcv_adv = self.rcv_nxt + window
+            self.last_ack_sent = self.rcv_nxt
+            self.ack_now = self.ack_pending = False
+        self.engine.transmit(self, self.iss & MASK, ack, flags, window, b"", options)
+        if self.snd_nxt == self.iss:
+            self.snd_nxt = self.iss + 1
+            self.syn_sent_at = now
+        if self.rexmt_at is None:
+            self.rexmt_at = now + self.rtt.rto
+        self.last_send = now
+
+    def _send_ack(self, now: float) -> None:
+        self._xmit(ACK, self.snd_nxt, b"", now)
+
+    def _send_rst_now(self, now: float) -> None:
+        """<SEQ=SND.NXT><ACK=RCV.NXT><CTL=RST,ACK>, as Linux sends for abort()."""
+        self.counters.tcp_resets_tx += 1
+        self._xmit(RST | ACK, self.snd_nxt, b"", now)
+
+    def _send_probe(self, now: float) -> None:
+        """A window or keepalive probe: <SEQ=SND.UNA-1><CTL=ACK>, no data (as Linux does).
+
+        The peer finds it old, and RFC 9293 makes it answer with an ACK carrying its window.
+        """
+        self._xmit(ACK, self.snd_una - 1, b"", now)
+
+    def _send_segment(self, seq: int, size: int, fin: bool, snd_end: int, now: float) -> None:
+        payload = self.sndbuf.view(seq - self.snd_base, size) if size else b""
+        flags = ACK
+        end = seq + size
+        if size and end == snd_end:
+            flags |= PSH
+        if size < self.mss:
+            self.snd_sml = end
+        if fin:
+            flags |= FIN
+        self._xmit(flags, seq, payload, now)
+        board = self.board
+        if size:
+            board.add(seq, end, now)
+        if fin:
+            self.fin_seq = end
+            board.add(end, end + 1, now, fin=True)
+            end += 1
+        self.snd_nxt = end
+        self.last_data = now
+        if self.rexmt_at is None:
+            self.rexmt_at = now + self.rtt.rto
+
+    def _retransmit(self, r: Sent, now: float) -> None:
+        if r.fin:
+            self._xmit(ACK | FIN, r.start, b"", now)
+        else:
+            payload = self.sndbuf.view(r.start - self.snd_base, r.end - r.start)
+            self._xmit(ACK | PSH, r.start, payload, now)
+        self.board.retransmitted(r, now)
+        self.last_data = now
+        self.counters.tcp_retransmitted_segments += 1
+        if self.rexmt_at is None:
+            self.rexmt_at = now + self.rtt.rto
+
+    def output(self, now: float) -> None:
+        """Send what the state, the windows and the ACK rules allow."""
+        state = self.state
+        if state is S.CLOSED:
+            return
+        if self.syn_pending:
+            self.syn_pending = False
+            self._send_syn(now)
+            return
+        if state is S.SYN_SENT:
+            return
+        sent = False
+        if state in TRANSMITTING and state is not S.SYN_RECEIVED:
+            sent = self._send_data(now)
+        if sent:
+            return
+        if (
+            self.ack_now
+            or (self.ack_pending and self.rcv_nxt - self.last_ack_sent > self.rcv_mss)
+            or (self.window_check and self._window_update_due())
+        ):
+            self._send_ack(now)
+        elif self.ack_pending and self.delack_at is None:
+            self.delack_at = now + self.config.delayed_ack
+        self.window_check = False
+
+    def _window_update_due(self) -> bool:
+        """After the application read: is the window worth announcing (Linux's rule: it at
+        least doubles and grows by a segment)?"""
+        free = self.rcv_buf_size - self.rcvbuf.queued
+        cur = self.rcv_adv - self.rcv_nxt
+        return free - cur >= self.rcv_mss and free >= 2 * cur
+
+    def _send_data(self, now: float) -> bool:
+        """Retransmissions due, then new data and the FIN, within cwnd and the peer's window.
+
+        Returns whether anything went out (every segment carries the ACK).
+        """
+        cc = self.cc
+        assert cc is not None
+        board = self.board
+        sent = False
+        mss = self.mss
+        if self.sack_ok and self.rcvbuf.ooo:  # room for SACK blocks in the header
+            mss -= 4 + SACK_BLOCK_LEN * min(len(self.rcvbuf.ooo), 3 if self.ts_ok else 4)
+        flight = self.snd_nxt - self.snd_una
+        if flight == 0 and self.last_data and now - self.last_data > self.rtt.rto:
+            cc.on_idle(now)  # RFC 5681 4.1: restart after an idle period longer than the RTO
+            self.last_data = 0.0
+        newreno_recovery = self.ca_state == RECOVERY and not self.sack_ok
+        in_flight = flight if newreno_recovery else board.pipe(flight)
+        budget = cc.cwnd - in_flight
+        if self.ca_state == OPEN and not self.sack_ok and 0 < self.dupacks < 3:
+            budget += self.dupacks * self.mss  # RFC 3042 limited transmit
+        # 1. RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO): lost records first.
+        if not newreno_recovery and board.lost_bytes > board.rexmit_bytes:
+            while budget > 0:
+                r = board.next_lost()
+                if r is None:
+                    break
+                length = r.end - r.start
+                if length > budget and sent:
+                    break
+                self._retransmit(r, now)
+                budget -= length
+                sent = True
+        # 2. New data (rule 2), within the receive window and cwnd; Nagle; sender SWS.
+        snd_end = self.snd_base + self.sndbuf.end
+        wnd_right = self.snd_una + self.snd_wnd
+        blocked = False  # the peer's window (not cwnd) is what stops us
+        self.cwnd_limited = False
+        tso = self.config.tso_max
+        while True:
+            snd_nxt = self.snd_nxt
+            unsent = snd_end - snd_nxt
+            if unsent <= 0:
+                break
+            win = wnd_right - snd_nxt
+            size = mss if unsent > mss else unsent
+            if tso > mss and unsent > mss:
+                # Offload seam: one large segment the link cuts into MSS-sized ones.
+                size = min(unsent, tso - tso % mss, max(win, 0), max(budget, 0)) or size
+            if win < size:
+                # RFC 9293 3.8.6.2.1: send a partial segment only if it is at least half
+                # the largest window the peer offered; else wait (persist timer overrides).
+                if win <= 0 or (win < mss and win < self.max_snd_wnd >> 1):
+                    blocked = True
+                    break
+                size = win
+            if budget < size:
+                self.cwnd_limited = True
+                break
+            if (
+                size < mss
+                and size == unsent
+                and not self.nodelay
+                and self.snd_sml > self.snd_una
+                and not self.fin_queued
+            ):
+                # RFC 896 Nagle, with Minshall's refinement (as Linux): a small segment waits
+                # while an earlier small segment is unacknowledged, so one write larger than
+                # the MSS goes out whole while keystroke-sized writes still coalesce.
+                break
+            fin = self.fin_queued and size == unsent and win > size
+            self._send_segment(snd_nxt, size, fin, snd_end, now)
+            budget -= size
+            sent = True
+        # 3. A FIN on its own (all data sent before close()).
+        if (
+            self.fin_queued
+            and self.fin_seq is None
+            and self.snd_nxt == snd_end
+            and self.state not in (S.ESTABLISHED, S.CLOSE_WAIT)
+        ):
+            if wnd_right - self.snd_nxt >= 1:
+                self._send_segment(self.snd_nxt, 0, True, snd_end, now)
+                sent = True
+            else:
+                blocked = True
+        # Persist timer (RFC 9293 3.8.6.1): the window holds us back with nothing in flight.
+        if blocked and self.snd_nxt == self.snd_una:
+            if self.persist_at is None:
+                self.persist_at = now + self._persist_interval()
+        else:
+            self.persist_at = None
+        return sent
+
+    def _persist_interval(self) -> float:
+        cfg = self.config
+        base = max(self.rtt.rto, cfg.rto_min)
+        return min(base * (1 << min(self.persist_backoff, 16)), cfg.rto_max)
+
+    # =========================================================================================
+    # timers
+    # =========================================================================================
+    def next_timer(self) -> float | None:
+        best = None
+        for t in (self.rexmt_at, self.persist_at, self.delack_at, self.keepalive_at, self.close_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def on_timer(self, now: float) -> None:
+        """Run whichever timers are due (the engine calls this when next_timer() passed)."""
+        if self.close_at is not None and now >= self.close_at:
+            self.close_at = None
+            if self.state is S.FIN_WAIT_2:
+                self._send_rst_now(now)  # Linux does the same when tcp_fin_timeout expires
+            self._event(Event.TIMEOUT)
+            return
+        if self.rexmt_at is not None and now >= self.rexmt_at:
+            self.rexmt_at = None
+            self._on_rto(now)
+        if self.state is S.CLOSED:
+            return
+        if self.persist_at is not None and now >= self.persist_at:
+            self.persist_at = None
+            self._on_persist(now)
+        if self.state is S.CLOSED:
+            return
+        if self.delack_at is not None and now >= self.delack_at:
+            self.delack_at = None
+            if self.ack_pending:
+                self.ack_now = True
+        if self.keepalive_at is not None and now >= self.keepalive_at:
+            self.keepalive_at = None
+            self._on_keepalive(now)
+
+    def _on_rto(self, now: float) -> None:
+        """RFC 6298 5.4-5.6: retransmit the earliest unacknowledged segment, back off."""
+        state = self.state
+        cfg = self.config
+        if state is S.SYN_SENT or state is S.SYN_RECEIVED:
+            limit = cfg.syn_retries if state is S.SYN_SENT else cfg.synack_retries
+            if self.rexmt_count >= limit:
+                if self.listener is not None or self.from_cookie:
+                    self._fail(None)  # a half-open passive connection just goes away
+                else:
+                    self._fail(self._timeout_error())
+                return
+            self.rexmt_count += 1
+            self.counters.tcp_timeouts += 1
+            self.counters.tcp_retransmitted_segments += 1
+            self.syn_retransmitted = True
+            self.rtt.back_off()
+            self.rexmt_at = None
+            self._send_syn(now)
+            return
+        if self.snd_una >= self.snd_nxt:
+            return
+        if self.snd_wnd == 0 and now - self.last_rx < 2 * cfg.rto_max:
+            # The peer closed its window over data we had sent (RFC 9293 3.8.6 allows the
+            # shrink). It still answers, so these retransmissions are window probes: they
+            # must not use up the retries (MUST-26; Linux's tcp_retransmit_timer does this).
+            pass
+        elif self.rexmt_count >= cfg.retries:
+            self._fail(self._timeout_error())
+            return
+        else:
+            self.rexmt_count += 1
+        self.counters.tcp_timeouts += 1
+        self.rto_tsval = self._tsval(now)
+        cc = self.cc
+        assert cc is not None
+        cc.on_timeout(now, self.snd_nxt - self.snd_una)
+        self.rtt.back_off()
+        self.board.mark_all_lost(forget_sacks=self.rexmt_count > 1)
+        self.ca_state = LOSS
+        self.recover = self.snd_nxt
+        self.dupacks = 0
+        first = self.board.next_lost()
+        if first is not None:
+            self._retransmit(first, now)
+        self.rexmt_at = now + self.rtt.rto
+
+    def _timeout_error(self) -> OSError:
+        soft = self.soft_error
+        return timed_out(f"last error: {soft.strerror}" if soft is not None else "")
+
+    def _on_persist(self, now: float) -> None:
+        """Zero-window probe (backing off), or the SWS override for a small window."""
+        if self.state not in TRANSMITTING:
+            return
+        if self.probes_out >= self.config.retries:
+            self._fail(self._timeout_error())
+            return
+        window = self.snd_una + self.snd_wnd - self.snd_nxt
+        snd_end = self.snd_base + self.sndbuf.end
+        unsent = snd_end - self.snd_nxt
+        if window > 0 and unsent > 0:
+            # RFC 9293 3.8.6.2.1 override timeout: send what the small window takes.
+            self._send_segment(self.snd_nxt, min(window, unsent, self.mss), False, snd_end, now)
+            return
+        self.probes_out += 1
+        self.persist_backoff += 1
+        self._send_probe(now)
+        self.persist_at = now + self._persist_interval()
+
+    def _on_keepalive(self, now: float) -> None:
+        """RFC 9293 3.8.4: after `keepalive_idle` of silence, probe; give up after `count`."""
+        if not self.keepalive or self.state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_2):
+            return
+        idle, interval, count = self.ka_params
+        if self.ka_probes == 0 and now - self.last_rx < idle:
+            self.keepalive_at = self.last_rx + idle  # traffic since: wait on
+            return
+        if self.ka_probes >= count:
+            self._fail(self._timeout_error())
+            return
+        if self.snd_nxt == self.snd_una:  # with data in flight the RTO does the probing
+            self._send_probe(now)
+        self.ka_probes += 1
+        self.keepalive_at = now + interval
+
+    # =========================================================================================
+    # ICMP (RFC 5927 validation, RFC 1122 4.2.3.9)
+    # =========================================================================================
+    def icmp_error(self, hard: bool, error: OSError, seq_wire: int) -> bool:
+        """An ICMP error quoting one of our segments; False when it fails validation."""
+        seq = unwrap(seq_wire, self.snd_una)
+        if self.state is S.SYN_SENT:
+            if seq != self.iss:
+                return False
+            if hard:
+                self._fail(refused())
+                return True
+        elif not self.snd_una <= seq < self.snd_nxt:
+            return False
+        self.soft_error = error
+        return True
+
+    # =========================================================================================
+    # application side
+    # =========================================================================================
+    def send(self, data) -> int:
+        """Queue bytes to send; returns how many fit in the send buffer (maybe fewer)."""
+        if self.error is not None:
+            raise self.error
+        if self.fin_queued or self.state not in (
+            S.SYN_SENT,
+            S.SYN_RECEIVED,
+            S.ESTABLISHED,
+            S.CLOSE_WAIT,
+        ):
+            raise BrokenPipeError(errno.EPIPE, "the connection is closed for sending")
+        taken = self.sndbuf.write(data)
+        if taken:
+            self.engine.touch(self)
+        if not self.writing_paused and len(self.sndbuf) >= self.write_high:
+            self.writing_paused = True
+            if self.handler is not None:
+                self.handler.on_pause_writing()
+        return taken
+
+    def shutdown_write(self) -> None:
+        """Half-close (RFC 9293 CLOSE on the send side): a FIN after the queued data."""
+        if self.fin_queued or self.state is S.CLOSED:
+            return
+        self.fin_queued = True
+        if self.state in (S.ESTABLISHED, S.CLOSE_WAIT):
+            self._event(Event.CLOSE)
+        self.engine.touch(self)
+
+    def close(self) -> None:
+        """Graceful close: no more reading or writing; FIN after the queued data.
+
+        Unread received data makes it an abort instead (RFC 1122 4.2.2.13, as Linux does).
+        """
+        if self.app_closed or self.state is S.CLOSED:
+            return
+        if self.rcvbuf.queued:
+            self.abort()
+            return
+        self.app_closed = True
+        if self.state is S.SYN_SENT:
+            self._fail(None)  # RFC 9293 3.10.4: nothing synchronised, just delete
+            self.engine.touch(self)
+            return
+        self.shutdown_write()
+        if self.state is S.FIN_WAIT_2 or self.state is S.TIME_WAIT:
+            self.lost_pending = True
+            if self.state is S.FIN_WAIT_2 and self.close_at is None:
+                self.close_at = self.engine.now + self.config.fin_wait2_timeout
+        self.engine.touch(self)
+
+    def abort(self) -> None:
+        """RST now (RFC 9293 3.10.5 ABORT) and forget the connection."""
+        state = self.state
+        if state is S.CLOSED:
+            return
+        if state not in (S.SYN_SENT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT):
+            self._send_rst_now(self.engine.now)
+        self.app_closed = True
+        self.rcvbuf.clear()
+        self._fail(None)
+        self.engine.touch(self)
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            self.engine.touch(self)
+
+    def set_nodelay(self, on: bool = True) -> None:
+        self.nodelay = bool(on)
+        if on:
+            self.engine.touch(self)
+
+    def set_keepalive(
+        self,
+        on: bool = True,
+        idle: float | None = None,
+        interval: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT (None: the config's)."""
+        cfg = self.config
+        self.keepalive = bool(on)
+        self.ka_params = (
+            cfg.keepalive_idle if idle is None else idle,
+            cfg.keepalive_interval if interval is None else interval,
+            cfg.keepalive_count if count is None else count,
+        )
+        if on and self.state in (S.ESTABLISHED, S.CLOSE_WAIT):
+            self.keepalive_at = self.last_rx + self.ka_params[0]
+            self.ka_probes = 0
+            self.engine.touch(self)
+        elif not on:
+            self.keepalive_at = None
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = self.sndbuf.capacity
+        if low is None:
+            low = high // 2
+        if not 0 <= low <= high:
+            raise ValueError(f"need 0 <= low ({low}) <= high ({high})")
+        self.write_high = min(high, self.sndbuf.capacity)
+        self.write_low = min(low, self.write_high)
+
+    # -- dispatch (the engine calls this at its flush point) -----------------------------------
+    def dispatch(self) -> None:
+        """Deliver pending events to the handler, in order: established, data, EOF,
+        writable, lost. Data and EOF wait while reading is paused."""
+        h = self.handler
+        if h is None:
+            return
+        if self.made_pending:
+            self.made_pending = False
+            h.on_established()
+        rb = self.rcvbuf
+        if rb.queued and not self.app_closed:
+            self.window_check = True
+            while rb.queue and not self.reading_paused and not self.app_closed:
+                h.on_data(rb.pop())
+        if self.eof_pending and not rb.queued and not self.reading_paused and not self.app_closed:
+            self.eof_pending = False
+            self.eof_delivered = True
+            h.on_eof()
+        if self.writing_paused and len(self.sndbuf) <= self.write_low and not self.lost_pending:
+            self.writing_paused = False
+            h.on_resume_writing()
+        if self.lost_pending and not self.lost_done:
+            clean = self.error is None and not self.app_closed
+            if clean and (rb.queued or self.eof_pending):
+                return  # a clean end waits until the application has read everything
+            self.lost_done = True
+            h.on_closed(self.error)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def info(self) -> dict[str, object]:
+        cc = self.cc
+        return {
+            "state": self.state.value,
+            "mss": self.mss,
+            "srtt": self.rtt.srtt,
+            "rto": self.rtt.rto,
+            "cwnd": cc.cwnd if cc is not None else None,
+            "ssthresh": cc.ssthresh if cc is not None else None,
+            "snd_wnd": self.snd_wnd,
+            "rcv_wnd": max(0, self.rcv_adv - self.rcv_nxt),
+            "unacked": self.snd_nxt - self.snd_una,
+            "send_buffered": len(self.sndbuf),
+            "recv_buffered": self.rcvbuf.queued,
+            "sack": self.sack_ok,
+            "timestamps": self.ts_ok,
+            "wscale": (self.snd_wscale, self.rcv_wscale),
+            "congestion_control": cc.name if cc is not None else None,
+            "ca_state": self.ca_state,
+        }

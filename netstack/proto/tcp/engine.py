@@ -1,0 +1,629 @@
+"""The TCP engine: demultiplexing, listeners with SYN and accept queues, SYN cookies, RSTs for
+closed ports, ICMP errors, and the one timer heap and flush point for every connection.
+
+Pure, like every engine here: `receive(ip_header, segment, packet, now)` (registered with the
+IPv4 engine), `receive_error(...)` (ICMP), `poll(now)` and `next_deadline()`; segments leave
+through `ipv4.send`. The host calls `flush(now)` at the end of every receive batch; `poll`
+flushes by itself.
+
+The flush point. Connections touched during a batch (a segment arrived, a timer fired, the
+application called write/close/...) are flushed once at its end: application events are
+dispatched (Connection.dispatch), then whatever the connection may send goes out
+(Connection.output: data, retransmissions, FIN, delayed or immediate ACKs, window updates),
+then its timer is rescheduled. Application calls made outside the engine (a loop timer, the
+blocking facade) only touch the connection; next_deadline() then answers "now", so the loop
+polls at once and the flush happens in the same turn.
+
+Frames and the send buffer. Data segments are (header, memoryview into the send buffer). The
+send buffer never changes bytes once written (buffers.py), so frames may sit in any queue for
+any time: the loop's tx queue, ARP's resolution queue (which copies), a pcap observer.
+
+Application API: see netstack/api/tcp.py (asyncio-Protocol-shaped callbacks). At this level:
+`listen(port, backlog)` -> Listener (accept() / on_ready), `connect((ip, port), local_port)` ->
+Connection (send, shutdown_write, close, abort, pause/resume_reading; events to its handler).
+
+Metrics: counters on `counters` (tcp_*), `connections_by_state()` for the connections gauge
+(safe to call from the scrape thread), drops by reason (Drop.TCP_*).
+Graceful shutdown (runtime.Closer): begin_shutdown(now), is_quiet(), abort(now).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable
+
+from netstack.counters import Counters
+from netstack.drops import Drop
+from netstack.proto.ipv4 import Ipv4Engine
+from netstack.proto.tcp import isn as isnmod
+from netstack.proto.tcp.cc import CongestionControl, make_cc
+from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.connection import Connection
+from netstack.proto.tcp.seq import MASK, seq_gt, unwrap
+from netstack.proto.tcp.state import State
+from netstack.wire import icmp as wicmp
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import tcp as wtcp
+from netstack.wire.errors import Malformed
+from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions
+
+log = logging.getLogger("netstack.tcp")
+
+Key = tuple[int, int, int]  # (remote ip, remote port, local port)
+S = State
+
+# ICMP destination-unreachable codes that end a connection attempt (RFC 1122 4.2.3.9).
+HARD_UNREACHABLE = frozenset({wicmp.CODE_PROTOCOL_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE})
+# How other ICMP errors are reported if the connection then times out (soft errors).
+SOFT_ERRNO = {
+    (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_NET_UNREACHABLE): errno.ENETUNREACH,
+    (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_HOST_UNREACHABLE): errno.EHOSTUNREACH,
+    (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_FRAG_NEEDED): errno.EMSGSIZE,
+    (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PROTOCOL_UNREACHABLE): errno.ECONNREFUSED,
+    (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE): errno.ECONNREFUSED,
+}
+COOKIE_WINDOW = 2 * isnmod.MAX_AGE * isnmod.COOKIE_PERIOD  # accept cookie ACKs this long
+
+
+class AddressInUse(OSError):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EADDRINUSE, message)
+
+
+class Listener:
+    """A listening port: SYN_RECEIVED connections (the SYN queue, bounded by syn_backlog) and
+    established ones not yet accepted (the accept queue, bounded by backlog).
+
+    `on_ready(listener)` is called at the engine's flush point when connections are waiting;
+    take them with accept(). With no on_ready they wait (and count toward the backlog).
+    """
+
+    def __init__(
+        self,
+        engine: TcpEngine,
+        port: int,
+        backlog: int,
+        syn_backlog: int,
+        on_ready: Callable[[Listener], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.port = port
+        self.backlog = backlog
+        self.syn_backlog = syn_backlog
+        self.on_ready = on_ready
+        self.syn_queue: dict[Key, Connection] = {}
+        self.accept_queue: deque[Connection] = deque()
+        self.closed = False
+        self.last_overflow: float | None = None  # when cookies were last sent
+
+    def accept(self) -> Connection | None:
+        """The oldest established connection, or None. The caller sets its handler."""
+        while self.accept_queue:
+            conn = self.accept_queue.popleft()
+            conn.listener = None
+            if conn.state is not S.CLOSED:
+                return conn
+        return None
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset."""
+        self.engine.unlisten(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Listener :{self.port} syn={len(self.syn_queue)} "
+            f"accept={len(self.accept_queue)}/{self.backlog}>"
+        )
+
+
+class TcpEngine:
+    """All TCP of one host: connections by 4-tuple, listeners by port."""
+
+    def __init__(
+        self,
+        ipv4: Ipv4Engine,
+        counters: Counters,
+        rng: random.Random,
+        config: TcpConfig | None = None,
+        *,
+        secret: bytes | None = None,
+        cc_factory: Callable[[str, int], CongestionControl] = make_cc,
+    ) -> None:
+        self.ipv4 = ipv4
+        self.counters = counters
+        self.rng = rng
+        self.config = config if config is not None else TcpConfig()
+        self.local_ip = ipv4.config.address
+        self.mss = ipv4.config.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN  # RFC 9293 3.7.1
+        self.secrets = isnmod.Secrets(secret)
+        self._cc_factory = cc_factory
+        make_cc_check = cc_factory(self.config.congestion_control, self.mss)  # fail early
+        del make_cc_check
+        self.now = 0.0
+        self.conns: dict[Key, Connection] = {}
+        self.listeners: dict[int, Listener] = {}
+        self._dirty: dict[Connection, None] = {}  # an ordered set
+        self._ready: dict[Listener, None] = {}
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._seq = itertools.count()
+        self._states: dict[str, int] = {s.value: 0 for s in State if s is not S.CLOSED}
+        self.time_wait_count = 0
+        self.shutting_down = False
+        # Tests may replace this to place ISNs (e.g. just below 2^32).
+        self.choose_isn: Callable[[Connection, float], int] = self._isn
+        ipv4.register(wipv4.PROTO_TCP, self.receive)
+
+    # =========================================================================================
+    # application side
+    # =========================================================================================
+    def listen(
+        self,
+        port: int,
+        backlog: int | None = None,
+        on_ready: Callable[[Listener], None] | None = None,
+    ) -> Listener:
+        if not 0 < port <= 0xFFFF:
+            raise ValueError(f"TCP port out of range: {port}")
+        if port in self.listeners:
+            raise AddressInUse(f"TCP port {port} is already listening")
+        if self.shutting_down:
+            raise OSError(errno.ESHUTDOWN, "the stack is shutting down")
+        cfg = self.config
+        backlog = cfg.default_backlog if backlog is None else max(1, backlog)
+        listener = Listener(self, port, backlog, cfg.syn_backlog, on_ready)
+        self.listeners[port] = listener
+        self._states["listen"] += 1
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        if listener.closed:
+            return
+        listener.closed = True
+        if self.listeners.get(listener.port) is listener:
+            del self.listeners[listener.port]
+            self._states["listen"] -= 1
+        for conn in [*listener.syn_queue.values(), *listener.accept_queue]:
+            conn.abort()
+        listener.syn_queue.clear()
+        listener.accept_queue.clear()
+        self._ready.pop(listener, None)
+
+    def connect(self, remote: tuple[int, int], local_port: int = 0) -> Connection:
+        """Active open: a Connection in SYN_SENT; set its handler before the next flush."""
+        remote_ip, remote_port = remote
+        if not 0 < remote_port <= 0xFFFF:
+            raise ValueError(f"TCP port out of range: {remote_port}")
+        if self.shutting_down:
+            raise OSError(errno.ESHUTDOWN, "the stack is shutting down")
+        if self.ipv4.route(remote_ip) is None:
+            raise OSError(errno.ENETUNREACH, "no route to the destination")
+        if local_port == 0:
+            local_port = self._ephemeral_port(remote_ip, remote_port)
+        elif not 0 < local_port <= 0xFFFF:
+            raise ValueError(f"TCP port out of range: {local_port}")
+        elif (remote_ip, remote_port, local_port) in self.conns:
+            raise AddressInUse(f"TCP port {local_port} is in use towards that destination")
+        conn = Connection(self, local_port, remote_ip, remote_port)
+        self.conns[conn.key] = conn
+        conn.open_active(self.choose_isn(conn, self.now), self.now)
+        self.counters.tcp_active_opens += 1
+        self.touch(conn)
+        return conn
+
+    def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
+        """RFC 6056 algorithm 1: a random start, then the next port free for this peer."""
+        cfg = self.config
+        span = cfg.ephemeral_last - cfg.ephemeral_first + 1
+        start = self.rng.randrange(span)
+        for i in range(span):
+            port = cfg.ephemeral_first + (start + i) % span
+            if port not in self.listeners and (remote_ip, remote_port, port) not in self.conns:
+                return port
+        raise AddressInUse("no free ephemeral TCP port")
+
+    # =========================================================================================
+    # hooks the connections call
+    # =========================================================================================
+    def make_cc(self, mss: int) -> CongestionControl:
+        return self._cc_factory(self.config.congestion_control, mss)
+
+    def _tuple(self, conn: Connection) -> bytes:
+        return isnmod.tuple_bytes(self.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
+
+    def _isn(self, conn: Connection, now: float) -> int:
+        return self.secrets.isn(self._tuple(conn), now)
+
+    def ts_offset(self, conn: Connection) -> int:
+        return self.secrets.ts_offset(self._tuple(conn))
+
+    def touch(self, conn: Connection) -> None:
+        """Flush `conn` at the next flush point."""
+        self._dirty[conn] = None
+
+    def transmit(
+        self,
+        conn: Connection,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload,
+        options: TcpOptions | None,
+    ) -> None:
+        header = wtcp.build(
+            self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
+            seq, ack, flags, window, payload, options=options,
+        )  # fmt: skip
+        self.counters.tcp_segments_tx += 1
+        pieces = (header, payload) if len(payload) else (header,)
+        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+
+    def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
+        """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
+        header = wtcp.build(self.local_ip, remote_ip, local_port, remote_port, seq, 0, RST, 0)
+        self.counters.tcp_resets_tx += 1
+        self.counters.tcp_segments_tx += 1
+        self.ipv4.send(remote_ip, wipv4.PROTO_TCP, (header,), self.now)
+
+    def state_changed(self, conn: Connection, old: State, new: State) -> None:
+        states = self._states
+        if old is not S.CLOSED:
+            states[old.value] -= 1
+        if new is not S.CLOSED:
+            states[new.value] += 1
+        if old is S.TIME_WAIT:
+            self.time_wait_count -= 1
+        listener = conn.listener
+        if new is S.TIME_WAIT:
+            self.time_wait_count += 1
+            if self.time_wait_count > self.config.max_time_wait:
+                conn.close_at = self.now  # too many: this one leaves at once
+        elif new is S.ESTABLISHED and old is S.SYN_RECEIVED and listener is not None:
+            listener.syn_queue.pop(conn.key, None)
+            listener.accept_queue.append(conn)
+            self._ready[listener] = None
+        elif new is S.CLOSED:
+            if self.conns.get(conn.key) is conn:
+                del self.conns[conn.key]
+            if listener is not None:
+                listener.syn_queue.pop(conn.key, None)
+                if conn in listener.accept_queue:
+                    listener.accept_queue.remove(conn)
+        self.touch(conn)
+
+    def accept_ready(self, conn: Connection) -> bool:
+        """May this SYN_RECEIVED connection complete (room in its listener's accept queue)?"""
+        listener = conn.listener
+        if listener is None:
+            return True
+        return len(listener.accept_queue) < listener.backlog
+
+    # =========================================================================================
+    # receive
+    # =========================================================================================
+    def receive(
+        self, ip: wipv4.Ipv4Header, segment: memoryview, packet: memoryview, now: float
+    ) -> None:
+        c = self.counters
+        self.now = now
+        if ip.dst != self.local_ip:
+            c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10: no TCP to broadcasts
+            return
+        try:
+            h, payload = wtcp.parse(segment, ip.src, ip.dst)
+        except Malformed as bad:
+            c.drop(bad.reason)
+            return
+        c.tcp_segments_rx += 1
+        key = (ip.src, h.src_port, h.dst_port)
+        conn = self.conns.get(key)
+        isn_floor = None
+        if conn is not None:
+            if conn.state is S.TIME_WAIT and h.flags & (SYN | ACK | RST) == SYN:
+                isn_floor = self._time_wait_reopen(conn, h)
+            if isn_floor is None:
+                try:
+                    conn.segment(h, payload, now)
+                except Exception:  # a bug must cost one connection, not the loop's batch
+                    self._internal_error(conn, "processing a segment")
+                    c.drop(Drop.TCP_INTERNAL_ERROR)
+                self._dirty[conn] = None
+                return
+            # RFC 6191: the old incarnation gave way; the listener decides on the SYN.
+        listener = self.listeners.get(h.dst_port)
+        if listener is None:
+            self._reset_closed(ip.src, h, len(payload))
+            c.drop(Drop.TCP_NO_LISTENER)
+            return
+        self._listen_segment(listener, ip.src, h, payload, now, isn_floor)
+
+    def _time_wait_reopen(self, conn: Connection, h: TcpHeader) -> int | None:
+        """RFC 6191 (timestamps) / RFC 1122 4.2.2.13 (sequence numbers): may this SYN reopen
+        a connection in TIME_WAIT? Then the old one closes, and the new ISN must lie beyond
+        its sequence space: the floor returned (as Linux: SND.NXT + 65535 + 2)."""
+        ts = h.options.timestamp
+        if conn.ts_ok and ts is not None:
+            newer = seq_gt(ts[0], conn.ts_recent)
+        else:
+            newer = unwrap(h.seq, conn.rcv_nxt) > conn.rcv_nxt
+        if not newer:
+            return None
+        floor = (conn.snd_nxt + 65535 + 2) & MASK
+        conn.time_wait_reopened()
+        return floor
+
+    def _reset_closed(self, src: int, h: TcpHeader, plen: int) -> None:
+        """RFC 9293 3.10.7.1: a segment for no connection gets a RST (unless it is one)."""
+        if h.flags & RST:
+            return
+        if h.flags & ACK:
+            seq, ack, flags = h.ack, 0, RST
+        else:
+            seg_len = plen + (1 if h.flags & SYN else 0) + (1 if h.flags & FIN else 0)
+            seq, ack, flags = 0, (h.seq + seg_len) & MASK, RST | ACK
+        header = wtcp.build(self.local_ip, src, h.dst_port, h.src_port, seq, ack, flags, 0)
+        self.counters.tcp_resets_tx += 1
+        self.counters.tcp_segments_tx += 1
+        self.ipv4.send(src, wipv4.PROTO_TCP, (header,), self.now)
+
+    # -- LISTEN (RFC 9293 3.10.7.2) ----------------------------------------------------------
+    def _listen_segment(
+        self,
+        listener: Listener,
+        src: int,
+        h: TcpHeader,
+        payload: memoryview,
+        now: float,
+        isn_floor: int | None = None,
+    ) -> None:
+        c = self.counters
+        flags = h.flags
+        if flags & RST:
+            c.drop(Drop.TCP_LISTEN_RST)
+            return
+        if flags & ACK:
+            if not flags & SYN and self._cookie_ack(listener, src, h, payload, now):
+                return
+            self.send_reset(src, h.src_port, h.dst_port, h.ack)
+            c.drop(Drop.TCP_LISTEN_ACK)
+            return
+        if not flags & SYN:
+            c.drop(Drop.TCP_LISTEN_NO_SYN)
+            return
+        if len(listener.accept_queue) >= listener.backlog:
+            c.tcp_accept_queue_overflows += 1
+            c.drop(Drop.TCP_ACCEPT_QUEUE_FULL)
+            return
+        if len(listener.syn_queue) >= listener.syn_backlog:
+            c.tcp_syn_queue_overflows += 1
+            if self.config.syncookies:
+                self._send_cookie(listener, src, h, now)
+                return
+            c.drop(Drop.TCP_SYN_QUEUE_FULL)
+            return
+        conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        isn = self.choose_isn(conn, now)
+        if isn_floor is not None and seq_gt(isn_floor, isn):
+            isn = isn_floor
+        self.conns[conn.key] = conn
+        listener.syn_queue[conn.key] = conn
+        conn.open_passive(h, isn, now)
+        c.tcp_passive_opens += 1
+        self.touch(conn)
+
+    # -- SYN cookies (RFC 4987 3.6) ----------------------------------------------------------
+    def _send_cookie(self, listener: Listener, src: int, h: TcpHeader, now: float) -> None:
+        cfg = self.config
+        opts = h.options
+        tuple4 = isnmod.tuple_bytes(self.local_ip, h.dst_port, src, h.src_port)
+        peer_mss = opts.mss if opts.mss else 536
+        isn, _ = self.secrets.make_cookie(tuple4, h.seq, min(peer_mss, self.mss), now)
+        options_ts = None
+        wscale = sack = None
+        if cfg.timestamps and opts.timestamp is not None:
+            # The peer's options ride in the low bits of our TSval (isn.py).
+            peer_ws = opts.window_scale if cfg.window_scaling else None
+            peer_sack = bool(cfg.sack and opts.sack_permitted)
+            tsval = (int(now * 1000) + self.secrets.ts_offset(tuple4)) & MASK
+            options_ts = (isnmod.cookie_tsval(tsval, peer_ws, peer_sack), opts.timestamp[0])
+            if peer_ws is not None:
+                wscale = self._our_wscale()
+            sack = peer_sack
+        options = TcpOptions(self.mss, wscale, bool(sack), (), options_ts)
+        window = min(cfg.receive_buffer, 0xFFFF)
+        header = wtcp.build(
+            self.local_ip, src, h.dst_port, h.src_port, isn, (h.seq + 1) & MASK,
+            SYN | ACK, window, options=options,
+        )  # fmt: skip
+        self.counters.tcp_syn_cookies_sent += 1
+        self.counters.tcp_segments_tx += 1
+        listener.last_overflow = now
+        self.ipv4.send(src, wipv4.PROTO_TCP, (header,), now)
+
+    def _our_wscale(self) -> int:
+        shift = 0
+        while (0xFFFF << shift) < self.config.receive_buffer and shift < 14:
+            shift += 1
+        return shift
+
+    def _cookie_ack(
+        self, listener: Listener, src: int, h: TcpHeader, payload: memoryview, now: float
+    ) -> bool:
+        """An ACK to a listener: the end of a cookie handshake? Then make the connection."""
+        if listener.last_overflow is None or now - listener.last_overflow > COOKIE_WINDOW:
+            return False
+        c = self.counters
+        tuple4 = isnmod.tuple_bytes(self.local_ip, h.dst_port, src, h.src_port)
+        mss = self.secrets.check_cookie(tuple4, (h.seq - 1) & MASK, (h.ack - 1) & MASK, now)
+        wscale, sack = None, False
+        ts = h.options.timestamp
+        if mss is not None and ts is not None and self.config.timestamps:
+            decoded = isnmod.cookie_ts_options(ts[1])
+            if decoded is None:
+                mss = None
+            else:
+                wscale, sack = decoded
+        if mss is None:
+            c.tcp_syn_cookies_failed += 1
+            return False
+        if len(listener.accept_queue) >= listener.backlog:
+            c.tcp_accept_queue_overflows += 1
+            c.drop(Drop.TCP_ACCEPT_QUEUE_FULL)
+            return True
+        c.tcp_syn_cookies_validated += 1
+        c.tcp_passive_opens += 1
+        conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        self.conns[conn.key] = conn
+        conn.open_from_cookie(h, mss, wscale, sack, now)
+        # The ACK may carry data (or a FIN): process it as the established connection.
+        if len(payload) or h.flags & FIN:
+            conn.segment(h, payload, now)
+        self.touch(conn)
+        return True
+
+    # =========================================================================================
+    # ICMP errors (RFC 1122 4.2.3.9, RFC 5927)
+    # =========================================================================================
+    def receive_error(
+        self,
+        icmp_type: int,
+        code: int,
+        inner: wipv4.Ipv4Header,
+        inner_payload: memoryview,
+        now: float,
+    ) -> None:
+        self.now = now
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        seq = int.from_bytes(inner_payload[4:8], "big")
+        conn = self.conns.get((inner.dst, dst_port, src_port))
+        if conn is None:
+            self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
+            return
+        hard = icmp_type == wicmp.TYPE_DEST_UNREACHABLE and code in HARD_UNREACHABLE
+        code_errno = SOFT_ERRNO.get((icmp_type, code), errno.EHOSTUNREACH)
+        error = OSError(code_errno, os.strerror(code_errno))
+        if not conn.icmp_error(hard, error, seq):
+            self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
+            return
+        self.touch(conn)
+
+    # =========================================================================================
+    # flush, timers
+    # =========================================================================================
+    def flush(self, now: float) -> None:
+        """The flush point: listeners' on_ready, then each touched connection's events,
+        output and timer. Callbacks may touch more connections; they are flushed too (a few
+        rounds at most here; anything left makes next_deadline() 'now')."""
+        self.now = now
+        for _ in range(8):
+            if self._ready:
+                ready = list(self._ready)
+                self._ready.clear()
+                for listener in ready:
+                    if listener.on_ready is not None and listener.accept_queue:
+                        listener.on_ready(listener)
+            if not self._dirty:
+                return
+            dirty = self._dirty
+            self._dirty = {}
+            for conn in dirty:
+                try:
+                    conn.dispatch()
+                except Exception:  # the application's callback raised: as asyncio does,
+                    self._internal_error(conn, "in an application callback")  # reset it
+                    conn.lost_done = True  # and do not call it again
+                self._dirty.pop(conn, None)
+                try:
+                    conn.output(now)
+                except Exception:
+                    self._internal_error(conn, "sending")
+                self._schedule(conn)
+
+    def _internal_error(self, conn: Connection, doing: str) -> None:
+        log.exception("TCP %r: error %s; the connection is reset", conn, doing)
+        try:
+            conn.abort()
+        except Exception:  # pragma: no cover - last resort: forget it
+            conn.state = S.CLOSED
+            self.conns.pop(conn.key, None)
+
+    def _schedule(self, conn: Connection) -> None:
+        """Keep the heap's entry for conn no later than its next timer (lazy: a later timer
+        leaves the earlier entry, which fires, finds nothing due and reschedules)."""
+        when = conn.next_timer()
+        if when is None:
+            return
+        at = conn.heap_at
+        if at is None or when < at:
+            conn.heap_at = when
+            heapq.heappush(self._timers, (when, next(self._seq), conn))
+
+    def poll(self, now: float) -> None:
+        """Run the timers that are due, then flush."""
+        self.now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, conn = heapq.heappop(timers)
+            if conn.heap_at != when:
+                continue  # superseded by an earlier entry
+            conn.heap_at = None
+            if conn.state is S.CLOSED:
+                continue
+            try:
+                conn.on_timer(now)
+            except Exception:
+                self._internal_error(conn, "running its timers")
+            self._dirty[conn] = None
+        self.flush(now)
+
+    def next_deadline(self) -> float | None:
+        if self._dirty or self._ready:
+            return self.now
+        timers = self._timers
+        while timers and timers[0][2].heap_at != timers[0][0]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    # =========================================================================================
+    # metrics and shutdown
+    # =========================================================================================
+    def connections_by_state(self) -> dict[str, int]:
+        """{state name: count}, listeners included (safe from another thread: a copy)."""
+        return dict(self._states)
+
+    def connection_count(self) -> int:
+        """Connections other than listeners and TIME_WAIT."""
+        states = self._states
+        return sum(states.values()) - states["listen"] - states["time_wait"]
+
+    def begin_shutdown(self, now: float) -> None:
+        """Stop accepting (close every listener) and close every connection gracefully."""
+        self.now = now
+        self.shutting_down = True
+        for listener in list(self.listeners.values()):
+            self.unlisten(listener)
+        for conn in list(self.conns.values()):
+            if conn.state is S.SYN_SENT:
+                conn.abort()
+            elif conn.state is not S.TIME_WAIT:
+                conn.close()
+        self.flush(now)
+
+    def is_quiet(self) -> bool:
+        """Nothing left but TIME_WAIT."""
+        return all(conn.state is S.TIME_WAIT for conn in self.conns.values())
+
+    def abort(self, now: float) -> None:
+        """Reset every connection still open (the grace period is over)."""
+        self.now = now
+        for conn in list(self.conns.values()):
+            if conn.state is not S.TIME_WAIT:
+                conn.abort()
+        self.flush(now)

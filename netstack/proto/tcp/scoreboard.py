@@ -1,0 +1,266 @@
+"""What is in flight: one record per sent segment, with SACK and loss marks (RFC 6675, 2018).
+
+The sender keeps a record for every segment it transmitted and has not seen cumulatively
+acknowledged, in sequence order (the FIN is a one-octet record of its own). Each record knows
+whether it was SACKed, whether it is deemed lost, whether its current retransmission is still
+out, and when it was last sent (for RTT samples under Karn's rule when timestamps are off).
+
+From the marks the scoreboard keeps three byte totals, so the RFC 6675 "pipe" is O(1):
+
+    pipe = (SND.NXT - SND.UNA) - sacked - lost + retransmitted_and_still_out
+
+which is what RFC 6675's SetPipe() computes octet by octet (and what Linux calls
+packets_in_flight). Loss follows RFC 6675 IsLost(): an unSACKed record is lost once DupThresh
+SACKed records, or more than (DupThresh - 1) * SMSS SACKed bytes, lie above it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+
+DUPTHRESH = 3
+
+
+class Sent:
+    """One transmitted segment still awaiting its cumulative ACK."""
+
+    __slots__ = ("end", "fin", "lost", "retransmitted", "rexmit", "sacked", "sent_at", "start")
+
+    def __init__(self, start: int, end: int, sent_at: float, fin: bool = False) -> None:
+        self.start = start  # unwrapped sequence numbers
+        self.end = end
+        self.sent_at = sent_at
+        self.fin = fin
+        self.sacked = False
+        self.lost = False
+        self.rexmit = False  # retransmitted since last marked lost, and not yet acked or SACKed
+        self.retransmitted = False  # ever retransmitted (Karn: no RTT sample from it)
+
+    def __repr__(self) -> str:
+        marks = "".join(
+            c for c, on in (("S", self.sacked), ("L", self.lost), ("R", self.rexmit)) if on
+        )
+        return f"Sent({self.start}-{self.end}{' FIN' if self.fin else ''} {marks})"
+
+
+_start = operator.attrgetter("start")
+
+
+class Scoreboard:
+    """Records from SND.UNA to SND.NXT, and the byte totals the sender needs."""
+
+    __slots__ = (
+        "_head",
+        "_lost_upto",
+        "_records",
+        "_rexmit_hint",
+        "high_sacked",
+        "lost_bytes",
+        "rexmit_bytes",
+        "sacked_bytes",
+    )
+
+    def __init__(self) -> None:
+        self._records: list[Sent] = []
+        self._head = 0  # index of the first live record (the list is compacted lazily)
+        self.sacked_bytes = 0
+        self.lost_bytes = 0  # lost and not SACKed (retransmitted or not)
+        self.rexmit_bytes = 0  # lost, retransmitted, the retransmission still out
+        self.high_sacked = 0  # end of the highest SACKed record (0 when none)
+        self._lost_upto = 0  # records below this sequence number were checked by mark_lost
+        self._rexmit_hint = 0  # no record below this one waits for a retransmission
+
+    # -- views -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._records) - self._head
+
+    def __iter__(self):
+        return iter(self._records[self._head :])
+
+    def first(self) -> Sent | None:
+        return self._records[self._head] if self._head < len(self._records) else None
+
+    def pipe(self, flight: int) -> int:
+        """RFC 6675 pipe, given flight = SND.NXT - SND.UNA."""
+        return flight - self.sacked_bytes - self.lost_bytes + self.rexmit_bytes
+
+    # -- sending -----------------------------------------------------------------------------
+    def add(self, start: int, end: int, now: float, fin: bool = False) -> Sent:
+        record = Sent(start, end, now, fin)
+        self._records.append(record)
+        return record
+
+    def retransmitted(self, record: Sent, now: float) -> None:
+        """`record` went out again."""
+        if record.lost and not record.rexmit and not record.sacked:
+            self.rexmit_bytes += record.end - record.start
+        record.rexmit = True
+        record.retransmitted = True
+        record.sent_at = now
+
+    def next_lost(self) -> Sent | None:
+        """RFC 6675 NextSeg() rule 1: the first lost record not yet retransmitted."""
+        if self.lost_bytes <= self.rexmit_bytes:
+            return None
+        records = self._records
+        i = bisect.bisect_left(records, self._rexmit_hint, self._head, len(records), key=_start)
+        upto = self._lost_upto
+        while i < len(records):
+            r = records[i]
+            if r.start >= upto:
+                break
+            if r.lost and not r.rexmit and not r.sacked:
+                self._rexmit_hint = r.start
+                return r
+            i += 1
+        self._rexmit_hint = upto
+        return None
+
+    # -- acknowledgements --------------------------------------------------------------------
+    def _forget(self, r: Sent, length: int) -> None:
+        if r.sacked:
+            self.sacked_bytes -= length
+        elif r.lost:
+            self.lost_bytes -= length
+            if r.rexmit:
+                self.rexmit_bytes -= length
+
+    def ack(self, ack: int) -> tuple[float | None, bool]:
+        """Drop what `ack` covers; returns (send time for an RTT sample, any retransmitted).
+
+        The sample is the newest fully acknowledged record's send time, and is None when
+        any acknowledged record had been retransmitted (Karn's algorithm, as Linux applies it).
+        """
+        records = self._records
+        i, n = self._head, len(records)
+        newest: float | None = None
+        any_retransmitted = False
+        while i < n:
+            r = records[i]
+            if r.end <= ack:
+                self._forget(r, r.end - r.start)
+                if r.retransmitted:
+                    any_retransmitted = True
+                else:
+                    newest = r.sent_at
+                i += 1
+                continue
+            if r.start < ack:  # partially acknowledged (the peer took part of a segment)
+                self._forget(r, ack - r.start)
+                r.start = ack
+                any_retransmitted = any_retransmitted or r.retransmitted
+            break
+        self._head = i
+        if i > 64 and i * 2 > n:
+            del records[:i]
+            self._head = 0
+        if self.high_sacked and self.high_sacked <= ack:
+            self.high_sacked = 0
+        return (None if any_retransmitted else newest), any_retransmitted
+
+    def sack(self, blocks: list[tuple[int, int]]) -> int:
+        """Mark records fully inside the (validated, unwrapped) blocks; returns new bytes."""
+        records = self._records
+        n = len(records)
+        new = 0
+        for left, right in blocks:
+            i = bisect.bisect_left(records, left, self._head, n, key=_start)
+            while i < n:
+                r = records[i]
+                if r.end > right:
+                    break
+                if not r.sacked:
+                    length = r.end - r.start
+                    r.sacked = True
+                    new += length
+                    self.sacked_bytes += length
+                    if r.lost:
+                        self.lost_bytes -= length
+                        if r.rexmit:
+                            self.rexmit_bytes -= length
+                        r.lost = False
+                    r.rexmit = False
+                    if r.end > self.high_sacked:
+                        self.high_sacked = r.end
+                i += 1
+        return new
+
+    # -- loss --------------------------------------------------------------------------------
+    def mark_lost(self, mss: int, dupthresh: int = DUPTHRESH) -> int:
+        """RFC 6675 IsLost() over the records below the SACKed ones; returns new lost bytes."""
+        if not self.sacked_bytes:
+            return 0
+        records = self._records
+        head = self._head
+        top = bisect.bisect_left(records, self.high_sacked, head, len(records), key=_start) - 1
+        count = sacked = 0
+        limit = (dupthresh - 1) * mss
+        i = top
+        while i >= head:
+            r = records[i]
+            if r.sacked:
+                count += 1
+                sacked += r.end - r.start
+                if count >= dupthresh or sacked > limit:
+                    break
+            i -= 1
+        if i < head:
+            return 0
+        boundary = records[i].start  # unSACKed records ending at or below this are lost
+        if boundary <= self._lost_upto:
+            return 0
+        new = 0
+        j = bisect.bisect_left(records, self._lost_upto, head, i, key=_start)
+        for k in range(j, i):
+            r = records[k]
+            if not r.sacked and not r.lost:
+                r.lost = True
+                new += r.end - r.start
+        self.lost_bytes += new
+        self._lost_upto = boundary
+        return new
+
+    def mark_first_lost(self) -> bool:
+        """NewReno (RFC 6582): the first unacknowledged record is deemed lost."""
+        r = self.first()
+        if r is None or r.lost or r.sacked:
+            return False
+        r.lost = True
+        r.rexmit = False
+        self.lost_bytes += r.end - r.start
+        self._lost_upto = max(self._lost_upto, r.end)
+        self._rexmit_hint = min(self._rexmit_hint, r.start)
+        return True
+
+    def mark_all_lost(self, forget_sacks: bool) -> None:
+        """After an RTO: everything outstanding (unSACKed) is lost, no retransmission is out.
+
+        `forget_sacks` drops the SACK marks too (RFC 2018 section 8: the receiver may have
+        reneged); the connection does that when the timer fires a second time in a row.
+        """
+        self.sacked_bytes = self.lost_bytes = self.rexmit_bytes = 0
+        self.high_sacked = 0
+        end = 0
+        for r in self:
+            r.rexmit = False
+            if forget_sacks:
+                r.sacked = False
+            if r.sacked:
+                self.sacked_bytes += r.end - r.start
+                self.high_sacked = r.end
+                r.lost = False
+            else:
+                r.lost = True
+                self.lost_bytes += r.end - r.start
+            end = r.end
+        self._lost_upto = end
+        self._rexmit_hint = 0
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._head = 0
+        self.sacked_bytes = self.lost_bytes = self.rexmit_bytes = 0
+        self.high_sacked = 0
+        self._lost_upto = 0
+        self._rexmit_hint = 0

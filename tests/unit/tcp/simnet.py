@@ -1,0 +1,109 @@
+"""Two TCP engines on an impaired in-memory link, on a virtual clock (h11/aioquic style).
+
+The link delays every segment by `delay` plus random jitter (so segments reorder), and loses
+or duplicates them with the given probabilities. `run()` advances the clock from event to
+event — the next arrival or either engine's next deadline — so minutes of virtual time take
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+
+from netstack.counters import Counters
+from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.engine import TcpEngine
+from tests.unit.tcp.tcptools import LOCAL_IP, REMOTE_IP, FakeIpv4, ip_header
+
+
+class LinkIpv4(FakeIpv4):
+    def __init__(self, net: SimNet, address: int, mtu: int) -> None:
+        super().__init__(address, mtu)
+        self.net = net
+
+    def send(self, dst: int, protocol: int, pieces, now: float, **kw) -> bool:
+        self.net.transmit(self.config.address, dst, b"".join(bytes(p) for p in pieces))
+        return True
+
+
+class SimNet:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        delay: float = 0.005,
+        jitter: float = 0.0,
+        config_a: TcpConfig | None = None,
+        config_b: TcpConfig | None = None,
+        mtu: int = 1500,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.duplicate = duplicate
+        self.delay = delay
+        self.jitter = jitter
+        self.now = 1000.0
+        self._queue: list[tuple[float, int, int, int, bytes]] = []
+        self._seq = itertools.count()
+        self.delivered = 0
+        self.lost = 0
+        self.ip_a = LinkIpv4(self, REMOTE_IP, mtu)  # the client side
+        self.ip_b = LinkIpv4(self, LOCAL_IP, mtu)  # the server side
+        self.a = TcpEngine(self.ip_a, Counters(), random.Random(seed + 1), config_a)  # type: ignore[arg-type]
+        self.b = TcpEngine(self.ip_b, Counters(), random.Random(seed + 2), config_b)  # type: ignore[arg-type]
+        self.a.now = self.b.now = self.now
+        self.engines = {REMOTE_IP: self.a, LOCAL_IP: self.b}
+        self.drop_filter = None  # optional callable(src, dst, data) -> bool: drop it
+
+    def transmit(self, src: int, dst: int, data: bytes) -> None:
+        if self.drop_filter is not None and self.drop_filter(src, dst, data):
+            self.lost += 1
+            return
+        copies = 1
+        if self.rng.random() < self.loss:
+            self.lost += 1
+            return
+        if self.rng.random() < self.duplicate:
+            copies = 2
+        for _ in range(copies):
+            when = self.now + self.delay + self.rng.random() * self.jitter
+            heapq.heappush(self._queue, (when, next(self._seq), src, dst, data))
+
+    def step(self) -> bool:
+        """Advance to the next event and handle it; False when nothing is left to happen."""
+        candidates = [d for e in (self.a, self.b) if (d := e.next_deadline()) is not None]
+        if self._queue:
+            candidates.append(self._queue[0][0])
+        if not candidates:
+            return False
+        self.now = max(self.now, min(candidates))
+        batch: dict[int, list[tuple[int, bytes]]] = {}
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, src, dst, data = heapq.heappop(self._queue)
+            batch.setdefault(dst, []).append((src, data))
+        for dst, frames in batch.items():
+            engine = self.engines[dst]
+            for src, data in frames:
+                view = memoryview(data)
+                engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
+                self.delivered += 1
+            engine.flush(self.now)
+        for engine in (self.a, self.b):
+            d = engine.next_deadline()
+            if d is not None and d <= self.now:
+                engine.poll(self.now)
+        return True
+
+    def run(self, until: float, stop=None, max_steps: int = 2_000_000) -> None:
+        """Step until `until` (virtual seconds from now), `stop()` is true, or quiet."""
+        end = self.now + until
+        for _ in range(max_steps):
+            if stop is not None and stop():
+                return
+            if self.now > end or not self.step():
+                return
+        raise AssertionError("simulation did not settle within max_steps")

@@ -1,0 +1,138 @@
+"""Send and receive buffers: bounded, copy at most once, views that stay valid."""
+
+from __future__ import annotations
+
+import pytest
+
+from netstack.proto.tcp.buffers import COALESCE, ReceiveBuffer, SendBuffer
+
+
+# -- send --------------------------------------------------------------------------------------
+def test_write_is_bounded_by_capacity() -> None:
+    buf = SendBuffer(10)
+    assert buf.write(b"abcdefgh") == 8
+    assert buf.write(b"xyz") == 2
+    assert buf.write(b"more") == 0
+    assert len(buf) == 10 and buf.free() == 0
+    assert bytes(buf.view(0, 10)) == b"abcdefghxy"
+
+
+def test_large_bytes_are_kept_by_reference() -> None:
+    data = bytes(range(256)) * (COALESCE // 256 + 1)
+    buf = SendBuffer(1 << 20)
+    buf.write(data)
+    view = buf.view(100, 50)
+    assert isinstance(view, memoryview) and view.obj is data  # no copy at all
+
+
+def test_small_writes_coalesce_into_one_chunk() -> None:
+    buf = SendBuffer(1 << 20)
+    for i in range(100):
+        buf.write(bytes([i]) * 10)
+    view = buf.view(0, 1000)
+    assert isinstance(view, memoryview)  # one chunk: a view, not a join
+    assert bytes(view) == b"".join(bytes([i]) * 10 for i in range(100))
+
+
+def test_mutable_input_is_copied() -> None:
+    data = bytearray(b"hello")
+    buf = SendBuffer(100)
+    buf.write(data)
+    data[0:5] = b"XXXXX"
+    assert bytes(buf.view(0, 5)) == b"hello"
+
+
+def test_bytes_under_a_view_never_change() -> None:
+    """A frame in the tx queue holds a view: later writes must not touch those bytes."""
+    buf = SendBuffer(1 << 20)
+    buf.write(b"a" * 100)
+    held = buf.view(0, 100)  # as a queued frame would
+    buf.write(b"b" * 100)  # the tail is exported: this starts a new chunk
+    buf.consume(100)  # even acknowledged bytes stay intact while viewed
+    buf.write(b"c" * 100)
+    assert bytes(held) == b"a" * 100
+    assert bytes(buf.view(100, 200)) == b"b" * 100 + b"c" * 100
+
+
+def test_view_spanning_chunks_is_joined() -> None:
+    buf = SendBuffer(1 << 20)
+    big = b"x" * COALESCE
+    buf.write(big)
+    buf.write(b"tail")
+    joined = buf.view(COALESCE - 3, 7)
+    assert joined == b"xxxtail"
+
+
+def test_consume_releases_whole_chunks() -> None:
+    buf = SendBuffer(1 << 20)
+    big1, big2 = b"1" * COALESCE, b"2" * COALESCE
+    buf.write(big1)
+    buf.write(big2)
+    buf.consume(COALESCE + 10)
+    assert buf.start == COALESCE + 10 and len(buf) == COALESCE - 10
+    assert buf._chunks == [big2]
+    assert bytes(buf.view(COALESCE + 10, 5)) == b"22222"
+    assert buf.free() == (1 << 20) - (COALESCE - 10)
+
+
+# -- receive -----------------------------------------------------------------------------------
+def test_in_order_queue() -> None:
+    rb = ReceiveBuffer(8)
+    rb.push(b"abc")
+    rb.push(b"de")
+    assert rb.queued == 5
+    assert rb.pop() == b"abc" and rb.queued == 2
+
+
+def test_out_of_order_pieces_fill_in_and_come_out_in_order() -> None:
+    rb = ReceiveBuffer(8)
+    rb.add_ooo(120, memoryview(b"C" * 10))
+    rb.add_ooo(105, memoryview(b"B" * 10))
+    assert rb.ooo_bytes == 20
+    assert rb.blocks() == [(105, 115), (120, 130)]
+    nxt, pieces = rb.take_ooo(100)
+    assert (nxt, pieces) == (100, [])  # hole at 100..105
+    nxt, pieces = rb.take_ooo(105)
+    assert nxt == 115 and pieces == [b"B" * 10]
+    assert rb.blocks() == [(120, 130)]
+
+
+def test_overlapping_out_of_order_data_is_stored_once() -> None:
+    rb = ReceiveBuffer(8)
+    rb.add_ooo(110, memoryview(b"a" * 10))  # 110..120
+    stored, refused = rb.add_ooo(105, memoryview(b"b" * 20))  # 105..125 overlaps
+    assert (stored, refused) == (10, False)  # only 105..110 and 120..125 are new
+    assert rb.blocks() == [(105, 125)]
+    _, pieces = rb.take_ooo(105)
+    assert b"".join(pieces) == b"b" * 5 + b"a" * 10 + b"b" * 5
+
+
+def test_out_of_order_store_is_bounded_and_prunes_the_furthest() -> None:
+    rb = ReceiveBuffer(2)
+    rb.add_ooo(200, memoryview(b"x"))
+    rb.add_ooo(300, memoryview(b"y"))
+    _, refused = rb.add_ooo(400, memoryview(b"z"))  # furthest of all: refused
+    assert refused and rb.blocks() == [(200, 201), (300, 301)]
+    _, refused = rb.add_ooo(100, memoryview(b"w"))  # closer: the furthest goes
+    assert not refused and rb.blocks() == [(100, 101), (200, 201)]
+
+
+def test_sack_blocks_most_recent_first() -> None:
+    """RFC 2018 section 4: the block with the latest segment first, then recent ones."""
+    rb = ReceiveBuffer(16)
+    rb.add_ooo(300, memoryview(b"x" * 10))
+    rb.add_ooo(100, memoryview(b"x" * 10))
+    rb.add_ooo(200, memoryview(b"x" * 10))
+    rb.add_ooo(310, memoryview(b"x" * 10))  # extends the first block
+    assert rb.sack_blocks(4) == [(300, 320), (200, 210), (100, 110)]
+    assert rb.sack_blocks(2) == [(300, 320), (200, 210)]
+
+
+@pytest.mark.parametrize("limit", [3, 4])
+def test_sack_blocks_fill_up_with_older_blocks(limit: int) -> None:
+    rb = ReceiveBuffer(16)
+    for start in (100, 200, 300, 400, 500):
+        rb.add_ooo(start, memoryview(b"x"))
+    blocks = rb.sack_blocks(limit)
+    assert len(blocks) == limit and blocks[0] == (500, 501)
+    assert len(set(blocks)) == limit

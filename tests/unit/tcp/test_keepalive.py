@@ -1,0 +1,54 @@
+"""Keepalive (RFC 9293 3.8.4, RFC 1122 4.2.3.6): off by default; probes after idle; abort."""
+
+from __future__ import annotations
+
+from tests.unit.tcp.tcptools import LOCAL_ISN, REMOTE_ISN, established_passive, seg, to_us
+
+L, R = LOCAL_ISN + 1, REMOTE_ISN + 1
+PROBE = to_us(seg(seq=L - 1, ack=R))
+
+
+def test_off_by_default() -> None:
+    t, conn = established_passive()
+    t.run_until(t.now + 10 * 7200)
+    t.expect_nothing()
+    assert conn.state.value == "established"
+
+
+def test_probes_after_idle_and_gives_up() -> None:
+    t, conn = established_passive(keepalive=True, keepalive_idle=60, keepalive_interval=5,
+                                  keepalive_count=3)  # fmt: skip
+    start = t.now
+    t.run_until(start + 59.9)
+    t.expect_nothing()
+    t.run_until(start + 200)
+    times = [round(now - start, 3) for now, s in t.recv_timed() if s == PROBE]
+    assert times == [60.0, 65.0, 70.0]
+    assert conn.state.value == "closed"
+    assert isinstance(t.events[-1][1], TimeoutError)
+
+
+def test_an_answer_resets_the_count_and_traffic_resets_the_idle_time() -> None:
+    t, conn = established_passive(keepalive=True, keepalive_idle=60, keepalive_interval=5,
+                                  keepalive_count=2)  # fmt: skip
+    start = t.now
+    t.run_until(start + 30)
+    t.send(seg(seq=R, ack=L, payload=b"x"))  # traffic at 30 s: idle counts from here
+    t.run_until(start + 89.9)
+    assert [s for s in t.recv() if s == PROBE] == []
+    t.run_until(start + 90)
+    probe = to_us(seg(seq=L - 1, ack=R + 1, window=65534))
+    t.expect(probe)
+    t.send(seg(seq=R + 1, ack=L))  # the peer answers
+    t.run_until(start + 149.9)
+    t.expect_nothing()
+    t.run_until(start + 150.1)
+    t.expect(probe)
+    assert conn.state.value == "established"
+
+
+def test_can_be_turned_on_per_connection() -> None:
+    t, conn = established_passive()
+    conn.set_keepalive(True, idle=10)
+    t.run_until(t.now + 10)
+    t.expect(PROBE)

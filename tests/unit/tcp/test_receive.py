@@ -1,0 +1,226 @@
+"""The receiving side: in-order and out-of-order data, delayed ACKs (RFC 1122 4.2.3.2,
+RFC 5681 4.2), SACK blocks (RFC 2018), the window from the buffer and receiver SWS
+avoidance (RFC 9293 3.8.6.2.2), zero windows, window updates, flow control by pause_reading."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from netstack.drops import Drop
+from tests.unit.tcp.tcptools import (
+    ACK,
+    FIN,
+    LOCAL_ISN,
+    REMOTE_ISN,
+    SYN_SEG,
+    established_passive,
+    listen,
+    make_harness,
+    seg,
+    to_us,
+)
+
+L, R = LOCAL_ISN + 1, REMOTE_ISN + 1
+FULL = 1460
+
+
+def data(n: int, fill: int = 0x61) -> bytes:
+    return bytes([fill]) * n
+
+
+def test_one_segment_is_acked_after_the_delayed_ack_timeout() -> None:
+    t, _conn = established_passive()
+    t.send(seg(seq=R, ack=L, payload=b"x" * 100))
+    t.expect_nothing()
+    t.advance(0.039)
+    t.expect_nothing()
+    t.advance(0.001)
+    t.expect(to_us(seg(seq=L, ack=R + 100, window=65435)))
+
+
+def test_every_second_full_segment_is_acked_at_once() -> None:
+    t, conn = established_passive()
+    t.send(seg(seq=R, ack=L, payload=data(FULL)))
+    t.expect_nothing()
+    t.send(seg(seq=R + FULL, ack=L, payload=data(FULL)))
+    t.expect(to_us(seg(seq=L, ack=R + 2 * FULL)))
+    assert conn.delack_at is None
+
+
+def test_a_batch_of_segments_gets_one_ack() -> None:
+    """The flush point runs once per receive batch: one ACK for all of it (like GRO)."""
+    t, _conn = established_passive()
+    for i in range(6):
+        s = seg(seq=R + i * FULL, ack=L, payload=data(FULL))
+        raw = t
+        raw.engine.receive(*_ip_args(t, s), t.now)
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(seq=L, ack=R + 6 * FULL)))
+
+
+def _ip_args(t, s):
+    from netstack.wire import tcp as wtcp
+    from tests.unit.tcp.tcptools import LOCAL_IP, REMOTE_IP, ip_header
+
+    raw = (
+        wtcp.build(
+            REMOTE_IP, LOCAL_IP, s.sport, s.dport, s.seq, s.ack, s.flags, s.window, s.payload
+        )
+        + s.payload
+    )
+    return ip_header(REMOTE_IP, LOCAL_IP, len(raw)), memoryview(raw), memoryview(raw)
+
+
+def test_a_reply_carries_the_ack() -> None:
+    t, conn = established_passive()
+    t.send(seg(seq=R, ack=L, payload=b"ping"))
+    conn.send(b"pong")
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(flags=ACK | 0x08, seq=L, ack=R + 4, window=65531, payload=b"pong")))
+    t.advance(0.1)
+    t.expect_nothing()  # no separate delayed ACK afterwards
+
+
+def test_out_of_order_segment_gets_an_immediate_duplicate_ack() -> None:
+    t, _conn = established_passive()
+    t.send(seg(seq=R + 100, ack=L, payload=data(50)))
+    t.expect(to_us(seg(seq=L, ack=R)))
+    assert t.events == []
+
+
+def test_out_of_order_data_is_delivered_once_the_hole_fills() -> None:
+    t, conn = established_passive()
+    t.send(seg(seq=R + 100, ack=L, payload=data(50, 0x62)))
+    t.send(seg(seq=R + 200, ack=L, payload=data(10, 0x63)))
+    t.recv()
+    t.send(seg(seq=R, ack=L, payload=data(100)))
+    t.expect(to_us(seg(seq=L, ack=R + 150, window=65385)))  # the hole filled: ACK at once
+    assert b"".join(e[1] for e in t.events) == data(100) + data(50, 0x62)
+    t.send(seg(seq=R + 150, ack=L, payload=data(50, 0x64)))
+    assert conn.rcv_nxt == R + 210
+    assert b"".join(e[1] for e in t.events)[-60:] == data(50, 0x64) + data(10, 0x63)
+
+
+def test_overlapping_and_duplicate_segments() -> None:
+    t, _conn = established_passive()
+    t.send(seg(seq=R, ack=L, payload=b"abcdef"))
+    t.send(seg(seq=R + 3, ack=L, payload=b"defghi"))  # overlaps the front
+    t.send(seg(seq=R, ack=L, payload=b"abcdef"))  # a duplicate: old, acked at once
+    assert b"".join(e[1] for e in t.events) == b"abcdefghi"
+    assert t.counters.drops[Drop.TCP_OUT_OF_WINDOW] == 1
+
+
+def test_sack_blocks_report_out_of_order_data() -> None:
+    t, conn = established_passive(sack=True)
+    conn.sack_ok = True  # the fixture's SYN did not offer SACK; this test needs it on
+    t.send(seg(seq=R + 100, ack=L, payload=data(50)))
+    t.expect(to_us(seg(seq=L, ack=R, sack=((R + 100, R + 150),))))
+    t.send(seg(seq=R + 300, ack=L, payload=data(50)))
+    t.expect(to_us(seg(seq=L, ack=R, sack=((R + 300, R + 350), (R + 100, R + 150)))))
+    t.send(seg(seq=R + 150, ack=L, payload=data(50)))  # extends the first block
+    t.expect(to_us(seg(seq=L, ack=R, sack=((R + 100, R + 200), (R + 300, R + 350)))))
+    t.send(seg(seq=R, ack=L, payload=data(100)))
+    t.expect(to_us(seg(seq=L, ack=R + 200, window=65335, sack=((R + 300, R + 350),))))
+
+
+def test_sack_is_not_sent_unless_negotiated() -> None:
+    t, conn = established_passive(sack=True)
+    assert not conn.sack_ok
+    t.send(seg(seq=R + 100, ack=L, payload=data(50)))
+    t.expect(to_us(seg(seq=L, ack=R)))
+
+
+def test_paused_reading_closes_the_window() -> None:
+    t, conn = established_passive(receive_buffer=4000)
+    # The SYN-ACK offered 4000; fill it while the application is not reading.
+    conn.pause_reading()
+    t.send(seg(seq=R, ack=L, payload=data(FULL)))
+    t.send(seg(seq=R + FULL, ack=L, payload=data(FULL)))
+    t.expect(to_us(seg(seq=L, ack=R + 2 * FULL, window=4000 - 2 * FULL)))
+    t.send(seg(seq=R + 2 * FULL, ack=L, payload=data(4000 - 2 * FULL)))
+    t.advance(0.04)
+    t.expect(to_us(seg(seq=L, ack=R + 4000, window=0)))
+    assert t.events == []
+    # More data into the closed window: trimmed away, acknowledged with window 0.
+    t.send(seg(seq=R + 4000, ack=L, payload=b"x"))
+    t.expect(to_us(seg(seq=L, ack=R + 4000, window=0)))
+    assert t.counters.drops[Drop.TCP_ZERO_WINDOW] == 1
+    # Reading again opens it, and the update goes out unasked.
+    conn.resume_reading()
+    t.engine.flush(t.now)
+    assert sum(len(e[1]) for e in t.events) == 4000
+    t.expect(to_us(seg(seq=L, ack=R + 4000, window=4000)))
+
+
+def test_window_update_waits_for_a_worthwhile_opening() -> None:
+    """Receiver SWS avoidance: a few freed bytes are not announced."""
+    t, conn = established_passive(receive_buffer=4000)
+    conn.pause_reading()
+    t.send(seg(seq=R, ack=L, payload=data(4000)))
+    t.advance(0.04)
+    t.expect(to_us(seg(seq=L, ack=R + 4000, window=0)))
+    conn.resume_reading()
+    conn.pause_reading()  # read nothing after all
+    t.engine.flush(t.now)
+    t.expect_nothing()
+
+
+def test_zero_window_probe_is_answered() -> None:
+    t, conn = established_passive(receive_buffer=1000)
+    conn.pause_reading()
+    t.send(seg(seq=R, ack=L, payload=data(1000)))
+    t.advance(0.04)
+    t.recv()
+    t.send(seg(seq=R - 1 + 1000, ack=L))  # a probe: old sequence number, no data
+    t.expect(to_us(seg(seq=L, ack=R + 1000, window=0)))
+
+
+def test_fin_is_accepted_at_a_zero_window() -> None:
+    t, conn = established_passive(receive_buffer=1000)
+    conn.pause_reading()
+    t.send(seg(seq=R, ack=L, payload=data(1000)))
+    t.send(seg(flags=FIN | ACK, seq=R + 1000, ack=L))
+    assert conn.state.value == "close_wait"
+    t.expect(to_us(seg(seq=L, ack=R + 1001, window=0)))
+    assert t.events == []  # EOF waits behind the unread data
+    conn.resume_reading()
+    t.engine.flush(t.now)
+    assert [e[0] for e in t.events] == ["data", "eof"]
+
+
+def test_data_beyond_the_window_is_trimmed() -> None:
+    t, conn = established_passive(receive_buffer=1000)
+    t.send(seg(seq=R, ack=L, payload=data(1500)))
+    assert sum(len(e[1]) for e in t.events) == 1000
+    assert conn.rcv_nxt == R + 1000
+
+
+def test_fin_out_of_order_is_remembered() -> None:
+    t, conn = established_passive()
+    t.send(seg(flags=FIN | ACK, seq=R + 5, ack=L))
+    assert conn.state.value == "established"
+    t.send(seg(seq=R, ack=L, payload=b"12345"))
+    assert conn.state.value == "close_wait"
+    assert t.events == [("data", b"12345"), ("eof",)]
+
+
+def test_out_of_order_store_overflow_is_counted() -> None:
+    t, conn = established_passive(ooo_max_pieces=2)
+    for i in (1, 3, 5):
+        t.send(seg(seq=R + 100 * i, ack=L, payload=data(10)))
+    assert t.counters.drops[Drop.TCP_OOO_QUEUE_FULL] == 1
+    assert len(conn.rcvbuf.ooo) == 2
+
+
+def test_window_scaling_applies_to_our_window_field() -> None:
+    t = make_harness(window_scaling=True, receive_buffer=1 << 20)
+    listener = listen(t)
+    t.send(dataclasses.replace(SYN_SEG, wscale=0))
+    (synack,) = t.recv()
+    assert synack.wscale == 5 and synack.window == 65535
+    t.send(seg(seq=R, ack=L, payload=data(FULL)))
+    # The window can grow far beyond the SYN's 65535 now: announced at once.
+    (ack,) = t.recv()
+    assert ack.window == (1 << 20) >> 5  # the whole buffer, scaled
+    conn = listener.handlers[0].conn  # type: ignore[attr-defined]
+    assert conn.rcv_adv - conn.rcv_nxt == 1 << 20

@@ -1,0 +1,291 @@
+"""Loss recovery: the RFC 6298 timer (values, backoff, Karn, retry limit), fast retransmit
+and NewReno (RFC 5681, 6582), limited transmit (RFC 3042), SACK recovery (RFC 6675)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.tcp.tcptools import (
+    LOCAL_ISN,
+    REMOTE_ISN,
+    established_passive,
+    seg,
+)
+
+L, R = LOCAL_ISN + 1, REMOTE_ISN + 1
+MSS = 1460
+
+
+def ack(n: int, **kw) -> object:
+    return seg(seq=R, ack=L + n, **kw)
+
+
+def dupack(n: int, sack=()) -> object:
+    return seg(seq=R, ack=L + n, sack=tuple((L + a, L + b) for a, b in sack))
+
+
+def starts(t) -> list[int]:
+    return [s.seq - L for s in t.recv()]
+
+
+def sent_segments(t, conn, n: int) -> None:
+    conn.send(b"d" * (n * MSS))
+    t.engine.flush(t.now)
+
+
+# -- RFC 6298 -----------------------------------------------------------------------------------
+def test_first_rto_is_one_second_then_doubles() -> None:
+    t, conn = established_passive()
+    conn.rtt.srtt = None  # as if the handshake gave no sample
+    conn.rtt.rto = 1.0
+    sent_segments(t, conn, 1)
+    t.recv()
+    start = t.now
+    t.run_until(start + 7.5)
+    times = [round(now - start, 3) for now, _ in t.recv_timed()]
+    assert times == [1.0, 3.0, 7.0]
+    assert t.counters.tcp_timeouts == 3
+
+
+def test_rto_follows_the_measured_rtt() -> None:
+    t, conn = established_passive(rto_min=0.0)
+    sent_segments(t, conn, 1)
+    t.recv()
+    t.now += 0.3
+    t.send(ack(MSS))
+    srtt, rttvar = conn.rtt.srtt, conn.rtt.rttvar
+    assert conn.rtt.rto == pytest.approx(srtt + 4 * rttvar)
+    assert srtt == pytest.approx(0.875 * 0.0 + 0.125 * 0.3)  # the handshake sampled 0
+
+
+def test_rto_minimum_is_200ms_by_default_and_configurable() -> None:
+    _, conn = established_passive()
+    assert conn.rtt.rto == pytest.approx(0.2)
+    _, conn = established_passive(rto_min=1.0)
+    assert conn.rtt.rto == pytest.approx(1.0)
+
+
+def test_karn_no_sample_from_a_retransmitted_segment() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 1)
+    t.recv()
+    t.advance(0.2)  # RTO: retransmit
+    t.recv()
+    before = (conn.rtt.srtt, conn.rtt.rttvar)
+    rto = conn.rtt.rto
+    assert rto == pytest.approx(0.4)  # backed off
+    t.now += 5.0
+    t.send(ack(MSS))
+    assert (conn.rtt.srtt, conn.rtt.rttvar) == before  # ambiguous: no sample
+    assert conn.rtt.rto == pytest.approx(0.4)  # and the backoff stays (RFC 6298 5.7 / Karn)
+    sent_segments(t, conn, 1)
+    t.recv()
+    t.now += 0.01
+    t.send(ack(2 * MSS))
+    assert conn.rtt.backoff == 0 and conn.rtt.srtt is not None and conn.rtt.srtt > 0
+
+
+def test_retries_exhausted_is_a_timeout_error() -> None:
+    t, conn = established_passive(retries=3)
+    sent_segments(t, conn, 1)
+    t.run_until(t.now + 100)
+    assert conn.state.value == "closed"
+    ((_, exc),) = t.events
+    assert isinstance(exc, TimeoutError)
+    assert t.counters.tcp_timeouts == 3
+    assert len(t.recv()) == 1 + 3  # no RST: the peer is gone anyway (as Linux)
+
+
+def test_timeout_collapses_cwnd_and_goes_back_n() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 4)
+    assert starts(t) == [0, MSS, 2 * MSS, 3 * MSS]
+    t.advance(0.2)
+    assert starts(t) == [0]  # cwnd = 1 MSS: only the first
+    assert conn.cc.cwnd == MSS and conn.cc.ssthresh == 2 * MSS  # max(flight/2, 2*MSS)
+    t.send(ack(MSS))
+    assert starts(t) == [MSS, 2 * MSS]  # slow start; the rest are marked lost: resent
+    t.send(ack(3 * MSS))
+    assert starts(t) == [3 * MSS]
+    t.send(ack(4 * MSS))
+    assert conn.ca_state == "open"
+
+
+# -- fast retransmit / NewReno --------------------------------------------------------------
+def test_three_dupacks_trigger_fast_retransmit() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 8)
+    t.recv()
+    t.send(dupack(0))
+    t.send(dupack(0))
+    assert starts(t) == []  # nothing left to send for limited transmit
+    t.send(dupack(0))
+    assert starts(t) == [0]  # fast retransmit
+    assert t.counters.tcp_fast_retransmits == 1
+    assert conn.ca_state == "recovery"
+    assert conn.cc.ssthresh == 4 * MSS  # flight 8 MSS / 2 (Reno)
+    assert conn.cc.cwnd == 4 * MSS + 3 * MSS  # inflated by the three dupacks
+
+
+def test_limited_transmit_sends_new_data_on_the_first_dupacks() -> None:
+    """RFC 3042: each of the first two dupacks lets one new segment out."""
+    t, conn = established_passive()
+    sent_segments(t, conn, 12)  # 10 go (IW), 2 wait
+    assert len(t.recv()) == 10
+    t.send(dupack(0))
+    assert starts(t) == [10 * MSS]
+    t.send(dupack(0))
+    assert starts(t) == [11 * MSS]
+
+
+def test_newreno_partial_ack_retransmits_the_next_hole() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 8)
+    t.recv()
+    for _ in range(3):
+        t.send(dupack(0))
+    assert starts(t) == [0]
+    # Segments 0 and 1 were lost; the retransmission of 0 brings a partial ACK at 1.
+    t.send(ack(MSS))
+    assert starts(t)[0] == MSS  # RFC 6582: the next hole at once
+    assert conn.ca_state == "recovery"
+    t.send(ack(8 * MSS))  # the full ACK
+    assert conn.ca_state == "open"
+    assert conn.cc.cwnd <= conn.cc.ssthresh
+
+
+def test_newreno_does_not_reenter_recovery_for_old_data() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 8)
+    t.recv()
+    for _ in range(3):
+        t.send(dupack(0))
+    t.send(ack(8 * MSS))
+    assert conn.ca_state == "open"
+    assert t.counters.tcp_fast_retransmits == 1
+
+
+# -- SACK (RFC 6675) ----------------------------------------------------------------------------
+def sack_conn():
+    t, conn = established_passive(sack=True)
+    conn.sack_ok = True
+    return t, conn
+
+
+def test_sack_recovery_retransmits_only_the_holes() -> None:
+    t, conn = sack_conn()
+    sent_segments(t, conn, 8)
+    t.recv()
+    # Segments 1 and 3 are lost; the receiver SACKs the others as they arrive.
+    t.send(dupack(MSS, [(2 * MSS, 3 * MSS)]))
+    t.send(dupack(MSS, [(4 * MSS, 5 * MSS), (2 * MSS, 3 * MSS)]))
+    assert starts(t) == []
+    t.send(dupack(MSS, [(4 * MSS, 6 * MSS), (2 * MSS, 3 * MSS)]))
+    # IsLost(1): three SACKed segments above it -> recovery, and 1 goes out.
+    assert starts(t) == [MSS]
+    assert conn.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
+    t.send(dupack(MSS, [(4 * MSS, 7 * MSS), (2 * MSS, 3 * MSS)]))
+    # Now segment 3 has three SACKed segments above it too.
+    assert starts(t) == [3 * MSS]
+    t.send(ack(3 * MSS, sack=((L + 4 * MSS, L + 7 * MSS),)))
+    t.send(ack(8 * MSS))
+    assert conn.ca_state == "open"
+    assert t.counters.tcp_retransmitted_segments == 2
+
+
+def test_sack_recovery_sends_by_pipe_without_inflation() -> None:
+    """RFC 6675: cwnd = ssthresh; new data only while pipe < cwnd, one per SACKed one."""
+    t, conn = sack_conn()
+    sent_segments(t, conn, 10)
+    t.recv()
+    conn.send(b"n" * (10 * MSS))  # more new data waiting
+    t.engine.flush(t.now)
+    assert t.recv() == []  # cwnd (IW) is full
+    out = []
+    for i in range(1, 10):  # segment 0 lost, 1..9 SACKed one by one
+        t.send(dupack(0, [(MSS, (i + 1) * MSS)]))
+        out.append([x // MSS for x in starts(t)])
+    # Two SACKs free room for two new segments (pipe falls below cwnd; RFC 3042's effect),
+    # the third triggers recovery: retransmit 0, cwnd = ssthresh = 17520 / 2.
+    assert out[:3] == [[10], [11], [0]]
+    assert conn.cc.cwnd == conn.cc.ssthresh == 8760
+    # pipe 13140 > cwnd: silence until three more segments have left the network...
+    assert out[3:6] == [[], [], []]
+    # ...then one new segment for each one SACKed (packet conservation).
+    assert out[6:] == [[12], [13], [14]]
+    assert conn.board.pipe(conn.snd_nxt - conn.snd_una) == conn.cc.cwnd
+
+
+def test_dsack_and_bogus_blocks_are_ignored() -> None:
+    t, conn = sack_conn()
+    sent_segments(t, conn, 4)
+    t.recv()
+    t.send(ack(MSS, sack=((L, L + MSS),)))  # D-SACK below the cumulative ACK
+    t.send(ack(MSS, sack=((L + 10 * MSS, L + 11 * MSS),)))  # beyond SND.NXT
+    assert conn.board.sacked_bytes == 0
+
+
+def test_newreno_inflates_cwnd_by_one_segment_per_further_dupack() -> None:
+    t, conn = established_passive()
+    sent_segments(t, conn, 8)
+    t.recv()
+    for _ in range(3):
+        t.send(dupack(0))
+    inflated = conn.cc.cwnd
+    t.send(dupack(0))
+    t.send(dupack(0))
+    assert conn.cc.cwnd == inflated + 2 * MSS
+
+
+def test_idle_restart_shrinks_cwnd_to_the_initial_window() -> None:
+    """RFC 5681 4.1: after an idle period longer than the RTO, start from IW again."""
+    t, conn = established_passive()
+    conn.cc.cwnd = 40 * MSS
+    sent_segments(t, conn, 1)
+    t.recv()
+    t.send(ack(MSS))
+    t.now += 5.0  # idle, far longer than the RTO
+    sent_segments(t, conn, 30)
+    assert len(t.recv()) == 10  # IW again, not the 40 segments cwnd allowed
+    assert conn.cc.cwnd == 10 * MSS
+
+
+def test_an_application_limited_sender_does_not_grow_cwnd() -> None:
+    t, conn = established_passive()
+    start = conn.cc.cwnd
+    for i in range(20):  # one small segment at a time: never cwnd-limited
+        conn.send(b"x" * 100)
+        t.engine.flush(t.now)
+        t.recv()
+        t.send(ack(100 * (i + 1)))
+    assert conn.cc.cwnd == start
+
+
+def test_reordered_duplicate_acks_survive_paws() -> None:
+    """Linux's tcp_disordered_ack: a dupack overtaken by a later one still counts."""
+    t, conn = established_passive(timestamps=True)
+    conn.ts_ok = True
+    conn.ts_recent = 5000
+    sent_segments(t, conn, 6)
+    t.recv()
+    for tsval in (5003, 5001, 5002):  # the 2nd and 3rd arrive with older timestamps
+        t.send(seg(seq=R, ack=L, ts=(tsval, 0)))
+    assert conn.dupacks == 3 and conn.ca_state == "recovery"
+
+
+def test_icmp_errors_on_an_established_connection_are_soft() -> None:
+    from netstack.wire import ipv4 as wipv4
+    from tests.unit.tcp.tcptools import LOCAL_IP, LOCAL_PORT, REMOTE_IP, REMOTE_PORT
+
+    t, conn = established_passive(retries=2)
+    sent_segments(t, conn, 1)
+    t.recv()
+    inner = wipv4.Ipv4Header(20, 0, 40, 0, False, False, 0, 64, 6, 0, LOCAL_IP, REMOTE_IP)
+    quoted = memoryview(
+        LOCAL_PORT.to_bytes(2, "big") + REMOTE_PORT.to_bytes(2, "big") + L.to_bytes(4, "big")
+    )
+    t.engine.receive_error(3, 3, inner, quoted, t.now)  # even port unreachable: soft here
+    assert conn.state.value == "established" and conn.soft_error is not None
+    t.run_until(t.now + 100)
+    assert isinstance(t.events[-1][1], TimeoutError)
+    assert "Connection refused" in str(t.events[-1][1])  # the soft error, reported last

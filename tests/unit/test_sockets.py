@@ -1,0 +1,375 @@
+"""The blocking socket facade (netstack/api/sockets.py) over two TCP engines joined in memory.
+
+One real epoll Loop runs in a background thread and drives both engines; segments between them
+go through an in-memory wire (a deadline source of the loop), so the facade is tested exactly as
+it runs on a stack: commands through the queue + eventfd, events back through each socket's
+queue. The server side is either a second facade or the built-in TCP services.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from netstack.api.services import TcpChargen, TcpEcho
+from netstack.api.sockets import BlockingStack, TcpSocket
+from netstack.api.tcp import listen
+from netstack.counters import Counters
+from netstack.io.loop import Loop
+from netstack.proto.ipv4 import Ipv4Config
+from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.engine import TcpEngine
+from netstack.wire import ipv4 as wipv4
+
+A_IP, B_IP, NOBODY_IP = "192.0.2.1", "192.0.2.2", "192.0.2.99"
+
+
+class WireIpv4:
+    """What TcpEngine needs of Ipv4Engine; sent segments go on the in-memory wire."""
+
+    def __init__(self, wire: MemoryWire, address: str) -> None:
+        self.wire = wire
+        self.config = Ipv4Config(address=wipv4.ip_from_str(address), prefix_len=24, mtu=1500)
+        self.handler = None
+
+    def register(self, protocol: int, handler) -> None:
+        self.handler = handler
+
+    def route(self, dst: int) -> int | None:
+        return dst
+
+    def send(self, dst: int, protocol: int, pieces, now: float, **kw) -> bool:
+        self.wire.queue.append((self.config.address, dst, b"".join(bytes(p) for p in pieces)))
+        return True
+
+
+class MemoryWire:
+    """Delivers every queued segment at the next loop turn; unknown destinations eat them."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.queue: list[tuple[int, int, bytes]] = []
+        self.ipv4: dict[int, WireIpv4] = {}
+        self.engines: dict[int, TcpEngine] = {}
+        self.delivered = 0
+        loop.add_deadline_source(self.next_deadline, self.deliver)
+
+    def add(self, address: str, config: TcpConfig | None = None, seed: int = 0) -> TcpEngine:
+        ip = WireIpv4(self, address)
+        engine = TcpEngine(ip, Counters(), random.Random(seed), config)  # type: ignore[arg-type]
+        self.ipv4[ip.config.address] = ip
+        self.engines[ip.config.address] = engine
+        return engine
+
+    def next_deadline(self) -> float | None:
+        return 0.0 if self.queue else None
+
+    def deliver(self, now: float) -> None:
+        batch, self.queue = self.queue, []
+        touched = set()
+        for src, dst, data in batch:
+            engine = self.engines.get(dst)
+            if engine is None:
+                continue
+            header = wipv4.Ipv4Header(20, 0, 20 + len(data), 0, True, False, 0, 64, 6, 0, src, dst)
+            view = memoryview(data)
+            engine.receive(header, view, view, now)
+            self.delivered += 1
+            touched.add(dst)
+        for dst in touched:
+            self.engines[dst].flush(now)
+
+
+class Pair:
+    """Two engines (A client side, B server side), one loop thread, a facade on each."""
+
+    def __init__(self, config: TcpConfig | None = None) -> None:
+        self.loop = Loop()
+        self.wire = MemoryWire(self.loop)
+        self.tcp_a = self.wire.add(A_IP, config, seed=1)
+        self.tcp_b = self.wire.add(B_IP, config, seed=2)
+        for engine in (self.tcp_a, self.tcp_b):
+            self.loop.add_deadline_source(engine.next_deadline, engine.poll)
+        # services on B, set up before the loop runs (single-threaded until start())
+        self.echo = listen(self.tcp_b, 7, TcpEcho)
+        self.chargen = listen(self.tcp_b, 19, TcpChargen)
+        self.a = BlockingStack(self.loop, self.tcp_a)
+        self.b = BlockingStack(self.loop, self.tcp_b)  # attached: A's thread runs the loop
+        self.a.start()
+
+    def close(self) -> None:
+        self.b.close()
+        self.a.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def recv_exactly(sock: TcpSocket, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        data = sock.recv(min(65536, n - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def recv_all(sock: TcpSocket) -> bytes:
+    parts = []
+    while data := sock.recv(65536):
+        parts.append(data)
+    return b"".join(parts)
+
+
+# -- connecting ----------------------------------------------------------------------------------
+def test_echo_round_trip(pair: Pair) -> None:
+    with pair.a.create_connection((B_IP, 7), timeout=5) as sock:
+        sock.sendall(b"hello, world")
+        assert recv_exactly(sock, 12) == b"hello, world"
+        assert sock.getpeername() == (B_IP, 7)
+        ip, port = sock.getsockname()
+        assert ip == A_IP and 49152 <= port <= 65535
+
+
+def test_echo_a_megabyte_with_a_reader_thread(pair: Pair) -> None:
+    """Both directions flow at once: one thread writes, another reads the same socket."""
+    data = random.Random(5).randbytes(1 << 20)
+    got: list[bytes] = []
+    with pair.a.create_connection((B_IP, 7), timeout=10) as sock:
+        reader = threading.Thread(target=lambda: got.append(recv_all(sock)))
+        reader.start()
+        for i in range(0, len(data), 50_000):
+            sock.sendall(data[i : i + 50_000])
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(20)
+        assert not reader.is_alive()
+    assert hashlib.sha256(got[0]).digest() == hashlib.sha256(data).digest()
+
+
+def test_many_connections_at_once(pair: Pair) -> None:
+    socks = [pair.a.create_connection((B_IP, 7), timeout=5) for _ in range(40)]
+    ports = {s.getsockname()[1] for s in socks}
+    assert len(ports) == 40
+    for i, s in enumerate(socks):
+        s.sendall(f"conn {i}".encode())
+    for i, s in enumerate(socks):
+        assert recv_exactly(s, len(f"conn {i}")) == f"conn {i}".encode()
+        s.close()
+
+
+def test_refused(pair: Pair) -> None:
+    sock = pair.a.socket()
+    sock.settimeout(5)
+    with pytest.raises(ConnectionRefusedError):
+        sock.connect((B_IP, 1))
+    assert sock.connect_ex((B_IP, 1)) == errno.EISCONN  # one connect per socket, like a socket
+    s2 = pair.a.socket()
+    assert s2.connect_ex((B_IP, 2)) == errno.ECONNREFUSED
+
+
+def test_connect_timeout_to_a_silent_host(pair: Pair) -> None:
+    sock = pair.a.socket()
+    sock.settimeout(0.3)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        sock.connect((NOBODY_IP, 80))
+    assert 0.25 <= time.monotonic() - started < 2.0
+    assert issubclass(TimeoutError, OSError) and socket.timeout is TimeoutError
+
+
+def test_bind_chooses_the_source_port(pair: Pair) -> None:
+    with pair.a.create_connection((B_IP, 7), timeout=5, source_port=40000) as sock:
+        assert sock.getsockname() == (A_IP, 40000)
+    with pytest.raises(OSError) as err:
+        pair.a.socket().bind(("10.0.0.1", 1))
+    assert err.value.errno == errno.EADDRNOTAVAIL
+
+
+# -- listening -----------------------------------------------------------------------------------
+def test_listen_accept_and_half_close(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind(("", 8000))
+    srv.listen(4)
+    srv.settimeout(5)
+    client = pair.a.create_connection((B_IP, 8000), timeout=5)
+    conn, peer = srv.accept()
+    conn.settimeout(5)
+    assert peer == client.getsockname()
+    assert conn.getpeername() == peer
+    client.sendall(b"request")
+    client.shutdown(socket.SHUT_WR)
+    assert recv_all(conn) == b"request"  # EOF after the data
+    conn.sendall(b"response after the peer's FIN")  # half-close: still writable
+    conn.close()
+    assert recv_all(client) == b"response after the peer's FIN"
+    assert client.wait_closed(5) is None
+    with pytest.raises(BrokenPipeError):
+        client.sendall(b"more")
+    client.close()
+    srv.close()
+
+
+def test_accept_timeout_and_a_late_connection(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind((B_IP, 8001))
+    srv.listen()
+    srv.settimeout(0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        srv.accept()
+    assert time.monotonic() - started >= 0.19
+    client = pair.a.create_connection((B_IP, 8001), timeout=5)
+    srv.settimeout(5)
+    conn, _ = srv.accept()  # the outstanding request from the timed-out accept is reused
+    client.sendall(b"x")
+    assert conn.recv(10) == b"x"
+    for s in (client, conn, srv):
+        s.close()
+
+
+def test_listen_on_a_busy_port(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind(("", 7))
+    with pytest.raises(OSError) as err:
+        srv.listen()
+    assert err.value.errno == errno.EADDRINUSE
+
+
+# -- timeouts, resets, broken pipes --------------------------------------------------------------
+def test_recv_timeout(pair: Pair) -> None:
+    with pair.a.create_connection((B_IP, 7), timeout=0.2) as sock:  # echo: silent until spoken to
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            sock.recv(10)
+        assert 0.19 <= time.monotonic() - started < 1.5
+        sock.sendall(b"still usable")  # a timeout does not break the connection
+        sock.settimeout(5)
+        assert recv_exactly(sock, 12) == b"still usable"
+
+
+def test_reset_by_peer_surfaces_after_the_data(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind(("", 8002))
+    srv.listen()
+    client = pair.a.create_connection((B_IP, 8002), timeout=5)
+    srv.settimeout(5)
+    conn, _ = srv.accept()
+    conn.sendall(b"last words")
+    time.sleep(0.2)  # delivered before the RST
+    conn.abort()
+    assert recv_exactly(client, 10) == b"last words"
+    with pytest.raises(ConnectionResetError):
+        client.recv(10)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        client.sendall(b"x")
+    client.close()
+    srv.close()
+
+
+def test_closed_socket_and_shut_down_socket(pair: Pair) -> None:
+    sock = pair.a.create_connection((B_IP, 7), timeout=5)
+    sock.shutdown(socket.SHUT_WR)
+    with pytest.raises(BrokenPipeError):
+        sock.sendall(b"x")
+    assert sock.recv(10) == b""  # echo closes after our FIN
+    sock.close()
+    with pytest.raises(OSError) as err:
+        sock.recv(1)
+    assert err.value.errno == errno.EBADF
+
+
+# -- flow control --------------------------------------------------------------------------------
+def test_sendall_blocks_while_the_send_buffer_is_full(pair: Pair) -> None:
+    """The server does not read: the window closes, the client's send buffer fills and
+    sendall blocks; once the server reads, everything arrives intact."""
+    srv = pair.b.socket()
+    srv.bind(("", 8003))
+    srv.listen()
+    srv.settimeout(5)
+    client = pair.a.create_connection((B_IP, 8003), timeout=30)
+    conn, _ = srv.accept()
+    conn.settimeout(30)
+    data = random.Random(9).randbytes(4 << 20)
+    done = threading.Event()
+
+    def write() -> None:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(1.0)
+    assert not done.is_set()  # blocked: 4 MiB is more than all the buffers on the way
+    info = client.tcp_info()
+    assert info["send_buffered"] >= TcpConfig().send_buffer // 2
+    assert info["snd_wnd"] < 4 * 1460  # the server's window is (nearly) closed
+    got = recv_all(conn)
+    writer.join(30)
+    assert done.is_set()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    for s in (client, conn, srv):
+        s.close()
+
+
+def test_sendall_timeout_while_blocked(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind(("", 8004))
+    srv.listen()
+    srv.settimeout(5)
+    client = pair.a.create_connection((B_IP, 8004), timeout=0.5)
+    conn, _ = srv.accept()
+    with pytest.raises(TimeoutError):
+        client.sendall(bytes(8 << 20))
+    for s in (client, conn, srv):
+        s.abort()
+
+
+def test_chargen_pattern_and_receive_backpressure(pair: Pair) -> None:
+    """Chargen writes as fast as it may; a reader that pauses makes the stack pause reading
+    (bounded memory), and every byte still follows RFC 864's pattern."""
+    pattern = TcpChargen.PATTERN
+    with pair.a.create_connection((B_IP, 19), timeout=5) as sock:
+        time.sleep(0.5)  # not reading: the facade's buffer fills, then the window closes
+        info = sock.tcp_info()
+        # bounded: the facade holds about recv_buffer bytes, the engine its receive buffer
+        assert sock._endpoint is not None
+        assert pair.a.recv_buffer <= sock._endpoint.unread < pair.a.recv_buffer + (64 << 10)
+        assert info["rcv_wnd"] < 64 << 10  # the window closed
+        got = recv_exactly(sock, 3_000_000)
+    repeats = len(got) // len(pattern) + 1
+    assert got == (pattern * repeats)[: len(got)]
+
+
+def test_loop_thread_never_blocks_on_a_slow_reader(pair: Pair) -> None:
+    """While one socket is stalled (nobody reads), another connection keeps working."""
+    stalled = pair.a.create_connection((B_IP, 19), timeout=5)
+    time.sleep(0.3)
+    with pair.a.create_connection((B_IP, 7), timeout=5) as sock:
+        sock.sendall(b"ping")
+        assert recv_exactly(sock, 4) == b"ping"
+    stalled.abort()
+
+
+def test_stack_close_stops_the_loop_thread() -> None:
+    p = Pair()
+    thread = p.a._thread
+    p.close()
+    assert thread is not None and not thread.is_alive()
+    with pytest.raises(OSError):
+        p.a.socket().connect((B_IP, 7))
