@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -283,6 +284,52 @@ def test_udp_echo_and_closed_port(world: World) -> None:
     assert (
         delta("netstack_icmp_messages_total", direction="tx", type="destination_unreachable") == 1
     )
+
+
+def test_tcp_transfer_and_refused_connection(world: World) -> None:
+    """An echo round trip and a connect to a closed port move the TCP families as they should."""
+    before = scrape(world)
+    payload = os.urandom(200_000)
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect((world.stack_ip, 7))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        echoed = bytearray()
+        while chunk := sock.recv(65536):
+            echoed += chunk
+    finally:
+        sock.close()
+    assert echoed == payload
+    refused = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    refused.settimeout(5)
+    with pytest.raises(ConnectionRefusedError):
+        refused.connect((world.stack_ip, 4444))
+    refused.close()
+
+    def settled(s: Scrape) -> bool:
+        return (
+            s.value("netstack_tcp_connections", state="established") == 0
+            and s.value("netstack_tcp_connections", state="last_ack") == 0
+            and s.value("netstack_tcp_resets_total", direction="tx")
+            > before.value("netstack_tcp_resets_total", direction="tx")
+        )
+
+    after = wait_for(world, settled)
+
+    def delta(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert delta("netstack_tcp_passive_opens_total") == 1
+    assert delta("netstack_tcp_active_opens_total") == 0
+    # 200 kB each way at MSS 1460 is at least 137 segments each way.
+    assert delta("netstack_tcp_segments_total", direction="rx") >= 137
+    assert delta("netstack_tcp_segments_total", direction="tx") >= 137
+    assert delta("netstack_tcp_resets_total", direction="tx") == 1
+    assert after.drop(Drop.TCP_NO_LISTENER) - before.drop(Drop.TCP_NO_LISTENER) == 1
+    assert delta("netstack_tcp_rtt_seconds_count") >= 1
+    assert after.value("netstack_tcp_connections", state="listen") == 3
 
 
 def test_injected_bad_checksum_is_a_counted_drop(world: World) -> None:
