@@ -64,7 +64,7 @@ EV_EOF = "eof"  # (ev,)
 EV_WRITTEN = "written"  # (ev, total bytes the engine has taken so far)
 EV_WRITE_ERROR = "write_error"  # (ev, exc)
 EV_LOST = "lost"  # (ev, exc | None)
-EV_ACCEPTED = "accepted"  # (ev, _Endpoint, peername) -- on a listening socket's queue
+EV_ACCEPTED = "accepted"  # (ev, _Endpoint, peername, sockname) -- on a listening socket's queue
 EV_LISTEN_CLOSED = "listen_closed"  # (ev,)
 
 
@@ -217,10 +217,15 @@ class _Acceptor:
             self.wants -= 1
             endpoint = _Endpoint(queue.SimpleQueue(), self.recv_buffer)
             TcpTransport(conn, endpoint)
-            # The connection may have waited in the accept queue without a handler: its
-            # connection_made (and any data) are dispatched at the engine's next flush.
+            # The connection may have waited in the accept queue without a handler, and the
+            # engine dispatches only connections touched since the last flush: without this,
+            # connection_made and data already received would wait for the peer's next segment
+            # (reported to the engine's owner; harmless once Listener.accept() touches itself).
             self.tcp.touch(conn)
-            self.events.put((EV_ACCEPTED, endpoint, (ip_to_str(conn.remote_ip), conn.remote_port)))
+            peer = (ip_to_str(conn.remote_ip), conn.remote_port)
+            self.events.put(
+                (EV_ACCEPTED, endpoint, peer, (ip_to_str(conn.local_ip), conn.local_port))
+            )
 
     def want(self) -> None:
         self.wants += 1
@@ -401,7 +406,7 @@ class TcpSocket:
             endpoint.events if endpoint is not None else queue.SimpleQueue()
         )
         self._acceptor: _Acceptor | None = None
-        self._accepted: deque[tuple[_Endpoint, Address]] = deque()
+        self._accepted: deque[tuple[_Endpoint, Address, Address]] = deque()
         self._want_outstanding = 0
         self._listen_closed = False
         # state fed by events
@@ -486,7 +491,7 @@ class TcpSocket:
             self._write_error = event[1]
         elif kind == EV_ACCEPTED:
             self._want_outstanding -= 1
-            self._accepted.append((event[1], event[2]))
+            self._accepted.append((event[1], event[2], event[3]))
         elif kind == EV_LISTEN_CLOSED:
             self._listen_closed = True
 
@@ -495,32 +500,35 @@ class TcpSocket:
         from the queue at a time; others wait for it to apply what it got."""
         lock = self._lock
         with lock:
-            while not ready():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT, "timed out")
-                if self.stack.loop_error is not None:
-                    raise StackClosed() from self.stack.loop_error
-                if self._pumping:
-                    lock.wait(remaining)
-                    continue
-                self._pumping = True
-                lock.release()
-                try:
-                    # wake now and then to notice a dead loop thread
-                    wait = 1.0 if remaining is None else min(remaining, 1.0)
-                    event = self._events.get(timeout=wait)
-                except queue.Empty:
-                    event = None
-                finally:
-                    lock.acquire()
-                    self._pumping = False
-                if event is not None:
-                    self._apply(event)
-                    with contextlib.suppress(queue.Empty):
-                        while True:  # apply whatever else is already there
-                            self._apply(self._events.get_nowait())
-                lock.notify_all()
+            try:
+                while not ready():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(errno.ETIMEDOUT, "timed out")
+                    if self.stack.loop_error is not None:
+                        raise StackClosed() from self.stack.loop_error
+                    if self._pumping:
+                        lock.wait(remaining)
+                        continue
+                    self._pumping = True
+                    lock.release()
+                    try:
+                        # wake now and then to notice a dead loop thread
+                        wait = 1.0 if remaining is None else min(remaining, 1.0)
+                        event = self._events.get(timeout=wait)
+                    except queue.Empty:
+                        event = None
+                    finally:
+                        lock.acquire()
+                        self._pumping = False
+                    if event is not None:
+                        self._apply(event)
+                        with contextlib.suppress(queue.Empty):
+                            while True:  # apply whatever else is already there
+                                self._apply(self._events.get_nowait())
+                    lock.notify_all()
+            finally:
+                lock.notify_all()  # a waiter may have to take over the pumping
 
     def _poll_events(self) -> None:
         with self._lock:
@@ -623,8 +631,10 @@ class TcpSocket:
         with self._lock:
             if not self._accepted:
                 raise OSError(errno.EBADF, "the listening socket was closed")
-            endpoint, peer = self._accepted.popleft()
-        return TcpSocket(self.stack, endpoint, peer), peer
+            endpoint, peer, sockname = self._accepted.popleft()
+        sock = TcpSocket(self.stack, endpoint, peer)
+        sock._sockname = sockname
+        return sock, peer
 
     # -- sending -----------------------------------------------------------------------------
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
@@ -752,7 +762,7 @@ class TcpSocket:
             if acceptor is not None:
                 self.stack.submit(lambda now: acceptor.close())
                 self._poll_events()
-                for ep, _ in self._accepted:  # accepted by the loop, never by the caller
+                for ep, _, _ in self._accepted:  # accepted by the loop, never by the caller
                     self.stack.submit(lambda now, ep=ep: ep.abort())
                 self._accepted.clear()
 

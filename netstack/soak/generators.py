@@ -536,22 +536,43 @@ class Hping(Generator):
     def body(self) -> None:
         interval_us = max(100, round(1e6 / self.rate))
         for phase in self.each_phase(self.flood_only):
-            length = phase.end - self.ctx.now()
-            count = max(1, math.floor(length * self.rate))
-            with open(self.log_path, "ab") as log:
-                proc = self.ctx.procs.spawn(
-                    ["hping3", "-q", *self.args, "-i", f"u{interval_us}", "-c", str(count),
-                     self.ctx.stack_ip],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-                self.ctx.procs.finish(proc, length + 3, signal.SIGINT)
-            sent, got = self._last_stats()
-            self.count(attempts=sent, sent=sent, received=got, ok=sent)
-            if sent == 0:
-                self.count(errors=1)
+            # hping3 also stops once it has *received* -c packets (replies, or other traffic it
+            # matches), so one -c per phase may end early: start it again for what is left of
+            # the phase, never more than rate * remaining packets, at most twice a second.
+            while (left := min(phase.end, self.ctx.load_end) - self.ctx.now()) > 0.5:
+                started = time.monotonic()
+                self._one(max(1, math.floor(left * self.rate)), left, interval_us)
+                if self.ctx.stop.wait(max(0.0, 0.5 - (time.monotonic() - started))):
+                    return
 
-    def _last_stats(self) -> tuple[int, int]:
-        matches = list(_HPING_STATS.finditer(self.log_path.read_bytes()[-4096:]))
+    def _one(self, count: int, length: float, interval_us: int) -> None:
+        cmd = ["hping3", "-q", *self.args, "-i", f"u{interval_us}", "-c", str(count),
+               self.ctx.stack_ip]  # fmt: skip
+        proc = self.ctx.procs.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        kept: list[bytes] = []
+        reader = threading.Thread(target=self._read, args=(proc, kept), daemon=True)
+        reader.start()
+        self.ctx.procs.finish(proc, length + 3, signal.SIGINT)
+        reader.join(5)
+        with open(self.log_path, "ab") as log:  # summary lines only, and at most ~1 MB
+            if log.tell() < 1 << 20:
+                log.write(f"$ {' '.join(cmd)}\n".encode() + b"".join(kept))
+        sent, got = self._stats(b"".join(kept))
+        self.count(attempts=sent, sent=sent, received=got, ok=sent)
+        if sent == 0:
+            self.count(errors=1)
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, kept: list[bytes]) -> None:
+        """hping3 prints a line per reply even with -q: keep all but those."""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if not line.startswith((b"len=", b"status=", b"ICMP ", b"DUP!")) and len(kept) < 50:
+                kept.append(line)
+
+    @staticmethod
+    def _stats(text: bytes) -> tuple[int, int]:
+        matches = list(_HPING_STATS.finditer(text))
         if not matches:
             return 0, 0
         m = matches[-1]

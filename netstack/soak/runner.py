@@ -181,6 +181,12 @@ def _alive(world: SoakWorld, tcp: bool) -> tuple[int, bool, bool | None]:
     return replies, udp.stdout == b"alive udp\n", tcp_ok
 
 
+def _kernel_sockets(path: Path) -> None:
+    """The kernel side's TCP sockets after the settle period, for diagnosing leftovers."""
+    ss = subprocess.run(["ss", "-tanoi"], capture_output=True, text=True, timeout=30, check=False)
+    path.write_text(ss.stdout)
+
+
 def _settle(world: SoakWorld, sampler: Sampler, baseline: dict, until: float) -> float:
     """Sample until connections and fds are back to baseline (twice in a row) or `until`."""
     start, back = time.monotonic(), 0
@@ -282,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         sampler.stop()
         print(f"soak: load done, settling up to {args.settle:g} s", flush=True)
         facts["settled_after"] = _settle(world, sampler, baseline, time.monotonic() + args.settle)
+        _kernel_sockets(work / "kernel-sockets-end.txt")
         replies, udp_ok, tcp_ok = _alive(world, tcp_on)
         time.sleep(2.5 * world.scrape_interval)  # one scrape after the liveness checks
         final = sampler.take()

@@ -373,3 +373,45 @@ def test_stack_close_stops_the_loop_thread() -> None:
     assert thread is not None and not thread.is_alive()
     with pytest.raises(OSError):
         p.a.socket().connect((B_IP, 7))
+
+
+def test_accepted_socket_knows_its_own_address(pair: Pair) -> None:
+    srv = pair.b.socket()
+    srv.bind(("", 8005))
+    srv.listen()
+    srv.settimeout(5)
+    client = pair.a.create_connection((B_IP, 8005), timeout=5)
+    conn, _ = srv.accept()
+    assert conn.getsockname() == (B_IP, 8005)
+    for s in (client, conn, srv):
+        s.close()
+
+
+def test_a_waiting_thread_takes_over_when_the_pumping_one_gives_up(pair: Pair) -> None:
+    """wait_closed(0.3) pulls events in one thread while recv() (no timeout) waits in another;
+    when the first gives up, the second must go on reading events, not sleep forever."""
+    srv = pair.b.socket()
+    srv.bind(("", 8006))
+    srv.listen()
+    srv.settimeout(5)
+    sock = pair.a.create_connection((B_IP, 8006), timeout=None)
+    conn, _ = srv.accept()
+    got: list[bytes] = []
+
+    def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            sock.wait_closed(0.3)
+
+    pumping = threading.Thread(target=give_up)
+    pumping.start()
+    time.sleep(0.05)  # the wait_closed thread is the one pulling from the queue
+    reader = threading.Thread(target=lambda: got.append(sock.recv(10)), daemon=True)
+    reader.start()
+    pumping.join(5)
+    time.sleep(0.2)
+    conn.sendall(b"late")  # arrives after the pumping thread has left; A's socket untouched
+    reader.join(3)
+    assert not reader.is_alive(), "recv() slept through the data"
+    assert got == [b"late"]
+    for s in (sock, conn, srv):
+        s.close()

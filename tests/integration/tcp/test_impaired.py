@@ -94,12 +94,14 @@ def connect(world: ImpairedWorld, port: int, limit: float) -> socket.socket:
     return sock
 
 
-def check_impaired(world: ImpairedWorld, case: Case, before) -> None:
-    """The relay really did what the case says, both ways (else the test proves nothing)."""
+def check_impaired(world: ImpairedWorld, case: Case, before, directions: tuple[str, ...]) -> None:
+    """The relay really did what the case says to the data (else the test proves nothing).
+    Only the directions carrying data are checked: the other one carries a few hundred ACKs
+    (the stack ACKs once per receive batch), where 1 % may well hit nothing."""
     after = world.relay_stats()
     for key, counter in PROOF.items():
         if getattr(case.impairment, key):
-            for direction in ("to_stack", "to_kernel"):
+            for direction in directions:
                 moved = getattr(getattr(after, direction), counter) - getattr(
                     getattr(before, direction), counter
                 )
@@ -121,7 +123,7 @@ def test_into_discard(world: ImpairedWorld, case: Case, payload: tuple[Path, str
     finally:
         sock.close()
     assert time.monotonic() - started < case.limit
-    check_impaired(world, case, before)
+    check_impaired(world, case, before, ("to_stack",))
 
 
 def test_from_chargen(world: ImpairedWorld, case: Case) -> None:
@@ -140,7 +142,7 @@ def test_from_chargen(world: ImpairedWorld, case: Case) -> None:
     finally:
         sock.close()
     assert digest.hexdigest() == chargen_sha256(case.size)
-    check_impaired(world, case, before)
+    check_impaired(world, case, before, ("to_kernel",))
 
 
 def test_through_echo(world: ImpairedWorld, case: Case, payload: tuple[Path, str]) -> None:
@@ -153,4 +155,4 @@ def test_through_echo(world: ImpairedWorld, case: Case, payload: tuple[Path, str
         sock.close()
     assert n == case.size
     assert got == sha256_file(path, case.size)
-    check_impaired(world, case, before)
+    check_impaired(world, case, before, ("to_stack", "to_kernel"))
