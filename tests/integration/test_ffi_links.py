@@ -336,10 +336,24 @@ def _veth_between(ns_a: str, ns_b: str) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="vb")[0], state="up")
 
 
+def _wait_oper_up(name: str, timeout: float = 5.0) -> None:
+    """A veth end says UP only once its peer is up too; frames sent before that are lost."""
+    deadline = time.monotonic() + timeout
+    with IPRoute() as ipr:
+        while time.monotonic() < deadline:
+            (link,) = ipr.get_links(ipr.link_lookup(ifname=name)[0])
+            if link.get_attr("IFLA_OPERSTATE") == "UP":
+                return
+            time.sleep(0.02)
+    raise TimeoutError(f"{name} did not come up")
+
+
 def _packet_link_over_veth(ns_a: str, ns_b: str, count: int) -> dict:
     _veth_between(ns_a, ns_b)
+    _wait_oper_up("vb")
     receiver = PacketLink("vb", max_batch=32)  # opened in ns_b
     netns.setns(ns_a)
+    _wait_oper_up("va")
     sender = PacketLink("va", max_batch=32)  # sockets keep the namespace they were made in
     header = receiver.mac + sender.mac + struct.pack("!H", ETHERTYPE_TEST)
     frames = [
