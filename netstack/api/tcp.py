@@ -82,6 +82,7 @@ class TcpTransport:
         self._closed = False  # connection_lost delivered
         conn.handler = self
         conn.user = self
+        conn.engine.touch(conn)  # events that waited for a handler go out at the next flush
 
     # -- engine events -> protocol ---------------------------------------------------------------
     def on_established(self) -> None:

@@ -53,6 +53,7 @@ class Evidence:
     alive_udp: bool
     stack_log: str
     stack_exit: int | None
+    flood_tail: float = 0.0  # seconds after a flood phase still counted as the flood's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +122,12 @@ def check_connection_failures(ev: Evidence, bounds: Bounds) -> Verdict:
     detail = ", ".join(
         f"{n} {g.get('fail', 0) - g.get('fail_flood', 0)}" for n, g in sorted(tcp.items())
     )
+    tail = f" (+{ev.flood_tail:g} s after each)" if ev.flood_tail else ""
     return Verdict(
         "no failed TCP connection outside flood phases beyond the bound",
         failed <= allowed,
-        f"{failed} failed of {attempts} outside floods ({detail or 'no TCP generators'}); "
-        f"{flood} failed during floods (not judged)",
+        f"{failed} failed of {attempts} outside floods{tail} "
+        f"({detail or 'no TCP generators'}); {flood} failed during floods (not judged)",
         f"<= {bounds.failure_fraction:.1%} of attempts = {allowed}",
     )
 

@@ -43,6 +43,9 @@ from netstack.soak.world import (
 
 MAX_DURATION = 14 * 24 * 3600  # two weeks: the longest run the command accepts
 TIME_WAIT = TcpConfig().time_wait  # 2*MSL of the stack (netstack/proto/tcp/config.py)
+# How long a half-open connection lives: the initial RTO doubled over every SYN-ACK retry
+# (1 + 2 + ... + 32 = 63 s by default). A flood's effects on the listener last that long.
+SYN_RECEIVED_LIFETIME = TcpConfig().rto_initial * (2 ** (TcpConfig().synack_retries + 1) - 1)
 SETTLE_MARGIN = 15.0
 _counter = itertools.count()
 
@@ -262,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"netstack soak: {err}", file=sys.stderr)
             return 3
         assert world.stack is not None and world.prometheus is not None
-        timeline = Timeline(phases)
+        timeline = Timeline(phases, flood_tail=SYN_RECEIVED_LIFETIME)
         t0 = time.monotonic() + 3 * world.scrape_interval + 1  # the load starts after baseline
         ctx = Context(STACK_IP, timeline, t0, args.duration, stop, work, procs)
         gens = [
@@ -349,6 +352,7 @@ def _judge_and_report(args, out, world, gens, sampler, phases, bounds, facts, ra
         alive_udp=facts.get("alive_udp", False),
         stack_log=stack_log,
         stack_exit=world.stack_exit,
+        flood_tail=SYN_RECEIVED_LIFETIME,
     )
     verdicts = criteria.evaluate(evidence, bounds)
     if facts.get("aborted") or facts.get("world_error"):
@@ -364,6 +368,7 @@ def _judge_and_report(args, out, world, gens, sampler, phases, bounds, facts, ra
         "settle": args.settle,
         "settled_after": facts.get("settled_after"),
         "time_wait": TIME_WAIT,
+        "flood_tail": SYN_RECEIVED_LIFETIME,
         "rates": rates,
         "bulk_size": args.bulk_size,
         "phases": [dataclasses.asdict(p) for p in phases],

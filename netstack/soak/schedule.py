@@ -1,8 +1,12 @@
-"""The soak's timeline: phases of equal length, cycling clean / flood / loss / clean / reorder /
-delay, the last one always clean so the load ends quietly.
+"""The soak's timeline: phases of equal length, cycling clean / loss / reorder / delay / flood /
+clean, the last one always clean so the load ends quietly.
 
-Flood phases are when the SYN floods run (connection failures then are expected and not
-judged); impairment phases set the relay's faults (both directions) for their duration.
+Flood phases are when the SYN floods run. Connection failures then are expected and not judged,
+and neither are they for `flood_tail` seconds after a flood: the half-open connections a
+random-source flood leaves keep the listener's SYN queue full (SYN cookies, which a reordered
+first segment defeats) until their SYN-ACK retries run out. The impairment phases come before
+the flood in each cycle so that they are judged on their own. Impairment phases set the relay's
+faults (both directions) for their duration.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-CYCLE = ("clean", "flood", "loss", "clean", "reorder", "delay")
+CYCLE = ("clean", "loss", "reorder", "delay", "flood", "clean")
 IMPAIRMENTS = ("loss", "reorder", "delay")
 
 
@@ -69,8 +73,9 @@ def build_schedule(
 class Timeline:
     """Which phase a moment of the load falls in, and whether an interval touched a flood."""
 
-    def __init__(self, phases: Sequence[Phase]) -> None:
+    def __init__(self, phases: Sequence[Phase], flood_tail: float = 0.0) -> None:
         self.phases = list(phases)
+        self.flood_tail = flood_tail
 
     def at(self, t: float) -> Phase | None:
         for phase in self.phases:
@@ -83,4 +88,5 @@ class Timeline:
         return phase.kind if phase is not None else ("warmup" if t < 0 else "settle")
 
     def touches_flood(self, t0: float, t1: float) -> bool:
-        return any(p.flood and p.start < t1 and t0 < p.end for p in self.phases)
+        """True if [t0, t1] overlaps a flood phase or the `flood_tail` seconds after one."""
+        return any(p.flood and p.start < t1 and t0 < p.end + self.flood_tail for p in self.phases)

@@ -239,11 +239,16 @@ def test_the_stack_must_still_answer(changes: dict, passes: bool) -> None:
 def test_schedule_cycles_phases_and_ends_clean() -> None:
     phases = build_schedule(120, 15)
     assert [p.kind for p in phases] == [
-        "clean", "flood", "loss", "clean", "reorder", "delay", "clean", "clean",
+        "clean", "loss", "reorder", "delay", "flood", "clean", "clean", "clean",
     ]  # fmt: skip
-    assert phases[-1].end == 120 and phases[2].impairment == Impairments().loss
+    assert phases[-1].end == 120 and phases[1].impairment == Impairments().loss
     timeline = Timeline(phases)
-    assert timeline.touches_flood(14, 16) and not timeline.touches_flood(31, 44)
+    assert timeline.touches_flood(59, 61) and not timeline.touches_flood(76, 89)
+    # The flood's aftermath (half-open connections until their SYN-ACK retries end) counts.
+    assert Timeline(phases, flood_tail=63).touches_flood(100, 101)
+    assert not Timeline(phases, flood_tail=63).touches_flood(0, 59)
+    # The last phase is clean even where the cycle would put a flood there.
+    assert build_schedule(75, 15)[-1].kind == "clean"
     assert timeline.kind_at(-1) == "warmup" and timeline.kind_at(500) == "settle"
     off = build_schedule(120, 15, flood=False, impair=None)
     assert {p.kind for p in off} == {"clean"} and {p.impairment for p in off} == {"none"}

@@ -10,6 +10,9 @@ monotonic); nothing here reads a clock.
     on_timeout        RTO fired: ssthresh from the flight, cwnd = 1 MSS (the loss window)
     on_recovery_exit  a full ACK ends fast recovery: cwnd deflates back to ssthresh
     on_idle           RFC 5681 4.1: sending again after an idle period longer than the RTO
+    save / undo       before a reduction the engine saves the state; when the reduction turns
+                      out spurious (Eifel, RFC 3522; D-SACK, RFC 2883/3708) it undoes it: the
+                      saved state comes back, cwnd at least the saved one (RFC 4015 response)
 
 After `on_timeout` keep calling `on_ack` for every ACK of new data: that is the slow start from
 the loss window (no `on_recovery_exit` is needed, though calling it is harmless). A second
@@ -51,6 +54,8 @@ class CongestionControl(Protocol):
     def on_timeout(self, now: float, flight_size: int) -> None: ...
     def on_recovery_exit(self, now: float) -> None: ...
     def on_idle(self, now: float) -> None: ...
+    def save(self) -> object: ...
+    def undo(self, saved: object) -> None: ...
 
 
 class Reno:
@@ -129,6 +134,20 @@ class Reno:
         """RFC 5681 4.1: restart window = min(IW, cwnd)."""
         self.cwnd = min(self.cwnd, self.iw)
         self._bytes_acked = 0
+
+    # -- undo -------------------------------------------------------------------------------
+    def save(self) -> object:
+        """Everything a spurious reduction would change (taken before on_congestion or the
+        first on_timeout of an episode)."""
+        return dict(vars(self))
+
+    def undo(self, saved: object) -> None:
+        """The reduction was spurious: back to the saved state (cwnd no smaller than now)."""
+        assert isinstance(saved, dict)
+        cwnd, rtt = self.cwnd, self.rtt
+        vars(self).update(saved)
+        self.cwnd = max(cwnd, self.cwnd)
+        self.rtt = rtt
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cwnd={self.cwnd}, ssthresh={self.ssthresh})"

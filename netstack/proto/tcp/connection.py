@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Protocol
 from netstack.drops import Drop
 from netstack.proto.ratelimit import TokenBucket
 from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
+from netstack.proto.tcp.rack import Rack
 from netstack.proto.tcp.rtt import RttEstimator
-from netstack.proto.tcp.scoreboard import Scoreboard, Sent
+from netstack.proto.tcp.scoreboard import DUPTHRESH, Scoreboard, Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
@@ -50,6 +51,18 @@ SACK_BLOCK_LEN = 8
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
 SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
 OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
+# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK when only one
+# segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
+WC_DEL_ACK = 0.2
+TLP_MIN = 0.01
+MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
+MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
+
+# An ACK owed to one arriving segment, sent at the flush point (after the application read,
+# so that its window is current): (ACK number, a sequence number inside the block to report
+# first (the segment that triggered it, RFC 2018 4) or None, a D-SACK block (RFC 2883) or None).
+AckPoint = tuple[int, int | None, tuple[int, int] | None]
+MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
 
 # Loss-recovery states (Linux's TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss).
 OPEN, RECOVERY, LOSS = "open", "recovery", "loss"
@@ -92,6 +105,7 @@ class Connection:
     __slots__ = (
         "ack_now",
         "ack_pending",
+        "ack_points",
         "app_closed",
         "board",
         "ca_state",
@@ -103,6 +117,7 @@ class Connection:
         "cwnd_limited",
         "delack_at",
         "dupacks",
+        "dupthresh",
         "engine",
         "eof_delivered",
         "eof_pending",
@@ -137,11 +152,14 @@ class Connection:
         "persist_at",
         "persist_backoff",
         "probes_out",
+        "rack",
+        "rack_at",
         "rcv_adv",
         "rcv_buf_size",
         "rcv_fin_seq",
         "rcv_mss",
         "rcv_nxt",
+        "rcv_seg_mss",
         "rcv_wscale",
         "rcvbuf",
         "reading_paused",
@@ -168,10 +186,19 @@ class Connection:
         "syn_retransmitted",
         "syn_sent_at",
         "syn_window",
+        "tlp_at",
+        "tlp_end",
+        "tlp_probes",
+        "tlp_retrans",
         "ts_offset",
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
+        "undo_marker",
+        "undo_rexmits",
+        "undo_saved",
+        "undo_tsval",
+        "undos",
         "user",
         "window_check",
         "write_high",
@@ -219,6 +246,7 @@ class Connection:
         self.peer_mss = DEFAULT_MSS
         self.mss = DEFAULT_MSS
         self.rcv_mss = DEFAULT_MSS
+        self.rcv_seg_mss = DEFAULT_MSS  # the peer's segment size, as seen (for ACK pacing)
         # buffers
         self.sndbuf = SendBuffer(cfg.send_buffer)
         self.rcvbuf = ReceiveBuffer(cfg.ooo_max_pieces)
@@ -245,6 +273,7 @@ class Connection:
         # ACK generation
         self.ack_now = False
         self.ack_pending = False
+        self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.window_check = False
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
@@ -271,7 +300,22 @@ class Connection:
         self.ca_state = OPEN
         self.recover = 0
         self.dupacks = 0
+        self.dupthresh = DUPTHRESH  # NewReno's; RACK measures reordering in time instead
         self.cwnd_limited = False
+        self.rack = Rack()
+        self.rack_at: float | None = None  # RACK's reordering timer
+        self.tlp_at: float | None = None  # the loss probe timer (PTO)
+        self.tlp_end: int | None = None  # SND.NXT when the probe went out, until resolved
+        self.tlp_retrans = False  # the probe was a retransmission (not new data)
+        self.tlp_probes = 0
+        # Undo of spurious reductions: the episode started at SND.UNA = undo_marker with the
+        # congestion state undo_saved; undo_tsval is our TSval then (Eifel); undo_rexmits
+        # counts the retransmissions per record start, until D-SACKs prove them needless.
+        self.undo_marker: int | None = None
+        self.undo_saved: object = None
+        self.undo_tsval: int | None = None
+        self.undo_rexmits: dict[int, int] | None = None
+        self.undos = 0
         self.challenge: TokenBucket | None = None
         self.oow_at = -1e9  # when we last answered an empty out-of-window segment
         self.from_cookie = False
@@ -387,6 +431,7 @@ class Connection:
         opts = TS_OPTION_LEN if self.ts_ok else 0
         self.mss = max(MIN_MSS, min(self.peer_mss, self.engine.mss) - opts)
         self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
+        self.rcv_seg_mss = min(self.rcv_mss, DEFAULT_MSS)
         if self.cc is None:
             self.cc = self.engine.make_cc(self.mss)
 
@@ -428,6 +473,7 @@ class Connection:
 
     def _enter_time_wait(self) -> None:
         self.rexmt_at = self.persist_at = self.keepalive_at = None
+        self.rack_at = self.tlp_at = None
         self.close_at = self.engine.now + self.config.time_wait
         self.sndbuf.clear()
         self.board.clear()
@@ -437,11 +483,13 @@ class Connection:
         """CLOSED: stop every timer, free the buffers (queued input stays for delivery)."""
         self.rexmt_at = self.persist_at = self.delack_at = None
         self.keepalive_at = self.close_at = None
+        self.rack_at = self.tlp_at = None
         self.sndbuf.clear()
         self.board.clear()
         self.rcvbuf.ooo.clear()
         self.syn_pending = False
         self.ack_now = self.ack_pending = False
+        self.ack_points.clear()
 
     def time_wait_reopened(self) -> None:
         """A new SYN takes this TIME_WAIT connection's 4-tuple (RFC 6191): close now."""
@@ -485,7 +533,7 @@ class Connection:
             and now - self.ts_recent_at <= PAWS_IDLE
             and not self._disordered_ack(h, seq, plen, ts[0])
         ):
-            self._oow_ack(now, plen)
+            self._oow_ack(now, plen, seq, plen)
             self.counters.drop(Drop.TCP_PAWS)
             return
         # Sequence acceptability (RFC 9293 3.10.7.4 "first").
@@ -512,7 +560,7 @@ class Connection:
                 return
             if state is S.TIME_WAIT and flags & FIN:
                 self.close_at = now + self.config.time_wait  # a retransmitted FIN: re-ACK
-            self._oow_ack(now, seg_len)
+            self._oow_ack(now, seg_len, seq, plen)
             self.counters.drop(Drop.TCP_OUT_OF_WINDOW)
             return
         # RST (RFC 5961 3.2): only an exact RCV.NXT match resets; in window: challenge.
@@ -579,10 +627,14 @@ class Connection:
             and ((self.ts_recent - tsval) & MASK) <= self.rtt.rto * 1000
         )
 
-    def _oow_ack(self, now: float, seg_len: int) -> None:
+    def _oow_ack(self, now: float, seg_len: int, seq: int = 0, plen: int = 0) -> None:
         """RFC 9293: an unacceptable segment is answered with an ACK. Empty ones (pure ACKs,
         probes) at most every OOW_ACK_INTERVAL per connection, as Linux's
-        tcp_invalid_ratelimit does, so two stacks cannot ping-pong ACKs forever."""
+        tcp_invalid_ratelimit does, so two stacks cannot ping-pong ACKs forever. Old data
+        (a needless retransmission, or a copy the network made) gets a D-SACK (RFC 2883)."""
+        if plen and self.sack_ok and seq < self.rcv_nxt:
+            self._ack_point(None, (seq, min(seq + plen, self.rcv_nxt)))
+            return
         if seg_len == 0:
             if now - self.oow_at < OOW_ACK_INTERVAL:
                 return
@@ -638,6 +690,7 @@ class Connection:
         else:
             return
         self.rtt.sample(r)
+        self.rack.sample_rtt(r)
         self.counters.tcp_rtt_seconds.observe(r)
 
     def _syn_acked(self, h: TcpHeader, ack: int, seq: int, now: float) -> None:
@@ -667,9 +720,11 @@ class Connection:
             self.snd_wl2 = ack
         self.probes_out = 0  # the peer answers: window probes are not going unanswered
         new_sacked = 0
+        dsack: tuple[int, int] | None = None
+        self.board.delivered.clear()
         blocks = h.options.sack_blocks
         if blocks and self.sack_ok:
-            new_sacked = self._take_sack(blocks, ack)
+            new_sacked, dsack = self._take_sack(blocks, ack)
         acked = ack - self.snd_una
         if acked > 0:
             self._new_ack(h, ack, acked, now)
@@ -679,22 +734,35 @@ class Connection:
             and (new_sacked or (plen == 0 and not h.flags & (SYN | FIN) and not window_changed))
         ):
             self._dupack(now)
-        elif new_sacked and self.ca_state == RECOVERY:
-            self.board.mark_lost(self.mss)
+        if self.sack_ok and self.state in TRANSMITTING:
+            self._rack_ack(h, dsack, now)
+            if dsack is not None:
+                self._dsack_undo(dsack, now)
+            if self.tlp_end is not None:
+                self._tlp_ack(ack, acked, dsack, new_sacked, now)
         if window_changed or acked > 0:
             self.engine.touch(self)
 
-    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
-        """RFC 2018 on the sender: validated blocks above the cumulative ACK mark records."""
+    def _take_sack(
+        self, blocks: tuple[tuple[int, int], ...], ack: int
+    ) -> tuple[int, tuple[int, int] | None]:
+        """RFC 2018 on the sender: validated blocks above the cumulative ACK mark records.
+        Returns (bytes newly SACKed, the D-SACK block if the first one is one: RFC 2883 4,
+        below the cumulative ACK or inside the second block)."""
         una = self.snd_una if self.snd_una > ack else ack
         nxt = self.snd_nxt
         valid = []
-        for left_w, right_w in blocks:
-            left = unwrap(left_w, una)
-            right = unwrap(right_w, una)
-            if una <= left < right <= nxt:  # else D-SACK (RFC 2883) or bogus: ignored
+        dsack = None
+        ranges = [(unwrap(lw, una), unwrap(rw, una)) for lw, rw in blocks]
+        left, right = ranges[0]
+        if self.iss < left < right <= nxt and (
+            right <= ack or (len(ranges) > 1 and ranges[1][0] <= left and right <= ranges[1][1])
+        ):
+            dsack = (left, right)
+        for i, (left, right) in enumerate(ranges):
+            if una <= left < right <= nxt and (i or dsack is None):  # else bogus: ignored
                 valid.append((left, right))
-        return self.board.sack(valid) if valid else 0
+        return (self.board.sack(valid) if valid else 0), dsack
 
     def _new_ack(self, h: TcpHeader, ack: int, acked: int, now: float) -> None:
         """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged."""
@@ -716,20 +784,24 @@ class Connection:
         if rtt is not None:
             self.rtt.sample(rtt, self.rtt.expected_samples(flight, self.mss))
             self.counters.tcp_rtt_seconds.observe(rtt)
+            self.rack.sample_rtt(rtt)
         self.rexmt_count = 0
         cc = self.cc
         assert cc is not None
+        if self.undo_tsval is not None and self.ca_state != OPEN and ack > self.undo_marker:
+            self._eifel(ts, now)
         state = self.ca_state
         if state == RECOVERY:
             if ack >= self.recover:  # full ACK: recovery is over
                 self.ca_state = OPEN
                 self.dupacks = 0
                 cc.on_recovery_exit(now)
+                self.rack.on_recovery_exit()
                 if not self.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
                     outstanding = self.snd_nxt - ack
                     cc.cwnd = min(cc.ssthresh, max(outstanding, self.mss) + self.mss)
             elif self.sack_ok:
-                self.board.mark_lost(self.mss)
+                pass  # RACK (after the whole ACK is taken in) marks what is lost
             else:
                 # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
                 if self.board.mark_first_lost():
@@ -740,6 +812,7 @@ class Connection:
         else:
             if state == LOSS and ack >= self.recover:
                 self.ca_state = OPEN
+                self.rack.on_recovery_exit()
             self.dupacks = 0
             # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
             # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
@@ -750,6 +823,7 @@ class Connection:
             self.rexmt_at = None
         else:
             self.rexmt_at = now + self.rtt.rto
+        self._tlp_arm(now)  # RFC 8985 7.2: restarted by an ACK of new data
         # Our FIN acknowledged?
         if self.fin_seq is not None and ack > self.fin_seq:
             self._event(Event.FIN_ACKED)
@@ -757,43 +831,199 @@ class Connection:
             self.engine.touch(self)
 
     def _dupack(self, now: float) -> None:
-        """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information)."""
+        """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information).
+
+        With SACK, RACK decides what is lost (_rack_ack); dupacks only matter when the peer
+        sends none of the SACK blocks it agreed to (then as NewReno). Without SACK, NewReno
+        with a dupthresh that grows when reordering fooled it (see _undo)."""
         self.dupacks += 1
         board = self.board
         if self.ca_state == OPEN:
-            lost = False
-            if self.sack_ok:
-                board.mark_lost(self.mss)
-                first = board.first()
-                lost = first is not None and first.lost
-            if (self.dupacks >= 3 or lost) and self.snd_una >= self.recover:
-                self._enter_recovery(now)
-            elif not self.sack_ok and self.dupacks < 3:
+            if self.dupacks >= self.dupthresh and self.snd_una >= self.recover:
+                if not self.sack_ok or not board.sacked_bytes:
+                    board.mark_first_lost()  # RFC 6582 / 6675 (4.3): the first hole, now
+                    self._enter_recovery(now)
+            elif not self.sack_ok:
                 self.engine.touch(self)  # RFC 3042 limited transmit
         elif self.ca_state == RECOVERY:
-            if self.sack_ok:
-                board.mark_lost(self.mss)
-            else:
+            if not self.sack_ok:
                 assert self.cc is not None
                 self.cc.cwnd += self.mss  # RFC 6582 / 5681: inflate by one segment per dupack
             self.engine.touch(self)
 
     def _enter_recovery(self, now: float) -> None:
-        """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK)."""
+        """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK), once
+        something is marked lost (the first hole by dupacks, or whatever RACK found)."""
         cc = self.cc
         assert cc is not None
         self.recover = self.snd_nxt
+        self._undo_begin(now)
         cc.on_congestion(now, self.snd_nxt - self.snd_una)
         board = self.board
-        board.mark_first_lost()  # RFC 6675 (4.3) / RFC 6582: the first hole goes out now
         if not self.sack_ok:
             cc.cwnd = cc.ssthresh + 3 * self.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
         self.ca_state = RECOVERY
+        self.tlp_at = self.tlp_end = None
         self.counters.tcp_fast_retransmits += 1
-        first = board.first()
-        if first is not None and first.lost and not first.rexmit:
+        first = board.next_lost()
+        if first is not None:  # RFC 6675 (4.3) / 5681: whatever pipe and cwnd say
             self._retransmit(first, now)
         self.rexmt_at = now + self.rtt.rto
+        self.engine.touch(self)
+
+    # -- RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015) ----------------------
+    def _rack_ack(self, h: TcpHeader, dsack: tuple[int, int] | None, now: float) -> None:
+        board = self.board
+        rack = self.rack
+        if board.delivered:
+            ts = h.options.timestamp if self.ts_ok else None
+            echo = ts[1] if ts is not None and ts[1] else None
+            rack.update(board.delivered, now, lambda t: self._echo_before(echo, t))
+            board.delivered.clear()
+        if dsack is not None:
+            rack.on_dsack(self.snd_una, self.snd_nxt)
+        self._rack_detect(now)
+
+    def _echo_before(self, echo: int | None, t: float) -> bool:
+        """The timestamp echo predates our transmission at time t."""
+        if echo is None:
+            return False
+        return 0 < ((self._tsval(t) - echo) & MASK) < HALF
+
+    def _rack_detect(self, now: float) -> None:
+        """RACK_detect_loss: mark, arm the reordering timer, start recovery on a loss."""
+        self.rack_at = None
+        if self.snd_nxt <= self.snd_una:
+            return
+        rack = self.rack
+        board = self.board
+        reo_wnd = rack.reo_wnd(self.ca_state != OPEN, board.sacked_bytes // self.mss, self.rtt.srtt)
+        lost, timeout = rack.detect_loss(board, now, reo_wnd)
+        if timeout > 0:
+            self.rack_at = now + timeout
+        if lost:
+            if self.ca_state == OPEN and self.snd_una >= self.recover:
+                self._enter_recovery(now)
+            else:
+                self.engine.touch(self)  # retransmit at the flush point
+
+    def _tlp_arm(self, now: float) -> None:
+        """RFC 8985 7.2: (re)start the probe timer while nothing else is repairing losses."""
+        self.tlp_at = None
+        if (
+            not self.sack_ok
+            or self.ca_state != OPEN
+            or self.tlp_end is not None
+            or self.snd_nxt <= self.snd_una
+            or self.board.sacked_bytes
+            or self.rtt.srtt is None
+        ):
+            return
+        pto = 2 * self.rtt.srtt
+        if self.snd_nxt - self.snd_una <= self.mss:
+            pto += WC_DEL_ACK
+        at = now + max(pto, TLP_MIN)
+        if self.rexmt_at is None or at < self.rexmt_at:
+            self.tlp_at = at
+
+    def _on_pto(self, now: float) -> None:
+        """RFC 8985 7.3: send one probe, new data if the peer's window allows, else the last
+        segment again; its ACK (with SACK) lets RACK find a tail loss without the RTO."""
+        if (
+            self.ca_state != OPEN
+            or self.snd_nxt <= self.snd_una
+            or self.state not in TRANSMITTING
+            or self.tlp_end is not None
+        ):
+            return
+        snd_end = self.snd_base + self.sndbuf.end
+        unsent = snd_end - self.snd_nxt
+        win = self.snd_una + self.snd_wnd - self.snd_nxt
+        size = min(unsent, self.mss)
+        if unsent > 0 and win >= size:
+            fin = self.fin_queued and size == unsent and win > size
+            self._send_segment(self.snd_nxt, size, fin, snd_end, now)
+            self.tlp_retrans = False
+        else:
+            r = self.board.last_unsacked()
+            if r is None:
+                return
+            self._retransmit(r, now)
+            self.tlp_retrans = True
+        self.tlp_end = self.snd_nxt
+        self.tlp_probes += 1
+        self.rexmt_at = now + self.rtt.rto
+
+    def _tlp_ack(
+        self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float
+    ) -> None:
+        """RFC 8985 7.4 (as Linux's tcp_process_tlp_ack): did the probe repair a loss?"""
+        end = self.tlp_end
+        assert end is not None
+        if ack < end:
+            return
+        if not self.tlp_retrans or dsack is not None:
+            self.tlp_end = None  # new data (RACK judges), or both copies arrived: no loss
+        elif ack > end:
+            self.tlp_end = None  # the probe repaired a loss: reduce cwnd once
+            if self.ca_state == OPEN:
+                assert self.cc is not None
+                self.cc.on_congestion(now, self.snd_nxt - self.snd_una)
+                self.cc.on_recovery_exit(now)
+        elif acked <= 0 and not new_sacked:
+            self.tlp_end = None  # a pure duplicate: both copies arrived
+
+    def _undo_begin(self, now: float) -> None:
+        """A reduction starts an episode (unless one is going on): save what undo restores."""
+        if self.undo_marker is not None and self.ca_state != OPEN:
+            return
+        assert self.cc is not None
+        self.undo_marker = self.snd_una
+        self.undo_saved = self.cc.save()
+        self.undo_tsval = self._tsval(now) if self.ts_ok else None
+        self.undo_rexmits = {}
+
+    def _eifel(self, ts: tuple[int, int] | None, now: float) -> None:
+        """RFC 3522: the first ACK past the episode's start echoes a timestamp older than
+        our first retransmission: the original arrived, the retransmission was spurious."""
+        undo_tsval = self.undo_tsval
+        assert undo_tsval is not None
+        self.undo_tsval = None  # one look per episode
+        if ts is not None and ts[1] and 0 < ((undo_tsval - ts[1]) & MASK) < HALF:
+            self._undo(now)
+
+    def _dsack_undo(self, dsack: tuple[int, int], now: float) -> None:
+        """RFC 2883 / 3708: a D-SACK for each retransmission of the episode: all needless."""
+        rexmits = self.undo_rexmits
+        if self.undo_marker is None or not rexmits:
+            return
+        left, right = dsack
+        hit = [start for start in rexmits if left <= start < right]
+        for start in hit:
+            rexmits[start] -= 1
+            if rexmits[start] <= 0:
+                del rexmits[start]
+        if hit and not rexmits:
+            self._undo(now)
+
+    def _undo(self, now: float) -> None:
+        """RFC 4015 response: the reduction was spurious. The congestion state comes back,
+        what was marked lost and not yet resent is in flight after all, and the reordering
+        that fooled us is remembered (RACK's window; NewReno's dupthresh grows)."""
+        assert self.cc is not None
+        if self.undo_saved is not None:
+            self.cc.undo(self.undo_saved)
+        self.board.unmark_lost()
+        if self.ca_state == RECOVERY and not self.sack_ok:
+            self.dupthresh = min(max(self.dupthresh + 1, self.dupacks + 1), MAX_DUPTHRESH)
+        if self.ca_state != OPEN:
+            self.rack.on_recovery_exit()
+        self.ca_state = OPEN
+        self.dupacks = 0
+        self.recover = self.snd_una
+        self.rack.reord = True
+        self.undo_marker = self.undo_saved = self.undo_tsval = self.undo_rexmits = None
+        self.undos += 1
         self.engine.touch(self)
 
     # -- text and FIN (RFC 9293 3.10.7.4 seventh and eighth) ---------------------------------
@@ -813,7 +1043,9 @@ class Connection:
             self._fail(None)
             return
         rcv_nxt = self.rcv_nxt
+        dsack: tuple[int, int] | None = None
         if seq < rcv_nxt:  # the front was received already
+            dsack = (seq, min(rcv_nxt, seq + plen))  # RFC 2883: report the duplicate
             cut = rcv_nxt - seq
             if cut >= plen:
                 payload = payload[plen:]
@@ -836,8 +1068,11 @@ class Connection:
         if fin and self.rcv_fin_seq is None:
             self.rcv_fin_seq = seq + plen
         rb = self.rcvbuf
+        ack_at_once = False
         if seq == rcv_nxt:
             if plen:
+                if plen > self.rcv_seg_mss:
+                    self.rcv_seg_mss = min(plen, self.rcv_mss)
                 first = rb.first_ooo_start()
                 if first is not None and first < seq + plen:
                     payload = payload[: first - seq]
@@ -848,19 +1083,43 @@ class Connection:
                     rcv_nxt, pieces = rb.take_ooo(rcv_nxt)
                     for piece in pieces:
                         rb.push(piece)
-                    self.ack_now = True  # RFC 5681 4.2: a segment that fills a hole
+                    ack_at_once = True  # RFC 5681 4.2: a segment that fills a hole
                 self.rcv_nxt = rcv_nxt
                 self.ack_pending = True
+                # RFC 5681 4.2 / RFC 1122 4.2.3.2: ACK at least every second full-sized
+                # segment, also within one receive batch (as Linux's __tcp_ack_snd_check),
+                # or a sender counting ACKs (RFC 3465) grows by 2 MSS per batch.
+                if rcv_nxt - self._last_ack_owed() > self.rcv_seg_mss:
+                    ack_at_once = True
             if self.rcv_fin_seq is not None and self.rcv_nxt == self.rcv_fin_seq:
                 self._rcv_fin(now)
+                ack_at_once = False  # the FIN's ACK follows at the flush (ack_now)
+            if ack_at_once or dsack is not None:
+                self._ack_point(None, dsack)
         elif plen:
-            _, refused = rb.add_ooo(seq, payload)
+            stored, refused = rb.add_ooo(seq, payload)
             if refused:
                 self.counters.drop(Drop.TCP_OOO_QUEUE_FULL)
-            self.ack_now = True  # RFC 5681 4.2: out of order -> immediate (duplicate) ACK
+            if not stored and not refused and dsack is None:
+                dsack = (seq, seq + plen)  # all of it was held already: RFC 2883 4.1.2
+            # RFC 5681 4.2: out of order -> an immediate duplicate ACK, one per segment.
+            self._ack_point(seq, dsack)
         else:
             self.ack_now = True  # a FIN beyond a hole
         self.engine.touch(self)
+
+    def _last_ack_owed(self) -> int:
+        points = self.ack_points
+        return points[-1][0] if points else self.last_ack_sent
+
+    def _ack_point(self, trigger: int | None, dsack: tuple[int, int] | None) -> None:
+        """Owe an ACK for the segment just processed (RFC 5681 4.2 "immediate"). It goes out
+        at the flush point, after the application read the batch, so its window is current;
+        the ACK numbers of one batch's ACKs increase as the segments arrived."""
+        points = self.ack_points
+        if len(points) >= MAX_ACK_POINTS:
+            del points[0]
+        points.append((self.rcv_nxt, trigger, dsack if self.sack_ok else None))
 
     def _rcv_fin(self, now: float) -> None:
         self.rcv_nxt += 1
@@ -898,9 +1157,10 @@ class Connection:
     def _tsval(self, now: float) -> int:
         return (int(now * 1000) + self.ts_offset) & MASK
 
-    def _window_field(self) -> int:
+    def _window_field(self, ack: int | None = None) -> int:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
-        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount)."""
+        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount).
+        `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
         rcv_nxt = self.rcv_nxt
@@ -920,26 +1180,51 @@ class Connection:
             right = rcv_nxt + (field << shift)
         if right > self.rcv_adv:
             self.rcv_adv = right
+        if ack is not None and ack < rcv_nxt:
+            field = min(0xFFFF, -(-(self.rcv_adv - ack) >> shift))
+            right = ack + (field << shift)
+            if right > self.rcv_adv:
+                self.rcv_adv = right
         return field
 
-    def _xmit(self, flags: int, seq: int, payload, now: float) -> None:
-        """Build and send one segment from the current TCB state."""
+    def _xmit(
+        self, flags: int, seq: int, payload, now: float, point: AckPoint | None = None
+    ) -> None:
+        """Build and send one segment from the current TCB state (`point`: an owed ACK)."""
         ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
         blocks: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and self.rcvbuf.ooo and flags & ACK:
-            blocks = tuple((s & MASK, e & MASK) for s, e in self.rcvbuf.sack_blocks(3 if ts else 4))
+        if self.sack_ok and flags & ACK and (self.rcvbuf.ooo or point is not None):
+            blocks = self._sack_option(3 if ts else 4, point)
         options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
-        window = 0 if flags & RST else self._window_field()
+        window = 0 if flags & RST else self._window_field(None if point is None else point[0])
         if flags & ACK:
-            ack = self.rcv_nxt & MASK
-            self.last_ack_sent = self.rcv_nxt
-            self.ack_now = self.ack_pending = False
-            self.delack_at = None
+            rcv_nxt = self.rcv_nxt if point is None else point[0]
+            ack = rcv_nxt & MASK
+            self.last_ack_sent = rcv_nxt
+            if rcv_nxt == self.rcv_nxt:
+                self.ack_now = self.ack_pending = False
+                self.delack_at = None
             self.window_check = False
         else:
             ack = 0
         self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
         self.last_send = now
+
+    def _sack_option(self, limit: int, point: AckPoint | None) -> tuple[tuple[int, int], ...]:
+        """SACK blocks: a D-SACK block first (RFC 2883), then the block holding the segment
+        that triggered this ACK, then the most recently changed ones (RFC 2018 4)."""
+        out: list[tuple[int, int]] = []
+        held = self.rcvbuf.sack_blocks(limit + 1)
+        if point is not None:
+            ack, trigger, dsack = point
+            if dsack is not None:
+                out.append(dsack)
+                if dsack[0] >= ack:  # above the ACK: the block that holds it follows
+                    out.extend(b for b in held if b[0] <= dsack[0] and dsack[1] <= b[1])
+            if trigger is not None:
+                out.extend(b for b in held if b[0] <= trigger < b[1] and b not in out)
+        out.extend(b for b in held if b not in out)
+        return tuple((s & MASK, e & MASK) for s, e in out[:limit])
 
     def _send_syn(self, now: float) -> None:
         """SYN (SYN_SENT) or SYN-ACK (SYN_RECEIVED), with the options we offer or echo."""
@@ -1019,6 +1304,12 @@ class Connection:
         self.board.retransmitted(r, now)
         self.last_data = now
         self.counters.tcp_retransmitted_segments += 1
+        rexmits = self.undo_rexmits
+        if rexmits is not None and self.ca_state != OPEN:
+            if len(rexmits) >= MAX_UNDO_REXMITS:
+                self.undo_rexmits = None  # too many to follow: Eifel alone may undo
+            else:
+                rexmits[r.start] = rexmits.get(r.start, 0) + 1
         if self.rexmt_at is None:
             self.rexmt_at = now + self.rtt.rto
 
@@ -1033,6 +1324,12 @@ class Connection:
             return
         if state is S.SYN_SENT:
             return
+        if self.ack_points:
+            points = self.ack_points
+            self.ack_points = []
+            for point in points:
+                if point[0] <= self.rcv_nxt:
+                    self._xmit(ACK, self.snd_nxt, b"", now, point)
         sent = False
         if state in TRANSMITTING and state is not S.SYN_RECEIVED:
             sent = self._send_data(now)
@@ -1040,7 +1337,7 @@ class Connection:
             return
         if (
             self.ack_now
-            or (self.ack_pending and self.rcv_nxt - self.last_ack_sent > self.rcv_mss)
+            or (self.ack_pending and self.rcv_nxt - self.last_ack_sent > self.rcv_seg_mss)
             or (self.window_check and self._window_update_due())
         ):
             self._send_ack(now)
@@ -1074,8 +1371,8 @@ class Connection:
         newreno_recovery = self.ca_state == RECOVERY and not self.sack_ok
         in_flight = flight if newreno_recovery else board.pipe(flight)
         budget = cc.cwnd - in_flight
-        if self.ca_state == OPEN and not self.sack_ok and 0 < self.dupacks < 3:
-            budget += self.dupacks * self.mss  # RFC 3042 limited transmit
+        if self.ca_state == OPEN and not self.sack_ok and 0 < self.dupacks < self.dupthresh:
+            budget += min(self.dupacks, 2) * self.mss  # RFC 3042 limited transmit
         # 1. RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO): lost records first.
         if not newreno_recovery and board.lost_bytes > board.rexmit_bytes:
             while budget > 0:
@@ -1092,6 +1389,7 @@ class Connection:
         snd_end = self.snd_base + self.sndbuf.end
         wnd_right = self.snd_una + self.snd_wnd
         blocked = False  # the peer's window (not cwnd) is what stops us
+        new_data = False
         self.cwnd_limited = False
         tso = self.config.tso_max
         while True:
@@ -1128,7 +1426,7 @@ class Connection:
             fin = self.fin_queued and size == unsent and win > size
             self._send_segment(snd_nxt, size, fin, snd_end, now)
             budget -= size
-            sent = True
+            sent = new_data = True
         # 3. A FIN on its own (all data sent before close()).
         if (
             self.fin_queued
@@ -1141,6 +1439,8 @@ class Connection:
                 sent = True
             else:
                 blocked = True
+        if new_data:
+            self._tlp_arm(now)
         # Persist timer (RFC 9293 3.8.6.1): the window holds us back with nothing in flight.
         if blocked and self.snd_nxt == self.snd_una:
             if self.persist_at is None:
@@ -1159,7 +1459,15 @@ class Connection:
     # =========================================================================================
     def next_timer(self) -> float | None:
         best = None
-        for t in (self.rexmt_at, self.persist_at, self.delack_at, self.keepalive_at, self.close_at):
+        for t in (
+            self.rexmt_at,
+            self.persist_at,
+            self.delack_at,
+            self.keepalive_at,
+            self.close_at,
+            self.rack_at,
+            self.tlp_at,
+        ):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -1177,6 +1485,12 @@ class Connection:
             self._on_rto(now)
         if self.state is S.CLOSED:
             return
+        if self.rack_at is not None and now >= self.rack_at:
+            self.rack_at = None
+            self._rack_detect(now)  # RACK's reordering timer
+        if self.tlp_at is not None and now >= self.tlp_at:
+            self.tlp_at = None
+            self._on_pto(now)
         if self.persist_at is not None and now >= self.persist_at:
             self.persist_at = None
             self._on_persist(now)
@@ -1226,6 +1540,8 @@ class Connection:
         self.rto_tsval = self._tsval(now)
         cc = self.cc
         assert cc is not None
+        self._undo_begin(now)
+        self.tlp_at = self.tlp_end = self.rack_at = None
         cc.on_timeout(now, self.snd_nxt - self.snd_una)
         self.rtt.back_off()
         self.board.mark_all_lost(forget_sacks=self.rexmt_count > 1)
@@ -1453,4 +1769,9 @@ class Connection:
             "wscale": (self.snd_wscale, self.rcv_wscale),
             "congestion_control": cc.name if cc is not None else None,
             "ca_state": self.ca_state,
+            "reordering": self.dupthresh,
+            "reordering_seen": self.rack.reord,
+            "reo_wnd_mult": self.rack.reo_wnd_mult,
+            "loss_probes": self.tlp_probes,
+            "undos": self.undos,
         }

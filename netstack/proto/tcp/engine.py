@@ -46,7 +46,7 @@ from netstack.proto.tcp.cc import CongestionControl, make_cc
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.connection import Connection
 from netstack.proto.tcp.seq import MASK, seq_gt, unwrap
-from netstack.proto.tcp.state import State
+from netstack.proto.tcp.state import SYNCHRONIZED, State
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
@@ -103,11 +103,17 @@ class Listener:
         self.last_overflow: float | None = None  # when cookies were last sent
 
     def accept(self) -> Connection | None:
-        """The oldest established connection, or None. The caller sets its handler."""
+        """The oldest established connection, or None. The caller sets its handler.
+
+        The connection is flushed at the next flush point (at once when called from on_ready,
+        else at the next loop turn: next_deadline() says "now"), so the events that waited
+        in the accept queue (established, data, EOF, closed) reach the handler set meanwhile,
+        wherever accept() was called from (a loop timer, the blocking facade's command)."""
         while self.accept_queue:
             conn = self.accept_queue.popleft()
             conn.listener = None
             if conn.state is not S.CLOSED:
+                self.engine.touch(conn)
                 return conn
         return None
 
@@ -154,6 +160,10 @@ class TcpEngine:
         self._seq = itertools.count()
         self._states: dict[str, int] = {s.value: 0 for s in State if s is not S.CLOSED}
         self.time_wait_count = 0
+        # Connections that ended without TIME_WAIT (the passive closer's LAST_ACK, resets):
+        # key -> (forget at, ISS, SND.NXT - ISS), oldest first. Old duplicates of theirs must
+        # not pass as SYN-cookie ACKs (see _stale_ack).
+        self._closed_recently: dict[Key, tuple[float, int, int]] = {}
         self.shutting_down = False
         # Tests may replace this to place ISNs (e.g. just below 2^32).
         self.choose_isn: Callable[[Connection, float], int] = self._isn
@@ -291,6 +301,8 @@ class TcpEngine:
         elif new is S.CLOSED:
             if self.conns.get(conn.key) is conn:
                 del self.conns[conn.key]
+            if old in SYNCHRONIZED and old is not S.TIME_WAIT and old is not S.SYN_RECEIVED:
+                self._remember_closed(conn)
             if listener is not None:
                 listener.syn_queue.pop(conn.key, None)
                 if conn in listener.accept_queue:
@@ -472,6 +484,8 @@ class TcpEngine:
         if mss is None:
             c.tcp_syn_cookies_failed += 1
             return False
+        if self._stale_ack((src, h.src_port, h.dst_port), h.ack, now):
+            return False  # a segment for a closed connection: RST (Drop.TCP_LISTEN_ACK)
         if len(listener.accept_queue) >= listener.backlog:
             c.tcp_accept_queue_overflows += 1
             c.drop(Drop.TCP_ACCEPT_QUEUE_FULL)
@@ -486,6 +500,43 @@ class TcpEngine:
             conn.segment(h, payload, now)
         self.touch(conn)
         return True
+
+    def _remember_closed(self, conn: Connection) -> None:
+        self._forget_closed(self.now)
+        recent = self._closed_recently
+        recent.pop(conn.key, None)
+        recent[conn.key] = (
+            self.now + self.config.time_wait,
+            conn.iss & MASK,
+            conn.snd_nxt - conn.iss,
+        )
+        while len(recent) > self.config.max_time_wait:
+            del recent[next(iter(recent))]
+
+    def _forget_closed(self, now: float) -> None:
+        recent = self._closed_recently
+        while recent:
+            oldest = next(iter(recent))
+            if recent[oldest][0] > now:
+                break
+            del recent[oldest]
+
+    def _stale_ack(self, key: Key, ack_wire: int, now: float) -> bool:
+        """Is this "cookie ACK" an old duplicate of a connection that just closed?
+
+        A cookie is checked as (SEG.ACK - 1) - (SEG.SEQ - 1), which any later segment of the
+        same connection also satisfies when both sides sent as many octets (an echo). The
+        passive closer has no TIME_WAIT to absorb such a duplicate (e.g. the peer's TIME_WAIT
+        answering our retransmitted FIN after LAST_ACK ended): without this check it makes a
+        ghost connection in ESTABLISHED at the old sequence numbers, which never ends.
+        Within 2*MSL, an ACK inside the old connection's sequence space is such a duplicate.
+        """
+        self._forget_closed(now)
+        entry = self._closed_recently.get(key)
+        if entry is None:
+            return False
+        _, iss, span = entry
+        return ((ack_wire - 1 - iss) & MASK) <= span
 
     # =========================================================================================
     # ICMP errors (RFC 1122 4.2.3.9, RFC 5927)

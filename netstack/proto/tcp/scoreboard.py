@@ -10,8 +10,13 @@ From the marks the scoreboard keeps three byte totals, so the RFC 6675 "pipe" is
     pipe = (SND.NXT - SND.UNA) - sacked - lost + retransmitted_and_still_out
 
 which is what RFC 6675's SetPipe() computes octet by octet (and what Linux calls
-packets_in_flight). Loss follows RFC 6675 IsLost(): an unSACKed record is lost once DupThresh
-SACKed records, or more than (DupThresh - 1) * SMSS SACKed bytes, lie above it.
+packets_in_flight). Loss marks come from RACK (rack.py, RFC 8985: by time, per record, which
+also finds lost retransmissions) when SACK is on, from RFC 6675 IsLost() (mark_lost: an
+unSACKed record is lost once DupThresh SACKed records, or more than (DupThresh - 1) * SMSS
+SACKed bytes, lie above it) where asked, from NewReno's first hole, or from the RTO (all).
+
+`delivered` lists the records that the last ack()/sack() calls newly delivered (cumulatively
+or selectively), for RACK; the connection clears it before each incoming ACK.
 """
 
 from __future__ import annotations
@@ -25,12 +30,25 @@ DUPTHRESH = 3
 class Sent:
     """One transmitted segment still awaiting its cumulative ACK."""
 
-    __slots__ = ("end", "fin", "lost", "retransmitted", "rexmit", "sacked", "sent_at", "start")
+    __slots__ = (
+        "end",
+        "fin",
+        "lost",
+        "order",
+        "retransmitted",
+        "rexmit",
+        "sacked",
+        "sent_at",
+        "start",
+    )
 
-    def __init__(self, start: int, end: int, sent_at: float, fin: bool = False) -> None:
+    def __init__(
+        self, start: int, end: int, sent_at: float, fin: bool = False, order: int = 0
+    ) -> None:
         self.start = start  # unwrapped sequence numbers
         self.end = end
         self.sent_at = sent_at
+        self.order = order  # transmission count when last sent: orders sends within one `now`
         self.fin = fin
         self.sacked = False
         self.lost = False
@@ -55,6 +73,8 @@ class Scoreboard:
         "_lost_upto",
         "_records",
         "_rexmit_hint",
+        "_tx",
+        "delivered",
         "high_sacked",
         "lost_bytes",
         "rexmit_bytes",
@@ -70,6 +90,8 @@ class Scoreboard:
         self.high_sacked = 0  # end of the highest SACKed record (0 when none)
         self._lost_upto = 0  # records below this sequence number were checked by mark_lost
         self._rexmit_hint = 0  # no record below this one waits for a retransmission
+        self.delivered: list[Sent] = []  # newly delivered by the current ACK (for RACK)
+        self._tx = 0  # transmissions so far (Sent.order)
 
     # -- views -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -78,8 +100,20 @@ class Scoreboard:
     def __iter__(self):
         return iter(self._records[self._head :])
 
+    def records(self) -> tuple[list[Sent], int]:
+        """(the record list, index of the first live one): a loop without a copy."""
+        return self._records, self._head
+
     def first(self) -> Sent | None:
         return self._records[self._head] if self._head < len(self._records) else None
+
+    def last_unsacked(self) -> Sent | None:
+        """The highest record not SACKed (a tail loss probe retransmits it)."""
+        records = self._records
+        for i in range(len(records) - 1, self._head - 1, -1):
+            if not records[i].sacked:
+                return records[i]
+        return None
 
     def pipe(self, flight: int) -> int:
         """RFC 6675 pipe, given flight = SND.NXT - SND.UNA."""
@@ -87,7 +121,8 @@ class Scoreboard:
 
     # -- sending -----------------------------------------------------------------------------
     def add(self, start: int, end: int, now: float, fin: bool = False) -> Sent:
-        record = Sent(start, end, now, fin)
+        self._tx += 1
+        record = Sent(start, end, now, fin, self._tx)
         self._records.append(record)
         return record
 
@@ -98,6 +133,8 @@ class Scoreboard:
         record.rexmit = True
         record.retransmitted = True
         record.sent_at = now
+        self._tx += 1
+        record.order = self._tx
 
     def next_lost(self) -> Sent | None:
         """RFC 6675 NextSeg() rule 1: the first lost record not yet retransmitted."""
@@ -140,6 +177,8 @@ class Scoreboard:
             r = records[i]
             if r.end <= ack:
                 self._forget(r, r.end - r.start)
+                if not r.sacked:
+                    self.delivered.append(r)
                 if r.retransmitted:
                     any_retransmitted = True
                 else:
@@ -172,6 +211,7 @@ class Scoreboard:
                     break
                 if not r.sacked:
                     length = r.end - r.start
+                    self.delivered.append(r)
                     r.sacked = True
                     new += length
                     self.sacked_bytes += length
@@ -221,6 +261,30 @@ class Scoreboard:
         self._lost_upto = boundary
         return new
 
+    def mark_record_lost(self, r: Sent) -> int:
+        """RACK: `r` is lost (again, if its retransmission was): due for retransmission."""
+        length = r.end - r.start
+        if r.lost:
+            if r.rexmit:  # a lost retransmission
+                self.rexmit_bytes -= length
+        else:
+            r.lost = True
+            self.lost_bytes += length
+        r.rexmit = False
+        if r.start < self._rexmit_hint:
+            self._rexmit_hint = r.start
+        if r.end > self._lost_upto:
+            self._lost_upto = r.end
+        return length
+
+    def unmark_lost(self) -> None:
+        """Undo (the losses were spurious): records marked lost and not yet retransmitted are
+        in flight after all; retransmissions already out stay counted as such."""
+        for r in self:
+            if r.lost and not r.rexmit:
+                r.lost = False
+                self.lost_bytes -= r.end - r.start
+
     def mark_first_lost(self) -> bool:
         """NewReno (RFC 6582): the first unacknowledged record is deemed lost."""
         r = self.first()
@@ -259,6 +323,7 @@ class Scoreboard:
 
     def clear(self) -> None:
         self._records.clear()
+        self.delivered.clear()
         self._head = 0
         self.sacked_bytes = self.lost_bytes = self.rexmit_bytes = 0
         self.high_sacked = 0

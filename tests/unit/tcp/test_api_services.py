@@ -81,6 +81,31 @@ def test_connection_made_lost_and_extra_info() -> None:
     assert client.events == ["made", ("lost", None)]
 
 
+def test_transport_made_later_than_accept_gets_the_waiting_events() -> None:
+    """F1: a connection taken from the accept queue (outside on_ready) whose transport is
+    made at some later loop turn still hears connection_made, the data and the EOF that
+    waited for it — without any segment or timer touching the connection again."""
+    net = pair()
+    listener = net.b.listen(8000)  # no on_ready: accepted by hand
+    client = Recorder()
+    client.keep_open = True
+    connect(net.a, (LOCAL_IP, 8000), lambda: client)
+    net.run(1.0)
+    assert client.transport is not None
+    client.transport.write(b"request")
+    client.transport.write_eof()
+    net.run(1.0)  # delivered and ACKed while the server has not accepted yet
+    conn = listener.accept()
+    assert conn is not None
+    net.run(1.0)  # a flush with no handler yet: the events keep waiting
+    server = Recorder()
+    server.keep_open = True
+    TcpTransport(conn, server)
+    assert net.b.next_deadline() == net.now
+    net.run(1.0)
+    assert server.events == ["made", "eof"] and bytes(server.data) == b"request"
+
+
 def test_eof_received_true_keeps_the_write_side_open() -> None:
     net = pair()
     server = Recorder()

@@ -16,6 +16,7 @@ from tests.unit.tcp.tcptools import (
     RST,
     SYN,
     SYN_SEG,
+    SYNACK_SEG,
     Harness,
     established_passive,
     listen,
@@ -330,3 +331,47 @@ def test_too_many_time_waits_are_closed_at_once() -> None:
     t.send(seg(flags=FIN | ACK, seq=R, ack=L + 1))
     t.advance(0.0)
     assert conn.state.value == "closed"
+
+
+def test_peer_time_wait_reack_after_last_ack_makes_no_cookie_ghost() -> None:
+    """F5 (soak): SYN cookies on, our data+FIN is retransmitted after an RTO as two segments,
+    and the peer (already in TIME_WAIT) ACKs each. The first ACK ends LAST_ACK; the second
+    reaches the listener, and its SEG.ACK - SEG.SEQ still equals the cookie's (an echo moves
+    both by the same amount). It must be answered as a segment for a closed connection, not
+    make a connection in ESTABLISHED at the old sequence numbers that never ends."""
+    t = make_harness(syn_backlog=0)  # every SYN is answered with a cookie
+    listener = listen(t)
+    t.send(SYN_SEG)
+    (synack,) = t.recv()
+    c = synack.seq  # the cookie: our ISS
+    assert synack == dataclasses.replace(SYNACK_SEG, seq=c)
+    t.send(seg(seq=R, ack=c + 1))
+    t.send(seg(flags=ACK | PSH | FIN, seq=R, ack=c + 1, payload=b"q" * 100))
+    W = 65535 - 101  # the window right edge stays put
+    t.expect(to_us(seg(seq=c + 1, ack=R + 101, window=W)))
+    (conn,) = [h.conn for h in listener.handlers]  # type: ignore[attr-defined]
+    assert conn.from_cookie and t.events == [("established",), ("data", b"q" * 100), ("eof",)]
+    conn.send(b"a" * 100)  # the echo, then close: data and FIN in one segment
+    conn.close()
+    t.engine.flush(t.now)
+    t.expect(
+        to_us(seg(flags=ACK | PSH | FIN, seq=c + 1, ack=R + 101, window=W, payload=b"a" * 100))
+    )
+    assert conn.state.value == "last_ack" and conn.fin_seq == c + 101
+    t.advance(1.0)  # RTO: the retransmission splits data and FIN
+    t.expect(
+        to_us(seg(flags=ACK | PSH, seq=c + 1, ack=R + 101, window=W, payload=b"a" * 100)),
+        to_us(seg(flags=ACK | FIN, seq=c + 101, ack=R + 101, window=W)),
+    )
+    t.send(seg(seq=R + 101, ack=c + 102))
+    assert conn.state.value == "closed" and states(t) == {}
+    t.expect_nothing()
+    t.send(seg(seq=R + 101, ack=c + 102))  # the peer's TIME_WAIT answers the second one
+    t.expect(to_us(seg(flags=RST, seq=c + 102, ack=0, window=0)))
+    assert states(t) == {} and t.engine.conns == {}
+    assert t.events[-1] == ("closed", None) and t.events.count(("established",)) == 1
+    # A new incarnation of the 4-tuple still completes its cookie handshake.
+    t.send(dataclasses.replace(SYN_SEG, seq=REMOTE_ISN + 10**6))
+    (synack2,) = t.recv()
+    t.send(seg(seq=REMOTE_ISN + 10**6 + 1, ack=synack2.seq + 1))
+    assert states(t) == {"established": 1}

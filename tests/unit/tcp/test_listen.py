@@ -13,11 +13,13 @@ from tests.unit.tcp.tcptools import (
     ACK,
     FIN,
     LOCAL_ISN,
+    PSH,
     REMOTE_IP,
     REMOTE_ISN,
     RST,
     SYN,
     SYN_SEG,
+    RecordingHandler,
     established_passive,
     listen,
     make_harness,
@@ -200,3 +202,37 @@ def test_abort_resets_what_is_left() -> None:
     (rst,) = t.recv()
     assert rst.flags == RST | ACK
     assert conn.state.value == "closed" and t.engine.is_quiet()
+
+
+def test_accept_outside_the_flush_point_delivers_what_waited() -> None:
+    """F1: accept() from anywhere (a loop timer, the blocking facade) must get the events
+    that arrived while the connection sat in the accept queue: the engine flushes the
+    connection at the next loop turn (next_deadline() is "now")."""
+    t = make_harness()
+    listener = t.engine.listen(80)  # no on_ready: connections wait to be accepted
+    t.send(SYN_SEG)
+    t.recv()
+    t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1))
+    t.send(seg(flags=ACK | PSH, seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, payload=b"request"))
+    t.advance(0.040)  # the delayed ACK
+    t.expect(to_us(seg(seq=LOCAL_ISN + 1, ack=REMOTE_ISN + 8, window=65528)))
+    assert t.engine.next_deadline() is None  # nothing more to do until the accept
+    conn = listener.accept()  # from a loop timer: outside the engine's flush point
+    assert conn is not None
+    conn.handler = RecordingHandler(conn, t.events)
+    assert t.engine.next_deadline() == t.now  # the loop polls at once
+    t.engine.poll(t.now)
+    assert t.events == [("established",), ("data", b"request")]
+    conn.send(b"answer")
+    t.engine.poll(t.now)
+    t.expect(
+        to_us(
+            seg(
+                flags=ACK | PSH,
+                seq=LOCAL_ISN + 1,
+                ack=REMOTE_ISN + 8,
+                window=65528,
+                payload=b"answer",
+            )
+        )
+    )

@@ -47,15 +47,53 @@ def test_every_second_full_segment_is_acked_at_once() -> None:
     assert conn.delack_at is None
 
 
-def test_a_batch_of_segments_gets_one_ack() -> None:
-    """The flush point runs once per receive batch: one ACK for all of it (like GRO)."""
-    t, _conn = established_passive()
-    for i in range(6):
-        s = seg(seq=R + i * FULL, ack=L, payload=data(FULL))
-        raw = t
-        raw.engine.receive(*_ip_args(t, s), t.now)
+def _batch(t, *segs) -> None:
+    """Several segments in one receive batch (one flush point), as the TAP delivers them."""
+    for s in segs:
+        t.engine.receive(*_ip_args(t, s), t.now)
     t.engine.flush(t.now)
-    t.expect(to_us(seg(seq=L, ack=R + 6 * FULL)))
+
+
+def test_a_batch_acks_every_second_full_segment() -> None:
+    """F2, RFC 5681 4.2: at least every second full-sized segment is acknowledged, also
+    within one receive batch: five full segments get two ACKs at the flush point, in
+    arrival order (their window counted after the application read, reaching the same right
+    edge: 65535 is the most the field says unscaled), then a delayed one."""
+    t, _conn = established_passive()
+    _batch(t, *(seg(seq=R + i * FULL, ack=L, payload=data(FULL)) for i in range(5)))
+    t.expect(
+        to_us(seg(seq=L, ack=R + 2 * FULL)),
+        to_us(seg(seq=L, ack=R + 4 * FULL)),
+    )
+    assert t.events == [("data", data(FULL))] * 5
+    t.advance(0.040)  # the fifth: the delayed ACK, now with the window the reading opened
+    t.expect(to_us(seg(seq=L, ack=R + 5 * FULL)))
+
+
+def test_a_batch_of_out_of_order_segments_gets_a_duplicate_ack_each() -> None:
+    """RFC 5681 4.2 / RFC 2018 4: every out-of-order segment gets its own immediate
+    duplicate ACK, whose first SACK block holds that segment, even within one batch."""
+    t, conn = established_passive(sack=True)
+    conn.sack_ok = True
+    _batch(
+        t,
+        seg(seq=R + FULL, ack=L, payload=data(FULL)),
+        seg(seq=R + 3 * FULL, ack=L, payload=data(FULL)),
+        seg(seq=R + 2 * FULL, ack=L, payload=data(FULL)),
+    )
+    t.expect(
+        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
+        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
+        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
+    )
+    _batch(
+        t, seg(seq=R + 5 * FULL, ack=L, payload=data(FULL)), seg(seq=R, ack=L, payload=data(FULL))
+    )
+    t.expect(
+        # (the hole filled within the batch: the first ACK reports what is still held)
+        to_us(seg(seq=L, ack=R, sack=((R + 5 * FULL, R + 6 * FULL),))),
+        to_us(seg(seq=L, ack=R + 4 * FULL, sack=((R + 5 * FULL, R + 6 * FULL),))),
+    )
 
 
 def _ip_args(t, s):

@@ -135,3 +135,37 @@ def test_lossy_link_recovers_mostly_without_timeouts() -> None:
     c = net.a.counters
     assert c.tcp_fast_retransmits > 0
     assert c.tcp_timeouts <= c.tcp_fast_retransmits
+
+
+def test_slow_start_doubles_per_rtt_against_our_own_receiver() -> None:
+    """F2: our receiver ACKs every second full segment (not once per batch), so our sender's
+    slow start (RFC 3465, L = 2 SMSS per ACK) doubles per RTT: 4 MB at RTT 20 ms without
+    loss take about 8 RTTs of slow start plus the transfer (~0.25 s; one ACK per batch: 1 s)."""
+    net = SimNet(3, delay=0.010)
+    got: list[int] = []
+    size = 4_000_000
+
+    class Sink(Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.append(len(data))
+
+    class Source(Protocol):
+        def connection_made(self, transport: TcpTransport) -> None:
+            self.transport, self.left = transport, size
+            self.resume_writing()
+
+        def resume_writing(self) -> None:
+            while self.left:
+                n = self.transport.write(bytes(min(65536, self.left)))
+                self.left -= n
+                if n < 65536:
+                    return
+
+    listen(net.b, 9, Sink)
+    connect(net.a, (LOCAL_IP, 9), Source)
+    start = net.now
+    net.run(30, stop=lambda: sum(got) >= size)
+    assert sum(got) == size
+    assert net.now - start < 0.4
+    data_segments = net.a.counters.tcp_segments_tx
+    assert net.b.counters.tcp_segments_tx >= data_segments // 2 - 10  # an ACK per 2 segments
