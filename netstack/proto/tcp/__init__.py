@@ -6,6 +6,7 @@ Modules, each with one job:
   buffers.py     send buffer (immutable chunks, zero-copy segment views) and receive buffer
                  (in-order queue plus bounded out-of-order store, SACK blocks)
   scoreboard.py  what is in flight: one record per sent segment, SACK marks, loss marks (RFC 6675)
+  rack.py        RACK (RFC 8985): time-based loss detection, the reordering window
   rtt.py         RFC 6298 retransmission timer estimator (+ RFC 7323 appendix G per-ACK gains)
   isn.py         RFC 6528 ISNs, timestamp offsets, RFC 4987 SYN cookies (Linux layout)
   cc.py          congestion control (Reno, CUBIC) behind a small interface — a separate owner

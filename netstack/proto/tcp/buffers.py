@@ -123,9 +123,22 @@ class ReceiveBuffer:
     Positions are unwrapped sequence numbers. The out-of-order store holds non-overlapping
     (start, end, data) pieces sorted by start, at most `max_pieces` of them; it never holds
     more than the window allows, since the connection trims segments to the window first.
+    The contiguous ranges they form (the SACK blocks) are kept merged as pieces come and go,
+    so the blocks of an ACK cost O(log n), not a pass over every piece: with a large window
+    after a loss, an ACK goes out for every other of hundreds of out-of-order segments.
     """
 
-    __slots__ = ("_recent", "_starts", "max_pieces", "ooo", "ooo_bytes", "queue", "queued")
+    __slots__ = (
+        "_bstarts",
+        "_ranges",
+        "_recent",
+        "_starts",
+        "max_pieces",
+        "ooo",
+        "ooo_bytes",
+        "queue",
+        "queued",
+    )
 
     def __init__(self, max_pieces: int) -> None:
         self.max_pieces = max_pieces
@@ -135,6 +148,8 @@ class ReceiveBuffer:
         self._starts: list[int] = []
         self.ooo_bytes = 0
         self._recent: list[int] = []  # starts of recently received pieces, newest first
+        self._ranges: list[list[int]] = []  # [start, end] of each contiguous run of pieces
+        self._bstarts: list[int] = []  # their starts (for bisect)
 
     # -- in order ----------------------------------------------------------------------------
     def push(self, data: bytes) -> None:
@@ -192,6 +207,7 @@ class ReceiveBuffer:
             data = bytes(view[gap_start - start : gap_end - start])
             ooo.insert(k, (gap_start, gap_end, data))
             starts.insert(k, gap_start)
+            self._add_range(gap_start, gap_end)
             stored += gap_end - gap_start
         self.ooo_bytes += stored
         if stored:
@@ -202,6 +218,34 @@ class ReceiveBuffer:
         s, e, _ = self.ooo.pop()
         self._starts.pop()
         self.ooo_bytes -= e - s
+        last = self._ranges[-1]  # the highest piece ends the highest range
+        if last[0] >= s:
+            self._ranges.pop()
+            self._bstarts.pop()
+        else:
+            last[1] = s
+
+    def _add_range(self, start: int, end: int) -> None:
+        """Merge [start, end) into the ranges (it may join its neighbours)."""
+        ranges, bstarts = self._ranges, self._bstarts
+        i = bisect.bisect_right(bstarts, start) - 1
+        if i >= 0 and ranges[i][1] >= start:
+            cur = ranges[i]
+            if end > cur[1]:
+                cur[1] = end
+        else:
+            i += 1
+            cur = [start, end]
+            ranges.insert(i, cur)
+            bstarts.insert(i, start)
+        j = i + 1
+        while j < len(ranges) and ranges[j][0] <= cur[1]:
+            if ranges[j][1] > cur[1]:
+                cur[1] = ranges[j][1]
+            j += 1
+        if j > i + 1:
+            del ranges[i + 1 : j]
+            del bstarts[i + 1 : j]
 
     def _touch(self, seq: int) -> None:
         recent = self._recent
@@ -225,43 +269,50 @@ class ReceiveBuffer:
             self.ooo_bytes -= sum(e - s for s, e, _ in ooo[:n])
             del ooo[:n]
             del starts[:n]
+            ranges, bstarts = self._ranges, self._bstarts
+            k = 0
+            while k < len(ranges) and ranges[k][0] <= rcv_nxt:
+                k += 1
+            if k:
+                del ranges[:k]
+                del bstarts[:k]
         return rcv_nxt, out
 
     def blocks(self) -> list[tuple[int, int]]:
         """Contiguous ranges held out of order, in sequence order."""
-        merged: list[tuple[int, int]] = []
-        for s, e, _ in self.ooo:
-            if merged and merged[-1][1] == s:
-                merged[-1] = (merged[-1][0], e)
-            else:
-                merged.append((s, e))
-        return merged
+        return [(s, e) for s, e in self._ranges]
 
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """Up to `limit` SACK blocks, the most recently changed first (RFC 2018 section 4)."""
         if not self.ooo:
             return []
-        merged = self.blocks()
+        ranges, bstarts = self._ranges, self._bstarts
         out: list[tuple[int, int]] = []
         for seq in self._recent:
-            for block in merged:
-                if block[0] <= seq < block[1]:
-                    if block not in out:
-                        out.append(block)
-                    break
-            if len(out) >= limit:
-                return out
-        for block in reversed(merged):
+            i = bisect.bisect_right(bstarts, seq) - 1
+            if i >= 0 and seq < ranges[i][1]:
+                block = (ranges[i][0], ranges[i][1])
+                if block not in out:
+                    out.append(block)
+                    if len(out) >= limit:
+                        return out
+        for s, e in reversed(ranges):
             if len(out) >= limit:
                 break
-            if block not in out:
-                out.append(block)
+            if (s, e) not in out:
+                out.append((s, e))
         return out
+
+    def drop_ooo(self) -> None:
+        """Forget everything held out of order."""
+        self.ooo.clear()
+        self._starts.clear()
+        self._ranges.clear()
+        self._bstarts.clear()
+        self._recent.clear()
+        self.ooo_bytes = 0
 
     def clear(self) -> None:
         self.queue.clear()
         self.queued = 0
-        self.ooo.clear()
-        self._starts.clear()
-        self.ooo_bytes = 0
-        self._recent.clear()
+        self.drop_ooo()

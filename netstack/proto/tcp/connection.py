@@ -15,8 +15,18 @@ Application calls (send, shutdown_write, close, abort, pause/resume_reading) nev
 the spot (abort's RST excepted): they set state and ask the engine to flush this connection,
 which it does at the end of the current receive batch or timer run, or — when the call came
 from outside the engine — at the next loop turn (the engine's next_deadline() is "now").
-That one output point is also where delayed ACKs, window updates and Nagle are decided, so a
-batch of segments gets one ACK and application writes made while handling it piggyback on it.
+That one output point is also where delayed ACKs, window updates and Nagle are decided, so
+application writes made while handling a batch piggyback on its ACK. Segments that need an
+ACK of their own (every second full-sized one, out-of-order ones, duplicates: RFC 5681 4.2)
+leave an "ACK point" with the ACK number and SACK blocks of their moment; the flush sends
+them in order, with the window as it is after the application read (see AckPoint).
+
+Loss detection (SACK): RACK-TLP (rack.py, RFC 8985) — time-based marks that also catch lost
+retransmissions, a reordering window that D-SACKs widen, tail loss probes (two at most, and
+one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
+(RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
+reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
+the RFC 4015 response: the saved congestion state comes back). The receiver sends D-SACKs.
 
 Application events go to `handler` (see Handler) from `dispatch()`, which the engine calls
 after each batch — never from the middle of segment processing, so a callback can do anything
@@ -55,13 +65,18 @@ OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
 # segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
 WC_DEL_ACK = 0.2
 TLP_MIN = 0.01
+# Probes per episode: RFC 8985 sends one; a second after twice the PTO (QUIC's PTO backoff,
+# RFC 9002 6.2) covers a lost probe or probe ACK for the price of one segment, not an RTO.
+MAX_TLP = 2
 MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
 MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
 
 # An ACK owed to one arriving segment, sent at the flush point (after the application read,
-# so that its window is current): (ACK number, a sequence number inside the block to report
-# first (the segment that triggered it, RFC 2018 4) or None, a D-SACK block (RFC 2883) or None).
-AckPoint = tuple[int, int | None, tuple[int, int] | None]
+# so that its window is current): (ACK number, its SACK blocks as on the wire). The blocks
+# are those of the moment the segment arrived, as an immediate ACK would have carried: later
+# arrivals reported with an older ACK number would make the sender think the data between
+# the two ACK numbers was lost (RACK would retransmit it).
+AckPoint = tuple[int, tuple[tuple[int, int], ...]]
 MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
 
 # Loss-recovery states (Linux's TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss).
@@ -124,6 +139,7 @@ class Connection:
         "error",
         "fin_queued",
         "fin_seq",
+        "flight_mark",
         "from_cookie",
         "handler",
         "heap_at",
@@ -147,6 +163,7 @@ class Connection:
         "max_snd_wnd",
         "mss",
         "nodelay",
+        "ooo_run",
         "oow_at",
         "peer_mss",
         "persist_at",
@@ -190,6 +207,7 @@ class Connection:
         "tlp_end",
         "tlp_probes",
         "tlp_retrans",
+        "tlp_round",
         "ts_offset",
         "ts_ok",
         "ts_recent",
@@ -274,6 +292,7 @@ class Connection:
         self.ack_now = False
         self.ack_pending = False
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
+        self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
@@ -302,11 +321,13 @@ class Connection:
         self.dupacks = 0
         self.dupthresh = DUPTHRESH  # NewReno's; RACK measures reordering in time instead
         self.cwnd_limited = False
+        self.flight_mark = 0  # SND.NXT - SND.UNA after the last output (see _flight_size)
         self.rack = Rack()
         self.rack_at: float | None = None  # RACK's reordering timer
         self.tlp_at: float | None = None  # the loss probe timer (PTO)
         self.tlp_end: int | None = None  # SND.NXT when the probe went out, until resolved
         self.tlp_retrans = False  # the probe was a retransmission (not new data)
+        self.tlp_round = 0  # probes sent since tlp_end was set
         self.tlp_probes = 0
         # Undo of spurious reductions: the episode started at SND.UNA = undo_marker with the
         # congestion state undo_saved; undo_tsval is our TSval then (Eifel); undo_rexmits
@@ -486,7 +507,7 @@ class Connection:
         self.rack_at = self.tlp_at = None
         self.sndbuf.clear()
         self.board.clear()
-        self.rcvbuf.ooo.clear()
+        self.rcvbuf.drop_ooo()
         self.syn_pending = False
         self.ack_now = self.ack_pending = False
         self.ack_points.clear()
@@ -740,6 +761,8 @@ class Connection:
                 self._dsack_undo(dsack, now)
             if self.tlp_end is not None:
                 self._tlp_ack(ack, acked, dsack, new_sacked, now)
+            if self.ca_state == RECOVERY:
+                self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
         if window_changed or acked > 0:
             self.engine.touch(self)
 
@@ -858,7 +881,7 @@ class Connection:
         assert cc is not None
         self.recover = self.snd_nxt
         self._undo_begin(now)
-        cc.on_congestion(now, self.snd_nxt - self.snd_una)
+        cc.on_congestion(now, self._flight_size())
         board = self.board
         if not self.sack_ok:
             cc.cwnd = cc.ssthresh + 3 * self.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
@@ -870,6 +893,13 @@ class Connection:
             self._retransmit(first, now)
         self.rexmt_at = now + self.rtt.rto
         self.engine.touch(self)
+
+    def _flight_size(self) -> int:
+        """RFC 5681 FlightSize for a reduction. A batch of ACKs is taken in before anything
+        is sent (the flush point), so by the ACK that shows a loss the earlier ones of the
+        same batch have shrunk SND.NXT - SND.UNA by data an ACK-clocked sender would have
+        replaced already: the flight as it was when the batch began counts too."""
+        return max(self.snd_nxt - self.snd_una, self.flight_mark)
 
     # -- RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015) ----------------------
     def _rack_ack(self, h: TcpHeader, dsack: tuple[int, int] | None, now: float) -> None:
@@ -908,19 +938,22 @@ class Connection:
                 self.engine.touch(self)  # retransmit at the flush point
 
     def _tlp_arm(self, now: float) -> None:
-        """RFC 8985 7.2: (re)start the probe timer while nothing else is repairing losses."""
+        """(Re)start the probe timer. In the open state, RFC 8985 7.2's tail loss probe,
+        while nothing else is repairing losses. In recovery, while a retransmission is out:
+        when the ACKs stop for 2*SRTT, it was probably lost too, and nothing sent after it
+        will be delivered to show RACK that (a small window, the tail of the data) — a probe
+        as QUIC's PTO goes on in recovery (RFC 9002 6.2), so that only the RTO is left."""
         self.tlp_at = None
-        if (
-            not self.sack_ok
-            or self.ca_state != OPEN
-            or self.tlp_end is not None
-            or self.snd_nxt <= self.snd_una
-            or self.board.sacked_bytes
-            or self.rtt.srtt is None
-        ):
+        srtt = self.rtt.srtt
+        if not self.sack_ok or self.snd_nxt <= self.snd_una or srtt is None:
             return
-        pto = 2 * self.rtt.srtt
-        if self.snd_nxt - self.snd_una <= self.mss:
+        pto = 2 * srtt
+        if self.ca_state == RECOVERY:
+            if not self.board.rexmit_bytes:
+                return
+        elif self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            return
+        elif self.snd_nxt - self.snd_una <= self.mss:
             pto += WC_DEL_ACK
         at = now + max(pto, TLP_MIN)
         if self.rexmt_at is None or at < self.rexmt_at:
@@ -928,14 +961,26 @@ class Connection:
 
     def _on_pto(self, now: float) -> None:
         """RFC 8985 7.3: send one probe, new data if the peer's window allows, else the last
-        segment again; its ACK (with SACK) lets RACK find a tail loss without the RTO."""
+        segment again; its ACK (with SACK) lets RACK find a tail loss without the RTO.
+        In recovery: the oldest retransmission still out is deemed lost and goes again (the
+        RTO keeps its time: it is what is left if this one is lost as well)."""
+        if self.ca_state == RECOVERY:
+            r = self.board.first_retransmitted()
+            if r is not None and self.state in TRANSMITTING:
+                self.board.mark_record_lost(r)
+                self._retransmit(r, now)
+                self.tlp_probes += 1
+            return
         if (
             self.ca_state != OPEN
             or self.snd_nxt <= self.snd_una
             or self.state not in TRANSMITTING
-            or self.tlp_end is not None
+            or (self.tlp_end is not None and self.tlp_round >= MAX_TLP)
+            or self.rtt.srtt is None
         ):
             return
+        if self.tlp_end is None:
+            self.tlp_round = 0
         snd_end = self.snd_base + self.sndbuf.end
         unsent = snd_end - self.snd_nxt
         win = self.snd_una + self.snd_wnd - self.snd_nxt
@@ -952,7 +997,10 @@ class Connection:
             self.tlp_retrans = True
         self.tlp_end = self.snd_nxt
         self.tlp_probes += 1
+        self.tlp_round += 1
         self.rexmt_at = now + self.rtt.rto
+        if self.tlp_round < MAX_TLP:  # no answer by twice the PTO: once more
+            self.tlp_at = now + max(4 * self.rtt.srtt, 2 * TLP_MIN)
 
     def _tlp_ack(
         self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float
@@ -968,7 +1016,7 @@ class Connection:
             self.tlp_end = None  # the probe repaired a loss: reduce cwnd once
             if self.ca_state == OPEN:
                 assert self.cc is not None
-                self.cc.on_congestion(now, self.snd_nxt - self.snd_una)
+                self.cc.on_congestion(now, self._flight_size())
                 self.cc.on_recovery_exit(now)
         elif acked <= 0 and not new_sacked:
             self.tlp_end = None  # a pure duplicate: both copies arrived
@@ -1102,8 +1150,18 @@ class Connection:
                 self.counters.drop(Drop.TCP_OOO_QUEUE_FULL)
             if not stored and not refused and dsack is None:
                 dsack = (seq, seq + plen)  # all of it was held already: RFC 2883 4.1.2
-            # RFC 5681 4.2: out of order -> an immediate duplicate ACK, one per segment.
-            self._ack_point(seq, dsack)
+            # RFC 5681 4.2: out of order -> an immediate duplicate ACK. With SACK, a segment
+            # that only extends this batch's run of out-of-order data adds nothing a SACK
+            # sender counts by dupacks: such runs are ACKed like in-order data (the first
+            # segment, then every second; the rest at the flush), as Linux's GRO would merge
+            # them. Without SACK every one counts toward the sender's dupthresh.
+            acked_to, end = self.ooo_run
+            if self.sack_ok and dsack is None and seq == end and end - acked_to <= self.rcv_seg_mss:
+                self.ack_now = True
+            else:
+                self._ack_point(seq, dsack)
+                acked_to = seq + plen
+            self.ooo_run = (acked_to, seq + plen)
         else:
             self.ack_now = True  # a FIN beyond a hole
         self.engine.touch(self)
@@ -1119,7 +1177,10 @@ class Connection:
         points = self.ack_points
         if len(points) >= MAX_ACK_POINTS:
             del points[0]
-        points.append((self.rcv_nxt, trigger, dsack if self.sack_ok else None))
+        blocks: tuple[tuple[int, int], ...] = ()
+        if self.sack_ok and (self.rcvbuf.ooo or dsack is not None):
+            blocks = self._sack_option(3 if self.ts_ok else 4, trigger, dsack)
+        points.append((self.rcv_nxt, blocks))
 
     def _rcv_fin(self, now: float) -> None:
         self.rcv_nxt += 1
@@ -1193,8 +1254,10 @@ class Connection:
         """Build and send one segment from the current TCB state (`point`: an owed ACK)."""
         ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
         blocks: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and flags & ACK and (self.rcvbuf.ooo or point is not None):
-            blocks = self._sack_option(3 if ts else 4, point)
+        if point is not None:
+            blocks = point[1]
+        elif self.sack_ok and flags & ACK and self.rcvbuf.ooo:
+            blocks = self._sack_option(3 if ts else 4, None, None)
         options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
         window = 0 if flags & RST else self._window_field(None if point is None else point[0])
         if flags & ACK:
@@ -1210,19 +1273,19 @@ class Connection:
         self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
         self.last_send = now
 
-    def _sack_option(self, limit: int, point: AckPoint | None) -> tuple[tuple[int, int], ...]:
+    def _sack_option(
+        self, limit: int, trigger: int | None, dsack: tuple[int, int] | None
+    ) -> tuple[tuple[int, int], ...]:
         """SACK blocks: a D-SACK block first (RFC 2883), then the block holding the segment
         that triggered this ACK, then the most recently changed ones (RFC 2018 4)."""
         out: list[tuple[int, int]] = []
         held = self.rcvbuf.sack_blocks(limit + 1)
-        if point is not None:
-            ack, trigger, dsack = point
-            if dsack is not None:
-                out.append(dsack)
-                if dsack[0] >= ack:  # above the ACK: the block that holds it follows
-                    out.extend(b for b in held if b[0] <= dsack[0] and dsack[1] <= b[1])
-            if trigger is not None:
-                out.extend(b for b in held if b[0] <= trigger < b[1] and b not in out)
+        if dsack is not None:
+            out.append(dsack)
+            if dsack[0] >= self.rcv_nxt:  # above the ACK: the block that holds it follows
+                out.extend(b for b in held if b[0] <= dsack[0] and dsack[1] <= b[1])
+        if trigger is not None:
+            out.extend(b for b in held if b[0] <= trigger < b[1] and b not in out)
         out.extend(b for b in held if b not in out)
         return tuple((s & MASK, e & MASK) for s, e in out[:limit])
 
@@ -1324,6 +1387,7 @@ class Connection:
             return
         if state is S.SYN_SENT:
             return
+        self.ooo_run = (0, 0)
         if self.ack_points:
             points = self.ack_points
             self.ack_points = []
@@ -1333,6 +1397,7 @@ class Connection:
         sent = False
         if state in TRANSMITTING and state is not S.SYN_RECEIVED:
             sent = self._send_data(now)
+        self.flight_mark = self.snd_nxt - self.snd_una
         if sent:
             return
         if (
@@ -1439,7 +1504,7 @@ class Connection:
                 sent = True
             else:
                 blocked = True
-        if new_data:
+        if new_data or (sent and self.ca_state == RECOVERY):
             self._tlp_arm(now)
         # Persist timer (RFC 9293 3.8.6.1): the window holds us back with nothing in flight.
         if blocked and self.snd_nxt == self.snd_una:
@@ -1542,7 +1607,7 @@ class Connection:
         assert cc is not None
         self._undo_begin(now)
         self.tlp_at = self.tlp_end = self.rack_at = None
-        cc.on_timeout(now, self.snd_nxt - self.snd_una)
+        cc.on_timeout(now, self._flight_size())
         self.rtt.back_off()
         self.board.mark_all_lost(forget_sacks=self.rexmt_count > 1)
         self.ca_state = LOSS

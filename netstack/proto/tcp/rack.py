@@ -27,6 +27,9 @@ from collections.abc import Callable
 
 from netstack.proto.tcp.scoreboard import DUPTHRESH, Scoreboard, Sent
 
+# Remaining times below this count as expired: float rounding can leave a remainder so small
+# that now + remaining == now, and a timer armed for it would fire at the same instant forever.
+GRANULARITY = 1e-6
 REO_WND_PERSIST = 16  # D-SACK-free recoveries before the multiplier drops back to 1
 MAX_REO_WND_MULT = 64
 
@@ -124,7 +127,7 @@ class Rack:
             if r.sacked or (r.lost and not r.rexmit):
                 continue  # delivered, or already waiting for its retransmission
             remaining = r.sent_at + deadline
-            if remaining <= 0:
+            if remaining <= GRANULARITY:
                 new += board.mark_record_lost(r)
             elif remaining > timeout:
                 timeout = remaining

@@ -107,6 +107,17 @@ class Scoreboard:
     def first(self) -> Sent | None:
         return self._records[self._head] if self._head < len(self._records) else None
 
+    def first_retransmitted(self) -> Sent | None:
+        """The oldest record whose retransmission is still out (a recovery probe resends it)."""
+        if not self.rexmit_bytes:
+            return None
+        records = self._records
+        for i in range(self._head, len(records)):
+            r = records[i]
+            if r.lost and r.rexmit and not r.sacked:
+                return r
+        return None
+
     def last_unsacked(self) -> Sent | None:
         """The highest record not SACKed (a tail loss probe retransmits it)."""
         records = self._records

@@ -58,8 +58,7 @@ CASES = [
     Case("delay 10ms", 20 * MB, 60, delay=0.010),
     # one random bit flipped: checksums must catch every one (else sha256 fails)
     Case("corrupt 1%", 10 * MB, 60, corrupt=0.01),
-    # jitter reorders heavily (frames microseconds apart, held 10-12 ms): small size, since
-    # the stack's sender takes every reordering for a loss (see /tmp/tcp_findings.md)
+    # jitter reorders heavily (frames microseconds apart, held 10-12 ms): kept small for CI time
     Case("delay 10ms jitter 2ms", 5 * MB, 60, delay=0.010, jitter=0.002),
 ]
 # which relay counter proves the impairment happened
@@ -97,7 +96,7 @@ def connect(world: ImpairedWorld, port: int, limit: float) -> socket.socket:
 def check_impaired(world: ImpairedWorld, case: Case, before, directions: tuple[str, ...]) -> None:
     """The relay really did what the case says to the data (else the test proves nothing).
     Only the directions carrying data are checked: the other one carries a few hundred ACKs
-    (the stack ACKs once per receive batch), where 1 % may well hit nothing."""
+    (about one per two data segments), where 1 % may well hit nothing."""
     after = world.relay_stats()
     for key, counter in PROOF.items():
         if getattr(case.impairment, key):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netstack.proto.tcp.buffers import COALESCE, ReceiveBuffer, SendBuffer
 
@@ -136,3 +138,32 @@ def test_sack_blocks_fill_up_with_older_blocks(limit: int) -> None:
     blocks = rb.sack_blocks(limit)
     assert len(blocks) == limit and blocks[0] == (500, 501)
     assert len(set(blocks)) == limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(1, 400), st.integers(1, 60), st.booleans()), min_size=1, max_size=60
+    ),
+    max_pieces=st.sampled_from([2, 5, 256]),
+)
+def test_sack_ranges_follow_the_pieces(ops, max_pieces) -> None:
+    """The merged ranges kept for SACK blocks are always the pieces' contiguous runs, and
+    SACK blocks are among them, the most recently received piece's block first."""
+    rb = ReceiveBuffer(max_pieces)
+    rcv_nxt = 0
+    for start, length, take in ops:
+        if take:
+            rcv_nxt, _ = rb.take_ooo(max(rcv_nxt, start - 30))
+        elif start > rcv_nxt:
+            rb.add_ooo(start, memoryview(bytes(length)))
+        naive: list[tuple[int, int]] = []
+        for s, e, _ in rb.ooo:
+            if naive and naive[-1][1] == s:
+                naive[-1] = (naive[-1][0], e)
+            else:
+                naive.append((s, e))
+        assert rb.blocks() == naive
+        sack = rb.sack_blocks(3)
+        assert len(sack) == min(3, len(naive)) and all(b in naive for b in sack)
+        assert len(set(sack)) == len(sack)

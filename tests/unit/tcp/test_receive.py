@@ -72,7 +72,9 @@ def test_a_batch_acks_every_second_full_segment() -> None:
 
 def test_a_batch_of_out_of_order_segments_gets_a_duplicate_ack_each() -> None:
     """RFC 5681 4.2 / RFC 2018 4: every out-of-order segment gets its own immediate
-    duplicate ACK, whose first SACK block holds that segment, even within one batch."""
+    duplicate ACK, whose first SACK block holds that segment, even within one batch. Each
+    carries the blocks of its own moment (as if sent at once): reporting later arrivals
+    with an earlier ACK number would tell the sender the data in between was lost."""
     t, conn = established_passive(sack=True)
     conn.sack_ok = True
     _batch(
@@ -82,17 +84,20 @@ def test_a_batch_of_out_of_order_segments_gets_a_duplicate_ack_each() -> None:
         seg(seq=R + 2 * FULL, ack=L, payload=data(FULL)),
     )
     t.expect(
-        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
-        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
+        to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 2 * FULL),))),
+        to_us(seg(seq=L, ack=R, sack=((R + 3 * FULL, R + 4 * FULL), (R + FULL, R + 2 * FULL)))),
         to_us(seg(seq=L, ack=R, sack=((R + FULL, R + 4 * FULL),))),
     )
     _batch(
-        t, seg(seq=R + 5 * FULL, ack=L, payload=data(FULL)), seg(seq=R, ack=L, payload=data(FULL))
+        t,
+        seg(seq=R + 5 * FULL, ack=L, payload=data(FULL)),
+        seg(seq=R, ack=L, payload=data(FULL)),  # fills the hole: the next ACK at once too
+        seg(seq=R + 4 * FULL, ack=L, payload=data(FULL)),
     )
     t.expect(
-        # (the hole filled within the batch: the first ACK reports what is still held)
-        to_us(seg(seq=L, ack=R, sack=((R + 5 * FULL, R + 6 * FULL),))),
+        to_us(seg(seq=L, ack=R, sack=((R + 5 * FULL, R + 6 * FULL), (R + FULL, R + 4 * FULL)))),
         to_us(seg(seq=L, ack=R + 4 * FULL, sack=((R + 5 * FULL, R + 6 * FULL),))),
+        to_us(seg(seq=L, ack=R + 6 * FULL)),
     )
 
 
