@@ -104,17 +104,17 @@ def test_mtu_flag_sets_both_sides(tmp_path: Path) -> None:
 def test_config_file_with_flag_override(tmp_path: Path) -> None:
     config = tmp_path / "netstack.toml"
     config.write_text(
-        'address = "10.0.0.2/24"\nhost_address = "10.0.0.1/24"\n'
+        'address = "198.51.100.2/24"\nhost_address = "198.51.100.1/24"\n'
         "[services]\nudp_echo = 7007\nudp_discard = false\n"
     )
     world = World(tmp_path, ("--config", str(config), "--interface", "tap5"), tag="cfg")
-    world.interface, world.host_ip, world.stack_ip = "tap5", "10.0.0.1", "10.0.0.2"
+    world.interface, world.host_ip, world.stack_ip = "tap5", "198.51.100.1", "198.51.100.2"
     try:
         world.start()
-        world.run(["ping", "-c", "1", "-W", "2", "10.0.0.2"])
+        world.run(["ping", "-c", "1", "-W", "2", "198.51.100.2"])
         sock = world.socket()
         sock.settimeout(3)
-        sock.sendto(b"custom port", ("10.0.0.2", 7007))
+        sock.sendto(b"custom port", ("198.51.100.2", 7007))
         assert sock.recv(100) == b"custom port"
         sock.close()
     finally:

@@ -202,8 +202,8 @@ def test_runs_with_cap_net_admin_as_its_only_capability(tmp_path: Path, user: st
     caps = ["--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
             "--bounding-set=-all,+net_admin", "--no-new-privs"]  # fmt: skip
     ids = ["--reuid=65534", "--regid=65534", "--clear-groups"] if user == "nobody" else []
-    stack = [sys.executable, "-m", "netstack", "run", "--address", "10.0.0.2/24",
-             "--host-address", "10.0.0.1/24", "--metrics-address", "none"]  # fmt: skip
+    stack = [sys.executable, "-m", "netstack", "run", "--address", "198.51.100.2/24",
+             "--host-address", "198.51.100.1/24", "--metrics-address", "none"]  # fmt: skip
     inner = " ".join(["exec", "setpriv", *ids, *caps, *stack])
     if user == "nobody":  # a private /dev/net with a 0666 tun node, like udev's rule
         inner = (
@@ -221,7 +221,7 @@ def test_runs_with_cap_net_admin_as_its_only_capability(tmp_path: Path, user: st
                  "sh", "-c", inner],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
-        ping = ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "10.0.0.2"]
+        ping = ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", "198.51.100.2"]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if subprocess.run(ping, capture_output=True).returncode == 0:
