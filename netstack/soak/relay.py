@@ -7,9 +7,9 @@ Why a relay and not the stack's own `--fault`: a soak switches loss, reordering 
 off during one run, and the stack's fault setting is fixed at start (SIGHUP reloads only the log
 level and the pcap), while restarting the stack mid-run would defeat the soak. The relay applies
 a new impairment on SIGUSR1 (read from its control file) and writes its counters (JSON) to its
-stats file; SIGTERM ends it with a last write. It is the product's copy of the relay the kernel
-tests use (tests/integration/impair.py), so the installed `netstack soak` never imports tests/.
-Run as `python -m netstack.soak.relay` inside the soak's namespace.
+stats file; SIGTERM ends it with a last write. The kernel tests (tests/integration/impair.py)
+drive this same module, and the installed `netstack soak` never imports tests/. Run as
+`python -m netstack.soak.relay` inside the namespace.
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire", default="tap0", help="the stack's TAP (AF_PACKET on it)")
     parser.add_argument("--peer", default=KERNEL_IF, help="TAP created for the kernel peer")
     parser.add_argument("--peer-address", default=KERNEL_ADDRESS)
+    parser.add_argument("--to-stack", default="none", help="initial impairment toward the stack")
+    parser.add_argument("--to-kernel", default="none", help="initial impairment toward the kernel")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--control", type=Path, required=True)
@@ -140,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     wire = PacketLink(args.wire)
     _grow_socket_buffers(wire.fd)
-    relay = Relay(loop, peer, wire, Impairment(), Impairment(), args.seed)
+    relay = Relay(
+        loop,
+        peer,
+        wire,
+        impairment_from_text(args.to_stack),
+        impairment_from_text(args.to_kernel),
+        args.seed,
+    )
     dumps = 0
 
     def dump() -> None:
