@@ -8,6 +8,7 @@ reset) and a SIGHUP that reloads what can change live.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import random
@@ -281,9 +282,11 @@ class Stack:
         try:
             self.metrics = MetricsServer(address.host, address.port, registry)
         except OSError as err:
+            hint = "set metrics_address, or 'none' to turn metrics off"
+            if err.errno == errno.EADDRNOTAVAIL:  # a fresh network namespace: lo starts down
+                hint = "is the loopback interface up? or " + hint
             raise StartupError(
-                f"cannot serve metrics on {address}: {err.strerror or err} "
-                "(set metrics_address, or 'none' to turn metrics off)"
+                f"cannot serve metrics on {address}: {err.strerror or err} ({hint})"
             ) from None
         log.info("metrics at %s", self.metrics.url)
 

@@ -418,3 +418,26 @@ def test_busy_metrics_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"netstack: cannot serve metrics on 127.0.0.1:{METRICS_PORT}")
     assert "metrics_address" in last
+
+
+def test_loopback_down_is_named_in_the_startup_error() -> None:
+    """A fresh namespace starts with lo down: the error says so instead of a bare errno."""
+    ok, why = can_run_world()
+    if not ok:
+        pytest.skip(why)
+    ns = new_netns_name("nolo")
+    subprocess.run(["ip", "netns", "add", ns], check=True)  # lo left down on purpose
+    try:
+        result = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "netstack", "run"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        netns_del(ns)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("netstack: cannot serve metrics on 127.0.0.1:"), last
+    assert "loopback interface up" in last, last
