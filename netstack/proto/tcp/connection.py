@@ -1034,9 +1034,15 @@ class Connection:
         self.window_check = False
 
     def _window_update_due(self) -> bool:
-        """After the application read: is the window worth announcing (Linux's rule: it at
-        least doubles and grows by a segment)?"""
-        free = self.rcv_buf_size - self.rcvbuf.queued
+        """After the application read: is the window worth announcing (Linux's rule in
+        tcp_cleanup_rbuf: it at least doubles and grows by a segment)?
+
+        Compared as the header carries it: free space beyond 0xFFFF << RCV.WSCALE (a 512 KB
+        buffer without window scaling) or below the scale's unit is invisible to the peer,
+        and an ACK "announcing" it repeats the last one — a duplicate ACK to a sender with
+        data in flight (RFC 5681 4.2), three of which make it retransmit for nothing."""
+        shift = self.rcv_wscale
+        free = min(self.rcv_buf_size - self.rcvbuf.queued, 0xFFFF << shift) >> shift << shift
         cur = self.rcv_adv - self.rcv_nxt
         return free - cur >= self.rcv_mss and free >= 2 * cur
 
