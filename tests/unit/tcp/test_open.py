@@ -10,6 +10,7 @@ import pytest
 
 from netstack.drops import Drop
 from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.connection import Connection
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from tests.unit.tcp.tcptools import (
@@ -362,3 +363,19 @@ def test_the_fixtures() -> None:
     assert conn.state.value == "established"
     _, conn = established_active()
     assert conn.state.value == "established"
+
+
+def test_the_syn_ack_timer_is_gone_once_established(monkeypatch) -> None:
+    """Issue 11: the SYN-ACK's retransmission timer, stopped by the handshake, left its entry
+    in the engine's timer heap: the loop woke for it, and the wake-up ran an output pass on
+    the established connection (which sent a window update). A stale entry is no deadline."""
+    t, conn = established_passive()
+    assert conn.next_timer() is None
+    assert t.engine.next_deadline() is None  # nothing to wake up for
+    passes = []
+    real_output = Connection.output
+    monkeypatch.setattr(
+        Connection, "output", lambda c, now: (passes.append(now), real_output(c, now))
+    )
+    t.run_until(t.now + 5.0)  # past the SYN-ACK's RTO (1 s)
+    assert passes == [] and t.recv() == []
