@@ -1136,7 +1136,9 @@ class Connection:
         ):
             if wnd_right - self.snd_nxt >= 1:
                 self._send_segment(self.snd_nxt, 0, True, snd_end, now)
-                sent = True
+                # The FIN is new sequence space like data: the probe timer restarts from it
+                # (RFC 8985 7.2; Linux's tcp_write_xmit schedules the probe for any send).
+                sent = new_data = True
             else:
                 blocked = True
         rec.after_output(new_data, sent, now)
@@ -1197,6 +1199,11 @@ class Connection:
             self._event(Event.TIMEOUT)
             return
         rec = self.recovery
+        tlp_at = rec.tlp_at
+        if tlp_at is not None and now >= tlp_at and (rec.rto_at is None or tlp_at <= rec.rto_at):
+            # The probe timer was capped at the RTO (RFC 8985 7.2): it goes first, and a
+            # probe postpones the RTO (as Linux, whose PTO and RTO share one timer).
+            rec.on_pto(now, self.state in TRANSMITTING)
         if rec.rto_at is not None and now >= rec.rto_at:
             rec.rto_at = None
             self._on_rto(now)

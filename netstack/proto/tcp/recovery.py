@@ -46,12 +46,21 @@ if TYPE_CHECKING:
     from netstack.proto.tcp.cc import CongestionControl
     from netstack.proto.tcp.config import TcpConfig
 
-# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK when only one
-# segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
+# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK (WCDelAckT)
+# when only one segment is out (its ACK may be delayed), and no later than the RTO would fire:
+# then the probe goes instead of the RTO (RFC 8985 7.2 "If Now() + PTO > TCP_RTO_expire()";
+# Linux's tcp_schedule_loss_probe takes min(timeout, RTO left) the same way).
+# Linux profile: WCDelAckT is Linux's TCP_RTO_MIN (200 ms), and with more than one segment out
+# Linux adds TCP_TIMEOUT_MIN_US (2 ms, net/ipv4/tcp_output.c since 6.7; 2 jiffies before) so
+# the probe does not race an ACK due at exactly 2*SRTT. RFC 8985 leaves both to the sender.
 WC_DEL_ACK = 0.2
-TLP_MIN = 0.01
-# Probes per episode: RFC 8985 sends one; a second after twice the PTO (QUIC's PTO backoff,
-# RFC 9002 6.2) covers a lost probe or probe ACK for the price of one segment, not an RTO.
+TIMEOUT_MIN = 0.002
+# RACK's reordering timer fires TIMEOUT_MIN after the first outstanding record would count as
+# lost (Linux's tcp_rack_mark_lost: usecs_to_jiffies(timeout + TCP_TIMEOUT_MIN_US)), so the
+# check runs when the record has expired, not a float-rounding instant before.
+# Probes per episode: RFC 8985 7.3 and Linux send one (tlp_high_seq). We send a second after
+# twice the PTO (QUIC's PTO backoff, RFC 9002 6.2): it covers a lost probe or probe ACK for
+# the price of one segment instead of an RTO that collapses cwnd. A deliberate deviation.
 MAX_TLP = 2
 MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
 MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
@@ -435,6 +444,7 @@ class Recovery:
         if self.tlp_end is None:
             self.tlp_round = 0
         self.probe_owed = True
+        self.rto_at = now + self.rtt.rto  # the probe goes instead of an RTO due now
 
     def probe_sent(self, retransmission: bool, now: float) -> None:
         """The connection sent the probe on_pto asked for (new data, or the last segment
@@ -446,7 +456,7 @@ class Recovery:
         self.rto_at = now + self.rtt.rto
         if self.tlp_round < MAX_TLP:  # no answer by twice the PTO: once more
             assert self.rtt.srtt is not None
-            self.tlp_at = now + max(4 * self.rtt.srtt, 2 * TLP_MIN)
+            self.tlp_at = min(now + 2 * (2 * self.rtt.srtt + TIMEOUT_MIN), self.rto_at)
 
     # =========================================================================================
     # RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015)
@@ -481,7 +491,7 @@ class Recovery:
         reo_wnd = rack.reo_wnd(self.ca_state != OPEN, board.sacked_bytes // tcb.mss, self.rtt.srtt)
         lost, timeout = rack.detect_loss(board, now, reo_wnd)
         if timeout > 0:
-            self.rack_at = now + timeout
+            self.rack_at = now + timeout + TIMEOUT_MIN
         if lost:
             if self.ca_state == OPEN and tcb.snd_una >= self.recover:
                 self._enter_recovery(now)
@@ -499,17 +509,20 @@ class Recovery:
         srtt = self.rtt.srtt
         if not tcb.sack_ok or tcb.snd_nxt <= tcb.snd_una or srtt is None:
             return
-        pto = 2 * srtt
+        pto = 2 * srtt + TIMEOUT_MIN
         if self.ca_state == RECOVERY:
             if not self.board.rexmit_bytes and self.owed is None:  # (owed: out at the flush)
                 return
-        elif self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            at = now + pto
+            if self.rto_at is None or at < self.rto_at:  # our extension: the RTO stays
+                self.tlp_at = at
             return
-        elif tcb.snd_nxt - tcb.snd_una <= tcb.mss:
-            pto += WC_DEL_ACK
-        at = now + max(pto, TLP_MIN)
-        if self.rto_at is None or at < self.rto_at:
-            self.tlp_at = at
+        if self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            return
+        if tcb.snd_nxt - tcb.snd_una <= tcb.mss:  # one segment out (Linux: packets_out == 1)
+            pto = 2 * srtt + WC_DEL_ACK
+        at = now + pto
+        self.tlp_at = at if self.rto_at is None or at < self.rto_at else self.rto_at
 
     def _tlp_ack(
         self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float
