@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from netstack.drops import Drop
 from netstack.proto.ratelimit import TokenBucket
+from netstack.proto.tcp.ackpolicy import QuickAck
 from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
 from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
@@ -146,6 +147,7 @@ class Connection:
         "persist_at",
         "persist_backoff",
         "probes_out",
+        "quickack",
         "rcv_adv",
         "rcv_buf_size",
         "rcv_fin_seq",
@@ -256,6 +258,7 @@ class Connection:
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
+        self.quickack = QuickAck(cfg.quick_acks)  # Linux quick-ACK, ping-pong (ackpolicy.py)
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
         self.persist_at: float | None = None
@@ -764,6 +767,13 @@ class Connection:
                     ack_at_once = True  # RFC 5681 4.2: a segment that fills a hole
                 self.rcv_nxt = rcv_nxt
                 self.ack_pending = True
+                qa = self.quickack
+                qa.on_data(now, self.recovery.rtt.rto, self.rcv_adv - seq, self.rcv_mss)
+                if qa.active():
+                    # Quick-ACK mode (Linux; see ackpolicy.py): the ACK goes at this flush
+                    # point, on the reply if the application writes one while handling the
+                    # batch (Linux sends a pure ACK first: one segment more, same instant).
+                    self.ack_now = True
                 # RFC 5681 4.2 / RFC 1122 4.2.3.2: ACK at least every second full-sized
                 # segment, also within one receive batch (as Linux's __tcp_ack_snd_check),
                 # or a sender counting ACKs (RFC 3465) grows by 2 MSS per batch.
@@ -894,6 +904,8 @@ class Connection:
         if flags & ACK:
             rcv_nxt = self.rcv_nxt if point is None else point[0]
             ack = rcv_nxt & MASK
+            if rcv_nxt > self.last_ack_sent:
+                self.quickack.on_ack_sent()
             self.last_ack_sent = rcv_nxt
             if rcv_nxt == self.rcv_nxt:
                 self.ack_now = self.ack_pending = False
@@ -901,6 +913,8 @@ class Connection:
             self.window_check = False
         else:
             ack = 0
+        if payload:
+            self.quickack.on_data_sent(now, self.config.delayed_ack)
         self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
         self.last_send = now
 
@@ -1222,6 +1236,7 @@ class Connection:
             self.delack_at = None
             if self.ack_pending:
                 self.ack_now = True
+                self.quickack.on_delack_timeout()
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = None
             self._on_keepalive(now)

@@ -206,10 +206,12 @@ class RecordingHandler:
 
 
 def quiet_config(**overrides) -> TcpConfig:
-    """No options by default, so segments read plainly; tests turn on what they test."""
+    """No options by default, so segments read plainly; tests turn on what they test. Quick-ACK
+    mode is off too (the ACK rules alone: delayed ACK, every second full segment), as the
+    receive tests were written; tests of Linux's quick ACKs pass quick_acks=16."""
     base = dict(
         timestamps=False, sack=False, window_scaling=False, receive_buffer=65535,
-        send_buffer=65536, congestion_control="reno",
+        send_buffer=65536, congestion_control="reno", quick_acks=0,
     )  # fmt: skip
     base.update(overrides)
     return TcpConfig(**base)
