@@ -986,17 +986,20 @@ class Connection:
         self._xmit(ACK, self.snd_una - 1, b"", now)
 
     def _send_segment(self, seq: int, size: int, fin: bool, snd_end: int, now: float) -> None:
-        payload = self.sndbuf.view(seq - self.snd_base, size) if size else b""
+        first = seq - self.snd_base
+        payload = self.sndbuf.view(first, size) if size else b""
         flags = ACK
         end = seq + size
-        if size and end == snd_end:
+        if size and self.sndbuf.push_in(first, first + size):
+            # PSH on the segment that ends an application write (SendBuffer.mark_push), also
+            # when cwnd holds back what was written after it (Linux's tcp_push).
             flags |= PSH
         if size < self.mss:
             self.snd_sml = end
         if fin:
             flags |= FIN
         self._xmit(flags, seq, payload, now)
-        self.recovery.sent(seq, end, fin, now)
+        self.recovery.sent(seq, end, fin, now, bool(flags & PSH))
         if fin:
             self.fin_seq = end
             end += 1
@@ -1007,8 +1010,9 @@ class Connection:
         if r.fin:
             self._xmit(ACK | FIN, r.start, b"", now)
         else:
+            # The original's flags (Linux resends the skb as built): PSH only if it had it.
             payload = self.sndbuf.view(r.start - self.snd_base, r.end - r.start)
-            self._xmit(ACK | PSH, r.start, payload, now)
+            self._xmit(ACK | PSH if r.psh else ACK, r.start, payload, now)
         self.recovery.retransmitted(r, now)
         self.last_data = now
         self.counters.tcp_retransmitted_segments += 1
@@ -1348,6 +1352,7 @@ class Connection:
             raise BrokenPipeError(errno.EPIPE, "the connection is closed for sending")
         taken = self.sndbuf.write(data)
         if taken:
+            self.sndbuf.mark_push(max(0, self.snd_nxt - self.snd_base))
             self.engine.touch(self)
         if not self.writing_paused and len(self.sndbuf) >= self.write_high:
             self.writing_paused = True

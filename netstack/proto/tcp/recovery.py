@@ -359,10 +359,10 @@ class Recovery:
         assert self.cc is not None
         self.cc.on_idle(now)
 
-    def sent(self, start: int, end: int, fin: bool, now: float) -> None:
+    def sent(self, start: int, end: int, fin: bool, now: float, psh: bool = False) -> None:
         """A new segment (or the FIN, a one-octet record of its own) went out."""
         if end > start:
-            self.board.add(start, end, now)
+            self.board.add(start, end, now, psh=psh)
         if fin:
             self.board.add(end, end + 1, now, fin=True)
         if self.rto_at is None:

@@ -64,9 +64,12 @@ def numbers(t: Harness, conn) -> list[int]:
     return [(s.seq - L) // conn.mss for s in t.recv()]
 
 
-def data_seg(conn, n: int, **kw):
+def data_seg(conn, n: int, psh: bool = False, **kw):
+    """Segment n of a write; PSH only on the one that ends the write (as Linux: a
+    retransmission keeps the original's flags)."""
     payload = b"d" * conn.mss
-    return to_us(seg(flags=ACK | PSH, seq=L + n * conn.mss, ack=R, payload=payload, **kw))
+    flags = ACK | PSH if psh else ACK
+    return to_us(seg(flags=flags, seq=L + n * conn.mss, ack=R, payload=payload, **kw))
 
 
 # -- RACK -------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def test_tail_loss_probe_repairs_a_tail_loss_without_the_rto() -> None:
     t.run_until(probe_at - 0.0005)
     t.expect_nothing()
     t.run_until(probe_at)
-    assert t.recv_timed() == [(pytest.approx(probe_at), data_seg(conn, 3))]
+    assert t.recv_timed() == [(pytest.approx(probe_at), data_seg(conn, 3, psh=True))]
     assert conn.recovery.tlp_probes == 1 and conn.recovery.ca_state == "open"
     t.now += RTT + 0.004
     t.send(peer_ack(conn, 2, sack=[(3, 4)]))
@@ -158,12 +161,12 @@ def test_a_second_probe_follows_a_lost_one() -> None:
     srtt = conn.recovery.rtt.srtt
     first = t.now + 2 * srtt + TIMEOUT_MIN
     t.run_until(first)
-    t.expect(data_seg(conn, 3))
+    t.expect(data_seg(conn, 3, psh=True))
     second = first + 2 * (2 * srtt + TIMEOUT_MIN)
     t.run_until(second - 0.0005)
     t.expect_nothing()
     t.run_until(second)
-    t.expect(data_seg(conn, 3))
+    t.expect(data_seg(conn, 3, psh=True))
     t.run_until(first + 0.15)
     t.expect_nothing()  # two per episode: then the RTO's turn
     assert conn.recovery.tlp_probes == 2 and t.counters.tcp_timeouts == 0

@@ -185,3 +185,41 @@ def test_fin_waits_for_window_space() -> None:
     t.send(seg(seq=R, ack=L, window=10))
     (fin,) = t.recv()
     assert fin.flags & 0x01 and fin.seq == L
+
+
+# -- PSH placement (Linux profile: tcp_push, and the skb's own flags on retransmission) ----------
+def flags_of(segs) -> list[tuple[int, int]]:
+    return [((s.seq - L) // MSS, s.flags) for s in segs]
+
+
+def test_a_retransmission_keeps_the_flags_of_the_original() -> None:
+    """Linux resends the skb as first built: a segment sent without PSH is retransmitted
+    without it, the one that ended the write with it (before: PSH on every retransmission)."""
+    t, conn = established_passive()
+    conn.send(b"z" * (3 * MSS))
+    t.engine.flush(t.now)
+    assert flags_of(t.recv()) == [(0, ACK), (1, ACK), (2, ACK | PSH)]
+    t.advance(conn.recovery.rtt.rto)  # the RTO: go-back-N from SND.UNA, cwnd 1 MSS
+    assert flags_of(t.recv()) == [(0, ACK)]
+    t.send(ack(MSS))
+    assert flags_of(t.recv()) == [(1, ACK), (2, ACK | PSH)]
+
+
+def test_psh_ends_each_write_even_when_cwnd_holds_back_the_next() -> None:
+    """RFC 9293 3.9.1 (PSH on the last segment of a SEND) as Linux's tcp_push marks the tail
+    skb at the end of each sendmsg. Here the first write is 50 segments and cwnd (IW10) holds
+    back the second; writes coalesce under one PSH only while the unsent run stays within
+    Linux's largest skb (64 KB), so the first write's last segment keeps its PSH although more
+    is queued behind it when it goes (before: PSH only where the queue ran dry)."""
+    t, conn = established_passive(send_buffer=256 * 1024)
+    conn.send(b"a" * (50 * MSS))
+    t.engine.flush(t.now)
+    assert [f for _, f in flags_of(t.recv())] == [ACK] * 10
+    conn.send(b"b" * (10 * MSS))
+    t.engine.flush(t.now)
+    sent = []
+    for n in range(10, 60, 5):  # ACK as the peer would, until everything is out
+        t.send(ack(n * MSS))
+        sent += flags_of(t.recv())
+    pushed = [n for n, f in sent if f & PSH]
+    assert pushed == [49, 59]
