@@ -29,7 +29,10 @@ retransmissions, a reordering window that D-SACKs widen, tail loss probes (two a
 one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
 (RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
 reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
-the RFC 4015 response: the saved congestion state comes back).
+the RFC 4015 response: the saved congestion state comes back). In SACK recovery PRR (RFC 6937
+with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK; NewReno recovery without
+SACK keeps RFC 6582's inflation (Linux would use PRR there too, counting dupacks as SACKed
+segments: a deviation kept, the non-SACK path being a fallback).
 """
 
 from __future__ import annotations
@@ -98,8 +101,12 @@ class Recovery:
         "dupacks",
         "dupthresh",
         "flight_mark",
+        "newly_lost",
         "owed",
+        "prior_cwnd",
         "probe_owed",
+        "prr_delivered",
+        "prr_out",
         "rack",
         "rack_at",
         "recover",
@@ -152,6 +159,11 @@ class Recovery:
         self.undo_tsval: int | None = None
         self.undo_rexmits: dict[int, int] | None = None
         self.undos = 0
+        # PRR (RFC 6937) during SACK recovery: bytes delivered and sent since it began, and
+        # cwnd when it began (Linux's prior_cwnd, its RecoverFS); newly_lost: bytes this ACK
+        # marked lost.
+        self.prr_delivered = self.prr_out = self.prior_cwnd = 0
+        self.newly_lost = 0
 
     def start(self, iss: int) -> None:
         """The send space begins at ISS: nothing to recover below it."""
@@ -182,6 +194,7 @@ class Recovery:
         Returns (bytes newly SACKed, the D-SACK block if the first one is one: RFC 2883 4,
         below the cumulative ACK or inside the second block)."""
         self.board.delivered.clear()
+        self.newly_lost = 0
         if not blocks:
             return 0, None
         tcb = self.tcb
@@ -266,7 +279,10 @@ class Recovery:
         if self.ca_state == OPEN:
             if self.dupacks >= self.dupthresh and tcb.snd_una >= self.recover:
                 if not tcb.sack_ok or not board.sacked_bytes:
-                    board.mark_first_lost()  # RFC 6582 / 6675 (4.3): the first hole, now
+                    if board.mark_first_lost():  # RFC 6582 / 6675 (4.3): the first hole, now
+                        first = board.first()
+                        assert first is not None
+                        self.newly_lost += first.end - first.start
                     self._enter_recovery(now)
             elif not tcb.sack_ok:
                 tcb.wake()  # RFC 3042 limited transmit
@@ -293,7 +309,42 @@ class Recovery:
         if self.tlp_end is not None:
             self._tlp_ack(ack, acked, dsack, new_sacked, now)
         if self.ca_state == RECOVERY:
+            self._prr(max(acked, 0) + new_sacked, acked > 0)
             self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
+
+    def _prr(self, delivered: int, una_advanced: bool) -> None:
+        """RFC 6937 Proportional Rate Reduction with its slow-start reduction bound (SSRB),
+        as Linux's tcp_cwnd_reduction sizes what goes out in SACK recovery (Reno and CUBIC
+        alike: they only chose ssthresh). While pipe is above ssthresh, send ssthresh/RecoverFS
+        of what is delivered, spreading the reduction over the round trip instead of a pause
+        then a burst; below it, grow back towards ssthresh by what is delivered, one segment
+        more when SND.UNA advanced without a new loss (Linux's SSRB variant, which also
+        accepts the newly delivered amount when it exceeds the PRR balance). Linux's units
+        are packets; here bytes, its "one packet" an MSS. Linux's RecoverFS is cwnd at the
+        start (prior_cwnd), where RFC 6937 uses FlightSize: Linux's, as the sender reference.
+        The first ACK always lets one segment out (the fast retransmit; here `owed`)."""
+        if delivered <= 0 or not self.prior_cwnd:
+            return
+        cc = self.cc
+        assert cc is not None
+        tcb = self.tcb
+        mss = tcb.mss
+        self.prr_delivered += delivered
+        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una)
+        delta = cc.ssthresh - pipe
+        if delta < 0:
+            # ceil(ssthresh * prr_delivered / RecoverFS), rounded up to whole segments as
+            # Linux's packet arithmetic does, minus what went out since recovery began.
+            due = -(-cc.ssthresh * self.prr_delivered // self.prior_cwnd)
+            sndcnt = -(-due // mss) * mss - self.prr_out
+        else:
+            sndcnt = max(self.prr_delivered - self.prr_out, delivered)
+            if una_advanced and not self.newly_lost:
+                sndcnt += mss
+            sndcnt = min(delta, sndcnt)
+        if not self.prr_out:
+            sndcnt = max(sndcnt, mss)
+        cc.cwnd = max(pipe + sndcnt, 0)
 
     def _enter_recovery(self, now: float) -> None:
         """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK), once
@@ -303,6 +354,8 @@ class Recovery:
         tcb = self.tcb
         self.recover = tcb.snd_nxt
         self._undo_begin(now)
+        self.prior_cwnd = cc.cwnd if tcb.sack_ok else 0  # PRR's RecoverFS (SACK recovery)
+        self.prr_delivered = self.prr_out = 0
         cc.on_congestion(now, self._flight_size())
         if not tcb.sack_ok:
             cc.cwnd = cc.ssthresh + 3 * tcb.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
@@ -363,6 +416,8 @@ class Recovery:
         """A new segment (or the FIN, a one-octet record of its own) went out."""
         if end > start:
             self.board.add(start, end, now, psh=psh)
+            if self.ca_state == RECOVERY:
+                self.prr_out += end - start
         if fin:
             self.board.add(end, end + 1, now, fin=True)
         if self.rto_at is None:
@@ -370,6 +425,8 @@ class Recovery:
 
     def retransmitted(self, r: Sent, now: float) -> None:
         self.board.retransmitted(r, now)
+        if self.ca_state == RECOVERY:
+            self.prr_out += r.end - r.start
         rexmits = self.undo_rexmits
         if rexmits is not None and self.ca_state != OPEN:
             if len(rexmits) >= MAX_UNDO_REXMITS:
@@ -492,6 +549,7 @@ class Recovery:
         lost, timeout = rack.detect_loss(board, now, reo_wnd)
         if timeout > 0:
             self.rack_at = now + timeout + TIMEOUT_MIN
+        self.newly_lost += lost
         if lost:
             if self.ca_state == OPEN and tcb.snd_una >= self.recover:
                 self._enter_recovery(now)
