@@ -577,15 +577,22 @@ class Connection:
 
     def _disordered_ack(self, h: TcpHeader, seq: int, plen: int, tsval: int) -> bool:
         """A duplicate ACK overtaken by a later one (Linux's tcp_disordered_ack): its old
-        TSval must not make PAWS drop it, or reordering would hide dupacks."""
-        return (
-            plen == 0
-            and h.flags & (SYN | FIN | RST) == 0
-            and seq == self.rcv_nxt
-            and unwrap(h.ack, self.snd_una) == self.snd_una
-            and (h.window << self.snd_wscale) == self.snd_wnd
-            and ((self.ts_recent - tsval) & MASK) <= self.recovery.rtt.rto * 1000
-        )
+        TSval must not make PAWS drop it, or reordering would hide dupacks. As Linux: a pure
+        ACK at RCV.NXT, of SND.UNA, that would not update the window by Linux's rule
+        (tcp_may_update_window: a later SEQ, or the same SEQ with a larger or zero window;
+        a reordered ACK usually carries a different window than the one taken already),
+        with a TSval less than the RTO behind TS.Recent (Linux: icsk_rto * 1024 / HZ)."""
+        if (
+            plen
+            or h.flags & (SYN | FIN | RST)
+            or seq != self.rcv_nxt
+            or unwrap(h.ack, self.snd_una) != self.snd_una
+        ):
+            return False
+        wnd = h.window << self.snd_wscale
+        if seq > self.snd_wl1 or (seq == self.snd_wl1 and (wnd > self.snd_wnd or wnd == 0)):
+            return False
+        return ((self.ts_recent - tsval) & MASK) <= self.recovery.rtt.rto * 1024
 
     def _oow_ack(self, now: float, seg_len: int, seq: int = 0, plen: int = 0) -> None:
         """RFC 9293: an unacceptable segment is answered with an ACK. Empty ones (pure ACKs,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from netstack.drops import Drop
 from tests.unit.tcp.tcptools import (
     LOCAL_ISN,
     REMOTE_ISN,
@@ -304,6 +305,27 @@ def test_reordered_duplicate_acks_survive_paws() -> None:
     for tsval in (5003, 5001, 5002):  # the 2nd and 3rd arrive with older timestamps
         t.send(seg(seq=R, ack=L, ts=(tsval, 0)))
     assert conn.recovery.dupacks == 3 and conn.recovery.ca_state == "recovery"
+
+
+def test_an_overtaken_dupack_with_a_smaller_window_survives_paws() -> None:
+    """Issue 11 (about 40 PAWS drops a second under jitter): Linux's tcp_disordered_ack
+    exempts a pure duplicate ACK at RCV.NXT that would not update the window
+    (tcp_may_update_window: SND.WL1 == SEG.SEQ and the window is not larger) with a TSval
+    within the RTO of TS.Recent. The receiver's window moves between its dupacks, so the
+    overtaken one often carries a smaller window than the one already taken: it is processed
+    (before: only an identical window was exempt, the rest dropped by PAWS). Once in, RFC
+    9293's window update applies (a change of window: not a dupack by RFC 5681's definition)."""
+    t, conn = established_passive(timestamps=True)
+    conn.ts_ok = True
+    conn.ts_recent = 5000
+    sent_segments(t, conn, 6)
+    t.recv()
+    t.send(seg(seq=R, ack=L, window=65535, ts=(5003, 0)))
+    assert conn.recovery.dupacks == 1
+    t.send(seg(seq=R, ack=L, window=64000, ts=(5001, 0)))  # sent earlier, overtaken
+    assert t.counters.drops.get(Drop.TCP_PAWS, 0) == 0 and conn.snd_wnd == 64000
+    t.send(seg(seq=R, ack=L, window=64000, ts=(4000, 0)))  # more than the RTO behind
+    assert t.counters.drops[Drop.TCP_PAWS] == 1
 
 
 def test_icmp_errors_on_an_established_connection_are_soft() -> None:
