@@ -58,6 +58,7 @@ SACK_BLOCK_LEN = 8
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
 SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
 OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
+KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
 
 # An ACK owed to one arriving segment, sent at the flush point (after the application read,
 # so that its window is current): (ACK number, its SACK blocks as on the wire). The blocks
@@ -428,6 +429,14 @@ class Connection:
             # close (Linux's tcp_fin_timeout), and tell the application we are done.
             self.close_at = self.engine.now + self.config.fin_wait2_timeout
             self.lost_pending = True
+        elif new is S.FIN_WAIT_2 and not self.keepalive:
+            # Half-closed, the application still reading: the peer may send for as long as
+            # it likes, but nothing of ours is in flight to notice that it has gone. Linux
+            # waits forever here unless SO_KEEPALIVE is on. Our choice: after
+            # fin_wait2_timeout of silence, keepalive probes (keepalive_interval, _count),
+            # on even when keepalive is off; a live peer answers them (RFC 9293 3.8.4) and
+            # keeps the connection, a gone one is reclaimed with ETIMEDOUT.
+            self.keepalive_at = self.engine.now + self.config.fin_wait2_timeout
         self.engine.state_changed(self, old, new)
 
     def _event(self, event: Event) -> None:
@@ -1311,10 +1320,15 @@ class Connection:
         self.persist_at = now + self._persist_interval()
 
     def _on_keepalive(self, now: float) -> None:
-        """RFC 9293 3.8.4: after `keepalive_idle` of silence, probe; give up after `count`."""
-        if not self.keepalive or self.state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_2):
+        """RFC 9293 3.8.4: after `keepalive_idle` of silence, probe; give up after `count`.
+        A half-closed FIN_WAIT_2 is probed with keepalive off too (see _set_state)."""
+        state = self.state
+        fin_wait_2 = state is S.FIN_WAIT_2 and not self.app_closed
+        if not (self.keepalive or fin_wait_2) or state not in KEEPALIVE_STATES:
             return
         idle, interval, count = self.ka_params
+        if not self.keepalive:
+            idle = self.config.fin_wait2_timeout
         if self.ka_probes == 0 and now - self.last_rx < idle:
             self.keepalive_at = self.last_rx + idle  # traffic since: wait on
             return
