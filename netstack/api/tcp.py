@@ -145,6 +145,14 @@ class TcpTransport:
         """TCP_NODELAY: turn Nagle's algorithm off (on by default)."""
         self._conn.set_nodelay(on)
 
+    def set_buffer_sizes(self, send: int | None = None, receive: int | None = None) -> None:
+        """SO_SNDBUF / SO_RCVBUF for this connection (see Connection.set_buffer_sizes)."""
+        self._conn.set_buffer_sizes(send, receive)
+
+    def get_buffer_sizes(self) -> tuple[int, int]:
+        """(send buffer, receive buffer) sizes in bytes."""
+        return self._conn.sndbuf.capacity, self._conn.rcv_buf_size
+
     def set_keepalive(
         self,
         on: bool = True,

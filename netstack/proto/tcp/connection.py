@@ -58,7 +58,17 @@ SACK_BLOCK_LEN = 8
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
 SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
 OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
+MIN_BUFFER = 4608  # smallest SO_SNDBUF/SO_RCVBUF taken (Linux's SOCK_MIN_SNDBUF)
 KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
+# tcp_info's numbering (include/net/tcp_states.h, tcp_ca_state in include/uapi/linux/tcp.h).
+LINUX_STATE = {
+    State.ESTABLISHED: 1, State.SYN_SENT: 2, State.SYN_RECEIVED: 3, State.FIN_WAIT_1: 4,
+    State.FIN_WAIT_2: 5, State.TIME_WAIT: 6, State.CLOSED: 7, State.CLOSE_WAIT: 8,
+    State.LAST_ACK: 9, State.LISTEN: 10, State.CLOSING: 11,
+}  # fmt: skip
+LINUX_CA_STATE = {"open": 0, "recovery": 3, "loss": 4}
+# States in which the peer's FIN has been received (it counts in RCV.NXT, not as a byte).
+FIN_SEEN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING, State.TIME_WAIT)
 
 # An ACK owed to one arriving segment, sent at the flush point (after the application read,
 # so that its window is current): (ACK number, its SACK blocks as on the wire). The blocks
@@ -174,6 +184,7 @@ class Connection:
         "sndbuf",
         "soft_error",
         "state",
+        "stats",
         "syn_pending",
         "syn_retransmitted",
         "syn_sent_at",
@@ -281,6 +292,9 @@ class Connection:
         self.challenge: TokenBucket | None = None
         self.oow_at = -1e9  # when we last answered an empty out-of-window segment
         self.from_cookie = False
+        # tcp_info counters: segs_in, segs_out, data_segs_in, data_segs_out, bytes_sent,
+        # bytes_retrans, total_retrans (a list: one slot, not seven, per connection)
+        self.stats = [0, 0, 0, 0, 0, 0, 0]
 
     def __repr__(self) -> str:
         from netstack.wire.ipv4 import ip_to_str
@@ -477,6 +491,10 @@ class Connection:
     def segment(self, h: TcpHeader, payload: memoryview, now: float) -> None:
         self.last_rx = now
         self.ka_probes = 0
+        stats = self.stats
+        stats[0] += 1
+        if len(payload):
+            stats[2] += 1
         state = self.state
         if state is S.SYN_SENT:
             self._rx_syn_sent(h, payload, now)
@@ -929,8 +947,12 @@ class Connection:
             self.window_check = False
         else:
             ack = 0
+        stats = self.stats
+        stats[1] += 1
         if payload:
             self.quickack.on_data_sent(now, self.config.delayed_ack)
+            stats[3] += 1
+            stats[4] += len(payload)
         self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
         self.last_send = now
 
@@ -973,6 +995,7 @@ class Connection:
             self.rcv_adv = self.rcv_nxt + window
             self.last_ack_sent = self.rcv_nxt
             self.ack_now = self.ack_pending = False
+        self.stats[1] += 1
         self.engine.transmit(self, self.iss & MASK, ack, flags, window, b"", options)
         if self.snd_nxt == self.iss:
             self.snd_nxt = self.iss + 1
@@ -1032,6 +1055,8 @@ class Connection:
         self.recovery.retransmitted(r, now)
         self.last_data = now
         self.counters.tcp_retransmitted_segments += 1
+        self.stats[5] += r.end - r.start
+        self.stats[6] += 1
 
     def output(self, now: float) -> None:
         """Send what the state, the windows and the ACK rules allow."""
@@ -1459,6 +1484,27 @@ class Connection:
         elif not on:
             self.keepalive_at = None
 
+    def set_buffer_sizes(self, send: int | None = None, receive: int | None = None) -> None:
+        """SO_SNDBUF / SO_RCVBUF for this connection (None: leave as is), at least MIN_BUFFER.
+
+        send: the most bytes written and not yet acknowledged; a write beyond it takes what
+        fits (the blocking API then blocks). The write limits follow (pause at the size,
+        resume at half). Unlike Linux we do not double the value for bookkeeping overhead:
+        these are payload bytes.
+        receive: the most we advertise. The window scale is chosen from it in the SYN, so a
+        size set after that is advertised within the scale agreed (a larger buffer than
+        0xFFFF << RCV.WSCALE shows as that); a smaller one never moves the right edge left.
+        """
+        if send is not None:
+            cap = max(send, MIN_BUFFER)
+            self.sndbuf.capacity = cap
+            self.write_high = cap
+            self.write_low = cap // 2
+        if receive is not None:
+            self.rcv_buf_size = max(receive, MIN_BUFFER)
+            if self.state is S.SYN_SENT and self.snd_nxt == self.iss and self.config.window_scaling:
+                self.rcv_wscale = self._our_wscale()  # the SYN has not gone out yet
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
             high = self.sndbuf.capacity
@@ -1500,6 +1546,7 @@ class Connection:
 
     # -- introspection ---------------------------------------------------------------------------
     def info(self) -> dict[str, object]:
+        """The stack's own view (seconds, bytes, names) plus Linux's tcp_info fields."""
         rec = self.recovery
         cc = rec.cc
         return {
@@ -1524,4 +1571,80 @@ class Connection:
             "reo_wnd_mult": rec.rack.reo_wnd_mult,
             "loss_probes": rec.tlp_probes,
             "undos": rec.undos,
+            **self.tcp_info(),
+        }
+
+    def tcp_info(self, now: float | None = None) -> dict[str, int]:
+        """Linux's struct tcp_info, field for field where the stack has the quantity
+        (names and units as Linux: tcpi_ prefix, times in microseconds, windows and counts
+        in segments, bytes in bytes), for tools that read `ss -ti` / getsockopt(TCP_INFO).
+        `now` (default: the engine's clock) dates the last_* fields. Not kept: pacing rate,
+        delivery rate and busy/limited times (no pacing here), rcv_rtt, ECN counts."""
+        if now is None:
+            now = self.engine.now
+        rec = self.recovery
+        cc = rec.cc
+        mss = self.mss
+        rtt = rec.rtt
+        board = rec.board
+        sacked = lost = retrans = unacked = 0
+        for r in board:
+            unacked += 1
+            sacked += r.sacked
+            lost += r.lost and not r.sacked
+            retrans += r.rexmit
+        opts = (1 if self.ts_ok else 0) | (2 if self.sack_ok else 0) | (4 if self.wscale_ok else 0)
+        lrcv = self.quickack.lrcvtime
+        stats = self.stats
+
+        def ago(t: float | None) -> int:
+            return int((now - t) * 1000) if t else 0
+
+        def us(t: float | None) -> int:
+            return int(t * 1_000_000) if t is not None else 0
+
+        fin_in = 1 if self.state in FIN_SEEN else 0
+        return {
+            "tcpi_state": LINUX_STATE[self.state],
+            "tcpi_ca_state": LINUX_CA_STATE[rec.ca_state],
+            "tcpi_retransmits": self.rexmt_count,
+            "tcpi_probes": self.probes_out or self.ka_probes,
+            "tcpi_backoff": rtt.backoff,
+            "tcpi_options": opts,
+            "tcpi_snd_wscale": self.snd_wscale,
+            "tcpi_rcv_wscale": self.rcv_wscale,
+            "tcpi_rto": us(rtt.rto),
+            "tcpi_ato": us(self.config.delayed_ack),
+            "tcpi_snd_mss": mss,
+            "tcpi_rcv_mss": self.rcv_seg_mss,
+            "tcpi_unacked": unacked,
+            "tcpi_sacked": sacked,
+            "tcpi_lost": lost,
+            "tcpi_retrans": retrans,
+            "tcpi_last_data_sent": ago(self.last_data),
+            "tcpi_last_data_recv": ago(lrcv),
+            "tcpi_last_ack_recv": ago(self.last_rx),
+            "tcpi_pmtu": self.engine.mss + 40,
+            "tcpi_rcv_ssthresh": max(0, self.rcv_adv - self.rcv_nxt),
+            "tcpi_rtt": us(rtt.srtt),
+            "tcpi_rttvar": us(rtt.rttvar),
+            "tcpi_snd_ssthresh": min(cc.ssthresh // mss, 0x7FFFFFFF) if cc else 0,
+            "tcpi_snd_cwnd": cc.cwnd // mss if cc else 0,
+            "tcpi_advmss": self.rcv_mss,
+            "tcpi_reordering": rec.dupthresh,
+            "tcpi_rcv_space": self.rcv_buf_size,
+            "tcpi_total_retrans": stats[6],
+            "tcpi_bytes_acked": max(0, self.snd_una - self.iss - 1),
+            "tcpi_bytes_received": max(0, self.rcv_nxt - self.irs - 1 - fin_in),
+            "tcpi_segs_out": stats[1],
+            "tcpi_segs_in": stats[0],
+            "tcpi_notsent_bytes": max(0, self.snd_base + self.sndbuf.end - self.snd_nxt),
+            "tcpi_min_rtt": us(rec.rack.min_rtt),
+            "tcpi_data_segs_in": stats[2],
+            "tcpi_data_segs_out": stats[3],
+            "tcpi_bytes_sent": stats[4],
+            "tcpi_bytes_retrans": stats[5],
+            "tcpi_reord_seen": int(rec.rack.reord),
+            "tcpi_snd_wnd": self.snd_wnd,
+            "tcpi_rcv_wnd": max(0, self.rcv_adv - self.rcv_nxt),
         }

@@ -223,3 +223,28 @@ def test_psh_ends_each_write_even_when_cwnd_holds_back_the_next() -> None:
         sent += flags_of(t.recv())
     pushed = [n for n, f in sent if f & PSH]
     assert pushed == [49, 59]
+
+
+def test_tcp_info_has_linux_fields_and_units() -> None:
+    """conn.info() carries Linux's struct tcp_info fields (tcpi_*, microseconds, segments)."""
+    t, conn = established_passive()
+    conn.send(b"z" * (3 * MSS))
+    t.engine.flush(t.now)
+    t.recv()
+    t.now += 0.05
+    t.send(seg(seq=R, ack=L + MSS, payload=b"hello"))
+    info = conn.info()
+    assert info["tcpi_state"] == 1 and info["tcpi_ca_state"] == 0
+    assert info["tcpi_unacked"] == 2 and info["tcpi_snd_mss"] == MSS
+    assert info["tcpi_snd_cwnd"] == 10  # IW10; not grown: application-limited (as Linux)
+    assert info["tcpi_rtt"] == int(conn.recovery.rtt.srtt * 1e6) > 0  # microseconds
+    assert info["tcpi_rto"] == 200_000  # the RTO floor, 200 ms
+    assert info["tcpi_bytes_acked"] == MSS and info["tcpi_bytes_received"] == 5
+    assert info["tcpi_bytes_sent"] == 3 * MSS and info["tcpi_data_segs_out"] == 3
+    assert info["tcpi_segs_in"] == 2 and info["tcpi_data_segs_in"] == 1  # handshake ACK too
+    assert info["tcpi_total_retrans"] == 0 and info["tcpi_notsent_bytes"] == 0
+    t.advance(conn.recovery.rtt.rto)
+    info = conn.info()
+    assert info["tcpi_ca_state"] == 4 and info["tcpi_retransmits"] == 1
+    assert info["tcpi_total_retrans"] == 1 and info["tcpi_bytes_retrans"] == MSS
+    assert info["tcpi_backoff"] == 1 and info["tcpi_lost"] == 2 and info["tcpi_retrans"] == 1
