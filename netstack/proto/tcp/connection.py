@@ -45,7 +45,7 @@ from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
-from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
+from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
     from netstack.proto.tcp.engine import Listener, TcpEngine
@@ -165,6 +165,7 @@ class Connection:
         "rcv_mss",
         "rcv_nxt",
         "rcv_seg_mss",
+        "rcv_up",
         "rcv_wscale",
         "rcvbuf",
         "reading_paused",
@@ -177,6 +178,7 @@ class Connection:
         "snd_nxt",
         "snd_sml",
         "snd_una",
+        "snd_up",
         "snd_wl1",
         "snd_wl2",
         "snd_wnd",
@@ -193,6 +195,7 @@ class Connection:
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
+        "urgent_pending",
         "user",
         "window_check",
         "write_high",
@@ -229,6 +232,11 @@ class Connection:
         self.rcv_nxt = self.rcv_adv = 0
         self.last_ack_sent = 0
         self.syn_window = 0
+        # Urgent data (RFC 9293 3.8.5, RFC 6093): the sequence number just after the urgent
+        # data, ours to send (0: none) and the peer's (None: none seen); reported, not
+        # separated: urgent bytes stay in the stream (inline, like Linux's SO_OOBINLINE).
+        self.snd_up = 0
+        self.rcv_up: int | None = None
         # options
         self.snd_wscale = self.rcv_wscale = 0
         self.wscale_ok = False
@@ -270,6 +278,7 @@ class Connection:
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
+        self.urgent_pending = False  # the peer's urgent pointer advanced: tell the handler
         self.quickack = QuickAck(cfg.quick_acks)  # Linux quick-ACK, ping-pong (ackpolicy.py)
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
@@ -599,6 +608,8 @@ class Connection:
         self._process_ack(h, ack, seq, plen, now)
         if self.state is S.CLOSED:
             return
+        if flags & URG and self.state in RECEIVING:
+            self._rcv_urgent(seq + h.urgent)  # RFC 9293 3.10.7.4 sixth: the URG bit
         if plen or flags & FIN:
             self._process_data(h, seq, payload, now)
 
@@ -840,6 +851,24 @@ class Connection:
             self.ack_now = True  # a FIN beyond a hole
         self.engine.touch(self)
 
+    def _rcv_urgent(self, up: int) -> None:
+        """RCV.UP <- max(RCV.UP, SEG.UP). SEG.UP points just past the urgent data (RFC 6093
+        section 3, RFC 9293 MUST-31: sequence number + urgent pointer); the application
+        hears of it when it advances (MUST-32), as the stream offset where urgent data
+        ends, and reads the bytes inline (RFC 6093 4: new applications SHOULD NOT rely on
+        urgent data; Linux's SO_OOBINLINE semantics, never one byte taken out-of-band)."""
+        if up <= self.rcv_nxt - self.rcvbuf.queued:
+            return  # already read past it: nothing urgent left
+        if self.rcv_up is None or up > self.rcv_up:
+            self.rcv_up = up
+            self.urgent_pending = True
+            self.engine.touch(self)
+
+    def urgent_mark(self) -> int | None:
+        """Stream offset (bytes from the start of the peer's data) just past the latest
+        urgent data, or None when none was signalled."""
+        return None if self.rcv_up is None else self.rcv_up - self.irs - 1
+
     def _last_ack_owed(self) -> int:
         points = self.ack_points
         return points[-1][0] if points else self.last_ack_sent
@@ -949,11 +978,18 @@ class Connection:
             ack = 0
         stats = self.stats
         stats[1] += 1
+        urgent = 0
+        if self.snd_up > seq and not flags & RST:
+            # RFC 9293 3.8.5: URG on every segment sent before the urgent data's end, the
+            # pointer = its offset from SEG.SEQ (past the urgent data, RFC 6093); beyond
+            # what 16 bits hold, 0xFFFF (as Linux's tcp_options_write caller does).
+            flags |= URG
+            urgent = min(self.snd_up - seq, 0xFFFF)
         if payload:
             self.quickack.on_data_sent(now, self.config.delayed_ack)
             stats[3] += 1
             stats[4] += len(payload)
-        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
+        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options, urgent)
         self.last_send = now
 
     def _sack_option(
@@ -1406,6 +1442,15 @@ class Connection:
                 self.handler.on_pause_writing()
         return taken
 
+    def send_urgent(self, data) -> int:
+        """Queue bytes as urgent data (RFC 9293 3.8.5; Linux's send(MSG_OOB)): the urgent
+        pointer moves past them and every segment until then carries URG. Returns how many
+        bytes the send buffer took; the pointer covers those."""
+        taken = self.send(data)
+        if taken:
+            self.snd_up = self.snd_base + self.sndbuf.end
+        return taken
+
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 CLOSE on the send side): a FIN after the queued data."""
         if self.fin_queued or self.state is S.CLOSED:
@@ -1525,6 +1570,12 @@ class Connection:
         if self.made_pending:
             self.made_pending = False
             h.on_established()
+        if self.urgent_pending:
+            self.urgent_pending = False
+            on_urgent = getattr(h, "on_urgent", None)  # optional in Handler
+            mark = self.urgent_mark()
+            if on_urgent is not None and mark is not None:
+                on_urgent(mark)
         rb = self.rcvbuf
         if rb.queued and not self.app_closed:
             self.window_check = True

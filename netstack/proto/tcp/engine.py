@@ -279,10 +279,11 @@ class TcpEngine:
         window: int,
         payload,
         options: TcpOptions | None,
+        urgent: int = 0,
     ) -> None:
         header = wtcp.build(
             self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-            seq, ack, flags, window, payload, options=options,
+            seq, ack, flags, window, payload, options=options, urgent=urgent,
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
