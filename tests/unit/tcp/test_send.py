@@ -248,3 +248,17 @@ def test_tcp_info_has_linux_fields_and_units() -> None:
     assert info["tcpi_ca_state"] == 4 and info["tcpi_retransmits"] == 1
     assert info["tcpi_total_retrans"] == 1 and info["tcpi_bytes_retrans"] == MSS
     assert info["tcpi_backoff"] == 1 and info["tcpi_lost"] == 2 and info["tcpi_retrans"] == 1
+
+
+def test_the_offload_seam_sends_multi_mss_segments_counted_in_mss() -> None:
+    """config.tso_max (the TSO seam): one segment of up to tso_max (a whole number of MSS)
+    per send, within cwnd and the window; the scoreboard keeps it as one record whose
+    segments RACK, the probe timer and PRR count in MSS (pcount, as Linux's tcp_skb_pcount)."""
+    t, conn = established_passive(tso_max=65535 - 40)
+    conn.send(b"z" * (12 * MSS))
+    t.engine.flush(t.now)
+    segs = t.recv()
+    assert [(len(s.payload), s.flags) for s in segs] == [(10 * MSS, ACK)]  # IW10 in one
+    assert len(conn.recovery.board) == 1
+    t.send(ack(10 * MSS))
+    assert [(len(s.payload), s.flags) for s in t.recv()] == [(2 * MSS, ACK | PSH)]
