@@ -589,7 +589,11 @@ class Connection:
         else:
             # RFC 5961 5.2: SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, else ACK and drop.
             if ack > self.snd_nxt:
-                self._challenge_ack(now)  # rate-limited like every RFC 5961 ACK (section 7)
+                # RFC 9293 3.10.7.4 and RFC 5961 5.2: "send an ACK, drop the segment". Linux
+                # drops it silently (tcp_ack: ACK_UNSENT_DATA); we stay with the RFCs, since
+                # the ACK lets a peer that lost sync (or a middlebox's mangled ACK) recover,
+                # and it is rate-limited like every RFC 5961 ACK (section 7).
+                self._challenge_ack(now)
                 self.counters.drop(Drop.TCP_ACK_UNSENT)
                 return
             if ack < self.snd_una - self.max_snd_wnd:
@@ -709,6 +713,9 @@ class Connection:
     # -- ACK (RFC 9293 3.10.7.4 fifth; RFC 5681, 6582, 6675, 6298) ---------------------------
     def _process_ack(self, h: TcpHeader, ack: int, seq: int, plen: int, now: float) -> None:
         # Window update (RFC 9293 3.10.7.4: SND.WL1/SND.WL2 decide whether it is newer).
+        # Kept against Linux, whose tcp_may_update_window takes a segment with the same SEQ
+        # and ACK only if its window is larger (or zero): RFC 9293 makes any such segment
+        # set SND.WND, and RFC 5681's dupack definition (same window) builds on that.
         window_changed = False
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
             wnd = h.window << self.snd_wscale
