@@ -1164,6 +1164,8 @@ class Connection:
             forced = self._send_loss_probe(now)
         owed = rec.take_owed(self.snd_una)
         if owed is not None:
+            if owed.end - owed.start > self.mss:  # one segment of an offloaded one
+                board.split(owed, owed.start + self.mss)
             self._retransmit(owed, now)
             forced = True
         sent = False
@@ -1182,8 +1184,16 @@ class Connection:
                 if r is None:
                     break
                 length = r.end - r.start
-                if length > budget and sent:
-                    break
+                if length > budget:
+                    # A multi-MSS (offloaded) record: resend the whole segments cwnd allows
+                    # (Linux's tcp_retransmit_skb fragments to cwnd's quota); the first one
+                    # goes even when less than a segment is left, as with MSS-sized records.
+                    if sent and budget < self.mss:
+                        break
+                    part = max(budget // self.mss, 1) * self.mss
+                    if part < length:
+                        board.split(r, r.start + part)
+                        length = part
                 self._retransmit(r, now)
                 budget -= length
                 sent = True

@@ -145,6 +145,21 @@ class Scoreboard:
         self._records.append(record)
         return record
 
+    def split(self, r: Sent, at: int) -> Sent:
+        """Cut a live record at sequence `at` (start < at < end), as Linux's tcp_fragment: `r`
+        keeps [start, at), a new record [at, end) with the same marks, send time and order
+        follows it; PSH and FIN stay with the tail. Byte totals do not change. Used to resend
+        part of a multi-MSS (offloaded) segment when cwnd allows less than all of it."""
+        tail = Sent(at, r.end, r.sent_at, r.fin, r.order, r.psh)
+        tail.sacked, tail.lost, tail.rexmit = r.sacked, r.lost, r.rexmit
+        tail.retransmitted = r.retransmitted
+        r.end = at
+        r.fin = r.psh = False
+        records = self._records
+        i = bisect.bisect_left(records, r.start, self._head, len(records), key=_start)
+        records.insert(i + 1, tail)
+        return tail
+
     def retransmitted(self, record: Sent, now: float) -> None:
         """`record` went out again."""
         if record.lost and not record.rexmit and not record.sacked:

@@ -262,3 +262,23 @@ def test_the_offload_seam_sends_multi_mss_segments_counted_in_mss() -> None:
     assert len(conn.recovery.board) == 1
     t.send(ack(10 * MSS))
     assert [(len(s.payload), s.flags) for s in t.recv()] == [(2 * MSS, ACK | PSH)]
+
+
+def test_a_lost_offloaded_segment_is_resent_within_cwnd() -> None:
+    """A 10-MSS offloaded segment is lost: after the RTO (cwnd 1 MSS) one MSS of it goes
+    again, not all ten; each ACK then lets out what slow start allows (Linux fragments the
+    skb to cwnd's quota, tcp_retransmit_skb). Flags: PSH only on the piece that ends it."""
+    t, conn = established_passive(tso_max=65535 - 40)
+    conn.send(b"z" * (10 * MSS))
+    t.engine.flush(t.now)
+    assert [len(s.payload) for s in t.recv()] == [10 * MSS]
+    t.advance(conn.recovery.rtt.rto)
+    assert [(s.seq - L, len(s.payload), s.flags) for s in t.recv()] == [(0, MSS, ACK)]
+    t.send(ack(MSS))  # cwnd 2 MSS: two more
+    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(MSS, 2 * MSS)]
+    t.send(ack(3 * MSS))  # cwnd 4 MSS (RFC 3465 L = 2): four more
+    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(3 * MSS, 4 * MSS)]
+    t.send(ack(7 * MSS))
+    assert [(s.seq - L, len(s.payload), s.flags) for s in t.recv()] == [
+        (7 * MSS, 3 * MSS, ACK | PSH)
+    ]
