@@ -1274,9 +1274,12 @@ class Connection:
             self._send_segment(self.snd_nxt, size, fin, snd_end, now)
             retransmission = False
         else:
-            r = self.recovery.board.last_unsacked()
+            board = self.recovery.board
+            r = board.last_unsacked()
             if r is None:
                 return False
+            if r.end - r.start > self.mss and not r.fin:  # the last MSS of an offloaded one
+                r = board.split(r, r.end - self.mss)  # (Linux's tcp_send_loss_probe)
             self._retransmit(r, now)
             retransmission = True
         self.recovery.probe_sent(retransmission, now)

@@ -365,3 +365,15 @@ def test_a_lone_fin_is_probed_at_the_rto_instead_of_timing_out() -> None:
     assert t.recv_timed() == [(pytest.approx(probe_at), fin_seg(conn, 2))]
     assert conn.recovery.tlp_probes == 1 and t.counters.tcp_timeouts == 0
     assert conn.recovery.cc.cwnd == cwnd
+
+
+def test_a_tail_probe_resends_the_last_mss_of_an_offloaded_segment() -> None:
+    """RFC 8985 7.3 as Linux's tcp_send_loss_probe: the probe is one segment, the last MSS
+    of the last (multi-MSS) segment, keeping its PSH."""
+    t, conn = rtt_conn(tso_max=65535 - 40)
+    conn.send(b"d" * (4 * conn.mss))
+    t.engine.flush(t.now)
+    assert [len(s.payload) for s in t.recv()] == [4 * conn.mss]
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt + TIMEOUT_MIN
+    t.run_until(probe_at)
+    assert t.recv_timed() == [(pytest.approx(probe_at), data_seg(conn, 3, psh=True))]
