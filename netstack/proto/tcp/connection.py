@@ -19,7 +19,8 @@ That one output point is also where delayed ACKs, window updates and Nagle are d
 application writes made while handling a batch piggyback on its ACK. Segments that need an
 ACK of their own (every second full-sized one, out-of-order ones, duplicates: RFC 5681 4.2)
 leave an "ACK point" with the ACK number and SACK blocks of their moment; the flush sends
-them in order, with the window as it is after the application read (see AckPoint).
+them in order, with the window as it is after the application read (see AckPoint). When
+to ACK at once beyond those rules (Linux's quick-ACK mode and ping-pong guess) is ackpolicy.py.
 
 Loss recovery (RTT, scoreboard, RACK-TLP, NewReno, congestion control, undo, and the RTO,
 reordering and probe timers) lives in recovery.py: the connection reports ACKs and timer
@@ -83,7 +84,8 @@ S = State
 
 class Handler(Protocol):
     """Where a connection's application events go (netstack/api/tcp.py adapts these to an
-    asyncio-style Protocol). Every call comes from the engine's dispatch point."""
+    asyncio-style Protocol). Every call comes from the engine's dispatch point. A handler may
+    also define on_urgent(mark) to hear of urgent data (see Connection._rcv_urgent)."""
 
     def on_established(self) -> None: ...
     def on_data(self, data: bytes) -> None: ...
