@@ -87,6 +87,7 @@ class _Endpoint(Protocol):
         self.pending: deque[memoryview] = deque()  # bytes the send buffer could not take yet
         self.after_pending: list[Callable[[], None]] = []  # shutdown/close waiting for them
         self.written = 0  # bytes the engine has taken (cumulative)
+        self.urgent_upto: int | None = None  # MSG_OOB: urgent data ends at this `written`
         self.unread = 0  # bytes posted to the application and not yet credited back
         self.paused = False  # we paused reading (the application's buffer is full)
         self.lost = False
@@ -128,11 +129,13 @@ class _Endpoint(Protocol):
         self._drain()
 
     # -- commands from the application ---------------------------------------------------------
-    def write(self, data: memoryview) -> None:
+    def write(self, data: memoryview, urgent: bool = False) -> None:
         if self.lost:
             self.events.put((EV_WRITE_ERROR, self.exc or BrokenPipeError(errno.EPIPE, "closed")))
             return
         self.pending.append(data)
+        if urgent:
+            self.urgent_upto = self.written + sum(len(d) for d in self.pending)
         self._drain()
 
     def cancel_writes(self) -> None:
@@ -188,6 +191,10 @@ class _Endpoint(Protocol):
                 self.events.put((EV_WRITE_ERROR, err))
                 return
             taken += n
+            upto = self.urgent_upto
+            if upto is not None and self.written + taken >= upto:
+                transport.mark_urgent(self.written + taken - upto)
+                self.urgent_upto = None
             if n < len(data):
                 pending[0] = data[n:]
                 break
@@ -708,8 +715,13 @@ class TcpSocket:
         return sock, peer
 
     # -- sending -----------------------------------------------------------------------------
-    def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        """Block until the engine's send buffer has taken every byte."""
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        """Block until the engine's send buffer has taken every byte. flags: 0 or MSG_OOB
+        (urgent data, RFC 9293 3.8.5: the peer's urgent pointer ends after these bytes, which
+        it reads inline)."""
+        if flags & ~_socket.MSG_OOB:
+            raise OSError(errno.EOPNOTSUPP, "only MSG_OOB is supported")
+        urgent = bool(flags & _socket.MSG_OOB)
         self._check_open()
         self._check_send()
         view = memoryview(data).cast("B")
@@ -721,7 +733,7 @@ class TcpSocket:
         assert endpoint is not None
         target = self._submitted + len(view)
         self._submitted = target
-        self.stack.submit(lambda now: endpoint.write(view))
+        self.stack.submit(lambda now: endpoint.write(view, urgent))
         try:
             self._wait(
                 lambda: self._written >= target or self._write_error is not None,
@@ -733,9 +745,9 @@ class TcpSocket:
         if self._written < target:
             self._raise_write_error()
 
-    def send(self, data: bytes | bytearray | memoryview) -> int:
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         """Like a blocking socket's send: returns once all of `data` is taken (len(data))."""
-        self.sendall(data)
+        self.sendall(data, flags)
         return len(data)
 
     def _check_send(self) -> None:

@@ -126,6 +126,11 @@ class TcpTransport:
             return 0
         return self._conn.send_urgent(data)
 
+    def mark_urgent(self, back: int = 0) -> None:
+        """Urgent data ends `back` bytes before the end of what was written (send(MSG_OOB)
+        of data written in pieces: the blocking facade)."""
+        self._conn.mark_urgent(back)
+
     def writelines(self, chunks: Iterable[Buffer]) -> int:
         total = 0
         for chunk in chunks:

@@ -448,3 +448,26 @@ def test_a_blocking_sendall_blocks_at_the_send_buffer_size(pair: Pair) -> None:
     assert time.monotonic() - start < 1.0
     for s in (client, other, conn, conn2, srv):
         s.abort() if s is not srv else s.close()
+
+
+def test_msg_oob_sends_urgent_data_read_inline(pair: Pair) -> None:
+    """send(MSG_OOB): the urgent pointer ends after those bytes (RFC 9293 3.8.5); the peer
+    reads them inline (SO_OOBINLINE semantics) and learns where they end."""
+    srv = pair.b.socket()
+    srv.bind(("", 7101))
+    srv.listen(4)
+    client = pair.a.create_connection((B_IP, 7101), timeout=5)
+    conn, _ = srv.accept()
+    conn.settimeout(5)
+    client.sendall(b"abc")
+    client.send(b"!", socket.MSG_OOB)
+    assert recv_exactly(conn, 4) == b"abc!"
+    endpoint = conn._endpoint
+    assert endpoint is not None and endpoint.transport is not None
+    mark = pair.b.call(lambda: endpoint.transport.connection.urgent_mark())
+    assert mark == 4
+    with pytest.raises(OSError):
+        client.send(b"x", socket.MSG_PEEK)
+    client.close()
+    conn.close()
+    srv.close()

@@ -1470,8 +1470,12 @@ class Connection:
         bytes the send buffer took; the pointer covers those."""
         taken = self.send(data)
         if taken:
-            self.snd_up = self.snd_base + self.sndbuf.end
+            self.mark_urgent()
         return taken
+
+    def mark_urgent(self, back: int = 0) -> None:
+        """The urgent data ends `back` bytes before the end of what was written so far."""
+        self.snd_up = self.snd_base + self.sndbuf.end - back
 
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 CLOSE on the send side): a FIN after the queued data."""
