@@ -331,22 +331,22 @@ class StackCollector:
                 family.add_metric([state], states.get(state, 0))
             yield family
 
-        dhcp = self._call("dhcp_status", self.dhcp_status)
-        if dhcp is not None:
-            current, seconds_left = dhcp
-            family = GaugeMetricFamily(
-                PREFIX + "dhcp_state",
-                "1 for the DHCP client's current state (RFC 2131; checking: the ARP probe).",
-                labels=["state"],
-            )
-            for state in DHCP_STATES:
-                family.add_metric([state], 1 if state == current else 0)
-            yield family
-            yield GaugeMetricFamily(
-                PREFIX + "dhcp_lease_seconds_left",
-                "Seconds until the DHCP lease expires (0 without a lease; +Inf if infinite).",
-                value=seconds_left,
-            )
+        # Exported with a static address too (all 0), so dashboards and rate() find the series.
+        current, seconds_left = self._call("dhcp_status", self.dhcp_status) or (None, 0.0)
+        family = GaugeMetricFamily(
+            PREFIX + "dhcp_state",
+            "1 for the DHCP client's current state (RFC 2131; checking: the ARP probe); "
+            "all 0 when the address is static.",
+            labels=["state"],
+        )
+        for state in DHCP_STATES:
+            family.add_metric([state], 1 if state == current else 0)
+        yield family
+        yield GaugeMetricFamily(
+            PREFIX + "dhcp_lease_seconds_left",
+            "Seconds until the DHCP lease expires (0 without a lease; +Inf if infinite).",
+            value=seconds_left,
+        )
 
     def _call(self, name: str, hook: Callable[[], object]):  # -> hook's result or None
         try:

@@ -408,7 +408,7 @@ class DhcpClient:
         return max(0.0, base + self.rng.uniform(-1.0, 1.0))
 
     def _secs(self, now: float) -> int:
-        return min(int(now - self._began), 0xFFFF)
+        return max(0, min(int(now - self._began), 0xFFFF))
 
     def _send(self, dst: int, kind: int, now: float, **fields: object) -> None:
         assert self._xid is not None
