@@ -249,7 +249,12 @@ class Stack:
         return f"{ip} (dhcp {dhcp.state.value}, lease {left:.0f}s left)"
 
     def describe(self) -> str:
-        ip = self.address_text()
+        if self.config.dhcp:
+            return (
+                f"netstack up: address from DHCP ({mac_to_str(self.host.config.mac)}) on "
+                f"{self.link.name} mtu {self.host.config.mtu}; the lease is logged once bound"
+            )
+        ip = self.config.address.ip
         return (
             f"netstack up: {ip} ({mac_to_str(self.host.config.mac)}) on {self.link.name} "
             f"mtu {self.host.config.mtu}; try: ping {ip}, tcpdump -i {self.link.name}"
