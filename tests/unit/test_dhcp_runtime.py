@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,76 @@ def test_dhcp_metric_families() -> None:
     assert static[("netstack_dhcp_state", frozenset({("state", "bound")}))] == 0
     assert "Dhcp:" not in render("http://x/metrics", Snapshot(text, 1.0))
     assert client.state is DhcpState.INIT
+
+
+# -- the Stack: a DHCP exchange over a fake link, STATUS=, the lease file, RELEASE on SIGTERM ----
+def test_stack_with_dhcp_on_a_fake_link(tmp_path: Path) -> None:
+    from netstack.notify import Notifier
+    from netstack.runtime import Stack
+    from netstack.wire import arp as warp
+    from netstack.wire import ethernet as weth
+    from tests.unit.hosttools import PEER_IP, PEER_MAC, udp_frame
+    from tests.unit.test_host_dhcp import dhcp_of
+    from tests.unit.test_notify import FakeClock, FakeLink, Manager
+
+    lease_path = tmp_path / "lease.json"
+    config = build_config(
+        {"address": "dhcp", "dhcp_lease_file": str(lease_path), "metrics_address": "none"}
+    )
+    manager = Manager(tmp_path / "notify.sock")
+    clock = FakeClock(100.0)
+    link = FakeLink()
+    stack = Stack(config, link, clock=clock, notifier=Notifier(manager.env))
+    mac = stack.host.config.mac
+    assert stack.describe().startswith("netstack up: address from DHCP")
+    leased = ip("192.0.2.66")
+
+    def turn(when: float) -> None:
+        """One loop turn with the fake clock at `when`."""
+        clock.now = max(clock.now, when)
+        stack.loop.run_once(timeout=0)
+
+    def reply(kind: int, xid: int) -> None:
+        msg = wdhcp.DhcpMessage(
+            op=wdhcp.OP_REPLY, xid=xid, chaddr=mac, message_type=kind, yiaddr=leased,
+            server_id=PEER_IP, lease_time=600, subnet_mask=0xFFFFFF00,
+        )  # fmt: skip
+        frame = udp_frame(wdhcp.build(msg), 67, 68, dst=0xFFFFFFFF, dst_mac=weth.BROADCAST)
+        link.peer.send(frame)
+        turn(clock.now)
+
+    try:
+        stack.host.start(clock.now, stack.lease_file.load(clock.now))
+        while not link.sent:
+            turn(stack.host.next_deadline())
+        _, _, discover = dhcp_of(link.sent.pop())
+        reply(wdhcp.OFFER, discover.xid)
+        _, _, request = dhcp_of(link.sent.pop())
+        reply(wdhcp.ACK, request.xid)
+        assert "dhcp (checking, no address yet)" in stack.status_line(clock.now)
+        while stack.host.dhcp.state is DhcpState.CHECKING:
+            turn(stack.host.next_deadline())
+        status = [m for m in manager.messages() if m.startswith("STATUS=")]
+        # the lease counts from the REQUEST; the probe took a few seconds of it
+        assert status and re.search(
+            r"up: 192.0.2.66/24 \(dhcp bound, lease 59\ds left\)", status[-1]
+        )
+        assert json.loads(lease_path.read_text())["address"] == "192.0.2.66"
+
+        link.sent.clear()
+        stack.request_shutdown(clock.now)  # SIGTERM: no TCP connections, so RELEASE at once
+        turn(clock.now)
+        arp_request = warp.parse(weth.parse(memoryview(link.sent[-1]))[1])
+        assert arp_request.target_ip == PEER_IP  # the server's MAC first: RELEASE waits for it
+        assert not stack.loop._stop_requested
+        answer = warp.build(warp.OP_REPLY, PEER_MAC, PEER_IP, mac, leased)
+        link.peer.send(weth.build(mac, PEER_MAC, weth.ETHERTYPE_ARP) + answer)
+        turn(clock.now + 0.1)
+        eth, ip_header, release = dhcp_of(link.sent[-1])
+        assert release.message_type == wdhcp.RELEASE and release.ciaddr == leased
+        assert eth.dst == PEER_MAC and ip_header.src == leased and ip_header.dst == PEER_IP
+        turn(clock.now + 0.1)
+        assert stack.loop._stop_requested and not lease_path.exists()
+    finally:
+        stack.close()
+        manager.close()
