@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netstack.counters import Counters
 from netstack.drops import Drop
@@ -466,3 +468,45 @@ def test_release_without_lease_sends_nothing() -> None:
     run.host.take()
     assert not run.client.release(run.now)
     assert not run.host.sent and run.client.next_deadline() is None
+
+
+# -- fuzz: any datagram on port 68, in any state, is handled or a counted drop -------------------
+def _client_in(state: str) -> Run:
+    run = Run()
+    if state == "bound":
+        run.bind()
+        return run
+    run.client.start(run.now)
+    run.run_timers()
+    if state in ("requesting", "checking"):
+        run.offer()
+    if state == "checking":
+        run.ack()
+    return run
+
+
+def _accounted(run: Run) -> int:
+    c = run.counters
+    return c.total_drops() + sum(n for (d, _), n in c.dhcp_messages.items() if d == "rx")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["selecting", "requesting", "checking", "bound"]),
+    st.sampled_from(range(1, 9)),
+    st.lists(st.tuples(st.integers(0, 299), st.integers(0, 255)), max_size=8),
+    st.integers(0, 300),
+)
+def test_mutated_replies_never_raise(state: str, kind: int, flips: list, cut: int) -> None:
+    run = _client_in(state)
+    msg = wdhcp.DhcpMessage(
+        op=wdhcp.OP_REPLY, xid=run.xid(), chaddr=MAC, message_type=kind, yiaddr=OFFERED,
+        server_id=SERVER, lease_time=600, subnet_mask=0xFFFFFF00, routers=(ROUTER,), mtu=1400,
+    )  # fmt: skip
+    raw = bytearray(wdhcp.build(msg))
+    for position, value in flips:
+        raw[position] = value
+    before = _accounted(run)
+    run.client.receive(memoryview(bytes(raw[:cut])), SERVER, run.now)
+    assert _accounted(run) > before  # counted: a message of its type, a drop, or both
+    run.advance_to(run.now + 10_000)  # and the timers still run
