@@ -325,6 +325,7 @@ class Stack:
         client = self.host.dhcp
         assert client is not None
         self.lease_file = LeaseFile(self.config.lease_file(), time.time)
+        self._lease_address: int | None = None
         self.host.on_lease = self._on_lease
         client.on_state = lambda old, new: log.info("dhcp: %s -> %s", old.value, new.value)
         if self.config.dhcp_release:
@@ -344,6 +345,9 @@ class Stack:
         if lease is None:
             log.warning("dhcp: lease lost; no address")
             self.lease_file.forget()
+        elif self._lease_address == lease.address:
+            log.info("dhcp: lease renewed, %ss (T1 %.0fs)", lease.lease_time, lease.renewal_time)
+            self.lease_file.save(lease, now)
         else:
             gateway = "none" if lease.gateway is None else ip_to_str(lease.gateway)
             log.info(
@@ -352,6 +356,7 @@ class Stack:
                 lease.lease_time, lease.renewal_time, lease.rebinding_time,
             )  # fmt: skip
             self.lease_file.save(lease, now)
+        self._lease_address = None if lease is None else lease.address
         self.notifier.status(self.status_line(now))
 
     def dhcp_status(self) -> tuple[str, float] | None:

@@ -156,6 +156,7 @@ class Host:
     # -- internals -------------------------------------------------------------------------
     def _start_dhcp(self, config: DhcpConfig) -> None:
         self.set_address(0, 0, None)
+        self._leased: tuple[int, int, int | None, int | None] | None = None
         self.dhcp = client = DhcpClient(self.config.mac, self, self.counters, self.rng, config)
         self._dhcp_socket = self.udp.bind(
             wdhcp.CLIENT_PORT, lambda data, src, dst, now: client.receive(data, src[0], now)
@@ -178,10 +179,13 @@ class Host:
 
     def dhcp_configure(self, lease: Lease | None, now: float) -> None:
         self.now = now
-        if lease is None:
-            self.set_address(0, 0, None)
-        else:
-            self.set_address(lease.address, lease.prefix_len, lease.gateway, lease.mtu)
+        key = None if lease is None else (lease.address, lease.prefix_len, lease.gateway, lease.mtu)
+        if key != self._leased:  # a renewal with the same terms changes nothing, announces nothing
+            self._leased = key
+            if lease is None:
+                self.set_address(0, 0, None)
+            else:
+                self.set_address(lease.address, lease.prefix_len, lease.gateway, lease.mtu)
         if self.on_lease is not None:
             self.on_lease(lease, now)
 

@@ -113,8 +113,8 @@ class Ipv4Engine:
         """Next hop for `dst`: itself on-link, 0xFFFFFFFF for broadcasts, else the gateway."""
         if self.is_broadcast(dst):
             return BROADCAST_ALL
-        if dst == 0 or dst >> 24 == 127:
-            return None
+        if dst == 0 or dst >> 24 == 127 or not self.config.address:
+            return None  # without an address (DHCP unbound) only broadcasts may leave
         if dst & self.netmask == self.network or dst & 0xF0000000 == 0xE0000000:
             return dst  # on-link (multicast is link-local here: the link maps it to a MAC)
         return self.config.gateway

@@ -136,3 +136,35 @@ def test_lease_loss_removes_the_address() -> None:
     assert lease is not None
     drain(host)
     assert not feed(host, echo_request(b"x", dst=LEASED), lease.expires + 1)
+
+
+def test_nothing_but_broadcasts_leaves_while_unbound() -> None:
+    host = dhcp_host()
+    host.start(0.0)
+    sock = host.udp.bind(5000, lambda *args: None)
+    assert not sock.sendto(b"x", (PEER_IP, 9))  # no address: no route, not an ARP from 0.0.0.0
+    assert host.counters.drops[Drop.IPV4_NO_ROUTE] == 1
+    assert sock.sendto(b"x", (0xFFFFFFFF, 9))
+    assert not [f for f in drain(host) if weth.parse(memoryview(f))[0].ethertype == 0x0806]
+
+
+def test_renewal_with_the_same_terms_announces_nothing() -> None:
+    host = dhcp_host()
+    host.start(0.0)
+    host.poll(host.next_deadline())
+    (_, _, discover) = dhcp_of(drain(host)[0])
+    (frame,) = feed(host, server_reply(wdhcp.OFFER, discover.xid), 0.5)
+    (_, _, request) = dhcp_of(frame)
+    feed(host, server_reply(wdhcp.ACK, request.xid), 0.6)
+    run_probe(host, 0.6)
+    drain(host)
+    t1 = host.dhcp.next_deadline()
+    host.poll(t1)  # T1: the renewal is unicast, so the server's MAC is resolved first
+    (frame,) = drain(host)
+    assert warp.parse(weth.parse(memoryview(frame))[1]).target_ip == PEER_IP
+    answer = warp.build(warp.OP_REPLY, PEER_MAC, PEER_IP, OUR_MAC, LEASED)
+    (frame,) = feed(host, weth.build(OUR_MAC, PEER_MAC, weth.ETHERTYPE_ARP) + answer, t1)
+    eth, ip, renew = dhcp_of(frame)
+    assert eth.dst == PEER_MAC and (ip.src, ip.dst) == (LEASED, PEER_IP)  # unicast renewal
+    assert not feed(host, server_reply(wdhcp.ACK, renew.xid), host.now + 0.1)  # no new ARP
+    assert host.counters.dhcp_renewals == 1 and host.dhcp.state is DhcpState.BOUND
