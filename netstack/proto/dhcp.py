@@ -17,6 +17,16 @@ Choices, where the RFCs leave room: the first acceptable offer is taken; the sta
 slow for one stack starting); a REQUEST (selecting/rebooting) is sent `request_attempts` times
 with the §4.1 backoff, then the client restarts from INIT (for INIT-REBOOT, RFC 2131 §3.2 would
 let it keep the old address until expiry: we do not, the server did not confirm it).
+
+Covered: RFC 2131 §3.1 (allocation), §3.2 and §4.4.2 (INIT-REBOOT), §4.1 (backoff, xid, secs;
+broadcast flag never set: replies unicast to the offered address are taken while unbound),
+§4.3.2 (the three REQUEST forms), §4.4.1 (first offer, ARP check, DECLINE, lease counted from
+the REQUEST), §4.4.5 (T1/T2 defaults, renew/rebind and their retransmission), §4.4.6 (RELEASE);
+RFC 2132 options 1, 3, 26, 50, 51, 53-56, 58, 59, 61; RFC 3396 concatenation; RFC 5227 §2.1.1
+probe and MAX_CONFLICTS rate limit (defence, §2.4, is the ARP engine's). Left out: DHCPINFORM
+(§4.4.3), option overload (RFC 2132 §9.3), RFC 3442 classless routes, DNS and other options the
+stack has no use for, RFC 4361 DUID client ids, choosing between several offers, and the
+second RFC 5227 announcement (one gratuitous ARP is sent when bound).
 """
 
 from __future__ import annotations
