@@ -414,7 +414,8 @@ class DhcpClient:
     def _backoff(self) -> float:
         """RFC 2131 §4.1: 4, 8, 16, ... 64 s, each +/- a uniform second."""
         cfg = self.config
-        base = min(cfg.retransmit_initial * 2**self._attempt, cfg.retransmit_max)
+        doublings = min(self._attempt, 30)  # DISCOVER retries for ever: keep 2**n a small int
+        base = min(cfg.retransmit_initial * 2**doublings, cfg.retransmit_max)
         return max(0.0, base + self.rng.uniform(-1.0, 1.0))
 
     def _secs(self, now: float) -> int:

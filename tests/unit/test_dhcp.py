@@ -190,6 +190,18 @@ def test_discover_retransmission_backoff() -> None:
     assert [msg.secs for _, msg, _ in sent][-1] == int(sent[-1][2] - sent[0][2])
 
 
+def test_discover_for_ever_without_a_server() -> None:
+    """Days without a server: still 64 +/- 1 s apart (and no float overflow in 2**n)."""
+    run = Run()
+    run.client.start(run.now)
+    run.run_timers()
+    run.client._attempt = 5000  # as after ~3.7 days of DISCOVERs
+    run.run_timers()
+    run.run_timers()
+    (_, _, first), (_, _, second) = run.host.take()[-2:]
+    assert 63 <= second - first <= 65
+
+
 def test_request_retransmitted_then_restart() -> None:
     run = Run(request_attempts=3)
     run.client.start(run.now)
