@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.dhcp import DhcpConfig, DhcpState
@@ -168,3 +171,52 @@ def test_renewal_with_the_same_terms_announces_nothing() -> None:
     assert eth.dst == PEER_MAC and (ip.src, ip.dst) == (LEASED, PEER_IP)  # unicast renewal
     assert not feed(host, server_reply(wdhcp.ACK, renew.xid), host.now + 0.1)  # no new ARP
     assert host.counters.dhcp_renewals == 1 and host.dhcp.state is DhcpState.BOUND
+
+
+# -- fuzz: an unbound host takes any frame without raising, and counts it ------------------------
+def _accounted(host: Host) -> int:
+    c = host.counters
+    return (
+        c.total_drops()
+        + c.arp_requests_rx
+        + c.arp_replies_rx
+        + sum(n for (d, _), n in c.dhcp_messages.items() if d == "rx")
+    )
+
+
+_OFFER_XID = 0x01020304
+_UNBOUND_FRAMES = [
+    server_reply(wdhcp.OFFER, _OFFER_XID),
+    server_reply(wdhcp.OFFER, _OFFER_XID, broadcast=True),
+    echo_request(b"x", dst=LEASED),
+    udp_frame(b"x", 5000, 7, dst=0xFFFFFFFF, dst_mac=weth.BROADCAST),
+    weth.build(weth.BROADCAST, PEER_MAC, weth.ETHERTYPE_ARP)
+    + warp.build(warp.OP_REQUEST, PEER_MAC, PEER_IP, bytes(6), LEASED),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(_UNBOUND_FRAMES),
+    st.lists(st.tuples(st.integers(14, 341), st.integers(0, 255)), max_size=6),
+    st.integers(14, 342),
+)
+def test_unbound_host_mutated_frames(frame: bytes, flips: list, cut: int) -> None:
+    host = dhcp_host()
+    host.start(0.0)
+    host.poll(host.next_deadline())  # SELECTING
+    host.dhcp._xid = _OFFER_XID  # as if the DISCOVER had carried it
+    drain(host)
+    raw = bytearray(frame)
+    for position, value in flips:
+        if position < len(raw):
+            raw[position] = value
+    before = _accounted(host)
+    host.receive_batch([memoryview(bytes(raw[:cut]))], 1.0)
+    assert _accounted(host) > before
+    for out in drain(host):  # whatever it sends, it sends as a host without an address
+        eth, rest = weth.parse(memoryview(out))
+        if eth.ethertype == weth.ETHERTYPE_IPV4:
+            assert dhcp_of(out)[1].src == 0
+        else:
+            assert warp.parse(rest).sender_ip == 0
