@@ -289,8 +289,8 @@ SETTINGS: tuple[Setting, ...] = (
         "dhcp_lease_file",
         _optional(_path),
         None,
-        "with address = dhcp: where the lease is remembered for INIT-REBOOT "
-        f"(default: {STATE_DIRECTORY}/dhcp-INTERFACE.json)",
+        "with address = dhcp: where the lease is remembered for INIT-REBOOT; "
+        f"none means {STATE_DIRECTORY}/dhcp-INTERFACE.json",
     ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
