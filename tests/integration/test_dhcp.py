@@ -50,7 +50,9 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, log: Callab
 class Dnsmasq:
     """dnsmasq as the DHCP server on the kernel side of tap0, in the world's namespace."""
 
-    def __init__(self, world: World, workdir: Path, leases: Path) -> None:
+    def __init__(
+        self, world: World, workdir: Path, leases: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.leases = leases
         self.log_path = workdir / "dnsmasq.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -61,6 +63,7 @@ class Dnsmasq:
                 f"--dhcp-range={RANGE[0]},{RANGE[1]},255.255.255.0,2m",
                 "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,100",
                 f"--dhcp-leasefile={leases}", f"--pid-file={workdir / 'dnsmasq.pid'}",
+                *extra,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -91,13 +94,17 @@ def dhcp_run(tmp_path: Path) -> Iterator[Callable[..., tuple[World, Dnsmasq]]]:
     """Start a stack with --address dhcp in a fresh namespace, then dnsmasq beside it."""
     started: list[tuple[World, Dnsmasq]] = []
 
-    def start(name: str, *args: str) -> tuple[World, Dnsmasq]:
+    def start(
+        name: str, *args: str, before: Callable[[World], tuple[str, ...]] | None = None
+    ) -> tuple[World, Dnsmasq]:
+        """`before(world)` runs once the TAP is up and returns extra dnsmasq arguments."""
         workdir = tmp_path / name
         workdir.mkdir()
         world = World(workdir, ("--address", "dhcp", *args), tag="dhcp")
         try:
             world.start()
-            server = Dnsmasq(world, workdir, tmp_path / "dnsmasq.leases")
+            extra = before(world) if before is not None else ()
+            server = Dnsmasq(world, workdir, tmp_path / "dnsmasq.leases", extra)
         except BaseException:
             world.close()
             raise
@@ -181,3 +188,33 @@ def test_lease_ping_renew_keep_then_init_reboot_and_release(
     wait_for("dnsmasq to drop the lease", lambda: not server.lease_of(address), 10, logs)
     assert not lease_file.exists()
     assert "dhcp: lease released" in world.log()
+
+
+def test_address_in_use_is_declined(
+    tmp_path: Path, dhcp_run: Callable[..., tuple[World, Dnsmasq]]
+) -> None:
+    """dnsmasq is made to offer an address the kernel side already owns: the stack's RFC 5227
+    probe gets the kernel's answer, it sends DHCPDECLINE and never takes the address. (dnsmasq
+    broadcasts its replies here, so the client's broadcast path meets a real server too.)"""
+    taken = RANGE[0]
+
+    def occupy(world: World) -> tuple[str, ...]:
+        world.run(["ip", "addr", "add", f"{taken}/24", "dev", world.interface])
+        mac = re.search(r"address from DHCP \(([0-9a-f:]{17})\)", world.log())
+        assert mac, world.log()
+        # --dhcp-broadcast: a reply unicast to the taken address would stay in the kernel
+        return (f"--dhcp-host={mac[1]},{taken}", "--no-ping", "--dhcp-broadcast")
+
+    world, server = dhcp_run(
+        "conflict", "--dhcp-lease-file", str(tmp_path / "lease.json"), before=occupy
+    )
+
+    def logs() -> str:
+        return world.log() + "\n--- dnsmasq ---\n" + server.log()
+
+    wait_for("a DHCPDECLINE", lambda: "DHCPDECLINE" in server.log(), 40, logs)
+    assert "checking -> init" in world.log(), logs()
+    assert not BOUND.search(world.log()), logs()
+    text = stats(world)
+    assert stat(text, "addresses declined") >= 1 and "state bound" not in text, text
+    assert not (tmp_path / "lease.json").exists()
