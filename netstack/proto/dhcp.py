@@ -23,10 +23,10 @@ broadcast flag never set: replies unicast to the offered address are taken while
 §4.3.2 (the three REQUEST forms), §4.4.1 (first offer, ARP check, DECLINE, lease counted from
 the REQUEST), §4.4.5 (T1/T2 defaults, renew/rebind and their retransmission), §4.4.6 (RELEASE);
 RFC 2132 options 1, 3, 26, 50, 51, 53-56, 58, 59, 61; RFC 3396 concatenation; RFC 5227 §2.1.1
-probe and MAX_CONFLICTS rate limit (defence, §2.4, is the ARP engine's). Left out: DHCPINFORM
+probe, §2.3's two announcements ANNOUNCE_INTERVAL apart (the second skipped when T1 is already
+due) and the MAX_CONFLICTS rate limit; defence (§2.4) is the ARP engine's. Left out: DHCPINFORM
 (§4.4.3), option overload (RFC 2132 §9.3), RFC 3442 classless routes, DNS and other options the
-stack has no use for, RFC 4361 DUID client ids, choosing between several offers, and the
-second RFC 5227 announcement (one gratuitous ARP is sent when bound).
+stack has no use for, RFC 4361 DUID client ids, and choosing between several offers.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class DhcpConfig:
     probe_min: float = 1.0  # PROBE_MIN
     probe_max: float = 2.0  # PROBE_MAX
     announce_wait: float = 2.0  # ANNOUNCE_WAIT
+    announce_interval: float = 2.0  # ANNOUNCE_INTERVAL: the second of ANNOUNCE_NUM (2)
     max_conflicts: int = 10  # MAX_CONFLICTS: after this many, ...
     rate_limit_interval: float = 60.0  # ... one attempt per RATE_LIMIT_INTERVAL
     client_id: bytes | None = None  # option 61; default: type 1 (Ethernet) + our MAC
@@ -133,7 +134,11 @@ class DhcpHost(Protocol):
         """An RFC 5227 ARP probe (sender IP 0.0.0.0) for `address`."""
 
     def dhcp_configure(self, lease: Lease | None, now: float) -> None:
-        """Use this lease (again, after a renewal), or stop using any address (None)."""
+        """Use this lease (again, after a renewal), or stop using any address (None); a new
+        address is announced (gratuitous ARP) by the host as it takes it."""
+
+    def dhcp_announce(self, address: int, now: float) -> None:
+        """Announce `address` again (RFC 5227 §2.3's second announcement)."""
 
 
 def classful_prefix(address: int) -> int:
@@ -185,6 +190,7 @@ class DhcpClient:
         self._conflicts = 0  # consecutive declines (RFC 5227 MAX_CONFLICTS)
         self._requested_hint: int | None = None  # requested-IP option for DISCOVER
         self._remembered: Lease | None = None  # INIT-REBOOT's lease
+        self._announce_at: float | None = None  # the second announcement, once newly bound
 
     # -- public API ------------------------------------------------------------------------
     def start(self, now: float, remembered: Lease | None = None) -> None:
@@ -330,9 +336,23 @@ class DhcpClient:
         self._conflicts = 0  # quiet for ANNOUNCE_WAIT after the last probe: the address is ours
         self._candidate = None
         self._bind(cand, now)
+        self._announce_at = now + cfg.announce_interval
+        if self._deadline is None or self._deadline > now:  # unless T1 is already due
+            self._deadline = min(self._announce_at, self._deadline or float("inf"))
 
     def _on_bound(self, now: float) -> None:
-        """T1: renew with the server that gave us the lease (unicast)."""
+        """The second announcement, then T1: renew with the server that gave us the lease
+        (unicast)."""
+        lease = self.lease
+        assert lease is not None
+        if self._announce_at is not None and now >= self._announce_at:
+            self._announce_at = None
+            self.host.dhcp_announce(lease.address, now)
+        if now < lease.t1:
+            next_at = min(lease.t1, self._announce_at or float("inf"))
+            self._deadline = None if next_at == float("inf") else next_at
+            return
+        self._announce_at = None  # T1 came first: renewing talks to the server anyway
         self._xid = self.rng.getrandbits(32)
         self._began = now
         self._set_state(DhcpState.RENEWING)

@@ -177,6 +177,10 @@ class Host:
     def dhcp_probe(self, address: int, now: float) -> None:
         self.arp.probe(address)
 
+    def dhcp_announce(self, address: int, now: float) -> None:
+        if address == self.arp.ip:
+            self.arp.announce(now)
+
     def dhcp_configure(self, lease: Lease | None, now: float) -> None:
         self.now = now
         key = None if lease is None else (lease.address, lease.prefix_len, lease.gateway, lease.mtu)

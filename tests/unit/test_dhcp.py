@@ -31,6 +31,7 @@ class FakeHost:
         self.probes: list[tuple[int, float]] = []
         self.configured: list[Lease | None] = []
         self.last_xid = 0  # of the last message sent, taken or not
+        self.announced: list[tuple[int, float]] = []
 
     def dhcp_send(self, dst: int, payload: bytes, now: float) -> None:
         assert len(payload) >= wdhcp.MIN_MESSAGE_LEN
@@ -43,6 +44,9 @@ class FakeHost:
 
     def dhcp_configure(self, lease: Lease | None, now: float) -> None:
         self.configured.append(lease)
+
+    def dhcp_announce(self, address: int, now: float) -> None:
+        self.announced.append((address, now))
 
     def take(self) -> list[tuple[int, wdhcp.DhcpMessage, float]]:
         out, self.sent = self.sent, []
@@ -164,7 +168,11 @@ def test_full_exchange() -> None:
     assert lease.mtu == 1400 and lease.lease_time == 3600
     assert lease.acquired == sent_at  # the lease counts from the REQUEST (RFC 2131 4.4.1)
     assert lease.t1 == sent_at + 1800 and lease.t2 == sent_at + 3150
-    assert run.client.next_deadline() == lease.t1
+    bound_at = run.now
+    assert run.client.next_deadline() == bound_at + 2.0  # RFC 5227: the second announcement
+    run.run_timers()
+    assert run.host.announced == [(OFFERED, bound_at + 2.0)]
+    assert run.client.next_deadline() == lease.t1 and run.client.state is DhcpState.BOUND
     assert run.counters.dhcp_messages == {
         ("tx", "discover"): 1,
         ("tx", "request"): 1,
@@ -350,6 +358,19 @@ def test_renew_at_t1_unicast_then_bound_again() -> None:
     assert run.client.next_deadline() == new.t1
 
 
+def test_t1_before_the_second_announcement() -> None:
+    """T1 already past when the probe ends (a short T1): renew at once, no late announcement."""
+    run = Run()
+    run.client.start(run.now)
+    run.run_timers()
+    run.offer()
+    run.ack(renewal_time=1, rebinding_time=2000)
+    run.finish_probe()
+    assert run.client.state is DhcpState.RENEWING and not run.host.announced
+    assert run.host.configured[-1].address == OFFERED
+    assert run.host.sent[-1][1].ciaddr == OFFERED  # the renewal went out at once
+
+
 def test_renewing_retransmits_then_rebinds_then_expires() -> None:
     """No answer: REQUESTs at half the time to T2 (>= 60 s), broadcast from T2, expiry -> INIT."""
     run = Run()
@@ -405,7 +426,8 @@ def test_t1_t2_defaults_and_inconsistent_values() -> None:
 def test_infinite_lease_has_no_timers() -> None:
     run = Run()
     lease = run.bind(lease_time=wdhcp.INFINITE_LEASE)
-    assert lease.infinite and run.client.next_deadline() is None
+    run.run_timers()  # the second announcement
+    assert lease.infinite and run.client.next_deadline() is None and run.host.announced
     assert run.client.seconds_left(run.now) == float("inf")
 
 

@@ -161,6 +161,10 @@ def test_renewal_with_the_same_terms_announces_nothing() -> None:
     feed(host, server_reply(wdhcp.ACK, request.xid), 0.6)
     run_probe(host, 0.6)
     drain(host)
+    host.poll(host.dhcp.next_deadline())  # RFC 5227's second announcement, 2 s after the first
+    (frame,) = drain(host)
+    announce = warp.parse(weth.parse(memoryview(frame))[1])
+    assert announce.sender_ip == announce.target_ip == LEASED
     t1 = host.dhcp.next_deadline()
     host.poll(t1)  # T1: the renewal is unicast, so the server's MAC is resolved first
     (frame,) = drain(host)
