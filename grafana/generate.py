@@ -429,6 +429,47 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
         ),
     ),
+    (
+        "DHCP",
+        (
+            Panel(
+                "DHCP client state",
+                "short",
+                ((f"sum by (instance, state) ({sel('netstack_dhcp_state')})", "{{state}}"),),
+                "1 for the current state of the DHCP client (all 0 with a static address).",
+                width=8,
+            ),
+            Panel(
+                "DHCP lease time left",
+                "s",
+                ((sel("netstack_dhcp_lease_seconds_left"), "{{instance}}"),),
+                "Seconds until the lease expires: a saw-tooth renewed at T1; 0 without a lease.",
+                width=8,
+            ),
+            Panel(
+                "DHCP messages, renewals and declines",
+                "cps",
+                (
+                    (
+                        f"sum by (instance, direction, type) "
+                        f"({rate('netstack_dhcp_messages_total')})",
+                        "{{direction}} {{type}} {{instance}}",
+                    ),
+                    (
+                        f"sum by (instance) ({rate('netstack_dhcp_renewals_total')})",
+                        "renewals {{instance}}",
+                    ),
+                    (
+                        f"sum by (instance) ({rate('netstack_dhcp_declines_total')})",
+                        "declines {{instance}}",
+                    ),
+                ),
+                "DHCP messages by type; leases extended; addresses declined after an ARP "
+                "conflict (RFC 5227).",
+                width=8,
+            ),
+        ),
+    ),
 )
 
 

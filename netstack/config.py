@@ -52,6 +52,17 @@ def _interface_address(value: Any) -> ipaddress.IPv4Interface:
     return iface
 
 
+DHCP = "dhcp"  # `address = "dhcp"`: the address comes from a DHCP server
+STATE_DIRECTORY = Path("/var/lib/netstack")  # the systemd unit's StateDirectory=
+
+
+def _address(value: Any) -> ipaddress.IPv4Interface | str:
+    """The stack's address: ADDR/PREFIX, or "dhcp"."""
+    if isinstance(value, str) and value.strip().lower() == DHCP:
+        return DHCP
+    return _interface_address(value)
+
+
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(value: Any) -> Any:
         return None if _is_none(value) else parse(value)
@@ -187,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
         "tap: a TAP device; packet: AF_PACKET on an existing interface",
     ),
     Setting("interface", _ifname, "tap0", "interface to create or attach to"),
-    Setting("address", _interface_address, "192.0.2.2/24", "the stack's own address/prefix"),
+    Setting("address", _address, "192.0.2.2/24", "the stack's own address/prefix, or 'dhcp'"),
     Setting(
         "host_address",
         _optional(_interface_address),
@@ -268,6 +279,19 @@ SETTINGS: tuple[Setting, ...] = (
         "answer SYNs with cookies when a SYN queue is full",
         cli=False,
     ),
+    Setting(
+        "dhcp_release",
+        _bool,
+        True,
+        "with address = dhcp: give the lease back (DHCPRELEASE) on a clean shutdown",
+    ),
+    Setting(
+        "dhcp_lease_file",
+        _optional(_path),
+        None,
+        "with address = dhcp: where the lease is remembered for INIT-REBOOT; "
+        f"none means {STATE_DIRECTORY}/dhcp-INTERFACE.json",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -276,7 +300,7 @@ SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 class Config:
     link: str
     interface: str
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | str  # or DHCP
     host_address: ipaddress.IPv4Interface | None
     gateway: ipaddress.IPv4Address | None
     mtu: int | None
@@ -298,12 +322,25 @@ class Config:
     tcp_receive_buffer: int
     tcp_rto_min: float
     tcp_syncookies: bool
+    dhcp_release: bool
+    dhcp_lease_file: Path | None
+
+    @property
+    def dhcp(self) -> bool:
+        return self.address == DHCP
+
+    def lease_file(self) -> Path:
+        """Where the DHCP lease is remembered."""
+        if self.dhcp_lease_file is not None:
+            return self.dhcp_lease_file
+        return STATE_DIRECTORY / f"dhcp-{self.interface}.json"
 
     def stack_mac(self) -> bytes:
         """The configured MAC, or a stable locally administered one derived from our identity."""
         if self.mac is not None:
             return self.mac
-        digest = hashlib.sha256(f"netstack {self.interface} {self.address.ip}".encode()).digest()
+        ip = DHCP if isinstance(self.address, str) else self.address.ip
+        digest = hashlib.sha256(f"netstack {self.interface} {ip}".encode()).digest()
         return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
 
     def service_ports(self) -> dict[str, int | None]:
@@ -335,6 +372,8 @@ class Config:
                 value = mac_to_str(value)
             lines.append(f"{setting.key} = {'none' if value is None else value}")
         lines.append(f"# mac in use = {mac_to_str(self.stack_mac())}")
+        if self.dhcp:
+            lines.append(f"# dhcp lease file in use = {self.lease_file()}")
         return "\n".join(lines)
 
 
@@ -381,6 +420,11 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
                 f"{source}: bad value for '{setting.key}' ({value!r}): {err}"
             ) from None
     config = Config(**values)
+    if config.dhcp:
+        if config.gateway is not None:
+            raise ConfigError(f"{source}: bad value for 'gateway': with address = dhcp, "
+                              "the gateway comes from the DHCP server")  # fmt: skip
+        return config
     if config.gateway is not None and config.gateway not in config.address.network:
         raise ConfigError(
             f"{source}: bad value for 'gateway' ({config.gateway}): not in {config.address.network}"

@@ -64,6 +64,10 @@ class Counters:
     tcp_syn_cookies_failed: int = 0  # an ACK to a listener that was not a valid cookie
     tcp_challenge_acks: int = 0  # RFC 5961 challenge ACKs sent (after rate limiting)
 
+    # DHCP client (netstack/proto/dhcp.py)
+    dhcp_renewals: int = 0  # leases extended by an ACK while renewing or rebinding
+    dhcp_declines: int = 0  # acknowledged addresses another host answered for (RFC 5227)
+
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(
         default_factory=lambda: Histogram(BATCH_FRAMES_BOUNDS)
@@ -77,6 +81,8 @@ class Counters:
 
     # ICMP messages keyed by (direction, type name), e.g. ("rx", "echo_request").
     icmp: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+    # DHCP messages keyed by (direction, type name), e.g. ("tx", "discover").
+    dhcp_messages: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
     # Every drop, keyed by its reason; the reason carries its layer.
     drops: Counter[Drop] = dataclasses.field(default_factory=Counter)
 

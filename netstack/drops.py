@@ -103,6 +103,17 @@ class Drop(enum.Enum):
     TCP_ICMP_OUT_OF_WINDOW = ("tcp", "icmp_out_of_window")  # RFC 5927 sequence check
     TCP_INTERNAL_ERROR = ("tcp", "internal_error")  # a bug: logged, the connection reset
 
+    # ipv4 while the host has no address yet (DHCP): everything but the DHCP client's datagrams
+    IPV4_NO_ADDRESS = ("ipv4", "no_address")
+    # dhcp (RFC 2131 client)
+    DHCP_TRUNCATED = ("dhcp", "truncated")  # shorter than the 240-byte fixed part
+    DHCP_BAD_COOKIE = ("dhcp", "bad_cookie")  # not the 99.130.83.99 magic cookie
+    DHCP_BAD_HEADER = ("dhcp", "bad_header")  # op not 1/2, or hlen over 16
+    DHCP_BAD_OPTION = ("dhcp", "bad_option")  # overruns the message, or a bad length/value
+    DHCP_NOT_FOR_US = ("dhcp", "not_for_us")  # not a reply, other xid or client hardware address
+    DHCP_UNEXPECTED = ("dhcp", "unexpected")  # a message type the current state does not take
+    DHCP_BAD_LEASE = ("dhcp", "bad_lease")  # unusable offer/ack: address, server id, lease time
+
     @property
     def layer(self) -> str:
         return self.value[0]

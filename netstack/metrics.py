@@ -45,6 +45,20 @@ ICMP_TYPES: tuple[str, ...] = (*sorted(set(ICMP_TYPE_NAMES.values())), "other")
 # TCP connection states (RFC 9293 names, snake_case): the `state` label of
 # netstack_tcp_connections. The TCP engine's tcp_connections_by_state hook returns counts keyed
 # by these names; each is always emitted (0 when absent) so the series exist before TCP does.
+# DHCP client states (netstack/proto/dhcp.py DhcpState values): the `state` label of
+# netstack_dhcp_state, and the type names of netstack_dhcp_messages_total.
+DHCP_STATES = (
+    "init",
+    "selecting",
+    "requesting",
+    "checking",
+    "bound",
+    "renewing",
+    "rebinding",
+    "init_reboot",
+    "rebooting",
+)
+DHCP_TYPES = ("discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "other")
 TCP_STATES = (
     "listen",
     "syn_sent",
@@ -164,6 +178,16 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "tcp_challenge_acks",
     ),
     _single("loop_wakeups", "Returns from epoll_wait (loop turns).", "loop_wakeups"),
+    _single(
+        "dhcp_renewals",
+        "DHCP leases extended by an ACK while renewing (T1) or rebinding (T2).",
+        "dhcp_renewals",
+    ),
+    _single(
+        "dhcp_declines",
+        "DHCP addresses declined: another host answered the ARP probe (RFC 5227).",
+        "dhcp_declines",
+    ),
 )
 
 # (name, help, Counters field) of the per-interface link counters.
@@ -190,6 +214,10 @@ def _no_connections() -> Mapping[str, int]:
     return {}
 
 
+def _no_dhcp() -> tuple[str, float] | None:
+    return None
+
+
 class StackCollector:
     """A prometheus_client custom collector over one stack's Counters and a few gauge hooks.
 
@@ -206,8 +234,10 @@ class StackCollector:
         arp_cache_entries: Callable[[], int] = lambda: 0,
         tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
         version: str = __version__,
+        dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
     ) -> None:
         self.counters = counters
+        self.dhcp_status = dhcp_status  # (state, lease seconds left), None without DHCP
         self.interface = interface
         self.arp_cache_entries = arp_cache_entries
         self.tcp_connections_by_state = tcp_connections_by_state
@@ -270,6 +300,17 @@ class StackCollector:
                 family.add_metric([direction, kind], icmp.get((direction, kind), 0))
         yield family
 
+        dhcp = dict(c.dhcp_messages)
+        family = CounterMetricFamily(
+            PREFIX + "dhcp_messages",
+            "DHCP messages received (rx, for us) and sent (tx), by type.",
+            labels=["direction", "type"],
+        )
+        for direction in DIRECTIONS:
+            for kind in DHCP_TYPES:
+                family.add_metric([direction, kind], dhcp.get((direction, kind), 0))
+        yield family
+
         for name, help, field in HISTOGRAMS:
             yield _histogram(PREFIX + name, help, getattr(c, field))
 
@@ -289,6 +330,23 @@ class StackCollector:
             for state in TCP_STATES:
                 family.add_metric([state], states.get(state, 0))
             yield family
+
+        # Exported with a static address too (all 0), so dashboards and rate() find the series.
+        current, seconds_left = self._call("dhcp_status", self.dhcp_status) or (None, 0.0)
+        family = GaugeMetricFamily(
+            PREFIX + "dhcp_state",
+            "1 for the DHCP client's current state (RFC 2131; checking: the ARP probe); "
+            "all 0 when the address is static.",
+            labels=["state"],
+        )
+        for state in DHCP_STATES:
+            family.add_metric([state], 1 if state == current else 0)
+        yield family
+        yield GaugeMetricFamily(
+            PREFIX + "dhcp_lease_seconds_left",
+            "Seconds until the DHCP lease expires (0 without a lease; +Inf if infinite).",
+            value=seconds_left,
+        )
 
     def _call(self, name: str, hook: Callable[[], object]):  # -> hook's result or None
         try:
@@ -318,6 +376,7 @@ def build_registry(
     interface: str,
     arp_cache_entries: Callable[[], int] = lambda: 0,
     tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
+    dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
 ) -> CollectorRegistry:
     """A fresh registry (never the global default one) with the stack and process collectors."""
     disable_created_metrics()  # no `_created` series: they double the series count for nothing
@@ -328,6 +387,7 @@ def build_registry(
             interface=interface,
             arp_cache_entries=arp_cache_entries,
             tcp_connections_by_state=tcp_connections_by_state,
+            dhcp_status=dhcp_status,
         )
     )
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...

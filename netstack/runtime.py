@@ -23,11 +23,14 @@ from netstack.counters import Counters
 from netstack.io import netlink
 from netstack.io.fault import FaultLink
 from netstack.io.loop import Loop
+from netstack.lease import LeaseFile, ReleaseOnShutdown
 from netstack.logsetup import set_level
 from netstack.notify import Heartbeat, Notifier
 from netstack.pcap import PcapWriter
+from netstack.proto.dhcp import DhcpConfig, DhcpState, Lease
 from netstack.proto.host import Host, HostConfig
 from netstack.wire.ethernet import mac_to_str
+from netstack.wire.ipv4 import ip_to_str
 
 log = logging.getLogger("netstack")
 
@@ -183,11 +186,12 @@ class Stack:
         self.host = Host(
             HostConfig(
                 mac=mac,
-                address=int(config.address.ip),
-                prefix_len=config.address.network.prefixlen,
+                address=0 if config.dhcp else int(config.address.ip),
+                prefix_len=0 if config.dhcp else config.address.network.prefixlen,
                 gateway=int(config.gateway) if config.gateway is not None else None,
                 mtu=mtu,
                 tcp=config.tcp_config(),
+                dhcp=DhcpConfig() if config.dhcp else None,
             ),
             self.counters,
             random.SystemRandom(),
@@ -205,6 +209,9 @@ class Stack:
         self.loop.add_deadline_source(self.host.next_deadline, self._poll)
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
+        self.lease_file: LeaseFile | None = None
+        if self.host.dhcp is not None:
+            self._init_dhcp()
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         self.host.receive_batch(frames, now)
@@ -224,7 +231,29 @@ class Stack:
         assert self.pcap is not None
         self.pcap.write(frame, now)
 
+    def address_text(self) -> str:
+        """The address we answer on: static, or what DHCP has given us (or is doing)."""
+        if not self.config.dhcp:
+            return str(self.config.address.ip)
+        dhcp = self.host.dhcp
+        assert dhcp is not None
+        lease = dhcp.lease
+        if lease is None or dhcp.state not in (
+            DhcpState.BOUND,
+            DhcpState.RENEWING,
+            DhcpState.REBINDING,
+        ):
+            return f"dhcp ({dhcp.state.value}, no address yet)"
+        ip = f"{ip_to_str(lease.address)}/{lease.prefix_len}"
+        left = dhcp.seconds_left(self.loop.now())
+        return f"{ip} (dhcp {dhcp.state.value}, lease {left:.0f}s left)"
+
     def describe(self) -> str:
+        if self.config.dhcp:
+            return (
+                f"netstack up: address from DHCP ({mac_to_str(self.host.config.mac)}) on "
+                f"{self.link.name} mtu {self.host.config.mtu}; the lease is logged once bound"
+            )
         ip = self.config.address.ip
         return (
             f"netstack up: {ip} ({mac_to_str(self.host.config.mac)}) on {self.link.name} "
@@ -233,7 +262,7 @@ class Stack:
 
     def run(self) -> None:
         now = self.loop.now()
-        self.host.start(now)
+        self.host.start(now, self.lease_file.load(now) if self.lease_file is not None else None)
         self._move_tx()
         log.info("%s", self.describe())
         self.loop.call_at(now, self._ready)  # from the first turn: the loop is serving
@@ -278,6 +307,7 @@ class Stack:
             interface=self.link.name,
             arp_cache_entries=self.host.arp.cache_entries,
             tcp_connections_by_state=self.tcp_connections_by_state,
+            dhcp_status=self.dhcp_status,
         )
         try:
             self.metrics = MetricsServer(address.host, address.port, registry)
@@ -290,10 +320,54 @@ class Stack:
             ) from None
         log.info("metrics at %s", self.metrics.url)
 
+    # -- DHCP ----------------------------------------------------------------------------------
+    def _init_dhcp(self) -> None:
+        client = self.host.dhcp
+        assert client is not None
+        self.lease_file = LeaseFile(self.config.lease_file(), time.time)
+        self._lease_address: int | None = None
+        self.host.on_lease = self._on_lease
+        client.on_state = lambda old, new: log.info("dhcp: %s -> %s", old.value, new.value)
+        if self.config.dhcp_release:
+            self.add_closer(
+                ReleaseOnShutdown(
+                    client,
+                    list(self.closers),
+                    self.loop.now,
+                    self.host.arp.queued_packets,
+                    self.lease_file.forget,
+                )
+            )
+
+    def _on_lease(self, lease: Lease | None, now: float) -> None:
+        """The client bound, renewed or lost its lease: remember it, say so."""
+        assert self.lease_file is not None
+        if lease is None:
+            log.warning("dhcp: lease lost; no address")
+            self.lease_file.forget()
+        elif self._lease_address == lease.address:
+            log.info("dhcp: lease renewed, %ss (T1 %.0fs)", lease.lease_time, lease.renewal_time)
+            self.lease_file.save(lease, now)
+        else:
+            gateway = "none" if lease.gateway is None else ip_to_str(lease.gateway)
+            log.info(
+                "dhcp: bound %s/%d gateway %s server %s lease %ss (T1 %.0fs, T2 %.0fs)",
+                ip_to_str(lease.address), lease.prefix_len, gateway, ip_to_str(lease.server_id),
+                lease.lease_time, lease.renewal_time, lease.rebinding_time,
+            )  # fmt: skip
+            self.lease_file.save(lease, now)
+        self._lease_address = None if lease is None else lease.address
+        self.notifier.status(self.status_line(now))
+
+    def dhcp_status(self) -> tuple[str, float] | None:
+        """(state, lease seconds left) for the metrics thread; None without DHCP."""
+        client = self.host.dhcp
+        if client is None:
+            return None
+        return client.state.value, client.seconds_left(self.loop.now())
+
     # -- life as a service ---------------------------------------------------------------------
-    def _init_service(
-        self, notifier: Notifier | None, reload: Callable[[], Config] | None
-    ) -> None:
+    def _init_service(self, notifier: Notifier | None, reload: Callable[[], Config] | None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
         self.reload_config = reload
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.
@@ -323,7 +397,7 @@ class Stack:
         tx_pps = (tx - tx0) / elapsed if elapsed > 0 else 0.0
         state = "stopping" if self.shutdown.started else "up"
         return (
-            f"{state}: {self.config.address.ip} on {self.link.name}, "
+            f"{state}: {self.address_text()} on {self.link.name}, "
             f"{self.host.tcp.connection_count()} connections, "
             f"rx {rx_pps:.0f} pps, tx {tx_pps:.0f} pps"
         )

@@ -176,6 +176,7 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
             out += _icmp(now, before)
         if section == "Tcp":
             out += _tcp_states(now)
+    out += _dhcp(now, before)
     out += _drops(now, before)
     out += _loop(now, before)
     out += _process(now, before)
@@ -191,6 +192,29 @@ def _icmp(now: Snapshot, before: Snapshot | None) -> list[str]:
             text = f"{kind} {DIRECTION_WORDS.get(direction, direction)}"
             rows.append((value, text, _rate(now, before, name, labels)))
     return ["Icmp:", *(_lines(rows) if rows else ["    none"])]
+
+
+def _dhcp(now: Snapshot, before: Snapshot | None) -> list[str]:
+    """Only for a stack whose address comes from DHCP (one netstack_dhcp_state is 1)."""
+    state = next((s for (s,), v in now.by("netstack_dhcp_state", "state").items() if v), None)
+    if state is None:  # a static address: every state is 0
+        return []
+    left = now.value("netstack_dhcp_lease_seconds_left")
+    lines = [f"    state {state}, lease {_number(left)} s left"]
+    rows = [
+        (now.value(name), text, _rate(now, before, name, {}))
+        for text, name in (
+            ("renewals", "netstack_dhcp_renewals_total"),
+            ("addresses declined", "netstack_dhcp_declines_total"),
+        )
+    ]
+    name = "netstack_dhcp_messages_total"
+    for (direction, kind), value in sorted(now.by(name, "direction", "type").items()):
+        if value:
+            labels = {"direction": direction, "type": kind}
+            text = f"{kind} {DIRECTION_WORDS.get(direction, direction)}"
+            rows.append((value, text, _rate(now, before, name, labels)))
+    return ["Dhcp:", *lines, *_lines(rows)]
 
 
 def _tcp_states(now: Snapshot) -> list[str]:

@@ -114,6 +114,9 @@ class ArpEngine:
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, _Entry]] = []
         self._last_defend: float | None = None
+        # Sees every valid ARP packet before it is handled (the DHCP client's RFC 5227 probe
+        # watches for the address it is about to use): watch(packet, now).
+        self.watch: Callable[[warp.ArpPacket, float], None] | None = None
         self._broadcast_header = weth.build(weth.BROADCAST, self.mac, weth.ETHERTYPE_IPV4)
 
     # -- public API ------------------------------------------------------------------------
@@ -132,13 +135,15 @@ class ArpEngine:
         else:
             c.drop(Drop.ARP_BAD_OPCODE)
             return
+        if self.watch is not None:
+            self.watch(pkt, now)
         sender_ip, sender_mac = pkt.sender_ip, pkt.sender_mac
         if weth.is_multicast(sender_mac):
             c.drop(Drop.ARP_BAD_SENDER)
             return
         if sender_ip == 0:
             # RFC 5227 probe: someone checks whether our address is free. Answer to defend it.
-            if pkt.op == warp.OP_REQUEST and pkt.target_ip == self.ip:
+            if pkt.op == warp.OP_REQUEST and pkt.target_ip == self.ip and self.ip:
                 self._send(warp.OP_REPLY, sender_mac, sender_mac, 0)
             else:
                 c.drop(Drop.ARP_BAD_SENDER if pkt.op == warp.OP_REPLY else Drop.ARP_NOT_FOR_US)
@@ -157,7 +162,7 @@ class ArpEngine:
         entry = self._cache.get(sender_ip)
         if entry is not None:
             self._confirm(entry, sender_mac, now)
-        if pkt.target_ip != self.ip:
+        if pkt.target_ip != self.ip or not self.ip:  # no address yet (DHCP): not for us
             if entry is None:
                 c.drop(Drop.ARP_NOT_FOR_US)
             return
@@ -194,6 +199,10 @@ class ArpEngine:
     def announce(self, now: float) -> None:
         """Gratuitous ARP (RFC 5227 announcement): request with sender = target = our address."""
         self._send(warp.OP_REQUEST, weth.BROADCAST, ZERO_MAC, self.ip)
+
+    def probe(self, target_ip: int) -> None:
+        """RFC 5227 probe: is `target_ip` taken? A request with sender IP 0.0.0.0."""
+        self._send(warp.OP_REQUEST, weth.BROADCAST, ZERO_MAC, target_ip, sender_ip=0)
 
     def lookup(self, ip: int) -> bytes | None:
         """The MAC we would send to for `ip` right now, without side effects."""
@@ -233,8 +242,11 @@ class ArpEngine:
         return None
 
     # -- internals -------------------------------------------------------------------------
-    def _send(self, op: int, eth_dst: bytes, target_mac: bytes, target_ip: int) -> None:
-        arp = warp.build(op, self.mac, self.ip, target_mac, target_ip)
+    def _send(
+        self, op: int, eth_dst: bytes, target_mac: bytes, target_ip: int, sender_ip: int = -1
+    ) -> None:
+        sender = self.ip if sender_ip < 0 else sender_ip
+        arp = warp.build(op, self.mac, sender, target_mac, target_ip)
         self.emit((weth.build(eth_dst, self.mac, weth.ETHERTYPE_ARP) + arp + _PAD,))
         if op == warp.OP_REQUEST:
             self.counters.arp_requests_tx += 1

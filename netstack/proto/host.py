@@ -13,14 +13,18 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.arp import ArpConfig, ArpEngine
+from netstack.proto.dhcp import DhcpClient, DhcpConfig, Lease
 from netstack.proto.icmp import IcmpConfig, IcmpEngine
 from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
 from netstack.proto.udp import UdpEngine
+from netstack.wire import arp as warp
+from netstack.wire import dhcp as wdhcp
 from netstack.wire import ethernet as weth
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import udp as wudp
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -37,6 +41,9 @@ class HostConfig:
     arp: ArpConfig = dataclasses.field(default_factory=ArpConfig)
     icmp: IcmpConfig = dataclasses.field(default_factory=IcmpConfig)
     tcp: TcpConfig = dataclasses.field(default_factory=TcpConfig)
+    # Set: the address comes from DHCP (address/prefix_len are then ignored: the host starts
+    # with none and answers only once a lease is bound).
+    dhcp: DhcpConfig | None = None
 
 
 class Host:
@@ -77,13 +84,34 @@ class Host:
             weth.ETHERTYPE_ARP: self.arp.receive,
             weth.ETHERTYPE_IPV4: self._receive_ipv4,
         }
-        self._engines = (self.arp, self.ipv4, self.tcp)
+        self._engines: tuple = (self.arp, self.ipv4, self.tcp)
+        self.dhcp: DhcpClient | None = None
+        self.on_lease: Callable[[Lease | None, float], None] | None = None  # runtime's hook
+        if config.dhcp is not None:
+            self._start_dhcp(config.dhcp)
 
     # -- the loop's entry points ---------------------------------------------------------
-    def start(self, now: float) -> None:
-        """Announce ourselves (gratuitous ARP) so neighbours update stale caches."""
-        self.now = now
-        self.arp.announce(now)
+    def start(self, now: float, lease: Lease | None = None) -> None:
+        """Announce ourselves (gratuitous ARP) so neighbours update stale caches; with DHCP,
+        start the client instead (INIT-REBOOT when `lease` is a remembered one)."""
+        self.now = self.udp.now = now
+        if self.dhcp is not None:
+            self.dhcp.start(now, lease)
+        elif self.ipv4.config.address:
+            self.arp.announce(now)
+
+    def set_address(
+        self, address: int, prefix_len: int, gateway: int | None, mtu: int | None = None
+    ) -> None:
+        """Change the host's IPv4 address at run time (0: none); `mtu` lowers the link MTU."""
+        self.ipv4.set_address(address, prefix_len, gateway)
+        self.arp.ip = address
+        self.tcp.local_ip = address
+        mtu = self.config.mtu if mtu is None else min(mtu, self.config.mtu)
+        self.ipv4.config.mtu = mtu
+        self.tcp.mss = mtu - wipv4.MIN_HEADER_LEN - 20  # as TcpEngine does (RFC 9293 3.7.1)
+        if address:
+            self.arp.announce(self.now)
 
     def receive_batch(self, frames: list[memoryview], now: float) -> None:
         """Handle a batch of received frames; views are valid only during this call."""
@@ -126,6 +154,45 @@ class Host:
         return min(deadlines) if deadlines else None
 
     # -- internals -------------------------------------------------------------------------
+    def _start_dhcp(self, config: DhcpConfig) -> None:
+        self.set_address(0, 0, None)
+        self._leased: tuple[int, int, int | None, int | None] | None = None
+        self.dhcp = client = DhcpClient(self.config.mac, self, self.counters, self.rng, config)
+        self._dhcp_socket = self.udp.bind(
+            wdhcp.CLIENT_PORT, lambda data, src, dst, now: client.receive(data, src[0], now)
+        )
+        self.ipv4.unbound_filter = _is_dhcp_reply
+        self.arp.watch = self._arp_seen
+        self._engines = (*self._engines, client)
+
+    def _arp_seen(self, pkt: warp.ArpPacket, now: float) -> None:
+        assert self.dhcp is not None
+        self.dhcp.arp_seen(pkt.op, pkt.sender_mac, pkt.sender_ip, pkt.target_ip, now)
+
+    # DhcpHost: what the DHCP client asks of us
+    def dhcp_send(self, dst: int, payload: bytes, now: float) -> None:
+        self.udp.now = now
+        self._dhcp_socket.sendto(payload, (dst, wdhcp.SERVER_PORT))
+
+    def dhcp_probe(self, address: int, now: float) -> None:
+        self.arp.probe(address)
+
+    def dhcp_announce(self, address: int, now: float) -> None:
+        if address == self.arp.ip:
+            self.arp.announce(now)
+
+    def dhcp_configure(self, lease: Lease | None, now: float) -> None:
+        self.now = now
+        key = None if lease is None else (lease.address, lease.prefix_len, lease.gateway, lease.mtu)
+        if key != self._leased:  # a renewal with the same terms changes nothing, announces nothing
+            self._leased = key
+            if lease is None:
+                self.set_address(0, 0, None)
+            else:
+                self.set_address(lease.address, lease.prefix_len, lease.gateway, lease.mtu)
+        if self.on_lease is not None:
+            self.on_lease(lease, now)
+
     def _receive_ipv4(self, eth: weth.EthernetHeader, payload: memoryview, now: float) -> None:
         self.ipv4.receive(payload, now)
 
@@ -142,3 +209,14 @@ class Host:
                 handler(
                     wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_HOST_UNREACHABLE, header, payload, now
                 )
+
+
+def _is_dhcp_reply(header: wipv4.Ipv4Header, payload: memoryview) -> bool:
+    """Unfragmented UDP to port 68: what the host takes before it has an address."""
+    return (
+        header.protocol == wipv4.PROTO_UDP
+        and not header.more_fragments
+        and not header.frag_offset
+        and len(payload) >= wudp.HEADER_LEN
+        and int.from_bytes(payload[2:4], "big") == wdhcp.CLIENT_PORT
+    )

@@ -69,13 +69,11 @@ class Ipv4Engine:
         self.config = config
         self.counters = counters
         self.link_send = link_send
-        self.netmask = (0xFFFFFFFF << (32 - config.prefix_len)) & 0xFFFFFFFF
-        self.network = config.address & self.netmask
-        # RFC 3021: /31 and /32 have no broadcast address.
-        self.subnet_broadcast: int | None = (
-            self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
-        )
+        self._set_subnet()
         self.icmp_error: IcmpError | None = None
+        # While the host has no address (address 0: DHCP not yet bound) only the datagrams this
+        # accepts are delivered, whatever their destination (the DHCP client's, on UDP 68).
+        self.unbound_filter: Callable[[wipv4.Ipv4Header, memoryview], bool] | None = None
         self._handlers: dict[int, Handler] = {}
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
@@ -86,6 +84,25 @@ class Ipv4Engine:
         )
 
     # -- addresses and routes --------------------------------------------------------------
+    def set_address(self, address: int, prefix_len: int, gateway: int | None) -> None:
+        """Change our address at run time (DHCP); 0 means none: only `unbound_filter`'s
+        datagrams are then delivered."""
+        if not 0 <= prefix_len <= 32:
+            raise ValueError(f"prefix length {prefix_len} out of range")
+        self.config.address = address
+        self.config.prefix_len = prefix_len
+        self.config.gateway = gateway
+        self._set_subnet()
+
+    def _set_subnet(self) -> None:
+        config = self.config
+        self.netmask = (0xFFFFFFFF << (32 - config.prefix_len)) & 0xFFFFFFFF
+        self.network = config.address & self.netmask
+        # RFC 3021: /31 and /32 have no broadcast address.
+        self.subnet_broadcast: int | None = (
+            self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
+        )
+
     def is_local(self, dst: int) -> bool:
         return dst == self.config.address
 
@@ -96,8 +113,8 @@ class Ipv4Engine:
         """Next hop for `dst`: itself on-link, 0xFFFFFFFF for broadcasts, else the gateway."""
         if self.is_broadcast(dst):
             return BROADCAST_ALL
-        if dst == 0 or dst >> 24 == 127:
-            return None
+        if dst == 0 or dst >> 24 == 127 or not self.config.address:
+            return None  # without an address (DHCP unbound) only broadcasts may leave
         if dst & self.netmask == self.network or dst & 0xF0000000 == 0xE0000000:
             return dst  # on-link (multicast is link-local here: the link maps it to a MAC)
         return self.config.gateway
@@ -130,7 +147,13 @@ class Ipv4Engine:
         if self._bad_source(header.src, dst):
             c.drop(Drop.IPV4_BAD_SOURCE)
             return
-        if dst != self.config.address and dst != BROADCAST_ALL and dst != self.subnet_broadcast:
+        address = self.config.address
+        if not address:
+            accept = self.unbound_filter
+            if accept is None or not accept(header, payload):
+                c.drop(Drop.IPV4_NO_ADDRESS)
+                return
+        elif dst != address and dst != BROADCAST_ALL and dst != self.subnet_broadcast:
             c.drop(Drop.IPV4_NOT_FOR_US)
             return
         if header.more_fragments or header.frag_offset:
@@ -184,7 +207,13 @@ class Ipv4Engine:
         self._ident = (ident + 1) & 0xFFFF
         if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
             header = wipv4.build(
-                src, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
+                src,
+                dst,
+                protocol,
+                length,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
                 dont_fragment=dont_fragment,
             )
             c.ipv4_tx += 1
@@ -210,8 +239,15 @@ class Ipv4Engine:
                     index += 1
                     pos = 0
             header = wipv4.build(
-                src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
-                more_fragments=offset + size < length, frag_offset=offset,
+                src,
+                dst,
+                protocol,
+                size,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
+                more_fragments=offset + size < length,
+                frag_offset=offset,
             )
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1
