@@ -159,6 +159,7 @@ LIVE_SETTINGS: dict[str, str] = {
     "pcap_max_bytes": "_apply_pcap",
     "pcap_max_files": "_apply_pcap",
     "shutdown_timeout": "_apply_shutdown_timeout",
+    "forward": "_apply_front",
 }
 
 
@@ -205,6 +206,7 @@ class Stack:
         self.loop.add_deadline_source(self.host.next_deadline, self._poll)
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
+        self._start_front()
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         self.host.receive_batch(frames, now)
@@ -219,6 +221,23 @@ class Stack:
         if tx:
             self.loop.tx(self.link).extend(tx)
             tx.clear()
+
+    def push_tx(self) -> None:
+        """Send what applications queued outside a receive batch or timer (a UDP sendto from
+        a kernel-socket callback): it goes out at the end of this loop turn."""
+        self._move_tx()
+
+    def _start_front(self) -> None:
+        """Forwards and the SOCKS front (netstack/front): kernel programs through the stack."""
+        from netstack.front.front import Front
+        from netstack.front.port import StackPort
+
+        port = StackPort(self.loop, self.host.tcp, self.host.udp, self.config.address, self.push_tx)
+        self.front = Front(port, self.config)
+        self.add_closer(self.front)
+
+    def _apply_front(self) -> None:
+        self.front.apply(self.config)
 
     def _capture(self, direction: str, frame, now: float) -> None:
         assert self.pcap is not None
@@ -252,6 +271,7 @@ class Stack:
         if self.pcap is not None:
             self.pcap.close()
             self.pcap = None
+        self.front.close()
         self.link.close()
         self.notifier.close()
 
@@ -279,6 +299,9 @@ class Stack:
             arp_cache_entries=self.host.arp.cache_entries,
             tcp_connections_by_state=self.tcp_connections_by_state,
         )
+        from netstack.metrics import FrontCollector
+
+        registry.register(FrontCollector(self.front.stats))
         try:
             self.metrics = MetricsServer(address.host, address.port, registry)
         except OSError as err:
@@ -291,9 +314,7 @@ class Stack:
         log.info("metrics at %s", self.metrics.url)
 
     # -- life as a service ---------------------------------------------------------------------
-    def _init_service(
-        self, notifier: Notifier | None, reload: Callable[[], Config] | None
-    ) -> None:
+    def _init_service(self, notifier: Notifier | None, reload: Callable[[], Config] | None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
         self.reload_config = reload
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.
