@@ -33,6 +33,9 @@ class Front:
     # -- Closer ----------------------------------------------------------------------------------
     def begin_shutdown(self, now: float) -> None:
         self.port.enter(now)
+        for fwd in self.forwards.active.values():
+            if fwd.spec.proto == "udp":  # no connections to finish: flows end now
+                fwd.stop_listening()
         if self.socks is not None:
             self.socks.stop_listening()
 
