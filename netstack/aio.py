@@ -123,8 +123,11 @@ class _LoopSide(Protocol):
     # engine callbacks (loop thread)
     def connection_made(self, transport: TcpTransport) -> None:  # type: ignore[override]
         self.t = transport
-        self._post(self.target._made, transport.get_extra_info("sockname"),
-                   transport.get_extra_info("peername"))  # fmt: skip
+        self._post(
+            self.target._made,
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+        )
 
     def data_received(self, data: bytes) -> None:
         self._post(self.target._data, data)

@@ -293,8 +293,9 @@ class Forwards:
             def expire(now: float) -> None:
                 self.port.enter(now)
                 if fwd.busy():
-                    log.warning("forward %s: sessions left after %ss reset", fwd.spec.name,
-                                drain_timeout)  # fmt: skip
+                    log.warning(
+                        "forward %s: sessions left after %ss reset", fwd.spec.name, drain_timeout
+                    )
                     fwd.abort_all("removed")
                 with contextlib.suppress(ValueError):
                     self.draining.remove(fwd)

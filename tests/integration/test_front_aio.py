@@ -59,8 +59,11 @@ def _wait_log(proc: subprocess.Popen, log: Path, word: str, timeout: float) -> s
 def _wait_kernel_side(ns: str, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "tap0"],
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", "tap0"],
+            capture_output=True,
+            text=True,
+        ).stdout
         if HOST_IP in out:
             return
         time.sleep(0.05)
@@ -93,8 +96,12 @@ def test_asyncio_echo_server_200_clients(tmp_path: Path) -> None:
             results = list(pool.map(client, range(200)))
         assert all(results), f"{results.count(False)} of 200 clients got wrong bytes"
         # a real program too: nc
-        out = subprocess.run(["ip", "netns", "exec", ns, "nc", "-N", "-w", "10", STACK_IP, "7007"],
-                             input=b"hello asyncio\n", capture_output=True, timeout=30)  # fmt: skip
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, "nc", "-N", "-w", "10", STACK_IP, "7007"],
+            input=b"hello asyncio\n",
+            capture_output=True,
+            timeout=30,
+        )
         assert out.stdout == b"hello asyncio\n"
         assert b"Traceback" not in (tmp_path / "app.log").read_bytes()
     finally:

@@ -190,8 +190,11 @@ def test_half_close_target_first(fworld: World, half_target: HalfCloseTarget) ->
         tail = os.urandom(300_000)
         sock.sendall(tail)
         sock.shutdown(socket.SHUT_WR)
-        wait_for(lambda: len(half_target.received) >= 1 and half_target.received[-1][:1] == b"B",
-                 10, "target to read to EOF")  # fmt: skip
+        wait_for(
+            lambda: len(half_target.received) >= 1 and half_target.received[-1][:1] == b"B",
+            10,
+            "target to read to EOF",
+        )
     assert half_target.received[-1] == b"B" + tail
 
 

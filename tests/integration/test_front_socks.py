@@ -1,0 +1,272 @@
+"""The SOCKS5 front with real programs: curl --socks5 out through the stack to an http.server
+on the kernel side of the TAP, UDP ASSOCIATE through a kernel UDP echo, and bad clients."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_front_forward import listening, metric, wait_for
+from tests.integration.world import HOST_IP, World, can_run_world, have_tools, running_world
+
+pytestmark = pytest.mark.integration
+
+ok, why = can_run_world()
+if not ok:
+    pytest.skip(why, allow_module_level=True)
+
+FILE_SIZE = 24 * 2**20
+SOCKS = ("127.0.0.1", 1080)
+CONFIG = """
+[socks]
+listen = "127.0.0.1:1080"
+handshake_timeout = 1.0
+max_sessions = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def sworld(tmp_path_factory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("socks")
+    config = workdir / "netstack.toml"
+    config.write_text(CONFIG)
+    with running_world(workdir, "--config", str(config), "--pcap", "none", tag="sk") as world:
+        wait_for(lambda: listening(world, 1080), 10, "the SOCKS listener")
+        yield world
+
+
+def socks_metric(world: World, reason: str) -> float:
+    return metric(world, "netstack_socks_errors_total", reason=reason)
+
+
+def client(world: World, timeout: float = 10) -> socket.socket:
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(SOCKS)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def request(world: World, cmd: int, ip: str, port: int) -> tuple[socket.socket, bytes]:
+    """No-auth greeting, then CMD to ip:port; returns the socket and the 10-byte reply."""
+    sock = client(world)
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exactly(sock, 2) == b"\x05\x00"
+    sock.sendall(
+        b"\x05" + bytes([cmd]) + b"\x00\x01" + socket.inet_aton(ip) + struct.pack("!H", port)
+    )
+    return sock, recv_exactly(sock, 10)
+
+
+@pytest.mark.skipif(not have_tools("curl"), reason="no curl")
+def test_curl_socks5_download(sworld: World, tmp_path: Path) -> None:
+    """curl --socks5 to http.server on 192.0.2.1 (the kernel side): same bytes."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "file.bin").write_bytes(os.urandom(FILE_SIZE))
+    server = sworld.popen(
+        [sys.executable, "-m", "http.server", "8000", "--bind", HOST_IP, "-d", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: listening(sworld, 8000), 15, "http.server")
+        out = tmp_path / "got.bin"
+        result = sworld.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "90",
+                "--socks5",
+                "127.0.0.1:1080",
+                "-o",
+                str(out),
+                f"http://{HOST_IP}:8000/file.bin",
+            ],
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        want = hashlib.sha256((root / "file.bin").read_bytes()).hexdigest()
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == want
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert metric(sworld, "netstack_socks_bytes_total", direction="from_target") >= FILE_SIZE
+    assert metric(sworld, "netstack_socks_requests_total", command="connect") >= 1
+
+
+def test_connect_leaves_from_the_stack_address(sworld: World) -> None:
+    """While a CONNECT is open, `ss` on the kernel side shows its peer as 192.0.2.2."""
+    listener = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST_IP, 8001))
+    listener.listen(1)
+    listener.settimeout(10)
+    with listener:
+        sock, reply = request(sworld, 1, HOST_IP, 8001)
+        with sock:
+            assert reply[:2] == b"\x05\x00", reply
+            assert socket.inet_ntoa(reply[4:8]) == sworld.stack_ip
+            conn, peer = listener.accept()
+            with conn:
+                assert peer[0] == sworld.stack_ip
+                out = sworld.run(["ss", "-Htn", "state", "established", "sport = :8001"]).stdout
+                assert f"{sworld.stack_ip}:" in out, out
+                sock.sendall(b"ping")
+                assert recv_exactly(conn, 4) == b"ping"
+                conn.sendall(b"pong")
+                assert recv_exactly(sock, 4) == b"pong"
+                conn.shutdown(socket.SHUT_WR)  # half-close comes through as EOF
+                assert sock.recv(10) == b""
+                sock.sendall(b"after")
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_exactly(conn, 5) == b"after"
+
+
+def test_destination_outside_allow_list(sworld: World) -> None:
+    """198.51.100.1 is beyond the on-link network: reply 2, counted."""
+    before = socks_metric(sworld, "not_allowed")
+    sock, reply = request(sworld, 1, "198.51.100.1", 80)
+    with sock:
+        assert reply[:2] == b"\x05\x02"
+        assert sock.recv(10) == b""  # then closed
+    assert socks_metric(sworld, "not_allowed") == before + 1
+
+
+def test_refused_destination(sworld: World) -> None:
+    """Nobody listens at 192.0.2.1:8009: the kernel's RST becomes reply 5."""
+    before = socks_metric(sworld, "refused")
+    sock, reply = request(sworld, 1, HOST_IP, 8009)
+    with sock:
+        assert reply[:2] == b"\x05\x05"
+    assert socks_metric(sworld, "refused") == before + 1
+
+
+def test_udp_associate_echo(sworld: World) -> None:
+    """UDP ASSOCIATE: datagrams go out from the stack to a kernel UDP echo and come back
+    with the echo's address in the SOCKS header."""
+    echo = sworld.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind((HOST_IP, 9999))
+    echo.settimeout(10)
+    peers: list[tuple[str, int]] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(3):
+                data, addr = echo.recvfrom(65535)
+                peers.append(addr)
+                echo.sendto(data, addr)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ctrl, reply = request(sworld, 3, "0.0.0.0", 0)
+    udp = sworld.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(10)
+    try:
+        assert reply[:2] == b"\x05\x00", reply
+        relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+        header = b"\x00\x00\x00\x01" + socket.inet_aton(HOST_IP) + struct.pack("!H", 9999)
+        for size in (1, 1400, 8000):
+            payload = os.urandom(size)
+            udp.sendto(header + payload, relay)
+            data, _ = udp.recvfrom(65535)
+            assert data[:10] == header
+            assert data[10:] == payload
+        assert {p[0] for p in peers} == {sworld.stack_ip}
+    finally:
+        udp.close()
+        ctrl.close()
+        echo.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "expect"),
+    [
+        (b"\x04\x01\x00\x50\xc0\x00\x02\x01\x00", "bad_version", b""),  # SOCKS4
+        (
+            b"\x05\x01\x00" + b"\x05\x01\x00\x07\x01\x02\x03\x04\x00\x50",
+            "bad_address_type",
+            b"\x05\x00\x05\x08",
+        ),
+        (
+            b"\x05\x01\x00" + b"\x05\x01\x00\x03\x0bexample.com\x00\x50",
+            "hostname_refused",
+            b"\x05\x00\x05\x08",
+        ),
+        (
+            b"\x05\x01\x00" + b"\x05\x02\x00\x01\xc0\x00\x02\x01\x00\x50",
+            "bad_command",
+            b"\x05\x00\x05\x07",
+        ),
+        (b"\x05\x01\x02", "no_acceptable_method", b"\x05\xff"),
+        (b"\x05\x01\x00" + b"\x05\x01\x00\x03\xff" + b"A" * 4000, "oversized", b""),
+    ],
+    ids=["wrong-version", "bad-atyp", "hostname", "bind", "needs-auth", "oversized"],
+)
+def test_malformed_requests(sworld: World, data: bytes, reason: str, expect: bytes) -> None:
+    """Each gets its reply (if the protocol has one), then the connection is closed."""
+    before = socks_metric(sworld, reason)
+    sock = client(sworld)
+    with sock:
+        sock.sendall(data)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                got += chunk
+    assert got[: len(expect)] == expect, got
+    if reason == "oversized":
+        assert got == b"", got
+    wait_for(lambda: socks_metric(sworld, reason) == before + 1, 5, f"{reason} counted")
+
+
+def test_truncated_and_stalled_handshakes(sworld: World) -> None:
+    """A client that closes mid-handshake is counted as truncated; clients that never finish
+    are closed after handshake_timeout (1 s here), all of them, and counted."""
+    before = socks_metric(sworld, "truncated")
+    sock = client(sworld)
+    sock.sendall(b"\x05\x02\x00")  # promises two methods, sends one, gives up
+    sock.close()
+    wait_for(lambda: socks_metric(sworld, "truncated") == before + 1, 5, "truncated counted")
+
+    before = socks_metric(sworld, "handshake_timeout")
+    stalled = [client(sworld) for _ in range(20)]
+    start = time.monotonic()
+    for i, sock in enumerate(stalled):
+        sock.sendall(b"\x05\x01\x00"[: i % 3])
+    for sock in stalled:
+        with sock:
+            sock.settimeout(10)
+            data = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(100):
+                    data += chunk
+            assert data in (b"", b"\x05\x00")
+    assert time.monotonic() - start < 6
+    wait_for(lambda: socks_metric(sworld, "handshake_timeout") == before + 20, 5, "timeouts")
+    wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 0, 5, "sessions gone")
+
+
+def test_log_is_clean(sworld: World) -> None:
+    assert "Traceback" not in sworld.log() and "callback failed" not in sworld.log()
