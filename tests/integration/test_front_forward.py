@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ FORWARDS = (
     "udp:5201=127.0.0.1:5201",  # iperf3 UDP data
     "tcp:81=127.0.0.1:8081",  # nobody listens: RST
     "tcp:82=127.0.0.1:8082",  # half-close target (in-process)
+    "tcp:83=127.0.0.1:8083",  # flooding target (in-process)
 )
 
 
@@ -241,3 +243,76 @@ def test_iperf3_udp(fworld: World) -> None:
 
 def test_log_is_clean(fworld: World) -> None:
     assert not re.search(r"Traceback|callback failed", fworld.log()), fworld.log()[-3000:]
+
+
+@pytest.mark.skipif(not have_tools("promtool"), reason="no promtool")
+def test_front_metrics_pass_promtool(fworld: World) -> None:
+    text = fworld.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
+    assert 'netstack_forward_errors_total{forward="tcp:81",proto="tcp",reason="refused"}' in text
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_flooding_target_is_bounded(fworld: World) -> None:
+    """A target that writes as fast as it can to a client that does not read: the stack reads
+    the target only as far as its send buffer has room, so its memory stays put; the client's
+    reset then reaches the target as ECONNRESET."""
+    target = fworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    target.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    target.bind(("127.0.0.1", 8083))
+    target.listen(1)
+    target.settimeout(10)
+    sent = [0]
+    outcome: list[BaseException] = []
+    stalled = threading.Event()
+
+    def flood() -> None:
+        conn, _ = target.accept()
+        conn.settimeout(1.0)
+        block = os.urandom(65536)
+        try:
+            while True:
+                sent[0] += conn.send(block)
+        except TimeoutError:
+            stalled.set()  # everything on the way is full
+        conn.settimeout(10)
+        try:
+            while True:
+                conn.send(block)
+                time.sleep(0.05)
+        except OSError as err:
+            outcome.append(err)
+        conn.close()
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    rss_before = metric(fworld, "process_resident_memory_bytes")
+    errors_before = metric(
+        fworld, "netstack_forward_errors_total", forward="tcp:83", reason="client_reset"
+    )
+    client = fworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    client.connect((fworld.stack_ip, 83))
+    try:
+        assert stalled.wait(30), "the flood never stalled: something buffers without bound"
+        held = sent[0]
+        rss_after = metric(fworld, "process_resident_memory_bytes")
+        # kernel socket buffers + the stack's 512 KiB send buffer + the client's window
+        assert held < 16 * 2**20, held
+        assert rss_after - rss_before < 32 * 2**20, (rss_before, rss_after)
+    finally:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+    thread.join(15)
+    target.close()
+    assert outcome and isinstance(outcome[0], ConnectionResetError | BrokenPipeError), outcome
+    wait_for(
+        lambda: (
+            metric(fworld, "netstack_forward_errors_total", forward="tcp:83", reason="client_reset")
+            == errors_before + 1
+        ),
+        5,
+        "client_reset counted",
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -29,6 +30,8 @@ if not ok:
 FILE_SIZE = 24 * 2**20
 SOCKS = ("127.0.0.1", 1080)
 CONFIG = """
+shutdown_timeout = 2
+
 [socks]
 listen = "127.0.0.1:1080"
 handshake_timeout = 1.0
@@ -43,6 +46,7 @@ def sworld(tmp_path_factory) -> Iterator[World]:
     config.write_text(CONFIG)
     with running_world(workdir, "--config", str(config), "--pcap", "none", tag="sk") as world:
         wait_for(lambda: listening(world, 1080), 10, "the SOCKS listener")
+        world.config_path = config  # type: ignore[attr-defined]
         yield world
 
 
@@ -266,6 +270,116 @@ def test_truncated_and_stalled_handshakes(sworld: World) -> None:
     assert time.monotonic() - start < 6
     wait_for(lambda: socks_metric(sworld, "handshake_timeout") == before + 20, 5, "timeouts")
     wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 0, 5, "sessions gone")
+
+
+def _kernel_listener(world: World, port: int, host: str = "127.0.0.1") -> socket.socket:
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(8)
+    sock.settimeout(10)
+    return sock
+
+
+def _reload(world: World, extra: str) -> None:
+    mark = world.log().count("reload")
+    world.config_path.write_text(CONFIG + extra)  # type: ignore[attr-defined]
+    assert world.proc is not None
+    world.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: world.log().count("reload") > mark, 10, "the reload")
+
+
+def _stack_conn(world: World, port: int) -> socket.socket:
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect((world.stack_ip, port))
+    return sock
+
+
+def test_reload_adds_and_removes_forwards(sworld: World) -> None:
+    """SIGHUP adds a forward (with max_connections = 2); removing it stops new connections at
+    once while the open one keeps working until shutdown_timeout (2 s) has passed."""
+    target = _kernel_listener(sworld, 8084)
+    _reload(
+        sworld,
+        '\n[[forward]]\nproto = "tcp"\nlisten = 84\nto = "127.0.0.1:8084"\nmax_connections = 2\n',
+    )
+    wait_for(lambda: "forward tcp:84" in sworld.log(), 5, "the new forward")
+    held = [_stack_conn(sworld, 84) for _ in range(2)]
+    conns = [target.accept()[0] for _ in range(2)]
+    over = _stack_conn(sworld, 84)  # the third: over the limit, reset
+    with over, pytest.raises((ConnectionResetError, ConnectionRefusedError)):
+        over.recv(1)
+    assert metric(sworld, "netstack_forward_errors_total", forward="tcp:84", reason="limit") == 1
+
+    _reload(sworld, "")  # the forward is gone
+    wait_for(lambda: "forward tcp:84 removed" in sworld.log(), 5, "the removal")
+    late = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    late.settimeout(5)
+    with late, pytest.raises(ConnectionRefusedError):
+        late.connect((sworld.stack_ip, 84))
+    held[0].sendall(b"still here")  # the open ones go on
+    assert recv_exactly(conns[0], 10) == b"still here"
+    conns[1].sendall(b"and back")
+    assert recv_exactly(held[1], 8) == b"and back"
+    start = time.monotonic()
+    with pytest.raises(ConnectionResetError):  # reset once shutdown_timeout is over
+        while held[0].recv(100):
+            pass
+    assert time.monotonic() - start < 5
+    for sock in [*held, *conns, target]:
+        sock.close()
+    assert "SOCKS5 on" in sworld.log()  # the SOCKS front was not touched by the reloads
+    sock, reply = request(sworld, 1, HOST_IP, 8009)
+    with sock:
+        assert reply[:2] == b"\x05\x05"
+
+
+AUTH_CONFIG = """
+[socks]
+listen = "0.0.0.0:1081"
+username = "alice"
+password = "s3cret"
+"""
+
+
+def test_username_password_auth(tmp_path: Path) -> None:
+    """RFC 1929 when configured (required off loopback): no creds -> 0xFF, wrong password ->
+    status 1 and close, right ones -> a working CONNECT."""
+    config = tmp_path / "auth.toml"
+    config.write_text(AUTH_CONFIG)
+    with running_world(tmp_path, "--config", str(config), "--pcap", "none", tag="sa") as world:
+        wait_for(lambda: listening(world, 1081), 10, "the SOCKS listener")
+
+        def greet(methods: bytes) -> tuple[socket.socket, bytes]:
+            sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", 1081))
+            sock.sendall(b"\x05" + bytes([len(methods)]) + methods)
+            return sock, recv_exactly(sock, 2)
+
+        sock, answer = greet(b"\x00")
+        with sock:
+            assert answer == b"\x05\xff"
+        sock, answer = greet(b"\x00\x02")
+        with sock:
+            assert answer == b"\x05\x02"
+            sock.sendall(b"\x01\x05alice\x05wrong")
+            assert recv_exactly(sock, 2) == b"\x01\x01"
+            assert sock.recv(10) == b""
+        assert metric(world, "netstack_socks_errors_total", reason="auth_failed") == 1
+        target = _kernel_listener(world, 8085, HOST_IP)
+        sock, answer = greet(b"\x02")
+        with sock, target:
+            sock.sendall(b"\x01\x05alice\x06s3cret")
+            assert recv_exactly(sock, 2) == b"\x01\x00"
+            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(HOST_IP) + struct.pack("!H", 8085))
+            assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+            conn, peer = target.accept()
+            with conn:
+                assert peer[0] == world.stack_ip
+                sock.sendall(b"hi")
+                assert recv_exactly(conn, 2) == b"hi"
 
 
 def test_log_is_clean(sworld: World) -> None:
