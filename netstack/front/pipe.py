@@ -86,6 +86,7 @@ class TcpPipe(Protocol):
         self.reading = False  # kernel reader registered
         self.writing = False  # kernel writer registered
         self.ended = False
+        self._flush_soon = False  # a _flush_turn is scheduled
         self.last_active = port.loop.now()
         self._idle_timer = None
         self._arm_idle(self.last_active)
@@ -118,25 +119,24 @@ class TcpPipe(Protocol):
             transport.pause_reading()  # nothing to send it to yet: let the window close
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.port.loop.now()
+        # Gathered and written once per loop turn: a receive batch brings many segments, and
+        # one send() per segment would cost more than the copy.
         self.on_bytes(len(data), 0)
-        if self.out or self.sock is None:
-            self.out += data
-        else:
-            try:
-                n = self.sock.send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError as err:
-                self._kernel_failed(err)
-                return
-            if n < len(data):
-                self.out += memoryview(data)[n:]
-        if self.out:
-            if self.sock is not None:
-                self._set_writing(True)
-            if len(self.out) >= HIGH_WATER and self.transport is not None:
-                self.transport.pause_reading()
+        self.out += data
+        if not self._flush_soon and self.sock is not None and not self.writing:
+            self._flush_soon = True
+            self.port.loop.call_at(0.0, self._flush_turn)  # due at once: this turn's end
+        if len(self.out) >= HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _flush_turn(self, now: float) -> None:
+        self._flush_soon = False
+        if self.ended:
+            return
+        self.last_active = now
+        self.port.enter(now)
+        self._flush_out()
+        self._maybe_finish()
 
     def eof_received(self) -> bool:
         self.stack_eof = True
@@ -204,6 +204,7 @@ class TcpPipe(Protocol):
             transport.write(data)
 
     def _on_writable(self, now: float) -> None:
+        self.last_active = now
         self.port.enter(now)
         self._flush_out()
         self._maybe_finish()
