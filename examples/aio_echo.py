@@ -3,6 +3,7 @@
     sudo ip netns add demo && sudo ip -n demo link set lo up
     sudo ip netns exec demo python examples/aio_echo.py --port 7007 &
     echo hello | sudo ip netns exec demo nc -N 192.0.2.2 7007
+    echo hello | sudo ip netns exec demo nc -u -w1 192.0.2.2 7007     # the UDP echo
 
 The stack comes up on tap0 as 192.0.2.2 (kernel side 192.0.2.1), runs its loop in a
 background thread, and the handler is plain asyncio stream code.
@@ -27,8 +28,17 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     await writer.wait_closed()
 
 
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
 async def serve(port: int) -> None:
     server = await netstack.aio.start_server(echo, port=port)
+    await netstack.aio.create_datagram_endpoint(UdpEcho, local_addr=("", port))  # UDP echo too
     print("READY", flush=True)
     async with server:
         await server.serve_forever()

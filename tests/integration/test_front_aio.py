@@ -70,6 +70,41 @@ def _wait_kernel_side(ns: str, timeout: float = 15) -> None:
     raise AssertionError("tap0 never got its kernel-side address")
 
 
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _check_backpressure(ns: str, pid: int) -> None:
+    """A client that writes but does not read: the echo handler's drain() blocks, so it stops
+    reading, the stack's window closes and the client's send stalls -- with the app's memory
+    bounded. Then the client reads everything back, exact."""
+    sock = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect((STACK_IP, 7007))
+    rss_before = _rss(pid)
+    block = os.urandom(65536)
+    sent = bytearray()
+    sock.settimeout(2.0)
+    with sock:
+        try:
+            while len(sent) < 256 << 20:
+                n = sock.send(block)
+                sent += block[:n]
+        except TimeoutError:
+            pass  # stalled: everything on the way is full
+        assert len(sent) < 32 << 20, f"{len(sent)} bytes went in before the flow stopped"
+        assert _rss(pid) - rss_before < 48 << 20
+        sock.settimeout(30)
+        sock.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+    assert got == sent
+
+
 def test_asyncio_echo_server_200_clients(tmp_path: Path) -> None:
     ns = new_netns_name("aio")
     netns_add(ns)
@@ -103,6 +138,15 @@ def test_asyncio_echo_server_200_clients(tmp_path: Path) -> None:
             timeout=30,
         )
         assert out.stdout == b"hello asyncio\n"
+        # the datagram endpoint: a UDP echo on the same port
+        udp = ns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(5)
+        with udp:
+            for size in (1, 1400, 9000):
+                payload = os.urandom(size)
+                udp.sendto(payload, (STACK_IP, 7007))
+                assert udp.recvfrom(65535) == (payload, (STACK_IP, 7007))
+        _check_backpressure(ns, proc.pid)
         assert b"Traceback" not in (tmp_path / "app.log").read_bytes()
     finally:
         if proc is not None:
