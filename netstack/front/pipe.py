@@ -201,7 +201,11 @@ class TcpPipe(Protocol):
                 return
             self.last_active = now
             self.on_bytes(0, len(data))
-            transport.write(data)
+            try:
+                transport.write(data)
+            except OSError:  # the stack side closed for sending (SIGTERM's close, ...)
+                self._set_reading(False)  # its connection_lost ends the pipe
+                return
 
     def _on_writable(self, now: float) -> None:
         self.last_active = now

@@ -43,6 +43,7 @@ CONNECT_TIMEOUT = 10.0
 ACCEPTS_PER_WAKEUP = 64
 UDP_BATCH = 64
 UDP_MAX = 65535
+UDP_PAYLOAD_MAX = 65507  # what one IPv4 UDP datagram carries
 
 REPLY_FOR = {  # a failed CONNECT's reason -> its reply code
     "refused": s5.REP_CONNECTION_REFUSED,
@@ -403,6 +404,9 @@ class _UdpAssociation:
                 continue
             if header.frag != 0 or header.address.atyp != s5.ATYP_IPV4:
                 stats.error("bad_address_type" if header.frag == 0 else "other")
+                continue
+            if len(payload) > UDP_PAYLOAD_MAX:
+                stats.error("oversized")
                 continue
             ip = ipaddress.IPv4Address(header.address.host)
             if not self.server.allowed(ip):

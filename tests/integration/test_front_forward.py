@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.front_helpers import listening, metric, wait_for
 from tests.integration.world import World, can_run_world, have_tools, running_world
 
 pytestmark = pytest.mark.integration
@@ -40,32 +41,8 @@ FORWARDS = (
     "tcp:81=127.0.0.1:8081",  # nobody listens: RST
     "tcp:82=127.0.0.1:8082",  # half-close target (in-process)
     "tcp:83=127.0.0.1:8083",  # flooding target (in-process)
+    "tcp:85=127.0.0.1:8085",  # target that resets (in-process)
 )
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def listening(world: World, port: int) -> bool:
-    out = world.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout
-    return bool(out.strip())
-
-
-def metric(world: World, name: str, **labels: str) -> float:
-    text = world.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -315,4 +292,36 @@ def test_flooding_target_is_bounded(fworld: World) -> None:
         ),
         5,
         "client_reset counted",
+    )
+
+
+def test_target_reset_resets_the_client(fworld: World) -> None:
+    """The target closes with SO_LINGER 0 (RST): the stack's peer gets a reset too."""
+    target = fworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    target.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    target.bind(("127.0.0.1", 8085))
+    target.listen(1)
+    target.settimeout(10)
+    before = metric(
+        fworld, "netstack_forward_errors_total", forward="tcp:85", reason="target_reset"
+    )
+    client = fworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(10)
+    with client, target:
+        client.connect((fworld.stack_ip, 85))
+        conn, _ = target.accept()
+        client.sendall(b"x")
+        assert conn.recv(1) == b"x"
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        with pytest.raises(ConnectionResetError):
+            while client.recv(100):
+                pass
+    wait_for(
+        lambda: (
+            metric(fworld, "netstack_forward_errors_total", forward="tcp:85", reason="target_reset")
+            == before + 1
+        ),
+        5,
+        "target_reset counted",
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_front_forward import listening, metric, wait_for
+from tests.integration.front_helpers import listening, metric, wait_for
 from tests.integration.world import HOST_IP, World, can_run_world, have_tools, running_world
 
 pytestmark = pytest.mark.integration
