@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from tests.integration.world import World
@@ -22,8 +23,23 @@ def listening(world: World, port: int) -> bool:
     return bool(out.strip())
 
 
+def scrape(world: World) -> str:
+    """GET /metrics from inside the namespace (its own 127.0.0.1), no tools needed."""
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    with sock:
+        sock.connect(("127.0.0.1", 9464))
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    return body.decode()
+
+
 def metric(world: World, name: str, **labels: str) -> float:
-    text = world.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
+    text = scrape(world)
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.front_helpers import listening, metric, wait_for
+from tests.integration.front_helpers import listening, metric, scrape, wait_for
 from tests.integration.world import World, can_run_world, have_tools, running_world
 
 pytestmark = pytest.mark.integration
@@ -224,7 +224,7 @@ def test_log_is_clean(fworld: World) -> None:
 
 @pytest.mark.skipif(not have_tools("promtool"), reason="no promtool")
 def test_front_metrics_pass_promtool(fworld: World) -> None:
-    text = fworld.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
+    text = scrape(fworld)
     assert 'netstack_forward_errors_total{forward="tcp:81",proto="tcp",reason="refused"}' in text
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
