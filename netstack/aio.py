@@ -246,15 +246,11 @@ class _StreamTransport(asyncio.Transport):
 
     # -- asyncio.Transport -----------------------------------------------------------------------
     def _submit(self, action: Callable[[], None]) -> None:
-        side = self._side
-
-        def command(now: float) -> None:
-            action()
-
+        """Run action() in the stack's loop thread (after the commands submitted before)."""
         try:
-            self._aio.submit(command)
-        except OSError:  # the stack is closed
-            side.pending.clear()
+            self._aio.submit(lambda now: action())
+        except OSError:  # the stack is closed: nothing will be sent
+            self._side.pending.clear()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -374,7 +370,14 @@ async def create_connection(
     transport.on_lost_early = on_lost_early
     side = transport._side
     address = (ip_from_str(host), port)
-    aio.submit(lambda now: tcp_connect(aio.bridge.tcp, address, lambda: side))
+
+    def dial(now: float) -> None:  # loop thread
+        try:
+            tcp_connect(aio.bridge.tcp, address, lambda: side)
+        except Exception as err:  # no route, no free port, ...: fail the await, not the loop
+            aloop.call_soon_threadsafe(on_lost_early, err)
+
+    aio.submit(dial)
     await made
     return transport, transport.get_protocol()  # type: ignore[return-value]
 
