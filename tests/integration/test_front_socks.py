@@ -335,6 +335,65 @@ def test_reload_adds_and_removes_forwards(sworld: World) -> None:
         assert reply[:2] == b"\x05\x05"
 
 
+IDLE_FORWARDS = """
+[[forward]]
+proto = "tcp"
+listen = 86
+to = "127.0.0.1:8086"
+idle_timeout = 1
+
+[[forward]]
+proto = "udp"
+listen = 87
+to = "127.0.0.1:8087"
+idle_timeout = 1
+"""
+
+
+def test_forward_idle_timeouts(sworld: World) -> None:
+    """idle_timeout ends a silent TCP session with RST both ways and a silent UDP flow."""
+    target = _kernel_listener(sworld, 8086)
+    echo = sworld.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 8087))
+    echo.settimeout(10)
+    _reload(sworld, IDLE_FORWARDS)
+    wait_for(lambda: "forward udp:87" in sworld.log(), 5, "the new forwards")
+    try:
+        udp = sworld.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(10)
+        with udp:
+            udp.sendto(b"ping", (sworld.stack_ip, 87))
+            data, addr = echo.recvfrom(100)
+            echo.sendto(data, addr)
+            assert udp.recvfrom(100) == (b"ping", (sworld.stack_ip, 87))
+        assert metric(sworld, "netstack_forward_active_connections", forward="udp:87") == 1
+        wait_for(
+            lambda: metric(sworld, "netstack_forward_active_connections", forward="udp:87") == 0,
+            5,
+            "the idle UDP flow to end",
+        )
+        assert (
+            metric(sworld, "netstack_forward_errors_total", forward="udp:87", reason="idle_timeout")
+            == 1
+        )
+
+        client = _stack_conn(sworld, 86)
+        conn, _ = target.accept()
+        start = time.monotonic()
+        with client, conn, pytest.raises(ConnectionResetError):
+            while client.recv(100):
+                pass
+        assert 0.9 < time.monotonic() - start < 4
+        assert (
+            metric(sworld, "netstack_forward_errors_total", forward="tcp:86", reason="idle_timeout")
+            == 1
+        )
+    finally:
+        target.close()
+        echo.close()
+        _reload(sworld, "")
+
+
 AUTH_CONFIG = """
 [socks]
 listen = "0.0.0.0:1081"
