@@ -105,7 +105,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     # SIGHUP re-reads the file (flags still win); without a file there is nothing to reload.
     reload = (lambda: _load(args)) if args.config is not None else None
-    stack = Stack(config, link, reload=reload)
+    try:
+        stack = Stack(config, link, reload=reload)
+    except StartupError as err:  # the front's listening socket (SOCKS) cannot be had
+        link.close()
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
     try:
         stack.start_metrics()
     except StartupError as err:

@@ -233,7 +233,11 @@ class Stack:
         from netstack.front.port import StackPort
 
         port = StackPort(self.loop, self.host.tcp, self.host.udp, self.config.address, self.push_tx)
-        self.front = Front(port, self.config)
+        try:
+            self.front = Front(port, self.config)
+        except OSError as err:  # e.g. the SOCKS port is taken
+            where, why = self.config.socks_listen, err.strerror or err
+            raise StartupError(f"cannot start the SOCKS front on {where}: {why}") from None
         self.add_closer(self.front)
 
     def _apply_front(self) -> None:

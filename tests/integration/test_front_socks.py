@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.integration.front_helpers import listening, metric, wait_for
-from tests.integration.world import HOST_IP, World, can_run_world, have_tools, running_world
+from tests.integration.world import (
+    HOST_IP,
+    World,
+    can_run_world,
+    have_tools,
+    netns_add,
+    netns_del,
+    running_world,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -439,6 +447,26 @@ def test_username_password_auth(tmp_path: Path) -> None:
                 assert peer[0] == world.stack_ip
                 sock.sendall(b"hi")
                 assert recv_exactly(conn, 2) == b"hi"
+
+
+def test_busy_socks_port_is_a_clean_startup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SOCKS port is taken: one line naming it, exit 1, no traceback."""
+    world = World(tmp_path, ("--socks", "127.0.0.1:1083"), tag="sb")
+    netns_add(world.ns)  # made here so the port can be taken inside it first
+    monkeypatch.setattr("tests.integration.world.netns_add", lambda name: None)
+    try:
+        busy = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+        busy.bind(("127.0.0.1", 1083))
+        busy.listen(1)
+        with busy, pytest.raises(RuntimeError, match=r"exited early \(1\)"):
+            world.start(timeout=20)
+        log = world.log()
+        assert "cannot start the SOCKS front on 127.0.0.1:1083: Address already in use" in log
+        assert "Traceback" not in log
+    finally:
+        world.close()
 
 
 def test_log_is_clean(sworld: World) -> None:
