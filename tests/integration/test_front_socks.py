@@ -25,7 +25,6 @@ from tests.integration.world import (
     can_run_world,
     have_tools,
     netns_add,
-    netns_del,
     running_world,
 )
 
