@@ -48,10 +48,16 @@ async def fetch(host: str, port: int, size: int) -> None:
     """Connect out through the stack, send `size` bytes, read as many back (an echo server)."""
     reader, writer = await netstack.aio.open_connection(host, port)
     payload = bytes(range(256)) * (size // 256)
-    writer.write(payload)
-    await writer.drain()
-    writer.write_eof()
+
+    async def send() -> None:  # write while the echo comes back: drain() waits for the stack
+        for i in range(0, len(payload), 65536):
+            writer.write(payload[i : i + 65536])
+            await writer.drain()
+        writer.write_eof()
+
+    sender = asyncio.create_task(send())
     echoed = await reader.readexactly(len(payload))
+    await sender
     assert await reader.read() == b""
     writer.close()
     await writer.wait_closed()

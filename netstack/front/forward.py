@@ -61,10 +61,7 @@ class TcpForward:
         """The stack accepted a connection: dial the target (or refuse over the limit)."""
         self.stats.sessions += 1
         if len(self.pipes) >= self.spec.max_connections:
-            self.stats.error("limit")
-            pipe.ended = True
-            assert pipe.transport is not None
-            pipe.transport.abort()
+            pipe.abort("limit")  # RST; _pipe_ended counts it
             return
         self.pipes.add(pipe)
         self.stats.active += 1

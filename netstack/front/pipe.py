@@ -101,7 +101,7 @@ class TcpPipe(Protocol):
             self._flush_out()
         if self.stack_eof and not self.out:
             self._shut_kernel()
-        if self.transport is not None and not self.stack_lost:
+        if self.transport is not None and not self.stack_lost and len(self.out) < HIGH_WATER:
             self.transport.resume_reading()
         self._maybe_finish()
 
