@@ -261,11 +261,18 @@ def test_truncated_and_stalled_handshakes(sworld: World) -> None:
     sock.close()
     wait_for(lambda: socks_metric(sworld, "truncated") == before + 1, 5, "truncated counted")
 
+    wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 0, 5, "a quiet front")
     before = socks_metric(sworld, "handshake_timeout")
-    stalled = [client(sworld) for _ in range(20)]
+    before_limit = socks_metric(sworld, "limit")
     start = time.monotonic()
+    stalled = [client(sworld) for _ in range(64)]  # max_sessions = 64
     for i, sock in enumerate(stalled):
         sock.sendall(b"\x05\x01\x00"[: i % 3])
+    wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 64, 5, "64 sessions")
+    extra = client(sworld)  # one too many: reset at once
+    with extra, contextlib.suppress(ConnectionResetError):
+        assert extra.recv(10) == b""
+    assert socks_metric(sworld, "limit") == before_limit + 1
     for sock in stalled:
         with sock:
             sock.settimeout(10)
@@ -274,8 +281,8 @@ def test_truncated_and_stalled_handshakes(sworld: World) -> None:
                 while chunk := sock.recv(100):
                     data += chunk
             assert data in (b"", b"\x05\x00")
-    assert time.monotonic() - start < 6
-    wait_for(lambda: socks_metric(sworld, "handshake_timeout") == before + 20, 5, "timeouts")
+    assert time.monotonic() - start < 8
+    wait_for(lambda: socks_metric(sworld, "handshake_timeout") == before + 64, 5, "timeouts")
     wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 0, 5, "sessions gone")
 
 
