@@ -41,7 +41,7 @@ shutdown_timeout = 2
 
 [socks]
 listen = "127.0.0.1:1080"
-handshake_timeout = 1.0
+handshake_timeout = 2.0
 max_sessions = 64
 """
 
@@ -254,7 +254,8 @@ def test_malformed_requests(sworld: World, data: bytes, reason: str, expect: byt
 
 def test_truncated_and_stalled_handshakes(sworld: World) -> None:
     """A client that closes mid-handshake is counted as truncated; clients that never finish
-    are closed after handshake_timeout (1 s here), all of them, and counted."""
+    are closed after handshake_timeout (2 s here), all of them, and counted; past
+    max_sessions a new client is reset at once."""
     before = socks_metric(sworld, "truncated")
     sock = client(sworld)
     sock.sendall(b"\x05\x02\x00")  # promises two methods, sends one, gives up
@@ -264,14 +265,19 @@ def test_truncated_and_stalled_handshakes(sworld: World) -> None:
     wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 0, 5, "a quiet front")
     before = socks_metric(sworld, "handshake_timeout")
     before_limit = socks_metric(sworld, "limit")
-    start = time.monotonic()
-    stalled = [client(sworld) for _ in range(64)]  # max_sessions = 64
-    for i, sock in enumerate(stalled):
+    stalled = [sworld.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(65)]
+    extra = stalled.pop()
+    start = time.monotonic()  # connected together, well inside handshake_timeout (2 s)
+    for i, sock in enumerate(stalled):  # max_sessions = 64
+        sock.settimeout(10)
+        sock.connect(SOCKS)
         sock.sendall(b"\x05\x01\x00"[: i % 3])
     wait_for(lambda: metric(sworld, "netstack_socks_active_sessions") == 64, 5, "64 sessions")
-    extra = client(sworld)  # one too many: reset at once
-    with extra, contextlib.suppress(ConnectionResetError):
+    with extra, contextlib.suppress(ConnectionResetError):  # one too many: reset at once
+        extra.settimeout(10)
+        extra.connect(SOCKS)
         assert extra.recv(10) == b""
+    assert time.monotonic() - start < 2, "too slow to test the limit before the timeouts"
     assert socks_metric(sworld, "limit") == before_limit + 1
     for sock in stalled:
         with sock:
