@@ -327,8 +327,10 @@ def test_reload_adds_and_removes_forwards(sworld: World) -> None:
     wait_for(lambda: "forward tcp:84" in sworld.log(), 5, "the new forward")
     held = [_stack_conn(sworld, 84) for _ in range(2)]
     conns = [target.accept()[0] for _ in range(2)]
-    over = _stack_conn(sworld, 84)  # the third: over the limit, reset
+    over = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)  # the third: over the limit
+    over.settimeout(10)
     with over, pytest.raises((ConnectionResetError, ConnectionRefusedError)):
+        over.connect((sworld.stack_ip, 84))  # the RST may beat connect() back to the caller
         over.recv(1)
     assert metric(sworld, "netstack_forward_errors_total", forward="tcp:84", reason="limit") == 1
 
