@@ -41,6 +41,23 @@ def _parser() -> argparse.ArgumentParser:
                 help=f"{setting.help} (default: {default})",
             )
 
+    run.add_argument(
+        "--forward",
+        dest="forward_flags",
+        action="append",
+        default=[],
+        metavar="PROTO:PORT=HOST:PORT",
+        help="forward the stack's PROTO port to a kernel socket, e.g. tcp:80=127.0.0.1:8080 "
+        "(repeatable; adds to the config file's [[forward]] tables)",
+    )
+    run.add_argument(
+        "--socks",
+        dest="socks_listen",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help="serve SOCKS5 on this kernel address, e.g. 127.0.0.1:1080 (default: off)",
+    )
+
     check = commands.add_parser("check-config", help="validate a config file, print the settings")
     check.add_argument("file", type=Path)
     stats.add_parser(commands)
@@ -52,11 +69,25 @@ def _flag_layer(args: argparse.Namespace) -> dict[str, Any]:
     return {s.key: getattr(args, s.attr) for s in SETTINGS if s.cli and hasattr(args, s.attr)}
 
 
+def _front_flags(args: argparse.Namespace, file_layer: dict[str, Any]) -> dict[str, Any]:
+    """--forward adds to the file's forwards (a list, not a value to override); --socks sets
+    socks.listen."""
+    layer: dict[str, Any] = {}
+    flags = getattr(args, "forward_flags", [])
+    if flags:
+        existing = file_layer.get("forward") or []
+        layer["forward"] = [*(existing if isinstance(existing, list) else [existing]), *flags]
+    if hasattr(args, "socks_listen"):
+        layer["socks.listen"] = args.socks_listen
+    return layer
+
+
 def _load(args: argparse.Namespace) -> Config:
     layers = []
     if args.config is not None:
         layers.append(load_toml(args.config))
     layers.append(_flag_layer(args))
+    layers.append(_front_flags(args, layers[0] if args.config is not None else {}))
     source = str(args.config) if args.config is not None else "command line"
     return build_config(*layers, source=source)
 
@@ -74,7 +105,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     # SIGHUP re-reads the file (flags still win); without a file there is nothing to reload.
     reload = (lambda: _load(args)) if args.config is not None else None
-    stack = Stack(config, link, reload=reload)
+    try:
+        stack = Stack(config, link, reload=reload)
+    except StartupError as err:  # the front's listening socket (SOCKS) cannot be had
+        link.close()
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
     try:
         stack.start_metrics()
     except StartupError as err:

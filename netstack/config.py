@@ -16,6 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from netstack.front.spec import (
+    ForwardSpec,
+    is_loopback_host,
+    parse_forwards,
+    parse_networks,
+    parse_secret,
+)
 from netstack.io.fault import FaultSpec, parse_fault
 from netstack.proto.tcp.config import TcpConfig
 from netstack.wire.ethernet import mac_from_str, mac_to_str
@@ -292,6 +299,46 @@ SETTINGS: tuple[Setting, ...] = (
         "with address = dhcp: where the lease is remembered for INIT-REBOOT; "
         f"none means {STATE_DIRECTORY}/dhcp-INTERFACE.json",
     ),
+    # -- the front (netstack/front): kernel programs in, out and through the stack -------------
+    Setting(
+        "forward",
+        parse_forwards,
+        (),
+        "[[forward]] tables (proto, listen, to, max_connections, idle_timeout); the flag "
+        "--forward PROTO:PORT=HOST:PORT adds one (repeatable)",
+        cli=False,  # cli.py adds the repeatable --forward itself
+    ),
+    Setting(
+        "socks.listen",
+        _optional(parse_host_port),
+        None,
+        "SOCKS5 front on this kernel HOST:PORT (flag --socks), or none (off)",
+        cli=False,  # cli.py adds --socks
+    ),
+    Setting(
+        "socks.allow",
+        _optional(parse_networks),
+        None,
+        "networks SOCKS may reach (default: the stack's on-link network)",
+        cli=False,
+    ),
+    Setting("socks.username", _optional(parse_secret), None, "SOCKS user (RFC 1929)", cli=False),
+    Setting("socks.password", _optional(parse_secret), None, "SOCKS password", cli=False),
+    Setting("socks.max_sessions", _int_range(1, 65536), 256, "SOCKS sessions at once", cli=False),
+    Setting(
+        "socks.handshake_timeout",
+        _float_range(0.1, 600.0),
+        10.0,
+        "seconds a SOCKS client gets to finish its handshake",
+        cli=False,
+    ),
+    Setting(
+        "socks.idle_timeout",
+        _float_range(1.0, 86400.0),
+        3600.0,
+        "seconds a SOCKS session may stay silent",
+        cli=False,
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -334,6 +381,14 @@ class Config:
         if self.dhcp_lease_file is not None:
             return self.dhcp_lease_file
         return STATE_DIRECTORY / f"dhcp-{self.interface}.json"
+    forward: tuple[ForwardSpec, ...]
+    socks_listen: HostPort | None
+    socks_allow: tuple[ipaddress.IPv4Network, ...] | None
+    socks_username: str | None
+    socks_password: str | None
+    socks_max_sessions: int
+    socks_handshake_timeout: float
+    socks_idle_timeout: float
 
     def stack_mac(self) -> bytes:
         """The configured MAC, or a stable locally administered one derived from our identity."""
@@ -370,6 +425,8 @@ class Config:
             value = getattr(self, setting.attr)
             if isinstance(value, bytes):
                 value = mac_to_str(value)
+            if setting.key == "socks.password" and value is not None:
+                value = "(set)"  # check-config output lands in logs and tickets
             lines.append(f"{setting.key} = {'none' if value is None else value}")
         lines.append(f"# mac in use = {mac_to_str(self.stack_mac())}")
         if self.dhcp:
@@ -431,4 +488,27 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         )
     if config.host_address is not None and config.host_address.ip == config.address.ip:
         raise ConfigError(f"{source}: bad value for 'host_address': same as 'address'")
+    _check_front(config, source)
     return config
+
+
+def _check_front(config: Config, source: str) -> None:
+    """Forwards must not take a service's port; SOCKS off loopback needs a password."""
+    taken = {("udp", p) for p in config.service_ports().values() if p is not None} | {
+        ("tcp", p) for p in config.tcp_service_ports().values() if p is not None
+    }
+    for spec in config.forward:
+        if (spec.proto, spec.listen) in taken:
+            raise ConfigError(
+                f"{source}: bad value for 'forward' ({spec}): {spec.proto} port {spec.listen} "
+                "is a built-in service's (turn it off in [services])"
+            )
+    has_user = config.socks_username is not None
+    if has_user != (config.socks_password is not None):
+        raise ConfigError(f"{source}: socks.username and socks.password go together")
+    listen = config.socks_listen
+    if listen is not None and not is_loopback_host(listen.host) and not has_user:
+        raise ConfigError(
+            f"{source}: bad value for 'socks.listen' ({listen}): listening beyond loopback "
+            "needs socks.username and socks.password"
+        )

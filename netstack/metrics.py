@@ -442,3 +442,85 @@ class MetricsServer:
             self._thread.join(timeout=5)
         with contextlib.suppress(OSError):
             self._server.server_close()
+
+
+# -- the front (netstack/front): forwards and the SOCKS server --------------------------------
+class FrontCollector:
+    """The front's counters (front/stats.py), read at scrape time like StackCollector's.
+
+    Every forward the config ever named keeps its series (counters never go back after a
+    reload removes it); reasons come from the closed tuples in front/stats.py.
+    """
+
+    def __init__(self, stats) -> None:  # netstack.front.stats.FrontStats
+        self.stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from netstack.front.stats import FORWARD_ERRORS, SOCKS_ERRORS
+
+        forwards = dict(self.stats.forwards)  # one C-level copy: a reload may add a key
+        sessions = CounterMetricFamily(
+            PREFIX + "forward_connections",
+            "Sessions a forward accepted (TCP connections, UDP flows).",
+            labels=["forward", "proto"],
+        )
+        active = GaugeMetricFamily(
+            PREFIX + "forward_active_connections",
+            "Sessions a forward relays now.",
+            labels=["forward", "proto"],
+        )
+        moved = CounterMetricFamily(
+            PREFIX + "forward_bytes",
+            "Payload bytes a forward relayed, toward its target and back from it.",
+            labels=["forward", "proto", "direction"],
+        )
+        errors = CounterMetricFamily(
+            PREFIX + "forward_errors",
+            "Forwarded sessions that failed or ended abnormally, by reason.",
+            labels=["forward", "proto", "reason"],
+        )
+        for name, fs in forwards.items():
+            sessions.add_metric([name, fs.proto], fs.sessions)
+            active.add_metric([name, fs.proto], fs.active)
+            moved.add_metric([name, fs.proto, "to_target"], fs.bytes_to_target)
+            moved.add_metric([name, fs.proto, "from_target"], fs.bytes_from_target)
+            counts = dict(fs.errors)
+            for reason in FORWARD_ERRORS:
+                errors.add_metric([name, fs.proto, reason], counts.get(reason, 0))
+        yield from (sessions, active, moved, errors)
+
+        socks = self.stats.socks
+        yield CounterMetricFamily(
+            PREFIX + "socks_sessions", "SOCKS clients accepted.", value=socks.sessions
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "socks_active_sessions", "SOCKS sessions open now.", value=socks.active
+        )
+        requests = CounterMetricFamily(
+            PREFIX + "socks_requests",
+            "SOCKS requests granted, by command.",
+            labels=["command"],
+        )
+        requests.add_metric(["connect"], socks.connects)
+        requests.add_metric(["udp_associate"], socks.udp_associations)
+        yield requests
+        moved = CounterMetricFamily(
+            PREFIX + "socks_bytes",
+            "Payload bytes relayed for SOCKS clients, toward their targets and back.",
+            labels=["direction"],
+        )
+        moved.add_metric(["to_target"], socks.bytes_to_target)
+        moved.add_metric(["from_target"], socks.bytes_from_target)
+        yield moved
+        errors = CounterMetricFamily(
+            PREFIX + "socks_errors",
+            "SOCKS sessions refused or failed, by reason.",
+            labels=["reason"],
+        )
+        counts = dict(socks.errors)
+        for reason in SOCKS_ERRORS:
+            errors.add_metric([reason], counts.get(reason, 0))
+        yield errors

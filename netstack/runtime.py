@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import random
@@ -162,6 +163,7 @@ LIVE_SETTINGS: dict[str, str] = {
     "pcap_max_bytes": "_apply_pcap",
     "pcap_max_files": "_apply_pcap",
     "shutdown_timeout": "_apply_shutdown_timeout",
+    "forward": "_apply_front",
 }
 
 
@@ -209,6 +211,7 @@ class Stack:
         self.loop.add_deadline_source(self.host.next_deadline, self._poll)
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
+        self._start_front()  # before DHCP: its RELEASE waits for every closer made so far
         self.lease_file: LeaseFile | None = None
         if self.host.dhcp is not None:
             self._init_dhcp()
@@ -226,6 +229,34 @@ class Stack:
         if tx:
             self.loop.tx(self.link).extend(tx)
             tx.clear()
+
+    def push_tx(self) -> None:
+        """Send what applications queued outside a receive batch or timer (a UDP sendto from
+        a kernel-socket callback): it goes out at the end of this loop turn."""
+        self._move_tx()
+
+    def _start_front(self) -> None:
+        """Forwards and the SOCKS front (netstack/front): kernel programs through the stack."""
+        from netstack.front.front import Front
+        from netstack.front.port import StackPort
+
+        port = StackPort(
+            self.loop, self.host.tcp, self.host.udp, self.current_address, self.push_tx
+        )
+        try:
+            self.front = Front(port, self.config)
+        except OSError as err:  # e.g. the SOCKS port is taken
+            where, why = self.config.socks_listen, err.strerror or err
+            raise StartupError(f"cannot start the SOCKS front on {where}: {why}") from None
+        self.add_closer(self.front)
+
+    def current_address(self) -> ipaddress.IPv4Interface:
+        """The address the stack answers on now: static, or DHCP's (0.0.0.0/32 while unbound)."""
+        ipv4 = self.host.ipv4.config
+        return ipaddress.IPv4Interface((ipv4.address, ipv4.prefix_len))
+
+    def _apply_front(self) -> None:
+        self.front.apply(self.config)
 
     def _capture(self, direction: str, frame, now: float) -> None:
         assert self.pcap is not None
@@ -281,6 +312,7 @@ class Stack:
         if self.pcap is not None:
             self.pcap.close()
             self.pcap = None
+        self.front.close()
         self.link.close()
         self.notifier.close()
 
@@ -309,6 +341,9 @@ class Stack:
             tcp_connections_by_state=self.tcp_connections_by_state,
             dhcp_status=self.dhcp_status,
         )
+        from netstack.metrics import FrontCollector
+
+        registry.register(FrontCollector(self.front.stats))
         try:
             self.metrics = MetricsServer(address.host, address.port, registry)
         except OSError as err:

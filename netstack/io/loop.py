@@ -33,6 +33,8 @@ EPOLLIN: int = lib.EPOLLIN
 EPOLLOUT: int = lib.EPOLLOUT
 EPOLLERR: int = lib.EPOLLERR
 EPOLLHUP: int = lib.EPOLLHUP
+_READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
+_WRITE_EVENTS = EPOLLOUT | EPOLLERR | EPOLLHUP
 
 FramesCallback = Callable[[list[memoryview], float], None]
 ReaderCallback = Callable[[float], None]
@@ -76,6 +78,7 @@ class Loop:
         self._epfd = epfd
         self._links: dict[int, _LinkState] = {}
         self._readers: dict[int, ReaderCallback] = {}
+        self._writers: dict[int, ReaderCallback] = {}
         self._sources: list[tuple[Callable[[], float | None], Callable[[float], None]]] = []
         self._fds = ffi.new("int[]", MAX_EVENTS)
         self._events = ffi.new("uint32_t[]", MAX_EVENTS)
@@ -133,12 +136,36 @@ class Loop:
         """Call callback(now) whenever fd is readable (level-triggered: drain it)."""
         if fd in self._links or fd in self._readers:
             raise ValueError(f"fd {fd} is already registered")
-        self._ctl(lib.EPOLL_CTL_ADD, fd, EPOLLIN)
+        had = fd in self._writers
         self._readers[fd] = callback
+        self._update_extra(fd, had)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            self._ctl(lib.EPOLL_CTL_DEL, fd, 0)
+            self._update_extra(fd, True)
+
+    def add_writer(self, fd: int, callback: ReaderCallback) -> None:
+        """Call callback(now) whenever fd is writable (level-triggered: remove the writer once
+        there is nothing left to write, or the loop spins). For extra fds such as the front's
+        kernel sockets; an fd may have a reader and a writer at once."""
+        if fd in self._links or fd in self._writers:
+            raise ValueError(f"fd {fd} is already registered for writing")
+        had = fd in self._readers
+        self._writers[fd] = callback
+        self._update_extra(fd, had)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update_extra(fd, True)
+
+    def _update_extra(self, fd: int, registered: bool) -> None:
+        """Make epoll's interest for a reader/writer fd match the two tables."""
+        events = (EPOLLIN if fd in self._readers else 0) | (EPOLLOUT if fd in self._writers else 0)
+        if not events:
+            if registered:
+                self._ctl(lib.EPOLL_CTL_DEL, fd, 0)
+        else:
+            self._ctl(lib.EPOLL_CTL_MOD if registered else lib.EPOLL_CTL_ADD, fd, events)
 
     def call_at(self, when: float, callback: TimerCallback) -> TimerHandle:
         """Run callback(now) once the clock reaches `when` (loop clock, seconds)."""
@@ -200,19 +227,28 @@ class Loop:
     def _dispatch(self, n: int, now: float) -> None:
         fds = ffi.unpack(self._fds, n)
         links = self._links
-        for fd in fds:
+        for i, fd in enumerate(fds):
             state = links.get(fd)
             if state is not None:
                 self._drain(state, now)
             elif fd == self._wake_fd:
                 self._drain_wakeups()
             else:
-                reader = self._readers.get(fd)
-                if reader is not None:
-                    try:
-                        reader(now)
-                    except Exception as err:
-                        self._callback_failed(err)
+                events = self._events[i]
+                if events & _READ_EVENTS:
+                    reader = self._readers.get(fd)
+                    if reader is not None:
+                        try:
+                            reader(now)
+                        except Exception as err:
+                            self._callback_failed(err)
+                if events & _WRITE_EVENTS:
+                    writer = self._writers.get(fd)  # looked up again: the reader may have gone
+                    if writer is not None:
+                        try:
+                            writer(now)
+                        except Exception as err:
+                            self._callback_failed(err)
 
     def _drain(self, state: _LinkState, now: float) -> None:
         link = state.link

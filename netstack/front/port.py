@@ -1,0 +1,41 @@
+"""What the front needs from a running stack, in one small object.
+
+The loop polls the front's kernel sockets; the TCP and UDP engines are used through
+netstack.api (TCP) and UDP's bind/sendto. Two details of running outside the engine's own
+callbacks live here, like api/sockets.py's BlockingStack does them: the engines' notion of
+`now` is brought up to the loop's before a call (their timers start from it), and datagrams
+sent from a kernel-socket callback are pushed to the link at once (TCP asks the loop to poll
+by itself; UDP has no flush point of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(eq=False)
+class StackPort:
+    loop: Any  # netstack.io.loop.Loop
+    tcp: Any  # the TCP engine, for netstack.api.tcp.listen/connect
+    udp: Any  # the UDP engine: bind(port, on_datagram) / UdpSocket.sendto
+    current_address: Callable[[], ipaddress.IPv4Interface]  # may change at run time (DHCP)
+    push_tx: Callable[[], None]  # move frames the front queued to the link's tx queue
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface:
+        """The stack's address and on-link network now (0.0.0.0/32 while DHCP has none)."""
+        return self.current_address()
+
+    def enter(self, now: float) -> None:
+        """Call before using the engines from a kernel-socket callback or timer."""
+        if self.tcp.now < now:
+            self.tcp.now = now
+        if self.udp.now < now:
+            self.udp.now = now
+
+    @property
+    def ip(self) -> str:
+        return str(self.address.ip)
