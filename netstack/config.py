@@ -23,6 +23,7 @@ from netstack.wire.ethernet import mac_from_str, mac_to_str
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
+OFFLOADS = ("auto", "off")  # netstack/io/offload.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
 
@@ -268,6 +269,13 @@ SETTINGS: tuple[Setting, ...] = (
         "answer SYNs with cookies when a SYN queue is full",
         cli=False,
     ),
+    Setting(
+        "offload",
+        _choice(OFFLOADS),
+        "auto",
+        "auto: virtio-net header with checksum offload and TSO/GSO super-frames where the "
+        "kernel agrees; off: plain frames",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -298,6 +306,7 @@ class Config:
     tcp_receive_buffer: int
     tcp_rto_min: float
     tcp_syncookies: bool
+    offload: str
 
     def stack_mac(self) -> bytes:
         """The configured MAC, or a stable locally administered one derived from our identity."""

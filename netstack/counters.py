@@ -64,6 +64,12 @@ class Counters:
     tcp_syn_cookies_failed: int = 0  # an ACK to a listener that was not a valid cookie
     tcp_challenge_acks: int = 0  # RFC 5961 challenge ACKs sent (after rate limiting)
 
+    # Offloads: super-frames (virtio-net GSO) and the wire segments they stand for.
+    gso_frames_rx: int = 0
+    gso_frames_tx: int = 0
+    gso_segments_rx: int = 0
+    gso_segments_tx: int = 0
+
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(
         default_factory=lambda: Histogram(BATCH_FRAMES_BOUNDS)

@@ -164,6 +164,18 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "tcp_challenge_acks",
     ),
     _single("loop_wakeups", "Returns from epoll_wait (loop turns).", "loop_wakeups"),
+    _per_direction(
+        "gso_frames",
+        "Super-frames (virtio-net GSO, up to 64 KiB) received and sent with offloads on.",
+        "gso_frames_rx",
+        "gso_frames_tx",
+    ),
+    _per_direction(
+        "gso_segments",
+        "Wire segments inside those super-frames (what the kernel merged or will cut).",
+        "gso_segments_rx",
+        "gso_segments_tx",
+    ),
 )
 
 # (name, help, Counters field) of the per-interface link counters.

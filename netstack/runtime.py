@@ -23,6 +23,7 @@ from netstack.counters import Counters
 from netstack.io import netlink
 from netstack.io.fault import FaultLink
 from netstack.io.loop import Loop
+from netstack.io.offload import OFF, TSO_MAX
 from netstack.logsetup import set_level
 from netstack.notify import Heartbeat, Notifier
 from netstack.pcap import PcapWriter
@@ -60,7 +61,7 @@ def open_link(config: Config):
         if config.link == "tap":
             from netstack.io.tap import TapLink
 
-            link = TapLink(config.interface)
+            link = TapLink(config.interface, offload=config.offload)
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
@@ -70,7 +71,7 @@ def open_link(config: Config):
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")
             netlink.configure_interface(config.interface, address=None, mtu=config.mtu)
-            link = PacketLink(config.interface)
+            link = PacketLink(config.interface, offload=config.offload)
     except LinkError as err:
         raise StartupError(str(err)) from None
     except netlink.NetlinkConfigError as err:
@@ -180,6 +181,10 @@ class Stack:
         self.counters = Counters()
         mtu = config.mtu or link.mtu
         mac = link.mac if config.link == "packet" and config.mac is None else config.stack_mac()
+        offloads = getattr(link, "offloads", OFF)
+        tcp = config.tcp_config()
+        if offloads.tso4:  # TCP may hand the link segments of up to 64 KiB (TSO)
+            tcp = dataclasses.replace(tcp, tso_max=TSO_MAX)
         self.host = Host(
             HostConfig(
                 mac=mac,
@@ -187,7 +192,7 @@ class Stack:
                 prefix_len=config.address.network.prefixlen,
                 gateway=int(config.gateway) if config.gateway is not None else None,
                 mtu=mtu,
-                tcp=config.tcp_config(),
+                tcp=tcp,
             ),
             self.counters,
             random.SystemRandom(),
@@ -207,7 +212,8 @@ class Stack:
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
-        self.host.receive_batch(frames, now)
+        # rx_meta: each frame's virtio-net header (None without one), parallel to frames
+        self.host.receive_batch(frames, now, getattr(self.link, "rx_meta", None))
         self._move_tx()
 
     def _poll(self, now: float) -> None:
@@ -236,6 +242,7 @@ class Stack:
         self.host.start(now)
         self._move_tx()
         log.info("%s", self.describe())
+        log.info("%s", getattr(self.link, "offloads", OFF).describe(self.link.name))
         self.loop.call_at(now, self._ready)  # from the first turn: the loop is serving
         try:
             self.loop.run()
@@ -291,9 +298,7 @@ class Stack:
         log.info("metrics at %s", self.metrics.url)
 
     # -- life as a service ---------------------------------------------------------------------
-    def _init_service(
-        self, notifier: Notifier | None, reload: Callable[[], Config] | None
-    ) -> None:
+    def _init_service(self, notifier: Notifier | None, reload: Callable[[], Config] | None) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
         self.reload_config = reload
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.

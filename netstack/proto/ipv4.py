@@ -76,6 +76,8 @@ class Ipv4Engine:
             self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
         )
         self.icmp_error: IcmpError | None = None
+        # Set by the host around one received super-frame (virtio-net GSO).
+        self.rx_gso = False
         self._handlers: dict[int, Handler] = {}
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
@@ -124,8 +126,11 @@ class Ipv4Engine:
         try:
             header, payload = wipv4.parse(packet)
         except Malformed as bad:
-            c.drop(bad.reason)
-            return
+            parsed = self._parse_big(packet) if self.rx_gso else None
+            if parsed is None:
+                c.drop(bad.reason)
+                return
+            header, payload = parsed
         dst = header.dst
         if self._bad_source(header.src, dst):
             c.drop(Drop.IPV4_BAD_SOURCE)
@@ -148,6 +153,22 @@ class Ipv4Engine:
             self._report(ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE, packet, dst, now)
             return
         handler(header, payload, packet, now)
+
+    @staticmethod
+    def _parse_big(packet: memoryview) -> tuple[wipv4.Ipv4Header, memoryview] | None:
+        """A super-frame over 64 KiB (Linux BIG TCP) has total length 0: its length is the
+        frame's. Header checks as usual, on a copy with the field set to a legal value."""
+        if len(packet) <= 0xFFFF or packet[2:4] != b"\0\0" or len(packet) < 20:
+            return None
+        try:
+            wipv4.parse(packet[:20], allow_truncated=True)  # version, IHL, header checksum
+            hlen = (packet[0] & 0x0F) << 2
+            head = bytearray(packet[:hlen])
+            head[2:4] = hlen.to_bytes(2, "big")
+            header, _ = wipv4.parse(memoryview(bytes(head)), verify_checksum=False)
+        except Malformed:
+            return None
+        return header._replace(total_length=len(packet)), packet[hlen:]
 
     def _report(self, icmp_type: int, code: int, packet: Buffer, dst: int, now: float) -> None:
         """ICMP error about `packet`; never about broadcasts (RFC 1122 3.2.2)."""
@@ -184,7 +205,13 @@ class Ipv4Engine:
         self._ident = (ident + 1) & 0xFFFF
         if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
             header = wipv4.build(
-                src, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
+                src,
+                dst,
+                protocol,
+                length,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
                 dont_fragment=dont_fragment,
             )
             c.ipv4_tx += 1
@@ -210,8 +237,15 @@ class Ipv4Engine:
                     index += 1
                     pos = 0
             header = wipv4.build(
-                src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
-                more_fragments=offset + size < length, frag_offset=offset,
+                src,
+                dst,
+                protocol,
+                size,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
+                more_fragments=offset + size < length,
+                frag_offset=offset,
             )
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1
