@@ -174,7 +174,8 @@ def own_frame(frame: tuple) -> tuple:
     """A copy of a frame that outlives the buffers it points into, its VnetMark kept."""
     for i, piece in enumerate(frame):
         if piece.__class__ is VnetMark:
-            return (b"".join(frame[:i]), piece, b"".join(frame[i + 1 :]))
+            before, after = b"".join(frame[:i]), b"".join(frame[i + 1 :])
+            return (before, piece, after) if before else (piece, after)
     return (b"".join(frame),)
 
 
@@ -220,6 +221,11 @@ def meta_header(meta: int) -> VnetHeader:
     )  # fmt: skip
 
 
+def meta_mark(meta: int) -> VnetMark:
+    """The VnetMark of a received frame's header (for observers such as the pcap)."""
+    return mark(meta_header(meta))
+
+
 def meta_of_header(vnet: VnetHeader) -> int:
     return meta_of(vnet.emit())
 
@@ -235,3 +241,57 @@ def meta_gso_type(meta: int) -> int:
 
 def meta_gso_size(meta: int) -> int:
     return (meta >> 16) & 0xFFFF
+
+
+# -- software GSO ---------------------------------------------------------------------------------
+ETH_LEN = 14
+_FIN_PSH = 0x09
+_CWR = 0x80
+
+
+def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes]:
+    """What a super-frame becomes on a real wire: the kernel's tcp4_gso_segment in Python.
+
+    For whoever stands for the wire (the soak/test relay; tests checking our TSO output).
+    An IPv4 TCP super-frame (GSO_TCPV4, untagged Ethernet) is cut into gso_size payloads, each
+    after a copy of the headers with the IP total length, ID (+1 per segment, RFC 6864 allows
+    either way with DF), header checksum, TCP sequence number and flags (FIN/PSH on the last,
+    CWR on the first) adjusted, and the TCP checksum computed. Any other frame comes back
+    alone, its partial checksum completed if it had one.
+    """
+    if vnet.gso != GSO_TCPV4 or not vnet.gso_size:
+        out = bytearray(frame)
+        fill_checksum(out, vnet)
+        return [bytes(out)]
+    ihl = (frame[ETH_LEN] & 0x0F) << 2
+    l4 = ETH_LEN + ihl
+    thl = (frame[l4 + 12] >> 4) << 2
+    hdrs = l4 + thl
+    data = memoryview(frame)[hdrs:]
+    ident = int.from_bytes(frame[ETH_LEN + 4 : ETH_LEN + 6], "big")
+    seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
+    flags = frame[l4 + 13]
+    src = int.from_bytes(frame[ETH_LEN + 12 : ETH_LEN + 16], "big")
+    dst = int.from_bytes(frame[ETH_LEN + 16 : ETH_LEN + 20], "big")
+    pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6
+    mss = vnet.gso_size
+    out: list[bytes] = []
+    for i, off in enumerate(range(0, len(data), mss)):
+        chunk = data[off : off + mss]
+        h = bytearray(frame[:hdrs])
+        h[ETH_LEN + 2 : ETH_LEN + 4] = (ihl + thl + len(chunk)).to_bytes(2, "big")
+        h[ETH_LEN + 4 : ETH_LEN + 6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
+        h[ETH_LEN + 10 : ETH_LEN + 12] = b"\0\0"
+        h[ETH_LEN + 10 : ETH_LEN + 12] = checksum(h[ETH_LEN:l4]).to_bytes(2, "big")
+        h[l4 + 4 : l4 + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
+        seg_flags = flags
+        if off + mss < len(data):
+            seg_flags &= ~_FIN_PSH
+        if i:
+            seg_flags &= ~_CWR
+        h[l4 + 13] = seg_flags
+        h[l4 + 16 : l4 + 18] = b"\0\0"
+        tcp_csum = checksum(h[l4:], chunk, initial=pseudo + thl + len(chunk))
+        h[l4 + 16 : l4 + 18] = tcp_csum.to_bytes(2, "big")
+        out.append(bytes(h) + bytes(chunk))
+    return out
