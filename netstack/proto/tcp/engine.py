@@ -630,6 +630,13 @@ class TcpEngine:
             conn.heap_at = None
             if conn.state is S.CLOSED:
                 continue
+            due = conn.next_timer()
+            if due is None or due > now:
+                # Stale: the timer this entry was for was stopped or moved later by a state
+                # change (a SYN-ACK's RTO after the handshake). No timer run, no output pass
+                # (which could only repeat an ACK); the real next timer gets its own entry.
+                self._schedule(conn)
+                continue
             try:
                 conn.on_timer(now)
             except Exception:
@@ -641,9 +648,19 @@ class TcpEngine:
         if self._dirty or self._ready:
             return self.now
         timers = self._timers
-        while timers and timers[0][2].heap_at != timers[0][0]:
+        while timers:
+            when, _, conn = timers[0]
+            if conn.heap_at != when:
+                heapq.heappop(timers)  # superseded by an earlier entry
+                continue
+            due = conn.next_timer()
+            if due is not None and due <= when:
+                return when
+            # Stale (its timer was stopped or moved later): no wake-up for it.
             heapq.heappop(timers)
-        return timers[0][0] if timers else None
+            conn.heap_at = None
+            self._schedule(conn)
+        return None
 
     # =========================================================================================
     # metrics and shutdown

@@ -10,6 +10,7 @@ import pytest
 
 from netstack.drops import Drop
 from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.connection import Connection
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from tests.unit.tcp.tcptools import (
@@ -223,7 +224,7 @@ def test_rto_is_three_seconds_after_a_retransmitted_syn() -> None:
     t.recv()  # SYN again
     t.send(seg(flags=SYN | ACK, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=MSS))
     t.recv()
-    assert conn.rtt.srtt is None and conn.rtt.rto == 3.0
+    assert conn.recovery.rtt.srtt is None and conn.recovery.rtt.rto == 3.0
 
 
 def test_rtt_is_sampled_from_the_handshake() -> None:
@@ -232,8 +233,8 @@ def test_rtt_is_sampled_from_the_handshake() -> None:
     t.recv()
     t.now += 0.05
     t.send(seg(flags=SYN | ACK, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=MSS))
-    assert conn.rtt.srtt == pytest.approx(0.05)
-    assert conn.rtt.rto == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15, floored at 200 ms
+    assert conn.recovery.rtt.srtt == pytest.approx(0.05)
+    assert conn.recovery.rtt.rto == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15, floored at 200 ms
 
 
 def test_rst_acking_our_syn_is_connection_refused() -> None:
@@ -362,3 +363,19 @@ def test_the_fixtures() -> None:
     assert conn.state.value == "established"
     _, conn = established_active()
     assert conn.state.value == "established"
+
+
+def test_the_syn_ack_timer_is_gone_once_established(monkeypatch) -> None:
+    """Issue 11: the SYN-ACK's retransmission timer, stopped by the handshake, left its entry
+    in the engine's timer heap: the loop woke for it, and the wake-up ran an output pass on
+    the established connection (which sent a window update). A stale entry is no deadline."""
+    t, conn = established_passive()
+    assert conn.next_timer() is None
+    assert t.engine.next_deadline() is None  # nothing to wake up for
+    passes = []
+    real_output = Connection.output
+    monkeypatch.setattr(
+        Connection, "output", lambda c, now: (passes.append(now), real_output(c, now))
+    )
+    t.run_until(t.now + 5.0)  # past the SYN-ACK's RTO (1 s)
+    assert passes == [] and t.recv() == []
