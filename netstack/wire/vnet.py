@@ -193,6 +193,15 @@ def fill_checksum(frame: bytearray | memoryview, vnet: VnetHeader) -> None:
     frame[field + 1] = value & 0xFF
 
 
+def pseudo_sum(src: int, dst: int, tcp_len: int, protocol: int = 6) -> bytes:
+    """The checksum field of a NEEDS_CSUM frame: the folded, uncomplemented IPv4
+    pseudo-header sum (Linux's ~tcp_v4_check(len, saddr, daddr, 0))."""
+    s = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + protocol + tcp_len
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s.to_bytes(2, "big")
+
+
 def segments(payload_len: int, gso_size: int) -> int:
     """Wire segments a super-frame with this much L4 payload becomes."""
     return -(-payload_len // gso_size) if gso_size else 1

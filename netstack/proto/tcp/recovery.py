@@ -350,9 +350,18 @@ class Recovery:
         assert self.cc is not None
         self.cc.on_idle(now)
 
-    def sent(self, start: int, end: int, fin: bool, now: float) -> None:
-        """A new segment (or the FIN, a one-octet record of its own) went out."""
-        if end > start:
+    def sent(self, start: int, end: int, fin: bool, now: float, gso: int = 0) -> None:
+        """A new segment (or the FIN, a one-octet record of its own) went out.
+
+        `gso`: a TSO super-segment the kernel cuts into pieces of this size: one record per
+        piece, as they travel, so SACK blocks, RACK, DupThresh and retransmissions (which
+        resend exactly one lost record) work in wire segments.
+        """
+        if gso and end - start > gso:
+            add = self.board.add
+            for piece in range(start, end, gso):
+                add(piece, min(piece + gso, end), now)
+        elif end > start:
             self.board.add(start, end, now)
         if fin:
             self.board.add(end, end + 1, now, fin=True)
