@@ -22,6 +22,7 @@ from netstack.drops import Drop
 from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import vnet as wvnet
+from netstack.wire.checksum import checksum
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -159,11 +160,12 @@ class Ipv4Engine:
     def _parse_big(packet: memoryview) -> tuple[wipv4.Ipv4Header, memoryview] | None:
         """A super-frame over 64 KiB (Linux BIG TCP) has total length 0: its length is the
         frame's. Header checks as usual, on a copy with the field set to a legal value."""
-        if len(packet) <= 0xFFFF or packet[2:4] != b"\0\0" or len(packet) < 20:
+        if len(packet) <= 0xFFFF or packet[2:4] != b"\0\0":
+            return None
+        hlen = (packet[0] & 0x0F) << 2
+        if hlen < wipv4.MIN_HEADER_LEN or checksum(packet[:hlen]):  # the header's own sum
             return None
         try:
-            wipv4.parse(packet[:20], allow_truncated=True)  # version, IHL, header checksum
-            hlen = (packet[0] & 0x0F) << 2
             head = bytearray(packet[:hlen])
             head[2:4] = hlen.to_bytes(2, "big")
             header, _ = wipv4.parse(memoryview(bytes(head)), verify_checksum=False)
