@@ -237,12 +237,22 @@ class Stack:
             f"mtu {self.host.config.mtu}; try: ping {ip}, tcpdump -i {self.link.name}"
         )
 
+    def describe_offloads(self) -> str:
+        """What the link negotiated (and, for AF_PACKET, how it receives and sends)."""
+        link = self.link
+        line = getattr(link, "offloads", OFF).describe(link.name)
+        rx_mode = getattr(link, "rx_mode", None)
+        if rx_mode is not None:
+            bypass = "on" if getattr(link, "qdisc_bypass", False) else "off"
+            line += f"; receive {rx_mode}, qdisc bypass {bypass}"
+        return line
+
     def run(self) -> None:
         now = self.loop.now()
         self.host.start(now)
         self._move_tx()
         log.info("%s", self.describe())
-        log.info("%s", getattr(self.link, "offloads", OFF).describe(self.link.name))
+        log.info("%s", self.describe_offloads())
         self.loop.call_at(now, self._ready)  # from the first turn: the loop is serving
         try:
             self.loop.run()
