@@ -245,7 +245,11 @@ class TcpEngine:
     # hooks the connections call
     # =========================================================================================
     def make_cc(self, mss: int) -> CongestionControl:
-        return self._cc_factory(self.config.congestion_control, mss)
+        cc = self._cc_factory(self.config.congestion_control, mss)
+        tso = self.config.tso_max
+        if tso > mss and hasattr(cc, "abc_limit"):  # see cc.Reno.abc_limit
+            cc.abc_limit = max(cc.abc_limit, tso // mss)
+        return cc
 
     def _tuple(self, conn: Connection) -> bytes:
         return isnmod.tuple_bytes(self.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)

@@ -358,9 +358,7 @@ class Recovery:
         resend exactly one lost record) work in wire segments.
         """
         if gso and end - start > gso:
-            add = self.board.add
-            for piece in range(start, end, gso):
-                add(piece, min(piece + gso, end), now)
+            self.board.add_pieces(start, end, gso, now)
         elif end > start:
             self.board.add(start, end, now)
         if fin:

@@ -137,6 +137,16 @@ class Scoreboard:
         self._records.append(record)
         return record
 
+    def add_pieces(self, start: int, end: int, size: int, now: float) -> None:
+        """One record per `size` bytes of [start, end): a TSO super-segment as the wire will
+        carry it (add() for each piece, without a call per piece)."""
+        records = self._records
+        tx = self._tx
+        for piece in range(start, end, size):
+            tx += 1
+            records.append(Sent(piece, min(piece + size, end), now, False, tx))
+        self._tx = tx
+
     def retransmitted(self, record: Sent, now: float) -> None:
         """`record` went out again."""
         if record.lost and not record.rexmit and not record.sacked:
