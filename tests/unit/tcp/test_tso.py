@@ -184,3 +184,14 @@ def test_transfer_without_offload_sends_no_super_segments() -> None:
     net, sink, data = transfer(5, 300_000, "off", delay=0.005)
     assert sink.hash.digest() == hashlib.sha256(data).digest()
     assert net.super_segments == 0
+
+
+def test_slow_start_counts_the_pieces_a_stretch_ack_covers() -> None:
+    """RFC 3465's L limits slow start to 2 SMSS per ACK; a GRO receiver ACKs a whole
+    super-segment at once, so with TSO L becomes the pieces of one (Linux has no L)."""
+    with_tso = tso_harness().engine.make_cc(MSS)
+    without = make_harness().engine.make_cc(MSS)
+    assert (with_tso.abc_limit, without.abc_limit) == (TSO_MAX // MSS, 2)
+    for cc in (with_tso, without):
+        cc.on_ack(45 * MSS, 1.0, 0.001, 45 * MSS)
+    assert with_tso.cwnd == (10 + TSO_MAX // MSS) * MSS and without.cwnd == 12 * MSS
