@@ -124,7 +124,10 @@ class Host:
             segs = wvnet.segments(len(frame) - (meta >> 64), wvnet.meta_gso_size(meta))
             c.gso_frames_rx += 1
             c.gso_segments_rx += segs
-            c.tcp_segments_rx += segs - 1  # counts wire segments, as Linux's InSegs (TCP adds 1)
+            # TCP segments and IPv4 packets count what the wire carried, as Linux's InSegs
+            # (TCP and IPv4 add the 1 of the super-frame itself)
+            c.tcp_segments_rx += segs - 1
+            c.ipv4_rx += segs - 1
             ipv4.rx_gso = True
         # A header vouches for one frame, never for a datagram reassembled from fragments.
         trusted = (
