@@ -412,3 +412,21 @@ uint16_t ns_csum_fold(uint32_t sum)
     s = (s & 0xffffu) + (s >> 16);
     return (uint16_t)(~s & 0xffffu);
 }
+
+/* Complete a partial checksum (virtio-net NEEDS_CSUM) in place: the one's complement sum from
+ * `start` to the end of the frame, whose checksum field (at start + offset) holds the
+ * pseudo-header sum meanwhile, stored at start + offset. A UDP result of 0 is sent as 0xffff
+ * (RFC 768). -EINVAL when the positions lie outside the frame. */
+int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
+{
+    uint16_t c;
+
+    if (start >= len || offset > len - start || len - start - offset < 2)
+        return -EINVAL;
+    c = ns_csum_fold(ns_csum_partial(frame + start, len - start, 0));
+    if (c == 0 && offset == 6)
+        c = 0xffff;
+    frame[start + offset] = (uint8_t)(c >> 8);
+    frame[start + offset + 1] = (uint8_t)(c & 0xff);
+    return 0;
+}

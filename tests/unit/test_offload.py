@@ -262,3 +262,20 @@ def vnet_slot() -> int:
     from netstack.io.link import VNET_RX_SLOT
 
     return VNET_RX_SLOT
+
+
+def test_c_completes_a_partial_checksum_in_place() -> None:
+    """What the link does to an ordinary NEEDS_CSUM frame (a kernel UDP datagram)."""
+    from netstack._ffi import ffi, lib
+    from netstack.wire import udp as wudp
+
+    data = b"hello, partial world"
+    udp = bytearray(wudp.build(PEER_IP, OUR_IP, 5000, 7, data) + data)
+    udp[6:8] = vnet.pseudo_sum(PEER_IP, OUR_IP, len(udp), protocol=17)
+    frame = ip_frame(bytes(udp), wipv4.PROTO_UDP)
+    buf = ffi.new("uint8_t[]", frame)
+    assert lib.ns_csum_complete(buf, len(frame), 34, 6) == 0
+    done = bytes(ffi.buffer(buf, len(frame)))
+    _, payload = wudp.parse(memoryview(done[34:]), PEER_IP, OUR_IP)
+    assert bytes(payload) == data and done[40:42] == wudp.build(PEER_IP, OUR_IP, 5000, 7, data)[6:]
+    assert lib.ns_csum_complete(buf, len(frame), len(frame) - 1, 6) < 0  # out of the frame
