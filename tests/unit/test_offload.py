@@ -267,6 +267,7 @@ def vnet_slot() -> int:
 def test_c_completes_a_partial_checksum_in_place() -> None:
     """What the link does to an ordinary NEEDS_CSUM frame (a kernel UDP datagram)."""
     from netstack._ffi import ffi, lib
+
     from netstack.wire import udp as wudp
 
     data = b"hello, partial world"
