@@ -188,3 +188,31 @@ def test_packet_link_with_offloads_over_veth(tmp_path: Path) -> None:
             proc.wait(10)
         netns_del(kernel_ns)
         netns_del(stack_ns)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_impaired_path_with_and_without_offloads(
+    mode: str, tmp_path: Path, payload: tuple[Path, str]
+) -> None:
+    """Through the relay (which cuts the stack's super-frames into wire segments, then drops
+    and reorders those): 5 MB through echo, exact, both ways impaired."""
+    need_world()
+    from tests.integration.impair import Impairment, impaired_world
+    from tests.integration.tcp.kit import sha256_file
+
+    path, _ = payload
+    size = 5 * MB
+    faults = Impairment(drop=0.02, reorder=0.05)
+    args = (*FAST_ARGS, "--offload", mode)
+    with impaired_world(tmp_path, to_stack=faults, to_kernel=faults, extra_args=args) as world:
+        assert NEGOTIATED[mode] in world.log()
+        sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(LIMIT)
+            sock.connect((STACK_IP, ECHO))
+            got, n, _ = echo_transfer(sock, path, LIMIT, size)
+        finally:
+            sock.close()
+        stats = world.relay_stats()
+    assert n == size and got == sha256_file(path, size)
+    assert stats.to_kernel.dropped > 0 and stats.to_stack.dropped > 0
