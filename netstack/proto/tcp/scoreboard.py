@@ -35,6 +35,7 @@ class Sent:
         "fin",
         "lost",
         "order",
+        "psh",
         "retransmitted",
         "rexmit",
         "sacked",
@@ -43,13 +44,20 @@ class Sent:
     )
 
     def __init__(
-        self, start: int, end: int, sent_at: float, fin: bool = False, order: int = 0
+        self,
+        start: int,
+        end: int,
+        sent_at: float,
+        fin: bool = False,
+        order: int = 0,
+        psh: bool = False,
     ) -> None:
         self.start = start  # unwrapped sequence numbers
         self.end = end
         self.sent_at = sent_at
         self.order = order  # transmission count when last sent: orders sends within one `now`
         self.fin = fin
+        self.psh = psh  # sent with PSH: a retransmission keeps the flag (as Linux's skb does)
         self.sacked = False
         self.lost = False
         self.rexmit = False  # retransmitted since last marked lost, and not yet acked or SACKed
@@ -131,21 +139,37 @@ class Scoreboard:
         return flight - self.sacked_bytes - self.lost_bytes + self.rexmit_bytes
 
     # -- sending -----------------------------------------------------------------------------
-    def add(self, start: int, end: int, now: float, fin: bool = False) -> Sent:
+    def add(self, start: int, end: int, now: float, fin: bool = False, psh: bool = False) -> Sent:
         self._tx += 1
-        record = Sent(start, end, now, fin, self._tx)
+        record = Sent(start, end, now, fin, self._tx, psh)
         self._records.append(record)
         return record
 
-    def add_pieces(self, start: int, end: int, size: int, now: float) -> None:
+    def add_pieces(self, start: int, end: int, size: int, now: float, psh: bool = False) -> None:
         """One record per `size` bytes of [start, end): a TSO super-segment as the wire will
-        carry it (add() for each piece, without a call per piece)."""
+        carry it (add() for each piece, without a call per piece); PSH on the last piece."""
         records = self._records
         tx = self._tx
         for piece in range(start, end, size):
             tx += 1
             records.append(Sent(piece, min(piece + size, end), now, False, tx))
         self._tx = tx
+        records[-1].psh = psh
+
+    def split(self, r: Sent, at: int) -> Sent:
+        """Cut a live record at sequence `at` (start < at < end), as Linux's tcp_fragment: `r`
+        keeps [start, at), a new record [at, end) with the same marks, send time and order
+        follows it; PSH and FIN stay with the tail. Byte totals do not change. Used to resend
+        part of a multi-MSS (offloaded) segment when cwnd allows less than all of it."""
+        tail = Sent(at, r.end, r.sent_at, r.fin, r.order, r.psh)
+        tail.sacked, tail.lost, tail.rexmit = r.sacked, r.lost, r.rexmit
+        tail.retransmitted = r.retransmitted
+        r.end = at
+        r.fin = r.psh = False
+        records = self._records
+        i = bisect.bisect_left(records, r.start, self._head, len(records), key=_start)
+        records.insert(i + 1, tail)
+        return tail
 
     def retransmitted(self, record: Sent, now: float) -> None:
         """`record` went out again."""
