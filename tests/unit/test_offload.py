@@ -280,3 +280,28 @@ def test_c_completes_a_partial_checksum_in_place() -> None:
     _, payload = wudp.parse(memoryview(done[34:]), PEER_IP, OUR_IP)
     assert bytes(payload) == data and done[40:42] == wudp.build(PEER_IP, OUR_IP, 5000, 7, data)[6:]
     assert lib.ns_csum_complete(buf, len(frame), len(frame) - 1, 6) < 0  # out of the frame
+
+
+def test_fault_link_keeps_each_frame_with_its_metadata() -> None:
+    """--fault over a link with the virtio-net header: rx_meta stays parallel to the frames
+    through drops and delays."""
+    from netstack.io.fault import FaultLink, parse_fault
+    from tests.unit.test_fault import Clock, FakeLink
+
+    inner = FakeLink()
+    inner.vnet = True  # type: ignore[attr-defined]
+    inner.rx_meta = []  # type: ignore[attr-defined]
+    spec = parse_fault("rx:drop=0.5,rx:delay=1ms,seed=4")
+    assert spec is not None
+    clock = Clock()
+    link = FaultLink(inner, spec, clock=clock, counters=Counters())  # type: ignore[arg-type]
+    frames = [bytes([i]) * 10 for i in range(40)]
+    inner.incoming = [memoryview(f) for f in frames]
+    inner.rx_meta = [1000 + i for i in range(40)]  # type: ignore[attr-defined]
+    assert link.receive_batch() == [] and link.rx_meta == []  # all held (delay)
+    clock.now += 0.01
+    inner.incoming, inner.rx_meta = [], []  # type: ignore[attr-defined]
+    got = link.receive_batch()
+    assert 5 < len(got) < 35 and len(link.rx_meta) == len(got)
+    for view, meta in zip(got, link.rx_meta, strict=True):
+        assert meta == 1000 + view[0]
