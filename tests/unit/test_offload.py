@@ -305,3 +305,13 @@ def test_fault_link_keeps_each_frame_with_its_metadata() -> None:
     assert 5 < len(got) < 35 and len(link.rx_meta) == len(got)
     for view, meta in zip(got, link.rx_meta, strict=True):
         assert meta == 1000 + view[0]
+
+
+def test_offload_setting() -> None:
+    from netstack.config import ConfigError, build_config
+
+    assert build_config().offload == "auto"
+    assert build_config({"offload": "off"}).offload == "off"
+    with pytest.raises(ConfigError, match="offload"):
+        build_config({"offload": "on"})
+    assert "offload = auto" in build_config().describe()
