@@ -29,7 +29,30 @@ struct iovec { void *iov_base; size_t iov_len; };
 #define IFF_VNET_HDR ...
 #define IFF_MULTI_QUEUE ...
 
+#define TUN_F_CSUM ...
+#define TUN_F_TSO4 ...
+#define TUN_F_TSO6 ...
+#define TUN_F_TSO_ECN ...
+#define TUN_F_USO4 ...
+#define TUN_F_USO6 ...
+#define PACKET_VNET_HDR ...
+#define PACKET_QDISC_BYPASS ...
+
 int ns_tap_open(const char *name, int flags, char *name_out);
+/* The kernel's layout, checked by cffi at build time (tests compare netstack.wire.vnet). */
+struct virtio_net_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    ...;
+};
+
+int ns_tap_set_vnet_hdr_sz(int fd, int size);
+int ns_tap_set_offload(int fd, unsigned int features);
+int ns_packet_set_option(int fd, int option, int value);
 int ns_if_hwaddr(const char *name, uint8_t *mac_out);
 int ns_if_mtu(const char *name);
 int ns_packet_open(const char *name);
@@ -42,6 +65,7 @@ int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint
 int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 uint16_t ns_csum_fold(uint32_t sum);
+int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset);
 """
 
 ffibuilder = FFI()

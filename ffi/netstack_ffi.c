@@ -24,6 +24,18 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/virtio_net.h>
+
+/* Not in older uapi headers; the running kernel decides whether it knows them. */
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20 /* Linux >= 6.2 */
+#endif
+#ifndef TUN_F_USO6
+#define TUN_F_USO6 0x40
+#endif
+#ifndef PACKET_QDISC_BYPASS
+#define PACKET_QDISC_BYPASS 20
+#endif
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23 /* Linux >= 4.20 */
@@ -74,6 +86,27 @@ int ns_tap_open(const char *name, int flags, char *name_out)
         name_out[IFNAMSIZ - 1] = '\0';
     }
     return fd;
+}
+
+/* Virtio-net header on a TAP fd opened with IFF_VNET_HDR: its size (TUNSETVNETHDRSZ), then
+ * the offloads the reader accepts (TUNSETOFFLOAD, TUN_F_* bits). The kernel answers EINVAL to
+ * a bit it does not know, so callers probe one feature at a time. */
+int ns_tap_set_vnet_hdr_sz(int fd, int size)
+{
+    return ioctl(fd, TUNSETVNETHDRSZ, &size) < 0 ? -errno : 0;
+}
+
+int ns_tap_set_offload(int fd, unsigned int features)
+{
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)features) < 0 ? -errno : 0;
+}
+
+/* AF_PACKET: a struct virtio_net_hdr (10 bytes) before every frame both ways
+ * (PACKET_VNET_HDR), and transmit straight to the driver, past the qdisc
+ * (PACKET_QDISC_BYPASS: no queueing discipline between us and a veth). */
+int ns_packet_set_option(int fd, int option, int value)
+{
+    return setsockopt(fd, SOL_PACKET, option, &value, sizeof(value)) < 0 ? -errno : 0;
 }
 
 /* A throwaway socket for interface ioctls: AF_INET exists in every namespace; AF_PACKET is the
@@ -378,4 +411,22 @@ uint16_t ns_csum_fold(uint32_t sum)
     s = (s & 0xffffu) + (s >> 16);
     s = (s & 0xffffu) + (s >> 16);
     return (uint16_t)(~s & 0xffffu);
+}
+
+/* Complete a partial checksum (virtio-net NEEDS_CSUM) in place: the one's complement sum from
+ * `start` to the end of the frame, whose checksum field (at start + offset) holds the
+ * pseudo-header sum meanwhile, stored at start + offset. A UDP result of 0 is sent as 0xffff
+ * (RFC 768). -EINVAL when the positions lie outside the frame. */
+int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
+{
+    uint16_t c;
+
+    if (start >= len || offset > len - start || len - start - offset < 2)
+        return -EINVAL;
+    c = ns_csum_fold(ns_csum_partial(frame + start, len - start, 0));
+    if (c == 0 && offset == 6)
+        c = 0xffff;
+    frame[start + offset] = (uint8_t)(c >> 8);
+    frame[start + offset + 1] = (uint8_t)(c & 0xff);
+    return 0;
 }

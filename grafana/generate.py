@@ -268,6 +268,17 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 width=8,
             ),
             Panel(
+                "Offload super-frames",
+                "pps",
+                (
+                    *by_direction("netstack_gso_frames_total", "super-frames "),
+                    *by_direction("netstack_gso_segments_total", "wire segments "),
+                ),
+                "Super-frames (virtio-net GSO, up to 64 KiB) and the wire segments inside them; "
+                "empty with offload = off.",
+                width=8,
+            ),
+            Panel(
                 "TCP retransmission ratio",
                 "percentunit",
                 (

@@ -30,6 +30,7 @@ from netstack.wire.ethernet import mac_from_str, mac_to_str
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
+OFFLOADS = ("auto", "off")  # netstack/io/offload.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
 
@@ -339,6 +340,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a SOCKS session may stay silent",
         cli=False,
     ),
+    Setting(
+        "offload",
+        _choice(OFFLOADS),
+        "auto",
+        "auto: virtio-net header with checksum offload and TSO/GSO super-frames where the "
+        "kernel agrees; off: plain frames",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -371,6 +379,15 @@ class Config:
     tcp_syncookies: bool
     dhcp_release: bool
     dhcp_lease_file: Path | None
+    forward: tuple[ForwardSpec, ...]
+    socks_listen: HostPort | None
+    socks_allow: tuple[ipaddress.IPv4Network, ...] | None
+    socks_username: str | None
+    socks_password: str | None
+    socks_max_sessions: int
+    socks_handshake_timeout: float
+    socks_idle_timeout: float
+    offload: str
 
     @property
     def dhcp(self) -> bool:
@@ -381,14 +398,6 @@ class Config:
         if self.dhcp_lease_file is not None:
             return self.dhcp_lease_file
         return STATE_DIRECTORY / f"dhcp-{self.interface}.json"
-    forward: tuple[ForwardSpec, ...]
-    socks_listen: HostPort | None
-    socks_allow: tuple[ipaddress.IPv4Network, ...] | None
-    socks_username: str | None
-    socks_password: str | None
-    socks_max_sessions: int
-    socks_handshake_timeout: float
-    socks_idle_timeout: float
 
     def stack_mac(self) -> bytes:
         """The configured MAC, or a stable locally administered one derived from our identity."""

@@ -67,6 +67,11 @@ class Counters:
     # DHCP client (netstack/proto/dhcp.py)
     dhcp_renewals: int = 0  # leases extended by an ACK while renewing or rebinding
     dhcp_declines: int = 0  # acknowledged addresses another host answered for (RFC 5227)
+    # Offloads: super-frames (virtio-net GSO) and the wire segments they stand for.
+    gso_frames_rx: int = 0
+    gso_frames_tx: int = 0
+    gso_segments_rx: int = 0
+    gso_segments_tx: int = 0
 
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(

@@ -19,6 +19,8 @@ class Drop(enum.Enum):
     LINK_TX_QUEUE_FULL = ("link", "tx_queue_full")
     LINK_FAULT_INJECTED = ("link", "fault_injected")  # --fault: a loss we were told to cause
     LINK_FAULT_QUEUE_FULL = ("link", "fault_queue_full")  # --fault: too many frames held
+    LINK_VNET_TRUNCATED = ("link", "vnet_truncated")  # shorter than its virtio-net header
+    LINK_GSO_UNSUPPORTED = ("link", "gso_unsupported")  # a super-frame of a kind we cannot cut
 
     # ethernet
     ETH_TRUNCATED = ("ethernet", "truncated")

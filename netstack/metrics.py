@@ -188,6 +188,18 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "DHCP addresses declined: another host answered the ARP probe (RFC 5227).",
         "dhcp_declines",
     ),
+    _per_direction(
+        "gso_frames",
+        "Super-frames (virtio-net GSO, up to 64 KiB) received and sent with offloads on.",
+        "gso_frames_rx",
+        "gso_frames_tx",
+    ),
+    _per_direction(
+        "gso_segments",
+        "Wire segments inside those super-frames (what the kernel merged or will cut).",
+        "gso_segments_rx",
+        "gso_segments_tx",
+    ),
 )
 
 # (name, help, Counters field) of the per-interface link counters.

@@ -4,6 +4,13 @@ Files are libpcap format (magic a1b2c3d4, microseconds, LINKTYPE_ETHERNET) so tc
 and scapy read them. Each rotated file starts with its own global header and is valid alone:
 `path` is the newest, `path.1` the one before, ... `path.{max_files-1}` the oldest.
 
+Super-frames (offload = "auto": TCP segments of up to 64 KiB in one frame, wire/vnet.py) are
+recorded whole, as the kernel handed them over or as we hand them to it, hence a snaplen of
+256 KiB (tcpdump's default) rather than 65535. A frame that carries a VnetMark asking for a
+partial checksum to be completed (NEEDS_CSUM) is recorded with that checksum filled in, as the
+kernel will fill it (or as it vouched for it): tshark's checksum validation then passes on
+every record, and a bad checksum in the capture still means a bad frame.
+
 Writes go to an in-memory buffer flushed every 64 KiB or second, so capture costs a copy per
 frame and almost no syscalls. A write error (disk full) disables the writer instead of raising
 into the packet loop.
@@ -17,6 +24,8 @@ import struct
 import time
 from pathlib import Path
 
+from netstack.wire.vnet import F_NEEDS_CSUM, VnetMark, fill_checksum
+
 log = logging.getLogger("netstack.pcap")
 
 MAGIC = 0xA1B2C3D4
@@ -24,6 +33,7 @@ VERSION = (2, 4)
 LINKTYPE_ETHERNET = 1
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
+SNAPLEN = 262144
 FLUSH_BYTES = 64 * 1024
 FLUSH_SECONDS = 1.0
 
@@ -37,7 +47,7 @@ class PcapWriter:
         self,
         path: str | os.PathLike[str],
         *,
-        snaplen: int = 65535,
+        snaplen: int = SNAPLEN,
         max_bytes: int | None = 64 * 1024 * 1024,
         max_files: int = 5,
         time_offset: float | None = None,
@@ -92,8 +102,15 @@ class PcapWriter:
         buf = self._buffer
         buf += RECORD_HEADER.pack(seconds & 0xFFFFFFFF, micros, incl_len, orig_len)
         if incl_len == orig_len:
+            start = len(buf)
+            mark = None
             for piece in pieces:
+                if piece.__class__ is VnetMark:
+                    mark = piece
                 buf += piece
+            if mark is not None and mark.vnet.flags & F_NEEDS_CSUM:
+                with memoryview(buf) as view:
+                    fill_checksum(view[start:], mark.vnet)
         else:
             left = incl_len
             for piece in pieces:

@@ -24,6 +24,7 @@ from netstack.counters import Counters
 from netstack.io import netlink
 from netstack.io.fault import FaultLink
 from netstack.io.loop import Loop
+from netstack.io.offload import OFF, TSO_MAX
 from netstack.lease import LeaseFile, ReleaseOnShutdown
 from netstack.logsetup import set_level
 from netstack.notify import Heartbeat, Notifier
@@ -64,7 +65,7 @@ def open_link(config: Config):
         if config.link == "tap":
             from netstack.io.tap import TapLink
 
-            link = TapLink(config.interface)
+            link = TapLink(config.interface, offload=config.offload)
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
@@ -74,7 +75,7 @@ def open_link(config: Config):
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")
             netlink.configure_interface(config.interface, address=None, mtu=config.mtu)
-            link = PacketLink(config.interface)
+            link = PacketLink(config.interface, offload=config.offload)
     except LinkError as err:
         raise StartupError(str(err)) from None
     except netlink.NetlinkConfigError as err:
@@ -185,6 +186,10 @@ class Stack:
         self.counters = Counters()
         mtu = config.mtu or link.mtu
         mac = link.mac if config.link == "packet" and config.mac is None else config.stack_mac()
+        offloads = getattr(link, "offloads", OFF)
+        tcp = config.tcp_config()
+        if offloads.tso4:  # TCP may hand the link segments of up to 64 KiB (TSO)
+            tcp = dataclasses.replace(tcp, tso_max=TSO_MAX)
         self.host = Host(
             HostConfig(
                 mac=mac,
@@ -192,7 +197,7 @@ class Stack:
                 prefix_len=0 if config.dhcp else config.address.network.prefixlen,
                 gateway=int(config.gateway) if config.gateway is not None else None,
                 mtu=mtu,
-                tcp=config.tcp_config(),
+                tcp=tcp,
                 dhcp=DhcpConfig() if config.dhcp else None,
             ),
             self.counters,
@@ -217,7 +222,8 @@ class Stack:
             self._init_dhcp()
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
-        self.host.receive_batch(frames, now)
+        # rx_meta: each frame's virtio-net header (None without one), parallel to frames
+        self.host.receive_batch(frames, now, getattr(self.link, "rx_meta", None))
         self._move_tx()
 
     def _poll(self, now: float) -> None:
@@ -291,11 +297,22 @@ class Stack:
             f"mtu {self.host.config.mtu}; try: ping {ip}, tcpdump -i {self.link.name}"
         )
 
+    def describe_offloads(self) -> str:
+        """What the link negotiated (and, for AF_PACKET, how it receives and sends)."""
+        link = self.link
+        line = getattr(link, "offloads", OFF).describe(link.name)
+        rx_mode = getattr(link, "rx_mode", None)
+        if rx_mode is not None:
+            bypass = "on" if getattr(link, "qdisc_bypass", False) else "off"
+            line += f"; receive {rx_mode}, qdisc bypass {bypass}"
+        return line
+
     def run(self) -> None:
         now = self.loop.now()
         self.host.start(now, self.lease_file.load(now) if self.lease_file is not None else None)
         self._move_tx()
         log.info("%s", self.describe())
+        log.info("%s", self.describe_offloads())
         self.loop.call_at(now, self._ready)  # from the first turn: the loop is serving
         try:
             self.loop.run()

@@ -63,6 +63,10 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
             ("bytes received", "netstack_rx_bytes_total", {}),
             ("frames sent", "netstack_tx_packets_total", {}),
             ("bytes sent", "netstack_tx_bytes_total", {}),
+            ("super-frames received (offload)", "netstack_gso_frames_total", {"direction": "rx"}),
+            ("super-frames sent (offload)", "netstack_gso_frames_total", {"direction": "tx"}),
+            ("wire segments in them, received", "netstack_gso_segments_total", {"direction": "rx"}),
+            ("wire segments in them, sent", "netstack_gso_segments_total", {"direction": "tx"}),
         ),
     ),
     (

@@ -15,6 +15,12 @@ order: dropped (drop); else a bit flipped in a copy (corrupt); sent twice (dup);
 delay+jitter; then, as it leaves, held back with probability `reorder` and sent right after the
 next frame of that direction (or after REORDER_MAX_HOLD if none comes).
 
+With offloads on (offload = "auto") a frame may be a super-frame of up to 64 KiB standing for
+many wire segments: every fault acts on the frame as a whole (dropped, delayed, duplicated or
+reordered together). A corrupted received super-frame loses the checksum vouching of its
+virtio-net header, so the stack verifies it and drops it; a corrupted super-frame on its way
+out is dropped instead (the kernel would checksum the flipped bit into its segments).
+
 Every injected loss is a drop with its own reason (Drop.LINK_FAULT_INJECTED), every frame lost
 to a full hold queue another (Drop.LINK_FAULT_QUEUE_FULL). Decisions come from a seeded RNG per
 direction and depend only on frame order (and jitter), so a seed replays the same faults.
@@ -37,6 +43,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.io.link import Frame, Link, LinkTxError
+from netstack.wire.vnet import find_mark, own_frame
 
 log = logging.getLogger("netstack.io.fault")
 
@@ -198,14 +205,44 @@ T = TypeVar("T")
 
 
 class Form(NamedTuple, Generic[T]):
-    """How a channel copies its kind of frame: received views or transmit piece tuples."""
+    """How a channel copies and corrupts its kind of frame: received views (with or without
+    their virtio-net metadata) or transmit piece tuples."""
 
-    to_bytes: Callable[[T], bytes]
-    from_bytes: Callable[[bytes], T]
+    own: Callable[[T], T]  # a copy that outlives the buffers the frame points into
+    size: Callable[[T], int]  # bytes a corruption may hit
+    corrupted: Callable[[T, int], T | None]  # a copy with that bit flipped; None: lost
 
 
-RX_FORM: Form[memoryview] = Form(bytes, memoryview)
-TX_FORM: Form[Frame] = Form(b"".join, lambda data: (data,))
+def _flipped(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit >> 3] ^= 1 << (bit & 7)
+    return bytes(out)
+
+
+def _tx_corrupted(frame: Frame, bit: int) -> Frame | None:
+    """A super-frame (offload) cannot be corrupted on its way out: the kernel would compute
+    its segments' checksums over the flipped bit and the peer would take the damage. A
+    corrupted segment is one its receiver drops, so the super-frame is lost instead."""
+    mark = find_mark(frame)
+    if mark is not None and mark.vnet.gso_type:
+        return None
+    return (_flipped(b"".join(frame), bit),)
+
+
+RX_FORM: Form[memoryview] = Form(
+    lambda view: memoryview(bytes(view)),
+    len,
+    lambda view, bit: memoryview(_flipped(view, bit)),
+)
+TX_FORM: Form[Frame] = Form(own_frame, lambda frame: sum(map(len, frame)), _tx_corrupted)
+# Received (view, vnet metadata) pairs from a link with the virtio-net header. A corrupted
+# copy loses the metadata: its checksum is no longer vouched for, so the stack verifies it
+# (and a super-frame, whose checksum field holds a partial sum, is then dropped whole).
+RX_META_FORM: Form[tuple[memoryview, int]] = Form(
+    lambda pair: (memoryview(bytes(pair[0])), pair[1]),
+    lambda pair: len(pair[0]),
+    lambda pair, bit: (memoryview(_flipped(pair[0], bit)), 0),
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -289,7 +326,12 @@ class FaultChannel(Generic[T]):
                 self._drop(Drop.LINK_FAULT_INJECTED)
                 continue
             if imp.corrupt and rng.random() < imp.corrupt:
-                frame = self._corrupted(frame)
+                corrupted = self._corrupted(frame)
+                if corrupted is None:  # a super-frame: lost whole (see _tx_corrupted)
+                    stats.dropped += 1
+                    self._drop(Drop.LINK_FAULT_INJECTED)
+                    continue
+                frame = corrupted
             copies = 1
             if imp.dup and rng.random() < imp.dup:
                 stats.duplicated += 1
@@ -349,16 +391,15 @@ class FaultChannel(Generic[T]):
             self._on_drop(reason)
 
     def _own(self, frame: T) -> T:
-        return self.form.from_bytes(self.form.to_bytes(frame))
+        return self.form.own(frame)
 
-    def _corrupted(self, frame: T) -> T:
-        data = bytearray(self.form.to_bytes(frame))
-        if not data:
+    def _corrupted(self, frame: T) -> T | None:
+        size = self.form.size(frame)
+        if not size:
             return frame
-        bit = self.rng.randrange(len(data) * 8)
-        data[bit >> 3] ^= 1 << (bit & 7)
+        bit = self.rng.randrange(size * 8)
         self.stats.corrupted += 1
-        return self.form.from_bytes(bytes(data))
+        return self.form.corrupted(frame, bit)
 
 
 # -- the link wrapper --------------------------------------------------------------------------
@@ -385,8 +426,13 @@ class FaultLink:
         self.counters = counters
         self._clock = clock
         on_drop = counters.drop if counters is not None else None
-        self.rx: FaultChannel[memoryview] = FaultChannel(
-            spec.rx, channel_rng(self.seed, "rx"), RX_FORM, on_drop
+        # A link with the virtio-net header reports metadata per frame (rx_meta): it travels
+        # with its frame through the channel, so drops, delays and reordering keep the pairs.
+        self.vnet = bool(getattr(inner, "vnet", False))
+        self.rx_meta: list[int] | None = [] if self.vnet else None
+        self.rx_vnet_truncated = 0
+        self.rx: FaultChannel[Any] = FaultChannel(
+            spec.rx, channel_rng(self.seed, "rx"), RX_META_FORM if self.vnet else RX_FORM, on_drop
         )
         self.tx: FaultChannel[Frame] = FaultChannel(
             spec.tx, channel_rng(self.seed, "tx"), TX_FORM, on_drop
@@ -442,8 +488,15 @@ class FaultLink:
         if inner.rx_oversize:
             self.rx_oversize += inner.rx_oversize
             inner.rx_oversize = 0
-        out: list[memoryview] = []
+        if getattr(inner, "rx_vnet_truncated", 0):
+            self.rx_vnet_truncated += inner.rx_vnet_truncated
+            inner.rx_vnet_truncated = 0
+        out: list[Any] = []
         self.rx.release(now, out)
+        if self.vnet:
+            self.rx.process(zip(views, inner.rx_meta or (), strict=True), now, out)
+            self.rx_meta = [meta for _, meta in out]
+            return [view for view, _ in out]
         self.rx.process(views, now, out)
         return out
 
@@ -482,7 +535,7 @@ class FaultLink:
             if self.counters is not None:
                 self.counters.drop(Drop.LINK_FAULT_QUEUE_FULL, len(frames) - room)
             frames = frames[:room]
-        self._backlog = [(b"".join(frame),) for frame in frames]
+        self._backlog = [own_frame(frame) for frame in frames]
         self._backlog_retry = self._clock() + BACKLOG_RETRY
         return False
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from netstack._ffi import ffi, lib
+from netstack.wire import vnet as wvnet
 
 Buffer = bytes | bytearray | memoryview
 Frame = tuple[Buffer, ...]
@@ -23,6 +24,13 @@ Frame = tuple[Buffer, ...]
 RX_HEADROOM = 22
 MIN_SLOT_MTU = 9000
 IFNAMSIZ = 16
+# With the virtio-net header a received frame may be a super-frame: an IPv4 datagram of up to
+# 64 KiB (the TAP's default gso_max_size) plus Ethernet, VLAN and the header itself.
+VNET_RX_SLOT = (wvnet.HEADER_LEN + 65536 + RX_HEADROOM + 63) & ~63
+# Transmit iovecs per frame in vnet mode: the header, then up to this many pinned pieces of a
+# frame too large for a transmit slot (more pieces are joined first).
+VNET_TX_PIECES = 7
+_PARTIAL_NOT_GSO = wvnet.F_NEEDS_CSUM | 0xFF00  # metadata bits: NEEDS_CSUM and the GSO type
 
 
 class LinkError(Exception):
@@ -149,7 +157,10 @@ class BatchLink:
     _rx_fn: BatchFn
     _tx_fn: BatchFn
 
-    def __init__(self, name: str, fd: int, mac: bytes, mtu: int, max_batch: int) -> None:
+    def __init__(
+        self, name: str, fd: int, mac: bytes, mtu: int, max_batch: int, *, vnet: bool = False
+    ) -> None:
+        """`vnet`: every frame on the fd starts with a virtio-net header (wire/vnet.py)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.name = name
@@ -158,17 +169,29 @@ class BatchLink:
         self.mtu = mtu
         self.max_batch = max_batch
         self.rx_oversize = 0
+        self.vnet = vnet
+        # Per received frame, its header as wire.vnet metadata ints (None: no vnet header).
+        self.rx_meta: list[int] | None = [] if vnet else None
         slot = max(mtu, MIN_SLOT_MTU) + RX_HEADROOM
         self.slot_size = slot_size = (slot + 63) & ~63
+        if vnet:
+            # Receive slots hold a whole super-frame; transmit slots stay small (a larger
+            # frame is pointed at, not copied), with room for the header.
+            self.slot_size = VNET_RX_SLOT
+            self.receive_batch = self._receive_vnet  # type: ignore[method-assign]
+            self._fill_iov = self._fill_iov_vnet  # type: ignore[method-assign]
+        rx_slot = self.slot_size
         # receive
-        self._arena = ffi.new("uint8_t[]", slot_size * max_batch)
+        self._arena = ffi.new("uint8_t[]", rx_slot * max_batch)
         self._lens = ffi.new("uint32_t[]", max_batch)
         view = memoryview(ffi.buffer(self._arena)).toreadonly()
-        self._slots = [view[i * slot_size : (i + 1) * slot_size] for i in range(max_batch)]
-        # send: iovec i always describes frame i, in slot i of the tx arena
+        self._slots = [view[i * rx_slot : (i + 1) * rx_slot] for i in range(max_batch)]
+        # send: iovec i always describes frame i, in slot i of the tx arena (vnet: frame i
+        # starts at iovec VNET_TX_PIECES + 1 times i; the counts say how many it uses)
+        self.tx_slot_size = slot_size
         self._tx_arena = ffi.new("uint8_t[]", slot_size * max_batch)
         self._tx_view = memoryview(ffi.buffer(self._tx_arena))
-        self._iov = ffi.new("struct iovec[]", max_batch)
+        self._iov = ffi.new("struct iovec[]", max_batch * (VNET_TX_PIECES + 1 if vnet else 1))
         word = "Q" if ffi.sizeof("void *") == 8 else "I"
         if ffi.sizeof("struct iovec") != 2 * ffi.sizeof("void *"):
             raise RuntimeError("unexpected struct iovec layout")
@@ -188,6 +211,62 @@ class BatchLink:
         if max(lens) >= self.slot_size:  # a full slot means the kernel truncated the frame
             return self._without_oversize(lens)
         return [slots[i][: lens[i]] for i in range(n)]
+
+    def _receive_vnet(self) -> list[memoryview]:
+        """receive_batch with a virtio-net header before each frame: strip it, keep it as
+        metadata in rx_meta (parallel to the returned frames)."""
+        n = self._rx_fn(self.fd, self._arena, self.slot_size, self.max_batch, self._lens)
+        if n <= 0:
+            self.rx_meta = []
+            if n == 0 or n == -errno.EAGAIN:
+                return []
+            raise link_error(n, self.name, "reading from")
+        lens = ffi.unpack(self._lens, n)
+        slots = self._slots
+        hlen = wvnet.HEADER_LEN
+        if max(lens) >= self.slot_size or min(lens) < hlen:
+            return self._vnet_odd(lens)
+        meta_of = wvnet.meta_of
+        metas = [meta_of(slots[i]) for i in range(n)]
+        for i, meta in enumerate(metas):
+            if meta & _PARTIAL_NOT_GSO == wvnet.F_NEEDS_CSUM:
+                metas[i] = self._complete(i, lens[i], meta)
+        self.rx_meta = metas
+        return [slots[i][hlen : lens[i]] for i in range(n)]
+
+    def _complete(self, i: int, length: int, meta: int) -> int:
+        """A partial checksum on an ordinary frame (the kernel's CHECKSUM_PARTIAL UDP or TCP
+        segment) is completed where it lies, in C, and the frame then said verified: it is
+        exactly what a wire would carry, so an ICMP error quoting it, a capture or a
+        corruption by --fault see a true checksum. Super-frames stay partial (summing 64 KiB
+        would cost more than their whole processing); nothing quotes or re-sends them."""
+        hlen = wvnet.HEADER_LEN
+        start, offset = (meta >> 32) & 0xFFFF, (meta >> 48) & 0xFFFF
+        frame = self._arena + (i * self.slot_size + hlen)
+        if lib.ns_csum_complete(frame, length - hlen, start, offset) < 0:
+            return meta & ~0xFF  # positions outside the frame: vouch for nothing, verify it
+        return (meta & ~0xFF) | wvnet.F_DATA_VALID
+
+    def _vnet_odd(self, lens: list[int]) -> list[memoryview]:
+        """A batch with a truncated frame or one shorter than its header: skip those."""
+        hlen = wvnet.HEADER_LEN
+        out: list[memoryview] = []
+        metas: list[int] = []
+        self.rx_meta = metas
+        for i, (slot, length) in enumerate(zip(self._slots, lens, strict=False)):
+            if length >= self.slot_size:
+                self.rx_oversize += 1
+            elif length < hlen:
+                self.rx_vnet_truncated += 1
+            else:
+                meta = wvnet.meta_of(slot)
+                if meta & _PARTIAL_NOT_GSO == wvnet.F_NEEDS_CSUM:
+                    meta = self._complete(i, length, meta)
+                metas.append(meta)
+                out.append(slot[hlen:length])
+        return out
+
+    rx_vnet_truncated = 0  # frames shorter than the header (the loop counts and zeroes it)
 
     def _without_oversize(self, lens: list[int]) -> list[memoryview]:
         slot_size = self.slot_size
@@ -241,6 +320,48 @@ class BatchLink:
                 size = len(pinned)
             words[w + 1] = size
             w += 2
+        return keep
+
+    def _fill_iov_vnet(self, frames: Sequence[Frame]) -> list | None:
+        """_fill_iov with a virtio-net header before each frame: a frame's VnetMark gives it
+        (a super-frame for the kernel to cut), else the all-zero one. A frame that fits a
+        transmit slot is copied there after its header (one iovec); a larger one is sent
+        from where its pieces lie (header + pieces, pinned: no 64 KiB copy)."""
+        words = self._iov_words
+        view = self._tx_view
+        bases = self._tx_bases
+        counts = self._iov_counts
+        slot_size = self.tx_slot_size
+        hlen = wvnet.HEADER_LEN
+        plain = wvnet.PLAIN
+        mark_cls = wvnet.VnetMark
+        keep: list | None = None
+        w = 0
+        for i, frame in enumerate(frames):
+            header = plain
+            if len(frame) > 1 and frame[1].__class__ is mark_cls:
+                header = frame[1].header
+            data = frame[0] if len(frame) == 1 else None
+            size = len(data) if data is not None else sum(map(len, frame))
+            if size + hlen <= slot_size:
+                off = i * slot_size
+                view[off : off + hlen] = header
+                view[off + hlen : off + hlen + size] = data if data is not None else b"".join(frame)
+                words[w] = bases[i]
+                words[w + 1] = size + hlen
+                w += 2
+                counts[i] = 1
+                continue
+            pieces = [p for p in frame if len(p)]
+            if len(pieces) > VNET_TX_PIECES:
+                pieces = [b"".join(pieces)]
+            pinned = [ffi.from_buffer(header), *map(ffi.from_buffer, pieces)]
+            keep = pinned if keep is None else [*keep, *pinned]
+            for p in pinned:
+                words[w] = int(ffi.cast("uintptr_t", p))
+                words[w + 1] = len(p)
+                w += 2
+            counts[i] = len(pinned)
         return keep
 
     def close(self) -> None:

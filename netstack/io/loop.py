@@ -26,6 +26,8 @@ from netstack.drops import Drop
 from netstack.io.link import Frame, Link, LinkError, LinkTxError
 from netstack.io.timers import TimerCallback, TimerHandle, TimerHeap
 from netstack.logsetup import RateLimitedLog
+from netstack.wire import vnet as wvnet
+from netstack.wire.vnet import own_frame
 
 log = logging.getLogger("netstack.io.loop")
 
@@ -262,13 +264,20 @@ class Loop:
             if link.rx_oversize:
                 self.counters.drop(Drop.LINK_RX_OVERSIZE, link.rx_oversize)
                 link.rx_oversize = 0
+            if getattr(link, "rx_vnet_truncated", 0):
+                self.counters.drop(Drop.LINK_VNET_TRUNCATED, link.rx_vnet_truncated)
+                link.rx_vnet_truncated = 0
             if not frames:
                 return
             self.counters.loop_batch_frames.observe(len(frames))
             if observers:
-                for frame in frames:
+                metas = getattr(link, "rx_meta", None)
+                for i, frame in enumerate(frames):
+                    # A frame whose virtio-net header says something is shown as the pieces
+                    # (VnetMark, frame): a pcap completes a partial checksum with it.
+                    seen = (wvnet.meta_mark(metas[i]), frame) if metas and metas[i] else frame
                     for observer in observers:
-                        observer("rx", frame, now)
+                        observer("rx", seen, now)
             try:
                 state.on_frames(frames, now)
             except Exception:
@@ -350,7 +359,7 @@ class Loop:
             counters.drop(Drop.LINK_TX_QUEUE_FULL, excess)
         if queue:
             # Left for EPOLLOUT: own the bytes, since views may point into a receive arena.
-            queue[:] = [(b"".join(frame),) for frame in queue]
+            queue[:] = [own_frame(frame) for frame in queue]  # VnetMarks kept
         if bool(queue) != state.want_out:
             self._set_want_out(state, bool(queue))
 

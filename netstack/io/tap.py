@@ -10,6 +10,7 @@ import errno
 import os
 
 from netstack._ffi import ffi, lib
+from netstack.io import offload as offmod
 from netstack.io.link import (
     IFNAMSIZ,
     BatchLink,
@@ -20,6 +21,7 @@ from netstack.io.link import (
     read_hwaddr,
     read_mtu,
 )
+from netstack.wire import vnet as wvnet
 
 IFF_TAP: int = lib.IFF_TAP
 IFF_TUN: int = lib.IFF_TUN
@@ -54,7 +56,13 @@ def open_tap(name: str, flags: int = DEFAULT_FLAGS) -> tuple[int, str]:
 
 
 class TapLink(BatchLink):
-    """Ethernet frames through a TAP fd: a read() loop in, one writev() per frame out."""
+    """Ethernet frames through a TAP fd: a read() loop in, one writev() per frame out.
+
+    offload="auto" opens it with IFF_VNET_HDR and negotiates checksum offload and TSO
+    (io/offload.py); `offloads` says what was agreed. "off" (the default here; the product's
+    default comes from the config) resets any offload a persistent TAP kept from an earlier
+    reader, or the kernel would hand us super-frames we cannot tell apart.
+    """
 
     _rx_fn = staticmethod(lib.ns_read_batch)
     _tx_fn = staticmethod(lib.ns_write_batch)
@@ -66,17 +74,45 @@ class TapLink(BatchLink):
         max_batch: int = 64,
         flags: int = DEFAULT_FLAGS,
         mac: bytes | None = None,
+        offload: str = "off",
     ) -> None:
         if flags & (IFF_TUN | IFF_VNET_HDR) or not flags & IFF_TAP or not flags & IFF_NO_PI:
             raise ValueError("TapLink handles IFF_TAP|IFF_NO_PI frames (no TUN, no vnet header)")
         if mac is not None and len(mac) != 6:
             raise ValueError("mac must be 6 bytes")
+        if offload not in offmod.MODES:
+            raise ValueError(f"offload must be one of {offmod.MODES}")
+        if offload == "auto":
+            flags |= IFF_VNET_HDR
         fd, actual = open_tap(name, flags)
         try:
+            self.offloads = _negotiate(fd) if offload == "auto" else _no_offloads(fd)
             self.peer_mac = read_hwaddr(actual)
             mtu = read_mtu(actual)
-            super().__init__(actual, fd, mac if mac is not None else random_mac(), mtu, max_batch)
+            super().__init__(
+                actual,
+                fd,
+                mac if mac is not None else random_mac(),
+                mtu,
+                max_batch,
+                vnet=self.offloads.vnet,
+            )
         except BaseException:
             os.close(fd)
             raise
         self.flags = flags
+
+
+def _negotiate(fd: int) -> offmod.Offloads:
+    """Header size first (the kernel's default is the same 10 bytes: said, not assumed)."""
+    rc = lib.ns_tap_set_vnet_hdr_sz(fd, wvnet.HEADER_LEN)
+    if rc < 0:
+        raise LinkError(f"TUNSETVNETHDRSZ: {os.strerror(-rc)}", -rc)
+    features, available = offmod.negotiate(lambda bits: lib.ns_tap_set_offload(fd, bits))
+    note = "" if features else "the kernel refused checksum offload"
+    return offmod.Offloads(True, features, available, wvnet.HEADER_LEN, note)
+
+
+def _no_offloads(fd: int) -> offmod.Offloads:
+    lib.ns_tap_set_offload(fd, 0)  # errors ignored: a kernel without offloads has none on
+    return offmod.OFF

@@ -32,6 +32,7 @@ from netstack.drops import Drop
 from netstack.wire import arp as warp
 from netstack.wire import ethernet as weth
 from netstack.wire.errors import Malformed
+from netstack.wire.vnet import own_frame
 
 Buffer = bytes | bytearray | memoryview
 Frame = tuple[Buffer, ...]
@@ -73,7 +74,7 @@ class _Entry:
     armed: float | None = None  # deadline of this entry's live heap item, if any
     tries: int = 0  # requests sent in the current INCOMPLETE / PROBE round
     # (sequence number, copied packet); the sequence number orders the global queue
-    queue: deque[tuple[int, tuple[bytes]]] = dataclasses.field(default_factory=deque)
+    queue: deque[tuple[int, tuple[bytes, ...]]] = dataclasses.field(default_factory=deque)
 
 
 def _is_multicast_ip(ip: int) -> bool:
@@ -347,7 +348,7 @@ class ArpEngine:
             self._cache[ip].queue.popleft()
             c.drop(Drop.ARP_QUEUE_FULL)
         seq = next(self._seq)
-        entry.queue.append((seq, (b"".join(packet),)))
+        entry.queue.append((seq, own_frame(packet)))  # a super-frame keeps its VnetMark
         queued[seq] = entry.ip
 
     def _discard_queue(self, entry: _Entry, reason: Drop) -> None:

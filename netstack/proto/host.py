@@ -25,6 +25,7 @@ from netstack.wire import ethernet as weth
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import udp as wudp
+from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -113,13 +114,57 @@ class Host:
         if address:
             self.arp.announce(self.now)
 
-    def receive_batch(self, frames: list[memoryview], now: float) -> None:
-        """Handle a batch of received frames; views are valid only during this call."""
+    def receive_batch(
+        self, frames: list[memoryview], now: float, meta: list[int] | None = None
+    ) -> None:
+        """Handle a batch of received frames; views are valid only during this call.
+
+        `meta`, from a link with the virtio-net header: per frame, what its header said
+        (wire/vnet.py metadata ints; 0 = nothing, as a link without offloads).
+        """
         self.now = self.udp.now = self.tcp.now = now
         receive = self.receive
-        for frame in frames:
-            receive(frame, now)
+        if meta:
+            offloaded = self._receive_offloaded
+            for frame, m in zip(frames, meta, strict=True):
+                if m:
+                    offloaded(frame, m, now)
+                else:
+                    receive(frame, now)
+        else:
+            for frame in frames:
+                receive(frame, now)
         self.tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
+
+    def _receive_offloaded(self, frame: memoryview, meta: int, now: float) -> None:
+        """A frame whose virtio-net header says something: a TCP super-frame is taken whole
+        (one segment for TCP); an L4 checksum the header vouches for (partial, or verified
+        by the kernel) is not verified again. Both hold for this frame only."""
+        gso = wvnet.meta_gso_type(meta)
+        ipv4 = self.ipv4
+        if gso:
+            c = self.counters
+            if gso != wvnet.GSO_TCPV4:  # never negotiated: TSO6 and USO are left off
+                c.rx_packets += 1
+                c.rx_bytes += len(frame)
+                c.drop(Drop.LINK_GSO_UNSUPPORTED)
+                return
+            segs = wvnet.segments(len(frame) - (meta >> 64), wvnet.meta_gso_size(meta))
+            c.gso_frames_rx += 1
+            c.gso_segments_rx += segs
+            # TCP segments and IPv4 packets count what the wire carried, as Linux's InSegs
+            # (TCP and IPv4 add the 1 of the super-frame itself)
+            c.tcp_segments_rx += segs - 1
+            c.ipv4_rx += segs - 1
+            ipv4.rx_gso = True
+        # A header vouches for one frame, never for a datagram reassembled from fragments.
+        trusted = (
+            wvnet.meta_trusted(meta) and len(frame) > 21 and not (frame[20] & 0x3F or frame[21])
+        )
+        tcp, udp = self.tcp, self.udp
+        tcp.csum_trusted = udp.csum_trusted = trusted
+        self.receive(frame, now)
+        tcp.csum_trusted = udp.csum_trusted = ipv4.rx_gso = False
 
     def receive(self, frame: memoryview, now: float) -> None:
         c = self.counters

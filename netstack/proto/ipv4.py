@@ -21,6 +21,8 @@ from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import vnet as wvnet
+from netstack.wire.checksum import checksum
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -74,6 +76,8 @@ class Ipv4Engine:
         # While the host has no address (address 0: DHCP not yet bound) only the datagrams this
         # accepts are delivered, whatever their destination (the DHCP client's, on UDP 68).
         self.unbound_filter: Callable[[wipv4.Ipv4Header, memoryview], bool] | None = None
+        # Set by the host around one received super-frame (virtio-net GSO).
+        self.rx_gso = False
         self._handlers: dict[int, Handler] = {}
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
@@ -141,8 +145,11 @@ class Ipv4Engine:
         try:
             header, payload = wipv4.parse(packet)
         except Malformed as bad:
-            c.drop(bad.reason)
-            return
+            parsed = self._parse_big(packet) if self.rx_gso else None
+            if parsed is None:
+                c.drop(bad.reason)
+                return
+            header, payload = parsed
         dst = header.dst
         if self._bad_source(header.src, dst):
             c.drop(Drop.IPV4_BAD_SOURCE)
@@ -172,6 +179,23 @@ class Ipv4Engine:
             return
         handler(header, payload, packet, now)
 
+    @staticmethod
+    def _parse_big(packet: memoryview) -> tuple[wipv4.Ipv4Header, memoryview] | None:
+        """A super-frame over 64 KiB (Linux BIG TCP) has total length 0: its length is the
+        frame's. Header checks as usual, on a copy with the field set to a legal value."""
+        if len(packet) <= 0xFFFF or packet[2:4] != b"\0\0":
+            return None
+        hlen = (packet[0] & 0x0F) << 2
+        if hlen < wipv4.MIN_HEADER_LEN or checksum(packet[:hlen]):  # the header's own sum
+            return None
+        try:
+            head = bytearray(packet[:hlen])
+            head[2:4] = hlen.to_bytes(2, "big")
+            header, _ = wipv4.parse(memoryview(bytes(head)), verify_checksum=False)
+        except Malformed:
+            return None
+        return header._replace(total_length=len(packet)), packet[hlen:]
+
     def _report(self, icmp_type: int, code: int, packet: Buffer, dst: int, now: float) -> None:
         """ICMP error about `packet`; never about broadcasts (RFC 1122 3.2.2)."""
         if self.icmp_error is not None and dst == self.config.address:
@@ -188,8 +212,15 @@ class Ipv4Engine:
         ttl: int | None = None,
         tos: int = 0,
         dont_fragment: bool = False,
+        gso_size: int = 0,
+        l4_header_len: int = 0,
     ) -> bool:
-        """Route and send one datagram, fragmenting it to the MTU; False if it was dropped."""
+        """Route and send one datagram, fragmenting it to the MTU; False if it was dropped.
+
+        gso_size (TCP with TSO): the datagram is a super-frame the link's kernel cuts into
+        segments of gso_size payload bytes after l4_header_len bytes of TCP header; it is
+        never fragmented (DF set) and leaves with a VnetMark saying so.
+        """
         c = self.counters
         next_hop = self.route(dst)
         if next_hop is None:
@@ -219,6 +250,11 @@ class Ipv4Engine:
             c.ipv4_tx += 1
             self.link_send(next_hop, (header, *payload), now)
             return True
+        if gso_size:
+            return self._send_gso(
+                next_hop, dst, protocol, payload, length, ident, ttl, tos, gso_size,
+                l4_header_len, now,
+            )  # fmt: skip
         if dont_fragment:
             c.drop(Drop.IPV4_FRAGMENTATION_NEEDED)
             return False
@@ -253,6 +289,40 @@ class Ipv4Engine:
             c.ipv4_fragments_tx += 1
             self.link_send(next_hop, (header, *slices), now)
             offset += size
+        return True
+
+    def _send_gso(
+        self,
+        next_hop: int,
+        dst: int,
+        protocol: int,
+        payload: tuple[Buffer, ...],
+        length: int,
+        ident: int,
+        ttl: int,
+        tos: int,
+        gso_size: int,
+        l4_header_len: int,
+        now: float,
+    ) -> bool:
+        """One super-frame: DF set, its total length the whole (<= 65535, checked above).
+
+        RFC 6864: the ID of an atomic datagram (DF, no fragments) identifies nothing; the
+        kernel numbers the segments ID, ID + 1, ... (Linux's default), and our counter skips
+        as many so that consecutive datagrams keep distinct IDs anyway.
+        """
+        c = self.counters
+        segments = wvnet.segments(length - l4_header_len, gso_size)
+        self._ident = (ident + segments) & 0xFFFF
+        header = wipv4.build(
+            self.config.address, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
+            dont_fragment=True,
+        )  # fmt: skip
+        mark = wvnet.tcp4_gso_mark(wvnet.ETH_LEN + wipv4.MIN_HEADER_LEN, l4_header_len, gso_size)
+        c.ipv4_tx += segments
+        c.gso_frames_tx += 1
+        c.gso_segments_tx += segments
+        self.link_send(next_hop, (mark, header, *payload), now)
         return True
 
     # -- timers ----------------------------------------------------------------------------

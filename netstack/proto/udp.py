@@ -71,6 +71,7 @@ class UdpEngine:
         rng: random.Random,
     ) -> None:
         self.ipv4 = ipv4
+        self.csum_trusted = False  # set by the host like TcpEngine.csum_trusted
         self.counters = counters
         self._rng = rng
         self._ports: dict[int, UdpSocket] = {}
@@ -115,7 +116,7 @@ class UdpEngine:
         self, header: wipv4.Ipv4Header, payload: memoryview, packet: memoryview, now: float
     ) -> None:
         try:
-            udp, data = wudp.parse(payload, header.src, header.dst)
+            udp, data = wudp.parse(payload, header.src, header.dst, not self.csum_trusted)
         except Malformed as bad:
             self.counters.drop(bad.reason)
             return

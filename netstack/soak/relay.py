@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from netstack.io.fault import RX_FORM, FaultChannel, Impairment, channel_rng, parse_fault
+from netstack.wire import vnet as wvnet
 
 KERNEL_IF = "peer0"
 KERNEL_ADDRESS = "192.0.2.1/24"
@@ -57,6 +58,7 @@ class Relay:
             "to_stack": FaultChannel(to_stack, channel_rng(seed, "to_stack"), RX_FORM),
             "to_kernel": FaultChannel(to_kernel, channel_rng(seed, "to_kernel"), RX_FORM),
         }
+        self.stack_link = stack_link
         # add_link returns the link's own tx queue: what goes *to* that side
         self._to_kernel_q = loop.add_link(kernel_link, self._from_kernel)
         self._to_stack_q = loop.add_link(stack_link, self._from_stack)
@@ -69,9 +71,25 @@ class Relay:
         self._to_stack_q.extend((v,) for v in out)
 
     def _from_stack(self, views: list[memoryview], now: float) -> None:
+        metas = getattr(self.stack_link, "rx_meta", None)
+        if metas and any(metas):
+            views = self._as_on_the_wire(views, metas)
         out: list[memoryview] = []
         self.channels["to_kernel"].process(views, now, out)
         self._to_kernel_q.extend((v,) for v in out)
+
+    @staticmethod
+    def _as_on_the_wire(views: list[memoryview], metas: list[int]) -> list[memoryview]:
+        """The stack's super-frames (offload) cut into the segments a wire would carry, and
+        partial checksums completed, so faults hit wire segments as on a real network."""
+        out: list[memoryview] = []
+        for view, meta in zip(views, metas, strict=True):
+            if meta:
+                segments = wvnet.software_segments(view, wvnet.meta_header(meta))
+                out.extend(map(memoryview, segments))
+            else:
+                out.append(view)
+        return out
 
     def next_deadline(self) -> float | None:
         deadlines = [c.next_deadline() for c in self.channels.values()]
@@ -140,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     netlink.configure_interface(
         args.peer, address=ipaddress.IPv4Interface(args.peer_address), mtu=None
     )
-    wire = PacketLink(args.wire)
+    # The stack may send super-frames (offload = auto): read them with their virtio-net
+    # header and cut them into wire segments (Relay._as_on_the_wire).
+    wire = PacketLink(args.wire, offload="auto")
     _grow_socket_buffers(wire.fd)
     relay = Relay(
         loop,

@@ -41,8 +41,9 @@ def arp_frame(
     eth_dst: bytes = BCAST,
 ) -> bytes:
     """Encoded independently of netstack.wire, with the padding a real NIC adds."""
-    arp = struct.pack("!HHBBH6sI6sI", 1, 0x0800, 6, 4, op, sender_mac, sender_ip, target_mac,
-                      target_ip)
+    arp = struct.pack(
+        "!HHBBH6sI6sI", 1, 0x0800, 6, 4, op, sender_mac, sender_ip, target_mac, target_ip
+    )
     return (eth_dst + sender_mac + b"\x08\x06" + arp).ljust(60, b"\x00")
 
 
@@ -52,7 +53,11 @@ class Harness:
         self.frames: list[tuple] = []
         self.unreachable: list[tuple[int, list[bytes], float]] = []
         self.engine = ArpEngine(
-            OUR_MAC, OUR_IP, self.counters, self.frames.append, self._unreachable,
+            OUR_MAC,
+            OUR_IP,
+            self.counters,
+            self.frames.append,
+            self._unreachable,
             dataclasses.replace(ArpConfig(), **config),
         )
 
@@ -101,10 +106,18 @@ def test_reply_to_request_for_our_ip_exact_bytes():
     out = h.send(0.0, arp_frame(REQUEST, PEER_MAC, PEER_IP, ZERO, OUR_IP))
     assert out == [
         bytes.fromhex(
-            "020000000001" "020000000002" "0806"  # unicast to the requester
-            "0001" "0800" "06" "04" "0002"  # Ethernet/IPv4, reply
-            "020000000002" "c0000202"  # sender: us
-            "020000000001" "c0000201"  # target: the requester
+            "020000000001"
+            "020000000002"
+            "0806"  # unicast to the requester
+            "0001"
+            "0800"
+            "06"
+            "04"
+            "0002"  # Ethernet/IPv4, reply
+            "020000000002"
+            "c0000202"  # sender: us
+            "020000000001"
+            "c0000201"  # target: the requester
         )
         + b"\x00" * 18  # padded to 60 bytes
     ]
@@ -166,7 +179,7 @@ def test_bad_sender_is_dropped_not_cached_not_answered(sender_mac, sender_ip):
 def test_bad_opcode_and_truncated():
     h = Harness()
     h.send(0.0, arp_frame(3, PEER_MAC, PEER_IP, ZERO, OUR_IP))
-    h.send(0.0, arp_frame(REQUEST, PEER_MAC, PEER_IP, ZERO, OUR_IP)[:14 + 27])
+    h.send(0.0, arp_frame(REQUEST, PEER_MAC, PEER_IP, ZERO, OUR_IP)[: 14 + 27])
     assert h.drops() == {Drop.ARP_BAD_OPCODE: 1, Drop.ARP_TRUNCATED: 1}
     assert h.engine.cache_entries() == 0
 
@@ -213,10 +226,7 @@ def test_gratuitous_arp_exact_bytes():
     h.engine.announce(0.0)
     assert h.take() == [
         bytes.fromhex(
-            "ffffffffffff" "020000000002" "0806"
-            "0001" "0800" "06" "04" "0001"
-            "020000000002" "c0000202"
-            "000000000000" "c0000202"
+            "ffffffffffff02000000000208060001080006040001020000000002c0000202000000000000c0000202"
         )
         + b"\x00" * 18
     ]
@@ -234,8 +244,9 @@ def test_broadcast_next_hop_needs_no_resolution():
 
 def test_multicast_next_hop_maps_to_rfc1112_mac():
     h = Harness()
-    assert h.send_ip(0.0, 0xE0010203, b"x") == [bytes.fromhex("01005e010203") + OUR_MAC
-                                                + b"\x08\x00x"]
+    assert h.send_ip(0.0, 0xE0010203, b"x") == [
+        bytes.fromhex("01005e010203") + OUR_MAC + b"\x08\x00x"
+    ]
 
 
 def test_resolution_queues_a_copy_and_flushes_on_reply():

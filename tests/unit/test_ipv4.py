@@ -53,8 +53,12 @@ def packet(
     flags = (0x2000 if more else 0) | (offset // 8)
     ihl += len(options) // 4
     length = ihl * 4 + len(data) if total_length is None else total_length
-    header = struct.pack("!BBHHHBBHII", version << 4 | ihl, 0, length, ident, flags, 64,
-                         protocol, 0, src, dst) + options
+    header = (
+        struct.pack(
+            "!BBHHHBBHII", version << 4 | ihl, 0, length, ident, flags, 64, protocol, 0, src, dst
+        )
+        + options
+    )
     csum = inet_checksum(header) ^ (0x0101 if bad_checksum else 0)
     return header[:10] + struct.pack("!H", csum) + header[12:] + data + pad
 
@@ -72,8 +76,10 @@ class Harness:
         self.sent: list[tuple[int, tuple, float]] = []
         base = Ipv4Config(address=address, prefix_len=24, gateway=GATEWAY)
         self.engine = Ipv4Engine(
-            dataclasses.replace(base, **config), self.counters,
-            lambda hop, pieces, now: self.sent.append((hop, pieces, now)), random.Random(seed),
+            dataclasses.replace(base, **config),
+            self.counters,
+            lambda hop, pieces, now: self.sent.append((hop, pieces, now)),
+            random.Random(seed),
         )
         self.delivered: list[tuple] = []
         self.errors: list[tuple[int, int, bytes, float]] = []
@@ -220,8 +226,7 @@ def test_fragments_are_reassembled_out_of_order():
 def test_reassembled_datagram_keeps_options_of_fragment_zero():
     h = Harness()
     options = b"\x94\x04\x00\x00"  # router alert
-    frags = [packet(DATA[:1480], more=True, options=options),
-             packet(DATA[1480:], offset=1480)]
+    frags = [packet(DATA[:1480], more=True, options=options), packet(DATA[1480:], offset=1480)]
     for f in reversed(frags):
         h.send(0.0, f)
     [(header, payload, whole, _)] = h.delivered
@@ -293,12 +298,14 @@ def first_ident(seed: int = SEED) -> int:
 
 def test_send_unfragmented_exact_header():
     h = Harness()
-    assert h.engine.send(PEER_IP, UDP, (b"abc", bytearray(b"def")), 1.0, tos=0x10,
-                         dont_fragment=True)
+    assert h.engine.send(
+        PEER_IP, UDP, (b"abc", bytearray(b"def")), 1.0, tos=0x10, dont_fragment=True
+    )
     [(hop, raw)] = h.take()
     assert hop == PEER_IP
-    header = struct.pack("!BBHHHBBHII", 0x45, 0x10, 26, first_ident(), 0x4000, 64, UDP, 0,
-                         OUR_IP, PEER_IP)
+    header = struct.pack(
+        "!BBHHHBBHII", 0x45, 0x10, 26, first_ident(), 0x4000, 64, UDP, 0, OUR_IP, PEER_IP
+    )
     header = header[:10] + struct.pack("!H", inet_checksum(header)) + header[12:]
     assert raw == header + b"abcdef"
     assert h.counters.ipv4_tx == 1 and h.counters.ipv4_fragments_tx == 0

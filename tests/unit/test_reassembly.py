@@ -42,8 +42,22 @@ def fragment(
 ) -> bytes:
     ihl = 5 + len(options) // 4
     flags = (0x4000 if df else 0) | (0x2000 if more else 0) | (offset // 8)
-    header = struct.pack("!BBHHHBBHII", 0x40 | ihl, 0, ihl * 4 + len(data), ident, flags, 64,
-                         protocol, 0, src, dst) + options
+    header = (
+        struct.pack(
+            "!BBHHHBBHII",
+            0x40 | ihl,
+            0,
+            ihl * 4 + len(data),
+            ident,
+            flags,
+            64,
+            protocol,
+            0,
+            src,
+            dst,
+        )
+        + options
+    )
     header = header[:10] + struct.pack("!H", inet_checksum(header)) + header[12:]
     return header + data
 

@@ -68,6 +68,10 @@ class Reno:
             raise ValueError("mss must be positive")
         self.mss = mss
         self.iw = initial_window(mss) if initial_cwnd is None else initial_cwnd
+        # RFC 3465 L (segments of growth per ACK in slow start). With TSO the peer's GRO
+        # answers a whole super-segment with one ACK; the engine then raises L to the pieces
+        # of one (as Linux, which has no L at all), or slow start would crawl at 2 per 45.
+        self.abc_limit = ABC_LIMIT
         self.cwnd = self.iw
         self.ssthresh = INITIAL_SSTHRESH
         self._bytes_acked = 0  # congestion avoidance: bytes acked since cwnd last grew
@@ -90,7 +94,7 @@ class Reno:
         """Grow by min(acked, L*SMSS) up to ssthresh; returns the bytes left for avoidance."""
         if self.cwnd >= self.ssthresh:
             return acked
-        grow = min(acked, ABC_LIMIT * self.mss)
+        grow = min(acked, self.abc_limit * self.mss)
         room = self.ssthresh - self.cwnd
         if grow <= room:
             self.cwnd += grow

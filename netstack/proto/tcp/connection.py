@@ -962,7 +962,13 @@ class Connection:
         return field
 
     def _xmit(
-        self, flags: int, seq: int, payload, now: float, point: AckPoint | None = None
+        self,
+        flags: int,
+        seq: int,
+        payload,
+        now: float,
+        point: AckPoint | None = None,
+        gso: int = 0,
     ) -> None:
         """Build and send one segment from the current TCB state (`point`: an owed ACK)."""
         ts = (self.tsval(now), self.ts_recent) if self.ts_ok else None
@@ -998,7 +1004,7 @@ class Connection:
             self.quickack.on_data_sent(now, self.config.delayed_ack)
             stats[3] += 1
             stats[4] += len(payload)
-        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options, urgent)
+        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options, urgent, gso)
         self.last_send = now
 
     def _sack_option(
@@ -1069,7 +1075,11 @@ class Connection:
         """
         self._xmit(ACK, self.snd_una - 1, b"", now)
 
-    def _send_segment(self, seq: int, size: int, fin: bool, snd_end: int, now: float) -> None:
+    def _send_segment(
+        self, seq: int, size: int, fin: bool, snd_end: int, now: float, gso: int = 0
+    ) -> None:
+        """`gso`: a TSO super-segment, cut by the kernel into pieces of this size; recovery
+        records it piece by piece, so SACK, RACK and retransmission count those."""
         first = seq - self.snd_base
         payload = self.sndbuf.view(first, size) if size else b""
         flags = ACK
@@ -1078,12 +1088,12 @@ class Connection:
             # PSH on the segment that ends an application write (SendBuffer.mark_push), also
             # when cwnd holds back what was written after it (Linux's tcp_push).
             flags |= PSH
-        if size < self.mss:
+        if size < self.mss or (gso and size % gso):  # its last wire segment is small
             self.snd_sml = end
         if fin:
             flags |= FIN
-        self._xmit(flags, seq, payload, now)
-        self.recovery.sent(seq, end, fin, now, bool(flags & PSH))
+        self._xmit(flags, seq, payload, now, gso=gso)
+        self.recovery.sent(seq, end, fin, now, bool(flags & PSH), gso)
         if fin:
             self.fin_seq = end
             end += 1
@@ -1213,9 +1223,15 @@ class Connection:
                 break
             win = wnd_right - snd_nxt
             size = mss if unsent > mss else unsent
-            if tso > mss and unsent > mss:
-                # Offload seam: one large segment the link cuts into MSS-sized ones.
-                size = min(unsent, tso - tso % mss, max(win, 0), max(budget, 0)) or size
+            if tso > mss and unsent > mss and self.snd_up <= snd_nxt:
+                # TSO: one segment of whole MSS-sized pieces (and the tail of the data) that
+                # the link's kernel cuts up; windows and cwnd still bound it. Not while urgent
+                # data is pending: each segment's urgent pointer is its own (RFC 9293 3.8.5).
+                big = min(unsent, tso - tso % mss, max(win, 0), max(budget, 0))
+                if big < unsent:
+                    big -= big % mss
+                if big > mss:
+                    size = big
             if win < size:
                 # RFC 9293 3.8.6.2.1: send a partial segment only if it is at least half
                 # the largest window the peer offered; else wait (persist timer overrides).
@@ -1238,7 +1254,7 @@ class Connection:
                 # the MSS goes out whole while keystroke-sized writes still coalesce.
                 break
             fin = self.fin_queued and size == unsent and win > size
-            self._send_segment(snd_nxt, size, fin, snd_end, now)
+            self._send_segment(snd_nxt, size, fin, snd_end, now, mss if size > mss else 0)
             budget -= size
             sent = new_data = True
         # 3. A FIN on its own (all data sent before close()).

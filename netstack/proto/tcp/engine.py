@@ -50,6 +50,7 @@ from netstack.proto.tcp.state import SYNCHRONIZED, State
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
+from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
 from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions
 
@@ -179,6 +180,9 @@ class TcpEngine:
         # not pass as SYN-cookie ACKs (see _stale_ack).
         self._closed_recently: dict[Key, tuple[float, int, int]] = {}
         self.shutting_down = False
+        # Set by the host around one received frame whose virtio-net header vouches for its
+        # checksum (partial, or verified by the kernel): not verified again.
+        self.csum_trusted = False
         # Tests may replace this to place ISNs (e.g. just below 2^32).
         self.choose_isn: Callable[[Connection, float], int] = self._isn
         ipv4.register(wipv4.PROTO_TCP, self.receive)
@@ -255,7 +259,11 @@ class TcpEngine:
     # hooks the connections call
     # =========================================================================================
     def make_cc(self, mss: int) -> CongestionControl:
-        return self._cc_factory(self.config.congestion_control, mss)
+        cc = self._cc_factory(self.config.congestion_control, mss)
+        tso = self.config.tso_max
+        if tso > mss and hasattr(cc, "abc_limit"):  # see cc.Reno.abc_limit
+            cc.abc_limit = max(cc.abc_limit, tso // mss)
+        return cc
 
     def _tuple(self, conn: Connection) -> bytes:
         return isnmod.tuple_bytes(self.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
@@ -280,7 +288,13 @@ class TcpEngine:
         payload,
         options: TcpOptions | None,
         urgent: int = 0,
+        gso_size: int = 0,
     ) -> None:
+        """gso_size (TSO): `payload` is longer than one segment; the link's kernel cuts it
+        into gso_size pieces and completes their checksums (wire/vnet.py)."""
+        if gso_size and len(payload) > gso_size:
+            self._transmit_gso(conn, seq, ack, flags, window, payload, options, gso_size)
+            return
         header = wtcp.build(
             self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
             seq, ack, flags, window, payload, options=options, urgent=urgent,
@@ -288,6 +302,38 @@ class TcpEngine:
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
         self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+
+    def _transmit_gso(
+        self,
+        conn: Connection,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload,
+        options: TcpOptions | None,
+        gso_size: int,
+    ) -> None:
+        """A TSO super-segment: the checksum field holds the pseudo-header sum over the whole
+        TCP length (not complemented), as Linux's CHECKSUM_PARTIAL; the kernel adjusts it to
+        each segment's length and completes it. Nothing here sums the 64 KiB payload."""
+        header = bytearray(
+            wtcp.build(
+                self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
+                seq, ack, flags, window, b"", options=options,
+            )
+        )  # fmt: skip
+        hlen = len(header)
+        plen = len(payload)
+        room = self.mss - (hlen - wtcp.HEADER_LEN)  # payload that fits the MTU with these options
+        if gso_size > room:
+            gso_size = room  # cannot happen when the connection sized it; never exceed the MTU
+        header[16:18] = wvnet.pseudo_sum(self.local_ip, conn.remote_ip, hlen + plen)
+        self.counters.tcp_segments_tx += wvnet.segments(plen, gso_size)
+        self.ipv4.send(
+            conn.remote_ip, wipv4.PROTO_TCP, (bytes(header), payload), self.now,
+            gso_size=gso_size, l4_header_len=hlen,
+        )  # fmt: skip
 
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
@@ -343,7 +389,7 @@ class TcpEngine:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10: no TCP to broadcasts
             return
         try:
-            h, payload = wtcp.parse(segment, ip.src, ip.dst)
+            h, payload = wtcp.parse(segment, ip.src, ip.dst, not self.csum_trusted)
         except Malformed as bad:
             c.drop(bad.reason)
             return

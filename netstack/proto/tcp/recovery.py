@@ -412,10 +412,21 @@ class Recovery:
         assert self.cc is not None
         self.cc.on_idle(now)
 
-    def sent(self, start: int, end: int, fin: bool, now: float, psh: bool = False) -> None:
-        """A new segment (or the FIN, a one-octet record of its own) went out."""
+    def sent(
+        self, start: int, end: int, fin: bool, now: float, psh: bool = False, gso: int = 0
+    ) -> None:
+        """A new segment (or the FIN, a one-octet record of its own) went out.
+
+        `gso`: a TSO super-segment the kernel cuts into pieces of this size: one record per
+        piece, as they travel (PSH on the last, as the kernel's cut puts it), so SACK blocks
+        (which name wire segments), RACK, DupThresh and retransmissions (which resend exactly
+        one lost record) work in wire segments.
+        """
         if end > start:
-            self.board.add(start, end, now, psh=psh)
+            if gso and end - start > gso:
+                self.board.add_pieces(start, end, gso, now, psh)
+            else:
+                self.board.add(start, end, now, psh=psh)
             if self.ca_state == RECOVERY:
                 self.prr_out += end - start
         if fin:

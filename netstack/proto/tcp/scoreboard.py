@@ -145,6 +145,17 @@ class Scoreboard:
         self._records.append(record)
         return record
 
+    def add_pieces(self, start: int, end: int, size: int, now: float, psh: bool = False) -> None:
+        """One record per `size` bytes of [start, end): a TSO super-segment as the wire will
+        carry it (add() for each piece, without a call per piece); PSH on the last piece."""
+        records = self._records
+        tx = self._tx
+        for piece in range(start, end, size):
+            tx += 1
+            records.append(Sent(piece, min(piece + size, end), now, False, tx))
+        self._tx = tx
+        records[-1].psh = psh
+
     def split(self, r: Sent, at: int) -> Sent:
         """Cut a live record at sequence `at` (start < at < end), as Linux's tcp_fragment: `r`
         keeps [start, at), a new record [at, end) with the same marks, send time and order

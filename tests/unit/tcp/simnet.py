@@ -15,6 +15,8 @@ import random
 from netstack.counters import Counters
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import vnet as wvnet
 from tests.unit.tcp.tcptools import LOCAL_IP, REMOTE_IP, FakeIpv4, ip_header
 
 
@@ -24,8 +26,29 @@ class LinkIpv4(FakeIpv4):
         self.net = net
 
     def send(self, dst: int, protocol: int, pieces, now: float, **kw) -> bool:
-        self.net.transmit(self.config.address, dst, b"".join(bytes(p) for p in pieces))
+        data = b"".join(bytes(p) for p in pieces)
+        gso = kw.get("gso_size", 0)
+        if gso:  # a TSO super-segment (wire/vnet.py): as the link's kernel would treat it
+            self.net.super_segments += 1
+            if self.net.offload == "gro":  # handed to the peer whole, checksum vouched for
+                self.net.transmit(self.config.address, dst, data, trusted=True)
+                return True
+            assert self.net.offload == "wire", "a super-segment without offloads"
+            for segment in _cut(self.config.address, dst, data, gso):
+                self.net.transmit(self.config.address, dst, segment)
+            return True
+        self.net.transmit(self.config.address, dst, data)
         return True
+
+
+def _cut(src: int, dst: int, tcp: bytes, gso_size: int) -> list[bytes]:
+    """Software GSO of a TCP super-segment (Ethernet and IPv4 put around, then off)."""
+    frame = bytes(14) + wipv4.build(src, dst, wipv4.PROTO_TCP, len(tcp), dont_fragment=True) + tcp
+    l4 = 14 + 20
+    header = wvnet.VnetHeader(
+        wvnet.F_NEEDS_CSUM, wvnet.GSO_TCPV4, l4 + (tcp[12] >> 4) * 4, gso_size, l4, 16
+    )
+    return [segment[l4:] for segment in wvnet.software_segments(frame, header)]
 
 
 class SimNet:
@@ -40,14 +63,20 @@ class SimNet:
         config_a: TcpConfig | None = None,
         config_b: TcpConfig | None = None,
         mtu: int = 1500,
+        offload: str = "off",
     ) -> None:
+        """offload: what happens to TSO super-segments (engines with tso_max): "wire" cuts
+        them into segments (lost one by one), "gro" delivers them whole with their checksum
+        trusted (as a receiver with GRO and offloads); "off": none may be sent."""
         self.rng = random.Random(seed)
+        self.offload = offload
+        self.super_segments = 0
         self.loss = loss
         self.duplicate = duplicate
         self.delay = delay
         self.jitter = jitter
         self.now = 1000.0
-        self._queue: list[tuple[float, int, int, int, bytes]] = []
+        self._queue: list[tuple[float, int, int, int, bytes, bool]] = []
         self._seq = itertools.count()
         self.delivered = 0
         self.lost = 0
@@ -59,7 +88,7 @@ class SimNet:
         self.engines = {REMOTE_IP: self.a, LOCAL_IP: self.b}
         self.drop_filter = None  # optional callable(src, dst, data) -> bool: drop it
 
-    def transmit(self, src: int, dst: int, data: bytes) -> None:
+    def transmit(self, src: int, dst: int, data: bytes, trusted: bool = False) -> None:
         if self.drop_filter is not None and self.drop_filter(src, dst, data):
             self.lost += 1
             return
@@ -71,7 +100,7 @@ class SimNet:
             copies = 2
         for _ in range(copies):
             when = self.now + self.delay + self.rng.random() * self.jitter
-            heapq.heappush(self._queue, (when, next(self._seq), src, dst, data))
+            heapq.heappush(self._queue, (when, next(self._seq), src, dst, data, trusted))
 
     def step(self) -> bool:
         """Advance to the next event and handle it; False when nothing is left to happen."""
@@ -83,13 +112,15 @@ class SimNet:
         self.now = max(self.now, min(candidates))
         batch: dict[int, list[tuple[int, bytes]]] = {}
         while self._queue and self._queue[0][0] <= self.now:
-            _, _, src, dst, data = heapq.heappop(self._queue)
-            batch.setdefault(dst, []).append((src, data))
+            _, _, src, dst, data, trusted = heapq.heappop(self._queue)
+            batch.setdefault(dst, []).append((src, data, trusted))
         for dst, frames in batch.items():
             engine = self.engines[dst]
-            for src, data in frames:
+            for src, data, trusted in frames:
                 view = memoryview(data)
+                engine.csum_trusted = trusted
                 engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
+                engine.csum_trusted = False
                 self.delivered += 1
             engine.flush(self.now)
         for engine in (self.a, self.b):

@@ -17,6 +17,7 @@ from netstack.proto.tcp.connection import Connection
 from netstack.proto.tcp.engine import Listener, TcpEngine
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
+from netstack.wire import vnet as wvnet
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpOptions
 
 LOCAL_IP = wipv4.ip_from_str("192.0.2.2")
@@ -44,7 +45,12 @@ class FakeIpv4:
 
     def send(self, dst: int, protocol: int, pieces, now: float, **kw) -> bool:
         assert protocol == wipv4.PROTO_TCP
-        self.sent.append((dst, b"".join(bytes(p) for p in pieces), now))
+        data = b"".join(bytes(p) for p in pieces)
+        if kw.get("gso_size"):  # a TSO super-segment, seen whole as by a receiver with GRO:
+            whole = bytearray(data)  # its partial checksum completed, as the kernel would
+            wvnet.fill_checksum(whole, wvnet.VnetHeader(wvnet.F_NEEDS_CSUM, csum_offset=16))
+            data = bytes(whole)
+        self.sent.append((dst, data, now))
         return True
 
 

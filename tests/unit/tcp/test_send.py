@@ -252,14 +252,15 @@ def test_tcp_info_has_linux_fields_and_units() -> None:
 
 def test_the_offload_seam_sends_multi_mss_segments_counted_in_mss() -> None:
     """config.tso_max (the TSO seam): one segment of up to tso_max (a whole number of MSS)
-    per send, within cwnd and the window; the scoreboard keeps it as one record whose
-    segments RACK, the probe timer and PRR count in MSS (pcount, as Linux's tcp_skb_pcount)."""
+    per send, within cwnd and the window; the scoreboard keeps one record per MSS piece (the
+    wire segments the kernel cuts it into, which SACK blocks name), so RACK, the probe timer
+    and PRR count in MSS (see test_tso.py)."""
     t, conn = established_passive(tso_max=65535 - 40)
     conn.send(b"z" * (12 * MSS))
     t.engine.flush(t.now)
     segs = t.recv()
     assert [(len(s.payload), s.flags) for s in segs] == [(10 * MSS, ACK)]  # IW10 in one
-    assert len(conn.recovery.board) == 1
+    assert len(conn.recovery.board) == 10
     t.send(ack(10 * MSS))
     assert [(len(s.payload), s.flags) for s in t.recv()] == [(2 * MSS, ACK | PSH)]
 
@@ -267,7 +268,8 @@ def test_the_offload_seam_sends_multi_mss_segments_counted_in_mss() -> None:
 def test_a_lost_offloaded_segment_is_resent_within_cwnd() -> None:
     """A 10-MSS offloaded segment is lost: after the RTO (cwnd 1 MSS) one MSS of it goes
     again, not all ten; each ACK then lets out what slow start allows (Linux fragments the
-    skb to cwnd's quota, tcp_retransmit_skb). Flags: PSH only on the piece that ends it."""
+    skb to cwnd's quota, tcp_retransmit_skb). The records are the MSS pieces the kernel cut
+    it into, so each retransmission is exactly one of them. PSH only on the piece ending it."""
     t, conn = established_passive(tso_max=65535 - 40)
     conn.send(b"z" * (10 * MSS))
     t.engine.flush(t.now)
@@ -275,10 +277,12 @@ def test_a_lost_offloaded_segment_is_resent_within_cwnd() -> None:
     t.advance(conn.recovery.rtt.rto)
     assert [(s.seq - L, len(s.payload), s.flags) for s in t.recv()] == [(0, MSS, ACK)]
     t.send(ack(MSS))  # cwnd 2 MSS: two more
-    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(MSS, 2 * MSS)]
-    t.send(ack(3 * MSS))  # cwnd 4 MSS (RFC 3465 L = 2): four more
-    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(3 * MSS, 4 * MSS)]
+    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(MSS, MSS), (2 * MSS, MSS)]
+    t.send(ack(3 * MSS))  # cwnd 4 MSS: four more
+    assert [(s.seq - L, len(s.payload)) for s in t.recv()] == [(i * MSS, MSS) for i in (3, 4, 5, 6)]
     t.send(ack(7 * MSS))
     assert [(s.seq - L, len(s.payload), s.flags) for s in t.recv()] == [
-        (7 * MSS, 3 * MSS, ACK | PSH)
+        (7 * MSS, MSS, ACK),
+        (8 * MSS, MSS, ACK),
+        (9 * MSS, MSS, ACK | PSH),
     ]

@@ -1,0 +1,218 @@
+"""Offloads against the kernel, on and off: what ethtool shows, 100 MB each way exact with
+nothing dropped by the kernel, and the same offloads on an AF_PACKET link over a veth."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.tcp.conftest import FAST_ARGS, need_world
+from tests.integration.tcp.kit import (
+    CHARGEN,
+    DISCARD,
+    ECHO,
+    MB,
+    STACK_IP,
+    chargen_sha256,
+    echo_transfer,
+)
+from tests.integration.world import (
+    World,
+    netns_add,
+    netns_del,
+    new_netns_name,
+    ns_socket,
+    running_world,
+)
+
+pytestmark = pytest.mark.integration
+
+SIZE = 100 * MB
+LIMIT = 90.0
+REPO = Path(__file__).resolve().parents[3]
+NEGOTIATED = {
+    "auto": "offload on tap0: vnet header 10 bytes, csum tso4",
+    "off": "offload on tap0: off",
+}
+
+
+@pytest.fixture(scope="module", params=["auto", "off"])
+def offload_world(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    need_world()
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"offload-{mode}")
+    with running_world(tmp, *FAST_ARGS, "--offload", mode, tag="off") as world:
+        world.mode = mode  # type: ignore[attr-defined]
+        yield world
+
+
+def ethtool_features(world: World) -> dict[str, str]:
+    out = world.run(["ethtool", "-k", world.interface]).stdout
+    pairs = (line.strip().split(": ", 1) for line in out.splitlines() if ": " in line)
+    return {k: v.split()[0] for k, v in pairs}
+
+
+def tx_dropped(world: World) -> int:
+    path = f"/sys/class/net/{world.interface}/statistics/tx_dropped"
+    return int(world.run(["cat", path]).stdout)
+
+
+def test_ethtool_shows_what_was_negotiated(offload_world: World) -> None:
+    mode = offload_world.mode  # type: ignore[attr-defined]
+    assert NEGOTIATED[mode] in offload_world.log()
+    features = ethtool_features(offload_world)
+    want = "on" if mode == "auto" else "off"
+    assert features["tx-checksumming"] == want
+    assert features["tcp-segmentation-offload"] == want
+
+
+def test_100mb_each_way_exact_and_the_kernel_drops_nothing(
+    offload_world: World, payload: tuple[Path, str]
+) -> None:
+    """Echo (both directions at once), then discard and chargen: every byte checked, and the
+    TAP's tx_dropped (frames the kernel could not hand to the stack) unchanged."""
+    path, digest = payload
+    dropped = tx_dropped(offload_world)
+    sock = offload_world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        sock.connect((STACK_IP, ECHO))
+        got, n, seconds = echo_transfer(sock, path, LIMIT)
+    finally:
+        sock.close()
+    assert n == SIZE and got == digest
+    speeds = {"echo": SIZE / MB / seconds}
+    speeds.update(one_way(offload_world, path))
+    assert tx_dropped(offload_world) == dropped
+    mode = offload_world.mode  # type: ignore[attr-defined]
+    print(f"offload {mode}: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in speeds.items()))
+
+
+def one_way(world: World, path: Path) -> dict[str, float]:
+    """SIZE into discard (acknowledged to the byte) and SIZE out of chargen (its pattern)."""
+    out: dict[str, float] = {}
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(LIMIT)
+        sock.connect((STACK_IP, DISCARD))
+        started = time.monotonic()
+        with open(path, "rb") as f:
+            sock.sendfile(f)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""
+        out["discard"] = SIZE / MB / (time.monotonic() - started)
+    finally:
+        sock.close()
+    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(LIMIT)
+        sock.connect((STACK_IP, CHARGEN))
+        started = time.monotonic()
+        digest, left = hashlib.sha256(), SIZE
+        while left:
+            data = sock.recv(min(left, 1 << 20))
+            assert data
+            digest.update(data)
+            left -= len(data)
+        out["chargen"] = SIZE / MB / (time.monotonic() - started)
+    finally:
+        sock.close()
+    assert digest.hexdigest() == chargen_sha256(SIZE)
+    return out
+
+
+def test_packet_link_with_offloads_over_veth(tmp_path: Path) -> None:
+    """--link packet --offload auto: PACKET_VNET_HDR on a veth, whose peer passes the
+    kernel's TSO segments through whole; 20 MB each way exact through echo."""
+    need_world()
+    kernel_ns, stack_ns = new_netns_name("opk"), new_netns_name("ops")
+    netns_add(kernel_ns)
+    netns_add(stack_ns)
+    proc = None
+    log = tmp_path / "stack.log"
+    try:
+        subprocess.run(
+            ["ip", "-n", kernel_ns, "link", "add", "veth-k", "type", "veth",
+             "peer", "name", "veth-s", "netns", stack_ns],
+            check=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["ip", "-n", kernel_ns, "addr", "add", "192.0.2.1/24", "dev", "veth-k"], check=True
+        )
+        subprocess.run(["ip", "-n", kernel_ns, "link", "set", "veth-k", "up"], check=True)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", stack_ns, sys.executable, "-m", "netstack", "run",
+                 "--link", "packet", "--interface", "veth-s", "--offload", "auto",
+                 "--pcap", "none", "--metrics-address", "none"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while "netstack up" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        text = log.read_text()
+        assert "offload on veth-s: vnet header 10 bytes, csum tso4" in text, text
+        assert "receive recvmmsg, qdisc bypass on" in text, text
+        data = os.urandom(20 * MB)
+        data_file = tmp_path / "data.bin"
+        data_file.write_bytes(data)
+        sock = None
+        for _ in range(100):  # the stack's first ARP answer may take a moment
+            sock = ns_socket(kernel_ns, socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            try:
+                sock.connect((STACK_IP, ECHO))
+                break
+            except OSError:
+                sock.close()
+                sock = None
+                time.sleep(0.1)
+        assert sock is not None, log.read_text()
+        try:
+            got, n, _ = echo_transfer(sock, data_file, LIMIT)
+        finally:
+            sock.close()
+        assert n == len(data) and got == hashlib.sha256(data).hexdigest()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        netns_del(kernel_ns)
+        netns_del(stack_ns)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_impaired_path_with_and_without_offloads(
+    mode: str, tmp_path: Path, payload: tuple[Path, str]
+) -> None:
+    """Through the relay (which cuts the stack's super-frames into wire segments, then drops
+    and reorders those): 5 MB through echo, exact, both ways impaired."""
+    need_world()
+    from tests.integration.impair import Impairment, impaired_world
+    from tests.integration.tcp.kit import sha256_file
+
+    path, _ = payload
+    size = 5 * MB
+    faults = Impairment(drop=0.02, reorder=0.05)
+    args = (*FAST_ARGS, "--offload", mode)
+    with impaired_world(tmp_path, to_stack=faults, to_kernel=faults, extra_args=args) as world:
+        assert NEGOTIATED[mode] in world.log()
+        sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(LIMIT)
+            sock.connect((STACK_IP, ECHO))
+            got, n, _ = echo_transfer(sock, path, LIMIT, size)
+        finally:
+            sock.close()
+        stats = world.relay_stats()
+    assert n == size and got == sha256_file(path, size)
+    assert stats.to_kernel.dropped > 0 and stats.to_stack.dropped > 0
