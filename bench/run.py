@@ -131,6 +131,7 @@ class Bench:
         self._stack_out = open(self.stack_log, "wb")  # noqa: SIM115 - closed in stop_stack
         cmd = [sys.executable, "-m", "netstack", "run", "--interface", "tap0"]
         cmd += ["--log-level", self.args.stack_log_level]
+        cmd += getattr(self, "stack_args", [])  # e.g. --offload off (bench/compare.py)
         self.stack = self.popen(
             self.in_ns(self.ns_a, cmd, self.resp_cpu),
             stdout=self._stack_out,
