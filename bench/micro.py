@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netstack.api.services import start_services  # noqa: E402
-from netstack.api.tcp import Protocol, connect  # noqa: E402
-from netstack.counters import Counters  # noqa: E402
-from netstack.proto.host import Host, HostConfig  # noqa: E402
-from netstack.wire import ethernet as weth  # noqa: E402
-from netstack.wire import ipv4 as wipv4  # noqa: E402
-from netstack.wire import udp as wudp  # noqa: E402
+from netstack.api.services import start_services
+from netstack.api.tcp import Protocol, connect
+from netstack.counters import Counters
+from netstack.proto.host import Host, HostConfig
+from netstack.wire import ethernet as weth
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import udp as wudp
 
 STACK_MAC = bytes.fromhex("02aabbccdd02")
 PEER_MAC = bytes.fromhex("02aabbccdd01")

@@ -184,7 +184,13 @@ class Ipv4Engine:
         self._ident = (ident + 1) & 0xFFFF
         if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
             header = wipv4.build(
-                src, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
+                src,
+                dst,
+                protocol,
+                length,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
                 dont_fragment=dont_fragment,
             )
             c.ipv4_tx += 1
@@ -210,8 +216,15 @@ class Ipv4Engine:
                     index += 1
                     pos = 0
             header = wipv4.build(
-                src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
-                more_fragments=offset + size < length, frag_offset=offset,
+                src,
+                dst,
+                protocol,
+                size,
+                ident=ident,
+                ttl=ttl,
+                tos=tos,
+                more_fragments=offset + size < length,
+                frag_offset=offset,
             )
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1

@@ -322,18 +322,24 @@ class TcpEngine:
     def receive(
         self, ip: wipv4.Ipv4Header, segment: memoryview, packet: memoryview, now: float
     ) -> None:
+        self.receive_fast(ip.src, ip.dst, segment, packet, now)
+
+    def receive_fast(
+        self, src: int, dst: int, segment: memoryview, packet: memoryview, now: float
+    ) -> None:
+        """One segment, from the host's fast path (addresses as ints) or `receive`."""
         c = self.counters
         self.now = now
-        if ip.dst != self.local_ip:
+        if dst != self.local_ip:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10: no TCP to broadcasts
             return
         try:
-            h, payload = wtcp.parse(segment, ip.src, ip.dst)
+            h, payload = wtcp.parse(segment, src, dst)
         except Malformed as bad:
             c.drop(bad.reason)
             return
         c.tcp_segments_rx += 1
-        key = (ip.src, h.src_port, h.dst_port)
+        key = (src, h.src_port, h.dst_port)
         conn = self.conns.get(key)
         isn_floor = None
         if conn is not None:
@@ -350,10 +356,10 @@ class TcpEngine:
             # RFC 6191: the old incarnation gave way; the listener decides on the SYN.
         listener = self.listeners.get(h.dst_port)
         if listener is None:
-            self._reset_closed(ip.src, h, len(payload))
+            self._reset_closed(src, h, len(payload))
             c.drop(Drop.TCP_NO_LISTENER)
             return
-        self._listen_segment(listener, ip.src, h, payload, now, isn_floor)
+        self._listen_segment(listener, src, h, payload, now, isn_floor)
 
     def _time_wait_reopen(self, conn: Connection, h: TcpHeader) -> int | None:
         """RFC 6191 (timestamps) / RFC 1122 4.2.2.13 (sequence numbers): may this SYN reopen
