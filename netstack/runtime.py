@@ -291,7 +291,9 @@ class Stack:
         log.info("metrics at %s", self.metrics.url)
 
     # -- life as a service ---------------------------------------------------------------------
-    def _init_service(self, notifier: Notifier | None, reload: Callable[[], Config] | None) -> None:
+    def _init_service(
+        self, notifier: Notifier | None, reload: Callable[[], Config] | None
+    ) -> None:
         self.notifier = notifier if notifier is not None else Notifier()
         self.reload_config = reload
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.

@@ -74,6 +74,9 @@ class Host:
             self.arp.send_ipv4,
             self.rng,
         )
+        # Unicast to a resolved neighbour: straight onto the tx queue (arp.ready_header).
+        self.ipv4.link_header = self.arp.ready_header
+        self.ipv4.link_emit = self.tx.append
         self.icmp = IcmpEngine(self.ipv4, c, config.icmp)
         self.udp = UdpEngine(self.ipv4, c, self.rng)
         self.icmp.error_handlers[wipv4.PROTO_UDP] = self.udp.receive_error

@@ -76,6 +76,10 @@ class Ipv4Engine:
             self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
         )
         self.icmp_error: IcmpError | None = None
+        # The host's link fast path (ARP's ready_header, the tx queue's append); None: every
+        # packet goes through link_send.
+        self.link_header: Callable[[int], bytes | None] | None = None
+        self.link_emit: Callable[[tuple[Buffer, ...]], None] | None = None
         self._handlers: dict[int, Handler] = {}
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
@@ -184,17 +188,15 @@ class Ipv4Engine:
         self._ident = (ident + 1) & 0xFFFF
         if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
             header = wipv4.build(
-                src,
-                dst,
-                protocol,
-                length,
-                ident=ident,
-                ttl=ttl,
-                tos=tos,
+                src, dst, protocol, length, ident=ident, ttl=ttl, tos=tos,
                 dont_fragment=dont_fragment,
             )
             c.ipv4_tx += 1
-            self.link_send(next_hop, (header, *payload), now)
+            link_header = self.link_header
+            if link_header is not None and (eth := link_header(next_hop)) is not None:
+                self.link_emit((eth, header, *payload))  # type: ignore[misc]
+            else:
+                self.link_send(next_hop, (header, *payload), now)
             return True
         if dont_fragment:
             c.drop(Drop.IPV4_FRAGMENTATION_NEEDED)
@@ -216,15 +218,8 @@ class Ipv4Engine:
                     index += 1
                     pos = 0
             header = wipv4.build(
-                src,
-                dst,
-                protocol,
-                size,
-                ident=ident,
-                ttl=ttl,
-                tos=tos,
-                more_fragments=offset + size < length,
-                frag_offset=offset,
+                src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
+                more_fragments=offset + size < length, frag_offset=offset,
             )
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1

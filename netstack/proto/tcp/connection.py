@@ -47,6 +47,7 @@ from netstack.proto.tcp.rtt import RttEstimator
 from netstack.proto.tcp.scoreboard import DUPTHRESH, Scoreboard, Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
@@ -212,6 +213,7 @@ class Connection:
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
+        "tx_sum",
         "undo_marker",
         "undo_rexmits",
         "undo_saved",
@@ -241,6 +243,7 @@ class Connection:
         self.remote_ip = remote_ip
         self.remote_port = remote_port
         self.key = (remote_ip, remote_port, local_port)
+        self.tx_sum = wtcp.template_sum(self.local_ip, remote_ip, local_port, remote_port)
         self.state = S.CLOSED
         self.listener = listener  # passive opens: the listener until accepted
         self.handler: Handler | None = None
@@ -1258,7 +1261,6 @@ class Connection:
             blocks = point[1]
         elif self.sack_ok and flags & ACK and self.rcvbuf.ooo:
             blocks = self._sack_option(3 if ts else 4, None, None)
-        options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
         window = 0 if flags & RST else self._window_field(None if point is None else point[0])
         if flags & ACK:
             rcv_nxt = self.rcv_nxt if point is None else point[0]
@@ -1270,7 +1272,11 @@ class Connection:
             self.window_check = False
         else:
             ack = 0
-        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
+        if blocks:
+            options = TcpOptions(timestamp=ts, sack_blocks=blocks)
+            self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
+        else:  # the per-segment case: header from the connection's template (wire/tcp.py)
+            self.engine.transmit_fast(self, seq & MASK, ack, flags, window, payload, ts)
         self.last_send = now
 
     def _sack_option(

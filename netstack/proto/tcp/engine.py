@@ -274,6 +274,26 @@ class TcpEngine:
         pieces = (header, payload) if len(payload) else (header,)
         self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
 
+    def transmit_fast(
+        self,
+        conn: Connection,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload,
+        timestamp: tuple[int, int] | None,
+    ) -> None:
+        """`transmit` for a segment whose only option is a timestamp (or none): the header is
+        packed at once from the connection's checksum template."""
+        header = wtcp.build_fast(
+            conn.tx_sum, conn.local_port, conn.remote_port, seq, ack, flags, window, timestamp,
+            payload,
+        )  # fmt: skip
+        self.counters.tcp_segments_tx += 1
+        pieces = (header, payload) if len(payload) else (header,)
+        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
         header = wtcp.build(self.local_ip, remote_ip, local_port, remote_port, seq, 0, RST, 0)
