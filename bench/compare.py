@@ -352,6 +352,12 @@ class Compare(tcp_bench.TcpBench):
                 f"{self.client(self.ns_a, 'recv', tcp_bench.CHARGEN, dur + 0.5)['mb_per_s']:.1f}"
                 " MB/s"
             ),
+            "tcp echo rtt": lambda: (
+                f"{self.client(self.ns_a, 'rtt', tcp_bench.ECHO, dur + 0.5, '64')['avg_us']:.1f} us"
+            ),
+            "tcp connect": lambda: (
+                f"{self.client(self.ns_a, 'conn', tcp_bench.ECHO, dur + 0.5)['per_s']:.0f}/s"
+            ),
         }
         result = {}
         for load, run_load in loads.items():

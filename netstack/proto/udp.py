@@ -172,7 +172,14 @@ class UdpEngine:
             raise ValueError(f"UDP payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
         if not 0 < dst_port <= 0xFFFF:
             raise ValueError(f"UDP port out of range: {dst_port}")
-        header = wudp.build(self.ipv4.config.address, dst_ip, src_port, dst_port, data)
+        # wudp.build, inline (the per-datagram path)
+        src_ip = self.ipv4.config.address
+        size = len(data)
+        length = wudp.HEADER_LEN + size
+        s = (src_ip >> 16) + (src_ip & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF)
+        s += wudp.PROTO_UDP + length + src_port + dst_port + length  # pseudo-header + header
+        csum = _fold(_partial(_from_buffer(data), size, s)) or 0xFFFF
+        header = _UDP_HEADER.pack(src_port, dst_port, length, csum)
         if self.ipv4.send(dst_ip, wipv4.PROTO_UDP, (header, data), self.now):
             self.counters.udp_tx += 1
             return True
