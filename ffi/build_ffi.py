@@ -42,6 +42,8 @@ int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint
 int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 uint16_t ns_csum_fold(uint32_t sum);
+uint32_t ns_rx_fast(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
+                    uint32_t bcast);
 """
 
 ffibuilder = FFI()

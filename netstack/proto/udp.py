@@ -119,9 +119,16 @@ class UdpEngine:
         self.receive_fast(header.src, header.dst, payload, packet, now)
 
     def receive_fast(
-        self, src: int, dst: int, payload: memoryview, packet: memoryview, now: float
+        self,
+        src: int,
+        dst: int,
+        payload: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
     ) -> None:
-        """One datagram (the checks of wire/udp.parse, inline: this is the per-datagram path)."""
+        """One datagram (the checks of wire/udp.parse, inline: this is the per-datagram path).
+        `checked`: the host's fast path has verified the length and checksum already."""
         c = self.counters
         size = len(payload)
         if size < wudp.HEADER_LEN:
@@ -131,7 +138,7 @@ class UdpEngine:
         if length < wudp.HEADER_LEN or length > size:
             c.drop(Drop.UDP_BAD_LENGTH)
             return
-        if csum:
+        if csum and not checked:
             pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
             if _fold(_partial(_from_buffer(payload), length, pseudo + wudp.PROTO_UDP + length)):
                 c.drop(Drop.UDP_BAD_CHECKSUM)

@@ -345,16 +345,23 @@ class TcpEngine:
         self.receive_fast(ip.src, ip.dst, segment, packet, now)
 
     def receive_fast(
-        self, src: int, dst: int, segment: memoryview, packet: memoryview, now: float
+        self,
+        src: int,
+        dst: int,
+        segment: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
     ) -> None:
-        """One segment, from the host's fast path (addresses as ints) or `receive`."""
+        """One segment, from the host's fast path (addresses as ints; `checked`: it verified
+        the checksum already) or `receive`."""
         c = self.counters
         self.now = now
         if dst != self.local_ip:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10: no TCP to broadcasts
             return
         try:
-            h, payload = wtcp.parse(segment, src, dst)
+            h, payload = wtcp.parse(segment, src, dst, not checked)
         except Malformed as bad:
             c.drop(bad.reason)
             return
