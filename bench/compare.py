@@ -137,6 +137,8 @@ def fmt_value(value: float | None, unit: str) -> str:
 def row_label(key: str) -> str:
     if key.startswith("lwip_"):
         return f"lwIP {key[5:]}"
+    if key == "netstack_baseline":
+        return "netstack (baseline)"
     if key.startswith("netstack"):
         return key.replace("_offload_", ", offload ")
     return {"kernel": "kernel (veth)"}.get(key, key)
@@ -250,6 +252,7 @@ class Compare(tcp_bench.TcpBench):
         super().__init__(args)
         self.anchor = anchor
         self.stack_args: list[str] = []
+        self.stack_cwd: Path = ROOT
 
     def compile(self) -> None:
         super().compile()  # tcpclient, tcpserv
@@ -463,14 +466,21 @@ def run(args: argparse.Namespace) -> dict:
     offloads = offload_values(helptext)
     if offloads is None:
         results["notes"].append("netstack run has no --offload flag: one netstack row")
-    variants = [[]] if offloads is None else [["--offload", v] for v in offloads]
+    variants: list[tuple[str, list[str], Path]] = []
+    if args.baseline:
+        variants.append(("netstack_baseline", [], Path(args.baseline).resolve()))
+    variants += (
+        [("netstack", [], ROOT)]
+        if offloads is None
+        else [(f"netstack_offload_{v}", ["--offload", v], ROOT) for v in offloads]
+    )
     bench = Compare(args, anchor)
     try:
         bench.compile()
-        for extra in variants:
-            key = "netstack" + (f"_offload_{extra[1]}" if extra else "")
-            log(f"{row_label(key)}: starting")
+        for key, extra, cwd in variants:
+            log(f"{row_label(key)}: starting ({cwd})")
             bench.stack_args = extra
+            bench.stack_cwd = cwd
             bench.start_stack()
             pid = bench.stack_pid
             row = bench.measure_udp(bench.ns_a, pid)
@@ -538,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--echo-mb", type=int, default=5, help="MiB through echo (sha256 check)")
     p.add_argument("--conns", type=int, default=20, help="concurrent echoes in tcpprobe's check")
     p.add_argument("--tcp-secs", type=float, default=2.0, help="seconds per RTT/connect row")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run netstack from this checkout (with its _ffi built), e.g. a `git worktree` "
+        "of main: a before/after row measured in the same run",
+    )
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-secs", type=int, default=2)
     p.add_argument("--profile-dir", default=str(udp_bench.RESULTS / "profiles"))

@@ -7,10 +7,13 @@ Two whole `Host`s (Ethernet, ARP, IPv4, UDP, TCP, the built-in services) are wir
 in memory on a virtual clock: the peer (192.0.2.1) plays the kernel's part, the host under test
 (192.0.2.2) serves UDP echo (7), TCP discard (9), chargen (19) and echo (7) as `netstack run`
 does. Frames cross as bytes, like the link's copy into its arena. Only the host under test's
-calls are timed (receive_batch and its flush point, timers), so the figures are microseconds
-of Python per datagram / segment / connection, the part this project controls; the kernel's
-TAP work per frame is on top of it in real runs. `--profile` adds cProfile's top functions.
-No root needed; each scenario is bounded by --seconds of CPU.
+calls are timed (receive_batch and its flush point, timers), with the thread's CPU clock (so a
+busy machine inflates the figures less than wall time would), best of --repeat runs: the
+figures are microseconds of Python per datagram / segment / connection, the part this project
+controls; the link, the loop and the kernel's TAP work per frame come on top in real runs.
+`--profile` adds cProfile's top functions (of the host under test only). No root needed; each
+scenario is bounded by --seconds of CPU. Run it from another checkout (copy the file into its
+bench/) to compare before and after on the same machine.
 """
 
 from __future__ import annotations

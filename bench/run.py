@@ -87,7 +87,8 @@ class Bench:
         return name
 
     def popen(self, cmd: list[str], **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=ROOT, **kw)
+        kw.setdefault("cwd", ROOT)
+        proc = subprocess.Popen(cmd, **kw)
         self.procs.append(proc)
         return proc
 
@@ -134,6 +135,7 @@ class Bench:
         cmd += getattr(self, "stack_args", [])  # e.g. --offload off (bench/compare.py)
         self.stack = self.popen(
             self.in_ns(self.ns_a, cmd, self.resp_cpu),
+            cwd=getattr(self, "stack_cwd", ROOT),  # another checkout (bench/compare.py)
             stdout=self._stack_out,
             stderr=subprocess.STDOUT,
         )
