@@ -192,10 +192,33 @@ def tcp_connect(seconds: float) -> dict:
     return {"unit": "connection", "count": n, "seconds": pair.busy}
 
 
+def tcp_echo_rtt(seconds: float) -> dict:
+    """64 bytes through the TCP echo service, one message in flight (bench/tcp.py's RTT row)."""
+    pair = Pair()
+    client = connect(pair.peer.tcp, ("192.0.2.2", 7), Sink)
+    for _ in range(10):
+        pair.step()
+    proto = client.get_protocol()
+    message = bytes(64)
+    n = 0
+    pair.busy = 0.0
+    while pair.busy < seconds and n < 500_000:
+        want = proto.received + len(message)
+        client.write(message)
+        for _ in range(20):
+            pair.step(0.00002)  # well below the delayed-ACK timer: no timer work counted
+            if proto.received >= want:
+                break
+        n += 1
+    client.close()
+    return {"unit": "round trip", "count": n, "seconds": pair.busy}
+
+
 SCENARIOS = {
     "udp_echo": lambda s: udp_echo(s),
     "tcp_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx"),
     "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
+    "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),
     "tcp_connect": lambda s: tcp_connect(s),
 }
 
