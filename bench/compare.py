@@ -144,11 +144,27 @@ def row_label(key: str) -> str:
     return {"kernel": "kernel (veth)"}.get(key, key)
 
 
+SEGMENT_BYTES = 1448  # payload of a full segment at MTU 1500 with timestamps
+
+
+def cpu_us_per_op(value: float | None, unit: str, cpu_pct: float | None) -> float | None:
+    """The responder's CPU time per datagram / segment / round trip / connection, in us: on a
+    shared machine a steadier figure than the rate, which also moves with what others run.
+    MiB/s rows count full segments (SEGMENT_BYTES each)."""
+    if not value or cpu_pct is None:
+        return None
+    share = cpu_pct / 100.0
+    if unit == "us":  # a round trip takes `value` us of wall time
+        return share * value
+    per_s = value * (1 << 20) / SEGMENT_BYTES if unit == "MiB/s" else value
+    return 1e6 * share / per_s
+
+
 def render(rows: dict[str, dict]) -> str:
     """Metric-major table: each metric, each world, its ratios, the responder's CPU% and RSS."""
     hdr = (
         f"{'metric':38} {'row':24} {'value':>10} {'unit':6} {'/lwIP64k':>8} {'/lwIPbest':>9} "
-        f"{'/kernel':>8} {'CPU%':>5} {'RSS MB':>7}"
+        f"{'/kernel':>8} {'CPU%':>5} {'CPU us/op':>9} {'RSS MB':>7}"
     )
     out = [hdr, "-" * len(hdr)]
     lw64 = rows.get("lwip_wnd64k", {})
@@ -164,11 +180,13 @@ def render(rows: dict[str, dict]) -> str:
             if not metric.startswith("tcp_") and key.startswith("lwip_"):
                 cpu = None  # run.sh measures lwipd's CPU over its TCP probe only
             rss = r.get("rss_mb")
+            per_op = cpu_us_per_op(value, unit, cpu)
             out.append(
                 f"{label if first else '':38} {row_label(key):24} {fmt_value(value, unit):>10} "
                 f"{unit:6} {ratio(value, lw64.get(metric)):>8} {ratio(value, best):>9} "
                 f"{ratio(value, kern.get(metric)):>8} "
                 f"{'-' if cpu is None else f'{cpu:.0f}':>5} "
+                f"{'-' if per_op is None else f'{per_op:.1f}':>9} "
                 f"{'-' if rss is None else f'{rss:.1f}':>7}"
             )
             first = False
@@ -560,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=10, help="profile rows printed")
     p.add_argument("--json", metavar="FILE", help="save results here instead of bench/results/")
     p.add_argument("--keep-tmp", action="store_true")
+    p.add_argument("--render", metavar="JSON", help="print the report of a saved run and exit")
     p.add_argument("--stack-log-level", default="warning")
     args = p.parse_args(argv)
     # bench/run.py's Bench reads these
@@ -570,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         args.udp_secs, args.tcp_mb, args.tcp_secs, args.echo_mb, args.conns = 2.0, 20, 1.0, 1, 4
     if not 0.5 <= args.udp_secs <= 30 or not 1 <= args.tcp_mb <= 1000:
         p.error("--udp-secs 0.5..30, --tcp-mb 1..1000")
+    if args.render:
+        report(json.loads(Path(args.render).read_text()), args.top)
+        return 0
     if os.geteuid() != 0:
         print("bench/compare.py needs root (network namespaces, TAP)", file=sys.stderr)
         return 2
@@ -589,6 +611,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    report(results, args.top)
+    print(f"\nsaved {path}; wall time {results['wall_s']} s")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0
+
+
+def report(results: dict, top: int) -> None:
     print(render(results["rows"]))
     for note in results["notes"]:
         print(f"note: {note}")
@@ -601,11 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\ntargets (issue 10; reported, not asserted):")
     print("\n".join(f"  {t}" for t in results["targets"]) or "  (no figures to judge)")
-    print(render_profiles(results["rows"], args.top))
-    print(f"\nsaved {path}; wall time {results['wall_s']} s")
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    return 0
+    print(render_profiles(results["rows"], top))
 
 
 if __name__ == "__main__":

@@ -56,8 +56,18 @@ def test_render_and_judge() -> None:
     # 93 918 vs lwIP wnd64k 187 837 (0.50x), vs the best lwIP 200 000 (0.47x), vs kernel 0.78x
     assert "93 918" in line and "0.50x" in line and "0.47x" in line and "0.78x" in line
     assert " 99 " in line and "40.0" in line
+    assert "10.5" in line  # CPU us per datagram: 0.99 s of CPU / 93 918 datagrams
     verdicts = compare.judge(rows)
     assert any("UDP echo" in v and v.endswith("MISS") for v in verdicts)
     assert any("connections" in v and v.endswith("PASS") for v in verdicts)  # 8000 >= 0.8 x 10000
     assert any("RTT" in v and v.endswith("MISS") for v in verdicts)  # 31 > 1.5 x 20
     assert compare.ratio(None, 1.0) == "-" and compare.ratio(2.0, 4.0) == "0.50x"
+
+
+def test_cpu_per_op() -> None:
+    assert compare.cpu_us_per_op(100_000.0, "/s", 50.0) == 5.0
+    assert compare.cpu_us_per_op(40.0, "us", 50.0) == 20.0
+    segments = 100 * (1 << 20) / compare.SEGMENT_BYTES
+    assert abs(compare.cpu_us_per_op(100.0, "MiB/s", 100.0) - 1e6 / segments) < 1e-9
+    assert compare.cpu_us_per_op(None, "/s", 50.0) is None
+    assert compare.cpu_us_per_op(1.0, "/s", None) is None
