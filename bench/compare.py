@@ -471,9 +471,15 @@ def run(args: argparse.Namespace) -> dict:
         log(note)
         results["notes"].append(note)
     else:
-        rows_lwip, raw = run_lwip(anchor, args)
-        rows.update(rows_lwip)
-        results["lwip_raw"] = raw
+        try:
+            rows_lwip, raw = run_lwip(anchor, args)
+        except (BenchError, subprocess.TimeoutExpired) as err:
+            note = f"lwIP rows skipped: {err}"
+            log(note)
+            results["notes"].append(note)
+        else:
+            rows.update(rows_lwip)
+            results["lwip_raw"] = raw
     helptext = subprocess.run(
         [sys.executable, "-m", "netstack", "run", "--help"],
         capture_output=True,
