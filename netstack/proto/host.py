@@ -158,8 +158,13 @@ class Host:
             engine.poll(now)
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for e in self._engines if (d := e.next_deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        """The nearest engine deadline (asked twice per loop turn: a plain loop, no list)."""
+        best = None
+        for engine in self._engines:
+            d = engine.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     # -- internals -------------------------------------------------------------------------
     def _receive_ipv4(self, eth: weth.EthernetHeader, payload: memoryview, now: float) -> None:
