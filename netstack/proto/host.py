@@ -115,9 +115,10 @@ class Host:
         ipv4 = self.ipv4
         dst = ipv4.config.address
         bcast = ipv4.subnet_broadcast
-        r = _rx_fast(
-            _from_buffer(frame), len(frame), self.config.mac, dst, 0 if bcast is None else bcast
-        )
+        mac = self.config.mac
+        if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
+            mac = bytes(mac)
+        r = _rx_fast(_from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast)
         if r:
             c = self.counters
             c.rx_packets += 1
