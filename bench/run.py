@@ -87,7 +87,8 @@ class Bench:
         return name
 
     def popen(self, cmd: list[str], **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=ROOT, **kw)
+        kw.setdefault("cwd", ROOT)
+        proc = subprocess.Popen(cmd, **kw)
         self.procs.append(proc)
         return proc
 
@@ -131,8 +132,10 @@ class Bench:
         self._stack_out = open(self.stack_log, "wb")  # noqa: SIM115 - closed in stop_stack
         cmd = [sys.executable, "-m", "netstack", "run", "--interface", "tap0"]
         cmd += ["--log-level", self.args.stack_log_level]
+        cmd += getattr(self, "stack_args", [])  # e.g. --offload off (bench/compare.py)
         self.stack = self.popen(
             self.in_ns(self.ns_a, cmd, self.resp_cpu),
+            cwd=getattr(self, "stack_cwd", ROOT),  # another checkout (bench/compare.py)
             stdout=self._stack_out,
             stderr=subprocess.STDOUT,
         )

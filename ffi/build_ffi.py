@@ -66,6 +66,8 @@ int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_
 uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 uint16_t ns_csum_fold(uint32_t sum);
 int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset);
+uint32_t ns_rx_fast(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
+                    uint32_t bcast);
 """
 
 ffibuilder = FFI()

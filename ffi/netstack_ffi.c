@@ -430,3 +430,51 @@ int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
     frame[start + offset + 1] = (uint8_t)(c & 0xff);
     return 0;
 }
+
+/* Receive fast path (netstack/proto/host.py Host.receive): is `frame` the common case? That is:
+ * to our MAC from a unicast MAC; IPv4 with a 20-byte header, a total length that fits, not a
+ * fragment, to `addr` from a source the general path accepts (not 0/8, 127/8, multicast or
+ * above, ours, or the subnet broadcast `bcast`), a good header checksum; carrying UDP (length
+ * field within the datagram, checksum 0 or good) or TCP (header length within the segment,
+ * good checksum). Returns (total_length << 8) | protocol then, else 0: the general path decides
+ * and counts the drop, so this only ever skips work, never a check. */
+uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr, uint32_t bcast)
+{
+    const uint8_t *ip = f + 14, *l4 = f + 34;
+    uint32_t total, src, dst, pseudo, l4len, ulen, hlen;
+    uint8_t proto;
+
+    if (len < 34 || memcmp(f, mac, 6) != 0 || (f[6] & 1) || f[12] != 0x08 || f[13] != 0x00)
+        return 0;
+    if (ip[0] != 0x45)
+        return 0;
+    total = ((uint32_t)ip[2] << 8) | ip[3];
+    if (total < 20 || total > len - 14 || ((ip[6] & 0x3f) | ip[7]) != 0)
+        return 0;
+    src = ((uint32_t)ip[12] << 24) | ((uint32_t)ip[13] << 16) | ((uint32_t)ip[14] << 8) | ip[15];
+    dst = ((uint32_t)ip[16] << 24) | ((uint32_t)ip[17] << 16) | ((uint32_t)ip[18] << 8) | ip[19];
+    if (dst != addr || src < 0x01000000u || src >= 0xE0000000u || (src >> 24) == 127 ||
+        src == dst || src == bcast)
+        return 0;
+    proto = ip[9];
+    if ((proto != 6 && proto != 17) || ns_csum_fold(ns_csum_partial(ip, 20, 0)) != 0)
+        return 0;
+    l4len = total - 20;
+    pseudo = (src >> 16) + (src & 0xffffu) + (dst >> 16) + (dst & 0xffffu) + proto;
+    if (proto == 17) {
+        if (l4len < 8)
+            return 0;
+        ulen = ((uint32_t)l4[4] << 8) | l4[5];
+        if (ulen < 8 || ulen > l4len)
+            return 0;
+        if ((l4[6] | l4[7]) && ns_csum_fold(ns_csum_partial(l4, ulen, pseudo + ulen)) != 0)
+            return 0;
+    } else {
+        if (l4len < 20)
+            return 0;
+        hlen = (uint32_t)(l4[12] >> 4) * 4;
+        if (hlen < 20 || hlen > l4len || ns_csum_fold(ns_csum_partial(l4, l4len, pseudo + l4len)) != 0)
+            return 0;
+    }
+    return (total << 8) | proto;
+}

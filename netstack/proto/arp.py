@@ -197,6 +197,19 @@ class ArpEngine:
             entry.tries = 0
             self._solicit(entry, now)
 
+    def ready_header(self, next_hop: int) -> bytes | None:
+        """The Ethernet header towards a unicast `next_hop` whose entry can be used with no
+        side effect (REACHABLE or PROBE: send_ipv4 would only emit); None otherwise, and the
+        caller goes through send_ipv4. Marks the entry used, as send_ipv4 does."""
+        entry = self._cache.get(next_hop)
+        if entry is None:
+            return None
+        state = entry.state
+        if state is not ArpState.REACHABLE and state is not ArpState.PROBE:
+            return None
+        self._cache.move_to_end(next_hop)
+        return entry.eth_header
+
     def announce(self, now: float) -> None:
         """Gratuitous ARP (RFC 5227 announcement): request with sender = target = our address."""
         self._send(warp.OP_REQUEST, weth.BROADCAST, ZERO_MAC, self.ip)

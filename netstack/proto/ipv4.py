@@ -33,6 +33,7 @@ IcmpError = Callable[[int, int, Buffer, float], None]
 BROADCAST_ALL = 0xFFFFFFFF
 MIN_MTU = 68  # RFC 791: every host must take 68-byte datagrams unfragmented
 MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN  # 65515: largest payload of one datagram we build
+_IPV4_HEADER = wipv4._HEADER  # "!BBHHHBBHII", 20 bytes, no options
 ICMP_TIME_EXCEEDED, CODE_REASSEMBLY_TIME_EXCEEDED = 11, 1
 ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE = 3, 2
 
@@ -78,6 +79,10 @@ class Ipv4Engine:
         self.unbound_filter: Callable[[wipv4.Ipv4Header, memoryview], bool] | None = None
         # Set by the host around one received super-frame (virtio-net GSO).
         self.rx_gso = False
+        # The host's link fast path (ARP's ready_header, the tx queue's append); None: every
+        # packet goes through link_send.
+        self.link_header: Callable[[int], bytes | None] | None = None
+        self.link_emit: Callable[[tuple[Buffer, ...]], None] | None = None
         self._handlers: dict[int, Handler] = {}
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
@@ -236,19 +241,24 @@ class Ipv4Engine:
         ttl = self.config.default_ttl if ttl is None else ttl
         ident = self._ident
         self._ident = (ident + 1) & 0xFFFF
-        if wipv4.MIN_HEADER_LEN + length <= self.config.mtu:
-            header = wipv4.build(
-                src,
-                dst,
-                protocol,
-                length,
-                ident=ident,
-                ttl=ttl,
-                tos=tos,
-                dont_fragment=dont_fragment,
+        total = wipv4.MIN_HEADER_LEN + length
+        if total <= self.config.mtu:
+            # wipv4.build, inline (the per-packet path): the header sum from the field values
+            frag = wipv4.FLAG_DF if dont_fragment else 0
+            ttl_proto = (ttl << 8) | protocol
+            s = (0x4500 | tos) + total + ident + frag + ttl_proto + (src >> 16) + (src & 0xFFFF)
+            s += (dst >> 16) + (dst & 0xFFFF)
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            header = _IPV4_HEADER.pack(
+                0x45, tos, total, ident, frag, ttl, protocol, s ^ 0xFFFF, src, dst
             )
             c.ipv4_tx += 1
-            self.link_send(next_hop, (header, *payload), now)
+            link_header = self.link_header
+            if link_header is not None and (eth := link_header(next_hop)) is not None:
+                self.link_emit((eth, header, *payload))  # type: ignore[misc]
+            else:
+                self.link_send(next_hop, (header, *payload), now)
             return True
         if gso_size:
             return self._send_gso(

@@ -7,6 +7,7 @@ callback; the callback gets a memoryview that is only valid during the call (cop
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable
 
 from netstack.counters import Counters
@@ -15,11 +16,12 @@ from netstack.proto.ipv4 import Ipv4Engine
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import udp as wudp
-from netstack.wire.errors import Malformed
+from netstack.wire.checksum import _fold, _from_buffer, _partial
 
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN - wudp.HEADER_LEN  # 65507
+_UDP_HEADER = struct.Struct("!HHHH")
 
 # (payload, (src_ip, src_port), dst_ip, now): payload valid only during the call.
 DatagramHandler = Callable[[memoryview, tuple[int, int], int, float], None]
@@ -115,22 +117,44 @@ class UdpEngine:
     def receive(
         self, header: wipv4.Ipv4Header, payload: memoryview, packet: memoryview, now: float
     ) -> None:
-        try:
-            udp, data = wudp.parse(payload, header.src, header.dst, not self.csum_trusted)
-        except Malformed as bad:
-            self.counters.drop(bad.reason)
+        self.receive_fast(header.src, header.dst, payload, packet, now, self.csum_trusted)
+
+    def receive_fast(
+        self,
+        src: int,
+        dst: int,
+        payload: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
+    ) -> None:
+        """One datagram (the checks of wire/udp.parse, inline: this is the per-datagram path).
+        `checked`: the host's fast path has verified the length and checksum already."""
+        c = self.counters
+        size = len(payload)
+        if size < wudp.HEADER_LEN:
+            c.drop(Drop.UDP_TRUNCATED)
             return
-        self.counters.udp_rx += 1
-        sock = self._ports.get(udp.dst_port)
+        src_port, dst_port, length, csum = _UDP_HEADER.unpack_from(payload)
+        if length < wudp.HEADER_LEN or length > size:
+            c.drop(Drop.UDP_BAD_LENGTH)
+            return
+        if csum and not checked:
+            pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+            if _fold(_partial(_from_buffer(payload), length, pseudo + wudp.PROTO_UDP + length)):
+                c.drop(Drop.UDP_BAD_CHECKSUM)
+                return
+        c.udp_rx += 1
+        sock = self._ports.get(dst_port)
         if sock is None:
-            self.counters.drop(Drop.UDP_NO_PORT)
-            if header.dst == self.ipv4.config.address and self.ipv4.icmp_error is not None:
+            c.drop(Drop.UDP_NO_PORT)
+            if dst == self.ipv4.config.address and self.ipv4.icmp_error is not None:
                 self.ipv4.icmp_error(
                     wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE, packet, now
                 )
             return
         self.now = now
-        sock.on_datagram(data, (header.src, udp.src_port), header.dst, now)
+        sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
 
     def receive_error(
         self,
@@ -156,7 +180,14 @@ class UdpEngine:
             raise ValueError(f"UDP payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
         if not 0 < dst_port <= 0xFFFF:
             raise ValueError(f"UDP port out of range: {dst_port}")
-        header = wudp.build(self.ipv4.config.address, dst_ip, src_port, dst_port, data)
+        # wudp.build, inline (the per-datagram path)
+        src_ip = self.ipv4.config.address
+        size = len(data)
+        length = wudp.HEADER_LEN + size
+        s = (src_ip >> 16) + (src_ip & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF)
+        s += wudp.PROTO_UDP + length + src_port + dst_port + length  # pseudo-header + header
+        csum = _fold(_partial(_from_buffer(data), size, s)) or 0xFFFF
+        header = _UDP_HEADER.pack(src_port, dst_port, length, csum)
         if self.ipv4.send(dst_ip, wipv4.PROTO_UDP, (header, data), self.now):
             self.counters.udp_tx += 1
             return True

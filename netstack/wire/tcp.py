@@ -59,6 +59,11 @@ _OPT_SACKOK_TS = struct.Struct("!BBBBII")  # 4,2,8,10 or 1,1,8,10, then TSval, T
 _OPT_NOP_NOP_SACKOK = bytes((OPT_NOP, OPT_NOP, OPT_SACK_PERMITTED, 2))
 _OPT_NOP_WS = struct.Struct("!BBBB")  # 1, 3, 3, shift
 _SACK_HEAD = struct.Struct("!BBBB")  # 1, 1, 5, len
+# build_fast: the header alone, or followed by Linux's NOP NOP TS layout (the established case)
+_HEADER_TS = struct.Struct("!HHIIBBHHH4sII")
+_TS_PREFIX_SUM = (OPT_NOP << 8 | OPT_NOP) + (OPT_TIMESTAMP << 8 | 10)
+_OFFSET_FLAGS_PLAIN = HEADER_LEN << 10  # data offset 5 in the top 4 bits of the flags word
+_OFFSET_FLAGS_TS = (HEADER_LEN + 12) << 10
 
 
 # NamedTuple's generated __new__ is a Python-level call; tuple.__new__ builds the same
@@ -213,3 +218,45 @@ def build(
         s = _partial(_from_buffer(opts), len(opts), s)
     csum = _fold(_partial(_from_buffer(payload), len(payload), s))
     return _HEADER.pack(src_port, dst_port, seq, ack, hlen << 2, flags, window, csum, urgent) + opts
+
+
+def template_sum(src_ip: int, dst_ip: int, src_port: int, dst_port: int) -> int:
+    """Unfolded sum of what a connection never changes in its segments' checksum: the
+    pseudo-header's addresses and protocol, and both ports (for `build_fast`)."""
+    return (
+        (src_ip >> 16) + (src_ip & 0xFFFF) + (dst_ip >> 16) + (dst_ip & 0xFFFF)
+        + PROTO_TCP + src_port + dst_port
+    )  # fmt: skip
+
+
+def build_fast(
+    base: int,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    timestamp: tuple[int, int] | None,
+    payload: Buffer,
+) -> bytes:
+    """`build` for the per-segment case (no options but an optional timestamp, no urgent
+    pointer), from a connection's `template_sum`: one pack, one C call over the payload.
+    The bytes are the same as build(..., options=TcpOptions(timestamp=timestamp))."""
+    plen = len(payload)
+    s = base + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
+    if timestamp is None:
+        s += HEADER_LEN + plen + (_OFFSET_FLAGS_PLAIN | flags)
+        if plen:
+            s = _partial(_from_buffer(payload), plen, s)
+        csum = _fold(s)
+        return _HEADER.pack(src_port, dst_port, seq, ack, HEADER_LEN << 2, flags, window, csum, 0)
+    tsval, tsecr = timestamp
+    s += HEADER_LEN + 12 + plen + (_OFFSET_FLAGS_TS | flags) + _TS_PREFIX_SUM
+    s += (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16) + (tsecr & 0xFFFF)
+    if plen:
+        s = _partial(_from_buffer(payload), plen, s)
+    return _HEADER_TS.pack(
+        src_port, dst_port, seq, ack, (HEADER_LEN + 12) << 2, flags, window, _fold(s), 0,
+        _TS_PREFIX, tsval, tsecr,
+    )  # fmt: skip

@@ -46,6 +46,7 @@ from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ class Connection:
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
+        "tx_sum",
         "urgent_pending",
         "user",
         "window_check",
@@ -222,6 +224,7 @@ class Connection:
         self.remote_ip = remote_ip
         self.remote_port = remote_port
         self.key = (remote_ip, remote_port, local_port)
+        self.tx_sum = wtcp.template_sum(self.local_ip, remote_ip, local_port, remote_port)
         self.state = S.CLOSED
         self.listener = listener  # passive opens: the listener until accepted
         self.handler: Handler | None = None
@@ -977,7 +980,6 @@ class Connection:
             blocks = point[1]
         elif self.sack_ok and flags & ACK and self.rcvbuf.ooo:
             blocks = self._sack_option(3 if ts else 4, None, None)
-        options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
         window = 0 if flags & RST else self._window_field(None if point is None else point[0])
         if flags & ACK:
             rcv_nxt = self.rcv_nxt if point is None else point[0]
@@ -1004,7 +1006,13 @@ class Connection:
             self.quickack.on_data_sent(now, self.config.delayed_ack)
             stats[3] += 1
             stats[4] += len(payload)
-        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options, urgent, gso)
+        if blocks or urgent or (gso and len(payload) > gso):
+            options = TcpOptions(timestamp=ts, sack_blocks=blocks) if ts or blocks else None
+            self.engine.transmit(
+                self, seq & MASK, ack, flags, window, payload, options, urgent, gso
+            )
+        else:  # the per-segment case: header from the connection's template (wire/tcp.py)
+            self.engine.transmit_fast(self, seq & MASK, ack, flags, window, payload, ts)
         self.last_send = now
 
     def _sack_option(

@@ -335,6 +335,27 @@ class TcpEngine:
             gso_size=gso_size, l4_header_len=hlen,
         )  # fmt: skip
 
+    def transmit_fast(
+        self,
+        conn: Connection,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        payload,
+        timestamp: tuple[int, int] | None,
+    ) -> None:
+        """`transmit` for a segment whose only option is a timestamp (or none), no urgent
+        pointer and no TSO: the header is packed at once from the connection's checksum
+        template."""
+        header = wtcp.build_fast(
+            conn.tx_sum, conn.local_port, conn.remote_port, seq, ack, flags, window, timestamp,
+            payload,
+        )  # fmt: skip
+        self.counters.tcp_segments_tx += 1
+        pieces = (header, payload) if len(payload) else (header,)
+        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
         header = wtcp.build(self.local_ip, remote_ip, local_port, remote_port, seq, 0, RST, 0)
@@ -383,18 +404,31 @@ class TcpEngine:
     def receive(
         self, ip: wipv4.Ipv4Header, segment: memoryview, packet: memoryview, now: float
     ) -> None:
+        self.receive_fast(ip.src, ip.dst, segment, packet, now)
+
+    def receive_fast(
+        self,
+        src: int,
+        dst: int,
+        segment: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
+    ) -> None:
+        """One segment, from the host's fast path (addresses as ints; `checked`: it verified
+        the checksum already) or `receive`."""
         c = self.counters
         self.now = now
-        if ip.dst != self.local_ip:
+        if dst != self.local_ip:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10: no TCP to broadcasts
             return
         try:
-            h, payload = wtcp.parse(segment, ip.src, ip.dst, not self.csum_trusted)
+            h, payload = wtcp.parse(segment, src, dst, not (checked or self.csum_trusted))
         except Malformed as bad:
             c.drop(bad.reason)
             return
         c.tcp_segments_rx += 1
-        key = (ip.src, h.src_port, h.dst_port)
+        key = (src, h.src_port, h.dst_port)
         conn = self.conns.get(key)
         isn_floor = None
         if conn is not None:
@@ -411,10 +445,10 @@ class TcpEngine:
             # RFC 6191: the old incarnation gave way; the listener decides on the SYN.
         listener = self.listeners.get(h.dst_port)
         if listener is None:
-            self._reset_closed(ip.src, h, len(payload))
+            self._reset_closed(src, h, len(payload))
             c.drop(Drop.TCP_NO_LISTENER)
             return
-        self._listen_segment(listener, ip.src, h, payload, now, isn_floor)
+        self._listen_segment(listener, src, h, payload, now, isn_floor)
 
     def _time_wait_reopen(self, conn: Connection, h: TcpHeader) -> int | None:
         """RFC 6191 (timestamps) / RFC 1122 4.2.2.13 (sequence numbers): may this SYN reopen

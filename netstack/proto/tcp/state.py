@@ -26,6 +26,10 @@ class State(enum.Enum):
     LAST_ACK = "last_ack"
     TIME_WAIT = "time_wait"
 
+    # Members are singletons compared by identity: hash them by identity too. Enum's own
+    # __hash__ is a Python call (hash of the name), and `state in RECEIVING` runs per segment.
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """What happened, as far as the state diagram is concerned."""

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""The per-segment cost of netstack's Python path, without a TAP, syscalls or a second CPU.
+
+    .venv/bin/python bench/micro.py [--seconds 2] [--profile] [--only udp_echo,...]
+
+Two whole `Host`s (Ethernet, ARP, IPv4, UDP, TCP, the built-in services) are wired back to back
+in memory on a virtual clock: the peer (192.0.2.1) plays the kernel's part, the host under test
+(192.0.2.2) serves UDP echo (7), TCP discard (9), chargen (19) and echo (7) as `netstack run`
+does. Frames cross as bytes, like the link's copy into its arena. Only the host under test's
+calls are timed (receive_batch and its flush point, timers), with the thread's CPU clock (so a
+busy machine inflates the figures less than wall time would), best of --repeat runs: the
+figures are microseconds of Python per datagram / segment / connection, the part this project
+controls; the link, the loop and the kernel's TAP work per frame come on top in real runs.
+`--profile` adds cProfile's top functions (of the host under test only). No root needed; each
+scenario is bounded by --seconds of CPU. Run it from another checkout (copy the file into its
+bench/) to compare before and after on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from netstack.api.services import start_services
+from netstack.api.tcp import Protocol, connect
+from netstack.counters import Counters
+from netstack.proto.host import Host, HostConfig
+from netstack.wire import ethernet as weth
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import udp as wudp
+
+STACK_MAC = bytes.fromhex("02aabbccdd02")
+PEER_MAC = bytes.fromhex("02aabbccdd01")
+STACK_IP = wipv4.ip_from_str("192.0.2.2")
+PEER_IP = wipv4.ip_from_str("192.0.2.1")
+BATCH = 64  # frames per receive batch, like the loop's read batch
+PROFILER: cProfile.Profile | None = None  # set by --profile: enabled around the host's calls
+
+
+class Pair:
+    """Peer and host under test; `step()` moves queued frames both ways, timing the host."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.peer = Host(
+            HostConfig(mac=PEER_MAC, address=PEER_IP, prefix_len=24), Counters(), random.Random(1)
+        )
+        self.stack = Host(
+            HostConfig(mac=STACK_MAC, address=STACK_IP, prefix_len=24),
+            Counters(),
+            random.Random(2),
+        )
+        ports = {"udp_echo": 7, "tcp_echo": 7, "tcp_discard": 9, "tcp_chargen": 19}
+        self.services = start_services(self.stack.udp, ports, self.stack.tcp)
+        self.busy = 0.0  # seconds spent inside the host under test
+        self.stack.start(self.now)
+        self.peer.start(self.now)
+        for _ in range(3):
+            self.step()
+
+    @staticmethod
+    def _frames(host: Host) -> list[memoryview]:
+        out = [memoryview(b"".join(f)) for f in host.tx]
+        host.tx.clear()
+        return out
+
+    def step(self, dt: float = 0.0001) -> int:
+        """One round: peer -> stack, stack timers, stack -> peer. Returns frames moved."""
+        self.now += dt
+        now = self.now
+        to_stack = self._frames(self.peer)
+        clock = time.thread_time
+        if PROFILER is not None:
+            PROFILER.enable()
+        t0 = clock()
+        for i in range(0, len(to_stack), BATCH):
+            self.stack.receive_batch(to_stack[i : i + BATCH], now)
+        deadline = self.stack.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.stack.poll(now)
+        self.busy += clock() - t0
+        if PROFILER is not None:
+            PROFILER.disable()
+        to_peer = self._frames(self.stack)
+        for i in range(0, len(to_peer), BATCH):
+            self.peer.receive_batch(to_peer[i : i + BATCH], now)
+        deadline = self.peer.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.peer.poll(now)
+        return len(to_stack) + len(to_peer)
+
+
+class Sink(Protocol):
+    def __init__(self) -> None:
+        self.received = 0
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+class Writer(Sink):
+    """Keeps the send buffer full (a bulk sender: the kernel -> discard direction)."""
+
+    chunk = bytes(65536)
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.resume_writing()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        while not self.paused:
+            self.transport.write(self.chunk)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+
+def udp_echo(seconds: float) -> dict:
+    pair = Pair()
+    payload = bytes(64)
+    eth = weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4)
+    udp = wudp.build(PEER_IP, STACK_IP, 40000, 7, payload) + payload
+    frame = eth + wipv4.build(PEER_IP, STACK_IP, wipv4.PROTO_UDP, len(udp), ident=1) + udp
+    batch = [memoryview(frame)] * BATCH
+    # learn the peer's MAC first (the real run's warm-up)
+    pair.peer.udp.bind(40000, lambda *a: None).sendto(payload, (STACK_IP, 7))
+    for _ in range(4):
+        pair.step()
+    stack = pair.stack
+    n = 0
+    clock = time.thread_time
+    busy = 0.0
+    if PROFILER is not None:
+        PROFILER.enable()
+    while busy < seconds:
+        now = pair.now = pair.now + 0.0001
+        t0 = clock()
+        stack.receive_batch(batch, now)
+        busy += clock() - t0
+        n += len(stack.tx)
+        stack.tx.clear()
+    if PROFILER is not None:
+        PROFILER.disable()
+    return {"unit": "datagram", "count": n, "seconds": busy}
+
+
+def tcp_bulk(seconds: float, port: int, protocol: type[Protocol], unit_counter: str) -> dict:
+    pair = Pair()
+    client = connect(pair.peer.tcp, ("192.0.2.2", port), protocol)
+    for _ in range(20):
+        pair.step()
+    c = pair.stack.counters
+    start = getattr(c, unit_counter)
+    pair.busy = 0.0
+    rounds = 0
+    while pair.busy < seconds and rounds < 2_000_000:
+        pair.step()
+        rounds += 1
+    moved = getattr(c, unit_counter) - start
+    client.close()
+    return {"unit": "segment", "count": moved, "seconds": pair.busy}
+
+
+def tcp_connect(seconds: float) -> dict:
+    pair = Pair()
+    n = 0
+    pair.busy = 0.0
+    while pair.busy < seconds and n < 200_000:
+        t = connect(pair.peer.tcp, ("192.0.2.2", 7), Sink)
+        for _ in range(6):
+            pair.step()
+        t.close()
+        for _ in range(6):
+            pair.step()
+        n += 1
+        if n % 256 == 0:  # let TIME_WAIT go on the peer
+            for _ in range(3):
+                pair.step(61.0)
+    return {"unit": "connection", "count": n, "seconds": pair.busy}
+
+
+def tcp_echo_rtt(seconds: float) -> dict:
+    """64 bytes through the TCP echo service, one message in flight (bench/tcp.py's RTT row)."""
+    pair = Pair()
+    client = connect(pair.peer.tcp, ("192.0.2.2", 7), Sink)
+    for _ in range(10):
+        pair.step()
+    proto = client.get_protocol()
+    message = bytes(64)
+    n = 0
+    pair.busy = 0.0
+    while pair.busy < seconds and n < 500_000:
+        want = proto.received + len(message)
+        client.write(message)
+        for _ in range(20):
+            pair.step(0.00002)  # well below the delayed-ACK timer: no timer work counted
+            if proto.received >= want:
+                break
+        n += 1
+    client.close()
+    return {"unit": "round trip", "count": n, "seconds": pair.busy}
+
+
+SCENARIOS = {
+    "udp_echo": lambda s: udp_echo(s),
+    "tcp_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx"),
+    "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
+    "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),
+    "tcp_connect": lambda s: tcp_connect(s),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per scenario")
+    p.add_argument("--only", default="", help="comma-separated scenarios")
+    p.add_argument("--profile", action="store_true", help="cProfile each scenario")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--repeat", type=int, default=3, help="runs per scenario (best kept)")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    global PROFILER
+    for name in names:
+        runs = []
+        for _ in range(1 if args.profile else args.repeat):
+            PROFILER = prof = cProfile.Profile() if args.profile else None
+            runs.append(SCENARIOS[name](args.seconds))
+            PROFILER = None
+        res = min(runs, key=lambda r: r["seconds"] / max(r["count"], 1))
+        us = 1e6 * res["seconds"] / max(res["count"], 1)
+        print(
+            f"{name:16} {us:7.2f} us per {res['unit']:10} ({res['count']} in "
+            f"{res['seconds']:.2f} s: {res['count'] / max(res['seconds'], 1e-9):,.0f}/s of CPU)"
+        )
+        if prof is not None:
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
+            text = out.getvalue()
+            print(text[text.find("ncalls") :].rstrip() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

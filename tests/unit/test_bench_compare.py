@@ -1,0 +1,73 @@
+"""bench/compare.py's pure parts: run.sh output parsing, --offload detection, the table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+import compare  # noqa: E402
+
+RUN_SH = """\
+lwip_version 2.1.3 debian_source=2.1.3+dfsg1-2 cc="gcc" kernel=6 cpu="AMD EPYC" nproc=2
+lwip_build@wnd64k TCP_MSS=1460 TCP_WND=65535
+ping_rtt_avg_ms@wnd64k 0.039 loss=0% (rtt min/avg/max/mdev = 0.020/0.039/0.091/0.008 ms)
+udp_echo_per_s@wnd64k 187837 sent=375688 received=375688 (size=64 window=64 secs=2)
+tcp_discard_MBps@wnd64k 296.4 (20 MiB kernel->lwIP)
+tcp_chargen_MBps@wnd64k 419.3 (20 MiB lwIP->kernel, pattern checked)
+tcp_echo_ok@wnd64k True (1 MiB, sha256 compared)
+lwipd_cpu_s_during_tcp@wnd64k 0.17 of 0.25 s wall
+lwipd_rss_kB@wnd64k 1980 peak=2048 threads=3 lwipd=alive
+udp_echo_per_s@wnd1m-cli 200000 sent=1 received=1 (size=64 window=64 secs=2)
+tcp_discard_MBps@wnd1m-cli n/a
+tcp_probe@wnd1m-cli n/a (timeout 90s; ) lwipd=DEAD
+wall_s 10
+"""
+
+
+def test_parse_lwip_rows() -> None:
+    rows = compare.lwip_rows(compare.parse_lwip(RUN_SH))
+    assert set(rows) == {"lwip_wnd64k", "lwip_wnd1m-cli"}
+    r = rows["lwip_wnd64k"]
+    assert r["udp_echo"] == 187837.0
+    assert (r["tcp_discard"], r["tcp_chargen"], r["tcp_echo_ok"]) == (296.4, 419.3, True)
+    assert round(r["cpu_pct"]["tcpprobe"]) == 68
+    assert (r["rss_mb"], r["rss_peak_mb"]) == (1980 / 1024, 2.0)
+    other = rows["lwip_wnd1m-cli"]
+    assert other["udp_echo"] == 200000.0
+    assert other["tcp_discard"] is None and other["tcp_echo_ok"] is False
+
+
+def test_offload_detection() -> None:
+    assert compare.offload_values("usage: netstack run [--mtu MTU]") is None
+    assert compare.offload_values("  --offload {auto,off}  what to negotiate") == ["auto", "off"]
+    assert compare.offload_values("  --offload {on,off}") == ["on", "off"]
+    assert compare.offload_values("  --offload OFFLOAD  auto or off") == ["auto", "off"]
+
+
+def test_render_and_judge() -> None:
+    rows = compare.lwip_rows(compare.parse_lwip(RUN_SH))
+    rows["netstack"] = {"udp_echo": 93918.5, "tcp_discard": 148.2, "cpu_pct": {"udp_echo": 99.0}}
+    rows["kernel"] = {"udp_echo": 120000.0, "conn_rate": 10000.0, "echo_rtt_us": 20.0}
+    rows["netstack"].update(conn_rate=8000.0, echo_rtt_us=31.0, rss_mb=40.0)
+    table = compare.render(rows)
+    line = next(ln for ln in table.splitlines() if "netstack" in ln and "/s" in ln)
+    # 93 918 vs lwIP wnd64k 187 837 (0.50x), vs the best lwIP 200 000 (0.47x), vs kernel 0.78x
+    assert "93 918" in line and "0.50x" in line and "0.47x" in line and "0.78x" in line
+    assert " 99 " in line and "40.0" in line
+    assert "10.5" in line  # CPU us per datagram: 0.99 s of CPU / 93 918 datagrams
+    verdicts = compare.judge(rows)
+    assert any("UDP echo" in v and v.endswith("MISS") for v in verdicts)
+    assert any("connections" in v and v.endswith("PASS") for v in verdicts)  # 8000 >= 0.8 x 10000
+    assert any("RTT" in v and v.endswith("MISS") for v in verdicts)  # 31 > 1.5 x 20
+    assert compare.ratio(None, 1.0) == "-" and compare.ratio(2.0, 4.0) == "0.50x"
+
+
+def test_cpu_per_op() -> None:
+    assert compare.cpu_us_per_op(100_000.0, "/s", 50.0) == 5.0
+    assert compare.cpu_us_per_op(40.0, "us", 50.0) == 20.0
+    segments = 100 * (1 << 20) / compare.SEGMENT_BYTES
+    assert abs(compare.cpu_us_per_op(100.0, "MiB/s", 100.0) - 1e6 / segments) < 1e-9
+    assert compare.cpu_us_per_op(None, "/s", 50.0) is None
+    assert compare.cpu_us_per_op(1.0, "/s", None) is None
