@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -214,12 +215,96 @@ def tcp_echo_rtt(seconds: float) -> dict:
     return {"unit": "round trip", "count": n, "seconds": pair.busy}
 
 
+class _TurnLink:
+    """A link for loop_turn: always readable (an eventfd that is never read), hands over the
+    same frame once per receive_batch, swallows what is sent. No TAP, no root."""
+
+    name = "turn"
+    mtu = 1500
+    max_batch = BATCH
+    rx_oversize = 0
+
+    def __init__(self, frame: bytes) -> None:
+        self.fd = os.eventfd(1, os.EFD_NONBLOCK)
+        self.mac = STACK_MAC
+        self._frames = [memoryview(frame)]
+        self.sent = 0
+
+    def receive_batch(self) -> list[memoryview]:
+        return self._frames
+
+    def send_batch(self, frames) -> int:
+        self.sent += len(frames)
+        return len(frames)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def loop_turn(seconds: float) -> dict:
+    """udp_echo with one datagram per turn of a real Loop (epoll_wait on an always-readable fd,
+    deadline sources, histograms, the flush): the loop's per-turn cost on top of the host's.
+    The Stack's wiring (runtime.py) in miniature: on_frames -> host -> the link's tx queue."""
+    from netstack.io.loop import Loop
+
+    pair = Pair()
+    payload = bytes(64)
+    eth = weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4)
+    udp = wudp.build(PEER_IP, STACK_IP, 40000, 7, payload) + payload
+    frame = eth + wipv4.build(PEER_IP, STACK_IP, wipv4.PROTO_UDP, len(udp), ident=1) + udp
+    pair.peer.udp.bind(40000, lambda *a: None).sendto(payload, (STACK_IP, 7))
+    for _ in range(4):
+        pair.step()
+    stack = pair.stack
+    link = _TurnLink(frame)
+    vclock = [pair.now]
+
+    def virtual_clock() -> float:  # the pair's clock (ARP entries stay fresh), moving on
+        vclock[0] += 0.000001
+        return vclock[0]
+
+    loop = Loop(stack.counters, clock=virtual_clock)
+
+    def on_frames(frames, now):
+        stack.receive_batch(frames, now)
+        if stack.tx:
+            queue.extend(stack.tx)
+            stack.tx.clear()
+
+    def poll(now):
+        stack.poll(now)
+        if stack.tx:
+            queue.extend(stack.tx)
+            stack.tx.clear()
+
+    queue = loop.add_link(link, on_frames)
+    loop.add_deadline_source(stack.next_deadline, poll)
+    clock = time.thread_time
+    n = 0
+    t0 = clock()
+    if PROFILER is not None:
+        PROFILER.enable()
+    while n < 5_000_000:
+        for _ in range(1000):
+            loop.run_once()
+        n += 1000
+        if clock() - t0 >= seconds:
+            break
+    if PROFILER is not None:
+        PROFILER.disable()
+    busy = clock() - t0
+    loop.close()
+    link.close()
+    return {"unit": "turn", "count": link.sent, "seconds": busy}
+
+
 SCENARIOS = {
     "udp_echo": lambda s: udp_echo(s),
     "tcp_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx"),
     "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
     "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),
     "tcp_connect": lambda s: tcp_connect(s),
+    "loop_turn": lambda s: loop_turn(s),
 }
 
 

@@ -478,3 +478,41 @@ uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr
     }
     return (total << 8) | proto;
 }
+
+/* Receive with the virtio-net header (netstack/io/link.py BatchLink._receive_vnet): the common
+ * case of a batch is frames whose header says nothing, or an ordinary (not GSO) frame whose L4
+ * checksum the kernel left partial (its CHECKSUM_PARTIAL: every UDP datagram and small TCP
+ * segment from a local socket). This completes those checksums where they lie, as
+ * ns_csum_complete, and marks the header DATA_VALID (so a look at it in Python vouches for the
+ * frame as link.py's _complete would, and never sums it twice). Returns how many frames of the
+ * n still need Python's look at their header (a GSO super-frame, a DATA_VALID or other flag from
+ * the kernel, a checksum position outside the frame, a truncated or short frame); 0 means every
+ * frame is now exactly what a wire would carry (a completed checksum is a true one): metadata 0
+ * for all, and the stack verifies their checksums as for any plain frame. */
+int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n)
+{
+    int odd = 0;
+    for (int i = 0; i < n; i++) {
+        uint8_t *h = arena + (size_t)i * slot_size;
+        size_t len = lens[i];
+        uint16_t start, offset;
+        if (len >= slot_size || len < hlen || hlen < 10) {
+            odd++;
+            continue;
+        }
+        if (h[0] == 0 && h[1] == 0)
+            continue;
+        if (h[0] != 1 || h[1] != 0) { /* not exactly NEEDS_CSUM without GSO */
+            odd++;
+            continue;
+        }
+        memcpy(&start, h + 6, 2); /* native order, as wire/vnet.py's "=BBHHHH" */
+        memcpy(&offset, h + 8, 2);
+        if (ns_csum_complete(h + hlen, len - hlen, start, offset) < 0) {
+            odd++;
+            continue;
+        }
+        h[0] = 2; /* DATA_VALID: what a look at this header in Python will see */
+    }
+    return odd;
+}

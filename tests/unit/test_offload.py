@@ -315,3 +315,60 @@ def test_offload_setting() -> None:
     with pytest.raises(ConfigError, match="offload"):
         build_config({"offload": "on"})
     assert "offload = auto" in build_config().describe()
+
+
+def _partial_udp_frame(data: bytes) -> bytes:
+    """An ordinary frame as the kernel hands it over with CHECKSUM_PARTIAL: the UDP checksum
+    field holds the pseudo-header sum only."""
+    from netstack.wire import udp as wudp
+
+    udp = bytearray(wudp.build(PEER_IP, OUR_IP, 5000, 7, data) + data)
+    udp[6:8] = vnet.pseudo_sum(PEER_IP, OUR_IP, len(udp), protocol=17)
+    return ip_frame(bytes(udp), wipv4.PROTO_UDP)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_vnet_receive_completes_partial_checksums_in_c(mixed: bool) -> None:
+    """BatchLink._receive_vnet over a datagram socketpair: ordinary NEEDS_CSUM frames come out
+    complete (what a wire carries). A batch of only those and plain frames is all metadata 0
+    (ns_vnet_rx_plain); a batch with a frame whose header says more keeps the per-frame
+    metadata, the completed frames then DATA_VALID, each checksum summed once."""
+    import socket
+
+    from netstack._ffi import lib
+
+    from netstack.wire import udp as wudp
+
+    class PairLink(BatchLink):
+        _rx_fn = staticmethod(lib.ns_read_batch)
+        _tx_fn = staticmethod(lib.ns_write_batch)
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        a.setblocking(False)
+        link = PairLink("pair0", a.fileno(), bytes(6), 1500, 8, vnet=True)
+        partial = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 34, 6).emit()
+        frames = [_partial_udp_frame(b"one"), _partial_udp_frame(b"two, longer")]
+        b.send(partial + frames[0])
+        b.send(vnet.PLAIN + b"plain frame")
+        b.send(partial + frames[1])
+        if mixed:
+            valid = vnet.VnetHeader(vnet.F_DATA_VALID, vnet.GSO_NONE, 0, 0, 0, 0).emit()
+            b.send(valid + b"vouched")
+        got = link.receive_batch()
+        assert [bytes(g) for g in got][1] == b"plain frame"
+        for view, data in zip((got[0], got[2]), (b"one", b"two, longer"), strict=True):
+            _, payload = wudp.parse(memoryview(bytes(view)[34:]), PEER_IP, OUR_IP)
+            assert bytes(payload) == data
+        meta = link.rx_meta
+        assert meta is not None and len(meta) == len(got)
+        if not mixed:
+            assert meta == [0, 0, 0]
+        else:
+            assert bytes(got[3]) == b"vouched"
+            flags = [m & 0xFF for m in meta]
+            assert flags == [vnet.F_DATA_VALID, 0, vnet.F_DATA_VALID, vnet.F_DATA_VALID]
+            assert all(vnet.meta_gso_type(m) == 0 for m in meta)
+    finally:
+        a.close()
+        b.close()
