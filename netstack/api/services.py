@@ -16,14 +16,23 @@ from netstack.proto.udp import UdpEngine, UdpSocket
 
 
 class UdpEcho:
-    """Sends every datagram back to where it came from (RFC 862)."""
+    """Sends every datagram back to where it came from (RFC 862).
+
+    The engine answers most datagrams itself (UdpSocket.reflect: the reply built in one step,
+    its checksum the request's); one without a checksum or to a broadcast address comes
+    through _on_datagram and the ordinary sendto."""
 
     def __init__(self, udp: UdpEngine, port: int = 7) -> None:
-        self.datagrams = 0
+        self._called = 0
         self.socket: UdpSocket = udp.bind(port, self._on_datagram)
+        self.socket.reflect = True
+
+    @property
+    def datagrams(self) -> int:
+        return self._called + self.socket.reflected
 
     def _on_datagram(self, data: memoryview, peer: tuple[int, int], dst: int, now: float) -> None:
-        self.datagrams += 1
+        self._called += 1
         # The view stays valid until the tx queue is flushed, so echo it without a copy.
         self.socket.sendto(data, peer)
 

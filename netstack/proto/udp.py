@@ -36,7 +36,7 @@ class PortInUse(OSError):
 class UdpSocket:
     """One bound port. Send with `sendto`; datagrams arrive through the bound callback."""
 
-    __slots__ = ("_engine", "closed", "on_datagram", "on_error", "port")
+    __slots__ = ("_engine", "closed", "on_datagram", "on_error", "port", "reflect", "reflected")
 
     def __init__(
         self,
@@ -50,6 +50,10 @@ class UdpSocket:
         self.on_datagram = on_datagram
         self.on_error = on_error
         self.closed = False
+        # An echo (RFC 862) socket: the engine sends each datagram back itself, in one step,
+        # instead of calling on_datagram (see UdpEngine.receive_fast); `reflected` counts them.
+        self.reflect = False
+        self.reflected = 0
 
     def sendto(self, data: bytes | bytearray | memoryview, address: tuple[int, int]) -> bool:
         """Queue one datagram; False when it could not be sent (no route, too big, closed)."""
@@ -154,6 +158,16 @@ class UdpEngine:
                 )
             return
         self.now = now
+        ipv4 = self.ipv4
+        if sock.reflect and csum and dst == ipv4.config.address:
+            # The echo's reply, in one step: addresses and ports swapped leave the pseudo-header
+            # and header sums unchanged, and the payload is the same, so the checksum verified
+            # on the way in (here, by the fast path or by the link's vouching) is the reply's.
+            sock.reflected += 1
+            header = _UDP_HEADER.pack(dst_port, src_port, length, csum)
+            if ipv4.send(src, wudp.PROTO_UDP, (header, payload[wudp.HEADER_LEN : length]), now):
+                c.udp_tx += 1
+            return
         sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
 
     def receive_error(

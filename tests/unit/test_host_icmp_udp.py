@@ -202,3 +202,30 @@ def test_send_to_unresolved_peer_waits_for_arp_then_flows() -> None:
     assert len(out) == 1
     _, ip, payload = parse_ip(out[0])
     assert bytes(wudp.parse(payload, ip.src, ip.dst)[1]) == b"first"
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"odd!!", bytes(range(256)) * 5, b"\xff" * 64])
+def test_udp_echo_reflected_reply_has_the_right_checksum(data: bytes) -> None:
+    """The echo's reply built in one step (UdpSocket.reflect) reuses the request's checksum:
+    scapy recomputes the reply's and must agree; a datagram without a checksum (0) goes the
+    ordinary way (sendto computes one)."""
+    from scapy.layers.inet import IP, UDP
+
+    host = make_host()
+    services = start_services(host.udp, {"udp_echo": 7})
+    learn_peer(host)
+    (out,) = feed(host, udp_frame(data, 40000, 7))
+    reply = IP(bytes(out[weth.HEADER_LEN :]))
+    sent_sum = reply[UDP].chksum
+    del reply[UDP].chksum
+    assert IP(bytes(reply))[UDP].chksum == sent_sum
+    assert (reply[UDP].sport, reply[UDP].dport, bytes(reply[UDP].payload)) == (7, 40000, data)
+    assert host.counters.udp_tx == 1 and host.udp._ports[7].reflected == 1
+    # no checksum in the request: the reply gets one all the same
+    bare = bytearray(udp_frame(data, 40001, 7))
+    bare[weth.HEADER_LEN + 26 : weth.HEADER_LEN + 28] = b"\0\0"
+    (out,) = feed(host, bytes(bare))
+    _, ip, payload = parse_ip(out)
+    udp, echoed = wudp.parse(payload, ip.src, ip.dst)
+    assert udp.checksum != 0 and bytes(echoed) == data and udp.dst_port == 40001
+    assert services["udp_echo"].datagrams == 2 and host.counters.udp_tx == 2
