@@ -24,7 +24,7 @@ from netstack.counters import Counters
 from netstack.io import netlink
 from netstack.io.fault import FaultLink
 from netstack.io.loop import Loop
-from netstack.io.offload import OFF, TSO_MAX
+from netstack.io.offload import OFF, TSO_MAX, TUN_F_USO
 from netstack.lease import LeaseFile, ReleaseOnShutdown
 from netstack.logsetup import set_level
 from netstack.notify import Heartbeat, Notifier
@@ -37,6 +37,9 @@ from netstack.wire.ipv4 import ip_to_str
 log = logging.getLogger("netstack")
 
 CAP_NET_ADMIN = 12
+# UDP echo replies per super-frame when the link's kernel has USO (UdpEngine.gso_max): a
+# receive batch's worth, one write instead of one per datagram.
+USO_ECHO_MAX = 64
 
 
 class StartupError(RuntimeError):
@@ -206,6 +209,8 @@ class Stack:
         self.services = start_services(
             self.host.udp, {**config.service_ports(), **config.tcp_service_ports()}, self.host.tcp
         )
+        if offloads.vnet and offloads.available & TUN_F_USO:
+            self.host.udp.gso_max = USO_ECHO_MAX  # the kernel cuts UDP super-frames: echo runs
         self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run

@@ -37,6 +37,7 @@ _rx_fast = lib.ns_rx_fast
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 
+
 @dataclasses.dataclass(slots=True)
 class HostConfig:
     mac: bytes
@@ -148,6 +149,7 @@ class Host:
         else:
             for frame in frames:
                 receive(frame, now)
+        self.udp.flush(now)  # echo replies of the batch as UDP super-frames (USO links)
         self.tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
 
     def _receive_offloaded(self, frame: memoryview, meta: int, now: float) -> None:

@@ -16,12 +16,15 @@ from netstack.proto.ipv4 import Ipv4Engine
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import udp as wudp
+from netstack.wire import vnet as wvnet
 from netstack.wire.checksum import _fold, _from_buffer, _partial
 
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN - wudp.HEADER_LEN  # 65507
 _UDP_HEADER = struct.Struct("!HHHH")
+_L4_START = 14 + wipv4.MIN_HEADER_LEN  # Ethernet + IPv4 header: where the UDP header starts
+_USO_HEADERS = _L4_START + wudp.HEADER_LEN  # the virtio-net hdr_len of a UDP super-frame
 
 # (payload, (src_ip, src_port), dst_ip, now): payload valid only during the call.
 DatagramHandler = Callable[[memoryview, tuple[int, int], int, float], None]
@@ -82,6 +85,15 @@ class UdpEngine:
         self._rng = rng
         self._ports: dict[int, UdpSocket] = {}
         self.now = 0.0  # the time of the frame or timer being handled; set by the host
+        # Echo replies per UDP super-frame (virtio-net GSO_UDP_L4, USO: the link's kernel cuts
+        # it into datagrams, one write for up to this many); 0 = off. Set by the runtime when
+        # the link speaks the virtio-net header and its kernel has USO. Replies of one peer
+        # and size within a receive batch form a run, sent at the batch's end (flush).
+        self.gso_max = 0
+        self._run: list[memoryview] = []  # payloads of the pending echo run
+        self._run_key: tuple[int, int, int, int] | None = None  # peer ip, peer port, port, len
+        self._run_limit = 0
+        self._run_csum = 0  # the first reply's checksum: a run of one goes out plain
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -164,11 +176,78 @@ class UdpEngine:
             # and header sums unchanged, and the payload is the same, so the checksum verified
             # on the way in (here, by the fast path or by the link's vouching) is the reply's.
             sock.reflected += 1
+            if self.gso_max:
+                key = (src, src_port, dst_port, length)
+                if key == self._run_key and len(self._run) < self._run_limit:
+                    self._run.append(payload[wudp.HEADER_LEN : length])
+                    return
+                if self._start_run(key, csum):
+                    self._run.append(payload[wudp.HEADER_LEN : length])
+                    return
             header = _UDP_HEADER.pack(dst_port, src_port, length, csum)
             if ipv4.send(src, wudp.PROTO_UDP, (header, payload[wudp.HEADER_LEN : length]), now):
                 c.udp_tx += 1
             return
         sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
+
+    # -- echo runs (USO) ---------------------------------------------------------------------
+    def _start_run(self, key: tuple[int, int, int, int], csum: int) -> bool:
+        """Send the pending run and start one for `key`; False when replies of this size
+        cannot be cut by the kernel (empty, or a segment above the MTU: they go alone)."""
+        if self._run:
+            self.flush(self.now)
+        size = key[3] - wudp.HEADER_LEN
+        if size <= 0 or wipv4.MIN_HEADER_LEN + key[3] > self.ipv4.config.mtu:
+            return False
+        self._run_key = key
+        self._run_csum = csum
+        self._run_limit = min(self.gso_max, (0xFFFF - wipv4.MIN_HEADER_LEN - 8) // size)
+        return True
+
+    def flush(self, now: float) -> None:
+        """Send the pending echo run (the host calls this at the end of a receive batch): one
+        reply as an ordinary datagram, several as one UDP super-frame whose checksum the
+        kernel completes per datagram (NEEDS_CSUM with the pseudo-header sum in place)."""
+        run = self._run
+        if not run:
+            return
+        assert self._run_key is not None
+        peer, peer_port, port, length = self._run_key
+        self._run = []
+        self._run_key = None
+        c = self.counters
+        ipv4 = self.ipv4
+        n = len(run)
+        if n == 1:
+            header = _UDP_HEADER.pack(port, peer_port, length, self._run_csum)
+            if ipv4.send(peer, wudp.PROTO_UDP, (header, run[0]), now):
+                c.udp_tx += 1
+            return
+        next_hop = ipv4.route(peer)
+        if next_hop is None:
+            c.drop(Drop.IPV4_NO_ROUTE, n)
+            return
+        size = length - wudp.HEADER_LEN
+        total = wudp.HEADER_LEN + n * size
+        me = ipv4.config.address
+        s = (me >> 16) + (me & 0xFFFF) + (peer >> 16) + (peer & 0xFFFF) + wudp.PROTO_UDP + total
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        udp_header = _UDP_HEADER.pack(port, peer_port, total, s)  # partial: the kernel completes
+        # The kernel numbers the datagrams ident, ident + 1, ... (as Ipv4Engine._send_gso)
+        ident = ipv4._ident
+        ipv4._ident = (ident + n) & 0xFFFF
+        ip_header = wipv4.build(
+            me, peer, wudp.PROTO_UDP, total, ident=ident, ttl=ipv4.config.default_ttl
+        )
+        mark = wvnet.mark(
+            wvnet.VnetHeader(wvnet.F_NEEDS_CSUM, wvnet.GSO_UDP_L4, _USO_HEADERS, size, _L4_START, 6)
+        )
+        c.ipv4_tx += n
+        c.udp_tx += n
+        c.gso_frames_tx += 1
+        c.gso_segments_tx += n
+        ipv4.link_send(next_hop, (mark, ip_header, udp_header, *run), now)
 
     def receive_error(
         self,

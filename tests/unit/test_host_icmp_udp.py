@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from netstack.api.services import start_services
@@ -229,3 +231,61 @@ def test_udp_echo_reflected_reply_has_the_right_checksum(data: bytes) -> None:
     udp, echoed = wudp.parse(payload, ip.src, ip.dst)
     assert udp.checksum != 0 and bytes(echoed) == data and udp.dst_port == 40001
     assert services["udp_echo"].datagrams == 2 and host.counters.udp_tx == 2
+
+
+def _uso_segments(frame: tuple) -> list[bytes]:
+    """What the kernel makes of a UDP super-frame (GSO_UDP_L4): the datagrams, each with its
+    IPv4 header (ID + i), UDP length and completed checksum; checked against the mark."""
+    from netstack.wire import vnet
+
+    eth, mark, ip_header, udp_header, *payloads = frame
+    v = mark.vnet
+    assert (v.flags, v.gso_type, v.hdr_len, v.csum_start, v.csum_offset) == (
+        vnet.F_NEEDS_CSUM, vnet.GSO_UDP_L4, 42, 34, 6,
+    )  # fmt: skip
+    total, ident, src, dst = struct.unpack_from("!2xHH6xII", bytes(ip_header))
+    data = b"".join(bytes(p) for p in payloads)
+    assert total == 28 + len(data) and all(len(p) == v.gso_size for p in payloads)
+    sport, dport, length, partial = struct.unpack("!HHHH", bytes(udp_header))
+    pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + length
+    assert length == 8 + len(data) and partial == (pseudo & 0xFFFF) + (pseudo >> 16)
+    out = []
+    for i in range(0, len(data), v.gso_size):
+        piece = data[i : i + v.gso_size]
+        udp = wudp.build(src, dst, sport, dport, piece) + piece
+        ip = wipv4.build(src, dst, 17, len(udp), ident=ident + i // v.gso_size)
+        out.append(bytes(eth) + ip + udp)
+    return out
+
+
+def test_udp_echo_runs_leave_as_super_frames_when_the_link_has_uso() -> None:
+    """UdpEngine.gso_max: the echo replies of one receive batch to one peer and size leave as
+    one UDP super-frame (one write); the kernel's cut of it gives exactly the replies. A run
+    of one is an ordinary datagram; another peer or size starts a new run."""
+    from netstack.wire import vnet
+
+    host = make_host()
+    start_services(host.udp, {"udp_echo": 7})
+    learn_peer(host)
+    host.udp.gso_max = 4
+    other = wipv4.ip_from_str("192.0.2.77")
+    frames = [udp_frame(bytes([i]) * 32, 40000, 7) for i in range(6)]  # runs of 4 and 2
+    frames.append(udp_frame(b"x" * 33, 40000, 7))  # another size: a run of 1
+    frames.append(udp_frame(b"y" * 32, 40000, 7, src=other))  # another peer (ARP first)
+    host.receive_batch([memoryview(f) for f in frames], 0.0)
+    tx = list(host.tx)
+    marked = [f for f in tx if any(isinstance(p, vnet.VnetMark) for p in f)]
+    assert len(marked) == 2 and host.counters.gso_frames_tx == 2
+    got = _uso_segments(marked[0]) + _uso_segments(marked[1])
+    assert len(got) == 6
+    for i, frame in enumerate(got):
+        _, ip, payload = parse_ip(frame)
+        udp, data = wudp.parse(payload, ip.src, ip.dst)
+        assert (udp.src_port, udp.dst_port, bytes(data)) == (7, 40000, bytes([i]) * 32)
+    plain = [b"".join(bytes(p) for p in f) for f in tx if f not in marked]
+    single = [f for f in plain if len(f) == 14 + 28 + 33]
+    assert len(single) == 1
+    _, ip, payload = parse_ip(single[0])
+    assert bytes(wudp.parse(payload, ip.src, ip.dst)[1]) == b"x" * 33
+    assert host.counters.udp_tx == 8  # the 8th is queued by ARP (sent, as for sendto)
+    assert host.udp._ports[7].reflected == 8
