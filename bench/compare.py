@@ -557,6 +557,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         bench.close()
         results["wall_s"] = round(time.monotonic() - started, 1)
+        results["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     results["targets"] = judge(rows)
     return results
 
@@ -625,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: dict, top: int) -> None:
+    m = results.get("machine", {})
+    print(
+        f"{results.get('timestamp', '?')}  git {m.get('git', '?')}  {m.get('cpus', '?')} CPUs  "
+        f"load average at start {' '.join(m.get('loadavg_at_start', ['?']))}, at end "
+        f"{' '.join(m.get('loadavg_at_end', ['?']))}  (other jobs share the CPUs: read "
+        "CPU us/op first)"
+    )
     print(render(results["rows"]))
     for note in results["notes"]:
         print(f"note: {note}")
