@@ -265,9 +265,13 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
     An IPv4 TCP super-frame (GSO_TCPV4, untagged Ethernet) is cut into gso_size payloads, each
     after a copy of the headers with the IP total length, ID (+1 per segment, RFC 6864 allows
     either way with DF), header checksum, TCP sequence number and flags (FIN/PSH on the last,
-    CWR on the first) adjusted, and the TCP checksum computed. Any other frame comes back
-    alone, its partial checksum completed if it had one.
+    CWR on the first) adjusted, and the TCP checksum computed. A UDP super-frame (GSO_UDP_L4,
+    the stack's echo runs) is cut as the kernel's __udp_gso_segment does: datagrams of gso_size
+    payload bytes, each with its IP total length, ID (+1), header checksum, UDP length and
+    checksum. Any other frame comes back alone, its partial checksum completed if it had one.
     """
+    if vnet.gso == GSO_UDP_L4 and vnet.gso_size:
+        return _udp4_segments(frame, vnet.gso_size)
     if vnet.gso != GSO_TCPV4 or not vnet.gso_size:
         out = bytearray(frame)
         fill_checksum(out, vnet)
@@ -302,5 +306,31 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
         h[l4 + 16 : l4 + 18] = b"\0\0"
         tcp_csum = checksum(h[l4:], chunk, initial=pseudo + thl + len(chunk))
         h[l4 + 16 : l4 + 18] = tcp_csum.to_bytes(2, "big")
+        out.append(bytes(h) + bytes(chunk))
+    return out
+
+
+def _udp4_segments(frame: bytes | memoryview, size: int) -> list[bytes]:
+    """software_segments for GSO_UDP_L4: one datagram per `size` bytes of payload."""
+    ihl = (frame[ETH_LEN] & 0x0F) << 2
+    l4 = ETH_LEN + ihl
+    hdrs = l4 + 8
+    data = memoryview(frame)[hdrs:]
+    ident = int.from_bytes(frame[ETH_LEN + 4 : ETH_LEN + 6], "big")
+    src = int.from_bytes(frame[ETH_LEN + 12 : ETH_LEN + 16], "big")
+    dst = int.from_bytes(frame[ETH_LEN + 16 : ETH_LEN + 20], "big")
+    pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17
+    out: list[bytes] = []
+    for i, off in enumerate(range(0, len(data), size)):
+        chunk = data[off : off + size]
+        h = bytearray(frame[:hdrs])
+        h[ETH_LEN + 2 : ETH_LEN + 4] = (ihl + 8 + len(chunk)).to_bytes(2, "big")
+        h[ETH_LEN + 4 : ETH_LEN + 6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
+        h[ETH_LEN + 10 : ETH_LEN + 12] = b"\0\0"
+        h[ETH_LEN + 10 : ETH_LEN + 12] = checksum(h[ETH_LEN:l4]).to_bytes(2, "big")
+        h[l4 + 4 : l4 + 6] = (8 + len(chunk)).to_bytes(2, "big")
+        h[l4 + 6 : l4 + 8] = b"\0\0"
+        udp_csum = checksum(h[l4:], chunk, initial=pseudo + 8 + len(chunk)) or 0xFFFF
+        h[l4 + 6 : l4 + 8] = udp_csum.to_bytes(2, "big")
         out.append(bytes(h) + bytes(chunk))
     return out

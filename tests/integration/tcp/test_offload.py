@@ -216,3 +216,50 @@ def test_impaired_path_with_and_without_offloads(
         stats = world.relay_stats()
     assert n == size and got == sha256_file(path, size)
     assert stats.to_kernel.dropped > 0 and stats.to_stack.dropped > 0
+
+
+def _gso_frames_tx(world: World) -> float:
+    from tests.integration.front_helpers import scrape
+
+    for line in scrape(world).splitlines():
+        if "gso_frames" in line and 'direction="tx"' in line and not line.startswith("#"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_udp_echo_bursts_come_back_exact(offload_world: World) -> None:
+    """UDP echo under bursts of 64 datagrams: with offloads (auto) on a kernel with USO the
+    stack sends a batch's replies as UDP super-frames that the kernel cuts (gso_frames tx
+    grows); every datagram must come back once, byte for byte, with a checksum the kernel
+    accepts (Udp InCsumErrors unchanged)."""
+    mode = offload_world.mode  # type: ignore[attr-defined]
+    kernel_uso = " uso" in offload_world.log()  # "kernel also has: ... uso" (auto only)
+
+    def csum_errors() -> int:
+        text = offload_world.run(["cat", "/proc/net/snmp"]).stdout
+        head, values = [ln.split() for ln in text.splitlines() if ln.startswith("Udp:")][:2]
+        return int(values[head.index("InCsumErrors")])
+
+    errors, gso = csum_errors(), _gso_frames_tx(offload_world)
+    sock = offload_world.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent: set[bytes] = set()
+    got: list[bytes] = []
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.connect((STACK_IP, 7))
+        sock.settimeout(5)
+        for burst in range(40):
+            msgs = [f"{burst:03d}-{i:03d}-".encode() * 8 for i in range(64)]
+            for m in msgs:
+                sock.send(m)
+            sent.update(msgs)
+            got += [sock.recv(2048) for _ in msgs]
+    finally:
+        sock.close()
+    assert len(got) == len(sent) and set(got) == sent
+    assert csum_errors() == errors
+    grew = _gso_frames_tx(offload_world) - gso
+    if mode == "auto" and kernel_uso:
+        assert grew > 0  # at least one burst was read in more than one frame per batch
+    else:
+        assert grew == 0
