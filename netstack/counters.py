@@ -73,6 +73,9 @@ class Counters:
     gso_segments_rx: int = 0
     gso_segments_tx: int = 0
 
+    # Path MTU (proto/pmtu.py): estimates lowered by validated reports.
+    pmtu_updates: int = 0
+
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(
         default_factory=lambda: Histogram(BATCH_FRAMES_BOUNDS)

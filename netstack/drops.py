@@ -115,6 +115,8 @@ class Drop(enum.Enum):
     DHCP_NOT_FOR_US = ("dhcp", "not_for_us")  # not a reply, other xid or client hardware address
     DHCP_UNEXPECTED = ("dhcp", "unexpected")  # a message type the current state does not take
     DHCP_BAD_LEASE = ("dhcp", "bad_lease")  # unusable offer/ack: address, server id, lease time
+    # udp: a "fragmentation needed" quoting a datagram from a port no socket holds (RFC 1191)
+    UDP_ICMP_NO_SOCKET = ("udp", "icmp_no_socket")
 
     @property
     def layer(self) -> str:

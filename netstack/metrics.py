@@ -200,6 +200,11 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "gso_segments_rx",
         "gso_segments_tx",
     ),
+    _single(
+        "pmtu_updates",
+        "Path MTU estimates lowered by a validated ICMP fragmentation needed (RFC 1191).",
+        "pmtu_updates",
+    ),
 )
 
 # (name, help, Counters field) of the per-interface link counters.
@@ -247,7 +252,9 @@ class StackCollector:
         tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
         version: str = __version__,
         dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
+        pmtu_cache_entries: Callable[[], int] = lambda: 0,
     ) -> None:
+        self.pmtu_cache_entries = pmtu_cache_entries  # len() of the PMTU cache
         self.counters = counters
         self.dhcp_status = dhcp_status  # (state, lease seconds left), None without DHCP
         self.interface = interface
@@ -343,6 +350,11 @@ class StackCollector:
                 family.add_metric([state], states.get(state, 0))
             yield family
 
+        yield GaugeMetricFamily(
+            PREFIX + "pmtu_cache_entries",
+            "Destinations with a path MTU estimate below the link MTU (RFC 1191).",
+            value=self._call("pmtu_cache_entries", self.pmtu_cache_entries) or 0,
+        )
         # Exported with a static address too (all 0), so dashboards and rate() find the series.
         current, seconds_left = self._call("dhcp_status", self.dhcp_status) or (None, 0.0)
         family = GaugeMetricFamily(
@@ -389,6 +401,7 @@ def build_registry(
     arp_cache_entries: Callable[[], int] = lambda: 0,
     tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
     dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
+    pmtu_cache_entries: Callable[[], int] = lambda: 0,
 ) -> CollectorRegistry:
     """A fresh registry (never the global default one) with the stack and process collectors."""
     disable_created_metrics()  # no `_created` series: they double the series count for nothing
@@ -400,6 +413,7 @@ def build_registry(
             arp_cache_entries=arp_cache_entries,
             tcp_connections_by_state=tcp_connections_by_state,
             dhcp_status=dhcp_status,
+            pmtu_cache_entries=pmtu_cache_entries,
         )
     )
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...

@@ -357,6 +357,7 @@ class Stack:
             arp_cache_entries=self.host.arp.cache_entries,
             tcp_connections_by_state=self.tcp_connections_by_state,
             dhcp_status=self.dhcp_status,
+            pmtu_cache_entries=lambda: len(self.host.ipv4.pmtu),
         )
         from netstack.metrics import FrontCollector
 

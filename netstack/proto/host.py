@@ -37,6 +37,7 @@ _rx_fast = lib.ns_rx_fast
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 
+
 @dataclasses.dataclass(slots=True)
 class HostConfig:
     mac: bytes
@@ -89,6 +90,8 @@ class Host:
         self.icmp.error_handlers[wipv4.PROTO_UDP] = self.udp.receive_error
         self.tcp = TcpEngine(self.ipv4, c, self.rng, config.tcp)
         self.icmp.error_handlers[wipv4.PROTO_TCP] = self.tcp.receive_error
+        self.icmp.pmtu_handlers[wipv4.PROTO_UDP] = self.udp.receive_frag_needed
+        self.icmp.pmtu_handlers[wipv4.PROTO_TCP] = self.tcp.receive_frag_needed
         self._ethertypes: dict[int, Callable[[weth.EthernetHeader, memoryview, float], None]] = {
             weth.ETHERTYPE_ARP: self.arp.receive,
             weth.ETHERTYPE_IPV4: self._receive_ipv4,

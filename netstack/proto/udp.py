@@ -57,6 +57,13 @@ class UdpSocket:
             raise OSError("socket is closed")
         return self._engine.sendto(self.port, data, address)
 
+    def path_mtu(self, dst: int) -> int:
+        """RFC 1191 / RFC 8085 3.2: the largest IPv4 datagram believed to reach `dst` without
+        fragmentation (the link MTU unless a "fragmentation needed" lowered it; estimates age
+        out after 10 minutes). A UDP payload up to path_mtu(dst) - 28 goes unfragmented."""
+        engine = self._engine
+        return engine.ipv4.path_mtu(dst, engine.now)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -170,6 +177,25 @@ class UdpEngine:
         sock = self._ports.get(src_port)
         if sock is not None and sock.on_error is not None:
             sock.on_error(icmp_type, code, (inner.dst, dst_port), now)
+
+    def receive_frag_needed(
+        self, inner: wipv4.Ipv4Header, inner_payload: memoryview, mtu: int, now: float
+    ) -> None:
+        """ "Fragmentation needed" quoting one of our datagrams: believed when a bound socket
+        sent it (UDP has no sequence numbers to check, RFC 5927 5.1; Linux's udp_err does
+        the same), the destination's estimate goes down, and the socket hears of it as an
+        error (Linux: EMSGSIZE on the socket's error queue with IP_RECVERR)."""
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        sock = self._ports.get(src_port)
+        if sock is None:
+            self.counters.drop(Drop.UDP_ICMP_NO_SOCKET)
+            return
+        self.ipv4.pmtu.report(inner.dst, mtu, self.ipv4.config.mtu, now)
+        if sock.on_error is not None:
+            sock.on_error(
+                wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_FRAG_NEEDED, (inner.dst, dst_port), now
+            )
 
     # -- send ------------------------------------------------------------------------------
     def sendto(

@@ -24,6 +24,7 @@ from netstack.api.tcp import listen
 from netstack.counters import Counters
 from netstack.io.loop import Loop
 from netstack.proto.ipv4 import Ipv4Config
+from netstack.proto.pmtu import PmtuCache
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
 from netstack.wire import ipv4 as wipv4
@@ -37,6 +38,7 @@ class WireIpv4:
     def __init__(self, wire: MemoryWire, address: str) -> None:
         self.wire = wire
         self.config = Ipv4Config(address=wipv4.ip_from_str(address), prefix_len=24, mtu=1500)
+        self.pmtu = PmtuCache()
         self.handler = None
 
     def register(self, protocol: int, handler) -> None:

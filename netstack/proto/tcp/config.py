@@ -53,3 +53,6 @@ class TcpConfig:
     # Segmentation offload seam: a link that segments in hardware/kernel sets this to the
     # largest segment it takes (e.g. 65535 - headers); 0 means every segment is <= MSS.
     tso_max: int = 0
+    # RFC 1191 path MTU discovery: DF on every segment of a connection, and "fragmentation
+    # needed" reports (validated, RFC 5927) lower its MSS (Linux: ip_no_pmtu_disc = 0).
+    pmtu_discovery: bool = True

@@ -46,6 +46,7 @@ from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from netstack.proto.tcp.engine import Listener, TcpEngine
 
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option
+INF = float("inf")
 MIN_MSS = 48  # a floor on the peer's MSS (Linux's tcp_min_snd_mss): no 1-byte segments
 MAX_WSCALE = 14  # RFC 7323 2.3
 TS_OPTION_LEN = 12  # NOP NOP TS(10), carried by every segment once timestamps are on
@@ -160,6 +162,9 @@ class Connection:
         "peer_mss",
         "persist_at",
         "persist_backoff",
+        "pmtu_df",
+        "pmtu_gen",
+        "pmtu_until",
         "probes_out",
         "quickack",
         "rcv_adv",
@@ -254,6 +259,11 @@ class Connection:
         self.mss = DEFAULT_MSS
         self.rcv_mss = DEFAULT_MSS
         self.rcv_seg_mss = DEFAULT_MSS  # the peer's segment size, as seen (for ACK pacing)
+        # Path MTU (RFC 1191, pmtu.py): DF on our segments (off when the estimate is locked at
+        # the floor); the cache generation and expiry the MSS was last computed from.
+        self.pmtu_df = cfg.pmtu_discovery
+        self.pmtu_gen = -1
+        self.pmtu_until = 0.0
         # buffers
         self.sndbuf = SendBuffer(cfg.send_buffer)
         self.rcvbuf = ReceiveBuffer(cfg.ooo_max_pieces)
@@ -417,13 +427,42 @@ class Connection:
         self._set_mss()
 
     def _set_mss(self) -> None:
-        """RFC 9293 3.7.1 / RFC 6691: payload per segment = min(MSS's) - option bytes."""
+        """RFC 9293 3.7.1 / RFC 6691: payload per segment = min(MSS's) - option bytes; the
+        sending side also within the path MTU (RFC 1191 6.1, see _path_mss)."""
         opts = TS_OPTION_LEN if self.ts_ok else 0
-        self.mss = max(MIN_MSS, min(self.peer_mss, self.engine.mss) - opts)
+        self.mss = max(MIN_MSS, min(self.peer_mss, self._path_mss(self.engine.now)) - opts)
         self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
         self.rcv_seg_mss = min(self.rcv_mss, DEFAULT_MSS)
         if self.recovery.cc is None:
             self.recovery.cc = self.engine.make_cc(self.mss)
+
+    def _path_mss(self, now: float) -> int:
+        """The largest TCP payload (before options) the path MTU estimate lets through, and
+        remember which estimate that was (pmtu_gen / pmtu_until, see _sync_pmtu)."""
+        cache = self.engine.ipv4.pmtu
+        self.pmtu_gen = cache.updates
+        entry = cache.lookup(self.remote_ip, now) if self.config.pmtu_discovery else None
+        if entry is None:
+            self.pmtu_until = INF
+            self.pmtu_df = self.config.pmtu_discovery
+            return self.engine.mss
+        self.pmtu_until = entry.expires
+        self.pmtu_df = not entry.locked
+        path = entry.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN
+        return min(self.engine.mss, path)
+
+    def _sync_pmtu(self, now: float) -> bool:
+        """RFC 1191 6.1 / 6.3: the estimate changed (a report for this destination, maybe
+        validated by another connection) or aged out: recompute the MSS (Linux's
+        tcp_current_mss compares dst_mtu with icsk_pmtu_cookie on every send)."""
+        old = self.mss
+        opts = TS_OPTION_LEN if self.ts_ok else 0
+        mss = max(MIN_MSS, min(self.peer_mss, self._path_mss(now)) - opts)
+        if mss == old:
+            return False
+        self.mss = mss
+        self.recovery.mtu_changed(mss)
+        return mss < old
 
     def _established(self, now: float) -> None:
         """Into ESTABLISHED (from SYN_SENT or SYN_RECEIVED)."""
@@ -1173,6 +1212,8 @@ class Connection:
 
         Returns whether anything went out (every segment carries the ACK).
         """
+        if self.engine.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
+            self._sync_pmtu(now)  # RFC 1191 6.1/6.3: another connection's report, or aging
         rec = self.recovery
         board = rec.board
         # 0. What recovery handed over: a tail loss probe, and the one retransmission that
@@ -1204,16 +1245,12 @@ class Connection:
                 if r is None:
                     break
                 length = r.end - r.start
-                if length > budget:
-                    # A multi-MSS (offloaded) record: resend the whole segments cwnd allows
-                    # (Linux's tcp_retransmit_skb fragments to cwnd's quota); the first one
-                    # goes even when less than a segment is left, as with MSS-sized records.
-                    if sent and budget < self.mss:
-                        break
-                    part = max(budget // self.mss, 1) * self.mss
-                    if part < length:
-                        board.split(r, r.start + part)
-                        length = part
+                if length > self.mss:
+                    # A record larger than today's MSS (sent before the path MTU went down,
+                    # RFC 1191 6.1): resent one MSS at a time, as Linux's tcp_retransmit_skb
+                    # fragments an skb to the current MSS.
+                    board.split(r, r.start + self.mss)
+                    length = self.mss
                 self._retransmit(r, now)
                 budget -= length
                 sent = True
@@ -1450,6 +1487,24 @@ class Connection:
     # =========================================================================================
     # ICMP (RFC 5927 validation, RFC 1122 4.2.3.9)
     # =========================================================================================
+    def quotes_in_flight(self, seq_wire: int) -> bool:
+        """RFC 5927 4.1: does an ICMP error quote a segment of ours still in flight? In
+        SYN_SENT only our SYN (ISS) is; else SND.UNA <= SEG.SEQ < SND.NXT. (Linux's
+        tcp_v4_err accepts SEG.SEQ == SND.NXT too, its `between` being inclusive; we keep
+        RFC 5927's half-open range: nothing at SND.NXT has been sent.)"""
+        seq = unwrap(seq_wire, self.snd_una)
+        if self.state is S.SYN_SENT:
+            return seq == self.iss
+        return self.snd_una <= seq < self.snd_nxt
+
+    def pmtu_reduced(self, now: float) -> None:
+        """A validated "fragmentation needed" lowered the estimate for our destination (or
+        another connection's did and we had not looked yet): a smaller MSS at once, and what
+        is in flight at the old size is resent at the new one (Linux's tcp_v4_mtu_reduced:
+        tcp_sync_mss + tcp_simple_retransmit)."""
+        if self._sync_pmtu(now):
+            self.recovery.simple_retransmit(self.mss, now)
+
     def icmp_error(self, hard: bool, error: OSError, seq_wire: int) -> bool:
         """An ICMP error quoting one of our segments; False when it fails validation."""
         seq = unwrap(seq_wire, self.snd_una)
@@ -1725,7 +1780,7 @@ class Connection:
             "tcpi_last_data_sent": ago(self.last_data),
             "tcpi_last_data_recv": ago(lrcv),
             "tcpi_last_ack_recv": ago(self.last_rx),
-            "tcpi_pmtu": self.engine.mss + 40,
+            "tcpi_pmtu": self.engine.pmtu.path_mtu(self.remote_ip, self.engine.mss + 40, now),
             "tcpi_rcv_ssthresh": max(0, self.rcv_adv - self.rcv_nxt),
             "tcpi_rtt": us(rtt.srtt),
             "tcpi_rttvar": us(rtt.rttvar),

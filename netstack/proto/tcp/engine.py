@@ -41,6 +41,7 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.ipv4 import Ipv4Engine
+from netstack.proto.pmtu import PmtuCache
 from netstack.proto.tcp import isn as isnmod
 from netstack.proto.tcp.cc import CongestionControl, make_cc
 from netstack.proto.tcp.config import TcpConfig
@@ -163,6 +164,8 @@ class TcpEngine:
         self.local_ip = ipv4.config.address
         self.mss = ipv4.config.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN  # RFC 9293 3.7.1
         self.secrets = isnmod.Secrets(secret)
+        # The host's path MTU cache (RFC 1191; owned by the IPv4 engine, shared with UDP).
+        self.pmtu: PmtuCache = ipv4.pmtu
         self._cc_factory = cc_factory
         make_cc_check = cc_factory(self.config.congestion_control, self.mss)  # fail early
         del make_cc_check
@@ -301,7 +304,9 @@ class TcpEngine:
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+        self.ipv4.send(
+            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
+        )
 
     def _transmit_gso(
         self,
@@ -354,7 +359,9 @@ class TcpEngine:
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+        self.ipv4.send(
+            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
+        )
 
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
@@ -660,6 +667,30 @@ class TcpEngine:
         if not conn.icmp_error(hard, error, seq):
             self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
             return
+        self.touch(conn)
+
+    def receive_frag_needed(
+        self, inner: wipv4.Ipv4Header, inner_payload: memoryview, mtu: int, now: float
+    ) -> None:
+        """ICMP "fragmentation needed" (RFC 1191) quoting one of our segments, `mtu` the
+        next-hop MTU (icmp.py made a plateau estimate of a 0). Believed only when the quoted
+        segment is in flight (RFC 5927 4.1), then the destination's estimate goes down and
+        the connection resends at the new size. Not a soft error (Linux neither)."""
+        self.now = now
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        seq = int.from_bytes(inner_payload[4:8], "big")
+        conn = self.conns.get((inner.dst, dst_port, src_port))
+        if conn is None:
+            self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
+            return
+        if not conn.quotes_in_flight(seq):
+            self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
+            return
+        if not self.config.pmtu_discovery:
+            return
+        self.pmtu.report(inner.dst, mtu, self.ipv4.config.mtu, now)
+        conn.pmtu_reduced(now)
         self.touch(conn)
 
     # =========================================================================================
