@@ -14,6 +14,7 @@ and dashboards show flat lines rather than "no data".
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -429,6 +430,25 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def _with_routes(metrics_app, routes: Mapping[str, Callable[[], object]]):
+    """A WSGI app serving `routes` as JSON and everything else as the Prometheus app does."""
+
+    def app(environ, start_response):
+        route = routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return metrics_app(environ, start_response)
+        try:
+            body = json.dumps(route()).encode()
+            status = "200 OK"
+        except TimeoutError as err:  # the loop is busy or gone: say so, never guess
+            body = json.dumps({"error": str(err)}).encode()
+            status = "503 Service Unavailable"
+        start_response(status, [("Content-Type", "application/json")])
+        return [body]
+
+    return app
+
+
 class MetricsServer:
     """Serves one registry at http://HOST:PORT/metrics from a single daemon thread.
 
@@ -436,7 +456,15 @@ class MetricsServer:
     milliseconds. `close()` stops the thread and frees the port.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        routes: Mapping[str, Callable[[], object]] | None = None,
+    ) -> None:
+        """`routes`: admin endpoints beside /metrics, path -> a function returning JSON-ready
+        data (e.g. /connections for `netstack ss`); it runs on this server's thread."""
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family = infos[0][0]
 
@@ -448,7 +476,7 @@ class MetricsServer:
                 log.debug("metrics request from %s failed", client_address, exc_info=True)
 
         self._server = Server(infos[0][4][:2], _QuietHandler)
-        self._server.set_app(make_wsgi_app(registry))
+        self._server.set_app(_with_routes(make_wsgi_app(registry), routes or {}))
         bound = self._server.server_address
         self.host, self.port = str(bound[0]), int(bound[1])
         self._thread = threading.Thread(

@@ -209,6 +209,7 @@ class Stack:
         self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run
+        self.admin = None  # its api.admin.LoopDoor (/connections), likewise
         self._apply_pcap()
         if config.fault is not None:  # --fault: impair the link for testing (io/fault.py)
             self.link = link = FaultLink.around(link, config.fault, self.loop, self.counters)
@@ -326,6 +327,9 @@ class Stack:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
         if self.pcap is not None:
             self.pcap.close()
             self.pcap = None
@@ -362,8 +366,15 @@ class Stack:
         from netstack.metrics import FrontCollector
 
         registry.register(FrontCollector(self.front.stats))
+        from netstack.api.admin import LoopDoor
+        from netstack.proto.tcp.introspect import connection_table
+
+        # /connections (netstack ss): the loop builds the table, the HTTP thread waits for it.
+        self.admin = door = LoopDoor(self.loop)
+        tcp = self.host.tcp
+        routes = {"/connections": lambda: door.call(lambda now: connection_table(tcp, now))}
         try:
-            self.metrics = MetricsServer(address.host, address.port, registry)
+            self.metrics = MetricsServer(address.host, address.port, registry, routes)
         except OSError as err:
             hint = "set metrics_address, or 'none' to turn metrics off"
             if err.errno == errno.EADDRNOTAVAIL:  # a fresh network namespace: lo starts down

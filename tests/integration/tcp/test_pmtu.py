@@ -10,8 +10,10 @@ bring the stack's segments down to 1240. B only reads (chargen), its ACKs are sm
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -60,6 +62,10 @@ def test_transfer_across_a_smaller_mtu_hop_lowers_the_mss(tmp_path, offload: str
                 got += len(data)
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
             rcv_mss = int.from_bytes(info[20:24], "little")  # tcpi_rcv_mss
+            # The stack's side, while the connection is open (netstack ss, /connections).
+            ss = [sys.executable, "-m", "netstack", "ss", "--json"]
+            table = json.loads(world.run(ss).stdout)
+            (conn,) = [c for c in table["connections"] if c["local"].endswith(":19")]
         finally:
             sock.close()
         assert digest.hexdigest() == chargen_sha256(N)
@@ -69,3 +75,6 @@ def test_transfer_across_a_smaller_mtu_hop_lowers_the_mss(tmp_path, offload: str
         # B saw segments of at most the hop's size (its receive MSS estimate, Linux's
         # tcp_measure_rcv_mss: the largest segment seen).
         assert 536 < rcv_mss <= HOP_MTU - 40, rcv_mss
+        assert conn["tcp_info"]["tcpi_pmtu"] == HOP_MTU
+        assert conn["tcp_info"]["tcpi_snd_mss"] == HOP_MTU - 40 - 12  # timestamps on
+        assert conn["tcp_info"]["tcpi_bytes_retrans"] > 0  # what the hop refused, resent
