@@ -351,7 +351,7 @@ class Connection:
         cfg = self.config
         self.rcv_wscale = self._our_wscale() if cfg.window_scaling else 0
         self.last_rx = now
-        self._set_state(S.SYN_SENT)
+        self._event(Event.OPEN)
         self.syn_pending = True
 
     def open_passive(self, h: TcpHeader, iss: int, now: float) -> None:
@@ -364,7 +364,7 @@ class Connection:
         self.snd_wnd = self.max_snd_wnd = h.window  # never scaled in a SYN
         self.snd_wl1 = self.irs
         self.last_rx = now
-        self._set_state(S.SYN_RECEIVED)
+        self._event(Event.RCV_SYN)
         self.syn_pending = True
 
     def open_from_cookie(
@@ -402,8 +402,8 @@ class Connection:
         self.rcv_adv = self.rcv_nxt + min(self.rcv_buf_size, 0xFFFF)
         self.last_ack_sent = self.rcv_nxt
         self.last_rx = now
-        self._set_state(S.SYN_RECEIVED)
-        self._established(now)
+        self._event(Event.RCV_SYN)  # the SYN the cookie stood for
+        self._established(now, Event.SYN_ACKED)
 
     def _negotiate(self, opts: TcpOptions, now: float) -> None:
         """Options from the peer's SYN (or SYN-ACK): on only when both sides offer them."""
@@ -464,8 +464,8 @@ class Connection:
         self.recovery.mtu_changed(mss)
         return mss < old
 
-    def _established(self, now: float) -> None:
-        """Into ESTABLISHED (from SYN_SENT or SYN_RECEIVED)."""
+    def _established(self, now: float, event: Event) -> None:
+        """Into ESTABLISHED: RCV_SYN_ACK from SYN_SENT, SYN_ACKED from SYN_RECEIVED."""
         rec = self.recovery
         rec.rto_at = None
         self.rexmt_count = 0
@@ -473,7 +473,7 @@ class Connection:
             rec.rtt.reset_to(SYN_RTO_AFTER_RETRY)
         if self.keepalive:
             self.keepalive_at = now + self.ka_params[0]
-        self._set_state(S.ESTABLISHED)
+        self._event(event)
         self.made_pending = True
         if self.fin_queued:  # close()/write_eof() arrived before the handshake finished
             self._event(Event.CLOSE)
@@ -726,7 +726,7 @@ class Connection:
             self.snd_wl2 = ack
             self._sample_syn_rtt(h, now)
             self.ack_now = True
-            self._established(now)
+            self._established(now, Event.RCV_SYN_ACK)
             if len(payload) or flags & FIN:  # text in a SYN-ACK: RFC 9293 step six
                 self._process_data(h, self.irs + 1, payload, now)
         else:
@@ -752,7 +752,7 @@ class Connection:
         self.snd_wl1 = seq
         self.snd_wl2 = ack
         self._sample_syn_rtt(h, now)
-        self._established(now)
+        self._established(now, Event.SYN_ACKED)
 
     # -- ACK (RFC 9293 3.10.7.4 fifth; RFC 5681, 6582, 6675, 6298) ---------------------------
     def _process_ack(self, h: TcpHeader, ack: int, seq: int, plen: int, now: float) -> None:
