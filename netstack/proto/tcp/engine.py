@@ -53,7 +53,7 @@ from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
-from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions
+from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, TcpRepr
 
 log = logging.getLogger("netstack.tcp")
 
@@ -298,10 +298,9 @@ class TcpEngine:
         if gso_size and len(payload) > gso_size:
             self._transmit_gso(conn, seq, ack, flags, window, payload, options, gso_size)
             return
-        header = wtcp.build(
-            self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-            seq, ack, flags, window, payload, options=options, urgent=urgent,
-        )  # fmt: skip
+        header = TcpRepr(
+            conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent, payload
+        ).emit(self.local_ip, conn.remote_ip)
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
         self.ipv4.send(
@@ -323,11 +322,10 @@ class TcpEngine:
         TCP length (not complemented), as Linux's CHECKSUM_PARTIAL; the kernel adjusts it to
         each segment's length and completes it. Nothing here sums the 64 KiB payload."""
         header = bytearray(
-            wtcp.build(
-                self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-                seq, ack, flags, window, b"", options=options,
+            TcpRepr(conn.local_port, conn.remote_port, seq, ack, flags, window, options).emit(
+                self.local_ip, conn.remote_ip
             )
-        )  # fmt: skip
+        )
         hlen = len(header)
         plen = len(payload)
         room = self.mss - (hlen - wtcp.HEADER_LEN)  # payload that fits the MTU with these options
@@ -365,7 +363,7 @@ class TcpEngine:
 
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
-        header = wtcp.build(self.local_ip, remote_ip, local_port, remote_port, seq, 0, RST, 0)
+        header = TcpRepr(local_port, remote_port, seq, 0, RST, 0).emit(self.local_ip, remote_ip)
         self.counters.tcp_resets_tx += 1
         self.counters.tcp_segments_tx += 1
         self.ipv4.send(remote_ip, wipv4.PROTO_TCP, (header,), self.now)
@@ -474,14 +472,10 @@ class TcpEngine:
 
     def _reset_closed(self, src: int, h: TcpHeader, plen: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST (unless it is one)."""
-        if h.flags & RST:
+        reply = TcpRepr.reset_for(h.src_port, h.dst_port, h.seq, h.ack, h.flags, plen)
+        if reply is None:
             return
-        if h.flags & ACK:
-            seq, ack, flags = h.ack, 0, RST
-        else:
-            seg_len = plen + (1 if h.flags & SYN else 0) + (1 if h.flags & FIN else 0)
-            seq, ack, flags = 0, (h.seq + seg_len) & MASK, RST | ACK
-        header = wtcp.build(self.local_ip, src, h.dst_port, h.src_port, seq, ack, flags, 0)
+        header = reply.emit(self.local_ip, src)
         self.counters.tcp_resets_tx += 1
         self.counters.tcp_segments_tx += 1
         self.ipv4.send(src, wipv4.PROTO_TCP, (header,), self.now)
@@ -552,10 +546,9 @@ class TcpEngine:
             sack = peer_sack
         options = TcpOptions(self.mss, wscale, bool(sack), (), options_ts)
         window = min(listener.receive_size(), 0xFFFF)
-        header = wtcp.build(
-            self.local_ip, src, h.dst_port, h.src_port, isn, (h.seq + 1) & MASK,
-            SYN | ACK, window, options=options,
-        )  # fmt: skip
+        header = TcpRepr(
+            h.dst_port, h.src_port, isn, (h.seq + 1) & MASK, SYN | ACK, window, options
+        ).emit(self.local_ip, src)
         self.counters.tcp_syn_cookies_sent += 1
         self.counters.tcp_segments_tx += 1
         listener.last_overflow = now
