@@ -75,6 +75,7 @@ class Counters:
 
     # Path MTU (proto/pmtu.py): estimates lowered by validated reports.
     pmtu_updates: int = 0
+    tcp_plpmtud_black_holes: int = 0  # MSS lowered by black-hole detection (RFC 4821/8899)
 
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(

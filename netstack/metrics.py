@@ -206,6 +206,11 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "Path MTU estimates lowered by a validated ICMP fragmentation needed (RFC 1191).",
         "pmtu_updates",
     ),
+    _single(
+        "tcp_plpmtud_black_holes",
+        "TCP MSS reductions by black-hole detection after repeated RTOs (RFC 4821/8899).",
+        "tcp_plpmtud_black_holes",
+    ),
 )
 
 # (name, help, Counters field) of the per-interface link counters.

@@ -165,6 +165,7 @@ class Connection:
         "pmtu_df",
         "pmtu_gen",
         "pmtu_until",
+        "probe_mss",
         "probes_out",
         "quickack",
         "rcv_adv",
@@ -264,6 +265,8 @@ class Connection:
         self.pmtu_df = cfg.pmtu_discovery
         self.pmtu_gen = -1
         self.pmtu_until = 0.0
+        # PLPMTUD black-hole fallback (config.plpmtud): the MSS cap it set and until when.
+        self.probe_mss: tuple[int, float] | None = None
         # buffers
         self.sndbuf = SendBuffer(cfg.send_buffer)
         self.rcvbuf = ReceiveBuffer(cfg.ooo_max_pieces)
@@ -442,14 +445,22 @@ class Connection:
         cache = self.engine.ipv4.pmtu
         self.pmtu_gen = cache.updates
         entry = cache.lookup(self.remote_ip, now) if self.config.pmtu_discovery else None
+        mss = self.engine.mss
         if entry is None:
             self.pmtu_until = INF
             self.pmtu_df = self.config.pmtu_discovery
-            return self.engine.mss
-        self.pmtu_until = entry.expires
-        self.pmtu_df = not entry.locked
-        path = entry.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN
-        return min(self.engine.mss, path)
+        else:
+            self.pmtu_until = entry.expires
+            self.pmtu_df = not entry.locked
+            mss = min(mss, entry.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN)
+        probe = self.probe_mss
+        if probe is not None:
+            if now >= probe[1]:
+                self.probe_mss = None  # the interval is over: the full size again
+            else:
+                mss = min(mss, probe[0])
+                self.pmtu_until = min(self.pmtu_until, probe[1])
+        return mss
 
     def _sync_pmtu(self, now: float) -> bool:
         """RFC 1191 6.1 / 6.3: the estimate changed (a report for this destination, maybe
@@ -1437,8 +1448,31 @@ class Connection:
             return
         else:
             self.rexmt_count += 1
+            if cfg.plpmtud and self.rexmt_count > cfg.plpmtud_retries:
+                self._black_hole(now)
         self.counters.tcp_timeouts += 1
         self.recovery.on_rto(now, repeated=self.rexmt_count > 1)
+
+    def _black_hole(self, now: float) -> None:
+        """RFC 4821 / RFC 8899 black-hole detection, as Linux's tcp_mtu_probing with
+        tcp_mtu_probing = 1: the RTO keeps firing, maybe because segments of this size vanish
+        on a path that drops ICMP. The first time, cap the MSS at base_mss (1024); then halve
+        it at each further RTO, not below mtu_probe_floor. The RTO's go-back-N resends at the
+        new size (records are split to the MSS). Deviation from Linux and RFC 4821 7.4 / RFC
+        8899 5.1: no upward probe segments — after mtu_probe_interval the full size is simply
+        tried again (a lost probe then costs the RTOs that find the black hole again)."""
+        cfg = self.config
+        opts = TS_OPTION_LEN if self.ts_ok else 0
+        # probe_mss caps the MSS before option bytes (as the path MTU does): base_mss and the
+        # floor are payload sizes (Linux's tcp_mtu_to_mss / tcp_mss_to_mtu count options).
+        if self.probe_mss is None:
+            cap = cfg.base_mss + opts
+        else:
+            cap = max((self.probe_mss[0] - opts) >> 1, cfg.mtu_probe_floor, MIN_MSS) + opts
+            cap = min(cap, cfg.base_mss + opts)
+        self.probe_mss = (cap, now + cfg.mtu_probe_interval)
+        self.counters.tcp_plpmtud_black_holes += 1
+        self._sync_pmtu(now)
 
     def _timeout_error(self) -> OSError:
         soft = self.soft_error

@@ -159,3 +159,37 @@ def test_a_syn_quoted_in_syn_sent_sets_the_mss_of_the_connection() -> None:
     t.engine.receive_frag_needed(inner, quoted, 1280, t.now)
     t.send(Seg(flags=0x12, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=1460, dport=LOCAL_PORT + 1))
     assert conn.state.value == "established" and conn.mss == 1240
+
+
+def test_plpmtud_black_hole_detection_lowers_the_mss_after_repeated_rtos() -> None:
+    """RFC 4821/8899 black-hole fallback (Linux tcp_mtu_probing=1, tcp_retries1=3, base_mss
+    1024): no ICMP ever comes; the 4th RTO in a row caps the MSS at 1024 and the go-back-N
+    resends at that size; a 5th halves it; after the probe interval the full size is back."""
+    t, conn = established_passive(plpmtud=True)
+    conn.send(b"z" * 2000)
+    t.engine.flush(t.now)
+    assert [len(s.payload) for s in t.recv()] == [1460, 540]
+    sizes = []
+    for _ in range(5):
+        t.run_until(t.engine.next_deadline())
+        sizes.append([len(s.payload) for s in t.recv() if s.payload])
+    assert sizes[:3] == [[1460]] * 3  # RTOs 1-3: the first segment again, full size
+    assert sizes[3][0] == 1024
+    assert sizes[4][0] == 512 and conn.mss == 512
+    assert t.counters.tcp_plpmtud_black_holes == 2
+    # The peer finally ACKs everything; after tcp_probe_interval the full size is tried.
+    t.send(seg(seq=R, ack=L + 2000))
+    t.now += 601
+    conn.send(b"y" * 3000)
+    t.engine.flush(t.now)
+    assert [len(s.payload) for s in t.recv()][:1] == [1460]  # (cwnd after idle: 1 MSS)
+
+
+def test_plpmtud_is_off_by_default() -> None:
+    t, conn = established_passive()
+    conn.send(b"z" * 1460)
+    t.engine.flush(t.now)
+    t.recv()
+    for _ in range(6):
+        t.run_until(t.engine.next_deadline())
+    assert conn.mss == 1460 and t.counters.tcp_plpmtud_black_holes == 0
