@@ -9,7 +9,9 @@ Choices (each by RFC section, Linux as the reference where the RFC leaves room):
   ignored (Linux's __ip_rt_update_pmtu).
 - RFC 1191 5 / 7: a router that reports 0 (pre-RFC 1191), or a value that cannot be right
   (below 68 or not below the quoted datagram's length), gets the plateau table's next value
-  below the quoted datagram's length (Linux's ip_rt_frag_needed + guess_mtu do the same).
+  below the quoted datagram's length. Here the stack stays with the RFC against today's
+  Linux: Linux guessed plateaus too (ip_rt_frag_needed/guess_mtu) until 3.6; since then a 0
+  is just a value below min_pmtu, so the estimate drops to 552 and locks.
 - Floor: Linux's net.ipv4.route.min_pmtu, 552 (not RFC 1191's absolute 68, nor 576). A report
   below it sets the estimate to 552 and "locks" it: senders then stop setting DF towards that
   destination, so a forged tiny MTU cannot make TCP send 28-byte segments (RFC 5927 7.2;
@@ -45,7 +47,7 @@ def plateau_below(length: int) -> int:
 
 def next_hop_mtu(reported: int, quoted_length: int) -> int:
     """The MTU a "fragmentation needed" message means: its next-hop MTU field, or the plateau
-    estimate when the field is 0 or cannot be right (as Linux's ip_rt_frag_needed)."""
+    estimate when the field is 0 or cannot be right (RFC 1191 5; see the module notes)."""
     if reported < MIN_MTU or reported >= quoted_length:
         return plateau_below(quoted_length)
     return reported
