@@ -21,12 +21,10 @@ ACK of their own (every second full-sized one, out-of-order ones, duplicates: RF
 leave an "ACK point" with the ACK number and SACK blocks of their moment; the flush sends
 them in order, with the window as it is after the application read (see AckPoint).
 
-Loss detection (SACK): RACK-TLP (rack.py, RFC 8985) — time-based marks that also catch lost
-retransmissions, a reordering window that D-SACKs widen, tail loss probes (two at most, and
-one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
-(RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
-reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
-the RFC 4015 response: the saved congestion state comes back). The receiver sends D-SACKs.
+Loss recovery (RTT, scoreboard, RACK-TLP, NewReno, congestion control, undo, and the RTO,
+reordering and probe timers) lives in recovery.py: the connection reports ACKs and timer
+expiries to it, asks it how much cwnd lets out, and resends what it marked lost first. cwnd
+is never written here. The receiver sends D-SACKs.
 
 Application events go to `handler` (see Handler) from `dispatch()`, which the engine calls
 after each batch — never from the middle of segment processing, so a callback can do anything
@@ -42,15 +40,13 @@ from typing import TYPE_CHECKING, Protocol
 from netstack.drops import Drop
 from netstack.proto.ratelimit import TokenBucket
 from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
-from netstack.proto.tcp.rack import Rack
-from netstack.proto.tcp.rtt import RttEstimator
-from netstack.proto.tcp.scoreboard import DUPTHRESH, Scoreboard, Sent
+from netstack.proto.tcp.recovery import Recovery
+from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
-    from netstack.proto.tcp.cc import CongestionControl
     from netstack.proto.tcp.engine import Listener, TcpEngine
 
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option
@@ -61,15 +57,6 @@ SACK_BLOCK_LEN = 8
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
 SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
 OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
-# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK when only one
-# segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
-WC_DEL_ACK = 0.2
-TLP_MIN = 0.01
-# Probes per episode: RFC 8985 sends one; a second after twice the PTO (QUIC's PTO backoff,
-# RFC 9002 6.2) covers a lost probe or probe ACK for the price of one segment, not an RTO.
-MAX_TLP = 2
-MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
-MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
 
 # An ACK owed to one arriving segment, sent at the flush point (after the application read,
 # so that its window is current): (ACK number, its SACK blocks as on the wire). The blocks
@@ -78,9 +65,6 @@ MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; b
 # the two ACK numbers was lost (RACK would retransmit it).
 AckPoint = tuple[int, tuple[tuple[int, int], ...]]
 MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
-
-# Loss-recovery states (Linux's TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss).
-OPEN, RECOVERY, LOSS = "open", "recovery", "loss"
 
 S = State
 
@@ -122,24 +106,17 @@ class Connection:
         "ack_pending",
         "ack_points",
         "app_closed",
-        "board",
-        "ca_state",
-        "cc",
         "challenge",
         "close_at",
         "config",
         "counters",
-        "cwnd_limited",
         "delack_at",
-        "dupacks",
-        "dupthresh",
         "engine",
         "eof_delivered",
         "eof_pending",
         "error",
         "fin_queued",
         "fin_seq",
-        "flight_mark",
         "from_cookie",
         "handler",
         "heap_at",
@@ -169,8 +146,6 @@ class Connection:
         "persist_at",
         "persist_backoff",
         "probes_out",
-        "rack",
-        "rack_at",
         "rcv_adv",
         "rcv_buf_size",
         "rcv_fin_seq",
@@ -180,13 +155,10 @@ class Connection:
         "rcv_wscale",
         "rcvbuf",
         "reading_paused",
-        "recover",
+        "recovery",
         "remote_ip",
         "remote_port",
-        "rexmt_at",
         "rexmt_count",
-        "rto_tsval",
-        "rtt",
         "sack_ok",
         "snd_base",
         "snd_nxt",
@@ -203,20 +175,10 @@ class Connection:
         "syn_retransmitted",
         "syn_sent_at",
         "syn_window",
-        "tlp_at",
-        "tlp_end",
-        "tlp_probes",
-        "tlp_retrans",
-        "tlp_round",
         "ts_offset",
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
-        "undo_marker",
-        "undo_rexmits",
-        "undo_saved",
-        "undo_tsval",
-        "undos",
         "user",
         "window_check",
         "write_high",
@@ -296,14 +258,12 @@ class Connection:
         self.window_check = False
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
-        self.rexmt_at: float | None = None
         self.persist_at: float | None = None
         self.delack_at: float | None = None
         self.keepalive_at: float | None = None
         self.close_at: float | None = None  # TIME_WAIT, or an orphaned FIN_WAIT_2
         self.heap_at: float | None = None  # the engine's timer-heap bookkeeping
         self.rexmt_count = 0
-        self.rto_tsval = 0  # our TSval when the retransmission timer last fired
         self.probes_out = 0
         self.ka_probes = 0
         self.persist_backoff = 0
@@ -312,31 +272,8 @@ class Connection:
         self.last_send = 0.0
         self.last_data = 0.0  # when data (not just an ACK) last went out
         self.last_rx = 0.0
-        # RTT, congestion, loss recovery
-        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
-        self.cc: CongestionControl | None = None
-        self.board = Scoreboard()
-        self.ca_state = OPEN
-        self.recover = 0
-        self.dupacks = 0
-        self.dupthresh = DUPTHRESH  # NewReno's; RACK measures reordering in time instead
-        self.cwnd_limited = False
-        self.flight_mark = 0  # SND.NXT - SND.UNA after the last output (see _flight_size)
-        self.rack = Rack()
-        self.rack_at: float | None = None  # RACK's reordering timer
-        self.tlp_at: float | None = None  # the loss probe timer (PTO)
-        self.tlp_end: int | None = None  # SND.NXT when the probe went out, until resolved
-        self.tlp_retrans = False  # the probe was a retransmission (not new data)
-        self.tlp_round = 0  # probes sent since tlp_end was set
-        self.tlp_probes = 0
-        # Undo of spurious reductions: the episode started at SND.UNA = undo_marker with the
-        # congestion state undo_saved; undo_tsval is our TSval then (Eifel); undo_rexmits
-        # counts the retransmissions per record start, until D-SACKs prove them needless.
-        self.undo_marker: int | None = None
-        self.undo_saved: object = None
-        self.undo_tsval: int | None = None
-        self.undo_rexmits: dict[int, int] | None = None
-        self.undos = 0
+        # RTT, congestion, loss recovery, and their timers (the RTO's included)
+        self.recovery = Recovery(self, cfg, engine.counters)
         self.challenge: TokenBucket | None = None
         self.oow_at = -1e9  # when we last answered an empty out-of-window segment
         self.from_cookie = False
@@ -363,7 +300,7 @@ class Connection:
         self.iss = iss
         self.snd_una = self.snd_nxt = iss
         self.snd_base = iss + 1
-        self.recover = iss
+        self.recovery.start(iss)
 
     def open_active(self, iss: int, now: float) -> None:
         """connect(): SYN_SENT; the SYN goes out at the next flush."""
@@ -453,15 +390,16 @@ class Connection:
         self.mss = max(MIN_MSS, min(self.peer_mss, self.engine.mss) - opts)
         self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
         self.rcv_seg_mss = min(self.rcv_mss, DEFAULT_MSS)
-        if self.cc is None:
-            self.cc = self.engine.make_cc(self.mss)
+        if self.recovery.cc is None:
+            self.recovery.cc = self.engine.make_cc(self.mss)
 
     def _established(self, now: float) -> None:
         """Into ESTABLISHED (from SYN_SENT or SYN_RECEIVED)."""
-        self.rexmt_at = None
+        rec = self.recovery
+        rec.rto_at = None
         self.rexmt_count = 0
-        if self.syn_retransmitted and self.rtt.srtt is None:
-            self.rtt.reset_to(SYN_RTO_AFTER_RETRY)
+        if self.syn_retransmitted and rec.rtt.srtt is None:
+            rec.rtt.reset_to(SYN_RTO_AFTER_RETRY)
         if self.keepalive:
             self.keepalive_at = now + self.ka_params[0]
         self._set_state(S.ESTABLISHED)
@@ -493,20 +431,18 @@ class Connection:
         self._set_state(next_state(self.state, event))
 
     def _enter_time_wait(self) -> None:
-        self.rexmt_at = self.persist_at = self.keepalive_at = None
-        self.rack_at = self.tlp_at = None
+        self.persist_at = self.keepalive_at = None
+        self.recovery.stop()
         self.close_at = self.engine.now + self.config.time_wait
         self.sndbuf.clear()
-        self.board.clear()
         self.lost_pending = True
 
     def _release(self) -> None:
         """CLOSED: stop every timer, free the buffers (queued input stays for delivery)."""
-        self.rexmt_at = self.persist_at = self.delack_at = None
+        self.persist_at = self.delack_at = None
         self.keepalive_at = self.close_at = None
-        self.rack_at = self.tlp_at = None
+        self.recovery.stop()
         self.sndbuf.clear()
-        self.board.clear()
         self.rcvbuf.drop_ooo()
         self.syn_pending = False
         self.ack_now = self.ack_pending = False
@@ -645,7 +581,7 @@ class Connection:
             and seq == self.rcv_nxt
             and unwrap(h.ack, self.snd_una) == self.snd_una
             and (h.window << self.snd_wscale) == self.snd_wnd
-            and ((self.ts_recent - tsval) & MASK) <= self.rtt.rto * 1000
+            and ((self.ts_recent - tsval) & MASK) <= self.recovery.rtt.rto * 1000
         )
 
     def _oow_ack(self, now: float, seg_len: int, seq: int = 0, plen: int = 0) -> None:
@@ -705,14 +641,12 @@ class Connection:
     def _sample_syn_rtt(self, h: TcpHeader, now: float) -> None:
         ts = h.options.timestamp
         if self.ts_ok and ts is not None and ts[1]:
-            r = ((self._tsval(now) - ts[1]) & MASK) / 1000.0
+            r = ((self.tsval(now) - ts[1]) & MASK) / 1000.0
         elif not self.syn_retransmitted:
             r = now - self.syn_sent_at
         else:
             return
-        self.rtt.sample(r)
-        self.rack.sample_rtt(r)
-        self.counters.tcp_rtt_seconds.observe(r)
+        self.recovery.sample_rtt(r)
 
     def _syn_acked(self, h: TcpHeader, ack: int, seq: int, now: float) -> None:
         """SYN_RECEIVED and our SYN acknowledged: ESTABLISHED (RFC 9293 3.10.7.4 fifth)."""
@@ -740,339 +674,35 @@ class Connection:
             self.snd_wl1 = seq
             self.snd_wl2 = ack
         self.probes_out = 0  # the peer answers: window probes are not going unanswered
-        new_sacked = 0
-        dsack: tuple[int, int] | None = None
-        self.board.delivered.clear()
-        blocks = h.options.sack_blocks
-        if blocks and self.sack_ok:
-            new_sacked, dsack = self._take_sack(blocks, ack)
+        rec = self.recovery
+        ts = h.options.timestamp
+        new_sacked, dsack = rec.take_sack(h.options.sack_blocks if self.sack_ok else (), ack)
         acked = ack - self.snd_una
         if acked > 0:
-            self._new_ack(h, ack, acked, now)
+            self._new_ack(ack, acked, ts, now)
         elif (
             ack == self.snd_una
             and self.snd_nxt > self.snd_una
             and (new_sacked or (plen == 0 and not h.flags & (SYN | FIN) and not window_changed))
         ):
-            self._dupack(now)
+            rec.on_dupack(now)
         if self.sack_ok and self.state in TRANSMITTING:
-            self._rack_ack(h, dsack, now)
-            if dsack is not None:
-                self._dsack_undo(dsack, now)
-            if self.tlp_end is not None:
-                self._tlp_ack(ack, acked, dsack, new_sacked, now)
-            if self.ca_state == RECOVERY:
-                self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
+            rec.on_sack_ack(ts, ack, acked, new_sacked, dsack, now)
         if window_changed or acked > 0:
             self.engine.touch(self)
 
-    def _take_sack(
-        self, blocks: tuple[tuple[int, int], ...], ack: int
-    ) -> tuple[int, tuple[int, int] | None]:
-        """RFC 2018 on the sender: validated blocks above the cumulative ACK mark records.
-        Returns (bytes newly SACKed, the D-SACK block if the first one is one: RFC 2883 4,
-        below the cumulative ACK or inside the second block)."""
-        una = self.snd_una if self.snd_una > ack else ack
-        nxt = self.snd_nxt
-        valid = []
-        dsack = None
-        ranges = [(unwrap(lw, una), unwrap(rw, una)) for lw, rw in blocks]
-        left, right = ranges[0]
-        if self.iss < left < right <= nxt and (
-            right <= ack or (len(ranges) > 1 and ranges[1][0] <= left and right <= ranges[1][1])
-        ):
-            dsack = (left, right)
-        for i, (left, right) in enumerate(ranges):
-            if una <= left < right <= nxt and (i or dsack is None):  # else bogus: ignored
-                valid.append((left, right))
-        return (self.board.sack(valid) if valid else 0), dsack
-
-    def _new_ack(self, h: TcpHeader, ack: int, acked: int, now: float) -> None:
+    def _new_ack(self, ack: int, acked: int, ts: tuple[int, int] | None, now: float) -> None:
         """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged."""
         flight = self.snd_nxt - self.snd_una
         self.snd_una = ack
-        sent_at, _ = self.board.ack(ack)
+        self.recovery.on_new_ack(ack, acked, flight, ts, now)
         self.sndbuf.consume(min(ack - self.snd_base, self.sndbuf.end))
-        # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
-        # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
-        # older than our last timeout, which would measure the timeout, not the path.
-        rtt: float | None = None
-        ts = h.options.timestamp
-        if sent_at is not None:
-            rtt = now - sent_at
-        elif self.ts_ok and ts is not None and ts[1]:
-            d = (self._tsval(now) - ts[1]) & MASK
-            if d < HALF and ((ts[1] - self.rto_tsval) & MASK) < HALF:
-                rtt = d / 1000.0
-        if rtt is not None:
-            self.rtt.sample(rtt, self.rtt.expected_samples(flight, self.mss))
-            self.counters.tcp_rtt_seconds.observe(rtt)
-            self.rack.sample_rtt(rtt)
         self.rexmt_count = 0
-        cc = self.cc
-        assert cc is not None
-        if self.undo_tsval is not None and self.ca_state != OPEN and ack > self.undo_marker:
-            self._eifel(ts, now)
-        state = self.ca_state
-        if state == RECOVERY:
-            if ack >= self.recover:  # full ACK: recovery is over
-                self.ca_state = OPEN
-                self.dupacks = 0
-                cc.on_recovery_exit(now)
-                self.rack.on_recovery_exit()
-                if not self.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
-                    outstanding = self.snd_nxt - ack
-                    cc.cwnd = min(cc.ssthresh, max(outstanding, self.mss) + self.mss)
-            elif self.sack_ok:
-                pass  # RACK (after the whole ACK is taken in) marks what is lost
-            else:
-                # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
-                if self.board.mark_first_lost():
-                    first = self.board.first()
-                    assert first is not None
-                    self._retransmit(first, now)
-                cc.cwnd = max(cc.cwnd - acked + (self.mss if acked >= self.mss else 0), self.mss)
-        else:
-            if state == LOSS and ack >= self.recover:
-                self.ca_state = OPEN
-                self.rack.on_recovery_exit()
-            self.dupacks = 0
-            # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
-            # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
-            if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
-                cc.on_ack(acked, now, rtt, flight)
-        # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
-        if self.snd_una >= self.snd_nxt:
-            self.rexmt_at = None
-        else:
-            self.rexmt_at = now + self.rtt.rto
-        self._tlp_arm(now)  # RFC 8985 7.2: restarted by an ACK of new data
         # Our FIN acknowledged?
         if self.fin_seq is not None and ack > self.fin_seq:
             self._event(Event.FIN_ACKED)
         elif self.writing_paused and len(self.sndbuf) <= self.write_low:
             self.engine.touch(self)
-
-    def _dupack(self, now: float) -> None:
-        """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information).
-
-        With SACK, RACK decides what is lost (_rack_ack); dupacks only matter when the peer
-        sends none of the SACK blocks it agreed to (then as NewReno). Without SACK, NewReno
-        with a dupthresh that grows when reordering fooled it (see _undo)."""
-        self.dupacks += 1
-        board = self.board
-        if self.ca_state == OPEN:
-            if self.dupacks >= self.dupthresh and self.snd_una >= self.recover:
-                if not self.sack_ok or not board.sacked_bytes:
-                    board.mark_first_lost()  # RFC 6582 / 6675 (4.3): the first hole, now
-                    self._enter_recovery(now)
-            elif not self.sack_ok:
-                self.engine.touch(self)  # RFC 3042 limited transmit
-        elif self.ca_state == RECOVERY:
-            if not self.sack_ok:
-                assert self.cc is not None
-                self.cc.cwnd += self.mss  # RFC 6582 / 5681: inflate by one segment per dupack
-            self.engine.touch(self)
-
-    def _enter_recovery(self, now: float) -> None:
-        """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK), once
-        something is marked lost (the first hole by dupacks, or whatever RACK found)."""
-        cc = self.cc
-        assert cc is not None
-        self.recover = self.snd_nxt
-        self._undo_begin(now)
-        cc.on_congestion(now, self._flight_size())
-        board = self.board
-        if not self.sack_ok:
-            cc.cwnd = cc.ssthresh + 3 * self.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
-        self.ca_state = RECOVERY
-        self.tlp_at = self.tlp_end = None
-        self.counters.tcp_fast_retransmits += 1
-        first = board.next_lost()
-        if first is not None:  # RFC 6675 (4.3) / 5681: whatever pipe and cwnd say
-            self._retransmit(first, now)
-        self.rexmt_at = now + self.rtt.rto
-        self.engine.touch(self)
-
-    def _flight_size(self) -> int:
-        """RFC 5681 FlightSize for a reduction. A batch of ACKs is taken in before anything
-        is sent (the flush point), so by the ACK that shows a loss the earlier ones of the
-        same batch have shrunk SND.NXT - SND.UNA by data an ACK-clocked sender would have
-        replaced already: the flight as it was when the batch began counts too."""
-        return max(self.snd_nxt - self.snd_una, self.flight_mark)
-
-    # -- RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015) ----------------------
-    def _rack_ack(self, h: TcpHeader, dsack: tuple[int, int] | None, now: float) -> None:
-        board = self.board
-        rack = self.rack
-        if board.delivered:
-            ts = h.options.timestamp if self.ts_ok else None
-            echo = ts[1] if ts is not None and ts[1] else None
-            rack.update(board.delivered, now, lambda t: self._echo_before(echo, t))
-            board.delivered.clear()
-        if dsack is not None:
-            rack.on_dsack(self.snd_una, self.snd_nxt)
-        self._rack_detect(now)
-
-    def _echo_before(self, echo: int | None, t: float) -> bool:
-        """The timestamp echo predates our transmission at time t."""
-        if echo is None:
-            return False
-        return 0 < ((self._tsval(t) - echo) & MASK) < HALF
-
-    def _rack_detect(self, now: float) -> None:
-        """RACK_detect_loss: mark, arm the reordering timer, start recovery on a loss."""
-        self.rack_at = None
-        if self.snd_nxt <= self.snd_una:
-            return
-        rack = self.rack
-        board = self.board
-        reo_wnd = rack.reo_wnd(self.ca_state != OPEN, board.sacked_bytes // self.mss, self.rtt.srtt)
-        lost, timeout = rack.detect_loss(board, now, reo_wnd)
-        if timeout > 0:
-            self.rack_at = now + timeout
-        if lost:
-            if self.ca_state == OPEN and self.snd_una >= self.recover:
-                self._enter_recovery(now)
-            else:
-                self.engine.touch(self)  # retransmit at the flush point
-
-    def _tlp_arm(self, now: float) -> None:
-        """(Re)start the probe timer. In the open state, RFC 8985 7.2's tail loss probe,
-        while nothing else is repairing losses. In recovery, while a retransmission is out:
-        when the ACKs stop for 2*SRTT, it was probably lost too, and nothing sent after it
-        will be delivered to show RACK that (a small window, the tail of the data) — a probe
-        as QUIC's PTO goes on in recovery (RFC 9002 6.2), so that only the RTO is left."""
-        self.tlp_at = None
-        srtt = self.rtt.srtt
-        if not self.sack_ok or self.snd_nxt <= self.snd_una or srtt is None:
-            return
-        pto = 2 * srtt
-        if self.ca_state == RECOVERY:
-            if not self.board.rexmit_bytes:
-                return
-        elif self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
-            return
-        elif self.snd_nxt - self.snd_una <= self.mss:
-            pto += WC_DEL_ACK
-        at = now + max(pto, TLP_MIN)
-        if self.rexmt_at is None or at < self.rexmt_at:
-            self.tlp_at = at
-
-    def _on_pto(self, now: float) -> None:
-        """RFC 8985 7.3: send one probe, new data if the peer's window allows, else the last
-        segment again; its ACK (with SACK) lets RACK find a tail loss without the RTO.
-        In recovery: the oldest retransmission still out is deemed lost and goes again (the
-        RTO keeps its time: it is what is left if this one is lost as well)."""
-        if self.ca_state == RECOVERY:
-            r = self.board.first_retransmitted()
-            if r is not None and self.state in TRANSMITTING:
-                self.board.mark_record_lost(r)
-                self._retransmit(r, now)
-                self.tlp_probes += 1
-            return
-        if (
-            self.ca_state != OPEN
-            or self.snd_nxt <= self.snd_una
-            or self.state not in TRANSMITTING
-            or (self.tlp_end is not None and self.tlp_round >= MAX_TLP)
-            or self.rtt.srtt is None
-        ):
-            return
-        if self.tlp_end is None:
-            self.tlp_round = 0
-        snd_end = self.snd_base + self.sndbuf.end
-        unsent = snd_end - self.snd_nxt
-        win = self.snd_una + self.snd_wnd - self.snd_nxt
-        size = min(unsent, self.mss)
-        if unsent > 0 and win >= size:
-            fin = self.fin_queued and size == unsent and win > size
-            self._send_segment(self.snd_nxt, size, fin, snd_end, now)
-            self.tlp_retrans = False
-        else:
-            r = self.board.last_unsacked()
-            if r is None:
-                return
-            self._retransmit(r, now)
-            self.tlp_retrans = True
-        self.tlp_end = self.snd_nxt
-        self.tlp_probes += 1
-        self.tlp_round += 1
-        self.rexmt_at = now + self.rtt.rto
-        if self.tlp_round < MAX_TLP:  # no answer by twice the PTO: once more
-            self.tlp_at = now + max(4 * self.rtt.srtt, 2 * TLP_MIN)
-
-    def _tlp_ack(
-        self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float
-    ) -> None:
-        """RFC 8985 7.4 (as Linux's tcp_process_tlp_ack): did the probe repair a loss?"""
-        end = self.tlp_end
-        assert end is not None
-        if ack < end:
-            return
-        if not self.tlp_retrans or dsack is not None:
-            self.tlp_end = None  # new data (RACK judges), or both copies arrived: no loss
-        elif ack > end:
-            self.tlp_end = None  # the probe repaired a loss: reduce cwnd once
-            if self.ca_state == OPEN:
-                assert self.cc is not None
-                self.cc.on_congestion(now, self._flight_size())
-                self.cc.on_recovery_exit(now)
-        elif acked <= 0 and not new_sacked:
-            self.tlp_end = None  # a pure duplicate: both copies arrived
-
-    def _undo_begin(self, now: float) -> None:
-        """A reduction starts an episode (unless one is going on): save what undo restores."""
-        if self.undo_marker is not None and self.ca_state != OPEN:
-            return
-        assert self.cc is not None
-        self.undo_marker = self.snd_una
-        self.undo_saved = self.cc.save()
-        self.undo_tsval = self._tsval(now) if self.ts_ok else None
-        self.undo_rexmits = {}
-
-    def _eifel(self, ts: tuple[int, int] | None, now: float) -> None:
-        """RFC 3522: the first ACK past the episode's start echoes a timestamp older than
-        our first retransmission: the original arrived, the retransmission was spurious."""
-        undo_tsval = self.undo_tsval
-        assert undo_tsval is not None
-        self.undo_tsval = None  # one look per episode
-        if ts is not None and ts[1] and 0 < ((undo_tsval - ts[1]) & MASK) < HALF:
-            self._undo(now)
-
-    def _dsack_undo(self, dsack: tuple[int, int], now: float) -> None:
-        """RFC 2883 / 3708: a D-SACK for each retransmission of the episode: all needless."""
-        rexmits = self.undo_rexmits
-        if self.undo_marker is None or not rexmits:
-            return
-        left, right = dsack
-        hit = [start for start in rexmits if left <= start < right]
-        for start in hit:
-            rexmits[start] -= 1
-            if rexmits[start] <= 0:
-                del rexmits[start]
-        if hit and not rexmits:
-            self._undo(now)
-
-    def _undo(self, now: float) -> None:
-        """RFC 4015 response: the reduction was spurious. The congestion state comes back,
-        what was marked lost and not yet resent is in flight after all, and the reordering
-        that fooled us is remembered (RACK's window; NewReno's dupthresh grows)."""
-        assert self.cc is not None
-        if self.undo_saved is not None:
-            self.cc.undo(self.undo_saved)
-        self.board.unmark_lost()
-        if self.ca_state == RECOVERY and not self.sack_ok:
-            self.dupthresh = min(max(self.dupthresh + 1, self.dupacks + 1), MAX_DUPTHRESH)
-        if self.ca_state != OPEN:
-            self.rack.on_recovery_exit()
-        self.ca_state = OPEN
-        self.dupacks = 0
-        self.recover = self.snd_una
-        self.rack.reord = True
-        self.undo_marker = self.undo_saved = self.undo_tsval = self.undo_rexmits = None
-        self.undos += 1
-        self.engine.touch(self)
 
     # -- text and FIN (RFC 9293 3.10.7.4 seventh and eighth) ---------------------------------
     def _process_data(self, h: TcpHeader, seq: int, payload: memoryview, now: float) -> None:
@@ -1215,7 +845,8 @@ class Connection:
     # =========================================================================================
     # output
     # =========================================================================================
-    def _tsval(self, now: float) -> int:
+    def tsval(self, now: float) -> int:
+        """Our TSval at `now` (RFC 7323: a millisecond clock with a per-connection offset)."""
         return (int(now * 1000) + self.ts_offset) & MASK
 
     def _window_field(self, ack: int | None = None) -> int:
@@ -1252,7 +883,7 @@ class Connection:
         self, flags: int, seq: int, payload, now: float, point: AckPoint | None = None
     ) -> None:
         """Build and send one segment from the current TCB state (`point`: an owed ACK)."""
-        ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
+        ts = (self.tsval(now), self.ts_recent) if self.ts_ok else None
         blocks: tuple[tuple[int, int], ...] = ()
         if point is not None:
             blocks = point[1]
@@ -1297,11 +928,11 @@ class Connection:
         if active:  # offer what we are configured for
             wscale = self.rcv_wscale if cfg.window_scaling else None
             sack = cfg.sack
-            ts = (self._tsval(now), 0) if cfg.timestamps else None
+            ts = (self.tsval(now), 0) if cfg.timestamps else None
         else:  # echo what both sides agreed on
             wscale = self.rcv_wscale if self.wscale_ok else None
             sack = self.sack_ok
-            ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
+            ts = (self.tsval(now), self.ts_recent) if self.ts_ok else None
         options = TcpOptions(self.engine.mss, wscale, sack, (), ts)
         window = min(self.rcv_buf_size, 0xFFFF)
         self.syn_window = window
@@ -1316,9 +947,14 @@ class Connection:
         if self.snd_nxt == self.iss:
             self.snd_nxt = self.iss + 1
             self.syn_sent_at = now
-        if self.rexmt_at is None:
-            self.rexmt_at = now + self.rtt.rto
+        rec = self.recovery
+        if rec.rto_at is None:
+            rec.rto_at = now + rec.rtt.rto
         self.last_send = now
+
+    def wake(self) -> None:
+        """Ask the engine for an output pass at its flush point (recovery's way to send)."""
+        self.engine.touch(self)
 
     def _send_ack(self, now: float) -> None:
         self._xmit(ACK, self.snd_nxt, b"", now)
@@ -1346,17 +982,12 @@ class Connection:
         if fin:
             flags |= FIN
         self._xmit(flags, seq, payload, now)
-        board = self.board
-        if size:
-            board.add(seq, end, now)
+        self.recovery.sent(seq, end, fin, now)
         if fin:
             self.fin_seq = end
-            board.add(end, end + 1, now, fin=True)
             end += 1
         self.snd_nxt = end
         self.last_data = now
-        if self.rexmt_at is None:
-            self.rexmt_at = now + self.rtt.rto
 
     def _retransmit(self, r: Sent, now: float) -> None:
         if r.fin:
@@ -1364,17 +995,9 @@ class Connection:
         else:
             payload = self.sndbuf.view(r.start - self.snd_base, r.end - r.start)
             self._xmit(ACK | PSH, r.start, payload, now)
-        self.board.retransmitted(r, now)
+        self.recovery.retransmitted(r, now)
         self.last_data = now
         self.counters.tcp_retransmitted_segments += 1
-        rexmits = self.undo_rexmits
-        if rexmits is not None and self.ca_state != OPEN:
-            if len(rexmits) >= MAX_UNDO_REXMITS:
-                self.undo_rexmits = None  # too many to follow: Eifel alone may undo
-            else:
-                rexmits[r.start] = rexmits.get(r.start, 0) + 1
-        if self.rexmt_at is None:
-            self.rexmt_at = now + self.rtt.rto
 
     def output(self, now: float) -> None:
         """Send what the state, the windows and the ACK rules allow."""
@@ -1397,7 +1020,7 @@ class Connection:
         sent = False
         if state in TRANSMITTING and state is not S.SYN_RECEIVED:
             sent = self._send_data(now)
-        self.flight_mark = self.snd_nxt - self.snd_una
+        self.recovery.flight_mark = self.snd_nxt - self.snd_una
         if sent:
             return
         if (
@@ -1411,9 +1034,15 @@ class Connection:
         self.window_check = False
 
     def _window_update_due(self) -> bool:
-        """After the application read: is the window worth announcing (Linux's rule: it at
-        least doubles and grows by a segment)?"""
-        free = self.rcv_buf_size - self.rcvbuf.queued
+        """After the application read: is the window worth announcing (Linux's rule in
+        tcp_cleanup_rbuf: it at least doubles and grows by a segment)?
+
+        Compared as the header carries it: free space beyond 0xFFFF << RCV.WSCALE (a 512 KB
+        buffer without window scaling) or below the scale's unit is invisible to the peer,
+        and an ACK "announcing" it repeats the last one — a duplicate ACK to a sender with
+        data in flight (RFC 5681 4.2), three of which make it retransmit for nothing."""
+        shift = self.rcv_wscale
+        free = min(self.rcv_buf_size - self.rcvbuf.queued, 0xFFFF << shift) >> shift << shift
         cur = self.rcv_adv - self.rcv_nxt
         return free - cur >= self.rcv_mss and free >= 2 * cur
 
@@ -1422,24 +1051,30 @@ class Connection:
 
         Returns whether anything went out (every segment carries the ACK).
         """
-        cc = self.cc
-        assert cc is not None
-        board = self.board
+        rec = self.recovery
+        board = rec.board
+        # 0. What recovery handed over: a tail loss probe, and the one retransmission that
+        # goes whatever cwnd says (fast retransmit, RTO, recovery probe). Neither counts
+        # as this pass's sending for the probe timer (recovery armed that itself).
+        forced = False
+        if rec.probe_owed:
+            rec.probe_owed = False
+            forced = self._send_loss_probe(now)
+        owed = rec.take_owed(self.snd_una)
+        if owed is not None:
+            self._retransmit(owed, now)
+            forced = True
         sent = False
         mss = self.mss
         if self.sack_ok and self.rcvbuf.ooo:  # room for SACK blocks in the header
             mss -= 4 + SACK_BLOCK_LEN * min(len(self.rcvbuf.ooo), 3 if self.ts_ok else 4)
         flight = self.snd_nxt - self.snd_una
-        if flight == 0 and self.last_data and now - self.last_data > self.rtt.rto:
-            cc.on_idle(now)  # RFC 5681 4.1: restart after an idle period longer than the RTO
+        if flight == 0 and self.last_data and now - self.last_data > rec.rtt.rto:
+            rec.on_idle(now)  # RFC 5681 4.1: restart after an idle period longer than the RTO
             self.last_data = 0.0
-        newreno_recovery = self.ca_state == RECOVERY and not self.sack_ok
-        in_flight = flight if newreno_recovery else board.pipe(flight)
-        budget = cc.cwnd - in_flight
-        if self.ca_state == OPEN and not self.sack_ok and 0 < self.dupacks < self.dupthresh:
-            budget += min(self.dupacks, 2) * self.mss  # RFC 3042 limited transmit
+        budget = rec.budget(flight)
         # 1. RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO): lost records first.
-        if not newreno_recovery and board.lost_bytes > board.rexmit_bytes:
+        if rec.resend_lost():
             while budget > 0:
                 r = board.next_lost()
                 if r is None:
@@ -1455,7 +1090,7 @@ class Connection:
         wnd_right = self.snd_una + self.snd_wnd
         blocked = False  # the peer's window (not cwnd) is what stops us
         new_data = False
-        self.cwnd_limited = False
+        rec.cwnd_limited = False
         tso = self.config.tso_max
         while True:
             snd_nxt = self.snd_nxt
@@ -1475,7 +1110,7 @@ class Connection:
                     break
                 size = win
             if budget < size:
-                self.cwnd_limited = True
+                rec.cwnd_limited = True
                 break
             if (
                 size < mss
@@ -1504,34 +1139,50 @@ class Connection:
                 sent = True
             else:
                 blocked = True
-        if new_data or (sent and self.ca_state == RECOVERY):
-            self._tlp_arm(now)
+        rec.after_output(new_data, sent, now)
         # Persist timer (RFC 9293 3.8.6.1): the window holds us back with nothing in flight.
         if blocked and self.snd_nxt == self.snd_una:
             if self.persist_at is None:
                 self.persist_at = now + self._persist_interval()
         else:
             self.persist_at = None
-        return sent
+        return sent or forced
+
+    def _send_loss_probe(self, now: float) -> bool:
+        """RFC 8985 7.3, asked for by recovery's PTO: new data if the peer's window takes
+        it, else the last segment not SACKed again."""
+        snd_end = self.snd_base + self.sndbuf.end
+        unsent = snd_end - self.snd_nxt
+        win = self.snd_una + self.snd_wnd - self.snd_nxt
+        size = min(unsent, self.mss)
+        if unsent > 0 and win >= size:
+            fin = self.fin_queued and size == unsent and win > size
+            self._send_segment(self.snd_nxt, size, fin, snd_end, now)
+            retransmission = False
+        else:
+            r = self.recovery.board.last_unsacked()
+            if r is None:
+                return False
+            self._retransmit(r, now)
+            retransmission = True
+        self.recovery.probe_sent(retransmission, now)
+        return True
 
     def _persist_interval(self) -> float:
         cfg = self.config
-        base = max(self.rtt.rto, cfg.rto_min)
+        base = max(self.recovery.rtt.rto, cfg.rto_min)
         return min(base * (1 << min(self.persist_backoff, 16)), cfg.rto_max)
 
     # =========================================================================================
     # timers
     # =========================================================================================
     def next_timer(self) -> float | None:
-        best = None
+        best = self.recovery.next_timer()
         for t in (
-            self.rexmt_at,
             self.persist_at,
             self.delack_at,
             self.keepalive_at,
             self.close_at,
-            self.rack_at,
-            self.tlp_at,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -1545,17 +1196,16 @@ class Connection:
                 self._send_rst_now(now)  # Linux does the same when tcp_fin_timeout expires
             self._event(Event.TIMEOUT)
             return
-        if self.rexmt_at is not None and now >= self.rexmt_at:
-            self.rexmt_at = None
+        rec = self.recovery
+        if rec.rto_at is not None and now >= rec.rto_at:
+            rec.rto_at = None
             self._on_rto(now)
         if self.state is S.CLOSED:
             return
-        if self.rack_at is not None and now >= self.rack_at:
-            self.rack_at = None
-            self._rack_detect(now)  # RACK's reordering timer
-        if self.tlp_at is not None and now >= self.tlp_at:
-            self.tlp_at = None
-            self._on_pto(now)
+        if rec.rack_at is not None and now >= rec.rack_at:
+            rec.on_rack_timer(now)  # RACK's reordering timer
+        if rec.tlp_at is not None and now >= rec.tlp_at:
+            rec.on_pto(now, self.state in TRANSMITTING)
         if self.persist_at is not None and now >= self.persist_at:
             self.persist_at = None
             self._on_persist(now)
@@ -1585,8 +1235,8 @@ class Connection:
             self.counters.tcp_timeouts += 1
             self.counters.tcp_retransmitted_segments += 1
             self.syn_retransmitted = True
-            self.rtt.back_off()
-            self.rexmt_at = None
+            self.recovery.rtt.back_off()
+            self.recovery.rto_at = None
             self._send_syn(now)
             return
         if self.snd_una >= self.snd_nxt:
@@ -1602,21 +1252,7 @@ class Connection:
         else:
             self.rexmt_count += 1
         self.counters.tcp_timeouts += 1
-        self.rto_tsval = self._tsval(now)
-        cc = self.cc
-        assert cc is not None
-        self._undo_begin(now)
-        self.tlp_at = self.tlp_end = self.rack_at = None
-        cc.on_timeout(now, self._flight_size())
-        self.rtt.back_off()
-        self.board.mark_all_lost(forget_sacks=self.rexmt_count > 1)
-        self.ca_state = LOSS
-        self.recover = self.snd_nxt
-        self.dupacks = 0
-        first = self.board.next_lost()
-        if first is not None:
-            self._retransmit(first, now)
-        self.rexmt_at = now + self.rtt.rto
+        self.recovery.on_rto(now, repeated=self.rexmt_count > 1)
 
     def _timeout_error(self) -> OSError:
         soft = self.soft_error
@@ -1816,12 +1452,13 @@ class Connection:
 
     # -- introspection ---------------------------------------------------------------------------
     def info(self) -> dict[str, object]:
-        cc = self.cc
+        rec = self.recovery
+        cc = rec.cc
         return {
             "state": self.state.value,
             "mss": self.mss,
-            "srtt": self.rtt.srtt,
-            "rto": self.rtt.rto,
+            "srtt": rec.rtt.srtt,
+            "rto": rec.rtt.rto,
             "cwnd": cc.cwnd if cc is not None else None,
             "ssthresh": cc.ssthresh if cc is not None else None,
             "snd_wnd": self.snd_wnd,
@@ -1833,10 +1470,10 @@ class Connection:
             "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale),
             "congestion_control": cc.name if cc is not None else None,
-            "ca_state": self.ca_state,
-            "reordering": self.dupthresh,
-            "reordering_seen": self.rack.reord,
-            "reo_wnd_mult": self.rack.reo_wnd_mult,
-            "loss_probes": self.tlp_probes,
-            "undos": self.undos,
+            "ca_state": rec.ca_state,
+            "reordering": rec.dupthresh,
+            "reordering_seen": rec.rack.reord,
+            "reo_wnd_mult": rec.rack.reo_wnd_mult,
+            "loss_probes": rec.tlp_probes,
+            "undos": rec.undos,
         }

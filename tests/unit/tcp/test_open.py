@@ -223,7 +223,7 @@ def test_rto_is_three_seconds_after_a_retransmitted_syn() -> None:
     t.recv()  # SYN again
     t.send(seg(flags=SYN | ACK, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=MSS))
     t.recv()
-    assert conn.rtt.srtt is None and conn.rtt.rto == 3.0
+    assert conn.recovery.rtt.srtt is None and conn.recovery.rtt.rto == 3.0
 
 
 def test_rtt_is_sampled_from_the_handshake() -> None:
@@ -232,8 +232,8 @@ def test_rtt_is_sampled_from_the_handshake() -> None:
     t.recv()
     t.now += 0.05
     t.send(seg(flags=SYN | ACK, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=MSS))
-    assert conn.rtt.srtt == pytest.approx(0.05)
-    assert conn.rtt.rto == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15, floored at 200 ms
+    assert conn.recovery.rtt.srtt == pytest.approx(0.05)
+    assert conn.recovery.rtt.rto == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15, floored at 200 ms
 
 
 def test_rst_acking_our_syn_is_connection_refused() -> None:

@@ -79,10 +79,10 @@ def test_a_hole_waits_for_the_reordering_window_before_any_reordering() -> None:
     t.now += RTT
     t.send(peer_ack(conn, 0, sack=[(1, 2)]))
     t.expect_nothing()
-    assert conn.rack_at == pytest.approx(start + RTT + RTT / 4)
+    assert conn.recovery.rack_at == pytest.approx(start + RTT + RTT / 4)
     t.advance(RTT / 4 + 0.0005)
     t.expect(data_seg(conn, 0))
-    assert conn.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
+    assert conn.recovery.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
 
 
 def test_dupthresh_sacked_segments_mark_the_hole_at_once() -> None:
@@ -111,7 +111,7 @@ def test_a_lost_retransmission_is_sent_again_without_waiting_for_the_rto() -> No
     assert numbers(t, conn) == [0, 14, 15, 16, 17]
     t.now += RTT + 0.005
     t.send(peer_ack(conn, 18))
-    assert conn.ca_state == "open"
+    assert conn.recovery.ca_state == "open"
     assert t.counters.tcp_timeouts == 0 and t.counters.tcp_retransmitted_segments == 2
 
 
@@ -124,18 +124,18 @@ def test_tail_loss_probe_repairs_a_tail_loss_without_the_rto() -> None:
     assert numbers(t, conn) == [0, 1, 2, 3]
     t.now += RTT
     t.send(peer_ack(conn, 2))  # 2 and 3 lost
-    probe_at = t.now + 2 * conn.rtt.srtt
-    assert conn.rexmt_at > probe_at + 0.1
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt
+    assert conn.recovery.rto_at > probe_at + 0.1
     t.run_until(probe_at + 0.001)
     t.expect(data_seg(conn, 3))
-    assert conn.tlp_probes == 1 and conn.ca_state == "open"
+    assert conn.recovery.tlp_probes == 1 and conn.recovery.ca_state == "open"
     t.now += RTT + 0.004
     t.send(peer_ack(conn, 2, sack=[(3, 4)]))
     t.expect(data_seg(conn, 2))  # RACK: 2 was sent before the delivered probe
-    assert conn.ca_state == "recovery"
+    assert conn.recovery.ca_state == "recovery"
     t.now += RTT + 0.004
     t.send(peer_ack(conn, 4))
-    assert conn.ca_state == "open" and t.counters.tcp_timeouts == 0
+    assert conn.recovery.ca_state == "open" and t.counters.tcp_timeouts == 0
 
 
 def test_a_second_probe_follows_a_lost_one() -> None:
@@ -147,7 +147,7 @@ def test_a_second_probe_follows_a_lost_one() -> None:
     t.recv()
     t.now += RTT
     t.send(peer_ack(conn, 2))
-    srtt = conn.rtt.srtt
+    srtt = conn.recovery.rtt.srtt
     first = t.now + 2 * srtt
     t.run_until(first + 0.001)
     t.expect(data_seg(conn, 3))
@@ -157,7 +157,7 @@ def test_a_second_probe_follows_a_lost_one() -> None:
     t.expect(data_seg(conn, 3))
     t.run_until(first + 0.15)
     t.expect_nothing()  # two per episode: then the RTO's turn
-    assert conn.tlp_probes == 2 and t.counters.tcp_timeouts == 0
+    assert conn.recovery.tlp_probes == 2 and t.counters.tcp_timeouts == 0
 
 
 def test_a_retransmission_lost_at_the_tail_of_recovery_is_probed() -> None:
@@ -170,15 +170,15 @@ def test_a_retransmission_lost_at_the_tail_of_recovery_is_probed() -> None:
     t.now += RTT
     t.send(peer_ack(conn, 0, sack=[(1, 4)]))
     t.expect(data_seg(conn, 0))  # fast retransmit; that one is lost
-    assert conn.ca_state == "recovery"
-    probe_at = t.now + 2 * conn.rtt.srtt
+    assert conn.recovery.ca_state == "recovery"
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt
     t.run_until(probe_at - 0.001)
     t.expect_nothing()
     t.run_until(probe_at + 0.001)
     t.expect(data_seg(conn, 0))
     t.now += RTT
     t.send(peer_ack(conn, 4))
-    assert conn.ca_state == "open" and t.counters.tcp_timeouts == 0
+    assert conn.recovery.ca_state == "open" and t.counters.tcp_timeouts == 0
 
 
 # -- D-SACK, receiving side ---------------------------------------------------------------------
@@ -216,13 +216,13 @@ def spurious_fast_retransmit(t: Harness, conn, ts_of=None):
     t.engine.flush(t.now)
     sent = t.recv()
     assert len(sent) == 10
-    before = (conn.cc.cwnd, conn.cc.ssthresh)
+    before = (conn.recovery.cc.cwnd, conn.recovery.cc.ssthresh)
     t.now += RTT
     ts = (PEER_TS + 100, sent[1].ts[0]) if conn.ts_ok else None
     t.send(peer_ack(conn, 0, sack=[(1, 4)], ts=ts))
     (rexmit,) = t.recv()
-    assert rexmit.seq == L and conn.ca_state == "recovery"
-    assert conn.cc.cwnd < before[0] and conn.cc.ssthresh < before[1]
+    assert rexmit.seq == L and conn.recovery.ca_state == "recovery"
+    assert conn.recovery.cc.cwnd < before[0] and conn.recovery.cc.ssthresh < before[1]
     return before, sent, rexmit
 
 
@@ -234,10 +234,10 @@ def test_eifel_undoes_a_spurious_fast_retransmit() -> None:
     before, sent, _ = spurious_fast_retransmit(t, conn)
     t.now += 0.002
     t.send(peer_ack(conn, 4, sack=[], ts=(PEER_TS + 101, sent[0].ts[0])))
-    assert conn.ca_state == "open" and conn.undos == 1
-    assert conn.cc.ssthresh == before[1]  # back in slow start: cwnd restored, and grows
-    assert conn.cc.cwnd == before[0] + 2 * conn.mss  # by this ACK (RFC 3465, L = 2)
-    assert conn.rack.reord
+    assert conn.recovery.ca_state == "open" and conn.recovery.undos == 1
+    assert conn.recovery.cc.ssthresh == before[1]  # back in slow start: cwnd restored, and grows
+    assert conn.recovery.cc.cwnd == before[0] + 2 * conn.mss  # by this ACK (RFC 3465, L = 2)
+    assert conn.recovery.rack.reord
 
 
 def test_a_retransmission_that_was_needed_is_not_undone() -> None:
@@ -245,7 +245,7 @@ def test_a_retransmission_that_was_needed_is_not_undone() -> None:
     _, _, rexmit = spurious_fast_retransmit(t, conn)
     t.now += RTT
     t.send(peer_ack(conn, 4, sack=[], ts=(PEER_TS + 101, rexmit.ts[0])))  # it filled the hole
-    assert conn.undos == 0 and conn.cc.ssthresh < INITIAL_SSTHRESH
+    assert conn.recovery.undos == 0 and conn.recovery.cc.ssthresh < INITIAL_SSTHRESH
 
 
 def test_dsack_undoes_a_spurious_fast_retransmit_without_timestamps() -> None:
@@ -255,11 +255,11 @@ def test_dsack_undoes_a_spurious_fast_retransmit_without_timestamps() -> None:
     before, _, _ = spurious_fast_retransmit(t, conn)
     t.now += 0.002
     t.send(peer_ack(conn, 4))
-    assert conn.undos == 0  # nothing proves it yet
+    assert conn.recovery.undos == 0  # nothing proves it yet
     t.now += RTT
     t.send(peer_ack(conn, 4, sack=[(0, 1)]))  # D-SACK below the cumulative ACK
-    assert conn.undos == 1 and (conn.cc.cwnd, conn.cc.ssthresh) == before
-    assert conn.rack.reo_wnd_mult == 2  # RFC 8985: the reordering window widens
+    assert conn.recovery.undos == 1 and (conn.recovery.cc.cwnd, conn.recovery.cc.ssthresh) == before
+    assert conn.recovery.rack.reo_wnd_mult == 2  # RFC 8985: the reordering window widens
 
 
 def test_once_reordering_is_seen_a_late_segment_costs_no_retransmission() -> None:
@@ -267,7 +267,7 @@ def test_once_reordering_is_seen_a_late_segment_costs_no_retransmission() -> Non
     t, conn = rtt_conn(timestamps=True)
     _, sent, _ = spurious_fast_retransmit(t, conn)
     t.send(peer_ack(conn, 10, ts=(PEER_TS + 101, sent[0].ts[0])))  # undo, all acked
-    assert conn.undos == 1
+    assert conn.recovery.undos == 1
     conn.send(b"d" * (10 * conn.mss))
     t.engine.flush(t.now)
     sent = t.recv()
@@ -290,14 +290,14 @@ def test_newreno_dupthresh_grows_when_reordering_fooled_it() -> None:
     t.now += RTT
     for i in range(3):
         t.send(peer_ack(conn, 0, ts=(PEER_TS + 100 + i, sent[0].ts[0])))
-    assert numbers(t, conn) == [0] and conn.ca_state == "recovery"
+    assert numbers(t, conn) == [0] and conn.recovery.ca_state == "recovery"
     t.send(peer_ack(conn, 8, ts=(PEER_TS + 110, sent[0].ts[0])))  # the late original's ACK
-    assert conn.undos == 1 and conn.dupthresh == 4
+    assert conn.recovery.undos == 1 and conn.recovery.dupthresh == 4
     conn.send(b"d" * (4 * conn.mss))
     t.engine.flush(t.now)
     sent = t.recv()
     for i in range(3):
         t.send(peer_ack(conn, 8, ts=(PEER_TS + 120 + i, sent[0].ts[0])))
-    assert conn.ca_state == "open"  # three are reordering now
+    assert conn.recovery.ca_state == "open"  # three are reordering now
     t.send(peer_ack(conn, 8, ts=(PEER_TS + 124, sent[0].ts[0])))
-    assert conn.ca_state == "recovery" and numbers(t, conn)[0] == 8
+    assert conn.recovery.ca_state == "recovery" and numbers(t, conn)[0] == 8

@@ -267,3 +267,54 @@ def test_window_scaling_applies_to_our_window_field() -> None:
     assert ack.window == (1 << 20) >> 5  # the whole buffer, scaled
     conn = listener.handlers[0].conn  # type: ignore[attr-defined]
     assert conn.rcv_adv - conn.rcv_nxt == 1 << 20
+
+
+# -- window updates the peer can see (RFC 5681 4.2: no duplicate ACKs of our own making) ------
+BIG = 512 * 1024  # a receive buffer larger than an unscaled window can announce
+
+
+def _paused_with_1000_bytes(**overrides):
+    t, conn = established_passive(receive_buffer=BIG, **overrides)
+    conn.pause_reading()
+    t.send(seg(seq=R, ack=L, payload=data(1000)))
+    t.advance(0.040)  # the delayed ACK: the window is all the header can carry
+    t.expect(to_us(seg(seq=L, ack=R + 1000, window=65535)))
+    return t, conn
+
+
+def test_no_window_update_beyond_what_the_header_can_carry() -> None:
+    """Issue 11 bug 1: without window scaling the 512 KB of free buffer show as 65535, the
+    window already announced. Flushes (touch, stale wake-ups) must not repeat that ACK: to a
+    peer with data in flight each one is a duplicate ACK (three: a spurious fast retransmit)."""
+    t, conn = _paused_with_1000_bytes()
+    for at in (0.5, 1.0, 1.5):
+        t.now = 100.0 + at
+        t.engine.touch(conn)
+        t.engine.poll(t.now)
+        t.expect_nothing()
+
+
+def test_a_read_that_leaves_the_announced_window_unchanged_sends_no_ack() -> None:
+    """Issue 11: the application reads the 1000 bytes; the free space grows, but what the
+    header carries (65535) does not: nothing the peer can see changed, so no ACK."""
+    t, conn = _paused_with_1000_bytes()
+    t.now += 0.1
+    conn.resume_reading()
+    t.engine.flush(t.now)
+    assert t.events == [("data", data(1000))]
+    t.expect_nothing()
+
+
+def test_a_read_that_opens_the_window_is_announced() -> None:
+    """The other side of the rule (Linux's tcp_cleanup_rbuf): a read that at least doubles
+    the window the peer sees, by a segment or more, is announced at once."""
+    t, conn = established_passive()  # 65535-byte buffer
+    conn.pause_reading()
+    for i in range(40):
+        t.send(seg(seq=R + i * FULL, ack=L, payload=data(FULL)))
+    t.recv()
+    left = 65535 - 40 * FULL
+    conn.resume_reading()
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(seq=L, ack=R + 40 * FULL, window=65535)))
+    assert left < 65535 // 2

@@ -37,8 +37,8 @@ def sent_segments(t, conn, n: int) -> None:
 # -- RFC 6298 -----------------------------------------------------------------------------------
 def test_first_rto_is_one_second_then_doubles() -> None:
     t, conn = established_passive()
-    conn.rtt.srtt = None  # as if the handshake gave no sample
-    conn.rtt.rto = 1.0
+    conn.recovery.rtt.srtt = None  # as if the handshake gave no sample
+    conn.recovery.rtt.rto = 1.0
     sent_segments(t, conn, 1)
     t.recv()
     start = t.now
@@ -54,16 +54,16 @@ def test_rto_follows_the_measured_rtt() -> None:
     t.recv()
     t.now += 0.3
     t.send(ack(MSS))
-    srtt, rttvar = conn.rtt.srtt, conn.rtt.rttvar
-    assert conn.rtt.rto == pytest.approx(srtt + 4 * rttvar)
+    srtt, rttvar = conn.recovery.rtt.srtt, conn.recovery.rtt.rttvar
+    assert conn.recovery.rtt.rto == pytest.approx(srtt + 4 * rttvar)
     assert srtt == pytest.approx(0.875 * 0.0 + 0.125 * 0.3)  # the handshake sampled 0
 
 
 def test_rto_minimum_is_200ms_by_default_and_configurable() -> None:
     _, conn = established_passive()
-    assert conn.rtt.rto == pytest.approx(0.2)
+    assert conn.recovery.rtt.rto == pytest.approx(0.2)
     _, conn = established_passive(rto_min=1.0)
-    assert conn.rtt.rto == pytest.approx(1.0)
+    assert conn.recovery.rtt.rto == pytest.approx(1.0)
 
 
 def test_karn_no_sample_from_a_retransmitted_segment() -> None:
@@ -72,18 +72,24 @@ def test_karn_no_sample_from_a_retransmitted_segment() -> None:
     t.recv()
     t.advance(0.2)  # RTO: retransmit
     t.recv()
-    before = (conn.rtt.srtt, conn.rtt.rttvar)
-    rto = conn.rtt.rto
+    before = (conn.recovery.rtt.srtt, conn.recovery.rtt.rttvar)
+    rto = conn.recovery.rtt.rto
     assert rto == pytest.approx(0.4)  # backed off
     t.now += 5.0
     t.send(ack(MSS))
-    assert (conn.rtt.srtt, conn.rtt.rttvar) == before  # ambiguous: no sample
-    assert conn.rtt.rto == pytest.approx(0.4)  # and the backoff stays (RFC 6298 5.7 / Karn)
+    assert (conn.recovery.rtt.srtt, conn.recovery.rtt.rttvar) == before  # ambiguous: no sample
+    assert conn.recovery.rtt.rto == pytest.approx(
+        0.4
+    )  # and the backoff stays (RFC 6298 5.7 / Karn)
     sent_segments(t, conn, 1)
     t.recv()
     t.now += 0.01
     t.send(ack(2 * MSS))
-    assert conn.rtt.backoff == 0 and conn.rtt.srtt is not None and conn.rtt.srtt > 0
+    assert (
+        conn.recovery.rtt.backoff == 0
+        and conn.recovery.rtt.srtt is not None
+        and conn.recovery.rtt.srtt > 0
+    )
 
 
 def test_retries_exhausted_is_a_timeout_error() -> None:
@@ -103,13 +109,15 @@ def test_timeout_collapses_cwnd_and_goes_back_n() -> None:
     assert starts(t) == [0, MSS, 2 * MSS, 3 * MSS]
     t.advance(0.2)
     assert starts(t) == [0]  # cwnd = 1 MSS: only the first
-    assert conn.cc.cwnd == MSS and conn.cc.ssthresh == 2 * MSS  # max(flight/2, 2*MSS)
+    assert (
+        conn.recovery.cc.cwnd == MSS and conn.recovery.cc.ssthresh == 2 * MSS
+    )  # max(flight/2, 2*MSS)
     t.send(ack(MSS))
     assert starts(t) == [MSS, 2 * MSS]  # slow start; the rest are marked lost: resent
     t.send(ack(3 * MSS))
     assert starts(t) == [3 * MSS]
     t.send(ack(4 * MSS))
-    assert conn.ca_state == "open"
+    assert conn.recovery.ca_state == "open"
 
 
 # -- fast retransmit / NewReno --------------------------------------------------------------
@@ -123,9 +131,9 @@ def test_three_dupacks_trigger_fast_retransmit() -> None:
     t.send(dupack(0))
     assert starts(t) == [0]  # fast retransmit
     assert t.counters.tcp_fast_retransmits == 1
-    assert conn.ca_state == "recovery"
-    assert conn.cc.ssthresh == 4 * MSS  # flight 8 MSS / 2 (Reno)
-    assert conn.cc.cwnd == 4 * MSS + 3 * MSS  # inflated by the three dupacks
+    assert conn.recovery.ca_state == "recovery"
+    assert conn.recovery.cc.ssthresh == 4 * MSS  # flight 8 MSS / 2 (Reno)
+    assert conn.recovery.cc.cwnd == 4 * MSS + 3 * MSS  # inflated by the three dupacks
 
 
 def test_limited_transmit_sends_new_data_on_the_first_dupacks() -> None:
@@ -149,10 +157,10 @@ def test_newreno_partial_ack_retransmits_the_next_hole() -> None:
     # Segments 0 and 1 were lost; the retransmission of 0 brings a partial ACK at 1.
     t.send(ack(MSS))
     assert starts(t)[0] == MSS  # RFC 6582: the next hole at once
-    assert conn.ca_state == "recovery"
+    assert conn.recovery.ca_state == "recovery"
     t.send(ack(8 * MSS))  # the full ACK
-    assert conn.ca_state == "open"
-    assert conn.cc.cwnd <= conn.cc.ssthresh
+    assert conn.recovery.ca_state == "open"
+    assert conn.recovery.cc.cwnd <= conn.recovery.cc.ssthresh
 
 
 def test_newreno_does_not_reenter_recovery_for_old_data() -> None:
@@ -162,7 +170,7 @@ def test_newreno_does_not_reenter_recovery_for_old_data() -> None:
     for _ in range(3):
         t.send(dupack(0))
     t.send(ack(8 * MSS))
-    assert conn.ca_state == "open"
+    assert conn.recovery.ca_state == "open"
     assert t.counters.tcp_fast_retransmits == 1
 
 
@@ -182,11 +190,11 @@ def test_sack_recovery_retransmits_only_the_holes() -> None:
     # Segments 1 and 3 are lost; the receiver SACKs the others as they arrive.
     t.send(dupack(MSS, [(2 * MSS, 3 * MSS)]))
     assert starts(t) == [MSS]
-    assert conn.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
+    assert conn.recovery.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
     t.send(dupack(MSS, [(2 * MSS, 3 * MSS)]))  # nothing new: nothing more to send
     assert starts(t) == []
     t.send(dupack(MSS, [(4 * MSS, 5 * MSS), (2 * MSS, 3 * MSS)]))
-    assert conn.board.lost_bytes == 2 * MSS  # 3 too: it was sent before 4, now delivered
+    assert conn.recovery.board.lost_bytes == 2 * MSS  # 3 too: it was sent before 4, now delivered
     # but pipe (7 out - 2 SACKed - 2 lost + 1 resent = 4 segments) > cwnd (7 / 2 segments)
     assert starts(t) == []
     t.send(dupack(MSS, [(4 * MSS, 6 * MSS), (2 * MSS, 3 * MSS)]))
@@ -195,7 +203,7 @@ def test_sack_recovery_retransmits_only_the_holes() -> None:
     assert starts(t) == []
     t.send(ack(3 * MSS, sack=((L + 4 * MSS, L + 8 * MSS),)))  # 1's retransmission arrived
     t.send(ack(8 * MSS))
-    assert conn.ca_state == "open"
+    assert conn.recovery.ca_state == "open"
     assert t.counters.tcp_retransmitted_segments == 2
 
 
@@ -213,12 +221,12 @@ def test_sack_recovery_sends_by_pipe_without_inflation() -> None:
         out.append([x // MSS for x in starts(t)])
     # The first SACK shows 0 lost (RACK, zero RTT): retransmit it, cwnd = ssthresh = 7300.
     assert out[0] == [0]
-    assert conn.cc.cwnd == conn.cc.ssthresh == 7300
+    assert conn.recovery.cc.cwnd == conn.recovery.cc.ssthresh == 7300
     # pipe 13140 > cwnd: silence until four more segments have left the network...
     assert out[1:5] == [[], [], [], []]
     # ...then one new segment for each one SACKed (packet conservation).
     assert out[5:] == [[10], [11], [12], [13]]
-    assert conn.board.pipe(conn.snd_nxt - conn.snd_una) == conn.cc.cwnd
+    assert conn.recovery.board.pipe(conn.snd_nxt - conn.snd_una) == conn.recovery.cc.cwnd
 
 
 def test_dsack_and_bogus_blocks_mark_nothing() -> None:
@@ -227,7 +235,7 @@ def test_dsack_and_bogus_blocks_mark_nothing() -> None:
     t.recv()
     t.send(ack(MSS, sack=((L, L + MSS),)))  # D-SACK below the cumulative ACK
     t.send(ack(MSS, sack=((L + 10 * MSS, L + 11 * MSS),)))  # beyond SND.NXT
-    assert conn.board.sacked_bytes == 0
+    assert conn.recovery.board.sacked_bytes == 0
 
 
 def test_newreno_inflates_cwnd_by_one_segment_per_further_dupack() -> None:
@@ -236,34 +244,34 @@ def test_newreno_inflates_cwnd_by_one_segment_per_further_dupack() -> None:
     t.recv()
     for _ in range(3):
         t.send(dupack(0))
-    inflated = conn.cc.cwnd
+    inflated = conn.recovery.cc.cwnd
     t.send(dupack(0))
     t.send(dupack(0))
-    assert conn.cc.cwnd == inflated + 2 * MSS
+    assert conn.recovery.cc.cwnd == inflated + 2 * MSS
 
 
 def test_idle_restart_shrinks_cwnd_to_the_initial_window() -> None:
     """RFC 5681 4.1: after an idle period longer than the RTO, start from IW again."""
     t, conn = established_passive()
-    conn.cc.cwnd = 40 * MSS
+    conn.recovery.cc.cwnd = 40 * MSS
     sent_segments(t, conn, 1)
     t.recv()
     t.send(ack(MSS))
     t.now += 5.0  # idle, far longer than the RTO
     sent_segments(t, conn, 30)
     assert len(t.recv()) == 10  # IW again, not the 40 segments cwnd allowed
-    assert conn.cc.cwnd == 10 * MSS
+    assert conn.recovery.cc.cwnd == 10 * MSS
 
 
 def test_an_application_limited_sender_does_not_grow_cwnd() -> None:
     t, conn = established_passive()
-    start = conn.cc.cwnd
+    start = conn.recovery.cc.cwnd
     for i in range(20):  # one small segment at a time: never cwnd-limited
         conn.send(b"x" * 100)
         t.engine.flush(t.now)
         t.recv()
         t.send(ack(100 * (i + 1)))
-    assert conn.cc.cwnd == start
+    assert conn.recovery.cc.cwnd == start
 
 
 def test_reordered_duplicate_acks_survive_paws() -> None:
@@ -275,7 +283,7 @@ def test_reordered_duplicate_acks_survive_paws() -> None:
     t.recv()
     for tsval in (5003, 5001, 5002):  # the 2nd and 3rd arrive with older timestamps
         t.send(seg(seq=R, ack=L, ts=(tsval, 0)))
-    assert conn.dupacks == 3 and conn.ca_state == "recovery"
+    assert conn.recovery.dupacks == 3 and conn.recovery.ca_state == "recovery"
 
 
 def test_icmp_errors_on_an_established_connection_are_soft() -> None:

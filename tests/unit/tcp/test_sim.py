@@ -186,7 +186,7 @@ def test_reordering_is_not_taken_for_loss() -> None:
     _, clean, _ = bulk(3, 2_000_000, delay=0.010)
     c = net.a.counters
     assert c.tcp_fast_retransmits <= 2 and c.tcp_timeouts == 0
-    assert c.tcp_fast_retransmits == sender.connection.undos  # every one of them undone
+    assert c.tcp_fast_retransmits == sender.connection.recovery.undos  # every one of them undone
     assert took < 2 * clean
 
 

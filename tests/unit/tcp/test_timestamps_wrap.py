@@ -51,10 +51,10 @@ def test_rtt_from_the_echoed_timestamp() -> None:
     (out,) = t.recv()
     t.now += 0.250
     # A cumulative ACK echoing our TSval.
-    conn.board.first().retransmitted = True  # type: ignore[union-attr]  # no clock sample
-    conn.rtt.srtt = None  # so that this sample alone sets SRTT
+    conn.recovery.board.first().retransmitted = True  # type: ignore[union-attr]  # no clock sample
+    conn.recovery.rtt.srtt = None  # so that this sample alone sets SRTT
     t.send(seg(seq=R, ack=(L + 1) & MASK, ts=(1010, out.ts[0])))
-    assert conn.rtt.srtt == pytest.approx(0.250, abs=0.001)
+    assert conn.recovery.rtt.srtt == pytest.approx(0.250, abs=0.001)
 
 
 def test_paws_drops_an_old_timestamp() -> None:

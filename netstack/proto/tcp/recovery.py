@@ -1,0 +1,586 @@
+"""Loss recovery for one connection: RTT, the scoreboard, RACK-TLP, congestion control, undo.
+
+This sits beside connection.py the way aioquic's recovery.py sits beside its connection: the
+connection keeps the RFC 9293 record (sequence space, windows, buffers, the state machine,
+ACK policy) and tells recovery what happened; recovery decides what is lost, how much may be
+in flight, and when its timers fire. It never transmits. What it finds lost it *marks* on the
+scoreboard, and the connection's output resends lost records first (RFC 6675 NextSeg() rule
+1). The two retransmissions that must go out whatever cwnd says — the fast retransmit (RFC
+5681 3.2 step 4 / RFC 6675 5 step 4.3) and the one after an RTO (RFC 6298 5.4) — and the
+probe of a recovery PTO are handed over as `owed`; an open-state tail loss probe (RFC 8985
+7.3), which may be new data, as `probe_owed`. cwnd has one owner: only this module (through
+`cc`) changes it.
+
+The connection's side of the interface (called in this order for one ACK):
+  take_sack(blocks, ack)         validated SACK blocks -> (new bytes SACKed, D-SACK block)
+  on_new_ack(ack, acked, ...)    SND.UNA advanced (RTT sample, cc growth, recovery exit)
+  on_dupack(now)                 RFC 5681 duplicate ACK
+  on_sack_ack(...)               RACK, D-SACK undo, probe resolution
+and for its output and timers:
+  budget(flight)                 bytes cwnd lets out now (RFC 6675 pipe, RFC 3042)
+  resend_lost()                  whether the lost-first rule applies now
+  take_owed(snd_una)             a record to resend before anything else, if any
+  sent(...) / retransmitted(...) bookkeeping for what went out
+  on_rto(now, repeated)          the retransmission timer fired (after the retry checks)
+  on_rack_timer(now) / on_pto(now, transmitting) / next_timer()
+
+Loss detection (SACK): RACK-TLP (rack.py, RFC 8985) — time-based marks that also catch lost
+retransmissions, a reordering window that D-SACKs widen, tail loss probes (two at most, and
+one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
+(RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
+reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
+the RFC 4015 response: the saved congestion state comes back).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from netstack.proto.tcp.rack import Rack
+from netstack.proto.tcp.rtt import RttEstimator
+from netstack.proto.tcp.scoreboard import DUPTHRESH, Scoreboard, Sent
+from netstack.proto.tcp.seq import HALF, MASK, unwrap
+
+if TYPE_CHECKING:
+    from netstack.counters import Counters
+    from netstack.proto.tcp.cc import CongestionControl
+    from netstack.proto.tcp.config import TcpConfig
+
+# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK when only one
+# segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
+WC_DEL_ACK = 0.2
+TLP_MIN = 0.01
+# Probes per episode: RFC 8985 sends one; a second after twice the PTO (QUIC's PTO backoff,
+# RFC 9002 6.2) covers a lost probe or probe ACK for the price of one segment, not an RTO.
+MAX_TLP = 2
+MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
+MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
+
+# Loss-recovery states (Linux's TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss).
+OPEN, RECOVERY, LOSS = "open", "recovery", "loss"
+
+Timestamp = tuple[int, int] | None  # an ACK's (TSval, TSecr), None without the option
+
+
+class Tcb(Protocol):
+    """What recovery reads of the connection (it writes none of it), plus `wake()`: ask the
+    engine for an output pass at the flush point."""
+
+    iss: int
+    snd_una: int
+    snd_nxt: int
+    mss: int
+    sack_ok: bool
+    ts_ok: bool
+
+    def tsval(self, now: float) -> int: ...
+    def wake(self) -> None: ...
+
+
+class Recovery:
+    """RFC 6298 / 5681 / 6582 / 6675 / 8985 / 3522 / 2883 / 4015 state of one sender."""
+
+    __slots__ = (
+        "board",
+        "ca_state",
+        "cc",
+        "counters",
+        "cwnd_limited",
+        "dupacks",
+        "dupthresh",
+        "flight_mark",
+        "owed",
+        "probe_owed",
+        "rack",
+        "rack_at",
+        "recover",
+        "rto_at",
+        "rto_tsval",
+        "rtt",
+        "tcb",
+        "tlp_at",
+        "tlp_end",
+        "tlp_probes",
+        "tlp_retrans",
+        "tlp_round",
+        "undo_marker",
+        "undo_rexmits",
+        "undo_saved",
+        "undo_tsval",
+        "undos",
+    )
+
+    def __init__(self, tcb: Tcb, cfg: TcpConfig, counters: Counters) -> None:
+        self.tcb = tcb
+        self.counters = counters
+        self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self.cc: CongestionControl | None = None  # made once the MSS is known
+        self.board = Scoreboard()
+        self.rack = Rack()
+        self.ca_state = OPEN
+        self.recover = 0
+        self.dupacks = 0
+        self.dupthresh = DUPTHRESH  # NewReno's; RACK measures reordering in time instead
+        self.cwnd_limited = False  # the connection's last send stopped at cwnd
+        self.flight_mark = 0  # SND.NXT - SND.UNA after the last output (see _flight_size)
+        # timers (absolute times, None when off)
+        self.rto_at: float | None = None  # RFC 6298 retransmission timer (SYNs too)
+        self.rack_at: float | None = None  # RACK's reordering timer
+        self.tlp_at: float | None = None  # the loss probe timer (PTO)
+        self.rto_tsval = 0  # our TSval when the retransmission timer last fired
+        # what the next output must send before anything else
+        self.owed: Sent | None = None
+        self.probe_owed = False
+        self.tlp_end: int | None = None  # SND.NXT when the probe went out, until resolved
+        self.tlp_retrans = False  # the probe was a retransmission (not new data)
+        self.tlp_round = 0  # probes sent since tlp_end was set
+        self.tlp_probes = 0
+        # Undo of spurious reductions: the episode started at SND.UNA = undo_marker with the
+        # congestion state undo_saved; undo_tsval is our TSval then (Eifel); undo_rexmits
+        # counts the retransmissions per record start, until D-SACKs prove them needless.
+        self.undo_marker: int | None = None
+        self.undo_saved: object = None
+        self.undo_tsval: int | None = None
+        self.undo_rexmits: dict[int, int] | None = None
+        self.undos = 0
+
+    def start(self, iss: int) -> None:
+        """The send space begins at ISS: nothing to recover below it."""
+        self.recover = iss
+
+    def stop(self) -> None:
+        """TIME_WAIT or CLOSED: nothing is in flight any more, no timer of ours runs."""
+        self.rto_at = self.rack_at = self.tlp_at = None
+        self.owed = None
+        self.probe_owed = False
+        self.board.clear()
+
+    # =========================================================================================
+    # RTT
+    # =========================================================================================
+    def sample_rtt(self, rtt: float, samples_per_rtt: int = 1) -> None:
+        self.rtt.sample(rtt, samples_per_rtt)
+        self.counters.tcp_rtt_seconds.observe(rtt)
+        self.rack.sample_rtt(rtt)
+
+    # =========================================================================================
+    # ACK arrival
+    # =========================================================================================
+    def take_sack(
+        self, blocks: tuple[tuple[int, int], ...], ack: int
+    ) -> tuple[int, tuple[int, int] | None]:
+        """RFC 2018 on the sender: validated blocks above the cumulative ACK mark records.
+        Returns (bytes newly SACKed, the D-SACK block if the first one is one: RFC 2883 4,
+        below the cumulative ACK or inside the second block)."""
+        self.board.delivered.clear()
+        if not blocks:
+            return 0, None
+        tcb = self.tcb
+        una = tcb.snd_una if tcb.snd_una > ack else ack
+        nxt = tcb.snd_nxt
+        valid = []
+        dsack = None
+        ranges = [(unwrap(lw, una), unwrap(rw, una)) for lw, rw in blocks]
+        left, right = ranges[0]
+        if tcb.iss < left < right <= nxt and (
+            right <= ack or (len(ranges) > 1 and ranges[1][0] <= left and right <= ranges[1][1])
+        ):
+            dsack = (left, right)
+        for i, (left, right) in enumerate(ranges):
+            if una <= left < right <= nxt and (i or dsack is None):  # else bogus: ignored
+                valid.append((left, right))
+        return (self.board.sack(valid) if valid else 0), dsack
+
+    def on_new_ack(self, ack: int, acked: int, flight: int, ts: Timestamp, now: float) -> None:
+        """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged (the connection has moved
+        SND.UNA to `ack` already; `flight` is SND.NXT - SND.UNA from before)."""
+        tcb = self.tcb
+        sent_at, _ = self.board.ack(ack)
+        # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
+        # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
+        # older than our last timeout, which would measure the timeout, not the path.
+        rtt: float | None = None
+        if sent_at is not None:
+            rtt = now - sent_at
+        elif tcb.ts_ok and ts is not None and ts[1]:
+            d = (tcb.tsval(now) - ts[1]) & MASK
+            if d < HALF and ((ts[1] - self.rto_tsval) & MASK) < HALF:
+                rtt = d / 1000.0
+        if rtt is not None:
+            self.sample_rtt(rtt, self.rtt.expected_samples(flight, tcb.mss))
+        cc = self.cc
+        assert cc is not None
+        if self.undo_tsval is not None and self.ca_state != OPEN and ack > self.undo_marker:
+            self._eifel(ts, now)
+        state = self.ca_state
+        if state == RECOVERY:
+            if ack >= self.recover:  # full ACK: recovery is over
+                self.ca_state = OPEN
+                self.dupacks = 0
+                cc.on_recovery_exit(now)
+                self.rack.on_recovery_exit()
+                if not tcb.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
+                    outstanding = tcb.snd_nxt - ack
+                    cc.cwnd = min(cc.ssthresh, max(outstanding, tcb.mss) + tcb.mss)
+            elif tcb.sack_ok:
+                pass  # RACK (after the whole ACK is taken in) marks what is lost
+            else:
+                # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
+                if self.board.mark_first_lost():
+                    self.owed = self.board.first()
+                cc.cwnd = max(cc.cwnd - acked + (tcb.mss if acked >= tcb.mss else 0), tcb.mss)
+        else:
+            if state == LOSS and ack >= self.recover:
+                self.ca_state = OPEN
+                self.rack.on_recovery_exit()
+            self.dupacks = 0
+            # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
+            # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
+            if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
+                cc.on_ack(acked, now, rtt, flight)
+        # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
+        if tcb.snd_una >= tcb.snd_nxt:
+            self.rto_at = None
+        else:
+            self.rto_at = now + self.rtt.rto
+        self._tlp_arm(now)  # RFC 8985 7.2: restarted by an ACK of new data
+
+    def on_dupack(self, now: float) -> None:
+        """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information).
+
+        With SACK, RACK decides what is lost (on_sack_ack); dupacks only matter when the peer
+        sends none of the SACK blocks it agreed to (then as NewReno). Without SACK, NewReno
+        with a dupthresh that grows when reordering fooled it (see _undo)."""
+        tcb = self.tcb
+        self.dupacks += 1
+        board = self.board
+        if self.ca_state == OPEN:
+            if self.dupacks >= self.dupthresh and tcb.snd_una >= self.recover:
+                if not tcb.sack_ok or not board.sacked_bytes:
+                    board.mark_first_lost()  # RFC 6582 / 6675 (4.3): the first hole, now
+                    self._enter_recovery(now)
+            elif not tcb.sack_ok:
+                tcb.wake()  # RFC 3042 limited transmit
+        elif self.ca_state == RECOVERY:
+            if not tcb.sack_ok:
+                assert self.cc is not None
+                self.cc.cwnd += tcb.mss  # RFC 6582 / 5681: inflate by one segment per dupack
+            tcb.wake()
+
+    def on_sack_ack(
+        self,
+        ts: Timestamp,
+        ack: int,
+        acked: int,
+        new_sacked: int,
+        dsack: tuple[int, int] | None,
+        now: float,
+    ) -> None:
+        """The SACK part of an ACK, once the cumulative part is taken in: RACK, D-SACK undo,
+        the resolution of an outstanding probe."""
+        self._rack_ack(ts, dsack, now)
+        if dsack is not None:
+            self._dsack_undo(dsack, now)
+        if self.tlp_end is not None:
+            self._tlp_ack(ack, acked, dsack, new_sacked, now)
+        if self.ca_state == RECOVERY:
+            self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK), once
+        something is marked lost (the first hole by dupacks, or whatever RACK found)."""
+        cc = self.cc
+        assert cc is not None
+        tcb = self.tcb
+        self.recover = tcb.snd_nxt
+        self._undo_begin(now)
+        cc.on_congestion(now, self._flight_size())
+        if not tcb.sack_ok:
+            cc.cwnd = cc.ssthresh + 3 * tcb.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
+        self.ca_state = RECOVERY
+        self.tlp_at = self.tlp_end = None
+        self.counters.tcp_fast_retransmits += 1
+        # RFC 6675 (4.3) / 5681: the first lost record goes whatever pipe and cwnd say.
+        self.owed = self.board.next_lost()
+        self.rto_at = now + self.rtt.rto
+        tcb.wake()
+
+    def _flight_size(self) -> int:
+        """RFC 5681 FlightSize for a reduction. A batch of ACKs is taken in before anything
+        is sent (the flush point), so by the ACK that shows a loss the earlier ones of the
+        same batch have shrunk SND.NXT - SND.UNA by data an ACK-clocked sender would have
+        replaced already: the flight as it was when the batch began counts too."""
+        return max(self.tcb.snd_nxt - self.tcb.snd_una, self.flight_mark)
+
+    # =========================================================================================
+    # output: how much, what first, and what went out
+    # =========================================================================================
+    def budget(self, flight: int) -> int:
+        """Bytes cwnd lets out now: cwnd - pipe (RFC 6675), or cwnd - FlightSize in NewReno
+        recovery (RFC 6582, whose inflation counts the dupacks), plus RFC 3042's allowance."""
+        cc = self.cc
+        assert cc is not None
+        tcb = self.tcb
+        in_flight = flight if self._newreno_recovery() else self.board.pipe(flight)
+        budget = cc.cwnd - in_flight
+        if self.ca_state == OPEN and not tcb.sack_ok and 0 < self.dupacks < self.dupthresh:
+            budget += min(self.dupacks, 2) * tcb.mss  # RFC 3042 limited transmit
+        return budget
+
+    def _newreno_recovery(self) -> bool:
+        return self.ca_state == RECOVERY and not self.tcb.sack_ok
+
+    def resend_lost(self) -> bool:
+        """RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO) applies: records marked
+        lost wait for a retransmission. NewReno resends only its owed hole."""
+        board = self.board
+        return not self._newreno_recovery() and board.lost_bytes > board.rexmit_bytes
+
+    def take_owed(self, snd_una: int) -> Sent | None:
+        """The record to resend before anything else, whatever cwnd says, if it still needs it
+        (later ACKs of the same batch may have delivered it)."""
+        r = self.owed
+        self.owed = None
+        if r is None or r.end <= snd_una or r.sacked or not r.lost or r.rexmit:
+            return None
+        return r
+
+    def on_idle(self, now: float) -> None:
+        """RFC 5681 4.1: restart after an idle period longer than the RTO."""
+        assert self.cc is not None
+        self.cc.on_idle(now)
+
+    def sent(self, start: int, end: int, fin: bool, now: float) -> None:
+        """A new segment (or the FIN, a one-octet record of its own) went out."""
+        if end > start:
+            self.board.add(start, end, now)
+        if fin:
+            self.board.add(end, end + 1, now, fin=True)
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+
+    def retransmitted(self, r: Sent, now: float) -> None:
+        self.board.retransmitted(r, now)
+        rexmits = self.undo_rexmits
+        if rexmits is not None and self.ca_state != OPEN:
+            if len(rexmits) >= MAX_UNDO_REXMITS:
+                self.undo_rexmits = None  # too many to follow: Eifel alone may undo
+            else:
+                rexmits[r.start] = rexmits.get(r.start, 0) + 1
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+
+    def after_output(self, new_data: bool, sent: bool, now: float) -> None:
+        """The connection's output pass is over: restart the probe timer when new data went
+        out (RFC 8985 7.2), or anything in recovery."""
+        if new_data or (sent and self.ca_state == RECOVERY):
+            self._tlp_arm(now)
+
+    # =========================================================================================
+    # timers
+    # =========================================================================================
+    def next_timer(self) -> float | None:
+        best = self.rto_at
+        for t in (self.rack_at, self.tlp_at):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def on_rto(self, now: float, repeated: bool) -> None:
+        """RFC 6298 5.4-5.6 for data: the connection counted the retry; back off, collapse
+        cwnd (RFC 5681 3.1), deem everything outstanding lost (go-back-N from SND.UNA; SACK
+        marks are forgotten when the timer fires again, `repeated`: RFC 2018 8 reneging)."""
+        tcb = self.tcb
+        cc = self.cc
+        assert cc is not None
+        self.rto_tsval = tcb.tsval(now)
+        self._undo_begin(now)
+        self.tlp_at = self.tlp_end = self.rack_at = None
+        self.probe_owed = False
+        cc.on_timeout(now, self._flight_size())
+        self.rtt.back_off()
+        self.board.mark_all_lost(forget_sacks=repeated)
+        self.ca_state = LOSS
+        self.recover = tcb.snd_nxt
+        self.dupacks = 0
+        self.owed = self.board.next_lost()  # RFC 6298 5.4: the earliest, whatever cwnd says
+        self.rto_at = now + self.rtt.rto
+
+    def on_rack_timer(self, now: float) -> None:
+        self.rack_at = None
+        self._rack_detect(now)
+
+    def on_pto(self, now: float, transmitting: bool) -> None:
+        """RFC 8985 7.3: ask the connection for one probe (probe_owed); its ACK (with SACK)
+        lets RACK find a tail loss without the RTO. In recovery: the oldest retransmission
+        still out is deemed lost and goes again (the RTO keeps its time: it is what is left
+        if this one is lost as well)."""
+        self.tlp_at = None
+        tcb = self.tcb
+        if self.ca_state == RECOVERY:
+            r = self.board.first_retransmitted()
+            if r is not None and transmitting:
+                self.board.mark_record_lost(r)
+                self.owed = r
+                self.tlp_probes += 1
+            return
+        if (
+            self.ca_state != OPEN
+            or tcb.snd_nxt <= tcb.snd_una
+            or not transmitting
+            or (self.tlp_end is not None and self.tlp_round >= MAX_TLP)
+            or self.rtt.srtt is None
+        ):
+            return
+        if self.tlp_end is None:
+            self.tlp_round = 0
+        self.probe_owed = True
+
+    def probe_sent(self, retransmission: bool, now: float) -> None:
+        """The connection sent the probe on_pto asked for (new data, or the last segment
+        again when there is none the peer's window takes)."""
+        self.tlp_retrans = retransmission
+        self.tlp_end = self.tcb.snd_nxt
+        self.tlp_probes += 1
+        self.tlp_round += 1
+        self.rto_at = now + self.rtt.rto
+        if self.tlp_round < MAX_TLP:  # no answer by twice the PTO: once more
+            assert self.rtt.srtt is not None
+            self.tlp_at = now + max(4 * self.rtt.srtt, 2 * TLP_MIN)
+
+    # =========================================================================================
+    # RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015)
+    # =========================================================================================
+    def _rack_ack(self, ts: Timestamp, dsack: tuple[int, int] | None, now: float) -> None:
+        board = self.board
+        rack = self.rack
+        tcb = self.tcb
+        if board.delivered:
+            ts = ts if tcb.ts_ok else None
+            echo = ts[1] if ts is not None and ts[1] else None
+            rack.update(board.delivered, now, lambda t: self._echo_before(echo, t))
+            board.delivered.clear()
+        if dsack is not None:
+            rack.on_dsack(tcb.snd_una, tcb.snd_nxt)
+        self._rack_detect(now)
+
+    def _echo_before(self, echo: int | None, t: float) -> bool:
+        """The timestamp echo predates our transmission at time t."""
+        if echo is None:
+            return False
+        return 0 < ((self.tcb.tsval(t) - echo) & MASK) < HALF
+
+    def _rack_detect(self, now: float) -> None:
+        """RACK_detect_loss: mark, arm the reordering timer, start recovery on a loss."""
+        self.rack_at = None
+        tcb = self.tcb
+        if tcb.snd_nxt <= tcb.snd_una:
+            return
+        rack = self.rack
+        board = self.board
+        reo_wnd = rack.reo_wnd(self.ca_state != OPEN, board.sacked_bytes // tcb.mss, self.rtt.srtt)
+        lost, timeout = rack.detect_loss(board, now, reo_wnd)
+        if timeout > 0:
+            self.rack_at = now + timeout
+        if lost:
+            if self.ca_state == OPEN and tcb.snd_una >= self.recover:
+                self._enter_recovery(now)
+            else:
+                tcb.wake()  # retransmit at the flush point
+
+    def _tlp_arm(self, now: float) -> None:
+        """(Re)start the probe timer. In the open state, RFC 8985 7.2's tail loss probe,
+        while nothing else is repairing losses. In recovery, while a retransmission is out:
+        when the ACKs stop for 2*SRTT, it was probably lost too, and nothing sent after it
+        will be delivered to show RACK that (a small window, the tail of the data) — a probe
+        as QUIC's PTO goes on in recovery (RFC 9002 6.2), so that only the RTO is left."""
+        self.tlp_at = None
+        tcb = self.tcb
+        srtt = self.rtt.srtt
+        if not tcb.sack_ok or tcb.snd_nxt <= tcb.snd_una or srtt is None:
+            return
+        pto = 2 * srtt
+        if self.ca_state == RECOVERY:
+            if not self.board.rexmit_bytes and self.owed is None:  # (owed: out at the flush)
+                return
+        elif self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            return
+        elif tcb.snd_nxt - tcb.snd_una <= tcb.mss:
+            pto += WC_DEL_ACK
+        at = now + max(pto, TLP_MIN)
+        if self.rto_at is None or at < self.rto_at:
+            self.tlp_at = at
+
+    def _tlp_ack(
+        self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float
+    ) -> None:
+        """RFC 8985 7.4 (as Linux's tcp_process_tlp_ack): did the probe repair a loss?"""
+        end = self.tlp_end
+        assert end is not None
+        if ack < end:
+            return
+        if not self.tlp_retrans or dsack is not None:
+            self.tlp_end = None  # new data (RACK judges), or both copies arrived: no loss
+        elif ack > end:
+            self.tlp_end = None  # the probe repaired a loss: reduce cwnd once
+            if self.ca_state == OPEN:
+                assert self.cc is not None
+                self.cc.on_congestion(now, self._flight_size())
+                self.cc.on_recovery_exit(now)
+        elif acked <= 0 and not new_sacked:
+            self.tlp_end = None  # a pure duplicate: both copies arrived
+
+    def _undo_begin(self, now: float) -> None:
+        """A reduction starts an episode (unless one is going on): save what undo restores."""
+        if self.undo_marker is not None and self.ca_state != OPEN:
+            return
+        assert self.cc is not None
+        tcb = self.tcb
+        self.undo_marker = tcb.snd_una
+        self.undo_saved = self.cc.save()
+        self.undo_tsval = tcb.tsval(now) if tcb.ts_ok else None
+        self.undo_rexmits = {}
+
+    def _eifel(self, ts: Timestamp, now: float) -> None:
+        """RFC 3522: the first ACK past the episode's start echoes a timestamp older than
+        our first retransmission: the original arrived, the retransmission was spurious."""
+        undo_tsval = self.undo_tsval
+        assert undo_tsval is not None
+        self.undo_tsval = None  # one look per episode
+        if ts is not None and ts[1] and 0 < ((undo_tsval - ts[1]) & MASK) < HALF:
+            self._undo(now)
+
+    def _dsack_undo(self, dsack: tuple[int, int], now: float) -> None:
+        """RFC 2883 / 3708: a D-SACK for each retransmission of the episode: all needless."""
+        rexmits = self.undo_rexmits
+        if self.undo_marker is None or not rexmits:
+            return
+        left, right = dsack
+        hit = [start for start in rexmits if left <= start < right]
+        for start in hit:
+            rexmits[start] -= 1
+            if rexmits[start] <= 0:
+                del rexmits[start]
+        if hit and not rexmits:
+            self._undo(now)
+
+    def _undo(self, now: float) -> None:
+        """RFC 4015 response: the reduction was spurious. The congestion state comes back,
+        what was marked lost and not yet resent is in flight after all, and the reordering
+        that fooled us is remembered (RACK's window; NewReno's dupthresh grows)."""
+        assert self.cc is not None
+        tcb = self.tcb
+        if self.undo_saved is not None:
+            self.cc.undo(self.undo_saved)
+        self.board.unmark_lost()
+        if self.ca_state == RECOVERY and not tcb.sack_ok:
+            self.dupthresh = min(max(self.dupthresh + 1, self.dupacks + 1), MAX_DUPTHRESH)
+        if self.ca_state != OPEN:
+            self.rack.on_recovery_exit()
+        self.ca_state = OPEN
+        self.dupacks = 0
+        self.recover = tcb.snd_una
+        self.rack.reord = True
+        self.undo_marker = self.undo_saved = self.undo_tsval = self.undo_rexmits = None
+        self.undos += 1
+        tcb.wake()
