@@ -69,12 +69,18 @@ def rcv_wscale(c: Connection) -> int:
     return c.rcv_wscale if c.wscale_ok else 0
 
 
+def _rtt(c: Connection):
+    """The RFC 6298 estimator: in recovery.py since loss recovery left the connection."""
+    recovery = getattr(c, "recovery", None)
+    return recovery.rtt if recovery is not None else c.rtt
+
+
 def rto(c: Connection) -> float:
-    return c.rtt.rto
+    return _rtt(c).rto
 
 
 def rto_backoff(c: Connection) -> int:
-    return c.rtt.backoff
+    return _rtt(c).backoff
 
 
 def rto_bounds(c: Connection) -> tuple[float, float]:
@@ -82,7 +88,9 @@ def rto_bounds(c: Connection) -> tuple[float, float]:
 
 
 def rexmt_at(c: Connection) -> float | None:
-    return c.rexmt_at
+    """When the retransmission timer fires (None: off)."""
+    recovery = getattr(c, "recovery", None)
+    return recovery.rto_at if recovery is not None else c.rexmt_at
 
 
 def send_buffered(c: Connection) -> tuple[int, int]:
@@ -116,7 +124,8 @@ class Track:
     rcv_nxt: int | None = None
     right_edge: int | None = None  # the highest RCV.NXT + RCV.WND advertised
     last_pure_ack: tuple | None = None  # (ack, window, SACK blocks) of the last pure ACK
-    arrivals_at_ack: int = -1  # arrivals for this 4-tuple when that ACK went out
+    arrivals_seen: int = 0  # arrivals for this 4-tuple taken into `credit`
+    credit: int = 0  # arrivals of this flush not yet answered by a pure ACK
     rto: float = 0.0
     backoff: int = 0
 
@@ -153,6 +162,7 @@ class Checker:
 
         def checked_flush(now: float) -> None:
             flush(now)
+            self.end_of_flush()
             self.check_state(now)
 
         def checked_poll(now: float) -> None:
@@ -224,15 +234,21 @@ class Checker:
         if pure:
             key = (ack_wire, window, options.sack_blocks if options is not None else ())
             arrived = self.arrivals[conn.key]
-            # RFC 5681 4.2: an ACK is generated for arriving segments (or a delayed ACK's
-            # timer, or a window update that changes the window); the same ACK twice with
-            # nothing arriving in between is a duplicate ACK the peer counts toward fast
+            t.credit += arrived - t.arrivals_seen
+            t.arrivals_seen = arrived
+            # RFC 5681 4.2: ACKs answer arriving segments (one each for out-of-order ones),
+            # a delayed ACK's timer, or a window update that changes the window. The same
+            # pure ACK again with no segment left to answer (from this flush: a batch's ACKs
+            # go out at its end) is a duplicate ACK the peer counts toward a fast
             # retransmit (RFC 5681 3.2).
-            if key == t.last_pure_ack and arrived == t.arrivals_at_ack:
-                self.fail("no duplicate pure ACK without an arrival (RFC 5681 4.2)", conn,
-                          f"{seg} sack={key[2]} twice, no segment arrived between")  # fmt: skip
+            if key == t.last_pure_ack:
+                if t.credit < 1:
+                    self.fail("no duplicate pure ACK without an arrival (RFC 5681 4.2)", conn,
+                              f"{seg} sack={key[2]} again, nothing arrived to answer")  # fmt: skip
+                t.credit -= 1
+            elif t.credit:
+                t.credit -= 1
             t.last_pure_ack = key
-            t.arrivals_at_ack = arrived
 
     # -- after every flush and poll ---------------------------------------------------------
     def snapshot_rto(self) -> dict[int, tuple[int, float]]:
@@ -257,6 +273,13 @@ class Checker:
             if at is not None and not math.isclose(at, now + rto(c), rel_tol=0, abs_tol=1e-6):
                 self.fail("timer restarts with the backed-off RTO (RFC 6298 5.6)", c,
                           f"rexmt_at {at} != now {now} + RTO {rto(c)}")  # fmt: skip
+
+    def end_of_flush(self) -> None:
+        """Arrivals of this batch that got no ACK of their own do not license one later."""
+        arrivals = self.arrivals
+        for t in self.tracks.values():
+            t.arrivals_seen = arrivals[t.conn.key]
+            t.credit = 0
 
     def check_state(self, now: float) -> None:
         self.steps_checked += 1
