@@ -212,8 +212,14 @@ class PeerMachine(RuleBasedStateMachine):
     @rule(action=st.sampled_from(["pause", "resume", "shutdown", "close", "abort"]))
     def app_call(self, action: str) -> None:
         conn = self.conn()
-        {"pause": conn.pause_reading, "resume": conn.resume_reading,
-         "shutdown": conn.shutdown_write, "close": conn.close, "abort": conn.abort}[action]()  # fmt: skip
+        calls = {
+            "pause": conn.pause_reading,
+            "resume": conn.resume_reading,
+            "shutdown": conn.shutdown_write,
+            "close": conn.close,
+            "abort": conn.abort,
+        }
+        calls[action]()
         self.engine.flush(self.now)
         self.take()
 
