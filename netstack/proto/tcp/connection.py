@@ -851,7 +851,8 @@ class Connection:
 
     def _window_field(self, ack: int | None = None) -> int:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
-        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount).
+        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount), but
+        for less than one scale unit once the buffer is full (see `backed`).
         `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
@@ -867,13 +868,20 @@ class Connection:
         if field > 0xFFFF:
             field = 0xFFFF
         right = rcv_nxt + (field << shift)
-        if right < self.rcv_adv:  # rounding down would shrink it: round up instead
+        # Rounding down would shrink the window: round up instead, while the buffer backs
+        # the edge offered. Once it does not (a paused reader), rounding up at every ACK
+        # would keep a window open forever to a peer sending segments smaller than the
+        # scale's unit, and the buffer would grow without bound: the edge then moves left
+        # by less than one unit (RFC 7323 appendix F; Linux's tcp_shrink_window).
+        backed = cur <= free
+        if right < self.rcv_adv and backed:
             field = min(0xFFFF, -(-cur >> shift))
             right = rcv_nxt + (field << shift)
         if right > self.rcv_adv:
             self.rcv_adv = right
         if ack is not None and ack < rcv_nxt:
-            field = min(0xFFFF, -(-(self.rcv_adv - ack) >> shift))
+            span = self.rcv_adv - ack
+            field = min(0xFFFF, -(-span >> shift) if backed else span >> shift)
             right = ack + (field << shift)
             if right > self.rcv_adv:
                 self.rcv_adv = right
