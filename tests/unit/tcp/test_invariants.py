@@ -257,6 +257,7 @@ def test_connection_that_never_ends_is_caught(monkeypatch) -> None:
     m = _pair()
     m.write("a", 100)
     m.deliver_everything()
+    m.closed_app = {"a": True, "b": True}  # skip the delivery check: the end is under test
     with pytest.raises(AssertionError, match="established"):
         m.teardown()
 

@@ -200,15 +200,8 @@ class PairMachine(RuleBasedStateMachine):
             assert got == stream(other, 0, len(got)), f"{side} got a corrupted stream"
             assert len(got) <= self.written[other]
 
-    def teardown(self) -> None:
-        if not hasattr(self, "apps") or "b" not in self.apps:
-            return
-        # A perfect link from now on; both applications read everything and finish.
-        for side in "ab":
-            conn = self.apps[side].conn
-            conn.resume_reading()
-            conn.shutdown_write()
-            self.engine[side].flush(self.now)
+    def settle(self) -> None:
+        """Run the perfect link and the timers until both sides are done or SETTLE passes."""
         end = self.now + SETTLE
         engines = list(self.engine.values())
         while self.now < end:
@@ -216,15 +209,23 @@ class PairMachine(RuleBasedStateMachine):
                 self.deliver_all()
                 continue
             deadlines = [d for e in engines if (d := e.next_deadline()) is not None]
-            if not deadlines:
+            if not deadlines or (all(done(e) for e in engines)):
                 break
             self.now = run_timers(engines, self.now, max(self.now, min(deadlines)))
-            if all(done(e) for e in engines) and not self.inflight:
-                break
+
+    def teardown(self) -> None:
+        if not hasattr(self, "apps") or "b" not in self.apps:
+            return
+        # A perfect link from now on (a finite loss budget); both applications read
+        # everything and shut down their sending side.
+        for side in "ab":
+            conn = self.apps[side].conn
+            conn.resume_reading()
+            conn.shutdown_write()
+            self.engine[side].flush(self.now)
+        self.settle()
         self.no_violation()
         self.delivered_in_order_exactly_once()
-        for side, engine in self.engine.items():
-            assert done(engine), (side, engine.connections_by_state(), self.now)
         for side in "ab":
             other = self.other(side)
             app = self.apps[side]
@@ -233,6 +234,17 @@ class PairMachine(RuleBasedStateMachine):
                 # Neither side aborted nor was told of an error: every byte arrived.
                 assert len(app.data) == self.written[other], (side, len(app.data))
                 assert app.eof
+        # Then both applications close. A half-closed side may wait in FIN_WAIT_2 for as
+        # long as its application keeps it open (RFC 9293: no timeout; e.g. when the peer
+        # aborted in CLOSING, which sends no RST, RFC 9293 3.10.5); once closed, it is
+        # orphaned and gives up after fin_wait2_timeout: both sides end by a bounded time.
+        for side in "ab":
+            self.apps[side].conn.close()
+            self.engine[side].flush(self.now)
+        self.settle()
+        self.no_violation()
+        for side, engine in self.engine.items():
+            assert done(engine), (side, engine.connections_by_state(), self.now)
 
 
 def done(engine) -> bool:
