@@ -881,6 +881,7 @@ class Connection:
             self.rcv_adv = right
         if ack is not None and ack < rcv_nxt:
             span = self.rcv_adv - ack
+            backed = self.rcv_adv - rcv_nxt <= free  # (the edge may have moved just above)
             field = min(0xFFFF, -(-span >> shift) if backed else span >> shift)
             right = ack + (field << shift)
             if right > self.rcv_adv:

@@ -3,12 +3,20 @@ checked-mode kernel runs). Each test is the minimal reproducer of one finding.""
 
 from __future__ import annotations
 
+import random
+
 from netstack.proto.tcp import invariants
+from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, PSH, SYN
 from tests.unit.tcp.tcptools import (
+    LOCAL_IP,
     LOCAL_ISN,
+    LOCAL_PORT,
     MSS,
+    REMOTE_IP,
     REMOTE_ISN,
+    REMOTE_PORT,
+    ip_header,
     listen,
     make_harness,
     quiet_config,
@@ -45,4 +53,37 @@ def test_paused_reader_buffer_is_bounded_against_tiny_segments() -> None:
     last = t.recv()[-1]
     assert last.window == 0 and conn.rcv_adv - conn.rcv_nxt < unit
     assert conn.rcvbuf.queued < conn.rcv_buf_size + unit
+    assert checker.violations == []
+
+
+def test_paused_reader_buffer_is_bounded_when_a_batch_owes_several_acks() -> None:
+    """Found in checked mode by the kernel echo transfer over a lossy link, after the fix
+    above: 524304 bytes held in a 524288-byte buffer (scale unit 16). An ACK owed to an
+    earlier segment of the batch (ACK number below RCV.NXT) rounded its window up again from
+    an edge the same flush had just rounded up: two units of overshoot. Batches of segments
+    of every size into a paused reader: the buffer never holds a unit or more beyond its size."""
+    rng = random.Random(8)
+    t = make_harness(quiet_config(window_scaling=True, receive_buffer=300_000))
+    checker = invariants.attach(t.engine)
+    listener = listen(t)
+    t.send(seg(flags=SYN, seq=REMOTE_ISN, window=65535, mss=MSS, wscale=7))
+    t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1))
+    conn = listener.handlers[0].conn  # type: ignore[attr-defined]
+    unit = 1 << conn.rcv_wscale
+    conn.pause_reading()
+    seq = REMOTE_ISN + 1
+    for _ in range(400):
+        for _ in range(rng.randint(1, 6)):  # one receive batch
+            window = conn.rcv_adv - seq
+            size = min(rng.choice([1448, 1448, 1, 2, 3]), window)  # full ones owe ACKs
+            if size <= 0:
+                break
+            data = wtcp.build(REMOTE_IP, LOCAL_IP, REMOTE_PORT, LOCAL_PORT, seq, LOCAL_ISN + 1,
+                              ACK, 65535, bytes(size)) + bytes(size)  # fmt: skip
+            view = memoryview(data)
+            t.engine.receive(ip_header(REMOTE_IP, LOCAL_IP, len(data)), view, view, t.now)
+            seq += size
+        t.engine.flush(t.now)
+        t.advance(0.05)
+        assert conn.rcvbuf.queued < conn.rcv_buf_size + unit
     assert checker.violations == []
