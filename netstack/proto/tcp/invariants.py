@@ -231,14 +231,13 @@ class Checker:
         right = ack + (window << shift)
         # RFC 9293 3.8.6 ("SHOULD NOT shrink the window"): the right edge RCV.NXT + RCV.WND
         # we advertised never moves left; except, with window scaling, by less than one unit
-        # when the buffer no longer backs the edge offered (RFC 7323 appendix F: rounding up
-        # forever would let the buffer grow without bound).
-        unit = 1 << shift
-        unbacked = t.right_edge is not None and t.right_edge - rcv_nxt(conn) > receive_free(conn)
+        # when the edge already reaches what the buffer backs (RFC 7323 appendix F: rounding
+        # up at every ACK would let a paused reader's buffer grow without bound).
+        backed_edge = rcv_nxt(conn) + receive_free(conn)
         if (
             t.right_edge is not None
             and right < t.right_edge
-            and not (unbacked and t.right_edge - right < unit)
+            and not (t.right_edge - right < (1 << shift) and right >= backed_edge)
         ):
             self.fail("advertised right edge never shrinks (RFC 9293 3.8.6)", conn,
                       f"{seg}: right edge {right} < {t.right_edge} advertised before")  # fmt: skip
