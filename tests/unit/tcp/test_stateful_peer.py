@@ -41,6 +41,7 @@ class PeerMachine(RuleBasedStateMachine):
         self.peer_sent = 0  # stream bytes the peer sent in order (offset of its SND.NXT)
         self.peer_fin = False
         self.peer_max = 0  # the end of the stream bytes sent at all (ahead of holes too)
+        self.acked = 0  # the peer's stream offset the engine has acknowledged
         self.got = bytearray()  # the engine's stream as the peer received it, in order
         self.written = 0
         self.reset = False
@@ -107,6 +108,10 @@ class PeerMachine(RuleBasedStateMachine):
             out.append((h, bytes(payload)))
             if h.options.timestamp is not None:
                 self.ts_echo = h.options.timestamp[0]
+            if h.flags & ACK and not h.flags & SYN:
+                offset = (h.ack - PEER_ISN - 1) & MASK
+                if offset <= self.peer_max:
+                    self.acked = max(self.acked, offset)
             if h.flags & RST:
                 self.reset = True
             elif self.our_isn is not None:
@@ -149,12 +154,18 @@ class PeerMachine(RuleBasedStateMachine):
         self.peer_max = max(self.peer_max, self.peer_sent + gap + size)
         self.take()
 
-    @precondition(lambda self: self.live())
-    @rule(back=st.sampled_from([1, 100, 70_000]), size=st.sampled_from([1, 200]))
+    @precondition(lambda self: self.live() and self.acked > 0)
+    @rule(back=st.sampled_from([0, 1, 100, 70_000]), size=st.sampled_from([1, 200]))
     def peer_old_data(self, back: int, size: int) -> None:
-        """Below RCV.NXT (a needless retransmission, or an old duplicate): junk that must
-        never reach the application."""
-        self.send(ACK, self.seq - back - size, self.ack, bytes([JUNK]) * size)
+        """Data the engine has acknowledged already, sent again (a needless retransmission
+        or an old duplicate: only the front counts, the segment may reach past the ACK):
+        what lies below the ACK is junk that must never reach the application."""
+        start = max(self.acked - back - size, self.acked - (1 << 30))
+        end = start + size
+        junk = bytes([JUNK]) * (min(end, self.acked) - start)
+        payload = junk + peer_stream(self.acked, end - self.acked) if end > self.acked else junk
+        self.send(ACK, PEER_ISN + 1 + start, self.ack, payload)
+        self.peer_max = max(self.peer_max, end)
         self.take()
 
     @precondition(lambda self: self.live())
