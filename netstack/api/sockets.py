@@ -48,6 +48,7 @@ from typing import Any
 
 from netstack.api.tcp import Protocol, TcpTransport
 from netstack.api.tcp import connect as tcp_connect
+from netstack.proto.tcp.connection import MIN_BUFFER
 from netstack.wire.ipv4 import ip_from_str, ip_to_str
 
 log = logging.getLogger("netstack.api.sockets")
@@ -425,6 +426,9 @@ class TcpSocket:
         self._submitted = 0  # bytes handed to the loop
         self._shut_rd = self._shut_wr = False
         self._closed = False
+        # SO_SNDBUF / SO_RCVBUF set before connect() or listen() (None: the stack's).
+        self._sndbuf: int | None = None
+        self._rcvbuf: int | None = None
         self.id = next(self._ids)
 
     # -- options ---------------------------------------------------------------------------
@@ -448,6 +452,67 @@ class TcpSocket:
         if self._peername is None:
             raise OSError(errno.ENOTCONN, "not connected")
         return self._peername
+
+    def setsockopt(self, level: int, optname: int, value: int) -> None:
+        """SO_SNDBUF, SO_RCVBUF (bytes; at least 4608, not doubled as Linux does), SO_KEEPALIVE,
+        TCP_NODELAY. Buffer sizes set before connect()/listen() apply from the SYN (the window
+        scale is chosen from the receive size); a listener's go to the connections it accepts.
+        A blocking sendall() blocks while the send buffer (sent, unacknowledged and queued
+        bytes) is full."""
+        self._check_open()
+        key = (level, optname)
+        if key == (_socket.SOL_SOCKET, _socket.SO_SNDBUF):
+            self._sndbuf = int(value)
+            self._apply_option(lambda t: t.set_buffer_sizes(send=int(value)))
+        elif key == (_socket.SOL_SOCKET, _socket.SO_RCVBUF):
+            self._rcvbuf = int(value)
+            endpoint = self._endpoint
+            if endpoint is not None:
+                self.stack.submit(lambda now: setattr(endpoint, "recv_buffer", int(value)))
+            self._apply_option(lambda t: t.set_buffer_sizes(receive=int(value)))
+        elif key == (_socket.SOL_SOCKET, _socket.SO_KEEPALIVE):
+            self._apply_option(lambda t: t.set_keepalive(bool(value)), need_connection=True)
+        elif key == (_socket.IPPROTO_TCP, _socket.TCP_NODELAY):
+            self._apply_option(lambda t: t.set_nodelay(bool(value)), need_connection=True)
+        else:
+            raise OSError(errno.ENOPROTOOPT, "option not supported by this stack")
+
+    def getsockopt(self, level: int, optname: int) -> int:
+        """SO_SNDBUF / SO_RCVBUF: the connection's sizes (or what was set, or the stack's)."""
+        key = (level, optname)
+        if key not in (
+            (_socket.SOL_SOCKET, _socket.SO_SNDBUF),
+            (_socket.SOL_SOCKET, _socket.SO_RCVBUF),
+        ):
+            raise OSError(errno.ENOPROTOOPT, "option not supported by this stack")
+        send = key[1] == _socket.SO_SNDBUF
+        endpoint = self._endpoint
+        if endpoint is not None and endpoint.transport is not None:
+            transport = endpoint.transport
+            sizes = self.stack.call(transport.get_buffer_sizes)
+            return sizes[0] if send else sizes[1]
+        mine = self._sndbuf if send else self._rcvbuf
+        if mine is not None:
+            return max(mine, MIN_BUFFER)
+        cfg = self.stack.tcp.config
+        return cfg.send_buffer if send else cfg.receive_buffer
+
+    def _apply_option(
+        self, action: Callable[[TcpTransport], None], need_connection: bool = False
+    ) -> None:
+        """Run `action` on the connection's transport in the loop thread, if there is one
+        (else the option waits for connect()/listen(), or is refused if it needs one)."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            if need_connection:
+                raise OSError(errno.ENOTCONN, "not connected")
+            return
+
+        def command(now: float) -> None:
+            if endpoint.transport is not None and not endpoint.lost:
+                action(endpoint.transport)
+
+        self.stack.call(lambda: command(0.0))
 
     def tcp_info(self) -> dict[str, object]:
         """The engine's view of the connection (transport.get_extra_info('tcp_info'))."""
@@ -563,15 +628,19 @@ class TcpSocket:
         self._check_open()
         if self._endpoint is not None:
             raise OSError(errno.EISCONN, "already connected")
-        endpoint = _Endpoint(self._events, self.stack.recv_buffer)
+        endpoint = _Endpoint(self._events, self._rcvbuf or self.stack.recv_buffer)
         self._endpoint = endpoint
         local_port = self._local_port
         ip, port = address
         remote_ip = ip_from_str(ip) if isinstance(ip, str) else ip
+        sndbuf, rcvbuf = self._sndbuf, self._rcvbuf
 
         def command(now: float) -> None:
             try:
-                tcp_connect(self.stack.tcp, (remote_ip, port), lambda: endpoint, local_port)
+                transport = tcp_connect(
+                    self.stack.tcp, (remote_ip, port), lambda: endpoint, local_port
+                )
+                transport.set_buffer_sizes(sndbuf, rcvbuf)  # before the SYN goes out
             except Exception as err:
                 endpoint.lost = True
                 endpoint.events.put((EV_LOST, err))
@@ -606,10 +675,12 @@ class TcpSocket:
         self._check_open()
         if not self._local_port:
             raise OSError(errno.EINVAL, "bind() to a port first (ephemeral listen unsupported)")
-        acceptor = _Acceptor(self.stack.tcp, self._events, self.stack.recv_buffer)
+        acceptor = _Acceptor(self.stack.tcp, self._events, self._rcvbuf or self.stack.recv_buffer)
+        sndbuf, rcvbuf = self._sndbuf, self._rcvbuf
 
         def start() -> None:
             acceptor.listener = self.stack.tcp.listen(self._local_port, backlog, acceptor.on_ready)
+            acceptor.listener.set_buffer_sizes(sndbuf, rcvbuf)  # inherited by accepted ones
 
         self.stack.call(start)
         self._acceptor = acceptor

@@ -105,12 +105,26 @@ class TcpTransport:
     def on_resume_writing(self) -> None:
         self._protocol.resume_writing()
 
+    def on_urgent(self, mark: int) -> None:
+        """The peer's urgent pointer advanced (RFC 9293 3.8.5): `urgent_received(mark)` on
+        protocols that define it; the bytes themselves arrive inline through data_received
+        (SO_OOBINLINE semantics, RFC 6093): mark is the stream offset just past them."""
+        callback = getattr(self._protocol, "urgent_received", None)
+        if callback is not None:
+            callback(mark)
+
     # -- writing -----------------------------------------------------------------------------------
     def write(self, data: Buffer) -> int:
         """Queue bytes for sending; returns how many the send buffer took."""
         if not data:
             return 0
         return self._conn.send(data)
+
+    def write_urgent(self, data: Buffer) -> int:
+        """Queue bytes as urgent data (send(MSG_OOB)): the urgent pointer ends after them."""
+        if not data:
+            return 0
+        return self._conn.send_urgent(data)
 
     def writelines(self, chunks: Iterable[Buffer]) -> int:
         total = 0
@@ -144,6 +158,14 @@ class TcpTransport:
     def set_nodelay(self, on: bool = True) -> None:
         """TCP_NODELAY: turn Nagle's algorithm off (on by default)."""
         self._conn.set_nodelay(on)
+
+    def set_buffer_sizes(self, send: int | None = None, receive: int | None = None) -> None:
+        """SO_SNDBUF / SO_RCVBUF for this connection (see Connection.set_buffer_sizes)."""
+        self._conn.set_buffer_sizes(send, receive)
+
+    def get_buffer_sizes(self) -> tuple[int, int]:
+        """(send buffer, receive buffer) sizes in bytes."""
+        return self._conn.sndbuf.capacity, self._conn.rcv_buf_size
 
     def set_keepalive(
         self,

@@ -415,3 +415,36 @@ def test_a_waiting_thread_takes_over_when_the_pumping_one_gives_up(pair: Pair) -
     assert got == [b"late"]
     for s in (sock, conn, srv):
         s.close()
+
+
+# -- per-connection buffer sizes (issue 11) -------------------------------------------------------
+def test_a_blocking_sendall_blocks_at_the_send_buffer_size(pair: Pair) -> None:
+    """SO_SNDBUF per connection: with a reader that never reads (its SO_RCVBUF small too, so
+    its window closes), sendall() of 200 KB blocks once the 16 KB send buffer and what the
+    receiver holds are full — with the stack's 512 KB default it returns at once."""
+    srv = pair.b.socket()
+    srv.bind(("", 7100))
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    srv.listen(4)
+    assert srv.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 8192
+    client = pair.a.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    client.settimeout(5)
+    client.connect((B_IP, 7100))
+    conn, _ = srv.accept()
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 16384
+    assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 8192  # from the listener
+    client.settimeout(1.0)
+    with pytest.raises(TimeoutError):
+        client.sendall(b"x" * 200_000)
+    info = client.tcp_info()
+    assert info["send_buffered"] <= 16384
+    other = pair.a.socket()
+    other.settimeout(5)
+    other.connect((B_IP, 7100))
+    conn2, _ = srv.accept()
+    start = time.monotonic()
+    other.sendall(b"y" * 200_000)  # default send buffer (512 KB): taken at once
+    assert time.monotonic() - start < 1.0
+    for s in (client, other, conn, conn2, srv):
+        s.abort() if s is not srv else s.close()

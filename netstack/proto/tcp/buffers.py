@@ -27,6 +27,7 @@ Buffer = bytes | bytearray | memoryview
 
 COALESCE = 16 * 1024  # writes below this size are copied into the tail bytearray
 TAIL_LIMIT = 256 * 1024  # a tail bytearray stops growing here (bounds one chunk's lifetime)
+PUSH_GOAL = 65536  # Linux's largest skb (GSO_MAX_SIZE): writes coalesce under one PSH up to this
 
 
 def _byte_view(data: Buffer) -> memoryview:
@@ -37,7 +38,7 @@ def _byte_view(data: Buffer) -> memoryview:
 class SendBuffer:
     """Unacknowledged and unsent bytes, [start, end) in stream offsets, at most `capacity`."""
 
-    __slots__ = ("_chunks", "_offsets", "capacity", "end", "start")
+    __slots__ = ("_chunks", "_offsets", "_pushes", "capacity", "end", "start")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -45,6 +46,7 @@ class SendBuffer:
         self.end = 0  # stream offset just past the last byte written
         self._chunks: list[Buffer] = []
         self._offsets: list[int] = []  # stream offset of each chunk's first byte
+        self._pushes: list[int] = []  # push points (ends of writes), ascending, > start
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -78,6 +80,32 @@ class SendBuffer:
         self.end += take
         return take
 
+    def mark_push(self, unsent_from: int, goal: int = PUSH_GOAL) -> None:
+        """The application's write ends here: the segment holding this byte carries PSH
+        (RFC 9293 3.9.1 SEND: the last segment of the buffer; Linux's tcp_push marks the tail
+        skb at the end of each sendmsg, and when a blocking one waits for room).
+
+        Linux appends a later write to the tail skb while that is unsent and smaller than
+        its size goal (at most 64 KB): one PSH then, at the end of the skb. So a push point
+        not yet sent (at or beyond `unsent_from`) moves to the new end, unless that would
+        make its run from the previous push point (or the unsent edge) exceed `goal`."""
+        end = self.end
+        pushes = self._pushes
+        if pushes and pushes[-1] >= end:
+            return
+        if pushes and pushes[-1] > unsent_from:
+            base = pushes[-2] if len(pushes) > 1 and pushes[-2] > unsent_from else unsent_from
+            if end - base <= goal:
+                pushes[-1] = end
+                return
+        pushes.append(end)
+
+    def push_in(self, first: int, end: int) -> bool:
+        """Does a push point lie in the stream offsets (first, end]?"""
+        pushes = self._pushes
+        i = bisect.bisect_right(pushes, first)
+        return i < len(pushes) and pushes[i] <= end
+
     def view(self, offset: int, size: int) -> Buffer:
         """`size` bytes from stream offset `offset`: a view when they lie in one chunk."""
         offsets = self._offsets
@@ -103,6 +131,9 @@ class SendBuffer:
             return
         upto = min(upto, self.end)
         self.start = upto
+        pushes = self._pushes
+        if pushes and pushes[0] <= upto:
+            del pushes[: bisect.bisect_right(pushes, upto)]
         offsets, chunks = self._offsets, self._chunks
         drop = 0
         while drop < len(chunks) and offsets[drop] + len(chunks[drop]) <= upto:
@@ -114,6 +145,7 @@ class SendBuffer:
     def clear(self) -> None:
         self._chunks.clear()
         self._offsets.clear()
+        self._pushes.clear()
         self.start = self.end
 
 

@@ -30,6 +30,9 @@ class TcpConfig:
     # ACKs and small segments.
     delayed_ack: float = 0.040  # RFC 9293 3.8.6.3 / RFC 5681 4.2 (< 500 ms); Linux's minimum
     nagle: bool = True  # RFC 896; set_nodelay(True) turns it off per connection
+    # Quick-ACK mode at the start and after idle (ackpolicy.py): at most this many immediate
+    # ACKs (Linux's TCP_MAX_QUICKACKS); 0 turns it off (every ACK by the delayed-ACK rules).
+    quick_acks: int = 16
     # Keepalive (RFC 9293 3.8.4 / RFC 1122 4.2.3.6): off unless asked for.
     keepalive: bool = False
     keepalive_idle: float = 7200.0

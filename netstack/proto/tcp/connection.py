@@ -39,12 +39,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from netstack.drops import Drop
 from netstack.proto.ratelimit import TokenBucket
+from netstack.proto.tcp.ackpolicy import QuickAck
 from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
 from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
-from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader, TcpOptions
+from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
     from netstack.proto.tcp.engine import Listener, TcpEngine
@@ -57,6 +58,17 @@ SACK_BLOCK_LEN = 8
 PAWS_IDLE = 24 * 24 * 3600.0  # RFC 7323 5.5: TS.Recent is stale after 24 days idle
 SYN_RTO_AFTER_RETRY = 3.0  # RFC 6298 5.7
 OOW_ACK_INTERVAL = 0.5  # Linux's tcp_invalid_ratelimit
+MIN_BUFFER = 4608  # smallest SO_SNDBUF/SO_RCVBUF taken (Linux's SOCK_MIN_SNDBUF)
+KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
+# tcp_info's numbering (include/net/tcp_states.h, tcp_ca_state in include/uapi/linux/tcp.h).
+LINUX_STATE = {
+    State.ESTABLISHED: 1, State.SYN_SENT: 2, State.SYN_RECEIVED: 3, State.FIN_WAIT_1: 4,
+    State.FIN_WAIT_2: 5, State.TIME_WAIT: 6, State.CLOSED: 7, State.CLOSE_WAIT: 8,
+    State.LAST_ACK: 9, State.LISTEN: 10, State.CLOSING: 11,
+}  # fmt: skip
+LINUX_CA_STATE = {"open": 0, "recovery": 3, "loss": 4}
+# States in which the peer's FIN has been received (it counts in RCV.NXT, not as a byte).
+FIN_SEEN = (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING, State.TIME_WAIT)
 
 # An ACK owed to one arriving segment, sent at the flush point (after the application read,
 # so that its window is current): (ACK number, its SACK blocks as on the wire). The blocks
@@ -146,12 +158,14 @@ class Connection:
         "persist_at",
         "persist_backoff",
         "probes_out",
+        "quickack",
         "rcv_adv",
         "rcv_buf_size",
         "rcv_fin_seq",
         "rcv_mss",
         "rcv_nxt",
         "rcv_seg_mss",
+        "rcv_up",
         "rcv_wscale",
         "rcvbuf",
         "reading_paused",
@@ -164,6 +178,7 @@ class Connection:
         "snd_nxt",
         "snd_sml",
         "snd_una",
+        "snd_up",
         "snd_wl1",
         "snd_wl2",
         "snd_wnd",
@@ -171,6 +186,7 @@ class Connection:
         "sndbuf",
         "soft_error",
         "state",
+        "stats",
         "syn_pending",
         "syn_retransmitted",
         "syn_sent_at",
@@ -179,6 +195,7 @@ class Connection:
         "ts_ok",
         "ts_recent",
         "ts_recent_at",
+        "urgent_pending",
         "user",
         "window_check",
         "write_high",
@@ -215,6 +232,11 @@ class Connection:
         self.rcv_nxt = self.rcv_adv = 0
         self.last_ack_sent = 0
         self.syn_window = 0
+        # Urgent data (RFC 9293 3.8.5, RFC 6093): the sequence number just after the urgent
+        # data, ours to send (0: none) and the peer's (None: none seen); reported, not
+        # separated: urgent bytes stay in the stream (inline, like Linux's SO_OOBINLINE).
+        self.snd_up = 0
+        self.rcv_up: int | None = None
         # options
         self.snd_wscale = self.rcv_wscale = 0
         self.wscale_ok = False
@@ -256,6 +278,8 @@ class Connection:
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
+        self.urgent_pending = False  # the peer's urgent pointer advanced: tell the handler
+        self.quickack = QuickAck(cfg.quick_acks)  # Linux quick-ACK, ping-pong (ackpolicy.py)
         self.syn_pending = False
         # timers (absolute times, None when off) and their retry counts
         self.persist_at: float | None = None
@@ -277,6 +301,9 @@ class Connection:
         self.challenge: TokenBucket | None = None
         self.oow_at = -1e9  # when we last answered an empty out-of-window segment
         self.from_cookie = False
+        # tcp_info counters: segs_in, segs_out, data_segs_in, data_segs_out, bytes_sent,
+        # bytes_retrans, total_retrans (a list: one slot, not seven, per connection)
+        self.stats = [0, 0, 0, 0, 0, 0, 0]
 
     def __repr__(self) -> str:
         from netstack.wire.ipv4 import ip_to_str
@@ -425,6 +452,14 @@ class Connection:
             # close (Linux's tcp_fin_timeout), and tell the application we are done.
             self.close_at = self.engine.now + self.config.fin_wait2_timeout
             self.lost_pending = True
+        elif new is S.FIN_WAIT_2 and not self.keepalive:
+            # Half-closed, the application still reading: the peer may send for as long as
+            # it likes, but nothing of ours is in flight to notice that it has gone. Linux
+            # waits forever here unless SO_KEEPALIVE is on. Our choice: after
+            # fin_wait2_timeout of silence, keepalive probes (keepalive_interval, _count),
+            # on even when keepalive is off; a live peer answers them (RFC 9293 3.8.4) and
+            # keeps the connection, a gone one is reclaimed with ETIMEDOUT.
+            self.keepalive_at = self.engine.now + self.config.fin_wait2_timeout
         self.engine.state_changed(self, old, new)
 
     def _event(self, event: Event) -> None:
@@ -465,6 +500,10 @@ class Connection:
     def segment(self, h: TcpHeader, payload: memoryview, now: float) -> None:
         self.last_rx = now
         self.ka_probes = 0
+        stats = self.stats
+        stats[0] += 1
+        if len(payload):
+            stats[2] += 1
         state = self.state
         if state is S.SYN_SENT:
             self._rx_syn_sent(h, payload, now)
@@ -550,7 +589,11 @@ class Connection:
         else:
             # RFC 5961 5.2: SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, else ACK and drop.
             if ack > self.snd_nxt:
-                self._challenge_ack(now)  # rate-limited like every RFC 5961 ACK (section 7)
+                # RFC 9293 3.10.7.4 and RFC 5961 5.2: "send an ACK, drop the segment". Linux
+                # drops it silently (tcp_ack: ACK_UNSENT_DATA); we stay with the RFCs, since
+                # the ACK lets a peer that lost sync (or a middlebox's mangled ACK) recover,
+                # and it is rate-limited like every RFC 5961 ACK (section 7).
+                self._challenge_ack(now)
                 self.counters.drop(Drop.TCP_ACK_UNSENT)
                 return
             if ack < self.snd_una - self.max_snd_wnd:
@@ -569,20 +612,29 @@ class Connection:
         self._process_ack(h, ack, seq, plen, now)
         if self.state is S.CLOSED:
             return
+        if flags & URG and self.state in RECEIVING:
+            self._rcv_urgent(seq + h.urgent)  # RFC 9293 3.10.7.4 sixth: the URG bit
         if plen or flags & FIN:
             self._process_data(h, seq, payload, now)
 
     def _disordered_ack(self, h: TcpHeader, seq: int, plen: int, tsval: int) -> bool:
         """A duplicate ACK overtaken by a later one (Linux's tcp_disordered_ack): its old
-        TSval must not make PAWS drop it, or reordering would hide dupacks."""
-        return (
-            plen == 0
-            and h.flags & (SYN | FIN | RST) == 0
-            and seq == self.rcv_nxt
-            and unwrap(h.ack, self.snd_una) == self.snd_una
-            and (h.window << self.snd_wscale) == self.snd_wnd
-            and ((self.ts_recent - tsval) & MASK) <= self.recovery.rtt.rto * 1000
-        )
+        TSval must not make PAWS drop it, or reordering would hide dupacks. As Linux: a pure
+        ACK at RCV.NXT, of SND.UNA, that would not update the window by Linux's rule
+        (tcp_may_update_window: a later SEQ, or the same SEQ with a larger or zero window;
+        a reordered ACK usually carries a different window than the one taken already),
+        with a TSval less than the RTO behind TS.Recent (Linux: icsk_rto * 1024 / HZ)."""
+        if (
+            plen
+            or h.flags & (SYN | FIN | RST)
+            or seq != self.rcv_nxt
+            or unwrap(h.ack, self.snd_una) != self.snd_una
+        ):
+            return False
+        wnd = h.window << self.snd_wscale
+        if seq > self.snd_wl1 or (seq == self.snd_wl1 and (wnd > self.snd_wnd or wnd == 0)):
+            return False
+        return ((self.ts_recent - tsval) & MASK) <= self.recovery.rtt.rto * 1024
 
     def _oow_ack(self, now: float, seg_len: int, seq: int = 0, plen: int = 0) -> None:
         """RFC 9293: an unacceptable segment is answered with an ACK. Empty ones (pure ACKs,
@@ -661,6 +713,9 @@ class Connection:
     # -- ACK (RFC 9293 3.10.7.4 fifth; RFC 5681, 6582, 6675, 6298) ---------------------------
     def _process_ack(self, h: TcpHeader, ack: int, seq: int, plen: int, now: float) -> None:
         # Window update (RFC 9293 3.10.7.4: SND.WL1/SND.WL2 decide whether it is newer).
+        # Kept against Linux, whose tcp_may_update_window takes a segment with the same SEQ
+        # and ACK only if its window is larger (or zero): RFC 9293 makes any such segment
+        # set SND.WND, and RFC 5681's dupack definition (same window) builds on that.
         window_changed = False
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
             wnd = h.window << self.snd_wscale
@@ -764,6 +819,13 @@ class Connection:
                     ack_at_once = True  # RFC 5681 4.2: a segment that fills a hole
                 self.rcv_nxt = rcv_nxt
                 self.ack_pending = True
+                qa = self.quickack
+                qa.on_data(now, self.recovery.rtt.rto, self.rcv_adv - seq, self.rcv_mss)
+                if qa.active():
+                    # Quick-ACK mode (Linux; see ackpolicy.py): the ACK goes at this flush
+                    # point, on the reply if the application writes one while handling the
+                    # batch (Linux sends a pure ACK first: one segment more, same instant).
+                    self.ack_now = True
                 # RFC 5681 4.2 / RFC 1122 4.2.3.2: ACK at least every second full-sized
                 # segment, also within one receive batch (as Linux's __tcp_ack_snd_check),
                 # or a sender counting ACKs (RFC 3465) grows by 2 MSS per batch.
@@ -795,6 +857,24 @@ class Connection:
         else:
             self.ack_now = True  # a FIN beyond a hole
         self.engine.touch(self)
+
+    def _rcv_urgent(self, up: int) -> None:
+        """RCV.UP <- max(RCV.UP, SEG.UP). SEG.UP points just past the urgent data (RFC 6093
+        section 3, RFC 9293 MUST-31: sequence number + urgent pointer); the application
+        hears of it when it advances (MUST-32), as the stream offset where urgent data
+        ends, and reads the bytes inline (RFC 6093 4: new applications SHOULD NOT rely on
+        urgent data; Linux's SO_OOBINLINE semantics, never one byte taken out-of-band)."""
+        if up <= self.rcv_nxt - self.rcvbuf.queued:
+            return  # already read past it: nothing urgent left
+        if self.rcv_up is None or up > self.rcv_up:
+            self.rcv_up = up
+            self.urgent_pending = True
+            self.engine.touch(self)
+
+    def urgent_mark(self) -> int | None:
+        """Stream offset (bytes from the start of the peer's data) just past the latest
+        urgent data, or None when none was signalled."""
+        return None if self.rcv_up is None else self.rcv_up - self.irs - 1
 
     def _last_ack_owed(self) -> int:
         points = self.ack_points
@@ -907,6 +987,8 @@ class Connection:
         if flags & ACK:
             rcv_nxt = self.rcv_nxt if point is None else point[0]
             ack = rcv_nxt & MASK
+            if rcv_nxt > self.last_ack_sent:
+                self.quickack.on_ack_sent()
             self.last_ack_sent = rcv_nxt
             if rcv_nxt == self.rcv_nxt:
                 self.ack_now = self.ack_pending = False
@@ -914,7 +996,20 @@ class Connection:
             self.window_check = False
         else:
             ack = 0
-        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options)
+        stats = self.stats
+        stats[1] += 1
+        urgent = 0
+        if self.snd_up > seq and not flags & RST:
+            # RFC 9293 3.8.5: URG on every segment sent before the urgent data's end, the
+            # pointer = its offset from SEG.SEQ (past the urgent data, RFC 6093); beyond
+            # what 16 bits hold, 0xFFFF (as Linux's tcp_options_write caller does).
+            flags |= URG
+            urgent = min(self.snd_up - seq, 0xFFFF)
+        if payload:
+            self.quickack.on_data_sent(now, self.config.delayed_ack)
+            stats[3] += 1
+            stats[4] += len(payload)
+        self.engine.transmit(self, seq & MASK, ack, flags, window, payload, options, urgent)
         self.last_send = now
 
     def _sack_option(
@@ -956,6 +1051,7 @@ class Connection:
             self.rcv_adv = self.rcv_nxt + window
             self.last_ack_sent = self.rcv_nxt
             self.ack_now = self.ack_pending = False
+        self.stats[1] += 1
         self.engine.transmit(self, self.iss & MASK, ack, flags, window, b"", options)
         if self.snd_nxt == self.iss:
             self.snd_nxt = self.iss + 1
@@ -985,17 +1081,20 @@ class Connection:
         self._xmit(ACK, self.snd_una - 1, b"", now)
 
     def _send_segment(self, seq: int, size: int, fin: bool, snd_end: int, now: float) -> None:
-        payload = self.sndbuf.view(seq - self.snd_base, size) if size else b""
+        first = seq - self.snd_base
+        payload = self.sndbuf.view(first, size) if size else b""
         flags = ACK
         end = seq + size
-        if size and end == snd_end:
+        if size and self.sndbuf.push_in(first, first + size):
+            # PSH on the segment that ends an application write (SendBuffer.mark_push), also
+            # when cwnd holds back what was written after it (Linux's tcp_push).
             flags |= PSH
         if size < self.mss:
             self.snd_sml = end
         if fin:
             flags |= FIN
         self._xmit(flags, seq, payload, now)
-        self.recovery.sent(seq, end, fin, now)
+        self.recovery.sent(seq, end, fin, now, bool(flags & PSH))
         if fin:
             self.fin_seq = end
             end += 1
@@ -1006,11 +1105,14 @@ class Connection:
         if r.fin:
             self._xmit(ACK | FIN, r.start, b"", now)
         else:
+            # The original's flags (Linux resends the skb as built): PSH only if it had it.
             payload = self.sndbuf.view(r.start - self.snd_base, r.end - r.start)
-            self._xmit(ACK | PSH, r.start, payload, now)
+            self._xmit(ACK | PSH if r.psh else ACK, r.start, payload, now)
         self.recovery.retransmitted(r, now)
         self.last_data = now
         self.counters.tcp_retransmitted_segments += 1
+        self.stats[5] += r.end - r.start
+        self.stats[6] += 1
 
     def output(self, now: float) -> None:
         """Send what the state, the windows and the ACK rules allow."""
@@ -1149,7 +1251,9 @@ class Connection:
         ):
             if wnd_right - self.snd_nxt >= 1:
                 self._send_segment(self.snd_nxt, 0, True, snd_end, now)
-                sent = True
+                # The FIN is new sequence space like data: the probe timer restarts from it
+                # (RFC 8985 7.2; Linux's tcp_write_xmit schedules the probe for any send).
+                sent = new_data = True
             else:
                 blocked = True
         rec.after_output(new_data, sent, now)
@@ -1210,6 +1314,11 @@ class Connection:
             self._event(Event.TIMEOUT)
             return
         rec = self.recovery
+        tlp_at = rec.tlp_at
+        if tlp_at is not None and now >= tlp_at and (rec.rto_at is None or tlp_at <= rec.rto_at):
+            # The probe timer was capped at the RTO (RFC 8985 7.2): it goes first, and a
+            # probe postpones the RTO (as Linux, whose PTO and RTO share one timer).
+            rec.on_pto(now, self.state in TRANSMITTING)
         if rec.rto_at is not None and now >= rec.rto_at:
             rec.rto_at = None
             self._on_rto(now)
@@ -1228,6 +1337,7 @@ class Connection:
             self.delack_at = None
             if self.ack_pending:
                 self.ack_now = True
+                self.quickack.on_delack_timeout()
         if self.keepalive_at is not None and now >= self.keepalive_at:
             self.keepalive_at = None
             self._on_keepalive(now)
@@ -1291,10 +1401,15 @@ class Connection:
         self.persist_at = now + self._persist_interval()
 
     def _on_keepalive(self, now: float) -> None:
-        """RFC 9293 3.8.4: after `keepalive_idle` of silence, probe; give up after `count`."""
-        if not self.keepalive or self.state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_2):
+        """RFC 9293 3.8.4: after `keepalive_idle` of silence, probe; give up after `count`.
+        A half-closed FIN_WAIT_2 is probed with keepalive off too (see _set_state)."""
+        state = self.state
+        fin_wait_2 = state is S.FIN_WAIT_2 and not self.app_closed
+        if not (self.keepalive or fin_wait_2) or state not in KEEPALIVE_STATES:
             return
         idle, interval, count = self.ka_params
+        if not self.keepalive:
+            idle = self.config.fin_wait2_timeout
         if self.ka_probes == 0 and now - self.last_rx < idle:
             self.keepalive_at = self.last_rx + idle  # traffic since: wait on
             return
@@ -1339,11 +1454,21 @@ class Connection:
             raise BrokenPipeError(errno.EPIPE, "the connection is closed for sending")
         taken = self.sndbuf.write(data)
         if taken:
+            self.sndbuf.mark_push(max(0, self.snd_nxt - self.snd_base))
             self.engine.touch(self)
         if not self.writing_paused and len(self.sndbuf) >= self.write_high:
             self.writing_paused = True
             if self.handler is not None:
                 self.handler.on_pause_writing()
+        return taken
+
+    def send_urgent(self, data) -> int:
+        """Queue bytes as urgent data (RFC 9293 3.8.5; Linux's send(MSG_OOB)): the urgent
+        pointer moves past them and every segment until then carries URG. Returns how many
+        bytes the send buffer took; the pointer covers those."""
+        taken = self.send(data)
+        if taken:
+            self.snd_up = self.snd_base + self.sndbuf.end
         return taken
 
     def shutdown_write(self) -> None:
@@ -1424,6 +1549,27 @@ class Connection:
         elif not on:
             self.keepalive_at = None
 
+    def set_buffer_sizes(self, send: int | None = None, receive: int | None = None) -> None:
+        """SO_SNDBUF / SO_RCVBUF for this connection (None: leave as is), at least MIN_BUFFER.
+
+        send: the most bytes written and not yet acknowledged; a write beyond it takes what
+        fits (the blocking API then blocks). The write limits follow (pause at the size,
+        resume at half). Unlike Linux we do not double the value for bookkeeping overhead:
+        these are payload bytes.
+        receive: the most we advertise. The window scale is chosen from it in the SYN, so a
+        size set after that is advertised within the scale agreed (a larger buffer than
+        0xFFFF << RCV.WSCALE shows as that); a smaller one never moves the right edge left.
+        """
+        if send is not None:
+            cap = max(send, MIN_BUFFER)
+            self.sndbuf.capacity = cap
+            self.write_high = cap
+            self.write_low = cap // 2
+        if receive is not None:
+            self.rcv_buf_size = max(receive, MIN_BUFFER)
+            if self.state is S.SYN_SENT and self.snd_nxt == self.iss and self.config.window_scaling:
+                self.rcv_wscale = self._our_wscale()  # the SYN has not gone out yet
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if high is None:
             high = self.sndbuf.capacity
@@ -1444,6 +1590,12 @@ class Connection:
         if self.made_pending:
             self.made_pending = False
             h.on_established()
+        if self.urgent_pending:
+            self.urgent_pending = False
+            on_urgent = getattr(h, "on_urgent", None)  # optional in Handler
+            mark = self.urgent_mark()
+            if on_urgent is not None and mark is not None:
+                on_urgent(mark)
         rb = self.rcvbuf
         if rb.queued and not self.app_closed:
             self.window_check = True
@@ -1465,6 +1617,7 @@ class Connection:
 
     # -- introspection ---------------------------------------------------------------------------
     def info(self) -> dict[str, object]:
+        """The stack's own view (seconds, bytes, names) plus Linux's tcp_info fields."""
         rec = self.recovery
         cc = rec.cc
         return {
@@ -1489,4 +1642,80 @@ class Connection:
             "reo_wnd_mult": rec.rack.reo_wnd_mult,
             "loss_probes": rec.tlp_probes,
             "undos": rec.undos,
+            **self.tcp_info(),
+        }
+
+    def tcp_info(self, now: float | None = None) -> dict[str, int]:
+        """Linux's struct tcp_info, field for field where the stack has the quantity
+        (names and units as Linux: tcpi_ prefix, times in microseconds, windows and counts
+        in segments, bytes in bytes), for tools that read `ss -ti` / getsockopt(TCP_INFO).
+        `now` (default: the engine's clock) dates the last_* fields. Not kept: pacing rate,
+        delivery rate and busy/limited times (no pacing here), rcv_rtt, ECN counts."""
+        if now is None:
+            now = self.engine.now
+        rec = self.recovery
+        cc = rec.cc
+        mss = self.mss
+        rtt = rec.rtt
+        board = rec.board
+        sacked = lost = retrans = unacked = 0
+        for r in board:
+            unacked += 1
+            sacked += r.sacked
+            lost += r.lost and not r.sacked
+            retrans += r.rexmit
+        opts = (1 if self.ts_ok else 0) | (2 if self.sack_ok else 0) | (4 if self.wscale_ok else 0)
+        lrcv = self.quickack.lrcvtime
+        stats = self.stats
+
+        def ago(t: float | None) -> int:
+            return int((now - t) * 1000) if t else 0
+
+        def us(t: float | None) -> int:
+            return int(t * 1_000_000) if t is not None else 0
+
+        fin_in = 1 if self.state in FIN_SEEN else 0
+        return {
+            "tcpi_state": LINUX_STATE[self.state],
+            "tcpi_ca_state": LINUX_CA_STATE[rec.ca_state],
+            "tcpi_retransmits": self.rexmt_count,
+            "tcpi_probes": self.probes_out or self.ka_probes,
+            "tcpi_backoff": rtt.backoff,
+            "tcpi_options": opts,
+            "tcpi_snd_wscale": self.snd_wscale,
+            "tcpi_rcv_wscale": self.rcv_wscale,
+            "tcpi_rto": us(rtt.rto),
+            "tcpi_ato": us(self.config.delayed_ack),
+            "tcpi_snd_mss": mss,
+            "tcpi_rcv_mss": self.rcv_seg_mss,
+            "tcpi_unacked": unacked,
+            "tcpi_sacked": sacked,
+            "tcpi_lost": lost,
+            "tcpi_retrans": retrans,
+            "tcpi_last_data_sent": ago(self.last_data),
+            "tcpi_last_data_recv": ago(lrcv),
+            "tcpi_last_ack_recv": ago(self.last_rx),
+            "tcpi_pmtu": self.engine.mss + 40,
+            "tcpi_rcv_ssthresh": max(0, self.rcv_adv - self.rcv_nxt),
+            "tcpi_rtt": us(rtt.srtt),
+            "tcpi_rttvar": us(rtt.rttvar),
+            "tcpi_snd_ssthresh": min(cc.ssthresh // mss, 0x7FFFFFFF) if cc else 0,
+            "tcpi_snd_cwnd": cc.cwnd // mss if cc else 0,
+            "tcpi_advmss": self.rcv_mss,
+            "tcpi_reordering": rec.dupthresh,
+            "tcpi_rcv_space": self.rcv_buf_size,
+            "tcpi_total_retrans": stats[6],
+            "tcpi_bytes_acked": max(0, self.snd_una - self.iss - 1),
+            "tcpi_bytes_received": max(0, self.rcv_nxt - self.irs - 1 - fin_in),
+            "tcpi_segs_out": stats[1],
+            "tcpi_segs_in": stats[0],
+            "tcpi_notsent_bytes": max(0, self.snd_base + self.sndbuf.end - self.snd_nxt),
+            "tcpi_min_rtt": us(rec.rack.min_rtt),
+            "tcpi_data_segs_in": stats[2],
+            "tcpi_data_segs_out": stats[3],
+            "tcpi_bytes_sent": stats[4],
+            "tcpi_bytes_retrans": stats[5],
+            "tcpi_reord_seen": int(rec.rack.reord),
+            "tcpi_snd_wnd": self.snd_wnd,
+            "tcpi_rcv_wnd": max(0, self.rcv_adv - self.rcv_nxt),
         }

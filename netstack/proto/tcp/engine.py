@@ -44,7 +44,7 @@ from netstack.proto.ipv4 import Ipv4Engine
 from netstack.proto.tcp import isn as isnmod
 from netstack.proto.tcp.cc import CongestionControl, make_cc
 from netstack.proto.tcp.config import TcpConfig
-from netstack.proto.tcp.connection import Connection
+from netstack.proto.tcp.connection import MIN_BUFFER, Connection
 from netstack.proto.tcp.seq import MASK, seq_gt, unwrap
 from netstack.proto.tcp.state import SYNCHRONIZED, State
 from netstack.wire import icmp as wicmp
@@ -101,6 +101,20 @@ class Listener:
         self.accept_queue: deque[Connection] = deque()
         self.closed = False
         self.last_overflow: float | None = None  # when cookies were last sent
+        # Per-listener SO_SNDBUF / SO_RCVBUF for its connections (None: the config's).
+        self.send_buffer: int | None = None
+        self.receive_buffer: int | None = None
+
+    def set_buffer_sizes(self, send: int | None = None, receive: int | None = None) -> None:
+        """Buffer sizes for connections accepted from now on (Linux: inherited from the
+        listening socket); the receive size also sets the window scale they offer."""
+        if send is not None:
+            self.send_buffer = max(send, MIN_BUFFER)
+        if receive is not None:
+            self.receive_buffer = max(receive, MIN_BUFFER)
+
+    def receive_size(self) -> int:
+        return self.receive_buffer or self.engine.config.receive_buffer
 
     def accept(self) -> Connection | None:
         """The oldest established connection, or None. The caller sets its handler.
@@ -270,10 +284,11 @@ class TcpEngine:
         window: int,
         payload,
         options: TcpOptions | None,
+        urgent: int = 0,
     ) -> None:
         header = wtcp.build(
             self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-            seq, ack, flags, window, payload, options=options,
+            seq, ack, flags, window, payload, options=options, urgent=urgent,
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
@@ -425,6 +440,7 @@ class TcpEngine:
             c.drop(Drop.TCP_SYN_QUEUE_FULL)
             return
         conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
         isn = self.choose_isn(conn, now)
         if isn_floor is not None and seq_gt(isn_floor, isn):
             isn = isn_floor
@@ -450,10 +466,10 @@ class TcpEngine:
             tsval = (int(now * 1000) + self.secrets.ts_offset(tuple4)) & MASK
             options_ts = (isnmod.cookie_tsval(tsval, peer_ws, peer_sack), opts.timestamp[0])
             if peer_ws is not None:
-                wscale = self._our_wscale()
+                wscale = self._our_wscale(listener.receive_size())
             sack = peer_sack
         options = TcpOptions(self.mss, wscale, bool(sack), (), options_ts)
-        window = min(cfg.receive_buffer, 0xFFFF)
+        window = min(listener.receive_size(), 0xFFFF)
         header = wtcp.build(
             self.local_ip, src, h.dst_port, h.src_port, isn, (h.seq + 1) & MASK,
             SYN | ACK, window, options=options,
@@ -463,9 +479,9 @@ class TcpEngine:
         listener.last_overflow = now
         self.ipv4.send(src, wipv4.PROTO_TCP, (header,), now)
 
-    def _our_wscale(self) -> int:
+    def _our_wscale(self, receive_buffer: int) -> int:
         shift = 0
-        while (0xFFFF << shift) < self.config.receive_buffer and shift < 14:
+        while (0xFFFF << shift) < receive_buffer and shift < 14:
             shift += 1
         return shift
 
@@ -498,6 +514,7 @@ class TcpEngine:
         c.tcp_syn_cookies_validated += 1
         c.tcp_passive_opens += 1
         conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
         self.conns[conn.key] = conn
         conn.open_from_cookie(h, mss, wscale, sack, now)
         # The ACK may carry data (or a FIN): process it as the established connection.
@@ -632,6 +649,13 @@ class TcpEngine:
             conn.heap_at = None
             if conn.state is S.CLOSED:
                 continue
+            due = conn.next_timer()
+            if due is None or due > now:
+                # Stale: the timer this entry was for was stopped or moved later by a state
+                # change (a SYN-ACK's RTO after the handshake). No timer run, no output pass
+                # (which could only repeat an ACK); the real next timer gets its own entry.
+                self._schedule(conn)
+                continue
             try:
                 conn.on_timer(now)
             except Exception:
@@ -643,9 +667,19 @@ class TcpEngine:
         if self._dirty or self._ready:
             return self.now
         timers = self._timers
-        while timers and timers[0][2].heap_at != timers[0][0]:
+        while timers:
+            when, _, conn = timers[0]
+            if conn.heap_at != when:
+                heapq.heappop(timers)  # superseded by an earlier entry
+                continue
+            due = conn.next_timer()
+            if due is not None and due <= when:
+                return when
+            # Stale (its timer was stopped or moved later): no wake-up for it.
             heapq.heappop(timers)
-        return timers[0][0] if timers else None
+            conn.heap_at = None
+            self._schedule(conn)
+        return None
 
     # =========================================================================================
     # metrics and shutdown

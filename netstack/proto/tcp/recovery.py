@@ -29,7 +29,10 @@ retransmissions, a reordering window that D-SACKs widen, tail loss probes (two a
 one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
 (RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
 reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
-the RFC 4015 response: the saved congestion state comes back).
+the RFC 4015 response: the saved congestion state comes back). In SACK recovery PRR (RFC 6937
+with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK; NewReno recovery without
+SACK keeps RFC 6582's inflation (Linux would use PRR there too, counting dupacks as SACKed
+segments: a deviation kept, the non-SACK path being a fallback).
 """
 
 from __future__ import annotations
@@ -46,12 +49,21 @@ if TYPE_CHECKING:
     from netstack.proto.tcp.cc import CongestionControl
     from netstack.proto.tcp.config import TcpConfig
 
-# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK when only one
-# segment is out (its ACK may be delayed), never below TLP_MIN, never after the RTO.
+# Tail loss probe (RFC 8985 7.2): PTO = 2*SRTT, plus the worst-case delayed ACK (WCDelAckT)
+# when only one segment is out (its ACK may be delayed), and no later than the RTO would fire:
+# then the probe goes instead of the RTO (RFC 8985 7.2 "If Now() + PTO > TCP_RTO_expire()";
+# Linux's tcp_schedule_loss_probe takes min(timeout, RTO left) the same way).
+# Linux profile: WCDelAckT is Linux's TCP_RTO_MIN (200 ms), and with more than one segment out
+# Linux adds TCP_TIMEOUT_MIN_US (2 ms, net/ipv4/tcp_output.c since 6.7; 2 jiffies before) so
+# the probe does not race an ACK due at exactly 2*SRTT. RFC 8985 leaves both to the sender.
 WC_DEL_ACK = 0.2
-TLP_MIN = 0.01
-# Probes per episode: RFC 8985 sends one; a second after twice the PTO (QUIC's PTO backoff,
-# RFC 9002 6.2) covers a lost probe or probe ACK for the price of one segment, not an RTO.
+TIMEOUT_MIN = 0.002
+# RACK's reordering timer fires TIMEOUT_MIN after the first outstanding record would count as
+# lost (Linux's tcp_rack_mark_lost: usecs_to_jiffies(timeout + TCP_TIMEOUT_MIN_US)), so the
+# check runs when the record has expired, not a float-rounding instant before.
+# Probes per episode: RFC 8985 7.3 and Linux send one (tlp_high_seq). We send a second after
+# twice the PTO (QUIC's PTO backoff, RFC 9002 6.2): it covers a lost probe or probe ACK for
+# the price of one segment instead of an RTO that collapses cwnd. A deliberate deviation.
 MAX_TLP = 2
 MAX_DUPTHRESH = 64  # NewReno's dupthresh grows on proven reordering up to this (tp->reordering)
 MAX_UNDO_REXMITS = 256  # retransmissions tracked per episode for D-SACK undo; beyond: Eifel only
@@ -89,8 +101,12 @@ class Recovery:
         "dupacks",
         "dupthresh",
         "flight_mark",
+        "newly_lost",
         "owed",
+        "prior_cwnd",
         "probe_owed",
+        "prr_delivered",
+        "prr_out",
         "rack",
         "rack_at",
         "recover",
@@ -143,6 +159,11 @@ class Recovery:
         self.undo_tsval: int | None = None
         self.undo_rexmits: dict[int, int] | None = None
         self.undos = 0
+        # PRR (RFC 6937) during SACK recovery: bytes delivered and sent since it began, and
+        # cwnd when it began (Linux's prior_cwnd, its RecoverFS); newly_lost: bytes this ACK
+        # marked lost.
+        self.prr_delivered = self.prr_out = self.prior_cwnd = 0
+        self.newly_lost = 0
 
     def start(self, iss: int) -> None:
         """The send space begins at ISS: nothing to recover below it."""
@@ -173,6 +194,7 @@ class Recovery:
         Returns (bytes newly SACKed, the D-SACK block if the first one is one: RFC 2883 4,
         below the cumulative ACK or inside the second block)."""
         self.board.delivered.clear()
+        self.newly_lost = 0
         if not blocks:
             return 0, None
         tcb = self.tcb
@@ -257,7 +279,10 @@ class Recovery:
         if self.ca_state == OPEN:
             if self.dupacks >= self.dupthresh and tcb.snd_una >= self.recover:
                 if not tcb.sack_ok or not board.sacked_bytes:
-                    board.mark_first_lost()  # RFC 6582 / 6675 (4.3): the first hole, now
+                    if board.mark_first_lost():  # RFC 6582 / 6675 (4.3): the first hole, now
+                        first = board.first()
+                        assert first is not None
+                        self.newly_lost += first.end - first.start
                     self._enter_recovery(now)
             elif not tcb.sack_ok:
                 tcb.wake()  # RFC 3042 limited transmit
@@ -284,7 +309,42 @@ class Recovery:
         if self.tlp_end is not None:
             self._tlp_ack(ack, acked, dsack, new_sacked, now)
         if self.ca_state == RECOVERY:
+            self._prr(max(acked, 0) + new_sacked, acked > 0)
             self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
+
+    def _prr(self, delivered: int, una_advanced: bool) -> None:
+        """RFC 6937 Proportional Rate Reduction with its slow-start reduction bound (SSRB),
+        as Linux's tcp_cwnd_reduction sizes what goes out in SACK recovery (Reno and CUBIC
+        alike: they only chose ssthresh). While pipe is above ssthresh, send ssthresh/RecoverFS
+        of what is delivered, spreading the reduction over the round trip instead of a pause
+        then a burst; below it, grow back towards ssthresh by what is delivered, one segment
+        more when SND.UNA advanced without a new loss (Linux's SSRB variant, which also
+        accepts the newly delivered amount when it exceeds the PRR balance). Linux's units
+        are packets; here bytes, its "one packet" an MSS. Linux's RecoverFS is cwnd at the
+        start (prior_cwnd), where RFC 6937 uses FlightSize: Linux's, as the sender reference.
+        The first ACK always lets one segment out (the fast retransmit; here `owed`)."""
+        if delivered <= 0 or not self.prior_cwnd:
+            return
+        cc = self.cc
+        assert cc is not None
+        tcb = self.tcb
+        mss = tcb.mss
+        self.prr_delivered += delivered
+        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una)
+        delta = cc.ssthresh - pipe
+        if delta < 0:
+            # ceil(ssthresh * prr_delivered / RecoverFS), rounded up to whole segments as
+            # Linux's packet arithmetic does, minus what went out since recovery began.
+            due = -(-cc.ssthresh * self.prr_delivered // self.prior_cwnd)
+            sndcnt = -(-due // mss) * mss - self.prr_out
+        else:
+            sndcnt = max(self.prr_delivered - self.prr_out, delivered)
+            if una_advanced and not self.newly_lost:
+                sndcnt += mss
+            sndcnt = min(delta, sndcnt)
+        if not self.prr_out:
+            sndcnt = max(sndcnt, mss)
+        cc.cwnd = max(pipe + sndcnt, 0)
 
     def _enter_recovery(self, now: float) -> None:
         """Fast retransmit and recovery: RFC 6582 (NewReno) or RFC 6675 (SACK), once
@@ -294,6 +354,8 @@ class Recovery:
         tcb = self.tcb
         self.recover = tcb.snd_nxt
         self._undo_begin(now)
+        self.prior_cwnd = cc.cwnd if tcb.sack_ok else 0  # PRR's RecoverFS (SACK recovery)
+        self.prr_delivered = self.prr_out = 0
         cc.on_congestion(now, self._flight_size())
         if not tcb.sack_ok:
             cc.cwnd = cc.ssthresh + 3 * tcb.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
@@ -350,10 +412,12 @@ class Recovery:
         assert self.cc is not None
         self.cc.on_idle(now)
 
-    def sent(self, start: int, end: int, fin: bool, now: float) -> None:
+    def sent(self, start: int, end: int, fin: bool, now: float, psh: bool = False) -> None:
         """A new segment (or the FIN, a one-octet record of its own) went out."""
         if end > start:
-            self.board.add(start, end, now)
+            self.board.add(start, end, now, psh=psh)
+            if self.ca_state == RECOVERY:
+                self.prr_out += end - start
         if fin:
             self.board.add(end, end + 1, now, fin=True)
         if self.rto_at is None:
@@ -361,6 +425,8 @@ class Recovery:
 
     def retransmitted(self, r: Sent, now: float) -> None:
         self.board.retransmitted(r, now)
+        if self.ca_state == RECOVERY:
+            self.prr_out += r.end - r.start
         rexmits = self.undo_rexmits
         if rexmits is not None and self.ca_state != OPEN:
             if len(rexmits) >= MAX_UNDO_REXMITS:
@@ -435,6 +501,7 @@ class Recovery:
         if self.tlp_end is None:
             self.tlp_round = 0
         self.probe_owed = True
+        self.rto_at = now + self.rtt.rto  # the probe goes instead of an RTO due now
 
     def probe_sent(self, retransmission: bool, now: float) -> None:
         """The connection sent the probe on_pto asked for (new data, or the last segment
@@ -446,7 +513,7 @@ class Recovery:
         self.rto_at = now + self.rtt.rto
         if self.tlp_round < MAX_TLP:  # no answer by twice the PTO: once more
             assert self.rtt.srtt is not None
-            self.tlp_at = now + max(4 * self.rtt.srtt, 2 * TLP_MIN)
+            self.tlp_at = min(now + 2 * (2 * self.rtt.srtt + TIMEOUT_MIN), self.rto_at)
 
     # =========================================================================================
     # RACK (RFC 8985), tail loss probes, undo (RFC 3522, 2883, 4015)
@@ -481,7 +548,8 @@ class Recovery:
         reo_wnd = rack.reo_wnd(self.ca_state != OPEN, board.sacked_bytes // tcb.mss, self.rtt.srtt)
         lost, timeout = rack.detect_loss(board, now, reo_wnd)
         if timeout > 0:
-            self.rack_at = now + timeout
+            self.rack_at = now + timeout + TIMEOUT_MIN
+        self.newly_lost += lost
         if lost:
             if self.ca_state == OPEN and tcb.snd_una >= self.recover:
                 self._enter_recovery(now)
@@ -499,17 +567,20 @@ class Recovery:
         srtt = self.rtt.srtt
         if not tcb.sack_ok or tcb.snd_nxt <= tcb.snd_una or srtt is None:
             return
-        pto = 2 * srtt
+        pto = 2 * srtt + TIMEOUT_MIN
         if self.ca_state == RECOVERY:
             if not self.board.rexmit_bytes and self.owed is None:  # (owed: out at the flush)
                 return
-        elif self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            at = now + pto
+            if self.rto_at is None or at < self.rto_at:  # our extension: the RTO stays
+                self.tlp_at = at
             return
-        elif tcb.snd_nxt - tcb.snd_una <= tcb.mss:
-            pto += WC_DEL_ACK
-        at = now + max(pto, TLP_MIN)
-        if self.rto_at is None or at < self.rto_at:
-            self.tlp_at = at
+        if self.ca_state != OPEN or self.tlp_end is not None or self.board.sacked_bytes:
+            return
+        if tcb.snd_nxt - tcb.snd_una <= tcb.mss:  # one segment out (Linux: packets_out == 1)
+            pto = 2 * srtt + WC_DEL_ACK
+        at = now + pto
+        self.tlp_at = at if self.rto_at is None or at < self.rto_at else self.rto_at
 
     def _tlp_ack(
         self, ack: int, acked: int, dsack: tuple[int, int] | None, new_sacked: int, now: float

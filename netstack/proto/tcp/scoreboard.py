@@ -35,6 +35,7 @@ class Sent:
         "fin",
         "lost",
         "order",
+        "psh",
         "retransmitted",
         "rexmit",
         "sacked",
@@ -43,13 +44,20 @@ class Sent:
     )
 
     def __init__(
-        self, start: int, end: int, sent_at: float, fin: bool = False, order: int = 0
+        self,
+        start: int,
+        end: int,
+        sent_at: float,
+        fin: bool = False,
+        order: int = 0,
+        psh: bool = False,
     ) -> None:
         self.start = start  # unwrapped sequence numbers
         self.end = end
         self.sent_at = sent_at
         self.order = order  # transmission count when last sent: orders sends within one `now`
         self.fin = fin
+        self.psh = psh  # sent with PSH: a retransmission keeps the flag (as Linux's skb does)
         self.sacked = False
         self.lost = False
         self.rexmit = False  # retransmitted since last marked lost, and not yet acked or SACKed
@@ -131,9 +139,9 @@ class Scoreboard:
         return flight - self.sacked_bytes - self.lost_bytes + self.rexmit_bytes
 
     # -- sending -----------------------------------------------------------------------------
-    def add(self, start: int, end: int, now: float, fin: bool = False) -> Sent:
+    def add(self, start: int, end: int, now: float, fin: bool = False, psh: bool = False) -> Sent:
         self._tx += 1
-        record = Sent(start, end, now, fin, self._tx)
+        record = Sent(start, end, now, fin, self._tx, psh)
         self._records.append(record)
         return record
 

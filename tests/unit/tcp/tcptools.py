@@ -64,6 +64,7 @@ class Seg:
     ts: tuple[int, int] | None = None
     sport: int = REMOTE_PORT
     dport: int = LOCAL_PORT
+    urgent: int = 0  # the urgent pointer (meaningful with URG)
 
     def options(self) -> TcpOptions | None:
         if (self.mss, self.wscale, self.sack_perm, self.sack, self.ts) == (
@@ -77,12 +78,13 @@ class Seg:
         return TcpOptions(self.mss, self.wscale, self.sack_perm, self.sack, self.ts)
 
     def __repr__(self) -> str:
-        names = [n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."))
+        names = [n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (0x20, "U"),
+                                  (ACK, "."))
                  if self.flags & bit]  # fmt: skip
         extra = [
             f"{k}={getattr(self, k)!r}"
-            for k in ("mss", "wscale", "sack_perm", "sack", "ts")
-            if getattr(self, k) not in (None, False, ())
+            for k in ("mss", "wscale", "sack_perm", "sack", "ts", "urgent")
+            if getattr(self, k) not in (None, False, (), 0)
         ]
         data = f" data={len(self.payload)}" if self.payload else ""
         return (
@@ -106,7 +108,7 @@ def parse(data: bytes, src: int = LOCAL_IP, dst: int = REMOTE_IP) -> Seg:
     return Seg(
         flags=h.flags, seq=h.seq, ack=h.ack, window=h.window, payload=bytes(payload),
         mss=o.mss, wscale=o.window_scale, sack_perm=o.sack_permitted, sack=o.sack_blocks,
-        ts=o.timestamp, sport=h.src_port, dport=h.dst_port,
+        ts=o.timestamp, sport=h.src_port, dport=h.dst_port, urgent=h.urgent,
     )  # fmt: skip
 
 
@@ -131,7 +133,7 @@ class Harness:
         """Deliver one segment to the engine, then run its flush point."""
         data = wtcp.build(
             src, dst, s.sport, s.dport, s.seq & 0xFFFFFFFF, s.ack & 0xFFFFFFFF, s.flags,
-            s.window, s.payload, options=s.options(),
+            s.window, s.payload, options=s.options(), urgent=s.urgent,
         ) + s.payload  # fmt: skip
         self.engine.receive(
             ip_header(src, dst, len(data)), memoryview(data), memoryview(data), self.now
@@ -204,12 +206,17 @@ class RecordingHandler:
     def on_resume_writing(self) -> None:
         self.log.append(("resume_writing",))
 
+    def on_urgent(self, mark: int) -> None:
+        self.log.append(("urgent", mark))
+
 
 def quiet_config(**overrides) -> TcpConfig:
-    """No options by default, so segments read plainly; tests turn on what they test."""
+    """No options by default, so segments read plainly; tests turn on what they test. Quick-ACK
+    mode is off too (the ACK rules alone: delayed ACK, every second full segment), as the
+    receive tests were written; tests of Linux's quick ACKs pass quick_acks=16."""
     base = dict(
         timestamps=False, sack=False, window_scaling=False, receive_buffer=65535,
-        send_buffer=65536, congestion_control="reno",
+        send_buffer=65536, congestion_control="reno", quick_acks=0,
     )  # fmt: skip
     base.update(overrides)
     return TcpConfig(**base)

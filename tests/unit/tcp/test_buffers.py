@@ -167,3 +167,24 @@ def test_sack_ranges_follow_the_pieces(ops, max_pieces) -> None:
         sack = rb.sack_blocks(3)
         assert len(sack) == min(3, len(naive)) and all(b in naive for b in sack)
         assert len(set(sack)) == len(sack)
+
+
+def test_push_points_coalesce_over_the_unsent_tail() -> None:
+    """A write's push point moves to the end of a later write while it is unsent (Linux
+    appends to its tail skb), but not once it went out, nor beyond the 64 KB skb goal."""
+    from netstack.proto.tcp.buffers import SendBuffer
+
+    b = SendBuffer(1 << 20)
+    b.write(b"a")
+    b.mark_push(unsent_from=0)
+    b.write(b"b")
+    b.mark_push(unsent_from=0)  # "a" not sent yet: one push point, after "b"
+    assert not b.push_in(0, 1) and b.push_in(1, 2)
+    b.write(b"c")
+    b.mark_push(unsent_from=2)  # "ab" went out: "c" gets its own
+    assert b.push_in(1, 2) and b.push_in(2, 3)
+    b.write(b"d" * 70000)
+    b.mark_push(unsent_from=2)  # the run from the unsent edge would pass 64 KB: keep "c"'s
+    assert b.push_in(2, 3) and b.push_in(70002, 70003)
+    b.consume(3)
+    assert not b.push_in(0, 3) and b.push_in(3, 70003)

@@ -52,3 +52,45 @@ def test_can_be_turned_on_per_connection() -> None:
     conn.set_keepalive(True, idle=10)
     t.run_until(t.now + 10)
     t.expect(PROBE)
+
+
+def test_a_half_closed_fin_wait_2_whose_peer_is_gone_is_reclaimed() -> None:
+    """Issue 11: shutdown_write() then our FIN acknowledged: FIN_WAIT_2 with the application
+    still reading. Nothing of ours is in flight, so a peer that went away was never noticed
+    (Linux too waits forever without SO_KEEPALIVE). Our choice: after fin_wait2_timeout of
+    silence, keepalive probes even with keepalive off; unanswered, ETIMEDOUT."""
+    from netstack.wire.tcp import ACK, FIN
+
+    t, conn = established_passive(fin_wait2_timeout=60, keepalive_interval=5, keepalive_count=3)
+    conn.shutdown_write()
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(flags=ACK | FIN, seq=L, ack=R)))
+    t.send(seg(seq=R, ack=L + 1))
+    assert conn.state.value == "fin_wait_2"
+    start = t.now
+    probe = to_us(seg(seq=L, ack=R))  # SND.UNA - 1: our FIN's sequence number
+    t.run_until(start + 59.9)
+    t.expect_nothing()
+    t.run_until(start + 200)
+    times = [round(now - start, 3) for now, s in t.recv_timed() if s == probe]
+    assert times == [60.0, 65.0, 70.0]
+    assert conn.state.value == "closed"
+    assert isinstance(t.events[-1][1], TimeoutError)
+
+
+def test_a_half_closed_fin_wait_2_whose_peer_answers_stays() -> None:
+    """A live peer that is merely quiet answers the probe (RFC 9293 3.8.4): kept open."""
+    from netstack.wire.tcp import ACK, FIN
+
+    t, conn = established_passive(fin_wait2_timeout=60, keepalive_interval=5, keepalive_count=3)
+    conn.shutdown_write()
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(flags=ACK | FIN, seq=L, ack=R)))
+    t.send(seg(seq=R, ack=L + 1))
+    start = t.now
+    t.run_until(start + 60)
+    t.expect(to_us(seg(seq=L, ack=R)))
+    t.send(seg(seq=R, ack=L + 1))  # the answer
+    t.run_until(start + 119)
+    t.expect_nothing()
+    assert conn.state.value == "fin_wait_2"

@@ -10,6 +10,7 @@ import pytest
 
 from netstack.drops import Drop
 from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.connection import Connection
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
 from tests.unit.tcp.tcptools import (
@@ -26,6 +27,7 @@ from tests.unit.tcp.tcptools import (
     SYN_SEG,
     SYNACK_SEG,
     RecordingHandler,
+    Seg,
     established_active,
     established_passive,
     listen,
@@ -362,3 +364,39 @@ def test_the_fixtures() -> None:
     assert conn.state.value == "established"
     _, conn = established_active()
     assert conn.state.value == "established"
+
+
+def test_the_syn_ack_timer_is_gone_once_established(monkeypatch) -> None:
+    """Issue 11: the SYN-ACK's retransmission timer, stopped by the handshake, left its entry
+    in the engine's timer heap: the loop woke for it, and the wake-up ran an output pass on
+    the established connection (which sent a window update). A stale entry is no deadline."""
+    t, conn = established_passive()
+    assert conn.next_timer() is None
+    assert t.engine.next_deadline() is None  # nothing to wake up for
+    passes = []
+    real_output = Connection.output
+    monkeypatch.setattr(
+        Connection, "output", lambda c, now: (passes.append(now), real_output(c, now))
+    )
+    t.run_until(t.now + 5.0)  # past the SYN-ACK's RTO (1 s)
+    assert passes == [] and t.recv() == []
+
+
+def test_per_connection_buffer_sizes_set_the_window_and_its_scale() -> None:
+    """SO_RCVBUF on a listener (inherited, Linux-like) sets the SYN-ACK window and the scale
+    offered; on an active open set before the SYN goes out, the scale in the SYN."""
+    t = make_harness(window_scaling=True, receive_buffer=65535)
+    listener = t.engine.listen(LOCAL_PORT, None, None)
+    listener.set_buffer_sizes(send=100_000, receive=8192)
+    t.send(dataclasses.replace(SYN_SEG, wscale=7))
+    t.expect(dataclasses.replace(SYNACK_SEG, window=8192, wscale=0))
+    conn = next(iter(listener.syn_queue.values()))
+    assert (conn.sndbuf.capacity, conn.rcv_buf_size) == (100_000, 8192)
+    t2 = make_harness(window_scaling=True, receive_buffer=65535)
+    active = t2.engine.connect((REMOTE_IP, REMOTE_PORT), local_port=LOCAL_PORT)
+    active.set_buffer_sizes(receive=1 << 20)  # 0xFFFF << 4 < 1 MB: scale 5
+    t2.engine.flush(t2.now)
+    t2.expect(to_us(Seg(flags=SYN, seq=LOCAL_ISN, ack=0, mss=MSS, wscale=5)))
+    active.set_buffer_sizes(send=1)  # at least Linux's SOCK_MIN_SNDBUF
+    assert active.sndbuf.capacity == 4608
+    assert active.send(b"z" * 10_000) == 4608

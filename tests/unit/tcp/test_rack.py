@@ -13,8 +13,10 @@ import dataclasses
 import pytest
 
 from netstack.proto.tcp.cc import INITIAL_SSTHRESH
+from netstack.proto.tcp.recovery import TIMEOUT_MIN, WC_DEL_ACK
 from tests.unit.tcp.tcptools import (
     ACK,
+    FIN,
     LOCAL_ISN,
     PSH,
     REMOTE_ISN,
@@ -62,9 +64,12 @@ def numbers(t: Harness, conn) -> list[int]:
     return [(s.seq - L) // conn.mss for s in t.recv()]
 
 
-def data_seg(conn, n: int, **kw):
+def data_seg(conn, n: int, psh: bool = False, **kw):
+    """Segment n of a write; PSH only on the one that ends the write (as Linux: a
+    retransmission keeps the original's flags)."""
     payload = b"d" * conn.mss
-    return to_us(seg(flags=ACK | PSH, seq=L + n * conn.mss, ack=R, payload=payload, **kw))
+    flags = ACK | PSH if psh else ACK
+    return to_us(seg(flags=flags, seq=L + n * conn.mss, ack=R, payload=payload, **kw))
 
 
 # -- RACK -------------------------------------------------------------------------------------
@@ -79,8 +84,11 @@ def test_a_hole_waits_for_the_reordering_window_before_any_reordering() -> None:
     t.now += RTT
     t.send(peer_ack(conn, 0, sack=[(1, 2)]))
     t.expect_nothing()
-    assert conn.recovery.rack_at == pytest.approx(start + RTT + RTT / 4)
-    t.advance(RTT / 4 + 0.0005)
+    # Linux's tcp_rack_mark_lost: the timer fires TCP_TIMEOUT_MIN (2 ms) after expiry.
+    assert conn.recovery.rack_at == pytest.approx(start + RTT + RTT / 4 + TIMEOUT_MIN)
+    t.advance(RTT / 4 + TIMEOUT_MIN - 0.0005)
+    t.expect_nothing()
+    t.advance(0.0005)
     t.expect(data_seg(conn, 0))
     assert conn.recovery.ca_state == "recovery" and t.counters.tcp_fast_retransmits == 1
 
@@ -117,17 +125,20 @@ def test_a_lost_retransmission_is_sent_again_without_waiting_for_the_rto() -> No
 
 def test_tail_loss_probe_repairs_a_tail_loss_without_the_rto() -> None:
     """F4, RFC 8985 7: the last two segments are lost and no more data follows. After
-    PTO = 2 * SRTT the last segment goes again; its SACK shows the other one lost."""
+    PTO = 2 * SRTT (+ 2 ms, Linux's TCP_TIMEOUT_MIN_US with more than one segment out) the
+    last segment goes again; its SACK shows the other one lost."""
     t, conn = rtt_conn()
     conn.send(b"d" * (4 * conn.mss))
     t.engine.flush(t.now)
     assert numbers(t, conn) == [0, 1, 2, 3]
     t.now += RTT
     t.send(peer_ack(conn, 2))  # 2 and 3 lost
-    probe_at = t.now + 2 * conn.recovery.rtt.srtt
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt + TIMEOUT_MIN
     assert conn.recovery.rto_at > probe_at + 0.1
-    t.run_until(probe_at + 0.001)
-    t.expect(data_seg(conn, 3))
+    t.run_until(probe_at - 0.0005)
+    t.expect_nothing()
+    t.run_until(probe_at)
+    assert t.recv_timed() == [(pytest.approx(probe_at), data_seg(conn, 3, psh=True))]
     assert conn.recovery.tlp_probes == 1 and conn.recovery.ca_state == "open"
     t.now += RTT + 0.004
     t.send(peer_ack(conn, 2, sack=[(3, 4)]))
@@ -148,13 +159,14 @@ def test_a_second_probe_follows_a_lost_one() -> None:
     t.now += RTT
     t.send(peer_ack(conn, 2))
     srtt = conn.recovery.rtt.srtt
-    first = t.now + 2 * srtt
-    t.run_until(first + 0.001)
-    t.expect(data_seg(conn, 3))
-    t.run_until(first + 4 * srtt - 0.001)
+    first = t.now + 2 * srtt + TIMEOUT_MIN
+    t.run_until(first)
+    t.expect(data_seg(conn, 3, psh=True))
+    second = first + 2 * (2 * srtt + TIMEOUT_MIN)
+    t.run_until(second - 0.0005)
     t.expect_nothing()
-    t.run_until(first + 4 * srtt + 0.002)
-    t.expect(data_seg(conn, 3))
+    t.run_until(second)
+    t.expect(data_seg(conn, 3, psh=True))
     t.run_until(first + 0.15)
     t.expect_nothing()  # two per episode: then the RTO's turn
     assert conn.recovery.tlp_probes == 2 and t.counters.tcp_timeouts == 0
@@ -171,7 +183,7 @@ def test_a_retransmission_lost_at_the_tail_of_recovery_is_probed() -> None:
     t.send(peer_ack(conn, 0, sack=[(1, 4)]))
     t.expect(data_seg(conn, 0))  # fast retransmit; that one is lost
     assert conn.recovery.ca_state == "recovery"
-    probe_at = t.now + 2 * conn.recovery.rtt.srtt
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt + TIMEOUT_MIN
     t.run_until(probe_at - 0.001)
     t.expect_nothing()
     t.run_until(probe_at + 0.001)
@@ -301,3 +313,55 @@ def test_newreno_dupthresh_grows_when_reordering_fooled_it() -> None:
     assert conn.recovery.ca_state == "open"  # three are reordering now
     t.send(peer_ack(conn, 8, ts=(PEER_TS + 124, sent[0].ts[0])))
     assert conn.recovery.ca_state == "recovery" and numbers(t, conn)[0] == 8
+
+
+# -- the probe timer and the FIN (Linux profile) ------------------------------------------------
+def fin_seg(conn, n: int):
+    return to_us(seg(flags=ACK | FIN, seq=L + n * conn.mss, ack=R))
+
+
+def test_a_bare_fin_after_data_restarts_the_probe_timer() -> None:
+    """Issue 11: data goes out at t0, the application closes 10 ms later and the FIN goes on
+    its own. Like data, the FIN restarts the probe timer (RFC 8985 7.2; Linux's
+    tcp_write_xmit calls tcp_schedule_loss_probe after any send): with three segments out
+    the probe is due 2*SRTT + 2 ms after the FIN, and resends the FIN (the last segment)."""
+    t, conn = rtt_conn()
+    conn.send(b"d" * (2 * conn.mss))
+    t.engine.flush(t.now)
+    assert numbers(t, conn) == [0, 1]
+    t.now += 0.010
+    conn.shutdown_write()
+    t.engine.flush(t.now)
+    t.expect(fin_seg(conn, 2))
+    probe_at = t.now + 2 * conn.recovery.rtt.srtt + TIMEOUT_MIN
+    t.run_until(probe_at - 0.0005)
+    t.expect_nothing()  # not at t0 + PTO, where the data alone would have put it
+    t.run_until(probe_at)
+    assert t.recv_timed() == [(pytest.approx(probe_at), fin_seg(conn, 2))]
+    assert conn.recovery.tlp_probes == 1 and t.counters.tcp_timeouts == 0
+
+
+def test_a_lone_fin_is_probed_at_the_rto_instead_of_timing_out() -> None:
+    """All data acknowledged, then the FIN alone, and it is lost. One segment out: PTO =
+    2*SRTT + WCDelAckT (Linux: + TCP_RTO_MIN, 200 ms) = 240 ms, later than the RTO (200 ms),
+    so the probe takes the RTO's time (RFC 8985 7.2; Linux's min(timeout, RTO left)) and goes
+    instead of it: the FIN again, no timeout, cwnd kept."""
+    t, conn = rtt_conn()
+    conn.send(b"d" * (2 * conn.mss))
+    t.engine.flush(t.now)
+    t.recv()
+    t.now += RTT
+    t.send(peer_ack(conn, 2))
+    cwnd = conn.recovery.cc.cwnd
+    conn.shutdown_write()
+    t.engine.flush(t.now)
+    t.expect(fin_seg(conn, 2))
+    rtt = conn.recovery.rtt
+    assert 2 * rtt.srtt + WC_DEL_ACK > rtt.rto == pytest.approx(0.2)
+    probe_at = t.now + rtt.rto
+    t.run_until(probe_at - 0.0005)
+    t.expect_nothing()
+    t.run_until(probe_at)
+    assert t.recv_timed() == [(pytest.approx(probe_at), fin_seg(conn, 2))]
+    assert conn.recovery.tlp_probes == 1 and t.counters.tcp_timeouts == 0
+    assert conn.recovery.cc.cwnd == cwnd

@@ -318,3 +318,65 @@ def test_a_read_that_opens_the_window_is_announced() -> None:
     t.engine.flush(t.now)
     t.expect(to_us(seg(seq=L, ack=R + 40 * FULL, window=65535)))
     assert left < 65535 // 2
+
+
+# -- Linux's quick-ACK mode (ackpolicy.py) ----------------------------------------------------
+QUICK = dict(quick_acks=16)  # the default TcpConfig (Linux's TCP_MAX_QUICKACKS)
+
+
+def test_quick_acks_at_the_start_then_delayed_acks() -> None:
+    """Linux's tcp_event_data_recv: the first data enters quick-ACK mode for
+    min(rcv_wnd / (2 * rcv_mss), 16) = min(65535 / 2920, 16) = 16 ACKs, each sent at once;
+    after them the 40 ms delayed ACK (TCP_DELACK_MIN) applies."""
+    t, _conn = established_passive(**QUICK)
+    for i in range(16):
+        t.send(seg(seq=R + 10 * i, ack=L, payload=data(10)))
+        t.expect(to_us(seg(seq=L, ack=R + 10 * (i + 1), window=65535 - 10 * (i + 1))))
+        t.now += 0.001
+    t.send(seg(seq=R + 160, ack=L, payload=data(10)))
+    t.expect_nothing()
+    t.advance(0.040)
+    t.expect(to_us(seg(seq=L, ack=R + 170, window=65535 - 170)))
+
+
+def test_quick_acks_again_after_an_idle_period_longer_than_the_rto() -> None:
+    """Data after a silence longer than the RTO (Linux: m > icsk_rto) re-enters quick-ACK
+    mode: the sender is restarting its window (RFC 5681 4.1), its ACK clock should too."""
+    t, conn = established_passive(**QUICK)
+    conn.quickack.quick = 0  # the start's quick ACKs used up
+    conn.quickack.lrcvtime = t.now
+    t.send(seg(seq=R, ack=L, payload=data(10)))
+    t.expect_nothing()  # within the RTO of the last data: delayed
+    t.advance(0.040)
+    t.expect(to_us(seg(seq=L, ack=R + 10, window=65525)))
+    assert conn.recovery.rtt.rto == 0.2
+    t.now += 0.201
+    t.send(seg(seq=R + 10, ack=L, payload=data(10)))
+    t.expect(to_us(seg(seq=L, ack=R + 20, window=65515)))  # idle > RTO: at once
+
+
+def test_an_interactive_connection_delays_its_acks_for_the_reply() -> None:
+    """Linux's ping-pong guess: we replied within the delayed-ACK time of the request, so
+    the next request's ACK waits for the reply and rides on it; a request left without a
+    reply gets its delayed ACK at 40 ms and ends the guess (quick ACKs again)."""
+    t, conn = established_passive(**QUICK)
+    t.send(seg(seq=R, ack=L, payload=b"req1"))
+    t.expect(to_us(seg(seq=L, ack=R + 4, window=65531)))  # quick ACK
+    conn.send(b"rep1")
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(flags=ACK | 0x08, seq=L, ack=R + 4, window=65531, payload=b"rep1")))
+    t.now += 0.1
+    t.send(seg(seq=R + 4, ack=L + 4, payload=b"req2"))
+    t.expect_nothing()  # ping-pong: the ACK waits for the reply
+    t.now += 0.005
+    conn.send(b"rep2")
+    t.engine.flush(t.now)
+    t.expect(to_us(seg(flags=ACK | 0x08, seq=L + 4, ack=R + 8, window=65527, payload=b"rep2")))
+    t.now += 0.1
+    t.send(seg(seq=R + 8, ack=L + 8, payload=b"req3"))
+    t.expect_nothing()
+    t.advance(0.040)  # no reply: the delayed ACK, and the guess is over
+    t.expect(to_us(seg(seq=L + 8, ack=R + 12, window=65523)))  # (the right edge stays)
+    t.now += 0.1
+    t.send(seg(seq=R + 12, ack=L + 8, payload=b"req4"))
+    t.expect(to_us(seg(seq=L + 8, ack=R + 16, window=65519)))  # quick again

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from netstack.drops import Drop
 from tests.unit.tcp.tcptools import (
     LOCAL_ISN,
     REMOTE_ISN,
@@ -175,8 +176,8 @@ def test_newreno_does_not_reenter_recovery_for_old_data() -> None:
 
 
 # -- SACK (RFC 6675) ----------------------------------------------------------------------------
-def sack_conn():
-    t, conn = established_passive(sack=True)
+def sack_conn(**config):
+    t, conn = established_passive(sack=True, **config)
     conn.sack_ok = True
     return t, conn
 
@@ -207,8 +208,12 @@ def test_sack_recovery_retransmits_only_the_holes() -> None:
     assert t.counters.tcp_retransmitted_segments == 2
 
 
-def test_sack_recovery_sends_by_pipe_without_inflation() -> None:
-    """RFC 6675: cwnd = ssthresh; new data only while pipe < cwnd, one per SACKed one."""
+def test_sack_recovery_paces_the_reduction_with_prr() -> None:
+    """RFC 6937 PRR (with SSRB), as Linux's tcp_cwnd_reduction: no inflation; while pipe is
+    above ssthresh, ceil(ssthresh * delivered / RecoverFS) - sent may go out, so the 5-segment
+    reduction (cwnd 10 -> ssthresh 5, Reno) is spread over the round trip: one segment for
+    every second one SACKed, instead of RFC 6675's silence until pipe < cwnd then one per
+    SACK. Below ssthresh, one per SACK up to it."""
     t, conn = sack_conn()
     sent_segments(t, conn, 10)
     t.recv()
@@ -219,14 +224,30 @@ def test_sack_recovery_sends_by_pipe_without_inflation() -> None:
     for i in range(1, 10):  # segment 0 lost, 1..9 SACKed one by one
         t.send(dupack(0, [(MSS, (i + 1) * MSS)]))
         out.append([x // MSS for x in starts(t)])
-    # The first SACK shows 0 lost (RACK, zero RTT): retransmit it, cwnd = ssthresh = 7300.
-    assert out[0] == [0]
-    assert conn.recovery.cc.cwnd == conn.recovery.cc.ssthresh == 7300
-    # pipe 13140 > cwnd: silence until four more segments have left the network...
-    assert out[1:5] == [[], [], [], []]
-    # ...then one new segment for each one SACKed (packet conservation).
-    assert out[5:] == [[10], [11], [12], [13]]
-    assert conn.recovery.board.pipe(conn.snd_nxt - conn.snd_una) == conn.recovery.cc.cwnd
+    assert conn.recovery.cc.ssthresh == 7300
+    # 1st SACK: RACK (zero RTT) marks 0 lost, PRR lets one out: the retransmission.
+    # Then (delivered, PRR's allowance): 2 -> 0, 3 -> 1, 4 -> 0, 5 -> 1, 6 -> 0; at the
+    # 7th pipe = ssthresh: 0; then one per SACK (pipe 4 segments < ssthresh 5).
+    assert out == [[0], [], [10], [], [11], [], [], [12], [13]]
+    pipe = conn.recovery.board.pipe(conn.snd_nxt - conn.snd_una)
+    assert pipe == conn.recovery.cc.cwnd == conn.recovery.cc.ssthresh
+
+
+def test_prr_under_cubic_spreads_its_smaller_reduction() -> None:
+    """The same loss under CUBIC (RFC 9438: ssthresh = 0.7 * flight = 7 segments): PRR lets
+    ceil(7 * delivered / 10) - sent out per SACK above ssthresh, then one per SACK."""
+    t, conn = sack_conn(congestion_control="cubic")
+    sent_segments(t, conn, 10)
+    t.recv()
+    conn.send(b"n" * (10 * MSS))
+    t.engine.flush(t.now)
+    assert t.recv() == []
+    out = []
+    for i in range(1, 10):
+        t.send(dupack(0, [(MSS, (i + 1) * MSS)]))
+        out.append([x // MSS for x in starts(t)])
+    assert conn.recovery.cc.ssthresh == 7 * MSS
+    assert out == [[0], [10], [11], [], [], [12], [13], [14], [15]]
 
 
 def test_dsack_and_bogus_blocks_mark_nothing() -> None:
@@ -284,6 +305,27 @@ def test_reordered_duplicate_acks_survive_paws() -> None:
     for tsval in (5003, 5001, 5002):  # the 2nd and 3rd arrive with older timestamps
         t.send(seg(seq=R, ack=L, ts=(tsval, 0)))
     assert conn.recovery.dupacks == 3 and conn.recovery.ca_state == "recovery"
+
+
+def test_an_overtaken_dupack_with_a_smaller_window_survives_paws() -> None:
+    """Issue 11 (about 40 PAWS drops a second under jitter): Linux's tcp_disordered_ack
+    exempts a pure duplicate ACK at RCV.NXT that would not update the window
+    (tcp_may_update_window: SND.WL1 == SEG.SEQ and the window is not larger) with a TSval
+    within the RTO of TS.Recent. The receiver's window moves between its dupacks, so the
+    overtaken one often carries a smaller window than the one already taken: it is processed
+    (before: only an identical window was exempt, the rest dropped by PAWS). Once in, RFC
+    9293's window update applies (a change of window: not a dupack by RFC 5681's definition)."""
+    t, conn = established_passive(timestamps=True)
+    conn.ts_ok = True
+    conn.ts_recent = 5000
+    sent_segments(t, conn, 6)
+    t.recv()
+    t.send(seg(seq=R, ack=L, window=65535, ts=(5003, 0)))
+    assert conn.recovery.dupacks == 1
+    t.send(seg(seq=R, ack=L, window=64000, ts=(5001, 0)))  # sent earlier, overtaken
+    assert t.counters.drops.get(Drop.TCP_PAWS, 0) == 0 and conn.snd_wnd == 64000
+    t.send(seg(seq=R, ack=L, window=64000, ts=(4000, 0)))  # more than the RTO behind
+    assert t.counters.drops[Drop.TCP_PAWS] == 1
 
 
 def test_icmp_errors_on_an_established_connection_are_soft() -> None:

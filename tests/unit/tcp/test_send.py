@@ -185,3 +185,80 @@ def test_fin_waits_for_window_space() -> None:
     t.send(seg(seq=R, ack=L, window=10))
     (fin,) = t.recv()
     assert fin.flags & 0x01 and fin.seq == L
+
+
+# -- PSH placement (Linux profile: tcp_push, and the skb's own flags on retransmission) ----------
+def flags_of(segs) -> list[tuple[int, int]]:
+    return [((s.seq - L) // MSS, s.flags) for s in segs]
+
+
+def test_a_retransmission_keeps_the_flags_of_the_original() -> None:
+    """Linux resends the skb as first built: a segment sent without PSH is retransmitted
+    without it, the one that ended the write with it (before: PSH on every retransmission)."""
+    t, conn = established_passive()
+    conn.send(b"z" * (3 * MSS))
+    t.engine.flush(t.now)
+    assert flags_of(t.recv()) == [(0, ACK), (1, ACK), (2, ACK | PSH)]
+    t.advance(conn.recovery.rtt.rto)  # the RTO: go-back-N from SND.UNA, cwnd 1 MSS
+    assert flags_of(t.recv()) == [(0, ACK)]
+    t.send(ack(MSS))
+    assert flags_of(t.recv()) == [(1, ACK), (2, ACK | PSH)]
+
+
+def test_psh_ends_each_write_even_when_cwnd_holds_back_the_next() -> None:
+    """RFC 9293 3.9.1 (PSH on the last segment of a SEND) as Linux's tcp_push marks the tail
+    skb at the end of each sendmsg. Here the first write is 50 segments and cwnd (IW10) holds
+    back the second; writes coalesce under one PSH only while the unsent run stays within
+    Linux's largest skb (64 KB), so the first write's last segment keeps its PSH although more
+    is queued behind it when it goes (before: PSH only where the queue ran dry)."""
+    t, conn = established_passive(send_buffer=256 * 1024)
+    conn.send(b"a" * (50 * MSS))
+    t.engine.flush(t.now)
+    assert [f for _, f in flags_of(t.recv())] == [ACK] * 10
+    conn.send(b"b" * (10 * MSS))
+    t.engine.flush(t.now)
+    sent = []
+    for n in range(10, 60, 5):  # ACK as the peer would, until everything is out
+        t.send(ack(n * MSS))
+        sent += flags_of(t.recv())
+    pushed = [n for n, f in sent if f & PSH]
+    assert pushed == [49, 59]
+
+
+def test_tcp_info_has_linux_fields_and_units() -> None:
+    """conn.info() carries Linux's struct tcp_info fields (tcpi_*, microseconds, segments)."""
+    t, conn = established_passive()
+    conn.send(b"z" * (3 * MSS))
+    t.engine.flush(t.now)
+    t.recv()
+    t.now += 0.05
+    t.send(seg(seq=R, ack=L + MSS, payload=b"hello"))
+    info = conn.info()
+    assert info["tcpi_state"] == 1 and info["tcpi_ca_state"] == 0
+    assert info["tcpi_unacked"] == 2 and info["tcpi_snd_mss"] == MSS
+    assert info["tcpi_snd_cwnd"] == 10  # IW10; not grown: application-limited (as Linux)
+    assert info["tcpi_rtt"] == int(conn.recovery.rtt.srtt * 1e6) > 0  # microseconds
+    assert info["tcpi_rto"] == 200_000  # the RTO floor, 200 ms
+    assert info["tcpi_bytes_acked"] == MSS and info["tcpi_bytes_received"] == 5
+    assert info["tcpi_bytes_sent"] == 3 * MSS and info["tcpi_data_segs_out"] == 3
+    assert info["tcpi_segs_in"] == 2 and info["tcpi_data_segs_in"] == 1  # handshake ACK too
+    assert info["tcpi_total_retrans"] == 0 and info["tcpi_notsent_bytes"] == 0
+    t.advance(conn.recovery.rtt.rto)
+    info = conn.info()
+    assert info["tcpi_ca_state"] == 4 and info["tcpi_retransmits"] == 1
+    assert info["tcpi_total_retrans"] == 1 and info["tcpi_bytes_retrans"] == MSS
+    assert info["tcpi_backoff"] == 1 and info["tcpi_lost"] == 2 and info["tcpi_retrans"] == 1
+
+
+def test_the_offload_seam_sends_multi_mss_segments_counted_in_mss() -> None:
+    """config.tso_max (the TSO seam): one segment of up to tso_max (a whole number of MSS)
+    per send, within cwnd and the window; the scoreboard keeps it as one record whose
+    segments RACK, the probe timer and PRR count in MSS (pcount, as Linux's tcp_skb_pcount)."""
+    t, conn = established_passive(tso_max=65535 - 40)
+    conn.send(b"z" * (12 * MSS))
+    t.engine.flush(t.now)
+    segs = t.recv()
+    assert [(len(s.payload), s.flags) for s in segs] == [(10 * MSS, ACK)]  # IW10 in one
+    assert len(conn.recovery.board) == 1
+    t.send(ack(10 * MSS))
+    assert [(len(s.payload), s.flags) for s in t.recv()] == [(2 * MSS, ACK | PSH)]
