@@ -154,9 +154,9 @@ class Checker:
         transmit, receive, flush, poll = (engine.transmit, engine.receive, engine.flush,
                                           engine.poll)  # fmt: skip
 
-        def checked_transmit(conn, seq, ack, flags, window, payload, options) -> None:
+        def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
-            transmit(conn, seq, ack, flags, window, payload, options)
+            transmit(conn, seq, ack, flags, window, payload, options, *more)
 
         def checked_receive(ip, segment, packet, now) -> None:
             receive(ip, segment, packet, now)
