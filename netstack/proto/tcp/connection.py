@@ -940,7 +940,11 @@ class Connection:
         cur = self.rcv_adv - rcv_nxt
         if cur < 0:
             cur = 0
-        if free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
+        # In SYN_RECEIVED the SYN-ACK's window stands until the handshake completes (as
+        # Linux's request sockets): a retransmitted SYN-ACK, whose window is never scaled
+        # (RFC 7323 2.2), could not repeat a larger one that an ACK had offered meanwhile.
+        opening = self.state is not S.SYN_RECEIVED
+        if opening and free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
             wnd = free
         else:
             wnd = cur

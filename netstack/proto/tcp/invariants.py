@@ -233,11 +233,14 @@ class Checker:
         # we advertised never moves left; except, with window scaling, by less than one unit
         # when the edge already reaches what the buffer backs (RFC 7323 appendix F: rounding
         # up at every ACK would let a paused reader's buffer grow without bound).
+        # A SYN's window is never scaled (RFC 7323 2.2): a retransmitted SYN-ACK may fall
+        # short of an edge an ACK rounded up to the scale's unit, by less than the unit.
         backed_edge = rcv_nxt(conn) + receive_free(conn)
+        unit = 1 << rcv_wscale(conn)
         if (
             t.right_edge is not None
             and right < t.right_edge
-            and not (t.right_edge - right < (1 << shift) and right >= backed_edge)
+            and not (t.right_edge - right < unit and (right >= backed_edge or flags & SYN))
         ):
             self.fail("advertised right edge never shrinks (RFC 9293 3.8.6)", conn,
                       f"{seg}: right edge {right} < {t.right_edge} advertised before")  # fmt: skip

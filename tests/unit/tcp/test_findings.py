@@ -87,3 +87,24 @@ def test_paused_reader_buffer_is_bounded_when_a_batch_owes_several_acks() -> Non
         t.advance(0.05)
         assert conn.rcvbuf.queued < conn.rcv_buf_size + unit
     assert checker.violations == []
+
+
+def test_syn_received_keeps_the_syn_ack_window() -> None:
+    """Found by the `host` fuzz target in checked mode (tests/fuzz/crashes/host/crash-6081...):
+    in SYN_RECEIVED, an out-of-window segment got an ACK whose (scaled) window offered the
+    whole 512 KB buffer; the SYN-ACK retransmitted next could only say 65535 (a SYN's window
+    is never scaled, RFC 7323 2.2): the right edge moved 448 KB left. The SYN-ACK's window
+    now stands until the handshake completes, as with Linux's request sockets."""
+    t = make_harness(quiet_config(window_scaling=True, receive_buffer=512 * 1024))
+    checker = invariants.attach(t.engine)
+    listen(t)
+    t.send(seg(flags=SYN, seq=REMOTE_ISN, window=65535, mss=MSS, wscale=2))
+    (synack,) = t.recv()
+    t.send(seg(seq=8, ack=LOCAL_ISN + 1))  # out of window: answered with an ACK
+    (ack,) = t.recv()
+    t.advance(1.5)  # the SYN-ACK goes again
+    (again,) = t.recv()
+    assert again.flags == synack.flags and again.window == synack.window == 65535
+    unit = 1 << 4  # our scale for 512 KB
+    assert ack.ack + (ack.window << 4) < synack.ack + synack.window + unit
+    assert checker.violations == []
