@@ -53,3 +53,7 @@ class TcpConfig:
     # Segmentation offload seam: a link that segments in hardware/kernel sets this to the
     # largest segment it takes (e.g. 65535 - headers); 0 means every segment is <= MSS.
     tso_max: int = 0
+    # Checked mode: every segment sent and every flush/poll is checked against the TCP
+    # invariants (invariants.py), a violation logged and raised. A debugging aid for tests
+    # (NETSTACK_CHECKED=1 turns it on for `netstack run`); it costs a few microseconds a segment.
+    checked: bool = False
