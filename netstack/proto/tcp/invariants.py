@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netstack.proto.tcp.seq import unwrap
 from netstack.proto.tcp.state import State
-from netstack.wire.tcp import ACK, FIN, RST, SYN
+from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpOptions
 
 if TYPE_CHECKING:
     from netstack.proto.tcp.connection import Connection
@@ -151,19 +151,28 @@ class Checker:
     # -- hooks ---------------------------------------------------------------------------------
     def attach(self) -> Checker:
         engine = self.engine
-        transmit, receive, flush, poll = (engine.transmit, engine.receive, engine.flush,
-                                          engine.poll)  # fmt: skip
+        transmit, transmit_fast, receive_fast, flush, poll = (
+            engine.transmit, engine.transmit_fast, engine.receive_fast, engine.flush, engine.poll,
+        )  # fmt: skip
 
         def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
             transmit(conn, seq, ack, flags, window, payload, options, *more)
 
-        def checked_receive(ip, segment, packet, now) -> None:
-            receive(ip, segment, packet, now)
+        def checked_transmit_fast(conn, seq, ack, flags, window, payload, timestamp) -> None:
+            # the template path: a timestamp is its only option
+            options = TcpOptions(timestamp=timestamp) if timestamp else None
+            self.on_transmit(conn, seq, ack, flags, window, payload, options)
+            transmit_fast(conn, seq, ack, flags, window, payload, timestamp)
+
+        def checked_receive_fast(src, dst, segment, packet, now, checked=False) -> None:
+            # every arrival goes through receive_fast (engine.receive delegates to it, and the
+            # host's fast path calls it directly)
+            receive_fast(src, dst, segment, packet, now, checked)
             if len(segment) >= 4:
                 sport = int.from_bytes(segment[0:2], "big")
                 dport = int.from_bytes(segment[2:4], "big")
-                self.arrivals[(ip.src, sport, dport)] += 1
+                self.arrivals[(src, sport, dport)] += 1
 
         def checked_flush(now: float) -> None:
             flush(now)
@@ -177,10 +186,10 @@ class Checker:
             self.check_state(now)
 
         engine.transmit = checked_transmit  # type: ignore[method-assign]
-        engine.receive = checked_receive  # type: ignore[method-assign]
+        engine.transmit_fast = checked_transmit_fast  # type: ignore[method-assign]
+        engine.receive_fast = checked_receive_fast  # type: ignore[method-assign]
         engine.flush = checked_flush  # type: ignore[method-assign]
         engine.poll = checked_poll  # type: ignore[method-assign]
-        engine.ipv4.register(6, checked_receive)  # the IPv4 engine holds the bound method
         engine.invariants = self  # type: ignore[attr-defined]
         return self
 
