@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -425,6 +426,7 @@ class Config:
             receive_buffer=self.tcp_receive_buffer,
             rto_min=self.tcp_rto_min,
             syncookies=self.tcp_syncookies,
+            checked=os.environ.get("NETSTACK_CHECKED", "0") not in ("", "0"),  # tests' debug aid
         )
 
     def describe(self) -> str:

@@ -66,3 +66,7 @@ class TcpConfig:
     base_mss: int = 1024  # net.ipv4.tcp_base_mss
     mtu_probe_floor: int = 48  # net.ipv4.tcp_mtu_probe_floor
     mtu_probe_interval: float = 600.0  # net.ipv4.tcp_probe_interval
+    # Checked mode: every segment sent and every flush/poll is checked against the TCP
+    # invariants (invariants.py), a violation logged and raised. A debugging aid for tests
+    # (NETSTACK_CHECKED=1 turns it on for `netstack run`); it costs a few microseconds a segment.
+    checked: bool = False

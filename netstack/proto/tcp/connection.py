@@ -986,7 +986,8 @@ class Connection:
 
     def _window_field(self, ack: int | None = None) -> int:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
-        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount).
+        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount), but
+        for less than one scale unit once the buffer is full (see `limit`).
         `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
@@ -994,7 +995,11 @@ class Connection:
         cur = self.rcv_adv - rcv_nxt
         if cur < 0:
             cur = 0
-        if free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
+        # In SYN_RECEIVED the SYN-ACK's window stands until the handshake completes (as
+        # Linux's request sockets): a retransmitted SYN-ACK, whose window is never scaled
+        # (RFC 7323 2.2), could not repeat a larger one that an ACK had offered meanwhile.
+        opening = self.state is not S.SYN_RECEIVED
+        if opening and free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
             wnd = free
         else:
             wnd = cur
@@ -1002,13 +1007,25 @@ class Connection:
         if field > 0xFFFF:
             field = 0xFFFF
         right = rcv_nxt + (field << shift)
-        if right < self.rcv_adv:  # rounding down would shrink it: round up instead
-            field = min(0xFFFF, -(-cur >> shift))
-            right = rcv_nxt + (field << shift)
+        # Rounding down would shrink the window: round up instead, as far as the buffer backs
+        # the edge (rounded up once: `limit`). Rounding up from wherever the last ACK left
+        # the edge, at every ACK, would keep a window open forever to a peer sending segments
+        # smaller than the scale's unit, and a paused reader's buffer would grow without
+        # bound: past `limit` the edge moves left by less than one unit instead (RFC 7323
+        # appendix F; Linux's tcp_shrink_window).
+        limit = rcv_nxt + free + (1 << shift) - 1
+        if right < self.rcv_adv:
+            up = min(0xFFFF, -(-cur >> shift))
+            if rcv_nxt + (up << shift) <= limit:
+                field = up
+                right = rcv_nxt + (field << shift)
         if right > self.rcv_adv:
             self.rcv_adv = right
         if ack is not None and ack < rcv_nxt:
-            field = min(0xFFFF, -(-(self.rcv_adv - ack) >> shift))
+            span = self.rcv_adv - ack
+            field = min(0xFFFF, -(-span >> shift))
+            if ack + (field << shift) > limit:
+                field = min(0xFFFF, span >> shift)
             right = ack + (field << shift)
             if right > self.rcv_adv:
                 self.rcv_adv = right

@@ -189,6 +189,11 @@ class TcpEngine:
         # Tests may replace this to place ISNs (e.g. just below 2^32).
         self.choose_isn: Callable[[Connection, float], int] = self._isn
         ipv4.register(wipv4.PROTO_TCP, self.receive)
+        if self.config.checked:
+            from netstack.proto.tcp import invariants  # only in checked mode
+
+            invariants.attach(self)
+            log.info("TCP checked mode: the invariants are checked on every segment")
 
     # =========================================================================================
     # application side
