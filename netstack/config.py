@@ -289,6 +289,21 @@ SETTINGS: tuple[Setting, ...] = (
         cli=False,
     ),
     Setting(
+        "tcp.pmtu_discovery",
+        _bool,
+        True,
+        "RFC 1191 path MTU discovery: DF on TCP segments, frag-needed lowers the MSS",
+        cli=False,
+    ),
+    Setting(
+        "tcp.plpmtud",
+        _bool,
+        False,
+        "RFC 4821 black-hole detection: lower the MSS after repeated timeouts (Linux's "
+        "tcp_mtu_probing = 1)",
+        cli=False,
+    ),
+    Setting(
         "dhcp_release",
         _bool,
         True,
@@ -378,6 +393,8 @@ class Config:
     tcp_receive_buffer: int
     tcp_rto_min: float
     tcp_syncookies: bool
+    tcp_pmtu_discovery: bool
+    tcp_plpmtud: bool
     dhcp_release: bool
     dhcp_lease_file: Path | None
     forward: tuple[ForwardSpec, ...]
@@ -426,6 +443,8 @@ class Config:
             receive_buffer=self.tcp_receive_buffer,
             rto_min=self.tcp_rto_min,
             syncookies=self.tcp_syncookies,
+            pmtu_discovery=self.tcp_pmtu_discovery,
+            plpmtud=self.tcp_plpmtud,
             checked=os.environ.get("NETSTACK_CHECKED", "0") not in ("", "0"),  # tests' debug aid
         )
 
