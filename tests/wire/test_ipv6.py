@@ -164,7 +164,9 @@ def test_parse_ns_na_from_scapy() -> None:
 
 def test_parse_ra_from_scapy() -> None:
     ra = (
-        s6.ICMPv6ND_RA(chlim=64, M=0, O=1, routerlifetime=1800, reachabletime=30000, retranstimer=1000)
+        s6.ICMPv6ND_RA(
+            chlim=64, M=0, O=1, routerlifetime=1800, reachabletime=30000, retranstimer=1000
+        )
         / s6.ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:01")
         / s6.ICMPv6NDOptMTU(mtu=1400)
         / s6.ICMPv6NDOptPrefixInfo(prefix="2001:db8:1::", prefixlen=64, L=1, A=1,
