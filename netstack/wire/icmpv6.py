@@ -241,7 +241,7 @@ def parse_nd(icmp_type: int, body: memoryview) -> NdMessage:
                     bool(flags & PREFIX_AUTONOMOUS),
                     valid,
                     preferred,
-                )  # fmt: skip
+                )
             )
         # other options: skipped (RFC 4861 §4.6: unknown options are ignored)
     return NdMessage(type=icmp_type, prefixes=tuple(prefixes), **fields)
