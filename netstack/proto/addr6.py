@@ -44,6 +44,7 @@ class Ipv6Interface:
     preferred_until: float = INFINITE
     dad_sent: int = 0  # DAD solicitations sent so far
     dad_deadline: float | None = None  # next DAD step
+    dad_counter: int = 0  # RFC 7217 DAD_Counter the interface ID was made with
 
     @property
     def usable(self) -> bool:

@@ -103,6 +103,7 @@ class Chain(NamedTuple):
     upper: int  # the upper-layer protocol (or the fragment's next header, see `fragment`)
     offset: int  # where the upper-layer header (or the fragment data) starts in the payload
     fragment: Fragment | None  # the walk stops after a Fragment header
+    nh_at: int  # offset from the IPv6 header of the Next Header field naming `upper`
 
 
 def parse(view: memoryview) -> tuple[Ipv6Header, memoryview]:
@@ -162,31 +163,34 @@ def _check_options(payload: memoryview, start: int, end: int, dst_multicast: boo
         i += 2 + payload[i + 1]
 
 
-def walk(payload: memoryview, next_header: int, dst_multicast: bool = False) -> Chain:
+def walk(
+    payload: memoryview, next_header: int, dst_multicast: bool = False, start: int = 0
+) -> Chain:
     """Follow the extension headers from `next_header` over `payload` (the IPv6 payload).
 
     Stops at the first upper-layer header, or right after a Fragment header (the rest is
     fragment data). Hop-by-hop only first; Routing type 0 dropped (RFC 5095); a Routing
     header with segments left asks us to forward, which a host does not do.
     """
-    offset = 0
-    nh_at = 6  # where the Next Header field naming the current header sits (for a pointer)
+    offset = start
+    nh_at = 6 if start == 0 else HEADER_LEN + start - FRAGMENT_HEADER_LEN
+    # where the Next Header field naming the current header sits (for a pointer)
     end = len(payload)
     for index in range(MAX_EXTENSION_HEADERS + 1):
         if next_header not in EXTENSION_HEADERS:
             if next_header == NO_NEXT:
                 raise Malformed(Drop.IPV6_NO_NEXT_HEADER)
-            return _new(Chain, (next_header, offset, None))
+            return _new(Chain, (next_header, offset, None, nh_at))
         if index == MAX_EXTENSION_HEADERS:
             break
-        if next_header == HOPOPTS and index != 0:
+        if next_header == HOPOPTS and offset != 0:
             raise ParamProblem(Drop.IPV6_HOP_BY_HOP_NOT_FIRST, PP_UNRECOGNIZED_NEXT_HEADER, nh_at)
         if next_header == FRAGMENT:
             if offset + FRAGMENT_HEADER_LEN > end:
                 raise Malformed(Drop.IPV6_BAD_EXTENSION)
             nh, off_flags, ident = _FRAGMENT.unpack_from(payload, offset)
             frag = _new(Fragment, (offset, nh, off_flags & 0xFFF8, bool(off_flags & 1), ident))
-            return _new(Chain, (nh, offset + FRAGMENT_HEADER_LEN, frag))
+            return _new(Chain, (nh, offset + FRAGMENT_HEADER_LEN, frag, HEADER_LEN + offset))
         if offset + 2 > end:
             raise Malformed(Drop.IPV6_BAD_EXTENSION)
         length = (payload[offset + 1] + 1) * 8
@@ -208,16 +212,18 @@ def walk(payload: memoryview, next_header: int, dst_multicast: bool = False) -> 
     raise Malformed(Drop.IPV6_CHAIN_TOO_LONG)
 
 
-def chain_complete(data: memoryview, next_header: int) -> bool:
+def chain_complete(payload: memoryview, next_header: int, start: int) -> bool:
     """RFC 7112: does a first fragment's data hold the rest of the header chain, through the
     upper-layer header's first bytes? (Unknown upper layers: the chain's end is enough.)"""
     try:
-        chain = walk(data, next_header)
-    except Malformed:
-        return True  # a bad chain is dropped, with its own reason, after reassembly
+        chain = walk(payload, next_header, start=start)
+    except Malformed as bad:
+        # A header running past the fragment's end is the incomplete chain itself; any other
+        # fault is dropped, with its own reason, after reassembly.
+        return bad.reason is not Drop.IPV6_BAD_EXTENSION
     if chain.fragment is not None:
         return True
-    return chain.offset + UPPER_MIN_LEN.get(chain.upper, 0) <= len(data)
+    return chain.offset + UPPER_MIN_LEN.get(chain.upper, 0) <= len(payload)
 
 
 def pseudo_header(src: bytes, dst: bytes, next_header: int, length: int) -> bytes:
