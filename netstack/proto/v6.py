@@ -1,9 +1,9 @@
 """The IPv6 side of a host: addresses, IPv6, ICMPv6 and ND engines wired together, so that
 `Host` adds IPv6 in one place (one ethertype, its engines, its multicast MACs).
 
-Upper layers over IPv6 in this version: ICMPv6 only. UDP datagrams are checked and answered
-with Port Unreachable (no IPv6 UDP sockets exist yet); TCP is not registered, so a segment is
-an unknown next header (Parameter Problem), as for any protocol the host does not speak.
+Upper layers over IPv6 in this version: ICMPv6 and UDP (proto/udp6.py, sharing the UDP engine's
+ports; without a UDP engine every datagram gets Port Unreachable). TCP is not registered, so a
+segment is an unknown next header (Parameter Problem), as for any protocol the host lacks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from netstack.proto.addr6 import AddressTable
 from netstack.proto.icmpv6 import Icmpv6Config, Icmpv6Engine
 from netstack.proto.ipv6 import Ipv6Config, Ipv6Engine
 from netstack.proto.nd import NdConfig, NdEngine
+from netstack.proto.udp import UdpEngine
+from netstack.proto.udp6 import Udp6
 from netstack.wire import ethernet as weth
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv6 as wipv6
@@ -48,6 +50,7 @@ class Ipv6Stack:
         counters: Counters,
         emit: Callable[[Frame], None],
         rng: random.Random,
+        udp: UdpEngine | None = None,
     ) -> None:
         self.config = config
         self.counters = counters
@@ -61,7 +64,11 @@ class Ipv6Stack:
                            nd_config)  # fmt: skip
         self.nd.link_mtu = mtu
         self.icmp.nd_handler = self.nd.receive
-        self.ipv6.register(wipv6.UDP, self._closed_port)
+        if udp is not None:
+            self.udp6: Udp6 | None = Udp6(udp, self.ipv6, self.icmp, counters)
+        else:
+            self.udp6 = None
+            self.ipv6.register(wipv6.UDP, self._closed_port)
         self.engines = (self.ipv6, self.nd)
 
     def start(self, now: float) -> None:

@@ -68,6 +68,11 @@ def test_ping6_neighbor_cache_and_closed_port(tmp_path: Path) -> None:
         ll = address_with("fe80::")
         ping = w.run(["ping", "-6", "-c", "1", "-W", "2", f"{ll}%tap0"], check=False)
         assert ping.returncode == 0, ping.stdout + ping.stderr + w.log()
+        # the UDP echo service answers over IPv6 too (one port table for both families)
+        if have_tools("nc"):
+            echo = w.run(["nc", "-6", "-u", "-w", "2", STACK6, "7"], input="hello six\n",
+                         check=False)  # fmt: skip
+            assert echo.stdout == "hello six\n", echo.stdout + echo.stderr + w.log()
         # a closed UDP port: ICMPv6 port unreachable, which the kernel turns into ECONNREFUSED
         sock = w.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:

@@ -366,3 +366,24 @@ def test_fuzz_every_v6_frame_is_accounted_for(seed: bytes, flips, cut: int) -> N
     host.receive_batch([memoryview(bytes(frame))], 2.0)
     host.poll(100.0)
     assert _handled(c) > before
+
+
+def test_udp_echo_over_ipv6_shares_the_port_table() -> None:
+    from netstack.api.services import start_services
+
+    host = ready_host()
+    start_services(host.udp, {"udp_echo": 7})
+    out = feed(host, peer(STATIC_S, src="fe80::2") / s6.UDP(sport=5000, dport=7) / b"ping6", 2.0)
+    assert len(out) == 1
+    reply = out[0]
+    # sendto picks the source by RFC 6724 (rule 2: link-local for a link-local peer)
+    assert reply[s6.IPv6].src == OUR_LL_S and reply[s6.IPv6].dst == "fe80::2"
+    assert (reply[s6.UDP].sport, reply[s6.UDP].dport) == (7, 5000)
+    assert bytes(reply[s6.UDP].payload) == b"ping6"
+    raw = bytes(reply)
+    reply[s6.UDP].chksum = None  # scapy recomputes: the same checksum
+    assert bytes(Ether(bytes(reply))) == raw
+    # a zero checksum is invalid over IPv6 (RFC 8200 8.1)
+    zero = peer(STATIC_S) / s6.UDP(sport=5000, dport=7, chksum=0) / b"x"
+    assert feed(host, zero, 2.0) == []
+    assert host.counters.drops[Drop.UDP_BAD_CHECKSUM] == 1
