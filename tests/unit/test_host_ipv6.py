@@ -387,3 +387,46 @@ def test_udp_echo_over_ipv6_shares_the_port_table() -> None:
     zero = peer(STATIC_S) / s6.UDP(sport=5000, dport=7, chksum=0) / b"x"
     assert feed(host, zero, 2.0) == []
     assert host.counters.drops[Drop.UDP_BAD_CHECKSUM] == 1
+
+
+def test_reassembly_timeout_sends_time_exceeded_and_bounds_hold() -> None:
+    host = ready_host()
+    pkt = (
+        s6.IPv6(src=PEER_LL_S, dst=OUR_LL_S)
+        / s6.IPv6ExtHdrFragment(id=9)
+        / (s6.ICMPv6EchoRequest(data=b"y" * 3000))
+    )
+    first = s6.fragment6(pkt, 1280)[0]
+    feed(host, Ether(src=PEER_MAC_S, dst=OUR_MAC_S) / first, 2.0)
+    reassembler = host.v6.ipv6.reassembler
+    assert len(reassembler) == 1
+    host.poll(61.9)
+    assert len(reassembler) == 1
+    host.poll(62.1)
+    out = frames(host)
+    assert len(reassembler) == 0 and host.counters.drops[Drop.IPV6_REASSEMBLY_TIMEOUT] == 1
+    exceeded = [f for f in out if f.haslayer(s6.ICMPv6TimeExceeded)]
+    assert exceeded and exceeded[0][s6.ICMPv6TimeExceeded].code == 1
+    # a flood of first fragments with fresh identifications: at most 64 datagrams held
+    for ident in range(200):
+        first[s6.IPv6ExtHdrFragment].id = 1000 + ident
+        feed(host, Ether(src=PEER_MAC_S, dst=OUR_MAC_S) / first, 63.0)
+    assert len(reassembler) == 64
+    assert host.counters.drops[Drop.IPV6_REASSEMBLY_OVERFLOW] == 200 - 64
+
+
+def test_resolution_failure_is_counted_and_queue_bounded() -> None:
+    host = ready_host()
+    for i in range(20):  # to an on-link neighbour that never answers
+        host.v6.ipv6.send(wipv6.from_str("2001:db8::77"), wipv6.NO_NEXT, (bytes(8),), 2.0)
+    assert host.counters.drops[Drop.ND_QUEUE_FULL] == 4  # 16 queued per destination
+    ns = [f for f in frames(host) if f.haslayer(s6.ICMPv6ND_NS)]
+    assert len(ns) == 1 and ns[0][s6.IPv6].dst == "ff02::1:ff00:77"
+    assert ns[0][s6.IPv6].src == STATIC_S  # the source of the packet waiting (7.2.2)
+    for t in (3.0, 4.0, 5.0):
+        host.poll(t)
+    assert len([f for f in frames(host) if f.haslayer(s6.ICMPv6ND_NS)]) == 2
+    host.poll(6.0)
+    assert host.counters.nd_resolution_failures == 1
+    assert host.counters.drops[Drop.ND_RESOLUTION_FAILED] == 16
+    assert host.v6.nd.state(wipv6.from_str("2001:db8::77")) is None
