@@ -168,10 +168,8 @@ class Icmpv6Engine:
             return False
         if dst[0] == 0xFF and not even_multicast:
             return False
-        if view[6] == wipv6.ICMPV6 and len(view) > wipv6.HEADER_LEN:
-            inner_type = view[wipv6.HEADER_LEN]
-            if inner_type < 128 or inner_type == wicmp6.TYPE_REDIRECT:
-                return False
+        if _is_error_or_redirect(view):
+            return False
         if not self._bucket.allow(now):
             self.counters.drop(Drop.ICMPV6_RATE_LIMITED)
             return False
@@ -200,3 +198,19 @@ def _unpack_inner(quoted: memoryview) -> tuple:
         bytes(quoted[8:24]),
         bytes(quoted[24:40]),
     )
+
+
+def _is_error_or_redirect(packet: memoryview) -> bool:
+    """RFC 4443 §2.4 (e.1/e.2): is `packet` an ICMPv6 error or redirect, behind whatever
+    extension headers? (The chain we report on may be the faulty one: then only a message
+    right behind the fixed header can be told.)"""
+    try:
+        chain = wipv6.walk(packet[wipv6.HEADER_LEN :], packet[6])
+    except Malformed:
+        chain = wipv6.Chain(packet[6], 0, None, 6)
+    if chain.upper != wipv6.ICMPV6 or (chain.fragment is not None and chain.fragment.offset):
+        return False
+    at = wipv6.HEADER_LEN + chain.offset
+    if len(packet) <= at:
+        return True
+    return packet[at] < 128 or packet[at] == wicmp6.TYPE_REDIRECT

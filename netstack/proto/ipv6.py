@@ -242,10 +242,13 @@ class Ipv6Engine:
         src: bytes | None = None,
         hop_limit: int | None = None,
         traffic_class: int = 0,
+        next_hop: bytes | None = None,
     ) -> bool:
-        """Route and send one datagram, fragmenting it to the path MTU; False if dropped."""
+        """Route and send one datagram, fragmenting it to the path MTU; False if dropped.
+        `next_hop`: skip routing (ND answers a neighbour on the link, whatever its prefix)."""
         c = self.counters
-        next_hop = self.route(dst)
+        if next_hop is None:
+            next_hop = self.route(dst)
         if next_hop is None:
             c.drop(Drop.IPV6_NO_ROUTE)
             return False

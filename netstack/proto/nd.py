@@ -331,7 +331,10 @@ class NdEngine:
             type=wicmp6.TYPE_NEIGHBOR_ADVERT, target=target, flags=flags, target_lla=self.mac
         )
         raw = wicmp6.build_nd(target, dst, msg)
-        if self.ipv6.send(dst, wipv6.ICMPV6, (raw,), now, src=target, hop_limit=255):
+        # to the soliciting neighbour directly: it is on the link (hop limit 255), even with
+        # a source outside our prefixes (RFC 4861 7.2.4)
+        if self.ipv6.send(dst, wipv6.ICMPV6, (raw,), now, src=target, hop_limit=255,
+                          next_hop=dst):  # fmt: skip
             self.counters.nd_advertisements_tx += 1
             self.counters.icmp6[("tx", "neighbor_advertisement")] += 1
 
