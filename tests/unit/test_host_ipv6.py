@@ -417,7 +417,7 @@ def test_reassembly_timeout_sends_time_exceeded_and_bounds_hold() -> None:
 
 def test_resolution_failure_is_counted_and_queue_bounded() -> None:
     host = ready_host()
-    for i in range(20):  # to an on-link neighbour that never answers
+    for _ in range(20):  # to an on-link neighbour that never answers
         host.v6.ipv6.send(wipv6.from_str("2001:db8::77"), wipv6.NO_NEXT, (bytes(8),), 2.0)
     assert host.counters.drops[Drop.ND_QUEUE_FULL] == 4  # 16 queued per destination
     ns = [f for f in frames(host) if f.haslayer(s6.ICMPv6ND_NS)]
