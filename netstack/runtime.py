@@ -209,6 +209,7 @@ class Stack:
         if self.host.v6 is not None:
             self.host.v6.nd.on_dad_failure = _dad_failed
             self.host.v6.nd.on_address = _address_ready
+            self.host.v6.nd.on_deprecated = _address_deprecated
         self.services = start_services(
             self.host.udp, {**config.service_ports(), **config.tcp_service_ports()}, self.host.tcp
         )
@@ -626,3 +627,7 @@ def _dad_failed(entry, now: float) -> None:
 
 def _address_ready(entry, now: float) -> None:
     log.info("ipv6: address %s ready (%s)", entry, entry.origin.value)
+
+
+def _address_deprecated(entry, now: float) -> None:
+    log.info("ipv6: address %s deprecated (kept for existing peers, not chosen as a source)", entry)

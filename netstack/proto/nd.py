@@ -145,6 +145,8 @@ class NdEngine:
         # (entry, now): the loop logs it as an error (a DAD failure needs a human).
         self.on_dad_failure: Callable[[Ipv6Interface, float], None] | None = None
         self.on_address: Callable[[Ipv6Interface, float], None] | None = None  # became usable
+        # preferred -> deprecated (lifetime over, or a router withdrew the prefix)
+        self.on_deprecated: Callable[[Ipv6Interface, float], None] | None = None
         self._mac_header = weth.build(self.mac, self.mac, wipv6.ETHERTYPE_IPV6)[6:]  # src+type
         ipv6.link_send = self.send
         ipv6.on_link = self._on_link
@@ -554,6 +556,8 @@ class NdEngine:
                 entry.state = AddrState.PREFERRED
             elif entry.state is AddrState.PREFERRED and preferred == 0:
                 entry.state = AddrState.DEPRECATED
+                if self.on_deprecated is not None:
+                    self.on_deprecated(entry, now)
             remaining = entry.valid_until - now
             if valid > TWO_HOURS or valid > remaining:
                 entry.valid_until = now + valid
@@ -605,8 +609,13 @@ class NdEngine:
         for entry in list(self.addresses):
             if entry.dad_deadline is not None and entry.dad_deadline <= now:
                 self._dad_step(entry, now)
+        preferred = [e for e in self.addresses if e.state is AddrState.PREFERRED]
         for gone in self.addresses.poll(now):
             self._forget_group(gone)
+        if self.on_deprecated is not None:
+            for entry in preferred:
+                if entry.state is AddrState.DEPRECATED:
+                    self.on_deprecated(entry, now)
         self.routers = [r for r in self.routers if r.expires > now]
         self.prefixes = [p for p in self.prefixes if p.expires > now]
         if self._rs_deadline is not None and self._rs_deadline <= now:

@@ -92,6 +92,7 @@ RADVD_CONF = """interface tap0 {
     prefix 2001:db8:1::/64 {
         AdvOnLink on;
         AdvAutonomous on;
+        DeprecatePrefix on;
     };
 };
 """
@@ -104,7 +105,9 @@ def test_slaac_from_radvd(tmp_path: Path) -> None:
     expected = address_with("2001:db8:1::")
     with running_world(tmp_path, "--config", config_file(tmp_path, "auto")) as w:
         w.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])  # radvd insists on it
-        w.run(["ip", "-6", "route", "add", "2001:db8:1::/64", "dev", "tap0"])
+        # the kernel's own address in the advertised prefix: the ping's source is on-link for
+        # the stack, so replies need no default router (radvd withdraws it when it stops)
+        w.run(["ip", "-6", "addr", "add", "2001:db8:1::1/64", "dev", "tap0", "nodad"])
         log = tmp_path / "radvd.log"
         radvd = w.popen(
             ["radvd", "-n", "-C", str(conf), "-p", str(tmp_path / "radvd.pid"), "-m", "stderr"],
@@ -119,6 +122,18 @@ def test_slaac_from_radvd(tmp_path: Path) -> None:
                 lambda: w.log() + log.read_text(errors="replace"),
             )
             ping = w.run(["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", expected], check=False)
+            assert ping.returncode == 0, ping.stdout + ping.stderr + w.log()
+            # radvd's last RA (DeprecatePrefix) withdraws the prefix: preferred lifetime 0
+            radvd.terminate()
+            radvd.wait(10)
+            wait_for(
+                "the address deprecated",
+                lambda: f"address {expected}/64 deprecated" in w.log(),
+                10,
+                lambda: w.log() + log.read_text(errors="replace"),
+            )
+            # deprecated, still valid: it still answers (RFC 4862 5.5.4)
+            ping = w.run(["ping", "-6", "-c", "1", "-W", "2", expected], check=False)
             assert ping.returncode == 0, ping.stdout + ping.stderr + w.log()
         finally:
             radvd.terminate()
