@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -123,6 +124,7 @@ class NdEngine:
         counters: Counters,
         emit: Callable[[Frame], None],
         config: NdConfig | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.mac = bytes(mac)
         self.interface = interface
@@ -132,6 +134,9 @@ class NdEngine:
         self.counters = counters
         self.emit = emit
         self.config = config or NdConfig()
+        self.rng = rng if rng is not None else random.Random()
+        # BaseReachableTime; each REACHABLE period is 0.5..1.5 times it (RFC 4861 6.3.2), so
+        # the neighbours' entries do not all go stale together
         self.reachable_time = self.config.reachable_time
         self.retrans_timer = self.config.retrans_timer
         self._cache: OrderedDict[bytes, _Neighbor] = OrderedDict()
@@ -473,7 +478,7 @@ class NdEngine:
     def _confirm(self, entry: _Neighbor, solicited: bool, now: float) -> None:
         if solicited:
             entry.state = NudState.REACHABLE
-            entry.deadline = now + self.reachable_time
+            entry.deadline = now + self.reachable_time * self.rng.uniform(0.5, 1.5)
         else:
             entry.state = NudState.STALE
             entry.deadline = now + self.config.stale_time

@@ -61,7 +61,7 @@ class Ipv6Stack:
         self.icmp = Icmpv6Engine(self.ipv6, counters, config.icmp)
         nd_config = dataclasses.replace(config.nd, slaac=config.slaac)
         self.nd = NdEngine(mac, config.interface, config.secret, self.ipv6, counters, emit,
-                           nd_config)  # fmt: skip
+                           nd_config, rng)  # fmt: skip
         self.nd.link_mtu = mtu
         self.icmp.nd_handler = self.nd.receive
         if udp is not None:

@@ -430,3 +430,23 @@ def test_resolution_failure_is_counted_and_queue_bounded() -> None:
     assert host.counters.nd_resolution_failures == 1
     assert host.counters.drops[Drop.ND_RESOLUTION_FAILED] == 16
     assert host.v6.nd.state(wipv6.from_str("2001:db8::77")) is None
+
+
+def test_solicited_advertisement_resolves_for_a_randomized_reachable_time() -> None:
+    host = ready_host()
+    target = wipv6.from_str("2001:db8::5")
+    host.v6.ipv6.send(target, wipv6.NO_NEXT, (bytes(8),), 2.0)
+    frames(host)
+    na = (
+        peer(STATIC_S, src="2001:db8::5", hlim=255)
+        / s6.ICMPv6ND_NA(tgt="2001:db8::5", S=1, O=1)
+        / s6.ICMPv6NDOptDstLLAddr(lladdr=PEER_MAC_S)
+    )
+    out = feed(host, na, 2.5)
+    assert len(out) == 1 and out[0].dst == PEER_MAC_S  # the queued packet went out
+    nd = host.v6.nd
+    assert nd.state(target) is NudState.REACHABLE and nd.lookup(target) == PEER_MAC
+    host.poll(2.5 + 0.5 * nd.reachable_time - 0.01)
+    assert nd.state(target) is NudState.REACHABLE
+    host.poll(2.5 + 1.5 * nd.reachable_time + 0.01)
+    assert nd.state(target) is NudState.STALE
