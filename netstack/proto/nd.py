@@ -61,6 +61,7 @@ MAX_RTR_SOLICITATIONS = 3
 RTR_SOLICITATION_INTERVAL = 4.0
 TWO_HOURS = 7200.0
 IDGEN_RETRIES = 3
+MLD_REPORT_INTERVAL = 1.0
 _ROUTER_ALERT_HBH = bytes((wipv6.ICMPV6, 0, 5, 2, 0, 0, 1, 0))  # RFC 2711 MLD, PadN 0
 
 
@@ -145,6 +146,7 @@ class NdEngine:
         self.prefixes: list[Prefix] = []
         self.accept_macs: set[bytes] = {multicast_mac(wipv6.ALL_NODES)}
         self._rs_sent = 0
+        self._mld_repeats: list[tuple[float, bytes]] = []
         self._rs_deadline: float | None = None
         self._got_ra = False
         # (entry, now): the loop logs it as an error (a DAD failure needs a human).
@@ -191,6 +193,9 @@ class NdEngine:
         self.ipv6.groups.add(group)
         self.accept_macs.add(multicast_mac(group))
         self._report([group], now)
+        # RFC 3810 6.1: the unsolicited report is sent Robustness Variable (2) times, the
+        # repeat at a random point of the Unsolicited Report Interval (1 s)
+        self._mld_repeats.append((now + self.rng.uniform(0.0, MLD_REPORT_INTERVAL), group))
 
     def _report(self, groups: list[bytes], now: float) -> None:
         """MLDv2 report with hop limit 1 and a Router Alert (RFC 3810 §5.2, §5.2.13)."""
@@ -614,6 +619,11 @@ class NdEngine:
         for entry in list(self.addresses):
             if entry.dad_deadline is not None and entry.dad_deadline <= now:
                 self._dad_step(entry, now)
+        if self._mld_repeats and min(t for t, _ in self._mld_repeats) <= now:
+            due = [g for t, g in self._mld_repeats if t <= now and g in self.ipv6.groups]
+            self._mld_repeats = [(t, g) for t, g in self._mld_repeats if t > now]
+            if due:
+                self._report(due, now)
         preferred = [e for e in self.addresses if e.state is AddrState.PREFERRED]
         for gone in self.addresses.poll(now):
             self._forget_group(gone)
@@ -670,6 +680,7 @@ class NdEngine:
             found.append(d)
         if self._rs_deadline is not None:
             found.append(self._rs_deadline)
+        found.extend(t for t, _ in self._mld_repeats)
         found.extend(r.expires for r in self.routers)
         found.extend(p.expires for p in self.prefixes if p.expires != INFINITE)
         return min(found) if found else None

@@ -99,9 +99,18 @@ def test_start_runs_dad_with_mld_then_solicits_a_router() -> None:
     assert reports and all(f[s6.IPv6].hlim == 1 and f[s6.IPv6].dst == "ff02::16" for f in reports)
     assert reports[0].haslayer(s6.IPv6ExtHdrHopByHop)
     assert host.v6.addresses.find(OUR_LL).state is AddrState.TENTATIVE
-    host.poll(1.0)
+    groups = sorted(r[s6.ICMPv6MLDMultAddrRec].dst for r in reports)
+    host.poll(1.0)  # the reports again within the Unsolicited Report Interval (RFC 3810 6.1)
     assert host.v6.addresses.find(OUR_LL).state is AddrState.PREFERRED
-    rs = [f for f in frames(host) if f.haslayer(s6.ICMPv6ND_RS)]
+    out = frames(host)
+    again = sorted(
+        f.getlayer(s6.ICMPv6MLDMultAddrRec, nb=i + 1).dst
+        for f in out
+        if f.haslayer(s6.ICMPv6MLReport2)
+        for i in range(f[s6.ICMPv6MLReport2].records_number)
+    )
+    assert again == groups and len(groups) == 2
+    rs = [f for f in out if f.haslayer(s6.ICMPv6ND_RS)]
     assert len(rs) == 1 and rs[0][s6.IPv6].src == OUR_LL_S and rs[0][s6.IPv6].dst == "ff02::2"
     assert rs[0][s6.ICMPv6NDOptSrcLLAddr].lladdr == OUR_MAC_S
 
