@@ -72,6 +72,36 @@ def _address(value: Any) -> ipaddress.IPv4Interface | str:
     return _interface_address(value)
 
 
+AUTO6 = "auto"  # `address6 = "auto"`: link-local plus SLAAC
+
+
+def _interface6(value: Any) -> ipaddress.IPv6Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("expected an IPv6 address with a prefix length, like 2001:db8::2/64")
+    iface = ipaddress.IPv6Interface(value)
+    if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
+        raise ValueError("address must be a unicast address")
+    return iface
+
+
+def _address6(value: Any) -> ipaddress.IPv6Interface | str | None:
+    """The stack's IPv6 address: ADDR/PREFIX, "auto" or "none" (None)."""
+    if _is_none(value):
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO6:
+        return AUTO6
+    return _interface6(value)
+
+
+def _secret(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("expected a hex string")
+    secret = bytes.fromhex(value)
+    if len(secret) < 16:
+        raise ValueError("at least 16 bytes (32 hex digits), RFC 7217 section 5")
+    return secret
+
+
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(value: Any) -> Any:
         return None if _is_none(value) else parse(value)
@@ -363,6 +393,27 @@ SETTINGS: tuple[Setting, ...] = (
         "auto: virtio-net header with checksum offload and TSO/GSO super-frames where the "
         "kernel agrees; off: plain frames",
     ),
+    Setting(
+        "address6",
+        _address6,
+        AUTO6,
+        "the stack's IPv6 address ADDR/PREFIX (plus a link-local one), 'auto' (link-local and "
+        "SLAAC from router advertisements) or 'none' (no IPv6)",
+    ),
+    Setting(
+        "host_address6",
+        _optional(_interface6),
+        "2001:db8::1/64",
+        "IPv6 address given to the kernel side of the TAP, or 'none'",
+    ),
+    Setting(
+        "ipv6_secret",
+        _optional(_secret),
+        None,
+        "RFC 7217 secret (hex, 16+ bytes) for stable IPv6 interface IDs; none: kept in "
+        f"{STATE_DIRECTORY}/ipv6-secret",
+        cli=False,
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -406,6 +457,9 @@ class Config:
     socks_handshake_timeout: float
     socks_idle_timeout: float
     offload: str
+    address6: ipaddress.IPv6Interface | str | None  # or AUTO6; None: no IPv6
+    host_address6: ipaddress.IPv6Interface | None
+    ipv6_secret: bytes | None
 
     @property
     def dhcp(self) -> bool:
@@ -455,7 +509,7 @@ class Config:
             value = getattr(self, setting.attr)
             if isinstance(value, bytes):
                 value = mac_to_str(value)
-            if setting.key == "socks.password" and value is not None:
+            if setting.key in ("socks.password", "ipv6_secret") and value is not None:
                 value = "(set)"  # check-config output lands in logs and tickets
             lines.append(f"{setting.key} = {'none' if value is None else value}")
         lines.append(f"# mac in use = {mac_to_str(self.stack_mac())}")
@@ -511,6 +565,7 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         if config.gateway is not None:
             raise ConfigError(f"{source}: bad value for 'gateway': with address = dhcp, "
                               "the gateway comes from the DHCP server")  # fmt: skip
+        _check_ipv6(config, source)
         return config
     if config.gateway is not None and config.gateway not in config.address.network:
         raise ConfigError(
@@ -518,8 +573,15 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         )
     if config.host_address is not None and config.host_address.ip == config.address.ip:
         raise ConfigError(f"{source}: bad value for 'host_address': same as 'address'")
+    _check_ipv6(config, source)
     _check_front(config, source)
     return config
+
+
+def _check_ipv6(config: Config, source: str) -> None:
+    a6, h6 = config.address6, config.host_address6
+    if isinstance(a6, ipaddress.IPv6Interface) and h6 is not None and a6.ip == h6.ip:
+        raise ConfigError(f"{source}: bad value for 'host_address6': same as 'address6'")
 
 
 def _check_front(config: Config, source: str) -> None:

@@ -93,6 +93,44 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
         ),
     ),
     (
+        "Ip6",
+        (
+            ("packets received", "netstack_ipv6_packets_total", {"direction": "rx"}),
+            ("packets sent", "netstack_ipv6_packets_total", {"direction": "tx"}),
+            ("fragments received", "netstack_ipv6_fragments_total", {"direction": "rx"}),
+            ("fragments sent", "netstack_ipv6_fragments_total", {"direction": "tx"}),
+            ("datagrams reassembled", "netstack_ipv6_reassemblies_total", {"result": "ok"}),
+            ("reassemblies failed", "netstack_ipv6_reassemblies_total", {"result": "failed"}),
+        ),
+    ),
+    (
+        "Nd",
+        (
+            (
+                "neighbor solicitations received",
+                "netstack_nd_solicitations_total",
+                {"direction": "rx"},
+            ),
+            ("neighbor solicitations sent", "netstack_nd_solicitations_total", {"direction": "tx"}),
+            (
+                "neighbor advertisements received",
+                "netstack_nd_advertisements_total",
+                {"direction": "rx"},
+            ),
+            (
+                "neighbor advertisements sent",
+                "netstack_nd_advertisements_total",
+                {"direction": "tx"},
+            ),
+            ("router solicitations sent", "netstack_nd_router_solicitations_total", {}),
+            ("router advertisements received", "netstack_nd_router_advertisements_total", {}),
+            ("resolution failures", "netstack_nd_resolution_failures_total", {}),
+            ("duplicate addresses (DAD)", "netstack_nd_dad_conflicts_total", {}),
+            ("MLD reports sent", "netstack_mld_reports_total", {}),
+            ("cache entries", "netstack_nd_cache_entries", {}),
+        ),
+    ),
+    (
         "Udp",
         (
             ("datagrams received", "netstack_udp_datagrams_total", {"direction": "rx"}),
@@ -121,7 +159,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
         ),
     ),
 )
-GAUGES = {"netstack_arp_cache_entries"}
+GAUGES = {"netstack_arp_cache_entries", "netstack_nd_cache_entries"}
 DIRECTION_WORDS = {"rx": "received", "tx": "sent"}
 
 
@@ -178,6 +216,8 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
         out += [title, *_lines(rows)]
         if section == "Ip":
             out += _icmp(now, before)
+        if section == "Ip6":
+            out += _icmp(now, before, "netstack_icmpv6_messages_total", "Icmp6:")
         if section == "Tcp":
             out += _tcp_states(now)
     out += _dhcp(now, before)
@@ -187,15 +227,19 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
     return "\n".join(out)
 
 
-def _icmp(now: Snapshot, before: Snapshot | None) -> list[str]:
-    name = "netstack_icmp_messages_total"
+def _icmp(
+    now: Snapshot,
+    before: Snapshot | None,
+    name: str = "netstack_icmp_messages_total",
+    title: str = "Icmp:",
+) -> list[str]:
     rows = []
     for (direction, kind), value in sorted(now.by(name, "direction", "type").items()):
         if value:
             labels = {"direction": direction, "type": kind}
             text = f"{kind} {DIRECTION_WORDS.get(direction, direction)}"
             rows.append((value, text, _rate(now, before, name, labels)))
-    return ["Icmp:", *(_lines(rows) if rows else ["    none"])]
+    return [title, *(_lines(rows) if rows else ["    none"])]
 
 
 def _dhcp(now: Snapshot, before: Snapshot | None) -> list[str]:

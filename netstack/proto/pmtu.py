@@ -1,7 +1,9 @@
 """Per-destination path MTU cache (RFC 1191, with RFC 5927's caution about forged reports).
 
 Pure: reports and lookups take `now`; nothing here reads a clock. The IPv4 engine owns one
-cache; TCP (after validating the quoted segment, RFC 5927 4.1) and UDP (a bound socket sent
+cache keyed by int addresses, the IPv6 engine another keyed by 16-byte addresses, with the
+IPv6 minimum of 1280 as its floor (RFC 8201 4; a Packet Too Big below it is dropped before it
+gets here). TCP (after validating the quoted segment, RFC 5927 4.1) and UDP (a bound socket sent
 the datagram) feed it "fragmentation needed" reports, and both read it back.
 
 Choices (each by RFC section, Linux as the reference where the RFC leaves room):
@@ -61,7 +63,8 @@ class Entry:
 
 
 class PmtuCache:
-    """destination IPv4 address -> Entry, LRU-bounded, each entry aging out after `expires`."""
+    """destination address (IPv4 int or IPv6 bytes) -> Entry, LRU-bounded, each entry aging
+    out after `expires`."""
 
     def __init__(
         self,
@@ -75,15 +78,15 @@ class PmtuCache:
         self.min_mtu = min_mtu
         self.expires = expires
         self.max_entries = max_entries
-        self._entries: dict[int, Entry] = {}  # insertion order = recency (LRU first)
-        self.updates = 0  # estimates lowered (netstack_pmtu_updates_total)
+        self._entries: dict[int | bytes, Entry] = {}  # insertion order = recency (LRU first)
+        self.updates = 0  # estimates lowered here (a generation number for TCP's MSS check)
         self.expired = 0
-        self.counters = counters  # mirrors `updates` for the metrics
+        self.counters = counters  # netstack_pmtu_updates_total, summed over both families
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, dst: int, now: float) -> Entry | None:
+    def lookup(self, dst: int | bytes, now: float) -> Entry | None:
         """The live entry for `dst` (refreshing its recency), or None (use the link MTU)."""
         entries = self._entries
         if not entries:  # the common case: no report ever arrived
@@ -94,17 +97,16 @@ class PmtuCache:
         if now >= entry.expires:
             del entries[dst]
             self.expired += 1
-            self._count()
             return None
         del entries[dst]
         entries[dst] = entry
         return entry
 
-    def path_mtu(self, dst: int, link_mtu: int, now: float) -> int:
+    def path_mtu(self, dst: int | bytes, link_mtu: int, now: float) -> int:
         entry = self.lookup(dst, now)
         return link_mtu if entry is None else min(entry.mtu, link_mtu)
 
-    def report(self, dst: int, mtu: int, link_mtu: int, now: float) -> Entry | None:
+    def report(self, dst: int | bytes, mtu: int, link_mtu: int, now: float) -> Entry | None:
         """A validated "fragmentation needed" for `dst` with next-hop MTU `mtu` (already
         through next_hop_mtu). Returns the new entry when the estimate went down, else None."""
         current = self.path_mtu(dst, link_mtu, now)
@@ -120,7 +122,8 @@ class PmtuCache:
         while len(entries) > self.max_entries:
             del entries[next(iter(entries))]
         self.updates += 1
-        self._count()
+        if self.counters is not None:
+            self.counters.pmtu_updates += 1
         return entry
 
     def expire(self, now: float) -> None:
@@ -128,9 +131,3 @@ class PmtuCache:
         for dst in [d for d, e in self._entries.items() if now >= e.expires]:
             del self._entries[dst]
             self.expired += 1
-        self._count()
-
-    def _count(self) -> None:
-        c = self.counters
-        if c is not None:
-            c.pmtu_updates = self.updates

@@ -55,6 +55,11 @@ class UdpSocket:
         """Queue one datagram; False when it could not be sent (no route, too big, closed)."""
         if self.closed:
             raise OSError("socket is closed")
+        if type(address[0]) is bytes:  # a 16-byte IPv6 address: proto/udp6.py sends it
+            send6 = self._engine.sendto6
+            if send6 is None:
+                raise OSError("IPv6 is off")
+            return send6(self.port, data, address)
         return self._engine.sendto(self.port, data, address)
 
     def path_mtu(self, dst: int) -> int:
@@ -85,6 +90,9 @@ class UdpEngine:
         self._rng = rng
         self._ports: dict[int, UdpSocket] = {}
         self.now = 0.0  # the time of the frame or timer being handled; set by the host
+        # IPv6: one port table for both families (a bound port takes v6 datagrams too, as a
+        # Linux socket on "::" without IPV6_V6ONLY); proto/udp6.py sets the v6 sender.
+        self.sendto6: Callable[[int, bytes | bytearray | memoryview, tuple], bool] | None = None
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -103,6 +111,10 @@ class UdpEngine:
         sock = UdpSocket(self, port, on_datagram, on_error)
         self._ports[port] = sock
         return sock
+
+    def lookup(self, port: int) -> UdpSocket | None:
+        """The socket bound to `port` (for the IPv6 side, which shares the table)."""
+        return self._ports.get(port)
 
     def unbind(self, port: int) -> None:
         self._ports.pop(port, None)
