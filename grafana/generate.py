@@ -481,6 +481,52 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
         ),
     ),
+    (
+        "IPv6",
+        (
+            Panel(
+                "IPv6 packets and fragments",
+                "pps",
+                (
+                    *by_direction("netstack_ipv6_packets_total", "packets "),
+                    *by_direction("netstack_ipv6_fragments_total", "fragments "),
+                ),
+                "IPv6 packets on the wire (each fragment counts once), and the fragments.",
+                width=8,
+            ),
+            Panel(
+                "ICMPv6 messages by type",
+                "cps",
+                (
+                    (
+                        f"sum by (instance, direction, type) "
+                        f"({rate('netstack_icmpv6_messages_total')})",
+                        "{{direction}} {{type}} {{instance}}",
+                    ),
+                ),
+                "Echo, errors, neighbor discovery and MLD messages received and sent.",
+                width=8,
+            ),
+            Panel(
+                "Neighbor discovery",
+                "short",
+                (
+                    (sel("netstack_nd_cache_entries"), "cache entries {{instance}}"),
+                    (
+                        f"sum by (instance) ({rate('netstack_nd_resolution_failures_total')})",
+                        "resolution failures/s {{instance}}",
+                    ),
+                    (
+                        f"sum by (instance) ({rate('netstack_nd_dad_conflicts_total')})",
+                        "duplicate addresses (DAD)/s {{instance}}",
+                    ),
+                ),
+                "Neighbor cache size, next hops that never answered, and addresses another "
+                "node holds (a DAD failure needs a human: the address is not used).",
+                width=8,
+            ),
+        ),
+    ),
 )
 
 

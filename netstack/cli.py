@@ -1,4 +1,5 @@
 """The `netstack` command: `run` starts the stack, `check-config` validates, `stats` reports,
+`ss` lists TCP connections (like `ss -ti`),
 `soak` runs a long mixed load against a stack in its own namespace (netstack/soak/).
 
 Flag names and defaults are a contract other tools rely on; they come from config.SETTINGS.
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file, print the settings")
     check.add_argument("file", type=Path)
     stats.add_parser(commands)
+    stats.add_ss_parser(commands)
     soak.add_parser(commands)
     return parser
 
@@ -130,6 +132,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "check-config": _check_config, "stats": stats.main, "soak": soak.main}
+COMMANDS["ss"] = stats.ss_main  # connections with tcp_info, from the metrics server
 
 
 def main(argv: list[str] | None = None) -> int:

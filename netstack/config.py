@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -69,6 +70,36 @@ def _address(value: Any) -> ipaddress.IPv4Interface | str:
     if isinstance(value, str) and value.strip().lower() == DHCP:
         return DHCP
     return _interface_address(value)
+
+
+AUTO6 = "auto"  # `address6 = "auto"`: link-local plus SLAAC
+
+
+def _interface6(value: Any) -> ipaddress.IPv6Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("expected an IPv6 address with a prefix length, like 2001:db8::2/64")
+    iface = ipaddress.IPv6Interface(value)
+    if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
+        raise ValueError("address must be a unicast address")
+    return iface
+
+
+def _address6(value: Any) -> ipaddress.IPv6Interface | str | None:
+    """The stack's IPv6 address: ADDR/PREFIX, "auto" or "none" (None)."""
+    if _is_none(value):
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO6:
+        return AUTO6
+    return _interface6(value)
+
+
+def _secret(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("expected a hex string")
+    secret = bytes.fromhex(value)
+    if len(secret) < 16:
+        raise ValueError("at least 16 bytes (32 hex digits), RFC 7217 section 5")
+    return secret
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -288,6 +319,21 @@ SETTINGS: tuple[Setting, ...] = (
         cli=False,
     ),
     Setting(
+        "tcp.pmtu_discovery",
+        _bool,
+        True,
+        "RFC 1191 path MTU discovery: DF on TCP segments, frag-needed lowers the MSS",
+        cli=False,
+    ),
+    Setting(
+        "tcp.plpmtud",
+        _bool,
+        False,
+        "RFC 4821 black-hole detection: lower the MSS after repeated timeouts (Linux's "
+        "tcp_mtu_probing = 1)",
+        cli=False,
+    ),
+    Setting(
         "dhcp_release",
         _bool,
         True,
@@ -347,6 +393,27 @@ SETTINGS: tuple[Setting, ...] = (
         "auto: virtio-net header with checksum offload and TSO/GSO super-frames where the "
         "kernel agrees; off: plain frames",
     ),
+    Setting(
+        "address6",
+        _address6,
+        AUTO6,
+        "the stack's IPv6 address ADDR/PREFIX (plus a link-local one), 'auto' (link-local and "
+        "SLAAC from router advertisements) or 'none' (no IPv6)",
+    ),
+    Setting(
+        "host_address6",
+        _optional(_interface6),
+        "2001:db8::1/64",
+        "IPv6 address given to the kernel side of the TAP, or 'none'",
+    ),
+    Setting(
+        "ipv6_secret",
+        _optional(_secret),
+        None,
+        "RFC 7217 secret (hex, 16+ bytes) for stable IPv6 interface IDs; none: kept in "
+        f"{STATE_DIRECTORY}/ipv6-secret",
+        cli=False,
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -377,6 +444,8 @@ class Config:
     tcp_receive_buffer: int
     tcp_rto_min: float
     tcp_syncookies: bool
+    tcp_pmtu_discovery: bool
+    tcp_plpmtud: bool
     dhcp_release: bool
     dhcp_lease_file: Path | None
     forward: tuple[ForwardSpec, ...]
@@ -388,6 +457,9 @@ class Config:
     socks_handshake_timeout: float
     socks_idle_timeout: float
     offload: str
+    address6: ipaddress.IPv6Interface | str | None  # or AUTO6; None: no IPv6
+    host_address6: ipaddress.IPv6Interface | None
+    ipv6_secret: bytes | None
 
     @property
     def dhcp(self) -> bool:
@@ -425,6 +497,9 @@ class Config:
             receive_buffer=self.tcp_receive_buffer,
             rto_min=self.tcp_rto_min,
             syncookies=self.tcp_syncookies,
+            pmtu_discovery=self.tcp_pmtu_discovery,
+            plpmtud=self.tcp_plpmtud,
+            checked=os.environ.get("NETSTACK_CHECKED", "0") not in ("", "0"),  # tests' debug aid
         )
 
     def describe(self) -> str:
@@ -434,7 +509,7 @@ class Config:
             value = getattr(self, setting.attr)
             if isinstance(value, bytes):
                 value = mac_to_str(value)
-            if setting.key == "socks.password" and value is not None:
+            if setting.key in ("socks.password", "ipv6_secret") and value is not None:
                 value = "(set)"  # check-config output lands in logs and tickets
             lines.append(f"{setting.key} = {'none' if value is None else value}")
         lines.append(f"# mac in use = {mac_to_str(self.stack_mac())}")
@@ -490,6 +565,7 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         if config.gateway is not None:
             raise ConfigError(f"{source}: bad value for 'gateway': with address = dhcp, "
                               "the gateway comes from the DHCP server")  # fmt: skip
+        _check_ipv6(config, source)
         return config
     if config.gateway is not None and config.gateway not in config.address.network:
         raise ConfigError(
@@ -497,8 +573,15 @@ def build_config(*layers: dict[str, Any], source: str = "config") -> Config:
         )
     if config.host_address is not None and config.host_address.ip == config.address.ip:
         raise ConfigError(f"{source}: bad value for 'host_address': same as 'address'")
+    _check_ipv6(config, source)
     _check_front(config, source)
     return config
+
+
+def _check_ipv6(config: Config, source: str) -> None:
+    a6, h6 = config.address6, config.host_address6
+    if isinstance(a6, ipaddress.IPv6Interface) and h6 is not None and a6.ip == h6.ip:
+        raise ConfigError(f"{source}: bad value for 'host_address6': same as 'address6'")
 
 
 def _check_front(config: Config, source: str) -> None:

@@ -73,6 +73,28 @@ class Counters:
     gso_segments_rx: int = 0
     gso_segments_tx: int = 0
 
+    # Path MTU (proto/pmtu.py): estimates lowered by validated reports.
+    pmtu_updates: int = 0
+    tcp_plpmtud_black_holes: int = 0  # MSS lowered by black-hole detection (RFC 4821/8899)
+    # IPv6 (netstack/proto/ipv6.py, icmpv6.py, nd.py)
+    ipv6_rx: int = 0
+    ipv6_tx: int = 0
+    ipv6_fragments_rx: int = 0
+    ipv6_fragments_tx: int = 0
+    ipv6_reassembled: int = 0
+    ipv6_reassembly_failures: int = 0
+    nd_solicitations_rx: int = 0
+    nd_solicitations_tx: int = 0
+    nd_advertisements_rx: int = 0
+    nd_advertisements_tx: int = 0
+    nd_router_solicitations_tx: int = 0
+    nd_router_advertisements_rx: int = 0
+    nd_resolution_failures: int = 0
+    nd_dad_conflicts: int = 0  # an address of ours another node holds (RFC 4862 5.4.5)
+    mld_reports_tx: int = 0
+    # ICMPv6 messages keyed by (direction, type name)
+    icmp6: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+
     # Fixed-bucket histograms of plain ints (netstack/histogram.py): the loop and TCP observe.
     loop_batch_frames: Histogram = dataclasses.field(
         default_factory=lambda: Histogram(BATCH_FRAMES_BOUNDS)

@@ -115,6 +115,54 @@ class Drop(enum.Enum):
     DHCP_NOT_FOR_US = ("dhcp", "not_for_us")  # not a reply, other xid or client hardware address
     DHCP_UNEXPECTED = ("dhcp", "unexpected")  # a message type the current state does not take
     DHCP_BAD_LEASE = ("dhcp", "bad_lease")  # unusable offer/ack: address, server id, lease time
+    # udp: a "fragmentation needed" quoting a datagram from a port no socket holds (RFC 1191)
+    UDP_ICMP_NO_SOCKET = ("udp", "icmp_no_socket")
+
+    # ipv6 (RFC 8200)
+    IPV6_TRUNCATED = ("ipv6", "truncated")  # shorter than 40 bytes or its payload length
+    IPV6_BAD_VERSION = ("ipv6", "bad_version")
+    IPV6_BAD_LENGTH = ("ipv6", "bad_length")  # payload length 0 (jumbograms are not taken)
+    IPV6_BAD_SOURCE = ("ipv6", "bad_source")  # multicast, loopback or our own address
+    IPV6_NOT_FOR_US = ("ipv6", "not_for_us")  # neither our address nor a group we joined
+    IPV6_TENTATIVE = ("ipv6", "tentative")  # to an address still under DAD (RFC 4862 5.4)
+    IPV6_UNKNOWN_PROTOCOL = ("ipv6", "unknown_protocol")  # unknown next header
+    IPV6_BAD_EXTENSION = ("ipv6", "bad_extension")  # an extension header or option overruns
+    IPV6_CHAIN_TOO_LONG = ("ipv6", "chain_too_long")  # more extension headers than we walk
+    IPV6_HOP_BY_HOP_NOT_FIRST = ("ipv6", "hop_by_hop_not_first")
+    IPV6_UNKNOWN_OPTION = ("ipv6", "unknown_option")  # its high bits say discard
+    IPV6_ROUTING_TYPE0 = ("ipv6", "routing_type0")  # RFC 5095
+    IPV6_ROUTING_UNSUPPORTED = ("ipv6", "routing_unsupported")  # segments left: we don't forward
+    IPV6_NO_NEXT_HEADER = ("ipv6", "no_next_header")  # next header 59: nothing to deliver
+    IPV6_BAD_FRAGMENT = ("ipv6", "bad_fragment")
+    IPV6_FRAGMENT_OVERLAP = ("ipv6", "fragment_overlap")  # RFC 5722: the whole datagram goes
+    IPV6_FRAGMENT_CHAIN_INCOMPLETE = ("ipv6", "fragment_chain_incomplete")  # RFC 7112
+    IPV6_REASSEMBLY_TIMEOUT = ("ipv6", "reassembly_timeout")
+    IPV6_REASSEMBLY_OVERFLOW = ("ipv6", "reassembly_overflow")
+    IPV6_NO_ROUTE = ("ipv6", "no_route")
+    IPV6_NO_SOURCE = ("ipv6", "no_source")  # no usable source address yet
+    IPV6_TOO_BIG = ("ipv6", "too_big")  # local payload over 65535 bytes
+    # icmpv6 (RFC 4443)
+    ICMPV6_TRUNCATED = ("icmpv6", "truncated")
+    ICMPV6_BAD_CHECKSUM = ("icmpv6", "bad_checksum")
+    ICMPV6_UNSUPPORTED_TYPE = ("icmpv6", "unsupported_type")
+    ICMPV6_RATE_LIMITED = ("icmpv6", "rate_limited")
+    ICMPV6_BAD_ERROR = ("icmpv6", "bad_error")  # quotes nothing of ours, or a PTB under 1280
+    # neighbor discovery (RFC 4861, RFC 4862) and MLD (RFC 3810)
+    ND_BAD_HOP_LIMIT = ("nd", "bad_hop_limit")  # not 255: not from the link
+    ND_BAD_CODE = ("nd", "bad_code")
+    ND_TRUNCATED = ("nd", "truncated")
+    ND_BAD_OPTION = ("nd", "bad_option")  # length 0, overrun, or not allowed here
+    ND_BAD_TARGET = ("nd", "bad_target")  # multicast target
+    ND_BAD_SOURCE = ("nd", "bad_source")  # RA not from link-local, DAD NS not to solicited-node
+    ND_NOT_FOR_US = ("nd", "not_for_us")  # NS for an address we don't own
+    ND_REDIRECT_IGNORED = ("nd", "redirect_ignored")  # redirects are not honoured
+    ND_NOT_ROUTER = ("nd", "not_router")  # RS to a host (RFC 4861 6.2.6)
+    ND_QUEUE_FULL = ("nd", "queue_full")
+    ND_RESOLUTION_FAILED = ("nd", "resolution_failed")
+    ND_ROUTER_LIST_FULL = ("nd", "router_list_full")
+    ND_PREFIX_LIST_FULL = ("nd", "prefix_list_full")
+    ND_BAD_PREFIX = ("nd", "bad_prefix")  # RFC 4862 5.5.3 a)-c): ignored prefix information
+    MLD_IGNORED = ("mld", "ignored")  # other hosts' reports, or queries (we report unsolicited)
 
     @property
     def layer(self) -> str:

@@ -14,6 +14,7 @@ and dashboards show flat lines rather than "no data".
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -35,6 +36,7 @@ from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.histogram import Histogram
 from netstack.wire.icmp import TYPE_NAMES as ICMP_TYPE_NAMES
+from netstack.wire.icmpv6 import TYPE_NAMES as ICMPV6_TYPE_NAMES
 
 log = logging.getLogger("netstack.metrics")
 
@@ -42,6 +44,7 @@ PREFIX = "netstack_"
 DIRECTIONS = ("rx", "tx")
 # ICMP type label values: the names netstack/proto/icmp.py counts under, plus its catch-all.
 ICMP_TYPES: tuple[str, ...] = (*sorted(set(ICMP_TYPE_NAMES.values())), "other")
+ICMPV6_TYPES: tuple[str, ...] = (*sorted(set(ICMPV6_TYPE_NAMES.values())), "other")
 # TCP connection states (RFC 9293 names, snake_case): the `state` label of
 # netstack_tcp_connections. The TCP engine's tcp_connections_by_state hook returns counts keyed
 # by these names; each is always emitted (0 when absent) so the series exist before TCP does.
@@ -200,6 +203,67 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "gso_segments_rx",
         "gso_segments_tx",
     ),
+    _single(
+        "pmtu_updates",
+        "Path MTU estimates lowered by a validated ICMP fragmentation needed (RFC 1191).",
+        "pmtu_updates",
+    ),
+    _single(
+        "tcp_plpmtud_black_holes",
+        "TCP MSS reductions by black-hole detection after repeated RTOs (RFC 4821/8899).",
+        "tcp_plpmtud_black_holes",
+    ),
+    _per_direction(
+        "ipv6_packets",
+        "IPv6 packets received and sent on the wire (each fragment counts once).",
+        "ipv6_rx",
+        "ipv6_tx",
+    ),
+    _per_direction(
+        "ipv6_fragments",
+        "IPv6 fragments received and sent (a subset of netstack_ipv6_packets_total).",
+        "ipv6_fragments_rx",
+        "ipv6_fragments_tx",
+    ),
+    Family(
+        "ipv6_reassemblies",
+        "Fragmented IPv6 datagrams reassembled (ok) or given up (failed; the drops say why).",
+        ("result",),
+        ((("ok",), "ipv6_reassembled"), (("failed",), "ipv6_reassembly_failures")),
+    ),
+    _per_direction(
+        "nd_solicitations",
+        "Neighbor solicitations received and sent (DAD probes included).",
+        "nd_solicitations_rx",
+        "nd_solicitations_tx",
+    ),
+    _per_direction(
+        "nd_advertisements",
+        "Neighbor advertisements received and sent.",
+        "nd_advertisements_rx",
+        "nd_advertisements_tx",
+    ),
+    _single(
+        "nd_router_solicitations",
+        "Router solicitations sent.",
+        "nd_router_solicitations_tx",
+    ),
+    _single(
+        "nd_router_advertisements",
+        "Router advertisements received.",
+        "nd_router_advertisements_rx",
+    ),
+    _single(
+        "nd_resolution_failures",
+        "IPv6 next hops that did not answer neighbor solicitation after every retry.",
+        "nd_resolution_failures",
+    ),
+    _single(
+        "nd_dad_conflicts",
+        "IPv6 addresses of ours another node holds (duplicate address detection, RFC 4862).",
+        "nd_dad_conflicts",
+    ),
+    _single("mld_reports", "MLDv2 reports sent for the groups we join.", "mld_reports_tx"),
 )
 
 # (name, help, Counters field) of the per-interface link counters.
@@ -247,7 +311,11 @@ class StackCollector:
         tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
         version: str = __version__,
         dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
+        pmtu_cache_entries: Callable[[], int] = lambda: 0,
+        nd_cache_entries: Callable[[], int] = lambda: 0,
     ) -> None:
+        self.pmtu_cache_entries = pmtu_cache_entries  # len() of the PMTU caches (v4 + v6)
+        self.nd_cache_entries = nd_cache_entries
         self.counters = counters
         self.dhcp_status = dhcp_status  # (state, lease seconds left), None without DHCP
         self.interface = interface
@@ -312,6 +380,17 @@ class StackCollector:
                 family.add_metric([direction, kind], icmp.get((direction, kind), 0))
         yield family
 
+        icmp6 = dict(c.icmp6)
+        family = CounterMetricFamily(
+            PREFIX + "icmpv6_messages",
+            "ICMPv6 messages received and sent, by type (ND and MLD included).",
+            labels=["direction", "type"],
+        )
+        for direction in DIRECTIONS:
+            for kind in ICMPV6_TYPES:
+                family.add_metric([direction, kind], icmp6.get((direction, kind), 0))
+        yield family
+
         dhcp = dict(c.dhcp_messages)
         family = CounterMetricFamily(
             PREFIX + "dhcp_messages",
@@ -334,6 +413,11 @@ class StackCollector:
             yield GaugeMetricFamily(
                 PREFIX + "arp_cache_entries", "Entries in the ARP cache.", value=entries
             )
+        entries = self._call("nd_cache_entries", self.nd_cache_entries)
+        if entries is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "nd_cache_entries", "Entries in the IPv6 neighbor cache.", value=entries
+            )
         states = self._call("tcp_connections_by_state", self.tcp_connections_by_state)
         if states is not None:
             family = GaugeMetricFamily(
@@ -343,6 +427,11 @@ class StackCollector:
                 family.add_metric([state], states.get(state, 0))
             yield family
 
+        yield GaugeMetricFamily(
+            PREFIX + "pmtu_cache_entries",
+            "Destinations with a path MTU estimate below the link MTU (RFC 1191, RFC 8201).",
+            value=self._call("pmtu_cache_entries", self.pmtu_cache_entries) or 0,
+        )
         # Exported with a static address too (all 0), so dashboards and rate() find the series.
         current, seconds_left = self._call("dhcp_status", self.dhcp_status) or (None, 0.0)
         family = GaugeMetricFamily(
@@ -389,6 +478,8 @@ def build_registry(
     arp_cache_entries: Callable[[], int] = lambda: 0,
     tcp_connections_by_state: Callable[[], Mapping[str, int]] = _no_connections,
     dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
+    pmtu_cache_entries: Callable[[], int] = lambda: 0,
+    nd_cache_entries: Callable[[], int] = lambda: 0,
 ) -> CollectorRegistry:
     """A fresh registry (never the global default one) with the stack and process collectors."""
     disable_created_metrics()  # no `_created` series: they double the series count for nothing
@@ -400,6 +491,8 @@ def build_registry(
             arp_cache_entries=arp_cache_entries,
             tcp_connections_by_state=tcp_connections_by_state,
             dhcp_status=dhcp_status,
+            pmtu_cache_entries=pmtu_cache_entries,
+            nd_cache_entries=nd_cache_entries,
         )
     )
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...
@@ -415,6 +508,25 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def _with_routes(metrics_app, routes: Mapping[str, Callable[[], object]]):
+    """A WSGI app serving `routes` as JSON and everything else as the Prometheus app does."""
+
+    def app(environ, start_response):
+        route = routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return metrics_app(environ, start_response)
+        try:
+            body = json.dumps(route()).encode()
+            status = "200 OK"
+        except TimeoutError as err:  # the loop is busy or gone: say so, never guess
+            body = json.dumps({"error": str(err)}).encode()
+            status = "503 Service Unavailable"
+        start_response(status, [("Content-Type", "application/json")])
+        return [body]
+
+    return app
+
+
 class MetricsServer:
     """Serves one registry at http://HOST:PORT/metrics from a single daemon thread.
 
@@ -422,7 +534,15 @@ class MetricsServer:
     milliseconds. `close()` stops the thread and frees the port.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        routes: Mapping[str, Callable[[], object]] | None = None,
+    ) -> None:
+        """`routes`: admin endpoints beside /metrics, path -> a function returning JSON-ready
+        data (e.g. /connections for `netstack ss`); it runs on this server's thread."""
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family = infos[0][0]
 
@@ -434,7 +554,7 @@ class MetricsServer:
                 log.debug("metrics request from %s failed", client_address, exc_info=True)
 
         self._server = Server(infos[0][4][:2], _QuietHandler)
-        self._server.set_app(make_wsgi_app(registry))
+        self._server.set_app(_with_routes(make_wsgi_app(registry), routes or {}))
         bound = self._server.server_address
         self.host, self.port = str(bound[0]), int(bound[1])
         self._thread = threading.Thread(

@@ -72,6 +72,8 @@ def open_link(config: Config):
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
+            if config.address6 is not None and config.host_address6 is not None:
+                netlink.add_address6(config.interface, config.host_address6)
         else:
             from netstack.io.packet import PacketLink
 
@@ -202,10 +204,15 @@ class Stack:
                 mtu=mtu,
                 tcp=tcp,
                 dhcp=DhcpConfig() if config.dhcp else None,
+                ipv6=ipv6_host_config(config, mtu),
             ),
             self.counters,
             random.SystemRandom(),
         )
+        if self.host.v6 is not None:
+            self.host.v6.nd.on_dad_failure = _dad_failed
+            self.host.v6.nd.on_address = _address_ready
+            self.host.v6.nd.on_deprecated = _address_deprecated
         self.services = start_services(
             self.host.udp, {**config.service_ports(), **config.tcp_service_ports()}, self.host.tcp
         )
@@ -214,6 +221,7 @@ class Stack:
         self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run
+        self.admin = None  # its api.admin.LoopDoor (/connections), likewise
         self._apply_pcap()
         if config.fault is not None:  # --fault: impair the link for testing (io/fault.py)
             self.link = link = FaultLink.around(link, config.fault, self.loop, self.counters)
@@ -302,6 +310,15 @@ class Stack:
             f"mtu {self.host.config.mtu}; try: ping {ip}, tcpdump -i {self.link.name}"
         )
 
+    def pmtu_cache_entries(self) -> int:
+        """Destinations with a path MTU below the link's, both families."""
+        v6 = self.host.v6
+        return len(self.host.ipv4.pmtu) + (len(v6.ipv6.pmtu) if v6 is not None else 0)
+
+    def nd_cache_entries(self) -> int:
+        v6 = self.host.v6
+        return 0 if v6 is None else v6.nd.cache_entries()
+
     def describe_offloads(self) -> str:
         """What the link negotiated (and, for AF_PACKET, how it receives and sends)."""
         link = self.link
@@ -331,6 +348,9 @@ class Stack:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
         if self.pcap is not None:
             self.pcap.close()
             self.pcap = None
@@ -362,12 +382,21 @@ class Stack:
             arp_cache_entries=self.host.arp.cache_entries,
             tcp_connections_by_state=self.tcp_connections_by_state,
             dhcp_status=self.dhcp_status,
+            pmtu_cache_entries=self.pmtu_cache_entries,
+            nd_cache_entries=self.nd_cache_entries,
         )
         from netstack.metrics import FrontCollector
 
         registry.register(FrontCollector(self.front.stats))
+        from netstack.api.admin import LoopDoor
+        from netstack.proto.tcp.introspect import connection_table
+
+        # /connections (netstack ss): the loop builds the table, the HTTP thread waits for it.
+        self.admin = door = LoopDoor(self.loop)
+        tcp = self.host.tcp
+        routes = {"/connections": lambda: door.call(lambda now: connection_table(tcp, now))}
         try:
-            self.metrics = MetricsServer(address.host, address.port, registry)
+            self.metrics = MetricsServer(address.host, address.port, registry, routes)
         except OSError as err:
             hint = "set metrics_address, or 'none' to turn metrics off"
             if err.errno == errno.EADDRNOTAVAIL:  # a fresh network namespace: lo starts down
@@ -550,3 +579,77 @@ class Stack:
                 config.pcap, max_bytes=config.pcap_max_bytes, max_files=config.pcap_max_files
             )
             observers.append(self._capture)
+
+
+SECRET_FILE = "ipv6-secret"
+
+
+def ipv6_secret(config: Config) -> bytes:
+    """RFC 7217 secret_key: from the config, else kept in the state directory (made once, so
+    the interface IDs stay stable across restarts); if that cannot be written, a random one
+    for this run (addresses then change at each start: said in the log)."""
+    if config.ipv6_secret is not None:
+        return config.ipv6_secret
+    from netstack.config import STATE_DIRECTORY
+
+    path = STATE_DIRECTORY / SECRET_FILE
+    try:
+        data = path.read_bytes()
+        if len(data) >= 16:
+            return data
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("ipv6: cannot read %s (%s)", path, err.strerror)
+    secret = os.urandom(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+    except OSError as err:
+        log.warning(
+            "ipv6: cannot keep the interface-ID secret in %s (%s): IPv6 addresses will change "
+            "at the next start (set ipv6_secret to fix them)",
+            path,
+            err.strerror,
+        )
+    return secret
+
+
+def ipv6_host_config(config: Config, mtu: int):  # -> Ipv6HostConfig | None
+    """address6: none -> no IPv6; auto -> link-local + SLAAC; ADDR/P -> link-local + it."""
+    import ipaddress as _ip
+
+    from netstack.proto.v6 import Ipv6HostConfig
+
+    if config.address6 is None:
+        return None
+    if mtu < 1280:
+        log.warning("ipv6: off, the link MTU %d is below IPv6's 1280 (RFC 8200 section 5)", mtu)
+        return None
+    static = ()
+    if isinstance(config.address6, _ip.IPv6Interface):
+        static = ((config.address6.ip.packed, config.address6.network.prefixlen),)
+    return Ipv6HostConfig(
+        interface=config.interface,
+        secret=ipv6_secret(config),
+        static=static,
+        slaac=config.address6 == "auto",
+    )
+
+
+def _dad_failed(entry, now: float) -> None:
+    log.error(
+        "ipv6: duplicate address detection failed for %s: another node on the link uses it; "
+        "the address is not used (RFC 4862 section 5.4.5)",
+        entry,
+    )
+
+
+def _address_ready(entry, now: float) -> None:
+    log.info("ipv6: address %s ready (%s)", entry, entry.origin.value)
+
+
+def _address_deprecated(entry, now: float) -> None:
+    log.info("ipv6: address %s deprecated (kept for existing peers, not chosen as a source)", entry)

@@ -93,6 +93,44 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
         ),
     ),
     (
+        "Ip6",
+        (
+            ("packets received", "netstack_ipv6_packets_total", {"direction": "rx"}),
+            ("packets sent", "netstack_ipv6_packets_total", {"direction": "tx"}),
+            ("fragments received", "netstack_ipv6_fragments_total", {"direction": "rx"}),
+            ("fragments sent", "netstack_ipv6_fragments_total", {"direction": "tx"}),
+            ("datagrams reassembled", "netstack_ipv6_reassemblies_total", {"result": "ok"}),
+            ("reassemblies failed", "netstack_ipv6_reassemblies_total", {"result": "failed"}),
+        ),
+    ),
+    (
+        "Nd",
+        (
+            (
+                "neighbor solicitations received",
+                "netstack_nd_solicitations_total",
+                {"direction": "rx"},
+            ),
+            ("neighbor solicitations sent", "netstack_nd_solicitations_total", {"direction": "tx"}),
+            (
+                "neighbor advertisements received",
+                "netstack_nd_advertisements_total",
+                {"direction": "rx"},
+            ),
+            (
+                "neighbor advertisements sent",
+                "netstack_nd_advertisements_total",
+                {"direction": "tx"},
+            ),
+            ("router solicitations sent", "netstack_nd_router_solicitations_total", {}),
+            ("router advertisements received", "netstack_nd_router_advertisements_total", {}),
+            ("resolution failures", "netstack_nd_resolution_failures_total", {}),
+            ("duplicate addresses (DAD)", "netstack_nd_dad_conflicts_total", {}),
+            ("MLD reports sent", "netstack_mld_reports_total", {}),
+            ("cache entries", "netstack_nd_cache_entries", {}),
+        ),
+    ),
+    (
         "Udp",
         (
             ("datagrams received", "netstack_udp_datagrams_total", {"direction": "rx"}),
@@ -121,7 +159,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
         ),
     ),
 )
-GAUGES = {"netstack_arp_cache_entries"}
+GAUGES = {"netstack_arp_cache_entries", "netstack_nd_cache_entries"}
 DIRECTION_WORDS = {"rx": "received", "tx": "sent"}
 
 
@@ -178,6 +216,8 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
         out += [title, *_lines(rows)]
         if section == "Ip":
             out += _icmp(now, before)
+        if section == "Ip6":
+            out += _icmp(now, before, "netstack_icmpv6_messages_total", "Icmp6:")
         if section == "Tcp":
             out += _tcp_states(now)
     out += _dhcp(now, before)
@@ -187,15 +227,19 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
     return "\n".join(out)
 
 
-def _icmp(now: Snapshot, before: Snapshot | None) -> list[str]:
-    name = "netstack_icmp_messages_total"
+def _icmp(
+    now: Snapshot,
+    before: Snapshot | None,
+    name: str = "netstack_icmp_messages_total",
+    title: str = "Icmp:",
+) -> list[str]:
     rows = []
     for (direction, kind), value in sorted(now.by(name, "direction", "type").items()):
         if value:
             labels = {"direction": direction, "type": kind}
             text = f"{kind} {DIRECTION_WORDS.get(direction, direction)}"
             rows.append((value, text, _rate(now, before, name, labels)))
-    return ["Icmp:", *(_lines(rows) if rows else ["    none"])]
+    return [title, *(_lines(rows) if rows else ["    none"])]
 
 
 def _dhcp(now: Snapshot, before: Snapshot | None) -> list[str]:
@@ -337,4 +381,127 @@ def main(args: argparse.Namespace) -> int:
         print(f"netstack: {url} is not Prometheus text: {err}", file=sys.stderr)
         return 1
     print(render(url, now, before))
+    return 0
+
+
+# -- `netstack ss`: connections, like Linux's `ss -ti` ------------------------------------------
+SS_STATES = {
+    "listen": "LISTEN",
+    "syn_sent": "SYN-SENT",
+    "syn_received": "SYN-RECV",
+    "established": "ESTAB",
+    "fin_wait_1": "FIN-WAIT-1",
+    "fin_wait_2": "FIN-WAIT-2",
+    "close_wait": "CLOSE-WAIT",
+    "closing": "CLOSING",
+    "last_ack": "LAST-ACK",
+    "time_wait": "TIME-WAIT",
+}
+
+
+def add_ss_parser(commands: argparse._SubParsersAction) -> None:
+    default = SETTINGS_BY_KEY["metrics_address"].default
+    parser = commands.add_parser(
+        "ss", help="list a running stack's TCP connections with tcp_info, like `ss -ti`"
+    )
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help=f"the stack's metrics address (default: from --config, else {default})",
+    )
+    parser.add_argument("--config", type=Path, help="read metrics_address from this TOML file")
+    parser.add_argument("--timeout", type=float, default=3.0, help="HTTP timeout in seconds")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-l", "--listening", action="store_true", help="listeners only")
+    which.add_argument("-a", "--all", action="store_true", help="listeners and connections")
+    parser.add_argument("--json", action="store_true", help="the endpoint's JSON as it is")
+
+
+def _ms(us: int) -> str:
+    return _number(round(us / 1000, 3))
+
+
+def _info_line(c: Mapping) -> str:
+    """The second line of `ss -ti` for one connection, in its field names and units."""
+    i = c["tcp_info"]
+    parts = [
+        str(c.get("congestion_control") or ""),
+        f"wscale:{c['wscale'][0]},{c['wscale'][1]}"
+        if c["tcp_info"].get("tcpi_options", 0) & 4
+        else "",
+        f"rto:{_ms(i['tcpi_rto'])}",
+        f"rtt:{_ms(i['tcpi_rtt'])}/{_ms(i['tcpi_rttvar'])}",
+        f"ato:{_ms(i['tcpi_ato'])}",
+        f"mss:{i['tcpi_snd_mss']}",
+        f"pmtu:{i['tcpi_pmtu']}",
+        f"rcvmss:{i['tcpi_rcv_mss']}",
+        f"advmss:{i['tcpi_advmss']}",
+        f"cwnd:{i['tcpi_snd_cwnd']}",
+    ]
+    if i["tcpi_snd_ssthresh"] < 0x7FFFFFFF // max(1, i["tcpi_snd_mss"]):
+        parts.append(f"ssthresh:{i['tcpi_snd_ssthresh']}")
+    parts += [
+        f"bytes_sent:{i['tcpi_bytes_sent']}",
+        f"bytes_retrans:{i['tcpi_bytes_retrans']}",
+        f"bytes_acked:{i['tcpi_bytes_acked']}",
+        f"bytes_received:{i['tcpi_bytes_received']}",
+        f"segs_out:{i['tcpi_segs_out']}",
+        f"segs_in:{i['tcpi_segs_in']}",
+        f"data_segs_out:{i['tcpi_data_segs_out']}",
+        f"data_segs_in:{i['tcpi_data_segs_in']}",
+        f"lastsnd:{i['tcpi_last_data_sent']}",
+        f"lastrcv:{i['tcpi_last_data_recv']}",
+        f"lastack:{i['tcpi_last_ack_recv']}",
+        f"unacked:{i['tcpi_unacked']}",
+        f"retrans:{i['tcpi_retrans']}/{i['tcpi_total_retrans']}",
+    ]
+    for key, name in (("tcpi_lost", "lost"), ("tcpi_sacked", "sacked")):
+        if i[key]:
+            parts.append(f"{name}:{i[key]}")
+    parts += [f"rcv_space:{i['tcpi_rcv_space']}", f"notsent:{i['tcpi_notsent_bytes']}"]
+    parts.append(f"minrtt:{_ms(i['tcpi_min_rtt'])}")
+    return "\t " + " ".join(p for p in parts if p)
+
+
+def render_connections(table: Mapping, listening: bool = False, every: bool = False) -> str:
+    """`ss -ti`-shaped text from the /connections JSON."""
+    rows: list[tuple[Mapping, bool]] = []
+    if listening or every:
+        rows += [(entry, False) for entry in table.get("listeners", [])]
+    if not listening:
+        rows += [(entry, True) for entry in table.get("connections", [])]
+    head = ("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")
+    cells = [
+        (SS_STATES.get(e["state"], e["state"]), str(e["recv_q"]), str(e["send_q"]), e["local"],
+         e["peer"])
+        for e, _ in rows
+    ]  # fmt: skip
+    widths = [max(len(r[k]) for r in [head, *cells]) for k in range(5)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    for (entry, has_info), row in zip(rows, cells, strict=True):
+        out.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if has_info:
+            out.append(_info_line(entry))
+    return "\n".join(out)
+
+
+def ss_main(args: argparse.Namespace) -> int:
+    import json
+
+    address = _address(args)
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    url = f"http://{host}:{address.port}/connections"
+    try:
+        text = fetch(url, args.timeout)
+        table = json.loads(text)
+    except StatsError as err:
+        print(f"netstack: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"netstack: {url} did not answer JSON: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(table, indent=1))
+    else:
+        print(render_connections(table, args.listening, args.all))
     return 0

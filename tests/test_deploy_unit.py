@@ -144,7 +144,7 @@ def test_example_config_documents_every_setting() -> None:
         if re.fullmatch(r"\[[a-z_]+\]", line):
             section = line[1:-1] + "."
             continue
-        match = re.match(r"([a-z_]+)\s*=", line)
+        match = re.match(r"([a-z0-9_]+)\s*=", line)
         if match:
             seen.add(section + match[1])
     missing = [s.key for s in SETTINGS if s.key not in seen]

@@ -70,3 +70,28 @@ def _has_address(ipr: IPRoute, index: int, address: ipaddress.IPv4Interface) -> 
         ):
             return True
     return False
+
+
+IFA_F_NODAD = 0x02  # linux/if_addr.h: the kernel side skips DAD (it is the TAP's only host)
+
+
+def add_address6(name: str, address: ipaddress.IPv6Interface) -> None:
+    """Give the kernel side of `name` an IPv6 address (without DAD, so it is usable at once)."""
+    try:
+        with IPRoute() as ipr:
+            index = _index(ipr, name)
+            for msg in ipr.get_addr(family=socket.AF_INET6, index=index):
+                if msg.get_attr("IFA_ADDRESS") == str(address.ip):
+                    return
+            ipr.addr(
+                "add",
+                index=index,
+                family=socket.AF_INET6,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                flags=IFA_F_NODAD,
+            )
+    except NetlinkError as err:
+        raise NetlinkConfigError(
+            f"adding {address} to {name} over netlink failed: {err.args[-1] if err.args else err}"
+        ) from None

@@ -21,6 +21,7 @@ from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
 from netstack.proto.udp import UdpEngine
+from netstack.proto.v6 import Ipv6HostConfig, Ipv6Stack
 from netstack.wire import arp as warp
 from netstack.wire import dhcp as wdhcp
 from netstack.wire import ethernet as weth
@@ -51,6 +52,8 @@ class HostConfig:
     # Set: the address comes from DHCP (address/prefix_len are then ignored: the host starts
     # with none and answers only once a lease is bound).
     dhcp: DhcpConfig | None = None
+    # Set: IPv6 beside IPv4 (netstack/proto/v6.py); None: 0x86DD frames are unknown ethertypes.
+    ipv6: Ipv6HostConfig | None = None
 
 
 class Host:
@@ -90,11 +93,24 @@ class Host:
         self.icmp.error_handlers[wipv4.PROTO_UDP] = self.udp.receive_error
         self.tcp = TcpEngine(self.ipv4, c, self.rng, config.tcp)
         self.icmp.error_handlers[wipv4.PROTO_TCP] = self.tcp.receive_error
+        self.icmp.pmtu_handlers[wipv4.PROTO_UDP] = self.udp.receive_frag_needed
+        self.icmp.pmtu_handlers[wipv4.PROTO_TCP] = self.tcp.receive_frag_needed
         self._ethertypes: dict[int, Callable[[weth.EthernetHeader, memoryview, float], None]] = {
             weth.ETHERTYPE_ARP: self.arp.receive,
             weth.ETHERTYPE_IPV4: self._receive_ipv4,
         }
         self._engines: tuple = (self.arp, self.ipv4, self.tcp)
+        # IPv6 frames never match the IPv4 fast path (ns_rx_fast checks the ethertype): they
+        # take the general path to v6.receive. Its multicast MACs pass the Ethernet filter.
+        self.v6: Ipv6Stack | None = None
+        self._accept_macs: set[bytes] | frozenset[bytes] = frozenset()
+        if config.ipv6 is not None:
+            self.v6 = Ipv6Stack(
+                config.mac, config.mtu, config.ipv6, c, self.tx.append, self.rng, self.udp
+            )
+            self._accept_macs = self.v6.nd.accept_macs
+            self._ethertypes[Ipv6Stack.ETHERTYPE] = self.v6.receive
+            self._engines = (*self._engines, *self.v6.engines)
         self.dhcp: DhcpClient | None = None
         self.on_lease: Callable[[Lease | None, float], None] | None = None  # runtime's hook
         if config.dhcp is not None:
@@ -111,6 +127,8 @@ class Host:
         """Announce ourselves (gratuitous ARP) so neighbours update stale caches; with DHCP,
         start the client instead (INIT-REBOOT when `lease` is a remembered one)."""
         self.now = self.udp.now = now
+        if self.v6 is not None:
+            self.v6.start(now)
         if self.dhcp is not None:
             self.dhcp.start(now, lease)
         elif self.ipv4.config.address:
@@ -218,7 +236,7 @@ class Host:
             c.drop(bad.reason)
             return
         dst = eth.dst
-        if dst != self.config.mac and dst != weth.BROADCAST:
+        if dst != self.config.mac and dst != weth.BROADCAST and dst not in self._accept_macs:
             c.drop(Drop.ETH_NOT_FOR_US)
             return
         if eth.src[0] & 1:

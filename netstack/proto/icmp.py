@@ -13,6 +13,7 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.ipv4 import Ipv4Engine
+from netstack.proto.pmtu import next_hop_mtu
 from netstack.proto.ratelimit import TokenBucket
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
@@ -26,6 +27,9 @@ ERROR_TYPES = frozenset(
 
 # (icmp_type, code, inner ip header, first bytes of the inner transport header, now)
 ErrorHandler = Callable[[int, int, wipv4.Ipv4Header, memoryview, float], None]
+# "fragmentation needed" (RFC 1191): (inner ip header, first bytes of the inner transport
+# header, next-hop MTU (0 in the message: RFC 1191 5's plateau estimate), now)
+PmtuHandler = Callable[[wipv4.Ipv4Header, memoryview, int, float], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -53,6 +57,9 @@ class IcmpEngine:
         self.config = config or IcmpConfig()
         self._bucket = TokenBucket(self.config.error_rate, self.config.error_burst)
         self.error_handlers: dict[int, ErrorHandler] = {}
+        # Per protocol: who validates a "fragmentation needed" and updates the PMTU cache.
+        # A protocol without one gets it as an ordinary (soft) error.
+        self.pmtu_handlers: dict[int, PmtuHandler] = {}
         # Echo replies are handed to whoever asked (e.g. a ping API): (src, id, seq, data, now).
         self.on_echo_reply: Callable[[int, int, int, memoryview, float], None] | None = None
         ipv4.register(wipv4.PROTO_ICMP, self.receive)
@@ -101,6 +108,13 @@ class IcmpEngine:
         if inner.src != self.ipv4.config.address or len(inner_payload) < 8:
             self.counters.drop(Drop.ICMP_TRUNCATED)
             return
+        if icmp.type == wicmp.TYPE_DEST_UNREACHABLE and icmp.code == wicmp.CODE_FRAG_NEEDED:
+            pmtu_handler = self.pmtu_handlers.get(inner.protocol)
+            if pmtu_handler is not None:
+                # RFC 1191 4: the next-hop MTU is the low 16 bits of the "unused" word.
+                mtu = next_hop_mtu(icmp.rest & 0xFFFF, inner.total_length)
+                pmtu_handler(inner, inner_payload, mtu, now)
+                return
         handler = self.error_handlers.get(inner.protocol)
         if handler is not None:
             handler(icmp.type, icmp.code, inner, inner_payload, now)

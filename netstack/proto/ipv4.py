@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import vnet as wvnet
@@ -84,6 +85,10 @@ class Ipv4Engine:
         self.link_header: Callable[[int], bytes | None] | None = None
         self.link_emit: Callable[[tuple[Buffer, ...]], None] | None = None
         self._handlers: dict[int, Handler] = {}
+        # Path MTU estimates per destination (RFC 1191), fed by TCP and UDP from validated
+        # "fragmentation needed" reports; read by TCP (its MSS) and the UDP API.
+        self.pmtu = PmtuCache(counters=counters)
+        self._pmtu_scan_at = 0.0
         self._ident = rng.getrandbits(16)
         self._reassembler = Reassembler(
             counters,
@@ -127,6 +132,11 @@ class Ipv4Engine:
         if dst & self.netmask == self.network or dst & 0xF0000000 == 0xE0000000:
             return dst  # on-link (multicast is link-local here: the link maps it to a MAC)
         return self.config.gateway
+
+    def path_mtu(self, dst: int, now: float) -> int:
+        """RFC 1191: the largest datagram (IP header included) believed to reach `dst`
+        unfragmented: the link MTU unless a report lowered it (and it has not aged out)."""
+        return self.pmtu.path_mtu(dst, self.config.mtu, now)
 
     def _bad_source(self, src: int, dst: int) -> bool:
         """RFC 1122 3.2.1.3 martians; 0.0.0.0 only towards the limited broadcast (DHCP/BOOTP)."""
@@ -341,6 +351,9 @@ class Ipv4Engine:
         for first in self._reassembler.poll(now):
             dst = int.from_bytes(first[16:20], "big")
             self._report(ICMP_TIME_EXCEEDED, CODE_REASSEMBLY_TIME_EXCEEDED, first, dst, now)
+        if len(self.pmtu) and now >= self._pmtu_scan_at:  # aged estimates leave the gauge
+            self._pmtu_scan_at = now + 10.0
+            self.pmtu.expire(now)
 
     def next_deadline(self) -> float | None:
         return self._reassembler.next_deadline()

@@ -62,7 +62,19 @@ class UdpSocket:
         """Queue one datagram; False when it could not be sent (no route, too big, closed)."""
         if self.closed:
             raise OSError("socket is closed")
+        if type(address[0]) is bytes:  # a 16-byte IPv6 address: proto/udp6.py sends it
+            send6 = self._engine.sendto6
+            if send6 is None:
+                raise OSError("IPv6 is off")
+            return send6(self.port, data, address)
         return self._engine.sendto(self.port, data, address)
+
+    def path_mtu(self, dst: int) -> int:
+        """RFC 1191 / RFC 8085 3.2: the largest IPv4 datagram believed to reach `dst` without
+        fragmentation (the link MTU unless a "fragmentation needed" lowered it; estimates age
+        out after 10 minutes). A UDP payload up to path_mtu(dst) - 28 goes unfragmented."""
+        engine = self._engine
+        return engine.ipv4.path_mtu(dst, engine.now)
 
     def close(self) -> None:
         if not self.closed:
@@ -94,6 +106,9 @@ class UdpEngine:
         self._run_key: tuple[int, int, int, int] | None = None  # peer ip, peer port, port, len
         self._run_limit = 0
         self._run_csum = 0  # the first reply's checksum: a run of one goes out plain
+        # IPv6: one port table for both families (a bound port takes v6 datagrams too, as a
+        # Linux socket on "::" without IPV6_V6ONLY); proto/udp6.py sets the v6 sender.
+        self.sendto6: Callable[[int, bytes | bytearray | memoryview, tuple], bool] | None = None
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -112,6 +127,10 @@ class UdpEngine:
         sock = UdpSocket(self, port, on_datagram, on_error)
         self._ports[port] = sock
         return sock
+
+    def lookup(self, port: int) -> UdpSocket | None:
+        """The socket bound to `port` (for the IPv6 side, which shares the table)."""
+        return self._ports.get(port)
 
     def unbind(self, port: int) -> None:
         self._ports.pop(port, None)
@@ -263,6 +282,25 @@ class UdpEngine:
         sock = self._ports.get(src_port)
         if sock is not None and sock.on_error is not None:
             sock.on_error(icmp_type, code, (inner.dst, dst_port), now)
+
+    def receive_frag_needed(
+        self, inner: wipv4.Ipv4Header, inner_payload: memoryview, mtu: int, now: float
+    ) -> None:
+        """ "Fragmentation needed" quoting one of our datagrams: believed when a bound socket
+        sent it (UDP has no sequence numbers to check, RFC 5927 5.1; Linux's udp_err does
+        the same), the destination's estimate goes down, and the socket hears of it as an
+        error (Linux: EMSGSIZE on the socket's error queue with IP_RECVERR)."""
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        sock = self._ports.get(src_port)
+        if sock is None:
+            self.counters.drop(Drop.UDP_ICMP_NO_SOCKET)
+            return
+        self.ipv4.pmtu.report(inner.dst, mtu, self.ipv4.config.mtu, now)
+        if sock.on_error is not None:
+            sock.on_error(
+                wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_FRAG_NEEDED, (inner.dst, dst_port), now
+            )
 
     # -- send ------------------------------------------------------------------------------
     def sendto(

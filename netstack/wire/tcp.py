@@ -260,3 +260,63 @@ def build_fast(
         src_port, dst_port, seq, ack, (HEADER_LEN + 12) << 2, flags, window, _fold(s), 0,
         _TS_PREFIX, tsval, tsecr,
     )  # fmt: skip
+
+
+# -- the symmetric value (smoltcp's TcpRepr) ---------------------------------------------------
+class TcpRepr(NamedTuple):
+    """A TCP segment as a plain value: `parse` a view into one, `emit` one into header bytes.
+
+    The engine builds the segments it makes outside a connection's per-segment path through
+    it (RST replies, SYN cookies, resets it sends, segments with options); `reset_for` is
+    RFC 9293 3.10.7.1's reply to a segment for no connection, as a value tests can compare.
+    The payload travels beside the header (emit sums it, never copies it).
+    """
+
+    src_port: int
+    dst_port: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    options: TcpOptions | None = None
+    urgent: int = 0
+    payload: Buffer = b""
+
+    @classmethod
+    def parse(
+        cls, view: memoryview, src_ip: int, dst_ip: int, verify_checksum: bool = True
+    ) -> TcpRepr:
+        """The value of a segment (Malformed, with its Drop reason, as `parse`)."""
+        h, payload = parse(view, src_ip, dst_ip, verify_checksum)
+        options = None if h.options == NO_OPTIONS else h.options
+        return cls(
+            h.src_port, h.dst_port, h.seq, h.ack, h.flags, h.window, options, h.urgent, payload
+        )
+
+    def header_len(self) -> int:
+        opts = build_options(self.options) if self.options is not None else b""
+        return HEADER_LEN + len(opts)
+
+    def buffer_len(self) -> int:
+        return self.header_len() + len(self.payload)
+
+    def emit(self, src_ip: int, dst_ip: int) -> bytes:
+        """Header and options, checksummed over the pseudo-header and the payload."""
+        return build(
+            src_ip, dst_ip, self.src_port, self.dst_port, self.seq, self.ack, self.flags,
+            self.window, self.payload, options=self.options, urgent=self.urgent,
+        )  # fmt: skip
+
+    @classmethod
+    def reset_for(
+        cls, src_port: int, dst_port: int, seq: int, ack: int, flags: int, payload_len: int
+    ) -> TcpRepr | None:
+        """RFC 9293 3.10.7.1: the RST answering a segment (its ports, SEQ, ACK, flags and
+        payload length) that belongs to no connection; None for a RST (never answered).
+        With ACK: <SEQ=SEG.ACK><CTL=RST>; without: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>."""
+        if flags & RST:
+            return None
+        if flags & ACK:
+            return cls(dst_port, src_port, ack, 0, RST, 0)
+        seg_len = payload_len + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        return cls(dst_port, src_port, 0, (seq + seg_len) & 0xFFFFFFFF, RST | ACK, 0)

@@ -59,6 +59,7 @@ def test_short_soak_passes_every_criterion(tmp_path: Path) -> None:
                 "ping.png"):  # fmt: skip
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # The namespace is gone, and nothing was left running in it.
+    # (only this soak's: its namespace is named after its PID, and other runs may share the host)
     after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    assert not {n for n in after - before if n.startswith("nst-soak-")}
+    assert not {n for n in after - before if n.startswith(f"nst-soak-{proc.pid}-")}
     shutil.rmtree(out / "work", ignore_errors=True)

@@ -185,7 +185,13 @@ def test_stack_with_dhcp_on_a_fake_link(tmp_path: Path) -> None:
 
     lease_path = tmp_path / "lease.json"
     config = build_config(
-        {"address": "dhcp", "dhcp_lease_file": str(lease_path), "metrics_address": "none"}
+        # IPv6 off: this test reads the frames the DHCP client sends, in order
+        {
+            "address": "dhcp",
+            "dhcp_lease_file": str(lease_path),
+            "metrics_address": "none",
+            "address6": "none",
+        }
     )
     manager = Manager(tmp_path / "notify.sock")
     clock = FakeClock(100.0)

@@ -53,3 +53,20 @@ class TcpConfig:
     # Segmentation offload seam: a link that segments in hardware/kernel sets this to the
     # largest segment it takes (e.g. 65535 - headers); 0 means every segment is <= MSS.
     tso_max: int = 0
+    # RFC 1191 path MTU discovery: DF on every segment of a connection, and "fragmentation
+    # needed" reports (validated, RFC 5927) lower its MSS (Linux: ip_no_pmtu_disc = 0).
+    pmtu_discovery: bool = True
+    # RFC 4821 / RFC 8899 packetization-layer PMTU discovery, for paths that drop ICMP: off by
+    # default (Linux's tcp_mtu_probing = 0). On: black-hole detection as Linux's
+    # tcp_mtu_probing = 1 — after plpmtud_retries RTOs in a row the MSS drops to base_mss,
+    # then halves at each further one (not below mtu_probe_floor); the full size is tried
+    # again after mtu_probe_interval (no probe segments: see connection._black_hole).
+    plpmtud: bool = False
+    plpmtud_retries: int = 3  # Linux: net.ipv4.tcp_retries1
+    base_mss: int = 1024  # net.ipv4.tcp_base_mss
+    mtu_probe_floor: int = 48  # net.ipv4.tcp_mtu_probe_floor
+    mtu_probe_interval: float = 600.0  # net.ipv4.tcp_probe_interval
+    # Checked mode: every segment sent and every flush/poll is checked against the TCP
+    # invariants (invariants.py), a violation logged and raised. A debugging aid for tests
+    # (NETSTACK_CHECKED=1 turns it on for `netstack run`); it costs a few microseconds a segment.
+    checked: bool = False

@@ -46,6 +46,7 @@ from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from netstack.proto.tcp.engine import Listener, TcpEngine
 
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option
+INF = float("inf")
 MIN_MSS = 48  # a floor on the peer's MSS (Linux's tcp_min_snd_mss): no 1-byte segments
 MAX_WSCALE = 14  # RFC 7323 2.3
 TS_OPTION_LEN = 12  # NOP NOP TS(10), carried by every segment once timestamps are on
@@ -160,6 +162,10 @@ class Connection:
         "peer_mss",
         "persist_at",
         "persist_backoff",
+        "pmtu_df",
+        "pmtu_gen",
+        "pmtu_until",
+        "probe_mss",
         "probes_out",
         "quickack",
         "rcv_adv",
@@ -254,6 +260,13 @@ class Connection:
         self.mss = DEFAULT_MSS
         self.rcv_mss = DEFAULT_MSS
         self.rcv_seg_mss = DEFAULT_MSS  # the peer's segment size, as seen (for ACK pacing)
+        # Path MTU (RFC 1191, pmtu.py): DF on our segments (off when the estimate is locked at
+        # the floor); the cache generation and expiry the MSS was last computed from.
+        self.pmtu_df = cfg.pmtu_discovery
+        self.pmtu_gen = -1
+        self.pmtu_until = 0.0
+        # PLPMTUD black-hole fallback (config.plpmtud): the MSS cap it set and until when.
+        self.probe_mss: tuple[int, float] | None = None
         # buffers
         self.sndbuf = SendBuffer(cfg.send_buffer)
         self.rcvbuf = ReceiveBuffer(cfg.ooo_max_pieces)
@@ -341,7 +354,7 @@ class Connection:
         cfg = self.config
         self.rcv_wscale = self._our_wscale() if cfg.window_scaling else 0
         self.last_rx = now
-        self._set_state(S.SYN_SENT)
+        self._event(Event.OPEN)
         self.syn_pending = True
 
     def open_passive(self, h: TcpHeader, iss: int, now: float) -> None:
@@ -354,7 +367,7 @@ class Connection:
         self.snd_wnd = self.max_snd_wnd = h.window  # never scaled in a SYN
         self.snd_wl1 = self.irs
         self.last_rx = now
-        self._set_state(S.SYN_RECEIVED)
+        self._event(Event.RCV_SYN)
         self.syn_pending = True
 
     def open_from_cookie(
@@ -392,8 +405,8 @@ class Connection:
         self.rcv_adv = self.rcv_nxt + min(self.rcv_buf_size, 0xFFFF)
         self.last_ack_sent = self.rcv_nxt
         self.last_rx = now
-        self._set_state(S.SYN_RECEIVED)
-        self._established(now)
+        self._event(Event.RCV_SYN)  # the SYN the cookie stood for
+        self._established(now, Event.SYN_ACKED)
 
     def _negotiate(self, opts: TcpOptions, now: float) -> None:
         """Options from the peer's SYN (or SYN-ACK): on only when both sides offer them."""
@@ -417,16 +430,53 @@ class Connection:
         self._set_mss()
 
     def _set_mss(self) -> None:
-        """RFC 9293 3.7.1 / RFC 6691: payload per segment = min(MSS's) - option bytes."""
+        """RFC 9293 3.7.1 / RFC 6691: payload per segment = min(MSS's) - option bytes; the
+        sending side also within the path MTU (RFC 1191 6.1, see _path_mss)."""
         opts = TS_OPTION_LEN if self.ts_ok else 0
-        self.mss = max(MIN_MSS, min(self.peer_mss, self.engine.mss) - opts)
+        self.mss = max(MIN_MSS, min(self.peer_mss, self._path_mss(self.engine.now)) - opts)
         self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
         self.rcv_seg_mss = min(self.rcv_mss, DEFAULT_MSS)
         if self.recovery.cc is None:
             self.recovery.cc = self.engine.make_cc(self.mss)
 
-    def _established(self, now: float) -> None:
-        """Into ESTABLISHED (from SYN_SENT or SYN_RECEIVED)."""
+    def _path_mss(self, now: float) -> int:
+        """The largest TCP payload (before options) the path MTU estimate lets through, and
+        remember which estimate that was (pmtu_gen / pmtu_until, see _sync_pmtu)."""
+        cache = self.engine.ipv4.pmtu
+        self.pmtu_gen = cache.updates
+        entry = cache.lookup(self.remote_ip, now) if self.config.pmtu_discovery else None
+        mss = self.engine.mss
+        if entry is None:
+            self.pmtu_until = INF
+            self.pmtu_df = self.config.pmtu_discovery
+        else:
+            self.pmtu_until = entry.expires
+            self.pmtu_df = not entry.locked
+            mss = min(mss, entry.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN)
+        probe = self.probe_mss
+        if probe is not None:
+            if now >= probe[1]:
+                self.probe_mss = None  # the interval is over: the full size again
+            else:
+                mss = min(mss, probe[0])
+                self.pmtu_until = min(self.pmtu_until, probe[1])
+        return mss
+
+    def _sync_pmtu(self, now: float) -> bool:
+        """RFC 1191 6.1 / 6.3: the estimate changed (a report for this destination, maybe
+        validated by another connection) or aged out: recompute the MSS (Linux's
+        tcp_current_mss compares dst_mtu with icsk_pmtu_cookie on every send)."""
+        old = self.mss
+        opts = TS_OPTION_LEN if self.ts_ok else 0
+        mss = max(MIN_MSS, min(self.peer_mss, self._path_mss(now)) - opts)
+        if mss == old:
+            return False
+        self.mss = mss
+        self.recovery.mtu_changed(mss)
+        return mss < old
+
+    def _established(self, now: float, event: Event) -> None:
+        """Into ESTABLISHED: RCV_SYN_ACK from SYN_SENT, SYN_ACKED from SYN_RECEIVED."""
         rec = self.recovery
         rec.rto_at = None
         self.rexmt_count = 0
@@ -434,7 +484,7 @@ class Connection:
             rec.rtt.reset_to(SYN_RTO_AFTER_RETRY)
         if self.keepalive:
             self.keepalive_at = now + self.ka_params[0]
-        self._set_state(S.ESTABLISHED)
+        self._event(event)
         self.made_pending = True
         if self.fin_queued:  # close()/write_eof() arrived before the handshake finished
             self._event(Event.CLOSE)
@@ -687,7 +737,7 @@ class Connection:
             self.snd_wl2 = ack
             self._sample_syn_rtt(h, now)
             self.ack_now = True
-            self._established(now)
+            self._established(now, Event.RCV_SYN_ACK)
             if len(payload) or flags & FIN:  # text in a SYN-ACK: RFC 9293 step six
                 self._process_data(h, self.irs + 1, payload, now)
         else:
@@ -713,7 +763,7 @@ class Connection:
         self.snd_wl1 = seq
         self.snd_wl2 = ack
         self._sample_syn_rtt(h, now)
-        self._established(now)
+        self._established(now, Event.SYN_ACKED)
 
     # -- ACK (RFC 9293 3.10.7.4 fifth; RFC 5681, 6582, 6675, 6298) ---------------------------
     def _process_ack(self, h: TcpHeader, ack: int, seq: int, plen: int, now: float) -> None:
@@ -936,7 +986,8 @@ class Connection:
 
     def _window_field(self, ack: int | None = None) -> int:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
-        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount).
+        3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount), but
+        for less than one scale unit once the buffer is full (see `limit`).
         `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
@@ -944,7 +995,11 @@ class Connection:
         cur = self.rcv_adv - rcv_nxt
         if cur < 0:
             cur = 0
-        if free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
+        # In SYN_RECEIVED the SYN-ACK's window stands until the handshake completes (as
+        # Linux's request sockets): a retransmitted SYN-ACK, whose window is never scaled
+        # (RFC 7323 2.2), could not repeat a larger one that an ACK had offered meanwhile.
+        opening = self.state is not S.SYN_RECEIVED
+        if opening and free > cur and free - cur >= min(self.rcv_buf_size >> 1, self.rcv_mss):
             wnd = free
         else:
             wnd = cur
@@ -952,13 +1007,25 @@ class Connection:
         if field > 0xFFFF:
             field = 0xFFFF
         right = rcv_nxt + (field << shift)
-        if right < self.rcv_adv:  # rounding down would shrink it: round up instead
-            field = min(0xFFFF, -(-cur >> shift))
-            right = rcv_nxt + (field << shift)
+        # Rounding down would shrink the window: round up instead, as far as the buffer backs
+        # the edge (rounded up once: `limit`). Rounding up from wherever the last ACK left
+        # the edge, at every ACK, would keep a window open forever to a peer sending segments
+        # smaller than the scale's unit, and a paused reader's buffer would grow without
+        # bound: past `limit` the edge moves left by less than one unit instead (RFC 7323
+        # appendix F; Linux's tcp_shrink_window).
+        limit = rcv_nxt + free + (1 << shift) - 1
+        if right < self.rcv_adv:
+            up = min(0xFFFF, -(-cur >> shift))
+            if rcv_nxt + (up << shift) <= limit:
+                field = up
+                right = rcv_nxt + (field << shift)
         if right > self.rcv_adv:
             self.rcv_adv = right
         if ack is not None and ack < rcv_nxt:
-            field = min(0xFFFF, -(-(self.rcv_adv - ack) >> shift))
+            span = self.rcv_adv - ack
+            field = min(0xFFFF, -(-span >> shift))
+            if ack + (field << shift) > limit:
+                field = min(0xFFFF, span >> shift)
             right = ack + (field << shift)
             if right > self.rcv_adv:
                 self.rcv_adv = right
@@ -1173,6 +1240,8 @@ class Connection:
 
         Returns whether anything went out (every segment carries the ACK).
         """
+        if self.engine.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
+            self._sync_pmtu(now)  # RFC 1191 6.1/6.3: another connection's report, or aging
         rec = self.recovery
         board = rec.board
         # 0. What recovery handed over: a tail loss probe, and the one retransmission that
@@ -1204,16 +1273,12 @@ class Connection:
                 if r is None:
                     break
                 length = r.end - r.start
-                if length > budget:
-                    # A multi-MSS (offloaded) record: resend the whole segments cwnd allows
-                    # (Linux's tcp_retransmit_skb fragments to cwnd's quota); the first one
-                    # goes even when less than a segment is left, as with MSS-sized records.
-                    if sent and budget < self.mss:
-                        break
-                    part = max(budget // self.mss, 1) * self.mss
-                    if part < length:
-                        board.split(r, r.start + part)
-                        length = part
+                if length > self.mss:
+                    # A record larger than today's MSS (sent before the path MTU went down,
+                    # RFC 1191 6.1): resent one MSS at a time, as Linux's tcp_retransmit_skb
+                    # fragments an skb to the current MSS.
+                    board.split(r, r.start + self.mss)
+                    length = self.mss
                 self._retransmit(r, now)
                 budget -= length
                 sent = True
@@ -1400,8 +1465,31 @@ class Connection:
             return
         else:
             self.rexmt_count += 1
+            if cfg.plpmtud and self.rexmt_count > cfg.plpmtud_retries:
+                self._black_hole(now)
         self.counters.tcp_timeouts += 1
         self.recovery.on_rto(now, repeated=self.rexmt_count > 1)
+
+    def _black_hole(self, now: float) -> None:
+        """RFC 4821 / RFC 8899 black-hole detection, as Linux's tcp_mtu_probing with
+        tcp_mtu_probing = 1: the RTO keeps firing, maybe because segments of this size vanish
+        on a path that drops ICMP. The first time, cap the MSS at base_mss (1024); then halve
+        it at each further RTO, not below mtu_probe_floor. The RTO's go-back-N resends at the
+        new size (records are split to the MSS). Deviation from Linux and RFC 4821 7.4 / RFC
+        8899 5.1: no upward probe segments — after mtu_probe_interval the full size is simply
+        tried again (a lost probe then costs the RTOs that find the black hole again)."""
+        cfg = self.config
+        opts = TS_OPTION_LEN if self.ts_ok else 0
+        # probe_mss caps the MSS before option bytes (as the path MTU does): base_mss and the
+        # floor are payload sizes (Linux's tcp_mtu_to_mss / tcp_mss_to_mtu count options).
+        if self.probe_mss is None:
+            cap = cfg.base_mss + opts
+        else:
+            cap = max((self.probe_mss[0] - opts) >> 1, cfg.mtu_probe_floor, MIN_MSS) + opts
+            cap = min(cap, cfg.base_mss + opts)
+        self.probe_mss = (cap, now + cfg.mtu_probe_interval)
+        self.counters.tcp_plpmtud_black_holes += 1
+        self._sync_pmtu(now)
 
     def _timeout_error(self) -> OSError:
         soft = self.soft_error
@@ -1450,6 +1538,24 @@ class Connection:
     # =========================================================================================
     # ICMP (RFC 5927 validation, RFC 1122 4.2.3.9)
     # =========================================================================================
+    def quotes_in_flight(self, seq_wire: int) -> bool:
+        """RFC 5927 4.1: does an ICMP error quote a segment of ours still in flight? In
+        SYN_SENT only our SYN (ISS) is; else SND.UNA <= SEG.SEQ < SND.NXT. (Linux's
+        tcp_v4_err accepts SEG.SEQ == SND.NXT too, its `between` being inclusive; we keep
+        RFC 5927's half-open range: nothing at SND.NXT has been sent.)"""
+        seq = unwrap(seq_wire, self.snd_una)
+        if self.state is S.SYN_SENT:
+            return seq == self.iss
+        return self.snd_una <= seq < self.snd_nxt
+
+    def pmtu_reduced(self, now: float) -> None:
+        """A validated "fragmentation needed" lowered the estimate for our destination (or
+        another connection's did and we had not looked yet): a smaller MSS at once, and what
+        is in flight at the old size is resent at the new one (Linux's tcp_v4_mtu_reduced:
+        tcp_sync_mss + tcp_simple_retransmit)."""
+        if self._sync_pmtu(now):
+            self.recovery.simple_retransmit(self.mss, now)
+
     def icmp_error(self, hard: bool, error: OSError, seq_wire: int) -> bool:
         """An ICMP error quoting one of our segments; False when it fails validation."""
         seq = unwrap(seq_wire, self.snd_una)
@@ -1725,7 +1831,7 @@ class Connection:
             "tcpi_last_data_sent": ago(self.last_data),
             "tcpi_last_data_recv": ago(lrcv),
             "tcpi_last_ack_recv": ago(self.last_rx),
-            "tcpi_pmtu": self.engine.mss + 40,
+            "tcpi_pmtu": self.engine.pmtu.path_mtu(self.remote_ip, self.engine.mss + 40, now),
             "tcpi_rcv_ssthresh": max(0, self.rcv_adv - self.rcv_nxt),
             "tcpi_rtt": us(rtt.srtt),
             "tcpi_rttvar": us(rtt.rttvar),

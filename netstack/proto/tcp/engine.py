@@ -41,6 +41,7 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.ipv4 import Ipv4Engine
+from netstack.proto.pmtu import PmtuCache
 from netstack.proto.tcp import isn as isnmod
 from netstack.proto.tcp.cc import CongestionControl, make_cc
 from netstack.proto.tcp.config import TcpConfig
@@ -52,7 +53,7 @@ from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
-from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions
+from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, TcpRepr
 
 log = logging.getLogger("netstack.tcp")
 
@@ -163,6 +164,8 @@ class TcpEngine:
         self.local_ip = ipv4.config.address
         self.mss = ipv4.config.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN  # RFC 9293 3.7.1
         self.secrets = isnmod.Secrets(secret)
+        # The host's path MTU cache (RFC 1191; owned by the IPv4 engine, shared with UDP).
+        self.pmtu: PmtuCache = ipv4.pmtu
         self._cc_factory = cc_factory
         make_cc_check = cc_factory(self.config.congestion_control, self.mss)  # fail early
         del make_cc_check
@@ -186,6 +189,11 @@ class TcpEngine:
         # Tests may replace this to place ISNs (e.g. just below 2^32).
         self.choose_isn: Callable[[Connection, float], int] = self._isn
         ipv4.register(wipv4.PROTO_TCP, self.receive)
+        if self.config.checked:
+            from netstack.proto.tcp import invariants  # only in checked mode
+
+            invariants.attach(self)
+            log.info("TCP checked mode: the invariants are checked on every segment")
 
     # =========================================================================================
     # application side
@@ -295,13 +303,14 @@ class TcpEngine:
         if gso_size and len(payload) > gso_size:
             self._transmit_gso(conn, seq, ack, flags, window, payload, options, gso_size)
             return
-        header = wtcp.build(
-            self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-            seq, ack, flags, window, payload, options=options, urgent=urgent,
-        )  # fmt: skip
+        header = TcpRepr(
+            conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent, payload
+        ).emit(self.local_ip, conn.remote_ip)
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+        self.ipv4.send(
+            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
+        )
 
     def _transmit_gso(
         self,
@@ -318,11 +327,10 @@ class TcpEngine:
         TCP length (not complemented), as Linux's CHECKSUM_PARTIAL; the kernel adjusts it to
         each segment's length and completes it. Nothing here sums the 64 KiB payload."""
         header = bytearray(
-            wtcp.build(
-                self.local_ip, conn.remote_ip, conn.local_port, conn.remote_port,
-                seq, ack, flags, window, b"", options=options,
+            TcpRepr(conn.local_port, conn.remote_port, seq, ack, flags, window, options).emit(
+                self.local_ip, conn.remote_ip
             )
-        )  # fmt: skip
+        )
         hlen = len(header)
         plen = len(payload)
         room = self.mss - (hlen - wtcp.HEADER_LEN)  # payload that fits the MTU with these options
@@ -354,11 +362,13 @@ class TcpEngine:
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now)
+        self.ipv4.send(
+            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
+        )
 
     def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
         """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
-        header = wtcp.build(self.local_ip, remote_ip, local_port, remote_port, seq, 0, RST, 0)
+        header = TcpRepr(local_port, remote_port, seq, 0, RST, 0).emit(self.local_ip, remote_ip)
         self.counters.tcp_resets_tx += 1
         self.counters.tcp_segments_tx += 1
         self.ipv4.send(remote_ip, wipv4.PROTO_TCP, (header,), self.now)
@@ -467,14 +477,10 @@ class TcpEngine:
 
     def _reset_closed(self, src: int, h: TcpHeader, plen: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST (unless it is one)."""
-        if h.flags & RST:
+        reply = TcpRepr.reset_for(h.src_port, h.dst_port, h.seq, h.ack, h.flags, plen)
+        if reply is None:
             return
-        if h.flags & ACK:
-            seq, ack, flags = h.ack, 0, RST
-        else:
-            seg_len = plen + (1 if h.flags & SYN else 0) + (1 if h.flags & FIN else 0)
-            seq, ack, flags = 0, (h.seq + seg_len) & MASK, RST | ACK
-        header = wtcp.build(self.local_ip, src, h.dst_port, h.src_port, seq, ack, flags, 0)
+        header = reply.emit(self.local_ip, src)
         self.counters.tcp_resets_tx += 1
         self.counters.tcp_segments_tx += 1
         self.ipv4.send(src, wipv4.PROTO_TCP, (header,), self.now)
@@ -545,10 +551,9 @@ class TcpEngine:
             sack = peer_sack
         options = TcpOptions(self.mss, wscale, bool(sack), (), options_ts)
         window = min(listener.receive_size(), 0xFFFF)
-        header = wtcp.build(
-            self.local_ip, src, h.dst_port, h.src_port, isn, (h.seq + 1) & MASK,
-            SYN | ACK, window, options=options,
-        )  # fmt: skip
+        header = TcpRepr(
+            h.dst_port, h.src_port, isn, (h.seq + 1) & MASK, SYN | ACK, window, options
+        ).emit(self.local_ip, src)
         self.counters.tcp_syn_cookies_sent += 1
         self.counters.tcp_segments_tx += 1
         listener.last_overflow = now
@@ -660,6 +665,30 @@ class TcpEngine:
         if not conn.icmp_error(hard, error, seq):
             self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
             return
+        self.touch(conn)
+
+    def receive_frag_needed(
+        self, inner: wipv4.Ipv4Header, inner_payload: memoryview, mtu: int, now: float
+    ) -> None:
+        """ICMP "fragmentation needed" (RFC 1191) quoting one of our segments, `mtu` the
+        next-hop MTU (icmp.py made a plateau estimate of a 0). Believed only when the quoted
+        segment is in flight (RFC 5927 4.1), then the destination's estimate goes down and
+        the connection resends at the new size. Not a soft error (Linux neither)."""
+        self.now = now
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        seq = int.from_bytes(inner_payload[4:8], "big")
+        conn = self.conns.get((inner.dst, dst_port, src_port))
+        if conn is None:
+            self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
+            return
+        if not conn.quotes_in_flight(seq):
+            self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
+            return
+        if not self.config.pmtu_discovery:
+            return
+        self.pmtu.report(inner.dst, mtu, self.ipv4.config.mtu, now)
+        conn.pmtu_reduced(now)
         self.touch(conn)
 
     # =========================================================================================

@@ -483,6 +483,38 @@ class Recovery:
         self.owed = self.board.next_lost()  # RFC 6298 5.4: the earliest, whatever cwnd says
         self.rto_at = now + self.rtt.rto
 
+    def mtu_changed(self, mss: int) -> None:
+        """The path MTU moved the MSS (RFC 1191 6.1): cwnd stays in bytes, its increments
+        follow the new MSS. (Linux counts cwnd in segments, so its byte window shrinks with
+        the MSS; ours keeps its bytes: the same data in flight, in more, smaller segments.)"""
+        if self.cc is not None:
+            self.cc.mss = mss
+
+    def simple_retransmit(self, mss: int, now: float) -> None:
+        """After "fragmentation needed" (Linux's tcp_simple_retransmit): every unSACKed
+        record larger than the new MSS was too big for the path and is lost; resend them
+        (split to the MSS, see Connection._send_data) without a congestion response — the
+        path dropped them for their size, not for congestion (RFC 1191 6.1; ssthresh and
+        cwnd kept, no undo). Entering LOSS lets rule 1 resend them before new data."""
+        board = self.board
+        lost = 0
+        for r in board:
+            too_big = not r.sacked and not r.fin and r.end - r.start > mss
+            if too_big and (not r.lost or r.rexmit):
+                lost += board.mark_record_lost(r)
+        if not lost:
+            return
+        if self.ca_state != LOSS:
+            self.ca_state = LOSS
+            self.recover = self.tcb.snd_nxt
+            self.undo_marker = self.undo_saved = self.undo_tsval = None
+            self.undo_rexmits = None
+            self.dupacks = 0
+        self.tlp_at = self.tlp_end = None
+        self.probe_owed = False
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+
     def on_rack_timer(self, now: float) -> None:
         self.rack_at = None
         self._rack_detect(now)

@@ -1,9 +1,13 @@
 """RFC 9293 connection states and the one table of transitions between them (h11 style).
 
 The connection code decides *which event* a segment, a call or a timer amounts to; this table
-alone decides where that event leads. An event that has no entry for the current state is a
-no-op (for example a second close(), or the ACK of a FIN we never sent), so the table is the
-complete picture of the diagram in RFC 9293 3.3.2, simultaneous open and close included.
+alone decides where that event leads, every transition included (the openings too: a
+Connection starts CLOSED, connect() is OPEN, a listener's SYN is RCV_SYN). An event with no
+entry for the current state is an error, as in h11: IllegalTransition, which the engine
+turns into a reset of that one connection (Drop.TCP_INTERNAL_ERROR, logged) — the callers
+decide no-ops (a second close(), the ACK of a FIN we never sent) before asking the table.
+So the table is the complete picture of the diagram in RFC 9293 3.3.2, simultaneous open
+and close included.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class State(enum.Enum):
 class Event(enum.Enum):
     """What happened, as far as the state diagram is concerned."""
 
+    OPEN = "open"  # connect(): the SYN is due
     RCV_SYN = "rcv_syn"  # a SYN without ACK (passive open; simultaneous open in SYN_SENT)
     RCV_SYN_ACK = "rcv_syn_ack"  # an acceptable SYN-ACK in SYN_SENT
     SYN_ACKED = "syn_acked"  # our SYN (SYN_RECEIVED) was acknowledged
@@ -47,6 +52,10 @@ class Event(enum.Enum):
 S, E = State, Event
 TRANSITIONS: dict[tuple[State, Event], State] = {
     # opening
+    (S.CLOSED, E.OPEN): S.SYN_SENT,  # active open (RFC 9293 3.10.1)
+    # A listener's SYN (or its cookie ACK) makes a new connection: LISTEN itself stays (the
+    # Listener), its new Connection goes CLOSED -> SYN_RECEIVED.
+    (S.CLOSED, E.RCV_SYN): S.SYN_RECEIVED,
     (S.LISTEN, E.RCV_SYN): S.SYN_RECEIVED,
     (S.SYN_SENT, E.RCV_SYN_ACK): S.ESTABLISHED,
     (S.SYN_SENT, E.RCV_SYN): S.SYN_RECEIVED,  # simultaneous open
@@ -97,6 +106,18 @@ TRANSMITTING = frozenset(
 FIN_SENT = frozenset({S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSING, S.LAST_ACK, S.TIME_WAIT})
 
 
+class IllegalTransition(RuntimeError):
+    """An event the table has no entry for in the current state: a bug in the caller."""
+
+    def __init__(self, state: State, event: Event) -> None:
+        super().__init__(f"TCP event {event.value} is not allowed in state {state.value}")
+        self.state = state
+        self.event = event
+
+
 def next_state(state: State, event: Event) -> State:
-    """Where `event` leads from `state`; unchanged when the table has no entry."""
-    return TRANSITIONS.get((state, event), state)
+    """Where `event` leads from `state`; IllegalTransition when the table has no entry."""
+    new = TRANSITIONS.get((state, event))
+    if new is None:
+        raise IllegalTransition(state, event)
+    return new

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.tcp.conftest import need_world
+from tests.integration.tcp.conftest import assert_checked, need_world
 from tests.integration.tcp.kit import (
     CHARGEN,
     DISCARD,
@@ -120,4 +120,5 @@ def test_active_open_to_kernel_nc(tmp_path: Path) -> None:
     assert out_path.stat().st_size == SIZE
     assert sha256_file(out_path) == expected
     assert result["received"] == 0 and result["close_error"] is None
+    assert_checked(log.read_text(errors="replace"))
     print(f"stack -> nc -l: {SIZE / MB / result['send_s']:.1f} MB/s; {result['tcp_info']}")

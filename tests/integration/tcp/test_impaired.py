@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.impair import ImpairedWorld, Impairment, impaired_world
-from tests.integration.tcp.conftest import FAST_ARGS, need_world
+from tests.integration.tcp.conftest import FAST_ARGS, assert_checked, need_world
 from tests.integration.tcp.kit import (
     CHARGEN,
     DISCARD,
@@ -76,6 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImpairedWorld]:
     need_world()
     with impaired_world(tmp_path_factory.mktemp("tcpimp"), extra_args=FAST_ARGS, tag="tcpi") as w:
         yield w
+        assert_checked(w.log())
 
 
 @pytest.fixture(params=CASES, ids=repr)

@@ -4,6 +4,9 @@ The link delays every segment by `delay` plus random jitter (so segments reorder
 or duplicates them with the given probabilities. `run()` advances the clock from event to
 event — the next arrival or either engine's next deadline — so minutes of virtual time take
 milliseconds.
+
+Both engines run in checked mode (netstack/proto/tcp/invariants.py): every segment and every
+flush is checked against the TCP invariants, and `run()` fails on any violation.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import random
 
 from netstack.counters import Counters
+from netstack.proto.tcp import invariants
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
 from netstack.wire import ipv4 as wipv4
@@ -85,6 +89,9 @@ class SimNet:
         self.a = TcpEngine(self.ip_a, Counters(), random.Random(seed + 1), config_a)  # type: ignore[arg-type]
         self.b = TcpEngine(self.ip_b, Counters(), random.Random(seed + 2), config_b)  # type: ignore[arg-type]
         self.a.now = self.b.now = self.now
+        self.checkers = [
+            getattr(e, "invariants", None) or invariants.attach(e) for e in (self.a, self.b)
+        ]
         self.engines = {REMOTE_IP: self.a, LOCAL_IP: self.b}
         self.drop_filter = None  # optional callable(src, dst, data) -> bool: drop it
 
@@ -132,9 +139,18 @@ class SimNet:
     def run(self, until: float, stop=None, max_steps: int = 2_000_000) -> None:
         """Step until `until` (virtual seconds from now), `stop()` is true, or quiet."""
         end = self.now + until
-        for _ in range(max_steps):
-            if stop is not None and stop():
-                return
-            if self.now > end or not self.step():
-                return
-        raise AssertionError("simulation did not settle within max_steps")
+        try:
+            for _ in range(max_steps):
+                if stop is not None and stop():
+                    return
+                if self.now > end or not self.step():
+                    return
+            raise AssertionError("simulation did not settle within max_steps")
+        finally:
+            self.assert_checked()
+
+    def assert_checked(self) -> None:
+        """No TCP invariant was violated (a violation inside an engine's output resets the
+        connection there; this makes sure it is reported as what it was)."""
+        found = [v for c in self.checkers for v in c.violations]
+        assert not found, found

@@ -12,6 +12,7 @@ import random
 
 from netstack.counters import Counters
 from netstack.proto.ipv4 import Ipv4Config
+from netstack.proto.pmtu import PmtuCache
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.connection import Connection
 from netstack.proto.tcp.engine import Listener, TcpEngine
@@ -35,7 +36,9 @@ class FakeIpv4:
     def __init__(self, address: int = LOCAL_IP, mtu: int = 1500) -> None:
         self.config = Ipv4Config(address=address, prefix_len=24, mtu=mtu)
         self.handlers: dict = {}
+        self.pmtu = PmtuCache()
         self.sent: list[tuple[int, bytes, float]] = []  # (destination, segment, when)
+        self.df: list[bool] = []  # dont_fragment of each send
 
     def register(self, protocol: int, handler) -> None:
         self.handlers[protocol] = handler
@@ -45,6 +48,7 @@ class FakeIpv4:
 
     def send(self, dst: int, protocol: int, pieces, now: float, **kw) -> bool:
         assert protocol == wipv4.PROTO_TCP
+        self.df.append(bool(kw.get("dont_fragment") or kw.get("gso_size")))
         data = b"".join(bytes(p) for p in pieces)
         if kw.get("gso_size"):  # a TSO super-segment, seen whole as by a receiver with GRO:
             whole = bytearray(data)  # its partial checksum completed, as the kernel would

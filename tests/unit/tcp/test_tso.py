@@ -75,6 +75,7 @@ def tso_harness(**overrides) -> Harness:
     t = make_harness(quiet_config(tso_max=TSO_MAX, send_buffer=1 << 20, **overrides))
     ipv4 = TsoIpv4()
     ipv4.handlers = t.ipv4.handlers
+    ipv4.pmtu = t.engine.pmtu
     t.engine.ipv4 = ipv4
     t.ipv4 = ipv4
     return t
@@ -195,3 +196,34 @@ def test_slow_start_counts_the_pieces_a_stretch_ack_covers() -> None:
     for cc in (with_tso, without):
         cc.on_ack(45 * MSS, 1.0, 0.001, 45 * MSS)
     assert with_tso.cwnd == (10 + TSO_MAX // MSS) * MSS and without.cwnd == 12 * MSS
+
+
+def test_after_frag_needed_super_segments_use_the_new_mss() -> None:
+    """RFC 1191 with TSO: the in-flight pieces are resent at the new MSS, and the next
+    super-segment's gso_size is the new MSS (the kernel cuts it to fit the path)."""
+    from netstack.wire import ipv4 as wipv4
+
+    t = tso_harness(sack=True)
+    conn = established_sack(t)
+    conn.send(bytes(100_000))
+    t.engine.flush(t.now)
+    iw = conn.recovery.cc.cwnd
+    assert t.ipv4.super_segments == [(iw, MSS)]
+    t.recv()
+    base = LOCAL_ISN + 1
+    inner = wipv4.Ipv4Header(20, 0, 1500, 0, True, False, 0, 64, 6, 0, t.ipv4.config.address,
+                             REMOTE_IP)  # fmt: skip
+    quoted = memoryview(
+        LOCAL_PORT.to_bytes(2, "big") + REMOTE_PORT.to_bytes(2, "big") + base.to_bytes(4, "big")
+    )
+    t.now += 0.01
+    t.engine.receive_frag_needed(inner, quoted, 1280, t.now)
+    t.engine.flush(t.now)
+    assert conn.mss == 1240
+    resent = t.recv()
+    assert {len(s.payload) for s in resent} == {1240, MSS - 1240}
+    assert sum(len(s.payload) for s in resent) == iw
+    t.ipv4.super_segments.clear()
+    t.send(seg(seq=REMOTE_ISN + 1, ack=base + iw, window=65535))  # all of it arrived
+    assert t.ipv4.super_segments and {g for _, g in t.ipv4.super_segments} == {1240}
+    assert {len(s.payload) for s in t.recv()} == {1240}

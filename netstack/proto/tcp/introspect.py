@@ -1,0 +1,48 @@
+"""The TCP engine's connections as plain data, for `netstack ss` (like Linux's `ss -ti`).
+
+Must run on the loop thread (it walks the engine's dicts and each connection's scoreboard);
+the metrics server's /connections endpoint asks the loop for it through a LoopDoor
+(api/admin.py) and serves the JSON the loop returns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netstack.wire.ipv4 import ip_to_str
+
+if TYPE_CHECKING:
+    from netstack.proto.tcp.engine import TcpEngine
+
+
+def connection_table(engine: TcpEngine, now: float) -> dict[str, object]:
+    """{"now": ..., "listeners": [...], "connections": [...]}: JSON-ready values only."""
+    local = ip_to_str(engine.local_ip) if engine.local_ip else "0.0.0.0"
+    listeners = [
+        {
+            "state": "listen",
+            "local": f"{local}:{port}",
+            "peer": "*:*",
+            "recv_q": len(listener.accept_queue),  # as ss: the accept queue and its limit
+            "send_q": listener.backlog,
+            "syn_queue": len(listener.syn_queue),
+        }
+        for port, listener in sorted(engine.listeners.items())
+    ]
+    connections = []
+    for conn in engine.conns.values():
+        info = conn.info()
+        info["tcp_info"] = conn.tcp_info(now)
+        for key in [k for k in info if k.startswith("tcpi_")]:
+            del info[key]  # kept once, under tcp_info
+        connections.append(
+            {
+                "local": f"{ip_to_str(conn.local_ip)}:{conn.local_port}",
+                "peer": f"{ip_to_str(conn.remote_ip)}:{conn.remote_port}",
+                "recv_q": conn.rcvbuf.queued,
+                "send_q": conn.snd_base + conn.sndbuf.end - conn.snd_una,
+                **info,
+            }
+        )
+    connections.sort(key=lambda c: (c["local"], c["peer"]))
+    return {"now": now, "listeners": listeners, "connections": connections}

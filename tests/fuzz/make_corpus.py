@@ -1,0 +1,248 @@
+"""Write the seed corpora (tests/fuzz/corpus/<target>/) from frames scapy builds.
+
+    python tests/fuzz/make_corpus.py
+
+Scapy is the independent builder (the wire tests cross-check against it too), so the seeds
+are real frames in the shapes peers send: Linux's SYN option layout, SACK blocks, IP options,
+fragments, ICMP errors quoting TCP and UDP. Each seed is cut to the layer its target parses.
+The `host` seeds are conversations with the fuzz host's live connections (hostfuzz.py): in
+sequence, so the fuzzer starts deep inside the TCP state machine. File names are the SHA-1 of
+the content, as libFuzzer names its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment  # noqa: E402
+from scapy.layers.l2 import ARP, Ether  # noqa: E402
+
+from tests.fuzz import hostfuzz as hf  # noqa: E402
+
+PEER, OURS = "192.0.2.1", "192.0.2.2"
+PEER_MAC, OUR_MAC = "02:aa:bb:cc:dd:02", "02:aa:bb:cc:dd:01"
+LINUX_SYN_OPTS = [
+    ("MSS", 1460),
+    ("SAckOK", b""),
+    ("Timestamp", (12345, 0)),
+    ("NOP", None),
+    ("WScale", 7),
+]
+
+
+def eth(payload, dst: str = OUR_MAC):
+    return Ether(dst=dst, src=PEER_MAC) / payload
+
+
+def scapy_frames() -> list[bytes]:
+    ip = IP(src=PEER, dst=OURS)
+    tcp_seg = TCP(sport=40000, dport=80, seq=1000, ack=2000, flags="A")
+    packets = [
+        eth(ARP(op=1, hwsrc=PEER_MAC, psrc=PEER, pdst=OURS), "ff:ff:ff:ff:ff:ff"),
+        eth(ARP(op=2, hwsrc=PEER_MAC, psrc=PEER, hwdst=OUR_MAC, pdst=OURS)),
+        eth(ip / ICMP(type=8, id=0x1234, seq=1) / (b"ping" * 14)),
+        eth(ip / ICMP(type=0, id=1, seq=2) / b"pong"),
+        eth(ip / ICMP(type=3, code=3) / IP(src=OURS, dst=PEER) / UDP(sport=7, dport=5000)),
+        eth(
+            ip
+            / ICMP(type=3, code=4, nexthopmtu=1200)
+            / IP(src=OURS, dst=PEER)
+            / TCP(sport=7, dport=40007, seq=hf.OUR_ISN + 1)
+        ),
+        eth(ip / ICMP(type=11, code=0) / IP(src=OURS, dst=PEER) / TCP(sport=9, dport=40009)),
+        eth(ip / UDP(sport=5000, dport=7) / b"udp echo"),
+        eth(ip / UDP(sport=5000, dport=9) / b"discard"),
+        eth(ip / UDP(sport=5000, dport=19) / b""),
+        eth(ip / UDP(sport=5000, dport=999) / b"nobody"),
+        eth(IP(src=PEER, dst=OURS, options=[b"\x07\x07\x04\x00\x00\x00\x00"]) / UDP(dport=7)),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, flags="S", options=LINUX_SYN_OPTS)),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, flags="S", options=[("MSS", 536)])),
+        eth(ip / TCP(sport=40000, dport=19, seq=1000, ack=5, flags="SA", options=LINUX_SYN_OPTS)),
+        eth(ip / tcp_seg),
+        eth(
+            ip
+            / TCP(
+                sport=40000,
+                dport=7,
+                seq=1000,
+                ack=2000,
+                flags="PA",
+                options=[("NOP", None), ("NOP", None), ("Timestamp", (5, 6))],
+            )
+            / b"data"
+        ),
+        eth(
+            ip
+            / TCP(
+                sport=40000,
+                dport=7,
+                seq=1000,
+                ack=2000,
+                flags="A",
+                options=[
+                    ("NOP", None),
+                    ("NOP", None),
+                    ("Timestamp", (5, 6)),
+                    ("NOP", None),
+                    ("NOP", None),
+                    ("SAck", (3000, 4000, 5000, 6000, 7000, 8000)),
+                ],
+            )
+        ),
+        eth(
+            ip
+            / TCP(
+                sport=40000,
+                dport=7,
+                seq=1000,
+                ack=2000,
+                flags="A",
+                options=[("SAck", (3000, 4000, 5000, 6000, 7000, 8000, 9000, 9500))],
+            )
+        ),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, ack=2000, flags="FA")),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, flags="R")),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, ack=2000, flags="RA")),
+        eth(ip / TCP(sport=40000, dport=7, seq=1000, ack=2000, flags="UA", urgptr=3) / b"urg"),
+        eth(ip / TCP(sport=40000, dport=999, seq=1, flags="S")),
+    ]
+    frames = [bytes(p) for p in packets]
+    big = ip / UDP(sport=5000, dport=7) / (bytes(range(256)) * 12)
+    frames += [bytes(eth(f)) for f in fragment(big, fragsize=1000)]
+    return frames
+
+
+def layer_seeds(frames: list[bytes]) -> dict[str, list[bytes]]:
+    seeds: dict[str, list[bytes]] = {
+        name: [] for name in ("ethernet", "arp", "ipv4", "icmp", "udp", "tcp", "checksum")
+    }
+    for raw in frames:
+        p = Ether(raw)
+        seeds["ethernet"].append(raw)
+        seeds["checksum"].append(b"\0\0\0\0\x03\x07" + raw[14:])
+        if ARP in p:
+            seeds["arp"].append(bytes(p[ARP]))
+            continue
+        ipb = bytes(p[IP])
+        seeds["ipv4"].append(ipb)
+        ihl = (ipb[0] & 0x0F) * 4
+        body = ipb[ihl:]
+        ips = ipb[12:20]
+        proto = ipb[9]
+        if p[IP].frag or p[IP].flags.MF:
+            continue
+        if proto == 1:
+            seeds["icmp"].append(body)
+        elif proto == 17:
+            seeds["udp"].append(ips + body)
+        elif proto == 6:
+            seeds["tcp"].append(ips + body)
+    return seeds
+
+
+def host_seeds(frames: list[bytes]) -> list[bytes]:
+    """Single frames, and conversations with the fuzz host's established connections."""
+    echo_port, our_echo = hf.PEER_OPENS[0][:2]
+    disc_port, our_disc = hf.PEER_OPENS[1][:2]
+    seq, ack = hf.PEER_ISN + 1, hf.OUR_ISN + 1
+    A, P, F, R, S = hf.wtcp.ACK, hf.wtcp.PSH, hf.wtcp.FIN, hf.wtcp.RST, hf.wtcp.SYN
+
+    def ts(v: int):
+        return hf.wtcp.TcpOptions(timestamp=(v, 0))
+
+    def echo(seq_: int, flags: int, data: bytes = b"", ack_: int = ack, **kw) -> bytes:
+        return hf.peer_tcp(echo_port, our_echo, seq_, ack_, flags, data, **kw)
+
+    def disc(seq_: int, flags: int, data: bytes = b"", **kw) -> bytes:
+        return hf.peer_tcp(disc_port, our_disc, seq_, ack, flags, data, **kw)
+
+    data = bytes(range(256)) * 4
+    sack = hf.wtcp.TcpOptions(timestamp=(2000, 0), sack_blocks=((ack + 10, ack + 20),))
+    conversations = [
+        # echo: data in order, the echo comes back, the peer ACKs it, closes
+        [
+            echo(seq, A | P, b"hello", options=ts(1100)),
+            40,
+            echo(seq + 5, A, ack_=ack + 5, options=ts(1200)),
+            echo(seq + 5, A | F, ack_=ack + 5, options=ts(1300)),
+            500,
+        ],
+        # echo: out of order, then the hole filled; a duplicate; a window of zero
+        [
+            echo(seq + 1000, A, data, options=ts(1100)),
+            echo(seq, A, data, options=ts(1101)),
+            echo(seq, A, data, options=ts(1102)),
+            300,
+            echo(seq + 2024, A, ack_=ack + 2024, window=0, options=ts(1200)),
+            5000,
+            echo(seq + 2024, A, ack_=ack + 2024, window=100, options=ts(1300)),
+        ],
+        # echo: SACK from the peer, old and future segments, RST in and out of window
+        [
+            echo(seq, A | P, data[:100], options=ts(1100)),
+            1,
+            echo(seq + 100, A, ack_=ack, options=sack),
+            echo(seq - 5000, A, b"old", options=ts(1)),
+            echo(seq + 10**6, A, b"future", options=ts(1200)),
+            echo(seq + 7, R),
+            echo(seq + 100, R),
+        ],
+        # discard: data, a SYN on the live connection (challenge ACK), FIN, time passes
+        [disc(seq, A | P, data), disc(seq, S), disc(seq + len(data), A | F), 2000, 60000],
+        # a new connection to chargen, then its ACKs as the data flows
+        [
+            hf.peer_tcp(41019, 19, 7, 0, S, options=hf.wtcp.TcpOptions(1460, 2, True)),
+            hf.peer_tcp(41019, 19, 8, hf.OUR_ISN + 1, A),
+            100,
+            hf.peer_tcp(41019, 19, 8, hf.OUR_ISN + 1 + 1460, A, window=3000),
+            1000,
+        ],
+        # the active open's SYN-ACK, then data
+        [
+            hf.peer_tcp(
+                5555,
+                hf.ACTIVE_LOCAL_PORT,
+                900,
+                hf.OUR_ISN + 1,
+                S | A,
+                options=hf.wtcp.TcpOptions(1460, 3, True, (), (77, 0)),
+            ),
+            hf.peer_tcp(
+                5555,
+                hf.ACTIVE_LOCAL_PORT,
+                901,
+                hf.OUR_ISN + 1,
+                A | P,
+                b"hi there",
+                options=hf.wtcp.TcpOptions(timestamp=(80, 0)),
+            ),
+        ],
+    ]
+    seeds = [hf.encode(f) for f in frames]
+    seeds += [hf.encode(*conv) for conv in conversations]
+    return seeds
+
+
+def write(name: str, items: list[bytes]) -> None:
+    out = HERE / "corpus" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        (out / hashlib.sha1(item).hexdigest()).write_bytes(item)
+
+
+def main() -> None:
+    frames = scapy_frames()
+    for name, items in layer_seeds(frames).items():
+        write(name, items)
+    write("host", host_seeds(frames))
+    for d in sorted((HERE / "corpus").iterdir()):
+        print(f"{d.name}: {len(list(d.iterdir()))} seeds")
+
+
+if __name__ == "__main__":
+    main()
