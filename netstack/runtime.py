@@ -322,7 +322,8 @@ class Stack:
     def describe_offloads(self) -> str:
         """What the link negotiated (and, for AF_PACKET, how it receives and sends)."""
         link = self.link
-        line = getattr(link, "offloads", OFF).describe(link.name)
+        send_only = ("uso",) if self.host.udp.gso_max else ()  # UDP echo super-frames
+        line = getattr(link, "offloads", OFF).describe(link.name, send_only)
         rx_mode = getattr(link, "rx_mode", None)
         if rx_mode is not None:
             bypass = "on" if getattr(link, "qdisc_bypass", False) else "off"

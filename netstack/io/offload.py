@@ -56,14 +56,21 @@ class Offloads:
     def names(self, bits: int) -> list[str]:
         return [name for name, bit in FEATURES if bits & bit == bit]
 
-    def describe(self, link: str) -> str:
+    def describe(self, link: str, send_only: tuple[str, ...] = ()) -> str:
+        """The log line. `send_only`: features the stack uses only for what it sends (uso:
+        UDP echo replies as super-frames), never asked of the kernel for receiving."""
         if not self.vnet:
             return f"offload on {link}: off{f' ({self.note})' if self.note else ''}"
         have = " ".join(self.names(self.features)) or "none"
         extra = self.names(self.available & ~self.features)
-        also = f" (kernel also has: {' '.join(extra)}, not used)" if extra else ""
+        used = [name for name in extra if name in send_only]
+        unused = [name for name in extra if name not in send_only]
+        also = f" (kernel also has: {' '.join(unused)}, not used)" if unused else ""
+        sending = f"; {' '.join(used)} for sending only" if used else ""
         note = f"; {self.note}" if self.note else ""
-        return f"offload on {link}: vnet header {self.header_len} bytes, {have}{also}{note}"
+        return (
+            f"offload on {link}: vnet header {self.header_len} bytes, {have}{also}{sending}{note}"
+        )
 
 
 OFF = Offloads()

@@ -179,6 +179,10 @@ def test_negotiation_keeps_what_the_kernel_takes() -> None:
     assert o.describe("tap0") == (
         "offload on tap0: vnet header 10 bytes, csum tso4 (kernel also has: tso6 uso, not used)"
     )
+    assert o.describe("tap0", send_only=("uso",)) == (
+        "offload on tap0: vnet header 10 bytes, csum tso4 (kernel also has: tso6, not used); "
+        "uso for sending only"
+    )
 
 
 def fake_link(vnet_on: bool) -> BatchLink:
