@@ -16,7 +16,7 @@ MODE=${1:-run}
 shift || true
 
 BUILD_PACKAGES=(python3 python3-venv python3-dev gcc libffi-dev)
-TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd prometheus systemd systemd-container dnsmasq-base curl iperf3 radvd)
+TEST_PACKAGES=(iproute2 iputils-ping arping tcpdump tshark hping3 netcat-openbsd prometheus systemd systemd-container dnsmasq-base curl iperf3 radvd ethtool procps)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
