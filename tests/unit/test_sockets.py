@@ -198,7 +198,7 @@ def test_bind_chooses_the_source_port(pair: Pair) -> None:
     with pair.a.create_connection((B_IP, 7), timeout=5, source_port=40000) as sock:
         assert sock.getsockname() == (A_IP, 40000)
     with pytest.raises(OSError) as err:
-        pair.a.socket().bind(("10.0.0.1", 1))
+        pair.a.socket().bind(("203.0.113.1", 1))  # not ours (documentation range)
     assert err.value.errno == errno.EADDRNOTAVAIL
 
 
