@@ -266,6 +266,24 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
     _single("mld_reports", "MLDv2 reports sent for the groups we join.", "mld_reports_tx"),
 )
 
+# Counter families by (direction, type): (name, help, Counters field keyed by (direction, type),
+# every type, so each series exists from the first scrape, 0 included).
+TYPED_FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("icmp_messages", "ICMP messages received and sent, by type.", "icmp", ICMP_TYPES),
+    (
+        "icmpv6_messages",
+        "ICMPv6 messages received and sent, by type (ND and MLD included).",
+        "icmp6",
+        ICMPV6_TYPES,
+    ),
+    (
+        "dhcp_messages",
+        "DHCP messages received (rx, for us) and sent (tx), by type.",
+        "dhcp_messages",
+        DHCP_TYPES,
+    ),
+)
+
 # (name, help, Counters field) of the per-interface link counters.
 LINK_FAMILIES = (
     ("rx_packets", "Ethernet frames received.", "rx_packets"),
@@ -369,38 +387,13 @@ class StackCollector:
                 family.add_metric(list(values), getattr(c, field))
             yield family
 
-        icmp = dict(c.icmp)
-        family = CounterMetricFamily(
-            PREFIX + "icmp_messages",
-            "ICMP messages received and sent, by type.",
-            labels=["direction", "type"],
-        )
-        for direction in DIRECTIONS:
-            for kind in ICMP_TYPES:
-                family.add_metric([direction, kind], icmp.get((direction, kind), 0))
-        yield family
-
-        icmp6 = dict(c.icmp6)
-        family = CounterMetricFamily(
-            PREFIX + "icmpv6_messages",
-            "ICMPv6 messages received and sent, by type (ND and MLD included).",
-            labels=["direction", "type"],
-        )
-        for direction in DIRECTIONS:
-            for kind in ICMPV6_TYPES:
-                family.add_metric([direction, kind], icmp6.get((direction, kind), 0))
-        yield family
-
-        dhcp = dict(c.dhcp_messages)
-        family = CounterMetricFamily(
-            PREFIX + "dhcp_messages",
-            "DHCP messages received (rx, for us) and sent (tx), by type.",
-            labels=["direction", "type"],
-        )
-        for direction in DIRECTIONS:
-            for kind in DHCP_TYPES:
-                family.add_metric([direction, kind], dhcp.get((direction, kind), 0))
-        yield family
+        for name, help, field, kinds in TYPED_FAMILIES:
+            counts = dict(getattr(c, field))
+            family = CounterMetricFamily(PREFIX + name, help, labels=["direction", "type"])
+            for direction in DIRECTIONS:
+                for kind in kinds:
+                    family.add_metric([direction, kind], counts.get((direction, kind), 0))
+            yield family
 
         for name, help, field in HISTOGRAMS:
             yield _histogram(PREFIX + name, help, getattr(c, field))
