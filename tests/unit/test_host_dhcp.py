@@ -151,6 +151,18 @@ def test_nothing_but_broadcasts_leaves_while_unbound() -> None:
     assert not [f for f in drain(host) if weth.parse(memoryview(f))[0].ethertype == 0x0806]
 
 
+def test_a_datagram_to_0_0_0_0_is_not_taken_while_unbound() -> None:
+    """The C receive fast path matches on our address: while it is 0.0.0.0 (DHCP not bound),
+    a datagram to 0.0.0.0 must still meet the unbound filter, not the echo service."""
+    host = dhcp_host()
+    host.start(0.0)
+    drain(host)
+    host.udp.bind(7, lambda data, src, dst, now: None)  # a listener that would take it
+    feed(host, udp_frame(b"ping", 4000, 7, dst=0), 0.1)
+    assert host.counters.drops[Drop.IPV4_NO_ADDRESS] == 1
+    assert host.counters.udp_rx == 0
+
+
 def test_renewal_with_the_same_terms_announces_nothing() -> None:
     host = dhcp_host()
     host.start(0.0)
