@@ -64,6 +64,23 @@ def test_render_and_judge() -> None:
     assert compare.ratio(None, 1.0) == "-" and compare.ratio(2.0, 4.0) == "0.50x"
 
 
+def test_tcp_targets_depend_on_the_offload_row() -> None:
+    """Issue 10: with offloads, TCP >= 1.5x the best lwIP and >= 500 MB/s; without, >= wnd64k."""
+    rows = {
+        "lwip_wnd64k": {"tcp_discard": 200.0},
+        "lwip_wnd1m-cli": {"tcp_discard": 300.0},
+        "netstack_offload_auto": {"tcp_discard": 420.0},  # 1.4x the best: a MISS
+        "netstack_offload_off": {"tcp_discard": 210.0},  # >= wnd64k: a PASS
+    }
+    verdicts = compare.judge(rows)
+    auto = [v for v in verdicts if "offload auto" in v]
+    off = [v for v in verdicts if "offload off" in v]
+    assert any("1.5 x best lwIP" in v and v.endswith("MISS") for v in auto)
+    assert any("500 MB/s" in v and v.endswith("MISS") for v in auto)  # 420 MiB/s < 476.8
+    assert any("1 x lwIP wnd64k" in v and v.endswith("PASS") for v in off)
+    assert not any("1.5 x" in v for v in off) and not any("wnd64k" in v for v in auto)
+
+
 def test_cpu_per_op() -> None:
     assert compare.cpu_us_per_op(100_000.0, "/s", 50.0) == 5.0
     assert compare.cpu_us_per_op(40.0, "us", 50.0) == 20.0
