@@ -35,10 +35,12 @@ static void cpu(double *user, double *sys) {
     *sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
-static int dial(struct sockaddr_in *addr) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+static socklen_t addr_len;
+
+static int dial(struct sockaddr_storage *addr) {
+    int fd = socket(addr->ss_family, SOCK_STREAM, 0);
     if (fd < 0) { perror("socket"); exit(1); }
-    if (connect(fd, (struct sockaddr *)addr, sizeof *addr) < 0) {
+    if (connect(fd, (struct sockaddr *)addr, addr_len) < 0) {
         int e = errno;
         close(fd);
         errno = e;
@@ -59,8 +61,22 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     const char *mode = argv[1];
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
-    inet_pton(AF_INET, argv[2], &addr.sin_addr);
+    /* IPv4 or IPv6, by the address's form (bench/v6.py compares the two) */
+    struct sockaddr_storage addr = {0};
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
+    if (inet_pton(AF_INET, argv[2], &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(atoi(argv[3]));
+        addr_len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, argv[2], &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(atoi(argv[3]));
+        addr_len = sizeof *a6;
+    } else {
+        fprintf(stderr, "bad address %s\n", argv[2]);
+        return 2;
+    }
     double seconds = atof(argv[4]);
     long long max = atoll(argv[5]);
     double u0, s0, u1, s1;

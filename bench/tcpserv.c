@@ -25,9 +25,12 @@ static long long coff[MAXFD]; /* chargen: stream offset */
 static char pattern[95 * 74 * 20]; /* whole periods: any 64 KiB slice from offset < period */
 
 static int listen_on(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+    /* dual-stack (IPV6_V6ONLY off): IPv4 and IPv6 clients alike, for bench/v6.py */
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1, off = 0;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port),
+                             .sin6_addr = IN6ADDR_ANY_INIT};
     if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0) {
         perror("listen");
         exit(1);

@@ -43,19 +43,22 @@ int main(int argc, char **argv)
     sigaction(SIGALRM, &sa, NULL);
     alarm((unsigned)max_seconds);
 
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    /* one dual-stack socket (IPV6_V6ONLY off) answers IPv4 and IPv6: bench/v6.py compares them */
+    int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) { perror("socket"); return 1; }
     int buf = 4 << 20;
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) < 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                               .sin_addr.s_addr = htonl(INADDR_ANY)};
+    int off = 0;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    struct sockaddr_in6 addr = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port),
+                                .sin6_addr = IN6ADDR_ANY_INIT};
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("bind"); return 1; }
     printf("ready\n");
     fflush(stdout);
 
     static uint8_t bufs[BATCH][BUF];
-    struct sockaddr_in peers[BATCH];
+    struct sockaddr_in6 peers[BATCH];
     struct iovec iov[BATCH];
     struct mmsghdr msgs[BATCH];
     uint64_t echoed = 0;

@@ -64,16 +64,31 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* IPv4 or IPv6, by the address's form (bench/v6.py compares the two) */
+    struct sockaddr_storage sa = {0};
+    socklen_t sa_len;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&sa;
+    if (inet_pton(AF_INET, dst_ip, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        sa_len = sizeof *s4;
+    } else if (inet_pton(AF_INET6, dst_ip, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        sa_len = sizeof *s6;
+    } else {
+        fprintf(stderr, "bad address\n");
+        return 2;
+    }
+    int fd = socket(sa.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) { perror("socket"); return 1; }
     int buf = 4 << 20;
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof buf) < 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buf, sizeof buf) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, dst_ip, &sa.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror("connect"); return 1; }
+    if (connect(fd, (struct sockaddr *)&sa, sa_len) < 0) { perror("connect"); return 1; }
 
     uint8_t *seen = calloc((size_t)(max_count / 8 + 1), 1);
     static uint8_t txbuf[MAX_BATCH][MAX_PAYLOAD];
