@@ -267,6 +267,9 @@ class BlockingStack:
         loop.add_reader(self._efd, self._on_wakeup)
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Held across submit's "closed?" check and its eventfd write, and across close's
+        # marking: without it a submit racing close wrote to a closed (EBADF) or, worse, reused fd.
+        self._gate = threading.Lock()
         self.loop_error: BaseException | None = None
 
     @classmethod
@@ -296,8 +299,6 @@ class BlockingStack:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the loop (if we run it) and release the eventfd. Sockets still open are left
         to the engine (the loop no longer runs, so nothing more is sent)."""
-        if self._closed:
-            return
         if self._thread is None:  # attached to a loop someone else runs: detach from inside it
             efd = self._efd
             loop = self.loop
@@ -306,10 +307,17 @@ class BlockingStack:
                 loop.remove_reader(efd)
                 os.close(efd)
 
-            self.submit(detach)
-            self._closed = True
+            with self._gate:
+                if self._closed:
+                    return
+                self._commands.put(detach)
+                os.eventfd_write(efd, 1)
+                self._closed = True
             return
-        self._closed = True
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
         self.loop.stop()
         self._thread.join(timeout)
         self.loop.remove_reader(self._efd)
@@ -324,10 +332,11 @@ class BlockingStack:
     # -- talking to the loop ---------------------------------------------------------------------
     def submit(self, command: Command) -> None:
         """Run command(now) in the loop thread, soon (order of submission is kept)."""
-        if self._closed:
-            raise StackClosed()
-        self._commands.put(command)
-        os.eventfd_write(self._efd, 1)
+        with self._gate:
+            if self._closed:
+                raise StackClosed()
+            self._commands.put(command)
+            os.eventfd_write(self._efd, 1)
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 30.0) -> Any:
         """Run fn(*args) in the loop thread and return its result (or raise its exception)."""

@@ -474,3 +474,44 @@ def test_msg_oob_sends_urgent_data_read_inline(pair: Pair) -> None:
     client.close()
     conn.close()
     srv.close()
+
+
+def test_submit_racing_close_never_writes_a_closed_eventfd(monkeypatch) -> None:
+    """A submit whose 'closed?' check passed before close() ran must finish its eventfd write
+    before close() releases the fd: otherwise it writes to a closed fd (EBADF, the flake seen
+    under load) or to whatever file reused the number. The write is held open until close()
+    has either finished (the bug) or is seen to wait (the fix)."""
+    import netstack.api.sockets as sockets_mod
+
+    loop = Loop()
+    wire = MemoryWire(loop)
+    stack = BlockingStack(loop, wire.add(A_IP)).start()
+    real_write = sockets_mod.os.eventfd_write
+    in_write, close_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_write(fd: int, value: int) -> None:
+        if threading.current_thread().name == "submitter":
+            in_write.set()
+            close_done.wait(1.0)  # the fix keeps close() waiting: this times out
+        real_write(fd, value)
+
+    def submitter() -> None:
+        try:
+            stack.submit(lambda now: None)
+        except OSError as err:
+            errors.append(err)
+
+    monkeypatch.setattr(sockets_mod.os, "eventfd_write", slow_write)
+    t = threading.Thread(target=submitter, name="submitter")
+    t.start()
+    assert in_write.wait(10)
+    closer = threading.Thread(target=lambda: (stack.close(), close_done.set()))
+    closer.start()
+    t.join(10)
+    closer.join(10)
+    loop.close()
+    assert not errors, errors
+    with pytest.raises(OSError) as late:
+        stack.submit(lambda now: None)
+    assert late.value.errno == errno.ESHUTDOWN
