@@ -165,6 +165,24 @@ def test_a_drop_reason_outside_the_known_set_fails() -> None:
     assert not verdict(ev, criteria.check_drop_reasons).passed
 
 
+def test_drops_after_the_last_scrape_pass_and_are_named() -> None:
+    """The kernel keeps sending (ND, MLD) between the last scrape and the stack's exit."""
+    later = {**DROPS, "udp/no_port": DROPS["udp/no_port"] + 3, "ipv6/not_for_us": 2}
+    ev = healthy(exit_drops=later, exit_drops_total=sum(later.values()),
+                 known_reasons=KNOWN | {"ipv6/not_for_us"})  # fmt: skip
+    v = verdict(ev, criteria.check_drop_reasons)
+    assert v.passed, v.measured
+    assert "udp/no_port +3" in v.measured and "ipv6/not_for_us +2" in v.measured
+
+
+def test_a_scrape_above_the_exit_count_fails() -> None:
+    """Counters only grow: Prometheus can't have read more than the stack counted at exit."""
+    fewer = {**DROPS, "tcp/bad_checksum": DROPS["tcp/bad_checksum"] - 1}
+    ev = healthy(exit_drops=fewer, exit_drops_total=sum(fewer.values()))
+    v = verdict(ev, criteria.check_drop_reasons)
+    assert not v.passed and "tcp/bad_checksum" in v.measured
+
+
 def test_no_exit_summary_fails() -> None:
     ev = healthy(exit_drops=None, exit_drops_total=None)
     assert not verdict(ev, criteria.check_drop_reasons).passed
