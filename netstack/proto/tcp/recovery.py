@@ -98,6 +98,7 @@ class Recovery:
         "cc",
         "counters",
         "cwnd_limited",
+        "delivered",
         "dupacks",
         "dupthresh",
         "flight_mark",
@@ -164,6 +165,11 @@ class Recovery:
         # marked lost.
         self.prr_delivered = self.prr_out = self.prior_cwnd = 0
         self.newly_lost = 0
+        # Bytes the current ACK newly delivered: RFC 6937's DeliveredData, delta(SND.UNA) +
+        # delta(SACKed) (data SACKed before and now cumulatively ACKed was delivered then, not
+        # again now), Linux's tp->delivered - prior_delivered in bytes. It feeds PRR and cwnd
+        # growth (see on_new_ack).
+        self.delivered = 0
 
     def start(self, iss: int) -> None:
         """The send space begins at ISS: nothing to recover below it."""
@@ -195,6 +201,7 @@ class Recovery:
         below the cumulative ACK or inside the second block)."""
         self.board.delivered.clear()
         self.newly_lost = 0
+        self.delivered = 0
         if not blocks:
             return 0, None
         tcb = self.tcb
@@ -211,13 +218,19 @@ class Recovery:
         for i, (left, right) in enumerate(ranges):
             if una <= left < right <= nxt and (i or dsack is None):  # else bogus: ignored
                 valid.append((left, right))
-        return (self.board.sack(valid) if valid else 0), dsack
+        new = self.board.sack(valid) if valid else 0
+        self.delivered = new
+        return new, dsack
 
     def on_new_ack(self, ack: int, acked: int, flight: int, ts: Timestamp, now: float) -> None:
         """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged (the connection has moved
         SND.UNA to `ack` already; `flight` is SND.NXT - SND.UNA from before)."""
         tcb = self.tcb
-        sent_at, _ = self.board.ack(ack)
+        board = self.board
+        sacked = board.sacked_bytes
+        sent_at, _ = board.ack(ack)
+        # RFC 6937 DeliveredData: what this ACK covers that no earlier SACK had delivered.
+        self.delivered += max(acked - (sacked - board.sacked_bytes), 0)
         # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
         # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
         # older than our last timeout, which would measure the timeout, not the path.
@@ -258,8 +271,14 @@ class Recovery:
             self.dupacks = 0
             # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
             # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
+            # By the bytes newly delivered, as Linux's tcp_cong_control(delivered): a
+            # cumulative ACK over data SACKed before grows cwnd by what it newly delivers
+            # (RFC 5681 3.1 allows min(N, SMSS) per ACK; RFC 3465's L is a cap, not a
+            # target). Linux trace sack_reorder_2: the ACK that fills a reordering hole
+            # covers 3 segments, 2 SACKed before: Linux grows by 1, we grew by 2 (L) and
+            # sent one segment more.
             if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
-                cc.on_ack(acked, now, rtt, flight)
+                cc.on_ack(self.delivered, now, rtt, flight)
         # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
         if tcb.snd_una >= tcb.snd_nxt:
             self.rto_at = None
@@ -309,7 +328,11 @@ class Recovery:
         if self.tlp_end is not None:
             self._tlp_ack(ack, acked, dsack, new_sacked, now)
         if self.ca_state == RECOVERY:
-            self._prr(max(acked, 0) + new_sacked, acked > 0)
+            # RFC 6937 DeliveredData, not acked + new_sacked: a partial ACK over data SACKed
+            # before delivers only the hole it fills (Linux trace sack_reorder_3: the late
+            # original acknowledges 4 segments, 3 of them SACKed; counting all 4 let two
+            # segments out where Linux's PRR sends none).
+            self._prr(self.delivered, acked > 0)
             self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
 
     def _prr(self, delivered: int, una_advanced: bool) -> None:
@@ -371,8 +394,23 @@ class Recovery:
         """RFC 5681 FlightSize for a reduction. A batch of ACKs is taken in before anything
         is sent (the flush point), so by the ACK that shows a loss the earlier ones of the
         same batch have shrunk SND.NXT - SND.UNA by data an ACK-clocked sender would have
-        replaced already: the flight as it was when the batch began counts too."""
-        return max(self.tcb.snd_nxt - self.tcb.snd_una, self.flight_mark)
+        replaced already: the flight as it was when the batch began counts too.
+
+        From the open state, at most cwnd: what is out beyond cwnd went as limited transmit
+        (RFC 3042 on the first dupacks; with SACK, each SACKed segment lets one more out while
+        pipe < cwnd), and RFC 5681 3.2 step 2 says data "sent in limited transmit MUST NOT be
+        included in this calculation". Linux (tcp_reno_ssthresh, cubictcp_recalc_ssthresh,
+        from tcp_enter_recovery / tcp_enter_loss) takes cwnd itself: the same whenever the
+        sender is cwnd-limited, and min() stays within RFC 5681 eq. 4 when it is not.
+        (Linux trace sack_early_loss: cwnd 12, FlightSize 14 at the third dupack; counting
+        the limited transmit made ssthresh 7 where Linux has 6, and PRR sent one ACK early.)
+        In recovery or after a timeout cwnd is PRR's or the RTO's, not the window in use:
+        FlightSize alone, as before."""
+        flight = max(self.tcb.snd_nxt - self.tcb.snd_una, self.flight_mark)
+        cc = self.cc
+        if cc is not None and self.ca_state == OPEN:
+            return min(flight, cc.cwnd)
+        return flight
 
     # =========================================================================================
     # output: how much, what first, and what went out
