@@ -257,6 +257,13 @@ class Recovery:
                 if not tcb.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
                     outstanding = tcb.snd_nxt - ack
                     cc.cwnd = min(cc.ssthresh, max(outstanding, tcb.mss) + tcb.mss)
+                elif self.cwnd_limited:
+                    # PRR is over (cwnd = ssthresh, RFC 6937): the ACK that ends it counts
+                    # towards congestion avoidance, as in Linux, whose tcp_cong_control runs
+                    # after tcp_fastretrans_alert has left Recovery (Linux trace
+                    # sack_first_loss: cwnd 5 -> 6 on the fifth ACK after the exit, counting
+                    # the exit ACK; without it we grew one ACK later).
+                    cc.on_ack(self.delivered, now, rtt, flight)
             elif tcb.sack_ok:
                 pass  # RACK (after the whole ACK is taken in) marks what is lost
             else:
