@@ -74,27 +74,63 @@ class Scenario:
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("sack_early_loss", True, 30, frozenset({2}),
-                 doc="(a) segment 2 of the initial window lost, SACK: slow start on the ACKs "
-                     "of 0 and 1, then dupacks with SACK (limited transmit), RACK/DupThresh"),
-        Scenario("reno_early_loss", False, 30, frozenset({2}),
-                 doc="(b) the same without SACK: Reno dupacks (Linux counts them as sacked_out)"),
-        Scenario("sack_first_loss", True, 30, frozenset({0}),
-                 doc="(a') the first segment lost: only dupacks from the start"),
-        Scenario("reno_first_loss", False, 30, frozenset({0}),
-                 doc="(b') the first segment lost, no SACK"),
-        Scenario("sack_tail_loss", True, 10, frozenset({9}),
-                 doc="(c) the last segment of the data lost: a tail loss probe repairs it"),
-        Scenario("sack_tail_loss_2", True, 10, frozenset({8, 9}),
-                 doc="(c') the last two segments lost: the probe (2 SRTT after the last ACK, "
-                     "two out) resends the last, its SACK lets RACK find the other"),
-        Scenario("sack_reorder_2", True, 20, delay=((2, 0.005),),
-                 doc="(d) segment 2 arrives after 4 (two SACKed above it): RACK waits its "
-                     "reordering window, the late arrival repairs the hole, no retransmission"),
-        Scenario("sack_reorder_3", True, 20, delay=((2, 0.007),),
-                 doc="(d') segment 2 arrives after 5: three SACKed above it (DupThresh), the "
-                     "window is zero, so it is retransmitted; the D-SACK undoes the reduction"),
-    )  # fmt: skip
+        Scenario(
+            "sack_early_loss",
+            True,
+            30,
+            frozenset({2}),
+            doc="(a) segment 2 of the initial window lost, SACK: slow start on the ACKs "
+            "of 0 and 1, then dupacks with SACK (limited transmit), RACK/DupThresh",
+        ),
+        Scenario(
+            "reno_early_loss",
+            False,
+            30,
+            frozenset({2}),
+            doc="(b) the same without SACK: Reno dupacks (Linux counts them as sacked_out)",
+        ),
+        Scenario(
+            "sack_first_loss",
+            True,
+            30,
+            frozenset({0}),
+            doc="(a') the first segment lost: only dupacks from the start",
+        ),
+        Scenario(
+            "reno_first_loss", False, 30, frozenset({0}), doc="(b') the first segment lost, no SACK"
+        ),
+        Scenario(
+            "sack_tail_loss",
+            True,
+            10,
+            frozenset({9}),
+            doc="(c) the last segment of the data lost: a tail loss probe repairs it",
+        ),
+        Scenario(
+            "sack_tail_loss_2",
+            True,
+            10,
+            frozenset({8, 9}),
+            doc="(c') the last two segments lost: the probe (2 SRTT after the last ACK, "
+            "two out) resends the last, its SACK lets RACK find the other",
+        ),
+        Scenario(
+            "sack_reorder_2",
+            True,
+            20,
+            delay=((2, 0.005),),
+            doc="(d) segment 2 arrives after 4 (two SACKed above it): RACK waits its "
+            "reordering window, the late arrival repairs the hole, no retransmission",
+        ),
+        Scenario(
+            "sack_reorder_3",
+            True,
+            20,
+            delay=((2, 0.007),),
+            doc="(d') segment 2 arrives after 5: three SACKed above it (DupThresh), the "
+            "window is zero, so it is retransmitted; the D-SACK undoes the reduction",
+        ),
+    )
 }
 
 

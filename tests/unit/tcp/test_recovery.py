@@ -344,3 +344,50 @@ def test_icmp_errors_on_an_established_connection_are_soft() -> None:
     t.run_until(t.now + 100)
     assert isinstance(t.events[-1][1], TimeoutError)
     assert "Connection refused" in str(t.events[-1][1])  # the soft error, reported last
+
+
+# -- recovery arithmetic against Linux (see also test_linux_trace.py) ---------------------------
+def test_limited_transmit_is_not_in_the_flight_that_ssthresh_halves() -> None:
+    """RFC 5681 3.2 step 2: data sent by limited transmit MUST NOT count in the FlightSize
+    that sets ssthresh. 10 out (cwnd 10), two SACKs send 10 and 11, the third finds 0 lost
+    (DupThresh SACKed: RACK's window is zero): ssthresh is 10/2 = 5 segments (Linux:
+    cwnd/2), not FlightSize 12/2 = 6."""
+    from tests.unit.tcp.test_rack import RTT, numbers, peer_ack, rtt_conn
+
+    t, conn = rtt_conn()
+    conn.send(b"d" * (14 * conn.mss))
+    t.engine.flush(t.now)
+    assert len(t.recv()) == 10
+    t.now += RTT
+    t.send(peer_ack(conn, 0, sack=[(1, 2)]))
+    t.now += 0.001
+    t.send(peer_ack(conn, 0, sack=[(1, 3)]))
+    assert numbers(t, conn) == [10, 11]  # limited transmit: pipe falls by one per SACK
+    t.now += 0.001
+    t.send(peer_ack(conn, 0, sack=[(1, 4)]))
+    assert numbers(t, conn)[0] == 0 and conn.recovery.ca_state == "recovery"
+    assert conn.recovery.cc.ssthresh == 5 * conn.mss
+
+
+def test_prr_counts_sacked_data_as_delivered_once() -> None:
+    """RFC 6937 DeliveredData = delta(SND.UNA) + delta(SACKed): a partial ACK over data
+    SACKed before delivers only what it newly covers. 0 and 4 lost, the rest SACKed; the
+    retransmission of 0 arrives: the ACK moves SND.UNA over 0-3 but delivers one segment,
+    so PRR's count grows by one segment, not four."""
+    from tests.unit.tcp.test_rack import RTT, peer_ack, rtt_conn
+
+    t, conn = rtt_conn()
+    conn.send(b"d" * (10 * conn.mss))
+    t.engine.flush(t.now)
+    t.recv()
+    t.now += RTT
+    for i in range(2, 5):
+        t.send(peer_ack(conn, 0, sack=[(1, i)]))
+    for i in range(6, 11):
+        t.send(peer_ack(conn, 0, sack=[(5, i), (1, 4)]))
+    assert conn.recovery.ca_state == "recovery"
+    before = conn.recovery.prr_delivered
+    t.now += RTT
+    t.send(peer_ack(conn, 4, sack=[(5, 10)]))
+    assert conn.recovery.ca_state == "recovery"
+    assert conn.recovery.prr_delivered - before == conn.mss
