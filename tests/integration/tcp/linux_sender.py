@@ -331,6 +331,7 @@ def capture(names: list[str], outdir: Path) -> None:
         try:
             out = subprocess.run(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", __spec__.name, "--inside", name],
+                cwd=Path(__file__).resolve().parents[3],
                 check=True, capture_output=True, text=True, timeout=30,
             )  # fmt: skip
         finally:
