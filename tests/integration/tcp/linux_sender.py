@@ -69,6 +69,7 @@ class Scenario:
     rtt: float = 0.050
     ser: float = 0.002
     doc: str = ""
+    cc: str = "reno"  # net.ipv4.tcp_congestion_control in the namespace
 
 
 SCENARIOS = {
@@ -129,6 +130,14 @@ SCENARIOS = {
             delay=((2, 0.007),),
             doc="(d') segment 2 arrives after 5: three SACKed above it (DupThresh), the "
             "window is zero, so it is retransmitted; the D-SACK undoes the reduction",
+        ),
+        Scenario(
+            "cubic_sack_early_loss",
+            True,
+            30,
+            frozenset({2}),
+            doc="(a) under CUBIC: ssthresh 0.7 * cwnd, PRR towards it",
+            cc="cubic",
         ),
     )
 }
@@ -202,6 +211,8 @@ def run_inside(sc: Scenario, seconds: float = 4.0) -> dict:
     def sender() -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # all data queued at once
+        # per socket: a namespace's sysctl may only name tcp_allowed_congestion_control
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, sc.cc.encode())
         s.connect((RECEIVER_IP, PORT))
         s.sendall(b"x" * (sc.segments * MSS))
         done.wait(seconds + 2)
@@ -315,6 +326,7 @@ def run_inside(sc: Scenario, seconds: float = 4.0) -> dict:
         "rtt_ms": sc.rtt * 1000,
         "ser_ms": sc.ser * 1000,
         "sack": sc.sack,
+        "congestion_control": sc.cc,
         "segments": sc.segments,
         "drop": sorted(sc.drop),
         "delay_ms": [[i, d * 1000] for i, d in sc.delay],

@@ -63,7 +63,8 @@ def replay(trace: dict, **config) -> tuple[list[Out], object]:
     """Drive our engine through the trace's ACKs; return what it sent and the connection."""
     mss = trace["mss"]
     base = dict(
-        sack=trace["sack"], timestamps=False, window_scaling=False, congestion_control="reno",
+        sack=trace["sack"], timestamps=False, window_scaling=False,
+        congestion_control=trace.get("congestion_control", "reno"),
         send_buffer=1 << 20, receive_buffer=65535, quick_acks=16,
     )  # fmt: skip
     base.update(config)

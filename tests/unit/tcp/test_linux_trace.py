@@ -2,16 +2,16 @@
 arithmetic": limited transmit, early recovery, RACK, TLP).
 
 Each trace in data/linux/ was recorded by tests/integration/tcp/linux_sender.py: the kernel
-(6.18, net.ipv4.tcp_congestion_control=reno, tcp_recovery=1, tcp_early_retrans=3,
+(6.18; congestion control reno, cubic for one trace; tcp_recovery=1, tcp_early_retrans=3,
 tcp_reordering=3, tcp_sack=1, initial cwnd 10; no timestamps or window scaling negotiated;
-gso_max_segs 1) sent 10-30 segments to a receiver we scripted on a TUN, which dropped or
-delayed chosen segments and ACKed every segment with SACK blocks. lintrace_replay feeds the
-same ACKs at the same times to our engine. Every data segment must go out after the same
-ACK as Linux's, with the same sequence number: new data on the first dupacks (limited
-transmit), the fast retransmit on the third (RACK with a zero window once DupThresh segments
-are SACKed: tcp_rack_reo_wnd; tcp_time_to_recover), PRR's pacing in recovery
-(tcp_cwnd_reduction), growth after it, tail loss probes (tcp_schedule_loss_probe), and no
-retransmission for a reordering RACK's window covers (tcp_rack_detect_loss).
+gso_max_segs 1: each trace's JSON lists the sysctls in effect) sent 10-30 segments to a
+receiver we scripted on a TUN, which dropped or delayed chosen segments and ACKed every segment
+with SACK blocks. lintrace_replay feeds the same ACKs at the same times to our engine. Every
+data segment must go out after the same ACK as Linux's, with the same sequence number: new data
+on the first dupacks (limited transmit), the fast retransmit on the third (RACK with a zero
+window once DupThresh segments are SACKed: tcp_rack_reo_wnd; tcp_time_to_recover), PRR's pacing
+in recovery (tcp_cwnd_reduction), growth after it, tail loss probes (tcp_schedule_loss_probe),
+and no retransmission for a reordering RACK's window covers (tcp_rack_detect_loss).
 
 Where we deliberately differ, the test says so and checks what does agree:
   - Without SACK, recovery is RFC 6582 NewReno with cwnd inflation (recovery.py), where
@@ -41,6 +41,7 @@ SACK_SCENARIOS = [
     "sack_tail_loss_2",  # (c') the last two lost: TLP, then RACK finds the other
     "sack_reorder_2",  # (d) reordered by two segments: RACK waits, no retransmission
     "sack_reorder_3",  # (d') reordered by three: DupThresh, a spurious retransmission
+    "cubic_sack_early_loss",  # (a) under CUBIC: ssthresh 0.7 * cwnd in whole segments
 ]
 
 
