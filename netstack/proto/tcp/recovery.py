@@ -33,6 +33,18 @@ the RFC 4015 response: the saved congestion state comes back). In SACK recovery 
 with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK; NewReno recovery without
 SACK keeps RFC 6582's inflation (Linux would use PRR there too, counting dupacks as SACKed
 segments: a deviation kept, the non-SACK path being a fallback).
+
+Checked against Linux: tests/unit/tcp/test_linux_trace.py replays the ACKs of recorded Linux
+sender traces (tests/integration/tcp/linux_sender.py) and requires the same segments after
+the same ACKs. With SACK they agree segment by segment: limited transmit (one new segment
+per SACKing dupack, as Linux's pipe falls), the fast retransmit on the third (RACK's window
+zero once DupThresh segments are SACKed: tcp_rack_reo_wnd), PRR (tcp_cwnd_reduction), the
+growth after it, tail loss probes, and no retransmission for reordering within RACK's
+window. Without SACK they agree up to the fast retransmit and after recovery; the two
+deliberate differences are NewReno's inflation above, and the first pure ACK after the
+handshake, a duplicate ACK by RFC 5681 (2) but a window update to Linux (its SEG.SEQ is past
+SND.WL1, tcp_may_update_window), so a loss of the very first segment without SACK is
+repaired one ACK earlier here.
 """
 
 from __future__ import annotations
