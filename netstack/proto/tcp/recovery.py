@@ -72,7 +72,11 @@ WC_DEL_ACK = 0.2
 TIMEOUT_MIN = 0.002
 # RACK's reordering timer fires TIMEOUT_MIN after the first outstanding record would count as
 # lost (Linux's tcp_rack_mark_lost: usecs_to_jiffies(timeout + TCP_TIMEOUT_MIN_US)), so the
-# check runs when the record has expired, not a float-rounding instant before.
+# check runs when the record has expired, not a float-rounding instant before. Linux's timer
+# also rounds up to jiffies and fires on a tick: 16-20 ms for a 12.5 ms window at HZ=250,
+# where ours fires at 14.5 ms, so a segment reordered by 15-20 ms is retransmitted here and
+# not there (Linux trace sack_reorder_timer, test_linux_trace.py). Kept exact: the slack is
+# Linux's HZ, not its algorithm (HZ=1000 fires at 15-16 ms).
 # Probes per episode: RFC 8985 7.3 and Linux send one (tlp_high_seq). We send a second after
 # twice the PTO (QUIC's PTO backoff, RFC 9002 6.2): it covers a lost probe or probe ACK for
 # the price of one segment instead of an RTO that collapses cwnd. A deliberate deviation.

@@ -132,6 +132,14 @@ SCENARIOS = {
             "window is zero, so it is retransmitted; the D-SACK undoes the reduction",
         ),
         Scenario(
+            "sack_reorder_timer",
+            True,
+            5,
+            delay=((2, 0.021),),
+            doc="(d'') 5 segments, 2 arrives 17 ms after the ACK SACKing 3-4 and nothing else "
+            "comes: RACK's reordering timer (min_RTT/4 = 12.5 ms + Linux's slack) decides",
+        ),
+        Scenario(
             "cubic_sack_early_loss",
             True,
             30,

@@ -42,6 +42,7 @@ SACK_SCENARIOS = [
     "sack_reorder_2",  # (d) reordered by two segments: RACK waits, no retransmission
     "sack_reorder_3",  # (d') reordered by three: DupThresh, a spurious retransmission
     "cubic_sack_early_loss",  # (a) under CUBIC: ssthresh 0.7 * cwnd in whole segments
+    "sack_reorder_timer_late",  # (d'') RACK's timer fires before the late segment, for both
 ]
 
 
@@ -160,3 +161,27 @@ def test_first_ack_after_the_handshake_is_a_dupack_for_us_not_for_linux() -> Non
     early_ours = [(o.acks, o.seq // mss) for o in ours if 1 <= o.acks <= 4]
     assert early_linux == [(2, 10), (3, 11), (4, 0)]
     assert early_ours == [(a - 1, s) for a, s in early_linux]
+
+
+def test_rack_timer_granularity_against_linux() -> None:
+    """(d'') The residue of issue 11's "RACK marked segments lost before the ACK that would
+    have saved them": 5 segments, 3-4 SACKed above a late 2, then nothing until 2 arrives.
+    RACK's deadline is reo_wnd (min_RTT/4 = 12.5 ms) after the second SACK; our timer fires
+    TIMEOUT_MIN (2 ms) after it, Linux's at usecs_to_jiffies(timeout + 2 ms): 4 ticks of
+    4 ms at HZ=250, then the next tick boundary — 16 to 20 ms. A segment arriving 17 ms
+    after the SACK (this trace) is retransmitted by us, not by Linux; one arriving after
+    Linux's tick (sack_reorder_timer_late: Linux fired at 18.4 ms) by both, after the same
+    ACK (test_sack_sender_sends_what_linux_sends). Kept: our timer is RFC 8985's, exact,
+    and Linux's slack is a property of its HZ (at HZ=1000 it fires at 15-16 ms)."""
+    trace = load("sack_reorder_timer")
+    linux = linux_sent(trace)
+    ours, _ = replay(trace)
+    extra = [o for o in ours if o.key() not in set(keys(linux))]
+    assert keys([o for o in ours if o not in extra]) == keys(linux)
+    (rexmit,) = extra
+    acks = [e for e in trace["events"] if e["dir"] == "in" and e["flags"] != "SA"]
+    second_sack, late = acks[3]["t"], acks[4]["t"]
+    assert rexmit.acks == 4 and rexmit.seq == 2 * trace["mss"]
+    reo_wnd = trace["rtt_ms"] / 4
+    assert second_sack + reo_wnd < rexmit.t_ms < second_sack + reo_wnd + 3 < late
+    assert late - second_sack < 20  # inside Linux's 16-20 ms at HZ=250: it waited
