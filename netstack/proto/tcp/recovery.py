@@ -29,10 +29,13 @@ retransmissions, a reordering window that D-SACKs widen, tail loss probes (two a
 one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
 (RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
 reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
-the RFC 4015 response: the saved congestion state comes back). In SACK recovery PRR (RFC 6937
-with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK; NewReno recovery without
-SACK keeps RFC 6582's inflation (Linux would use PRR there too, counting dupacks as SACKed
-segments: a deviation kept, the non-SACK path being a fallback).
+the RFC 4015 response: the saved congestion state comes back). In recovery PRR (RFC 6937
+with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK, with SACK or without: then
+each dupack counts as a segment delivered (RFC 6937 3's estimate; Linux's tcp_add_reno_sack
+and sacked_out) instead of RFC 6582's cwnd inflation, which sent nothing for half a round
+trip and then a burst; RFC 6582's recovery point, partial ACKs and NewReno's "next hole is
+lost" stay, and recovery without SACK ends past the recovery point, not at it
+(tcp_try_undo_recovery).
 
 Checked against Linux: tests/unit/tcp/test_linux_trace.py replays the ACKs of recorded Linux
 sender traces (tests/integration/tcp/linux_sender.py) and requires the same segments after
@@ -40,11 +43,10 @@ the same ACKs. With SACK they agree segment by segment: limited transmit (one ne
 per SACKing dupack, as Linux's pipe falls), the fast retransmit on the third (RACK's window
 zero once DupThresh segments are SACKed: tcp_rack_reo_wnd), PRR (tcp_cwnd_reduction), the
 growth after it, tail loss probes, and no retransmission for reordering within RACK's
-window. Without SACK they agree up to the fast retransmit and after recovery; the two
-deliberate differences are NewReno's inflation above, and the first pure ACK after the
-handshake, a duplicate ACK by RFC 5681 (2) but a window update to Linux (its SEG.SEQ is past
-SND.WL1, tcp_may_update_window), so a loss of the very first segment without SACK is
-repaired one ACK earlier here.
+window; without SACK as well. The deliberate differences: the first pure ACK after the
+handshake is a duplicate ACK by RFC 5681 (2) but a window update to Linux (its SEG.SEQ is
+past SND.WL1, tcp_may_update_window), so a loss of the very first segment without SACK is
+repaired one ACK earlier here; and RACK's timer, exact here, on jiffies there (below).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class Recovery:
         "rack",
         "rack_at",
         "recover",
+        "reno_sacked",
         "rto_at",
         "rto_tsval",
         "rtt",
@@ -186,6 +189,10 @@ class Recovery:
         # again now), Linux's tp->delivered - prior_delivered in bytes. It feeds PRR and cwnd
         # growth (see on_new_ack).
         self.delivered = 0
+        # Without SACK, the dupacks since SND.UNA last moved, in bytes (one segment each):
+        # segments that left the network, as Linux's tcp_add_reno_sack counts them in
+        # sacked_out, for pipe and PRR in NewReno recovery.
+        self.reno_sacked = 0
 
     def start(self, iss: int) -> None:
         """The send space begins at ISS: nothing to recover below it."""
@@ -247,6 +254,14 @@ class Recovery:
         sent_at, _ = board.ack(ack)
         # RFC 6937 DeliveredData: what this ACK covers that no earlier SACK had delivered.
         self.delivered += max(acked - (sacked - board.sacked_bytes), 0)
+        if self.reno_sacked:
+            # Without SACK the dupacks stood for segments delivered: a cumulative ACK
+            # delivers what they did not cover, one segment at least (the hole), and the rest
+            # of it uses them up (Linux's tcp_remove_reno_sacks; RFC 6937 3: DeliveredData
+            # estimated from dupacks).
+            mss = tcb.mss
+            self.delivered = max(acked - self.reno_sacked, min(acked, mss))
+            self.reno_sacked = max(self.reno_sacked - max(acked - mss, 0), 0)
         # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
         # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
         # older than our last timeout, which would measure the timeout, not the path.
@@ -265,15 +280,20 @@ class Recovery:
             self._eifel(ts, now)
         state = self.ca_state
         if state == RECOVERY:
-            if ack >= self.recover:  # full ACK: recovery is over
+            if ack == self.recover and not tcb.sack_ok and ack < tcb.snd_nxt:
+                # Without SACK, Linux holds Recovery until something *above* the recovery
+                # point is ACKed (tcp_try_undo_recovery, after RFC 2582): the dupacks are
+                # spent, PRR runs on. (Linux trace reno_early_loss: leaving here grew cwnd
+                # one ACK early.) Not when all is ACKed: nothing is left to pace.
+                self.reno_sacked = 0
+                self._prr(self.delivered, True)
+            elif ack >= self.recover:  # full ACK: recovery is over
                 self.ca_state = OPEN
                 self.dupacks = 0
                 cc.on_recovery_exit(now)
                 self.rack.on_recovery_exit()
-                if not tcb.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
-                    outstanding = tcb.snd_nxt - ack
-                    cc.cwnd = min(cc.ssthresh, max(outstanding, tcb.mss) + tcb.mss)
-                elif self.cwnd_limited:
+                self.reno_sacked = 0
+                if self.cwnd_limited:
                     # PRR is over (cwnd = ssthresh, RFC 6937): the ACK that ends it counts
                     # towards congestion avoidance, as in Linux, whose tcp_cong_control runs
                     # after tcp_fastretrans_alert has left Recovery (Linux trace
@@ -283,15 +303,19 @@ class Recovery:
             elif tcb.sack_ok:
                 pass  # RACK (after the whole ACK is taken in) marks what is lost
             else:
-                # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
-                if self.board.mark_first_lost():
-                    self.owed = self.board.first()
-                cc.cwnd = max(cc.cwnd - acked + (tcb.mss if acked >= tcb.mss else 0), tcb.mss)
+                # RFC 6582 3.2 (4) partial ACK: the next hole is lost; it goes first (the
+                # lost-first rule) as PRR lets it (Linux's tcp_newreno_mark_lost).
+                if board.mark_first_lost():
+                    first = board.first()
+                    assert first is not None
+                    self.newly_lost += first.end - first.start
+                self._prr(self.delivered, True)
         else:
             if state == LOSS and ack >= self.recover:
                 self.ca_state = OPEN
                 self.rack.on_recovery_exit()
             self.dupacks = 0
+            self.reno_sacked = 0
             # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
             # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
             # By the bytes newly delivered, as Linux's tcp_cong_control(delivered): a
@@ -318,6 +342,12 @@ class Recovery:
         tcb = self.tcb
         self.dupacks += 1
         board = self.board
+        if not tcb.sack_ok and self.ca_state != LOSS:
+            # A segment has left the network (Linux's tcp_add_reno_sack), but not the hole:
+            # at most all but one segment of the flight (tcp_limit_reno_sacked).
+            room = tcb.snd_nxt - tcb.snd_una - tcb.mss - self.reno_sacked
+            self.delivered = max(min(tcb.mss, room), 0)
+            self.reno_sacked += self.delivered
         if self.ca_state == OPEN:
             if self.dupacks >= self.dupthresh and tcb.snd_una >= self.recover:
                 if not tcb.sack_ok or not board.sacked_bytes:
@@ -326,12 +356,13 @@ class Recovery:
                         assert first is not None
                         self.newly_lost += first.end - first.start
                     self._enter_recovery(now)
+                    if not tcb.sack_ok:
+                        self._prr(self.delivered, False)  # (with SACK: on_sack_ack)
             elif not tcb.sack_ok:
                 tcb.wake()  # RFC 3042 limited transmit
         elif self.ca_state == RECOVERY:
             if not tcb.sack_ok:
-                assert self.cc is not None
-                self.cc.cwnd += tcb.mss  # RFC 6582 / 5681: inflate by one segment per dupack
+                self._prr(self.delivered, False)  # RFC 6937 on the dupack's delivery
             tcb.wake()
 
     def on_sack_ack(
@@ -376,7 +407,7 @@ class Recovery:
         tcb = self.tcb
         mss = tcb.mss
         self.prr_delivered += delivered
-        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una)
+        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una) - self.reno_sacked
         delta = cc.ssthresh - pipe
         if delta < 0:
             # ceil(ssthresh * prr_delivered / RecoverFS), rounded up to whole segments as
@@ -400,11 +431,9 @@ class Recovery:
         tcb = self.tcb
         self.recover = tcb.snd_nxt
         self._undo_begin(now)
-        self.prior_cwnd = cc.cwnd if tcb.sack_ok else 0  # PRR's RecoverFS (SACK recovery)
+        self.prior_cwnd = cc.cwnd  # PRR's RecoverFS (Linux's prior_cwnd)
         self.prr_delivered = self.prr_out = 0
         cc.on_congestion(now, self._flight_size())
-        if not tcb.sack_ok:
-            cc.cwnd = cc.ssthresh + 3 * tcb.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
         self.ca_state = RECOVERY
         self.tlp_at = self.tlp_end = None
         self.counters.tcp_fast_retransmits += 1
@@ -439,25 +468,24 @@ class Recovery:
     # output: how much, what first, and what went out
     # =========================================================================================
     def budget(self, flight: int) -> int:
-        """Bytes cwnd lets out now: cwnd - pipe (RFC 6675), or cwnd - FlightSize in NewReno
-        recovery (RFC 6582, whose inflation counts the dupacks), plus RFC 3042's allowance."""
+        """Bytes cwnd lets out now: cwnd - pipe (RFC 6675; in NewReno recovery the dupacks'
+        segments are out of the network too), plus RFC 3042's allowance."""
         cc = self.cc
         assert cc is not None
         tcb = self.tcb
-        in_flight = flight if self._newreno_recovery() else self.board.pipe(flight)
+        in_flight = self.board.pipe(flight)
+        if self.ca_state == RECOVERY:
+            in_flight -= self.reno_sacked  # without SACK: the dupacks' segments are out
         budget = cc.cwnd - in_flight
         if self.ca_state == OPEN and not tcb.sack_ok and 0 < self.dupacks < self.dupthresh:
             budget += min(self.dupacks, 2) * tcb.mss  # RFC 3042 limited transmit
         return budget
 
-    def _newreno_recovery(self) -> bool:
-        return self.ca_state == RECOVERY and not self.tcb.sack_ok
-
     def resend_lost(self) -> bool:
         """RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO) applies: records marked
-        lost wait for a retransmission. NewReno resends only its owed hole."""
+        lost wait for a retransmission (NewReno marks only the hole after a partial ACK)."""
         board = self.board
-        return not self._newreno_recovery() and board.lost_bytes > board.rexmit_bytes
+        return board.lost_bytes > board.rexmit_bytes
 
     def take_owed(self, snd_una: int) -> Sent | None:
         """The record to resend before anything else, whatever cwnd says, if it still needs it
@@ -541,6 +569,7 @@ class Recovery:
         self.ca_state = LOSS
         self.recover = tcb.snd_nxt
         self.dupacks = 0
+        self.reno_sacked = 0  # (Linux's tcp_enter_loss: tcp_reset_reno_sack)
         self.owed = self.board.next_lost()  # RFC 6298 5.4: the earliest, whatever cwnd says
         self.rto_at = now + self.rtt.rto
 

@@ -13,12 +13,11 @@ window once DupThresh segments are SACKed: tcp_rack_reo_wnd; tcp_time_to_recover
 in recovery (tcp_cwnd_reduction), growth after it, tail loss probes (tcp_schedule_loss_probe),
 and no retransmission for a reordering RACK's window covers (tcp_rack_detect_loss).
 
+Without SACK (reno_early_loss) they agree as well: dupacks count as segments delivered
+(tcp_add_reno_sack), PRR paces NewReno recovery, and it ends only past the recovery point
+(tcp_try_undo_recovery).
+
 Where we deliberately differ, the test says so and checks what does agree:
-  - Without SACK, recovery is RFC 6582 NewReno with cwnd inflation (recovery.py), where
-    Linux runs PRR on dupacks counted as SACKed segments (tcp_add_reno_sack). Limited
-    transmit and the fast retransmit agree; the segments sent during recovery do not (Linux
-    sends on every second dupack, we wait until inflation passes FlightSize); after the full
-    ACK both agree again.
   - The first pure ACK after the handshake that repeats SND.UNA is a duplicate ACK by RFC 5681
     (2), but not to Linux: its SEG.SEQ is past SND.WL1 (the SYN-ACK's), so
     tcp_may_update_window calls it a window update (FLAG_WIN_UPDATE, not a dupack). Only
@@ -34,7 +33,8 @@ import pytest
 
 from tests.unit.tcp.lintrace_replay import diff, linux_sent, load, replay
 
-SACK_SCENARIOS = [
+MATCHED = [
+    "reno_early_loss",  # (b) segment 2 lost, no SACK: NewReno, dupacks as sacked_out
     "sack_first_loss",  # (a') segment 0 lost
     "sack_early_loss",  # (a) segment 2 lost, after two ACKs of slow start
     "sack_tail_loss",  # (c) the last segment lost: TLP with one segment out
@@ -50,8 +50,8 @@ def keys(sent) -> list[tuple[int, int, int]]:
     return [o.key() for o in sent]
 
 
-@pytest.mark.parametrize("name", SACK_SCENARIOS)
-def test_sack_sender_sends_what_linux_sends(name: str) -> None:
+@pytest.mark.parametrize("name", MATCHED)
+def test_sender_sends_what_linux_sends(name: str) -> None:
     trace = load(name)
     linux = linux_sent(trace)
     ours, conn = replay(trace)
@@ -108,59 +108,21 @@ def test_tail_loss_probe_time(name: str) -> None:
         assert 0 < probe_linux.t_ms - probe_ours.t_ms <= trace["rtt_ms"] + 40
 
 
-def _phases(trace, sent):
-    """(before recovery's first new segment, after its full ACK) of a NewReno run."""
-    mss = trace["mss"]
-    lost = trace["drop"][0]
-    rexmit = next(i for i, o in enumerate(sent) if o.seq == lost * mss and o.acks)
-    full = trace["segments"]  # the full ACK is the one that covers everything sent by then
-    first_new_after = next(i for i, o in enumerate(sent) if i > rexmit and o.seq > lost * mss)
-    return sent[: rexmit + 1], sent[first_new_after:], full
-
-
-def test_newreno_limited_transmit_and_fast_retransmit_match_linux() -> None:
-    """(b) Without SACK: each of the first two dupacks sends one new segment (RFC 3042; Linux
-    counts dupacks in sacked_out so pipe falls by one each) and the third retransmits
-    (tcp_time_to_recover: sacked_out + 1 > reordering), as Linux."""
-    trace = load("reno_early_loss")
-    linux = linux_sent(trace)
-    ours, conn = replay(trace)
-    before_linux, _, _ = _phases(trace, linux)
-    before_ours, _, _ = _phases(trace, ours)
-    assert keys(before_ours) == keys(before_linux), diff(linux, ours)
-    assert conn.snd_una == conn.snd_nxt
-
-
-def test_newreno_recovery_is_rfc6582_not_linux_prr() -> None:
-    """(b) The deliberate difference: in recovery Linux runs PRR on dupacks (one new segment
-    on every second one), we inflate cwnd by one segment per dupack (RFC 6582) and send
-    nothing until the inflation passes FlightSize. Once recovery is over (from the first
-    ACK past the recovery point) both send the same segments on the same ACKs again."""
-    trace = load("reno_early_loss")
-    linux = linux_sent(trace)
-    ours, _ = replay(trace)
-    mss = trace["mss"]
-    rexmit_ack = next(o.acks for o in linux if o.seq == 2 * mss and o.acks)
-    in_rec_linux = [o.seq // mss for o in linux if rexmit_ack < o.acks < 11]
-    in_rec_ours = [o.seq // mss for o in ours if rexmit_ack < o.acks < 11]
-    assert in_rec_linux == [16, 17] and in_rec_ours == []  # PRR vs inflation
-    tail = 14  # from here on (recovery long over) the same again
-    assert keys([o for o in ours if o.acks >= tail]) == keys([o for o in linux if o.acks >= tail])
-
-
 def test_first_ack_after_the_handshake_is_a_dupack_for_us_not_for_linux() -> None:
     """Segment 0 lost, no SACK: the receiver's first ACK repeats SND.UNA with SEG.SEQ one
     past the SYN-ACK's. RFC 5681 counts it as a duplicate ACK; Linux's tcp_ack takes it as a
     window update (SEG.SEQ after SND.WL1). So our limited transmit and fast retransmit come
-    one ACK earlier than Linux's, the same segments; we keep RFC 5681's definition."""
+    one ACK earlier than Linux's, and so is all of recovery, the same segments; once both
+    have left it they agree ACK for ACK. We keep RFC 5681's definition."""
     trace = load("reno_first_loss")
     linux = linux_sent(trace)
     ours, _ = replay(trace)
     mss = trace["mss"]
     early_linux = [(o.acks, o.seq // mss) for o in linux if 1 <= o.acks <= 4]
-    early_ours = [(o.acks, o.seq // mss) for o in ours if 1 <= o.acks <= 4]
     assert early_linux == [(2, 10), (3, 11), (4, 0)]
-    assert early_ours == [(a - 1, s) for a, s in early_linux]
+    recovered = 12  # the ACK past the recovery point (segment 12) for Linux
+    shifted = [(o.acks + (0 < o.acks < recovered), o.seq, o.length) for o in ours]
+    assert shifted == keys(linux), diff(linux, ours)
 
 
 def test_rack_timer_granularity_against_linux() -> None:

@@ -134,7 +134,9 @@ def test_three_dupacks_trigger_fast_retransmit() -> None:
     assert t.counters.tcp_fast_retransmits == 1
     assert conn.recovery.ca_state == "recovery"
     assert conn.recovery.cc.ssthresh == 4 * MSS  # flight 8 MSS / 2 (Reno)
-    assert conn.recovery.cc.cwnd == 4 * MSS + 3 * MSS  # inflated by the three dupacks
+    # RFC 6937 PRR as Linux (no RFC 6582 inflation): pipe = 8 out - 3 dupacks (segments
+    # that left) - 1 lost = 4, plus the fast retransmission
+    assert conn.recovery.cc.cwnd == 5 * MSS
 
 
 def test_limited_transmit_sends_new_data_on_the_first_dupacks() -> None:
@@ -259,16 +261,29 @@ def test_dsack_and_bogus_blocks_mark_nothing() -> None:
     assert conn.recovery.board.sacked_bytes == 0
 
 
-def test_newreno_inflates_cwnd_by_one_segment_per_further_dupack() -> None:
-    t, conn = established_passive()
-    sent_segments(t, conn, 8)
-    t.recv()
-    for _ in range(3):
-        t.send(dupack(0))
-    inflated = conn.recovery.cc.cwnd
-    t.send(dupack(0))
-    t.send(dupack(0))
-    assert conn.recovery.cc.cwnd == inflated + 2 * MSS
+def test_newreno_recovery_sends_what_sack_recovery_sends() -> None:
+    """Without SACK, dupacks count as segments that left the network (Linux's
+    tcp_add_reno_sack), so PRR (RFC 6937) paces NewReno recovery as it paces SACK recovery:
+    one segment 0 lost, the same dupacks with and without SACK blocks let the same segments
+    out after the same ACKs (RFC 6582's inflation sent nothing until it passed FlightSize).
+    (A partial ACK then differs by design: NewReno deems the next segment lost.)"""
+    from tests.unit.tcp.test_rack import RTT, numbers, peer_ack, rtt_conn
+
+    runs = []
+    for sack in (True, False):
+        t, conn = rtt_conn(sack=sack)
+        conn.send(b"d" * (20 * conn.mss))
+        t.engine.flush(t.now)
+        assert numbers(t, conn) == list(range(10))
+        t.now += RTT
+        out = []
+        for i in range(1, 10):  # 1..9 arrive, each answered at once
+            t.now += 0.001
+            t.send(peer_ack(conn, 0, sack=[(1, i + 1)] if sack else []))
+            out.append(numbers(t, conn))
+        runs.append(out)
+    assert runs[0] == runs[1]
+    assert runs[1][:5] == [[10], [11], [0], [], [12]]  # RFC 3042, fast retransmit, PRR
 
 
 def test_idle_restart_shrinks_cwnd_to_the_initial_window() -> None:
