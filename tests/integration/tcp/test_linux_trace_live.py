@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.skipif(not can_run_world()[0], reason=can_run_world()[1] or "world")
-@pytest.mark.parametrize("name", ["sack_early_loss", "sack_reorder_2"])
+@pytest.mark.parametrize("name", ["sack_early_loss", "sack_reorder_2", "reno_early_loss"])
 def test_this_kernel_and_our_engine_send_the_same_segments(name: str, tmp_path: Path) -> None:
     capture([name], tmp_path)
     trace = json.loads((tmp_path / f"{name}.json").read_text())
