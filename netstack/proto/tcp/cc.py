@@ -111,8 +111,10 @@ class Reno:
 
     # -- reduction --------------------------------------------------------------------------
     def _reduced_ssthresh(self, flight_size: int) -> int:
-        """RFC 5681 eq. 4: max(FlightSize / 2, 2*SMSS)."""
-        return max(flight_size // 2, 2 * self.mss)
+        """RFC 5681 eq. 4: max(FlightSize / 2, 2*SMSS), in whole segments rounded down as
+        Linux's tcp_reno_ssthresh (cwnd >> 1, in packets): half of 13 segments is 6, not
+        6.5, or PRR (which rounds its allowance up to segments) sends one ACK early."""
+        return max(flight_size // self.mss // 2 * self.mss, 2 * self.mss)
 
     def on_congestion(self, now: float, flight_size: int) -> None:
         self.ssthresh = self._reduced_ssthresh(flight_size)
@@ -155,6 +157,9 @@ class Reno:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cwnd={self.cwnd}, ssthresh={self.ssthresh})"
+
+
+BETA_SCALED = 717  # Linux's CUBIC beta, in 1/1024 (BICTCP_BETA_SCALE): 0.7002
 
 
 class Cubic(Reno):
@@ -228,7 +233,11 @@ class Cubic(Reno):
         else:
             self.w_max = cwnd
         self.cwnd_prior = cwnd
-        self.ssthresh = max(int(flight_size * self.BETA), 2 * self.mss)
+        # In whole segments, rounded down, with Linux's beta of 717/1024 (cubictcp_recalc_
+        # ssthresh): 0.7 * 12 segments is 8, not 8.4 (Linux trace cubic_sack_early_loss: a
+        # fraction made PRR send one ACK early).
+        segments = flight_size // self.mss * BETA_SCALED // 1024
+        self.ssthresh = max(segments * self.mss, 2 * self.mss)
         self.epoch_start = None
         self._frac = 0.0
 

@@ -29,10 +29,24 @@ retransmissions, a reordering window that D-SACKs widen, tail loss probes (two a
 one in recovery when the ACKs stop while a retransmission is out). Without SACK: NewReno
 (RFC 6582) with RFC 3042, its dupthresh raised when reordering proved it wrong. Spurious
 reductions are undone (Eifel detection RFC 3522 with timestamps, D-SACK counting RFC 3708;
-the RFC 4015 response: the saved congestion state comes back). In SACK recovery PRR (RFC 6937
-with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK; NewReno recovery without
-SACK keeps RFC 6582's inflation (Linux would use PRR there too, counting dupacks as SACKed
-segments: a deviation kept, the non-SACK path being a fallback).
+the RFC 4015 response: the saved congestion state comes back). In recovery PRR (RFC 6937
+with SSRB, as Linux's tcp_cwnd_reduction) sets cwnd on each ACK, with SACK or without: then
+each dupack counts as a segment delivered (RFC 6937 3's estimate; Linux's tcp_add_reno_sack
+and sacked_out) instead of RFC 6582's cwnd inflation, which sent nothing for half a round
+trip and then a burst; RFC 6582's recovery point, partial ACKs and NewReno's "next hole is
+lost" stay, and recovery without SACK ends past the recovery point, not at it
+(tcp_try_undo_recovery).
+
+Checked against Linux: tests/unit/tcp/test_linux_trace.py replays the ACKs of recorded Linux
+sender traces (tests/integration/tcp/linux_sender.py) and requires the same segments after
+the same ACKs. With SACK they agree segment by segment: limited transmit (one new segment
+per SACKing dupack, as Linux's pipe falls), the fast retransmit on the third (RACK's window
+zero once DupThresh segments are SACKed: tcp_rack_reo_wnd), PRR (tcp_cwnd_reduction), the
+growth after it, tail loss probes, and no retransmission for reordering within RACK's
+window; without SACK as well. The deliberate differences: the first pure ACK after the
+handshake is a duplicate ACK by RFC 5681 (2) but a window update to Linux (its SEG.SEQ is
+past SND.WL1, tcp_may_update_window), so a loss of the very first segment without SACK is
+repaired one ACK earlier here; and RACK's timer, exact here, on jiffies there (below).
 """
 
 from __future__ import annotations
@@ -60,7 +74,11 @@ WC_DEL_ACK = 0.2
 TIMEOUT_MIN = 0.002
 # RACK's reordering timer fires TIMEOUT_MIN after the first outstanding record would count as
 # lost (Linux's tcp_rack_mark_lost: usecs_to_jiffies(timeout + TCP_TIMEOUT_MIN_US)), so the
-# check runs when the record has expired, not a float-rounding instant before.
+# check runs when the record has expired, not a float-rounding instant before. Linux's timer
+# also rounds up to jiffies and fires on a tick: 16-20 ms for a 12.5 ms window at HZ=250,
+# where ours fires at 14.5 ms, so a segment reordered by 15-20 ms is retransmitted here and
+# not there (Linux trace sack_reorder_timer, test_linux_trace.py). Kept exact: the slack is
+# Linux's HZ, not its algorithm (HZ=1000 fires at 15-16 ms).
 # Probes per episode: RFC 8985 7.3 and Linux send one (tlp_high_seq). We send a second after
 # twice the PTO (QUIC's PTO backoff, RFC 9002 6.2): it covers a lost probe or probe ACK for
 # the price of one segment instead of an RTO that collapses cwnd. A deliberate deviation.
@@ -98,6 +116,7 @@ class Recovery:
         "cc",
         "counters",
         "cwnd_limited",
+        "delivered",
         "dupacks",
         "dupthresh",
         "flight_mark",
@@ -110,6 +129,7 @@ class Recovery:
         "rack",
         "rack_at",
         "recover",
+        "reno_sacked",
         "rto_at",
         "rto_tsval",
         "rtt",
@@ -164,6 +184,15 @@ class Recovery:
         # marked lost.
         self.prr_delivered = self.prr_out = self.prior_cwnd = 0
         self.newly_lost = 0
+        # Bytes the current ACK newly delivered: RFC 6937's DeliveredData, delta(SND.UNA) +
+        # delta(SACKed) (data SACKed before and now cumulatively ACKed was delivered then, not
+        # again now), Linux's tp->delivered - prior_delivered in bytes. It feeds PRR and cwnd
+        # growth (see on_new_ack).
+        self.delivered = 0
+        # Without SACK, the dupacks since SND.UNA last moved, in bytes (one segment each):
+        # segments that left the network, as Linux's tcp_add_reno_sack counts them in
+        # sacked_out, for pipe and PRR in NewReno recovery.
+        self.reno_sacked = 0
 
     def start(self, iss: int) -> None:
         """The send space begins at ISS: nothing to recover below it."""
@@ -195,6 +224,7 @@ class Recovery:
         below the cumulative ACK or inside the second block)."""
         self.board.delivered.clear()
         self.newly_lost = 0
+        self.delivered = 0
         if not blocks:
             return 0, None
         tcb = self.tcb
@@ -211,13 +241,27 @@ class Recovery:
         for i, (left, right) in enumerate(ranges):
             if una <= left < right <= nxt and (i or dsack is None):  # else bogus: ignored
                 valid.append((left, right))
-        return (self.board.sack(valid) if valid else 0), dsack
+        new = self.board.sack(valid) if valid else 0
+        self.delivered = new
+        return new, dsack
 
     def on_new_ack(self, ack: int, acked: int, flight: int, ts: Timestamp, now: float) -> None:
         """SND.UNA < SEG.ACK <= SND.NXT: new data acknowledged (the connection has moved
         SND.UNA to `ack` already; `flight` is SND.NXT - SND.UNA from before)."""
         tcb = self.tcb
-        sent_at, _ = self.board.ack(ack)
+        board = self.board
+        sacked = board.sacked_bytes
+        sent_at, _ = board.ack(ack)
+        # RFC 6937 DeliveredData: what this ACK covers that no earlier SACK had delivered.
+        self.delivered += max(acked - (sacked - board.sacked_bytes), 0)
+        if self.reno_sacked:
+            # Without SACK the dupacks stood for segments delivered: a cumulative ACK
+            # delivers what they did not cover, one segment at least (the hole), and the rest
+            # of it uses them up (Linux's tcp_remove_reno_sacks; RFC 6937 3: DeliveredData
+            # estimated from dupacks).
+            mss = tcb.mss
+            self.delivered = max(acked - self.reno_sacked, min(acked, mss))
+            self.reno_sacked = max(self.reno_sacked - max(acked - mss, 0), 0)
         # RTT (RFC 6298 3): from the newest acknowledged record when none of them was ever
         # retransmitted (Karn), else from the echoed timestamp (RFC 7323 4.1) — but not one
         # older than our last timeout, which would measure the timeout, not the path.
@@ -236,30 +280,52 @@ class Recovery:
             self._eifel(ts, now)
         state = self.ca_state
         if state == RECOVERY:
-            if ack >= self.recover:  # full ACK: recovery is over
+            if ack == self.recover and not tcb.sack_ok and ack < tcb.snd_nxt:
+                # Without SACK, Linux holds Recovery until something *above* the recovery
+                # point is ACKed (tcp_try_undo_recovery, after RFC 2582): the dupacks are
+                # spent, PRR runs on. (Linux trace reno_early_loss: leaving here grew cwnd
+                # one ACK early.) Not when all is ACKed: nothing is left to pace.
+                self.reno_sacked = 0
+                self._prr(self.delivered, True)
+            elif ack >= self.recover:  # full ACK: recovery is over
                 self.ca_state = OPEN
                 self.dupacks = 0
                 cc.on_recovery_exit(now)
                 self.rack.on_recovery_exit()
-                if not tcb.sack_ok:  # RFC 6582 3.2 (3) option 1: no burst on exit
-                    outstanding = tcb.snd_nxt - ack
-                    cc.cwnd = min(cc.ssthresh, max(outstanding, tcb.mss) + tcb.mss)
+                self.reno_sacked = 0
+                if self.cwnd_limited:
+                    # PRR is over (cwnd = ssthresh, RFC 6937): the ACK that ends it counts
+                    # towards congestion avoidance, as in Linux, whose tcp_cong_control runs
+                    # after tcp_fastretrans_alert has left Recovery (Linux trace
+                    # sack_first_loss: cwnd 5 -> 6 on the fifth ACK after the exit, counting
+                    # the exit ACK; without it we grew one ACK later).
+                    cc.on_ack(self.delivered, now, rtt, flight)
             elif tcb.sack_ok:
                 pass  # RACK (after the whole ACK is taken in) marks what is lost
             else:
-                # RFC 6582 3.2 (4) partial ACK: retransmit the next hole, deflate.
-                if self.board.mark_first_lost():
-                    self.owed = self.board.first()
-                cc.cwnd = max(cc.cwnd - acked + (tcb.mss if acked >= tcb.mss else 0), tcb.mss)
+                # RFC 6582 3.2 (4) partial ACK: the next hole is lost; it goes first (the
+                # lost-first rule) as PRR lets it (Linux's tcp_newreno_mark_lost).
+                if board.mark_first_lost():
+                    first = board.first()
+                    assert first is not None
+                    self.newly_lost += first.end - first.start
+                self._prr(self.delivered, True)
         else:
             if state == LOSS and ack >= self.recover:
                 self.ca_state = OPEN
                 self.rack.on_recovery_exit()
             self.dupacks = 0
+            self.reno_sacked = 0
             # Grow only a window that is in use (Linux's tcp_is_cwnd_limited): in slow start
             # while cwnd < 2 * flight, otherwise when the last send stopped at cwnd.
+            # By the bytes newly delivered, as Linux's tcp_cong_control(delivered): a
+            # cumulative ACK over data SACKed before grows cwnd by what it newly delivers
+            # (RFC 5681 3.1 allows min(N, SMSS) per ACK; RFC 3465's L is a cap, not a
+            # target). Linux trace sack_reorder_2: the ACK that fills a reordering hole
+            # covers 3 segments, 2 SACKed before: Linux grows by 1, we grew by 2 (L) and
+            # sent one segment more.
             if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
-                cc.on_ack(acked, now, rtt, flight)
+                cc.on_ack(self.delivered, now, rtt, flight)
         # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
         if tcb.snd_una >= tcb.snd_nxt:
             self.rto_at = None
@@ -276,6 +342,12 @@ class Recovery:
         tcb = self.tcb
         self.dupacks += 1
         board = self.board
+        if not tcb.sack_ok and self.ca_state != LOSS:
+            # A segment has left the network (Linux's tcp_add_reno_sack), but not the hole:
+            # at most all but one segment of the flight (tcp_limit_reno_sacked).
+            room = tcb.snd_nxt - tcb.snd_una - tcb.mss - self.reno_sacked
+            self.delivered = max(min(tcb.mss, room), 0)
+            self.reno_sacked += self.delivered
         if self.ca_state == OPEN:
             if self.dupacks >= self.dupthresh and tcb.snd_una >= self.recover:
                 if not tcb.sack_ok or not board.sacked_bytes:
@@ -284,12 +356,13 @@ class Recovery:
                         assert first is not None
                         self.newly_lost += first.end - first.start
                     self._enter_recovery(now)
+                    if not tcb.sack_ok:
+                        self._prr(self.delivered, False)  # (with SACK: on_sack_ack)
             elif not tcb.sack_ok:
                 tcb.wake()  # RFC 3042 limited transmit
         elif self.ca_state == RECOVERY:
             if not tcb.sack_ok:
-                assert self.cc is not None
-                self.cc.cwnd += tcb.mss  # RFC 6582 / 5681: inflate by one segment per dupack
+                self._prr(self.delivered, False)  # RFC 6937 on the dupack's delivery
             tcb.wake()
 
     def on_sack_ack(
@@ -309,7 +382,11 @@ class Recovery:
         if self.tlp_end is not None:
             self._tlp_ack(ack, acked, dsack, new_sacked, now)
         if self.ca_state == RECOVERY:
-            self._prr(max(acked, 0) + new_sacked, acked > 0)
+            # RFC 6937 DeliveredData, not acked + new_sacked: a partial ACK over data SACKed
+            # before delivers only the hole it fills (Linux trace sack_reorder_3: the late
+            # original acknowledges 4 segments, 3 of them SACKed; counting all 4 let two
+            # segments out where Linux's PRR sends none).
+            self._prr(self.delivered, acked > 0)
             self._tlp_arm(now)  # the ACK clock runs: the recovery probe waits on
 
     def _prr(self, delivered: int, una_advanced: bool) -> None:
@@ -330,7 +407,7 @@ class Recovery:
         tcb = self.tcb
         mss = tcb.mss
         self.prr_delivered += delivered
-        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una)
+        pipe = self.board.pipe(tcb.snd_nxt - tcb.snd_una) - self.reno_sacked
         delta = cc.ssthresh - pipe
         if delta < 0:
             # ceil(ssthresh * prr_delivered / RecoverFS), rounded up to whole segments as
@@ -354,11 +431,9 @@ class Recovery:
         tcb = self.tcb
         self.recover = tcb.snd_nxt
         self._undo_begin(now)
-        self.prior_cwnd = cc.cwnd if tcb.sack_ok else 0  # PRR's RecoverFS (SACK recovery)
+        self.prior_cwnd = cc.cwnd  # PRR's RecoverFS (Linux's prior_cwnd)
         self.prr_delivered = self.prr_out = 0
         cc.on_congestion(now, self._flight_size())
-        if not tcb.sack_ok:
-            cc.cwnd = cc.ssthresh + 3 * tcb.mss  # RFC 6582 3.2 (2): inflate for 3 dupacks
         self.ca_state = RECOVERY
         self.tlp_at = self.tlp_end = None
         self.counters.tcp_fast_retransmits += 1
@@ -371,32 +446,46 @@ class Recovery:
         """RFC 5681 FlightSize for a reduction. A batch of ACKs is taken in before anything
         is sent (the flush point), so by the ACK that shows a loss the earlier ones of the
         same batch have shrunk SND.NXT - SND.UNA by data an ACK-clocked sender would have
-        replaced already: the flight as it was when the batch began counts too."""
-        return max(self.tcb.snd_nxt - self.tcb.snd_una, self.flight_mark)
+        replaced already: the flight as it was when the batch began counts too.
+
+        From the open state, at most cwnd: what is out beyond cwnd went as limited transmit
+        (RFC 3042 on the first dupacks; with SACK, each SACKed segment lets one more out while
+        pipe < cwnd), and RFC 5681 3.2 step 2 says data "sent in limited transmit MUST NOT be
+        included in this calculation". Linux (tcp_reno_ssthresh, cubictcp_recalc_ssthresh,
+        from tcp_enter_recovery / tcp_enter_loss) takes cwnd itself: the same whenever the
+        sender is cwnd-limited, and min() stays within RFC 5681 eq. 4 when it is not.
+        (Linux trace sack_early_loss: cwnd 12, FlightSize 14 at the third dupack; counting
+        the limited transmit made ssthresh 7 where Linux has 6, and PRR sent one ACK early.)
+        In recovery or after a timeout cwnd is PRR's or the RTO's, not the window in use:
+        FlightSize alone, as before."""
+        flight = max(self.tcb.snd_nxt - self.tcb.snd_una, self.flight_mark)
+        cc = self.cc
+        if cc is not None and self.ca_state == OPEN:
+            return min(flight, cc.cwnd)
+        return flight
 
     # =========================================================================================
     # output: how much, what first, and what went out
     # =========================================================================================
     def budget(self, flight: int) -> int:
-        """Bytes cwnd lets out now: cwnd - pipe (RFC 6675), or cwnd - FlightSize in NewReno
-        recovery (RFC 6582, whose inflation counts the dupacks), plus RFC 3042's allowance."""
+        """Bytes cwnd lets out now: cwnd - pipe (RFC 6675; in NewReno recovery the dupacks'
+        segments are out of the network too), plus RFC 3042's allowance."""
         cc = self.cc
         assert cc is not None
         tcb = self.tcb
-        in_flight = flight if self._newreno_recovery() else self.board.pipe(flight)
+        in_flight = self.board.pipe(flight)
+        if self.ca_state == RECOVERY:
+            in_flight -= self.reno_sacked  # without SACK: the dupacks' segments are out
         budget = cc.cwnd - in_flight
         if self.ca_state == OPEN and not tcb.sack_ok and 0 < self.dupacks < self.dupthresh:
             budget += min(self.dupacks, 2) * tcb.mss  # RFC 3042 limited transmit
         return budget
 
-    def _newreno_recovery(self) -> bool:
-        return self.ca_state == RECOVERY and not self.tcb.sack_ok
-
     def resend_lost(self) -> bool:
         """RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO) applies: records marked
-        lost wait for a retransmission. NewReno resends only its owed hole."""
+        lost wait for a retransmission (NewReno marks only the hole after a partial ACK)."""
         board = self.board
-        return not self._newreno_recovery() and board.lost_bytes > board.rexmit_bytes
+        return board.lost_bytes > board.rexmit_bytes
 
     def take_owed(self, snd_una: int) -> Sent | None:
         """The record to resend before anything else, whatever cwnd says, if it still needs it
@@ -480,6 +569,7 @@ class Recovery:
         self.ca_state = LOSS
         self.recover = tcb.snd_nxt
         self.dupacks = 0
+        self.reno_sacked = 0  # (Linux's tcp_enter_loss: tcp_reset_reno_sack)
         self.owed = self.board.next_lost()  # RFC 6298 5.4: the earliest, whatever cwnd says
         self.rto_at = now + self.rtt.rto
 

@@ -248,7 +248,9 @@ def test_eifel_undoes_a_spurious_fast_retransmit() -> None:
     t.send(peer_ack(conn, 4, sack=[], ts=(PEER_TS + 101, sent[0].ts[0])))
     assert conn.recovery.ca_state == "open" and conn.recovery.undos == 1
     assert conn.recovery.cc.ssthresh == before[1]  # back in slow start: cwnd restored, and grows
-    assert conn.recovery.cc.cwnd == before[0] + 2 * conn.mss  # by this ACK (RFC 3465, L = 2)
+    # and grows by what this ACK newly delivered: segment 0 (1..3 were SACKed before), as
+    # Linux's tcp_cong_control(delivered) (RFC 6937 DeliveredData; was L = 2 of RFC 3465)
+    assert conn.recovery.cc.cwnd == before[0] + conn.mss
     assert conn.recovery.rack.reord
 
 

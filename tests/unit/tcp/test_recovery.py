@@ -134,7 +134,9 @@ def test_three_dupacks_trigger_fast_retransmit() -> None:
     assert t.counters.tcp_fast_retransmits == 1
     assert conn.recovery.ca_state == "recovery"
     assert conn.recovery.cc.ssthresh == 4 * MSS  # flight 8 MSS / 2 (Reno)
-    assert conn.recovery.cc.cwnd == 4 * MSS + 3 * MSS  # inflated by the three dupacks
+    # RFC 6937 PRR as Linux (no RFC 6582 inflation): pipe = 8 out - 3 dupacks (segments
+    # that left) - 1 lost = 4, plus the fast retransmission
+    assert conn.recovery.cc.cwnd == 5 * MSS
 
 
 def test_limited_transmit_sends_new_data_on_the_first_dupacks() -> None:
@@ -259,16 +261,29 @@ def test_dsack_and_bogus_blocks_mark_nothing() -> None:
     assert conn.recovery.board.sacked_bytes == 0
 
 
-def test_newreno_inflates_cwnd_by_one_segment_per_further_dupack() -> None:
-    t, conn = established_passive()
-    sent_segments(t, conn, 8)
-    t.recv()
-    for _ in range(3):
-        t.send(dupack(0))
-    inflated = conn.recovery.cc.cwnd
-    t.send(dupack(0))
-    t.send(dupack(0))
-    assert conn.recovery.cc.cwnd == inflated + 2 * MSS
+def test_newreno_recovery_sends_what_sack_recovery_sends() -> None:
+    """Without SACK, dupacks count as segments that left the network (Linux's
+    tcp_add_reno_sack), so PRR (RFC 6937) paces NewReno recovery as it paces SACK recovery:
+    one segment 0 lost, the same dupacks with and without SACK blocks let the same segments
+    out after the same ACKs (RFC 6582's inflation sent nothing until it passed FlightSize).
+    (A partial ACK then differs by design: NewReno deems the next segment lost.)"""
+    from tests.unit.tcp.test_rack import RTT, numbers, peer_ack, rtt_conn
+
+    runs = []
+    for sack in (True, False):
+        t, conn = rtt_conn(sack=sack)
+        conn.send(b"d" * (20 * conn.mss))
+        t.engine.flush(t.now)
+        assert numbers(t, conn) == list(range(10))
+        t.now += RTT
+        out = []
+        for i in range(1, 10):  # 1..9 arrive, each answered at once
+            t.now += 0.001
+            t.send(peer_ack(conn, 0, sack=[(1, i + 1)] if sack else []))
+            out.append(numbers(t, conn))
+        runs.append(out)
+    assert runs[0] == runs[1]
+    assert runs[1][:5] == [[10], [11], [0], [], [12]]  # RFC 3042, fast retransmit, PRR
 
 
 def test_idle_restart_shrinks_cwnd_to_the_initial_window() -> None:
@@ -344,3 +359,50 @@ def test_icmp_errors_on_an_established_connection_are_soft() -> None:
     t.run_until(t.now + 100)
     assert isinstance(t.events[-1][1], TimeoutError)
     assert "Connection refused" in str(t.events[-1][1])  # the soft error, reported last
+
+
+# -- recovery arithmetic against Linux (see also test_linux_trace.py) ---------------------------
+def test_limited_transmit_is_not_in_the_flight_that_ssthresh_halves() -> None:
+    """RFC 5681 3.2 step 2: data sent by limited transmit MUST NOT count in the FlightSize
+    that sets ssthresh. 10 out (cwnd 10), two SACKs send 10 and 11, the third finds 0 lost
+    (DupThresh SACKed: RACK's window is zero): ssthresh is 10/2 = 5 segments (Linux:
+    cwnd/2), not FlightSize 12/2 = 6."""
+    from tests.unit.tcp.test_rack import RTT, numbers, peer_ack, rtt_conn
+
+    t, conn = rtt_conn()
+    conn.send(b"d" * (14 * conn.mss))
+    t.engine.flush(t.now)
+    assert len(t.recv()) == 10
+    t.now += RTT
+    t.send(peer_ack(conn, 0, sack=[(1, 2)]))
+    t.now += 0.001
+    t.send(peer_ack(conn, 0, sack=[(1, 3)]))
+    assert numbers(t, conn) == [10, 11]  # limited transmit: pipe falls by one per SACK
+    t.now += 0.001
+    t.send(peer_ack(conn, 0, sack=[(1, 4)]))
+    assert numbers(t, conn)[0] == 0 and conn.recovery.ca_state == "recovery"
+    assert conn.recovery.cc.ssthresh == 5 * conn.mss
+
+
+def test_prr_counts_sacked_data_as_delivered_once() -> None:
+    """RFC 6937 DeliveredData = delta(SND.UNA) + delta(SACKed): a partial ACK over data
+    SACKed before delivers only what it newly covers. 0 and 4 lost, the rest SACKed; the
+    retransmission of 0 arrives: the ACK moves SND.UNA over 0-3 but delivers one segment,
+    so PRR's count grows by one segment, not four."""
+    from tests.unit.tcp.test_rack import RTT, peer_ack, rtt_conn
+
+    t, conn = rtt_conn()
+    conn.send(b"d" * (10 * conn.mss))
+    t.engine.flush(t.now)
+    t.recv()
+    t.now += RTT
+    for i in range(2, 5):
+        t.send(peer_ack(conn, 0, sack=[(1, i)]))
+    for i in range(6, 11):
+        t.send(peer_ack(conn, 0, sack=[(5, i), (1, 4)]))
+    assert conn.recovery.ca_state == "recovery"
+    before = conn.recovery.prr_delivered
+    t.now += RTT
+    t.send(peer_ack(conn, 4, sack=[(5, 10)]))
+    assert conn.recovery.ca_state == "recovery"
+    assert conn.recovery.prr_delivered - before == conn.mss
