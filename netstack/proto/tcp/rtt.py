@@ -1,7 +1,12 @@
 """The retransmission timeout (RFC 6298), fed by RTT samples the connection takes.
 
-RTO = SRTT + max(G, K * RTTVAR), clamped to [rto_min, rto_max]; the first sample sets
-SRTT = R, RTTVAR = R/2. Samples come from timestamps (RFC 7323: one per ACK of new data) or,
+RTO = SRTT + max(G, K * RTTVAR, rto_min), at most rto_max; the first sample sets SRTT = R,
+RTTVAR = R/2. Where RFC 6298 (2.3, 2.4) clamps SRTT + K * RTTVAR to the minimum, this is Linux's
+tcp_set_rto / tcp_rtt_estimator (the variance term, mdev_max, is floored at tcp_rto_min): on a
+path with a real RTT the RTO stays rto_min *above* SRTT, so a delayed ACK or a one-segment tail
+probe (whose PTO the RTO caps, RFC 8985 7.2) is not cut short. The Linux trace comparison
+(tests/unit/tcp/test_linux_trace.py, sack_tail_loss) showed the RFC's clamp probing ~SRTT
+earlier than Linux; with this formula the two agree up to Linux's timer slack. Samples come from timestamps (RFC 7323: one per ACK of new data) or,
 without them, from segments never retransmitted (Karn). With one sample per ACK the gains
 alpha = 1/8 and beta = 1/4 would weigh a window's worth of samples as many RTTs, so they are
 divided by the number of samples expected per RTT, as RFC 7323 appendix G suggests.
@@ -53,8 +58,8 @@ class RttEstimator:
 
     def _base(self) -> float:
         assert self.srtt is not None
-        rto = self.srtt + max(GRANULARITY, K * self.rttvar)
-        return min(max(rto, self.rto_min), self.rto_max)
+        rto = self.srtt + max(GRANULARITY, K * self.rttvar, self.rto_min)
+        return min(rto, self.rto_max)
 
     def back_off(self) -> None:
         """RFC 6298 5.5: the timer expired; double the RTO (at most rto_max).

@@ -235,7 +235,8 @@ def test_rtt_is_sampled_from_the_handshake() -> None:
     t.now += 0.05
     t.send(seg(flags=SYN | ACK, seq=REMOTE_ISN, ack=LOCAL_ISN + 1, mss=MSS))
     assert conn.recovery.rtt.srtt == pytest.approx(0.05)
-    assert conn.recovery.rtt.rto == pytest.approx(0.2)  # 0.05 + 4 * 0.025 = 0.15, floored at 200 ms
+    # Linux's RTO: SRTT + max(4 * RTTVAR, 200 ms) = 0.05 + max(0.1, 0.2)
+    assert conn.recovery.rtt.rto == pytest.approx(0.25)
 
 
 def test_rst_acking_our_syn_is_connection_refused() -> None:

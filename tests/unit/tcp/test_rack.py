@@ -345,7 +345,8 @@ def test_a_bare_fin_after_data_restarts_the_probe_timer() -> None:
 
 def test_a_lone_fin_is_probed_at_the_rto_instead_of_timing_out() -> None:
     """All data acknowledged, then the FIN alone, and it is lost. One segment out: PTO =
-    2*SRTT + WCDelAckT (Linux: + TCP_RTO_MIN, 200 ms) = 240 ms, later than the RTO (200 ms),
+    2*SRTT + WCDelAckT (Linux: + TCP_RTO_MIN, 200 ms) = 240 ms, later than the RTO
+    (SRTT + 200 ms = 220 ms, Linux's formula),
     so the probe takes the RTO's time (RFC 8985 7.2; Linux's min(timeout, RTO left)) and goes
     instead of it: the FIN again, no timeout, cwnd kept."""
     t, conn = rtt_conn()
@@ -359,7 +360,7 @@ def test_a_lone_fin_is_probed_at_the_rto_instead_of_timing_out() -> None:
     t.engine.flush(t.now)
     t.expect(fin_seg(conn, 2))
     rtt = conn.recovery.rtt
-    assert 2 * rtt.srtt + WC_DEL_ACK > rtt.rto == pytest.approx(0.2)
+    assert 2 * rtt.srtt + WC_DEL_ACK > rtt.rto == pytest.approx(rtt.srtt + 0.2)
     probe_at = t.now + rtt.rto
     t.run_until(probe_at - 0.0005)
     t.expect_nothing()

@@ -238,7 +238,8 @@ def test_tcp_info_has_linux_fields_and_units() -> None:
     assert info["tcpi_unacked"] == 2 and info["tcpi_snd_mss"] == MSS
     assert info["tcpi_snd_cwnd"] == 10  # IW10; not grown: application-limited (as Linux)
     assert info["tcpi_rtt"] == int(conn.recovery.rtt.srtt * 1e6) > 0  # microseconds
-    assert info["tcpi_rto"] == 200_000  # the RTO floor, 200 ms
+    rtt = conn.recovery.rtt
+    assert info["tcpi_rto"] == int(rtt.rto * 1e6) == int((rtt.srtt + 0.2) * 1e6)  # Linux's RTO
     assert info["tcpi_bytes_acked"] == MSS and info["tcpi_bytes_received"] == 5
     assert info["tcpi_bytes_sent"] == 3 * MSS and info["tcpi_data_segs_out"] == 3
     assert info["tcpi_segs_in"] == 2 and info["tcpi_data_segs_in"] == 1  # handshake ACK too
