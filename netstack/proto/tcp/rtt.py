@@ -6,7 +6,9 @@ tcp_set_rto / tcp_rtt_estimator (the variance term, mdev_max, is floored at tcp_
 path with a real RTT the RTO stays rto_min *above* SRTT, so a delayed ACK or a one-segment tail
 probe (whose PTO the RTO caps, RFC 8985 7.2) is not cut short. The Linux trace comparison
 (tests/unit/tcp/test_linux_trace.py, sack_tail_loss) showed the RFC's clamp probing ~SRTT
-earlier than Linux; with this formula the two agree up to Linux's timer slack. Samples come from timestamps (RFC 7323: one per ACK of new data) or,
+earlier than Linux; with this formula the two agree up to Linux's timer slack.
+
+Samples come from timestamps (RFC 7323: one per ACK of new data) or,
 without them, from segments never retransmitted (Karn). With one sample per ACK the gains
 alpha = 1/8 and beta = 1/4 would weigh a window's worth of samples as many RTTs, so they are
 divided by the number of samples expected per RTT, as RFC 7323 appendix G suggests.
