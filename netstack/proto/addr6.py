@@ -105,6 +105,9 @@ class AddressTable:
 
     def __init__(self) -> None:
         self.addresses: list[Ipv6Interface] = []
+        # The same entries by address, for the receive fast path's one lookup per address
+        # (proto/fast6.py); kept by add/remove/poll, the only places the list changes.
+        self.by_address: dict[bytes, Ipv6Interface] = {}
 
     def __iter__(self):
         return iter(self.addresses)
@@ -123,10 +126,12 @@ class AddressTable:
         if len(self.addresses) >= MAX_ADDRESSES or self.find(entry.address) is not None:
             return False
         self.addresses.append(entry)
+        self.by_address[entry.address] = entry
         return True
 
     def remove(self, entry: Ipv6Interface) -> None:
         self.addresses.remove(entry)
+        self.by_address.pop(entry.address, None)
 
     def is_ours(self, address: bytes) -> bool:
         """Usable (not tentative, not duplicate): what we receive on and answer NS for."""
@@ -172,6 +177,7 @@ class AddressTable:
         for entry in list(self.addresses):
             if now >= entry.valid_until:
                 self.addresses.remove(entry)
+                self.by_address.pop(entry.address, None)
                 gone.append(entry)
             elif entry.state is AddrState.PREFERRED and now >= entry.preferred_until:
                 entry.state = AddrState.DEPRECATED

@@ -11,6 +11,7 @@ import struct
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.fast6 import send_one
 from netstack.proto.icmpv6 import Icmpv6Engine
 from netstack.proto.ipv6 import Ipv6Engine
 from netstack.proto.udp import UdpEngine
@@ -36,8 +37,15 @@ class Udp6:
         udp.sendto6 = self.sendto
 
     def receive(
-        self, header: wipv6.Ipv6Header, payload: memoryview, packet: memoryview, now: float
+        self,
+        header: wipv6.Ipv6Header,
+        payload: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
     ) -> None:
+        """One datagram. `checked`: the host's fast path (proto/fast6.py) has verified the
+        length and checksum already."""
         c = self.counters
         if len(payload) < HEADER_LEN:
             c.drop(Drop.UDP_TRUNCATED)
@@ -46,10 +54,11 @@ class Udp6:
         if length < HEADER_LEN or length > len(payload):
             c.drop(Drop.UDP_BAD_LENGTH)
             return
-        pseudo = wipv6.pseudo_header(header.src, header.dst, wipv6.UDP, length)
-        if csum == 0 or checksum(pseudo, payload[:length]):
-            c.drop(Drop.UDP_BAD_CHECKSUM)
-            return
+        if not checked:
+            pseudo = wipv6.pseudo_header(header.src, header.dst, wipv6.UDP, length)
+            if csum == 0 or checksum(pseudo, payload[:length]):
+                c.drop(Drop.UDP_BAD_CHECKSUM)
+                return
         c.udp_rx += 1
         sock = self.udp.lookup(dst_port)
         if sock is None:
@@ -60,6 +69,18 @@ class Udp6:
                 )
             return
         self.udp.now = now
+        dst = header.dst
+        if sock.reflect and dst[0] != 0xFF:
+            # The echo's reply in one step, as UdpEngine.receive_fast's for IPv4: addresses
+            # and ports swapped leave the pseudo-header and header sums unchanged, so the
+            # request's verified checksum is the reply's; it leaves from the address the
+            # request was sent to.
+            sock.reflected += 1
+            head = _HEADER.pack(dst_port, src_port, length, csum)
+            if send_one(self.ipv6, header.src, dst, wipv6.UDP, head, payload[HEADER_LEN:length],
+                        0, now):  # fmt: skip
+                c.udp_tx += 1
+            return
         sock.on_datagram(payload[HEADER_LEN:length], (header.src, src_port), header.dst, now)
 
     def receive_error(
