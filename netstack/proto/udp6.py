@@ -8,20 +8,27 @@ The checksum is mandatory over IPv6: a zero one is a bad checksum (§8.1).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.fast6 import send_one
 from netstack.proto.icmpv6 import Icmpv6Engine
 from netstack.proto.ipv6 import Ipv6Engine
+from netstack.proto.nd import NudState
 from netstack.proto.udp import UdpEngine
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv6 as wipv6
+from netstack.wire import vnet as wvnet
 from netstack.wire.checksum import checksum
 
 HEADER_LEN = 8
 MAX_PAYLOAD = 65535 - HEADER_LEN
 _HEADER = struct.Struct("!HHHH")
+_WORDS = struct.Struct("!16H")  # two IPv6 addresses as 16-bit words (the pseudo-header sum)
+_L4_START = 14 + wipv6.HEADER_LEN  # Ethernet + IPv6 header: where the UDP header starts
+# The virtio-net header of an echo run's UDP super-frame, per datagram payload size.
+_USO_HEADERS = _L4_START + HEADER_LEN
 
 
 class Udp6:
@@ -35,6 +42,16 @@ class Udp6:
         ipv6.register(wipv6.UDP, self.receive)
         icmp.error_handlers[wipv6.UDP] = self.receive_error
         udp.sendto6 = self.sendto
+        # Echo runs over USO, as UdpEngine's for IPv4 (on when its gso_max is): the replies of
+        # one receive batch to one peer, from one address and port, of one size, leave as one
+        # UDP super-frame at the batch's end (UdpEngine.flush calls ours).
+        self._run: list[memoryview] = []
+        self._run_key: tuple[bytes, bytes, int, int, int] | None = None  # peer, ours, ports, len
+        self._run_limit = 0
+        self._run_csum = 0
+        self._run_class = 0
+        udp.flush6 = self.flush
+        self.nd_state: Callable[[bytes], NudState | None] = lambda ip: None  # set by v6.py
 
     def receive(
         self,
@@ -76,12 +93,78 @@ class Udp6:
             # request's verified checksum is the reply's; it leaves from the address the
             # request was sent to.
             sock.reflected += 1
+            data = payload[HEADER_LEN:length]
+            if self.udp.gso_max:
+                key = (header.src, dst, src_port, dst_port, length)
+                if key == self._run_key and len(self._run) < self._run_limit:
+                    self._run.append(data)
+                    return
+                if self._start_run(key, csum, now):
+                    self._run.append(data)
+                    return
             head = _HEADER.pack(dst_port, src_port, length, csum)
-            if send_one(self.ipv6, header.src, dst, wipv6.UDP, head, payload[HEADER_LEN:length],
-                        0, now):  # fmt: skip
+            if send_one(self.ipv6, header.src, dst, wipv6.UDP, head, data, 0, now):
                 c.udp_tx += 1
             return
         sock.on_datagram(payload[HEADER_LEN:length], (header.src, src_port), header.dst, now)
+
+    # -- echo runs (USO) ---------------------------------------------------------------------
+    def _start_run(self, key: tuple[bytes, bytes, int, int, int], csum: int, now: float) -> bool:
+        """Send the pending run and start one for `key`; False when replies of this size
+        cannot be cut by the kernel (empty, or a datagram above the path MTU: they go alone)."""
+        if self._run:
+            self.flush(now)
+        size = key[4] - HEADER_LEN
+        if size <= 0 or wipv6.HEADER_LEN + key[4] > self.ipv6.path_mtu(key[0], now):
+            return False
+        self._run_key = key
+        self._run_csum = csum
+        self._run_limit = min(self.udp.gso_max, (0xFFFF - HEADER_LEN) // size)
+        return True
+
+    def flush(self, now: float) -> None:
+        """Send the pending echo run: one reply as an ordinary datagram, several as one UDP
+        super-frame (GSO_UDP_L4, NEEDS_CSUM with the pseudo-header sum in place: the kernel
+        cuts it and completes each datagram's checksum, as for IPv4's runs)."""
+        run = self._run
+        if not run:
+            return
+        assert self._run_key is not None
+        peer, me, peer_port, port, length = self._run_key
+        self._run = []
+        self._run_key = None
+        c = self.counters
+        ipv6 = self.ipv6
+        n = len(run)
+        next_hop = ipv6.route(peer) if n > 1 else None
+        # One reply goes plain. A super-frame never waits in the ND queue (it keeps pieces as
+        # plain bytes, which would lose the VnetMark): to a neighbour not resolved yet (or no
+        # route: each reply is then a counted drop), the replies go one by one.
+        if next_hop is None or self._unresolved(next_hop):
+            head = _HEADER.pack(port, peer_port, length, self._run_csum)
+            for data in run:
+                if send_one(ipv6, peer, me, wipv6.UDP, head, data, 0, now):
+                    c.udp_tx += 1
+            return
+        size = length - HEADER_LEN
+        total = HEADER_LEN + n * size
+        s = sum(_WORDS.unpack(me + peer)) + wipv6.UDP + total
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        udp_header = _HEADER.pack(port, peer_port, total, s)  # partial: the kernel completes
+        ip_header = wipv6.build(me, peer, wipv6.UDP, total, ipv6.config.hop_limit)
+        mark = wvnet.mark(
+            wvnet.VnetHeader(wvnet.F_NEEDS_CSUM, wvnet.GSO_UDP_L4, _USO_HEADERS, size, _L4_START, 6)
+        )
+        c.ipv6_tx += n
+        c.udp_tx += n
+        c.gso_frames_tx += 1
+        c.gso_segments_tx += n
+        ipv6.link_send(next_hop, (mark, ip_header, udp_header, *run), now)
+
+    def _unresolved(self, next_hop: bytes) -> bool:
+        state = self.nd_state(next_hop)
+        return state is None or state is NudState.INCOMPLETE
 
     def receive_error(
         self,

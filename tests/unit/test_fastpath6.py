@@ -254,3 +254,45 @@ def test_udp_echo_reply_is_what_scapy_builds() -> None:
     raw = bytes(rep)
     rep[s6.UDP].chksum = None
     assert bytes(Ether(bytes(rep))) == raw
+
+
+def test_udp_echo_runs_over_ipv6_leave_as_super_frames_when_the_link_has_uso() -> None:
+    """Udp6's echo runs (UdpEngine.gso_max): replies of one batch to one peer and size leave as
+    one UDP super-frame whose cut (wire/vnet.py, as the kernel's) gives exactly the replies,
+    each with a checksum scapy agrees with. A run of one is an ordinary datagram; to a peer
+    not resolved yet the replies go one by one into the ND queue (never a super-frame)."""
+    from netstack.wire import vnet
+
+    host = _twin(False)
+    host.udp.gso_max = 4
+    batch = [_udp(7, bytes([i]) * 32) for i in range(6)]  # runs of 4 and 2
+    batch.append(_udp(7, b"x" * 33))  # another size: a run of 1
+    batch += [_udp(7, b"y" * 32, src=PEER_GLOBAL_S)] * 2  # another peer, unresolved
+    host.receive_batch([memoryview(f) for f in batch], 2.0)
+    tx = list(host.tx)
+    marked = [f for f in tx if any(isinstance(p, vnet.VnetMark) for p in f)]
+    assert len(marked) == 2 and host.counters.gso_frames_tx == 2
+    got: list[bytes] = []
+    for frame in marked:
+        mark = frame[1]
+        assert isinstance(mark, vnet.VnetMark) and mark.vnet.gso == vnet.GSO_UDP_L4
+        got += vnet.software_segments(b"".join(bytes(p) for p in frame), mark.vnet)
+    assert len(got) == 6
+    for i, raw in enumerate(got):
+        rep = Ether(raw)
+        assert (rep[s6.IPv6].src, rep[s6.IPv6].dst) == (STATIC_S, PEER_LL_S)
+        assert (rep[s6.UDP].sport, rep[s6.UDP].dport) == (7, 5000)
+        assert bytes(rep[s6.UDP].payload) == bytes([i]) * 32
+        rep[s6.UDP].chksum = None
+        rep[s6.IPv6].plen = None
+        assert bytes(Ether(bytes(rep))) == raw
+    plain = [Ether(b"".join(bytes(p) for p in f)) for f in tx if f not in marked]
+    single = [f for f in plain if f.haslayer(s6.UDP)]
+    assert len(single) == 1 and bytes(single[0][s6.UDP].payload) == b"x" * 33
+    assert [f.haslayer(s6.ICMPv6ND_NS) for f in plain].count(True) == 1  # for the new peer
+    assert host.udp._ports[7].reflected == 9 and host.counters.udp_tx == 9
+    host.tx.clear()
+    host.receive_batch([memoryview(_learn_global())], 2.1)  # the queued replies, resolved
+    queued = [Ether(b"".join(bytes(p) for p in f)) for f in host.tx]
+    echoes = [f for f in queued if f.haslayer(s6.UDP)]
+    assert len(echoes) == 2 and all(bytes(f[s6.UDP].payload) == b"y" * 32 for f in echoes)
