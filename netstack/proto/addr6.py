@@ -28,6 +28,11 @@ class AddrState(enum.Enum):
     DUPLICATE = "duplicate"  # DAD failed: kept for status, never used (RFC 4862 5.4.5)
 
 
+# The states an address is usable in (receive on it, send from it): Ipv6Interface.usable, and
+# the IPv6 fast path's inline test.
+USABLE_STATES = frozenset({AddrState.PREFERRED, AddrState.DEPRECATED})
+
+
 class Origin(enum.Enum):
     STATIC = "static"
     LINK_LOCAL = "link_local"
@@ -49,7 +54,7 @@ class Ipv6Interface:
     @property
     def usable(self) -> bool:
         """We receive on it and may send from it (RFC 4862 5.5.4)."""
-        return self.state in (AddrState.PREFERRED, AddrState.DEPRECATED)
+        return self.state in USABLE_STATES
 
     def __str__(self) -> str:
         return f"{wipv6.to_str(self.address)}/{self.prefix_len}"
@@ -146,11 +151,14 @@ class AddressTable:
 
     def on_link(self, dst: bytes) -> bool:
         """Inside one of our own prefixes (static or from the RA's prefix with the L bit)."""
-        return any(
-            prefix_matches(dst, e.address, e.prefix_len)
-            for e in self.addresses
-            if e.usable and e.origin is not Origin.LINK_LOCAL
-        )
+        for e in self.addresses:  # a plain loop: every reply to a global peer asks this
+            if (
+                e.origin is not Origin.LINK_LOCAL
+                and prefix_matches(dst, e.address, e.prefix_len)
+                and e.state in USABLE_STATES
+            ):
+                return True
+        return False
 
     def select_source(self, dst: bytes) -> bytes | None:
         """RFC 6724 §5 rules 1, 2, 3, 8 (one interface: 4-7 do not apply). None: no candidate."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from netstack._ffi import ffi, lib
 from netstack.counters import Counters
+from netstack.proto.addr6 import USABLE_STATES
 from netstack.wire import ipv6 as wipv6
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ _ETH_LEN = 14
 _L4 = _ETH_LEN + wipv6.HEADER_LEN
 # (header, upper-layer payload, whole packet, now, checksum verified)
 FastHandler = Callable[[wipv6.Ipv6Header, memoryview, memoryview, float, bool], None]
+# (source, destination, UDP datagram, whole packet, now, checksum verified)
+UdpHandler = Callable[[bytes, bytes, memoryview, memoryview, float, bool], None]
 
 
 class Fast6:
@@ -42,32 +45,36 @@ class Fast6:
         self.mac = bytes(mac)  # cffi passes only bytes as `const char *`
         self.counters = counters
         self._by_address = stack.addresses.by_address
-        self._handlers: dict[int, FastHandler] = {wipv6.ICMPV6: stack.icmp.receive}
-        if stack.udp6 is not None:  # without it UDP is the general path's closed port
-            self._handlers[wipv6.UDP] = stack.udp6.receive
+        self._icmp: FastHandler = stack.icmp.receive
+        # Without a UDP engine, UDP is the general path's closed port.
+        self._udp: UdpHandler | None = None if stack.udp6 is None else stack.udp6.receive_fast
 
-    def receive(self, frame: memoryview, now: float) -> bool:
-        r = _rx_fast6(_from_buffer(frame), len(frame), self.mac)
+    def receive(self, frame: memoryview, buf: object, now: float) -> bool:
+        """`buf`: the frame as cffi sees it (the host made it for the IPv4 check already)."""
+        r = _rx_fast6(buf, len(frame), self.mac)
         if not r:
             return False
-        handler = self._handlers.get(r & 0xFF)
-        if handler is None:
+        udp = self._udp
+        if udp is None and r & 0xFF == wipv6.UDP:
             return False
         vtf, length, nh, hops, src, dst = _HEADER.unpack_from(frame, _ETH_LEN)
         by_address = self._by_address
         entry = by_address.get(dst)
-        if entry is None or not entry.usable:  # not ours, or tentative: the general path's drop
+        if entry is None or entry.state not in USABLE_STATES:  # not ours, or tentative
             return False
         entry = by_address.get(src)
-        if entry is not None and entry.usable:  # our own address as the source
+        if entry is not None and entry.state in USABLE_STATES:  # our own address as the source
             return False
         c = self.counters
         c.rx_packets += 1
         c.rx_bytes += len(frame)
         c.ipv6_rx += 1
         packet = frame[_ETH_LEN : _L4 + length]
+        if udp is not None and nh == wipv6.UDP:
+            udp(src, dst, packet[wipv6.HEADER_LEN :], packet, now, True)
+            return True
         header = _new(_Ipv6Header, ((vtf >> 20) & 0xFF, vtf & 0xFFFFF, length, nh, hops, src, dst))
-        handler(header, packet[wipv6.HEADER_LEN :], packet, now, True)
+        self._icmp(header, packet[wipv6.HEADER_LEN :], packet, now, True)
         return True
 
 
@@ -87,7 +94,9 @@ def send_one(
     send is the same (the ND engine's, so neighbour states move as for any packet)."""
     length = len(head) + len(data)
     next_hop = ipv6.route(dst)
-    if next_hop is None or wipv6.HEADER_LEN + length > ipv6.path_mtu(dst, now):
+    size = wipv6.HEADER_LEN + length
+    # Every path takes the IPv6 minimum MTU (RFC 8200 5): a packet within it needs no lookup.
+    if next_hop is None or (size > wipv6.MIN_MTU and size > ipv6.path_mtu(dst, now)):
         return ipv6.send(dst, next_header, (head, data), now, src=src, traffic_class=traffic_class)
     ipv6.counters.ipv6_tx += 1
     header = wipv6.build(src, dst, next_header, length, ipv6.config.hop_limit, traffic_class)

@@ -105,7 +105,7 @@ class Host:
         # common ones take IPv6's own (proto/fast6.py), the rest the general path to
         # v6.receive. Its multicast MACs pass the Ethernet filter.
         self.v6: Ipv6Stack | None = None
-        self._fast6: Callable[[memoryview, float], bool] | None = None
+        self._fast6: Callable[[memoryview, object, float], bool] | None = None
         self._accept_macs: set[bytes] | frozenset[bytes] = frozenset()
         if config.ipv6 is not None:
             self.v6 = Ipv6Stack(
@@ -213,15 +213,16 @@ class Host:
         ipv4 = self.ipv4
         dst = ipv4.config.address
         bcast = ipv4.subnet_broadcast
+        buf = _from_buffer(frame)
         if not dst:  # no address yet (DHCP): only the general path's unbound filter delivers
             fast6 = self._fast6
-            if fast6 is None or not fast6(frame, now):
+            if fast6 is None or not fast6(frame, buf, now):
                 self._receive_general(frame, now)
             return
         mac = self.config.mac
         if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
             mac = bytes(mac)
-        r = _rx_fast(_from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast)
+        r = _rx_fast(buf, len(frame), mac, dst, 0 if bcast is None else bcast)
         if r:
             c = self.counters
             c.rx_packets += 1
@@ -232,7 +233,7 @@ class Host:
             self._fast[r & 0xFF](src, dst, packet[20:], packet, now, True)
             return
         fast6 = self._fast6
-        if fast6 is None or not fast6(frame, now):
+        if fast6 is None or not fast6(frame, buf, now):
             self._receive_general(frame, now)
 
     def _receive_general(self, frame: memoryview, now: float) -> None:

@@ -49,20 +49,26 @@ class Udp6:
         self._run_key: tuple[bytes, bytes, int, int, int] | None = None  # peer, ours, ports, len
         self._run_limit = 0
         self._run_csum = 0
-        self._run_class = 0
+        self._ports = udp._ports  # the shared port table (UdpEngine.lookup, without the call)
         udp.flush6 = self.flush
         self.nd_state: Callable[[bytes], NudState | None] = lambda ip: None  # set by v6.py
 
     def receive(
+        self, header: wipv6.Ipv6Header, payload: memoryview, packet: memoryview, now: float
+    ) -> None:
+        self.receive_fast(header.src, header.dst, payload, packet, now)
+
+    def receive_fast(
         self,
-        header: wipv6.Ipv6Header,
+        src: bytes,
+        dst: bytes,
         payload: memoryview,
         packet: memoryview,
         now: float,
         checked: bool = False,
     ) -> None:
-        """One datagram. `checked`: the host's fast path (proto/fast6.py) has verified the
-        length and checksum already."""
+        """One datagram from `src` to `dst` (ours or a group we joined). `checked`: the host's
+        fast path (proto/fast6.py) has verified the length and checksum already."""
         c = self.counters
         if len(payload) < HEADER_LEN:
             c.drop(Drop.UDP_TRUNCATED)
@@ -72,21 +78,21 @@ class Udp6:
             c.drop(Drop.UDP_BAD_LENGTH)
             return
         if not checked:
-            pseudo = wipv6.pseudo_header(header.src, header.dst, wipv6.UDP, length)
+            pseudo = wipv6.pseudo_header(src, dst, wipv6.UDP, length)
             if csum == 0 or checksum(pseudo, payload[:length]):
                 c.drop(Drop.UDP_BAD_CHECKSUM)
                 return
         c.udp_rx += 1
-        sock = self.udp.lookup(dst_port)
+        sock = self._ports.get(dst_port)
         if sock is None:
             c.drop(Drop.UDP_NO_PORT)
-            if header.dst[0] != 0xFF:  # RFC 4443 §3.1 port unreachable; never about a group
+            if dst[0] != 0xFF:  # RFC 4443 §3.1 port unreachable; never about a group
                 self.icmp.send_error(
                     wicmp6.TYPE_DEST_UNREACHABLE, wicmp6.CODE_PORT_UNREACHABLE, 0, packet, now
                 )
             return
-        self.udp.now = now
-        dst = header.dst
+        udp = self.udp
+        udp.now = now
         if sock.reflect and dst[0] != 0xFF:
             # The echo's reply in one step, as UdpEngine.receive_fast's for IPv4: addresses
             # and ports swapped leave the pseudo-header and header sums unchanged, so the
@@ -94,8 +100,8 @@ class Udp6:
             # request was sent to.
             sock.reflected += 1
             data = payload[HEADER_LEN:length]
-            if self.udp.gso_max:
-                key = (header.src, dst, src_port, dst_port, length)
+            if udp.gso_max:
+                key = (src, dst, src_port, dst_port, length)
                 if key == self._run_key and len(self._run) < self._run_limit:
                     self._run.append(data)
                     return
@@ -103,10 +109,10 @@ class Udp6:
                     self._run.append(data)
                     return
             head = _HEADER.pack(dst_port, src_port, length, csum)
-            if send_one(self.ipv6, header.src, dst, wipv6.UDP, head, data, 0, now):
+            if send_one(self.ipv6, src, dst, wipv6.UDP, head, data, 0, now):
                 c.udp_tx += 1
             return
-        sock.on_datagram(payload[HEADER_LEN:length], (header.src, src_port), header.dst, now)
+        sock.on_datagram(payload[HEADER_LEN:length], (src, src_port), dst, now)
 
     # -- echo runs (USO) ---------------------------------------------------------------------
     def _start_run(self, key: tuple[bytes, bytes, int, int, int], csum: int, now: float) -> bool:
