@@ -29,8 +29,9 @@ class AddrState(enum.Enum):
 
 
 # The states an address is usable in (receive on it, send from it): Ipv6Interface.usable, and
-# the IPv6 fast path's inline test.
-USABLE_STATES = frozenset({AddrState.PREFERRED, AddrState.DEPRECATED})
+# the IPv6 fast path's inline test. A tuple: `in` compares enum members by identity, where a
+# set would call Enum.__hash__, a Python function.
+USABLE_STATES = (AddrState.PREFERRED, AddrState.DEPRECATED)
 
 
 class Origin(enum.Enum):
