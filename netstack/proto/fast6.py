@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 Buffer = bytes | bytearray | memoryview
 _rx_fast6 = lib.ns_rx_fast6
 _from_buffer = ffi.from_buffer
-_HEADER = struct.Struct("!IHBB16s16s")  # as wire/ipv6.py's fixed header
+_FIXED = struct.Struct("!IHBB")  # wire/ipv6.py's fixed header up to the addresses
+_ADDRESSES = struct.Struct("16s16s")  # source, destination
+_UDP = wipv6.UDP
 _new = tuple.__new__
 _Ipv6Header = wipv6.Ipv6Header
 _ETH_LEN = 14
@@ -54,10 +56,11 @@ class Fast6:
         r = _rx_fast6(buf, len(frame), self.mac)
         if not r:
             return False
-        udp = self._udp
-        if udp is None and r & 0xFF == wipv6.UDP:
+        nh = r & 0xFF
+        udp = self._udp if nh == _UDP else None
+        if udp is None and nh == _UDP:
             return False
-        vtf, length, nh, hops, src, dst = _HEADER.unpack_from(frame, _ETH_LEN)
+        src, dst = _ADDRESSES.unpack_from(frame, _ETH_LEN + 8)
         by_address = self._by_address
         entry = by_address.get(dst)
         if entry is None or entry.state not in USABLE_STATES:  # not ours, or tentative
@@ -69,12 +72,13 @@ class Fast6:
         c.rx_packets += 1
         c.rx_bytes += len(frame)
         c.ipv6_rx += 1
-        packet = frame[_ETH_LEN : _L4 + length]
-        if udp is not None and nh == wipv6.UDP:
-            udp(src, dst, packet[wipv6.HEADER_LEN :], packet, now, True)
+        packet = frame[_ETH_LEN : _L4 + (r >> 8)]
+        if udp is not None:
+            udp(src, dst, packet[40:], packet, now, True)
             return True
+        vtf, length, nh, hops = _FIXED.unpack_from(frame, _ETH_LEN)
         header = _new(_Ipv6Header, ((vtf >> 20) & 0xFF, vtf & 0xFFFFF, length, nh, hops, src, dst))
-        self._icmp(header, packet[wipv6.HEADER_LEN :], packet, now, True)
+        self._icmp(header, packet[40:], packet, now, True)
         return True
 
 
