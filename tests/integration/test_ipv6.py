@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -164,8 +165,14 @@ def test_udp_echo_burst_over_ipv6_with_offloads(tmp_path: Path) -> None:
             got: list[bytes] = []
             for rnd in range(4):  # bursts of 64: one receive batch, one run of replies
                 burst = sorted(sent)[rnd * 64 : (rnd + 1) * 64]
-                for payload in burst:
-                    sock.send(payload)
+                # the stack (our child, by PID) stopped while the burst queues on the TAP, so
+                # that it reads the burst as one batch however fast it would have woken
+                w.proc.send_signal(signal.SIGSTOP)
+                try:
+                    for payload in burst:
+                        sock.send(payload)
+                finally:
+                    w.proc.send_signal(signal.SIGCONT)
                 sock.settimeout(3)
                 while len(got) < (rnd + 1) * 64:
                     try:
