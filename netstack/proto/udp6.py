@@ -125,7 +125,8 @@ class Udp6:
             return False
         self._run_key = key
         self._run_csum = csum
-        self._run_limit = min(self.udp.gso_max, (0xFFFF - HEADER_LEN) // size)
+        # the super-frame's IPv6 packet within 64 KiB, as IPv4's (and the TAP's gso_max_size)
+        self._run_limit = min(self.udp.gso_max, (0xFFFF - wipv6.HEADER_LEN - HEADER_LEN) // size)
         return True
 
     def flush(self, now: float) -> None:

@@ -296,3 +296,17 @@ def test_udp_echo_runs_over_ipv6_leave_as_super_frames_when_the_link_has_uso() -
     queued = [Ether(b"".join(bytes(p) for p in f)) for f in host.tx]
     echoes = [f for f in queued if f.haslayer(s6.UDP)]
     assert len(echoes) == 2 and all(bytes(f[s6.UDP].payload) == b"y" * 32 for f in echoes)
+
+
+def test_an_echo_run_over_ipv6_stays_within_64_kib() -> None:
+    """A run's super-frame holds at most (65535 - 48) // size datagrams: its IPv6 packet, like
+    IPv4's, within 64 KiB; the rest of the batch starts the next run."""
+    from netstack.wire import vnet
+
+    host = _twin(False)
+    host.udp.gso_max = 64
+    host.receive_batch([memoryview(_udp(7, bytes([i]) * 1400)) for i in range(50)], 2.0)
+    marked = [f for f in host.tx if any(isinstance(p, vnet.VnetMark) for p in f)]
+    sizes = [len(b"".join(bytes(p) for p in f)) - 14 for f in marked]
+    assert [len(f) - 4 for f in marked] == [46, 4]  # eth, mark, IPv6 and UDP headers + data
+    assert max(sizes) == 40 + 8 + 46 * 1400 <= 0xFFFF
