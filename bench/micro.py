@@ -34,14 +34,20 @@ from netstack.api.services import start_services
 from netstack.api.tcp import Protocol, connect
 from netstack.counters import Counters
 from netstack.proto.host import Host, HostConfig
+from netstack.proto.v6 import Ipv6HostConfig
 from netstack.wire import ethernet as weth
+from netstack.wire import icmp as wicmp
+from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import ipv6 as wipv6
 from netstack.wire import udp as wudp
 
 STACK_MAC = bytes.fromhex("02aabbccdd02")
 PEER_MAC = bytes.fromhex("02aabbccdd01")
 STACK_IP = wipv4.ip_from_str("192.0.2.2")
 PEER_IP = wipv4.ip_from_str("192.0.2.1")
+STACK_IP6 = wipv6.from_str("2001:db8::2")
+PEER_IP6 = wipv6.from_str("2001:db8::1")
 BATCH = 64  # frames per receive batch, like the loop's read batch
 PROFILER: cProfile.Profile | None = None  # set by --profile: enabled around the host's calls
 
@@ -49,13 +55,25 @@ PROFILER: cProfile.Profile | None = None  # set by --profile: enabled around the
 class Pair:
     """Peer and host under test; `step()` moves queued frames both ways, timing the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, v6: bool = False) -> None:
         self.now = 1000.0
+
+        def v6config(address: bytes, name: str) -> Ipv6HostConfig | None:
+            if not v6:
+                return None
+            return Ipv6HostConfig(interface=name, secret=b"micro", static=((address, 64),))
+
         self.peer = Host(
-            HostConfig(mac=PEER_MAC, address=PEER_IP, prefix_len=24), Counters(), random.Random(1)
+            HostConfig(
+                mac=PEER_MAC, address=PEER_IP, prefix_len=24, ipv6=v6config(PEER_IP6, "peer0")
+            ),
+            Counters(),
+            random.Random(1),
         )
         self.stack = Host(
-            HostConfig(mac=STACK_MAC, address=STACK_IP, prefix_len=24),
+            HostConfig(
+                mac=STACK_MAC, address=STACK_IP, prefix_len=24, ipv6=v6config(STACK_IP6, "tap0")
+            ),
             Counters(),
             random.Random(2),
         )
@@ -66,6 +84,9 @@ class Pair:
         self.peer.start(self.now)
         for _ in range(3):
             self.step()
+        if v6:  # duplicate address detection done on both sides (about a second each)
+            for _ in range(4):
+                self.step(1.0)
 
     @staticmethod
     def _frames(host: Host) -> list[memoryview]:
@@ -156,6 +177,85 @@ def udp_echo(seconds: float) -> dict:
     if PROFILER is not None:
         PROFILER.disable()
     return {"unit": "datagram", "count": n, "seconds": busy}
+
+
+def _replay(pair: Pair, frame: bytes, seconds: float) -> dict:
+    """The same request frame, BATCH per receive batch, until `seconds` of the host's CPU."""
+    batch = [memoryview(frame)] * BATCH
+    stack = pair.stack
+    c = stack.counters
+    sent = c.udp_tx + c.icmp[("tx", "echo_reply")] + c.icmp6[("tx", "echo_reply")]
+    clock = time.thread_time
+    busy = 0.0
+    if PROFILER is not None:
+        PROFILER.enable()
+    while busy < seconds:
+        now = pair.now = pair.now + 0.0001
+        t0 = clock()
+        stack.receive_batch(batch, now)
+        busy += clock() - t0
+        stack.tx.clear()
+    if PROFILER is not None:
+        PROFILER.disable()
+    # replies, not frames: with USO (gso_max) a run of them is one super-frame
+    n = c.udp_tx + c.icmp[("tx", "echo_reply")] + c.icmp6[("tx", "echo_reply")] - sent
+    return {"count": n, "seconds": busy}
+
+
+def _peer_frame(pair: Pair, send) -> bytes:
+    """The frame the peer emits for `send()` once both neighbours know each other (the
+    stack's reply is moved too, so the stack holds the peer's entry as a real run would)."""
+    send()
+    for _ in range(6):
+        pair.step()
+    send()
+    frames = [b"".join(bytes(p) for p in f) for f in pair.peer.tx]
+    assert len(frames) == 1, frames
+    pair.step()
+    return frames[0]
+
+
+def udp6_echo(seconds: float, gso_max: int = 0) -> dict:
+    """udp_echo over IPv6: 64 B to the echo service's port, from 2001:db8::1. `gso_max`: the
+    replies of a batch leave as UDP super-frames (a TAP whose kernel has USO)."""
+    pair = Pair(v6=True)
+    sock = pair.peer.udp.bind(40000, lambda *a: None)
+    frame = _peer_frame(pair, lambda: sock.sendto(bytes(64), (STACK_IP6, 7)))
+    pair.stack.udp.gso_max = gso_max
+    return {"unit": "datagram", **_replay(pair, frame, seconds)}
+
+
+def udp_echo_uso(seconds: float) -> dict:
+    """udp_echo with USO: the replies of each batch leave as one UDP super-frame."""
+    pair = Pair()
+    sock = pair.peer.udp.bind(40000, lambda *a: None)
+    frame = _peer_frame(pair, lambda: sock.sendto(bytes(64), (STACK_IP, 7)))
+    pair.stack.udp.gso_max = BATCH
+    return {"unit": "datagram", **_replay(pair, frame, seconds)}
+
+
+def ping(seconds: float) -> dict:
+    """An ICMP echo request with 56 bytes of data (ping's default) answered by the host."""
+    pair = Pair()
+    eth = weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4)
+    icmp = wicmp.build(wicmp.TYPE_ECHO_REQUEST, 0, (7 << 16) | 1, bytes(56)) + bytes(56)
+    frame = eth + wipv4.build(PEER_IP, STACK_IP, wipv4.PROTO_ICMP, len(icmp), ident=1) + icmp
+    pair.peer.udp.bind(40000, lambda *a: None).sendto(bytes(1), (STACK_IP, 7))  # learn MACs
+    for _ in range(4):
+        pair.step()
+    return {"unit": "echo", **_replay(pair, frame, seconds)}
+
+
+def ping6(seconds: float) -> dict:
+    """ping over IPv6: an ICMPv6 echo request with 56 bytes of data, from 2001:db8::1."""
+    pair = Pair(v6=True)
+    body = (7 << 16 | 1).to_bytes(4, "big") + bytes(56)
+    icmp = wicmp6.build(PEER_IP6, STACK_IP6, wicmp6.TYPE_ECHO_REQUEST, 0, body)
+
+    def send() -> None:
+        pair.peer.v6.ipv6.send(STACK_IP6, wipv6.ICMPV6, (icmp,), pair.now)
+
+    return {"unit": "echo", **_replay(pair, _peer_frame(pair, send), seconds)}
 
 
 def tcp_bulk(seconds: float, port: int, protocol: type[Protocol], unit_counter: str) -> dict:
@@ -300,6 +400,11 @@ def loop_turn(seconds: float) -> dict:
 
 SCENARIOS = {
     "udp_echo": lambda s: udp_echo(s),
+    "udp6_echo": lambda s: udp6_echo(s),
+    "udp_echo_uso": lambda s: udp_echo_uso(s),
+    "udp6_echo_uso": lambda s: udp6_echo(s, BATCH),
+    "ping": lambda s: ping(s),
+    "ping6": lambda s: ping6(s),
     "tcp_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx"),
     "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
     "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),

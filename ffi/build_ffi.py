@@ -68,6 +68,7 @@ uint16_t ns_csum_fold(uint32_t sum);
 int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset);
 uint32_t ns_rx_fast(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
                     uint32_t bcast);
+uint32_t ns_rx_fast6(const uint8_t *frame, size_t len, const char *mac);
 int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n);
 """
 

@@ -28,6 +28,12 @@ class AddrState(enum.Enum):
     DUPLICATE = "duplicate"  # DAD failed: kept for status, never used (RFC 4862 5.4.5)
 
 
+# The states an address is usable in (receive on it, send from it): Ipv6Interface.usable, and
+# the IPv6 fast path's inline test. A tuple: `in` compares enum members by identity, where a
+# set would call Enum.__hash__, a Python function.
+USABLE_STATES = (AddrState.PREFERRED, AddrState.DEPRECATED)
+
+
 class Origin(enum.Enum):
     STATIC = "static"
     LINK_LOCAL = "link_local"
@@ -49,7 +55,7 @@ class Ipv6Interface:
     @property
     def usable(self) -> bool:
         """We receive on it and may send from it (RFC 4862 5.5.4)."""
-        return self.state in (AddrState.PREFERRED, AddrState.DEPRECATED)
+        return self.state in USABLE_STATES
 
     def __str__(self) -> str:
         return f"{wipv6.to_str(self.address)}/{self.prefix_len}"
@@ -105,6 +111,9 @@ class AddressTable:
 
     def __init__(self) -> None:
         self.addresses: list[Ipv6Interface] = []
+        # The same entries by address, for the receive fast path's one lookup per address
+        # (proto/fast6.py); kept by add/remove/poll, the only places the list changes.
+        self.by_address: dict[bytes, Ipv6Interface] = {}
 
     def __iter__(self):
         return iter(self.addresses)
@@ -123,10 +132,12 @@ class AddressTable:
         if len(self.addresses) >= MAX_ADDRESSES or self.find(entry.address) is not None:
             return False
         self.addresses.append(entry)
+        self.by_address[entry.address] = entry
         return True
 
     def remove(self, entry: Ipv6Interface) -> None:
         self.addresses.remove(entry)
+        self.by_address.pop(entry.address, None)
 
     def is_ours(self, address: bytes) -> bool:
         """Usable (not tentative, not duplicate): what we receive on and answer NS for."""
@@ -141,11 +152,14 @@ class AddressTable:
 
     def on_link(self, dst: bytes) -> bool:
         """Inside one of our own prefixes (static or from the RA's prefix with the L bit)."""
-        return any(
-            prefix_matches(dst, e.address, e.prefix_len)
-            for e in self.addresses
-            if e.usable and e.origin is not Origin.LINK_LOCAL
-        )
+        for e in self.addresses:  # a plain loop: every reply to a global peer asks this
+            if (
+                e.origin is not Origin.LINK_LOCAL
+                and prefix_matches(dst, e.address, e.prefix_len)
+                and e.state in USABLE_STATES
+            ):
+                return True
+        return False
 
     def select_source(self, dst: bytes) -> bytes | None:
         """RFC 6724 §5 rules 1, 2, 3, 8 (one interface: 4-7 do not apply). None: no candidate."""
@@ -172,6 +186,7 @@ class AddressTable:
         for entry in list(self.addresses):
             if now >= entry.valid_until:
                 self.addresses.remove(entry)
+                self.by_address.pop(entry.address, None)
                 gone.append(entry)
             elif entry.state is AddrState.PREFERRED and now >= entry.preferred_until:
                 entry.state = AddrState.DEPRECATED

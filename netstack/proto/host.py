@@ -16,6 +16,7 @@ from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.arp import ArpConfig, ArpEngine
 from netstack.proto.dhcp import DhcpClient, DhcpConfig, Lease
+from netstack.proto.fast6 import Fast6
 from netstack.proto.icmp import IcmpConfig, IcmpEngine
 from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
 from netstack.proto.tcp.config import TcpConfig
@@ -100,9 +101,11 @@ class Host:
             weth.ETHERTYPE_IPV4: self._receive_ipv4,
         }
         self._engines: tuple = (self.arp, self.ipv4, self.tcp)
-        # IPv6 frames never match the IPv4 fast path (ns_rx_fast checks the ethertype): they
-        # take the general path to v6.receive. Its multicast MACs pass the Ethernet filter.
+        # IPv6 frames never match the IPv4 fast path (ns_rx_fast checks the ethertype): the
+        # common ones take IPv6's own (proto/fast6.py), the rest the general path to
+        # v6.receive. Its multicast MACs pass the Ethernet filter.
         self.v6: Ipv6Stack | None = None
+        self._fast6: Callable[[memoryview, object, float], bool] | None = None
         self._accept_macs: set[bytes] | frozenset[bytes] = frozenset()
         if config.ipv6 is not None:
             self.v6 = Ipv6Stack(
@@ -111,6 +114,7 @@ class Host:
             self._accept_macs = self.v6.nd.accept_macs
             self._ethertypes[Ipv6Stack.ETHERTYPE] = self.v6.receive
             self._engines = (*self._engines, *self.v6.engines)
+            self._fast6 = Fast6(config.mac, self.v6, c).receive
         self.dhcp: DhcpClient | None = None
         self.on_lease: Callable[[Lease | None, float], None] | None = None  # runtime's hook
         if config.dhcp is not None:
@@ -204,17 +208,21 @@ class Host:
         """One frame. The common case, a unicast IPv4 datagram for our address with a 20-byte
         header, no fragmentation, a sane source, a good header checksum, carrying UDP or TCP
         whose length and checksum verify, is recognised by one C call (ns_rx_fast) and handed
-        straight to the protocol; anything else takes the general path, which counts the drop."""
+        straight to the protocol; IPv6's common case likewise (proto/fast6.py); anything else
+        takes the general path, which counts the drop."""
         ipv4 = self.ipv4
         dst = ipv4.config.address
         bcast = ipv4.subnet_broadcast
+        buf = _from_buffer(frame)
         if not dst:  # no address yet (DHCP): only the general path's unbound filter delivers
-            self._receive_general(frame, now)
+            fast6 = self._fast6
+            if fast6 is None or not fast6(frame, buf, now):
+                self._receive_general(frame, now)
             return
         mac = self.config.mac
         if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
             mac = bytes(mac)
-        r = _rx_fast(_from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast)
+        r = _rx_fast(buf, len(frame), mac, dst, 0 if bcast is None else bcast)
         if r:
             c = self.counters
             c.rx_packets += 1
@@ -224,7 +232,9 @@ class Host:
             src = _U32.unpack_from(frame, 26)[0]
             self._fast[r & 0xFF](src, dst, packet[20:], packet, now, True)
             return
-        self._receive_general(frame, now)
+        fast6 = self._fast6
+        if fast6 is None or not fast6(frame, buf, now):
+            self._receive_general(frame, now)
 
     def _receive_general(self, frame: memoryview, now: float) -> None:
         c = self.counters

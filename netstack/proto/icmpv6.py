@@ -7,16 +7,21 @@ Pure: the IPv6 engine hands it messages and `now`; it answers through `Ipv6Engin
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.fast6 import send_one
 from netstack.proto.ipv6 import Ipv6Engine
 from netstack.proto.ratelimit import TokenBucket
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv6 as wipv6
 from netstack.wire.errors import Malformed
 
+_new = tuple.__new__
+_TYPE_CODE_SUM = struct.Struct("!BBH")  # the 4-byte header (wire/icmpv6.py's Icmpv6Header)
+_WORD = struct.Struct("!BBHI")  # type, code, checksum, the 32-bit word (echo id/seq)
 # RFC 4443 §2.4 (c): an error carries as much of the offending packet as fits in the minimum MTU.
 MAX_ERROR_PACKET = wipv6.MIN_MTU
 ND_TYPES = frozenset(
@@ -65,18 +70,28 @@ class Icmpv6Engine:
 
     # -- receive ---------------------------------------------------------------------------
     def receive(
-        self, header: wipv6.Ipv6Header, payload: memoryview, packet: memoryview, now: float
+        self,
+        header: wipv6.Ipv6Header,
+        payload: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
     ) -> None:
+        """One message. `checked`: the host's fast path (proto/fast6.py) has verified the
+        length and checksum already."""
         c = self.counters
-        try:
-            icmp, body = wicmp6.parse(payload, header.src, header.dst)
-        except Malformed as bad:
-            c.drop(bad.reason)
-            return
+        if checked:
+            icmp, body = _new(wicmp6.Icmpv6Header, _TYPE_CODE_SUM.unpack_from(payload)), payload[4:]
+        else:
+            try:
+                icmp, body = wicmp6.parse(payload, header.src, header.dst)
+            except Malformed as bad:
+                c.drop(bad.reason)
+                return
         c.icmp6[("rx", type_name(icmp.type))] += 1
         t = icmp.type
         if t == wicmp6.TYPE_ECHO_REQUEST:
-            self._answer_echo(header, body, now)
+            self._answer_echo(header, body, now, icmp)
         elif t == wicmp6.TYPE_ECHO_REPLY:
             if len(body) < 4:
                 c.drop(Drop.ICMPV6_TRUNCATED)
@@ -95,7 +110,13 @@ class Icmpv6Engine:
             # informational messages are discarded.
             c.drop(Drop.ICMPV6_UNSUPPORTED_TYPE)
 
-    def _answer_echo(self, header: wipv6.Ipv6Header, body: memoryview, now: float) -> None:
+    def _answer_echo(
+        self,
+        header: wipv6.Ipv6Header,
+        body: memoryview,
+        now: float,
+        request: wicmp6.Icmpv6Header | None = None,
+    ) -> None:
         c = self.counters
         if len(body) < 4:
             c.drop(Drop.ICMPV6_TRUNCATED)
@@ -111,9 +132,20 @@ class Icmpv6Engine:
                 c.drop(Drop.IPV6_NO_SOURCE)
                 return
         data = body[4:]
-        head = wicmp6.header(src, header.src, wicmp6.TYPE_ECHO_REPLY, 0, wicmp6.word(body), data)
-        if self.ipv6.send(header.src, wipv6.ICMPV6, (head, data), now, src=src,
-                          traffic_class=header.traffic_class):  # fmt: skip
+        if request is not None and header.dst[0] != 0xFF:
+            # Reply from the address asked: the pseudo-header sums the same, so the verified
+            # request's checksum becomes the reply's by RFC 1624 eqn. 3, for the one word that
+            # changes (type/code), instead of a pass over the data.
+            s = (~request.checksum & 0xFFFF) + (~((request.type << 8) | request.code) & 0xFFFF)
+            s += wicmp6.TYPE_ECHO_REPLY << 8
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            head = _WORD.pack(wicmp6.TYPE_ECHO_REPLY, 0, ~s & 0xFFFF, wicmp6.word(body))
+        else:
+            head = wicmp6.header(src, header.src, wicmp6.TYPE_ECHO_REPLY, 0, wicmp6.word(body),
+                                 data)  # fmt: skip
+        if send_one(self.ipv6, header.src, src, wipv6.ICMPV6, head, data,
+                    header.traffic_class, now):  # fmt: skip
             c.icmp6[("tx", "echo_reply")] += 1
 
     def _deliver_error(self, icmp: wicmp6.Icmpv6Header, body: memoryview, now: float) -> None:

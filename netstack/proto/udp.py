@@ -109,6 +109,7 @@ class UdpEngine:
         # IPv6: one port table for both families (a bound port takes v6 datagrams too, as a
         # Linux socket on "::" without IPV6_V6ONLY); proto/udp6.py sets the v6 sender.
         self.sendto6: Callable[[int, bytes | bytearray | memoryview, tuple], bool] | None = None
+        self.flush6: Callable[[float], None] | None = None  # proto/udp6.py's echo runs
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -227,6 +228,8 @@ class UdpEngine:
         """Send the pending echo run (the host calls this at the end of a receive batch): one
         reply as an ordinary datagram, several as one UDP super-frame whose checksum the
         kernel completes per datagram (NEEDS_CSUM with the pseudo-header sum in place)."""
+        if self.flush6 is not None:
+            self.flush6(now)
         run = self._run
         if not run:
             return

@@ -66,6 +66,7 @@ class Ipv6Stack:
         self.icmp.nd_handler = self.nd.receive
         if udp is not None:
             self.udp6: Udp6 | None = Udp6(udp, self.ipv6, self.icmp, counters)
+            self.udp6.nd_state = self.nd.state  # echo runs: a super-frame only when resolved
         else:
             self.udp6 = None
             self.ipv6.register(wipv6.UDP, self._closed_port)

@@ -271,6 +271,8 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
     checksum. Any other frame comes back alone, its partial checksum completed if it had one.
     """
     if vnet.gso == GSO_UDP_L4 and vnet.gso_size:
+        if frame[12:14] == b"\x86\xdd":  # IPv6 (proto/udp6.py's echo runs)
+            return _udp6_segments(frame, vnet.gso_size)
         return _udp4_segments(frame, vnet.gso_size)
     if vnet.gso != GSO_TCPV4 or not vnet.gso_size:
         out = bytearray(frame)
@@ -328,6 +330,27 @@ def _udp4_segments(frame: bytes | memoryview, size: int) -> list[bytes]:
         h[ETH_LEN + 4 : ETH_LEN + 6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
         h[ETH_LEN + 10 : ETH_LEN + 12] = b"\0\0"
         h[ETH_LEN + 10 : ETH_LEN + 12] = checksum(h[ETH_LEN:l4]).to_bytes(2, "big")
+        h[l4 + 4 : l4 + 6] = (8 + len(chunk)).to_bytes(2, "big")
+        h[l4 + 6 : l4 + 8] = b"\0\0"
+        udp_csum = checksum(h[l4:], chunk, initial=pseudo + 8 + len(chunk)) or 0xFFFF
+        h[l4 + 6 : l4 + 8] = udp_csum.to_bytes(2, "big")
+        out.append(bytes(h) + bytes(chunk))
+    return out
+
+
+def _udp6_segments(frame: bytes | memoryview, size: int) -> list[bytes]:
+    """_udp4_segments for IPv6 (a 40-byte header, no extension headers: what the stack sends):
+    each datagram with its payload length, UDP length and checksum (RFC 8200 8.1)."""
+    l4 = ETH_LEN + 40
+    hdrs = l4 + 8
+    data = memoryview(frame)[hdrs:]
+    addresses = bytes(frame[ETH_LEN + 8 : ETH_LEN + 40])
+    pseudo = sum(int.from_bytes(addresses[i : i + 2], "big") for i in range(0, 32, 2)) + 17
+    out: list[bytes] = []
+    for off in range(0, len(data), size):
+        chunk = data[off : off + size]
+        h = bytearray(frame[:hdrs])
+        h[ETH_LEN + 4 : ETH_LEN + 6] = (8 + len(chunk)).to_bytes(2, "big")
         h[l4 + 4 : l4 + 6] = (8 + len(chunk)).to_bytes(2, "big")
         h[l4 + 6 : l4 + 8] = b"\0\0"
         udp_csum = checksum(h[l4:], chunk, initial=pseudo + 8 + len(chunk)) or 0xFFFF

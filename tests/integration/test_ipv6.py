@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -142,3 +143,48 @@ def test_slaac_from_radvd(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 radvd.kill()
                 radvd.wait()
+
+
+def test_udp_echo_burst_over_ipv6_with_offloads(tmp_path: Path) -> None:
+    """A burst of echo requests over IPv6 (the fast path, the one-step reply, and on a kernel
+    with USO the replies' UDP super-frames): every datagram comes back exactly once, from the
+    address asked (the socket is connected: the kernel takes nothing else), checksums good."""
+    from scapy.layers import inet6 as s6
+    from scapy.utils import rdpcap
+
+    args = ("--config", config_file(tmp_path, f"{STACK6}/64"), "--offload", "auto")
+    with running_world(tmp_path, *args) as w:
+        wait_for("DAD", lambda: f"address {STACK6}/64 ready" in w.log(), 10, w.log)
+        ping = w.run(["ping", "-6", "-c", "1", "-W", "2", STACK6], check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr + w.log()
+        sock = w.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.connect((STACK6, 7))
+            sent = {i.to_bytes(4, "big") + bytes([i & 0xFF]) * 60 for i in range(256)}
+            got: list[bytes] = []
+            for rnd in range(4):  # bursts of 64: one receive batch, one run of replies
+                burst = sorted(sent)[rnd * 64 : (rnd + 1) * 64]
+                # the stack (our child, by PID) stopped while the burst queues on the TAP, so
+                # that it reads the burst as one batch however fast it would have woken
+                w.proc.send_signal(signal.SIGSTOP)
+                try:
+                    for payload in burst:
+                        sock.send(payload)
+                finally:
+                    w.proc.send_signal(signal.SIGCONT)
+                sock.settimeout(3)
+                while len(got) < (rnd + 1) * 64:
+                    try:
+                        got.append(sock.recv(2048))
+                    except TimeoutError:
+                        break
+        finally:
+            sock.close()
+        assert sorted(got) == sorted(sent), f"{len(got)} of {len(sent)} back\n{w.log()}"
+        uso = "uso for sending only" in w.log()
+    replies = [p for p in rdpcap(str(w.pcap)) if p.haslayer(s6.UDP) and p[s6.UDP].sport == 7]
+    assert replies and all(p[s6.IPv6].src == STACK6 for p in replies)
+    supers = [p for p in replies if len(p[s6.UDP].payload) > 64]
+    # the pcap holds super-frames as the stack handed them over: there when the kernel has USO
+    assert bool(supers) == uso, (len(supers), uso)

@@ -385,13 +385,18 @@ def test_udp_echo_over_ipv6_shares_the_port_table() -> None:
     out = feed(host, peer(STATIC_S, src="fe80::2") / s6.UDP(sport=5000, dport=7) / b"ping6", 2.0)
     assert len(out) == 1
     reply = out[0]
-    # sendto picks the source by RFC 6724 (rule 2: link-local for a link-local peer)
-    assert reply[s6.IPv6].src == OUR_LL_S and reply[s6.IPv6].dst == "fe80::2"
+    # the echo's one-step reply leaves from the address asked (as IPv4's, RFC 1122 4.1.3.5):
+    # a client's connected socket takes only that one
+    assert reply[s6.IPv6].src == STATIC_S and reply[s6.IPv6].dst == "fe80::2"
     assert (reply[s6.UDP].sport, reply[s6.UDP].dport) == (7, 5000)
     assert bytes(reply[s6.UDP].payload) == b"ping6"
     raw = bytes(reply)
     reply[s6.UDP].chksum = None  # scapy recomputes: the same checksum
     assert bytes(Ether(bytes(reply))) == raw
+    # sendto picks the source by RFC 6724 (rule 2: link-local for a link-local peer)
+    host.udp.bind(9000, lambda *a: None).sendto(b"hi", (wipv6.from_str("fe80::2"), 5000))
+    sent = frames(host)
+    assert len(sent) == 1 and sent[0][s6.IPv6].src == OUR_LL_S
     # a zero checksum is invalid over IPv6 (RFC 8200 8.1)
     zero = peer(STATIC_S) / s6.UDP(sport=5000, dport=7, chksum=0) / b"x"
     assert feed(host, zero, 2.0) == []
