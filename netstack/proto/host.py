@@ -106,8 +106,9 @@ class Host:
         self._accept_macs: set[bytes] | frozenset[bytes] = frozenset()
         if config.ipv6 is not None:
             self.v6 = Ipv6Stack(
-                config.mac, config.mtu, config.ipv6, c, self.tx.append, self.rng, self.udp
-            )
+                config.mac, config.mtu, config.ipv6, c, self.tx.append, self.rng, self.udp,
+                self.tcp,
+            )  # fmt: skip
             self._accept_macs = self.v6.nd.accept_macs
             self._ethertypes[Ipv6Stack.ETHERTYPE] = self.v6.receive
             self._engines = (*self._engines, *self.v6.engines)
