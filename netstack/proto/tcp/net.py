@@ -35,7 +35,7 @@ Address = int | bytes
 # send(dst, protocol, pieces, now, *, dont_fragment=..., gso_size=..., l4_header_len=...)
 Send = Callable[..., bool]
 
-_WORDS = struct.Struct("!16H")
+_WORDS = struct.Struct("!8H")
 
 
 def v6_sum(src: bytes, dst: bytes) -> int:

@@ -1,0 +1,206 @@
+"""TCP over IPv6 through a whole Host (Ethernet, IPv6, ND, ICMPv6): every segment in is built by
+scapy (IPv6()/TCP(), its checksum), every segment out is parsed by scapy and its checksum
+recomputed by scapy, so the pseudo-header (RFC 8200 8.1) is checked both ways."""
+
+from __future__ import annotations
+
+import errno
+
+from scapy.layers import inet6 as s6
+from scapy.layers.l2 import Ether
+
+from netstack.api.services import start_services
+from netstack.drops import Drop
+from netstack.proto.tcp.introspect import connection_table
+from netstack.proto.tcp.net import v6_sum
+from netstack.wire import ipv6 as wipv6
+from netstack.wire import tcp as wtcp
+from tests.unit.tcp.tcptools import RecordingHandler
+from tests.unit.test_host_ipv6 import OUR_LL_S, PEER_MAC_S, STATIC_S, feed, peer, ready_host
+
+PEER_S = "2001:db8::1"  # on-link: the static address's /64
+ISN = 1000
+
+
+def tcp_in(flags: str, seq: int, ack: int = 0, sport: int = 40000, dport: int = 7, data=b"", **kw):
+    """A segment from the peer to our static address (scapy computes the checksum)."""
+    return peer(STATIC_S, src=PEER_S) / s6.TCP(
+        sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=65535, **kw
+    ) / data  # fmt: skip
+
+
+def checked(frame: Ether) -> Ether:
+    """The frame, after asserting scapy computes the same TCP checksum we sent."""
+    tcp = frame[s6.TCP]
+    sent = tcp.chksum
+    tcp.chksum = None
+    again = Ether(bytes(frame))
+    assert again[s6.TCP].chksum == sent, "TCP checksum over the IPv6 pseudo-header differs"
+    return again
+
+
+def v6_host():
+    """ready_host, and the peer's global address resolved (its NS: a STALE entry)."""
+    host = ready_host()
+    ns = peer(STATIC_S, "ff02::1:ff00:2", src=PEER_S, hlim=255) / s6.ICMPv6ND_NS(
+        tgt=STATIC_S
+    ) / s6.ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC_S)  # fmt: skip
+    out = feed(host, ns, 1.6)
+    assert out[0].haslayer(s6.ICMPv6ND_NA)
+    return host
+
+
+def host_with_echo():
+    host = v6_host()
+    start_services(host.udp, {"tcp_echo": 7}, host.tcp)
+    host.tcp.choose_isn = lambda conn, now: 5000
+    return host
+
+
+def handshake(host, sport: int = 40000):
+    out = feed(host, tcp_in("S", ISN, sport=sport, options=[("MSS", 1440)]), 2.0)
+    assert len(out) == 1
+    synack = checked(out[0])
+    ip, tcp = synack[s6.IPv6], synack[s6.TCP]
+    assert (ip.src, ip.dst) == (STATIC_S, PEER_S)  # from the address the SYN came to
+    assert tcp.flags == "SA" and tcp.ack == ISN + 1 and tcp.seq == 5000
+    assert dict(tcp.options)["MSS"] == 1440  # RFC 8200: MTU 1500 - 40 - 20
+    assert feed(host, tcp_in("A", ISN + 1, 5001, sport=sport), 2.0) == []
+    return synack
+
+
+def test_pseudo_header_sum_matches_scapy() -> None:
+    src, dst = wipv6.from_str("2001:db8::2"), wipv6.from_str("fe80::1:2:3:ffff")
+    payload = b"hello, v6" * 7
+    ours = wtcp.build(v6_sum(src, dst), 0, 1234, 80, 7, 9, wtcp.ACK | wtcp.PSH, 512, payload)
+    ref = s6.IPv6(src="2001:db8::2", dst="fe80::1:2:3:ffff") / s6.TCP(
+        sport=1234, dport=80, seq=7, ack=9, flags="PA", window=512
+    ) / payload  # fmt: skip
+    assert ours == bytes(s6.IPv6(bytes(ref))[s6.TCP])[:20]
+
+
+def test_passive_open_and_echo_over_v6() -> None:
+    host = host_with_echo()
+    handshake(host)
+    out = feed(host, tcp_in("PA", ISN + 1, 5001, data=b"ping over six"), 3.0)
+    data = [checked(f) for f in out if len(f[s6.TCP].payload)]
+    assert len(data) == 1 and bytes(data[0][s6.TCP].payload) == b"ping over six"
+    assert data[0][s6.TCP].seq == 5001 and data[0][s6.IPv6].dst == PEER_S
+    table = connection_table(host.tcp, 3.0)
+    (conn,) = table["connections"]
+    assert conn["local"] == "[2001:db8::2]:7" and conn["peer"] == "[2001:db8::1]:40000"
+    assert conn["tcp_info"]["tcpi_pmtu"] == 1500
+    assert host.counters.tcp_passive_opens == 1
+
+
+def test_closed_port_gets_a_reset_over_v6() -> None:
+    host = v6_host()
+    out = feed(host, tcp_in("S", ISN, dport=9), 2.0)
+    rst = checked(out[0])
+    assert rst[s6.IPv6].src == STATIC_S and rst[s6.IPv6].dst == PEER_S
+    assert rst[s6.TCP].flags == "RA" and rst[s6.TCP].seq == 0 and rst[s6.TCP].ack == ISN + 1
+    assert host.counters.drops[Drop.TCP_NO_LISTENER] == 1
+    # a bad checksum is a counted drop, never a RST
+    bad = tcp_in("S", ISN, dport=9, chksum=0x1234)
+    assert feed(host, bad, 2.0) == []
+    assert host.counters.drops[Drop.TCP_BAD_CHECKSUM] == 1
+
+
+def test_tcp_to_a_group_is_dropped() -> None:
+    host = ready_host()
+    seg = peer("ff02::1", src=PEER_S) / s6.TCP(sport=1, dport=7, flags="S")
+    assert feed(host, seg, 2.0) == []
+    assert host.counters.drops[Drop.TCP_NOT_UNICAST] == 1
+
+
+def test_one_listener_takes_both_families() -> None:
+    host = host_with_echo()
+    handshake(host)
+    from scapy.layers.inet import IP, TCP
+
+    v4 = Ether(src="02:aa:bb:cc:dd:02", dst="02:aa:bb:cc:dd:01") / IP(
+        src="192.0.2.1", dst="192.0.2.2"
+    ) / TCP(sport=40000, dport=7, flags="S", seq=ISN)  # fmt: skip
+    out = feed(host, v4, 2.0)
+    # needs ARP first (the peer's MAC is not known over IPv4): the SYN-ACK waits on it
+    assert host.tcp.connections_by_state()["syn_received"] == 1
+    assert host.tcp.connections_by_state()["established"] == 1
+    assert len(host.tcp.conns) == 2 and any(type(k[0]) is int for k in host.tcp.conns)
+    del out
+
+
+def test_syn_cookie_over_v6() -> None:
+    host = host_with_echo()
+    listener = host.tcp.listeners[7]
+    listener.syn_backlog = 0  # every SYN is answered with a cookie
+    out = feed(host, tcp_in("S", ISN, options=[("MSS", 1440)]), 2.0)
+    synack = checked(out[0])
+    assert host.counters.tcp_syn_cookies_sent == 1 and not host.tcp.conns
+    cookie = synack[s6.TCP].seq
+    assert dict(synack[s6.TCP].options)["MSS"] == 1440
+    out = feed(host, tcp_in("PA", ISN + 1, cookie + 1, data=b"via cookie"), 2.0)
+    assert host.counters.tcp_syn_cookies_validated == 1
+    echoed = [checked(f) for f in out if len(f[s6.TCP].payload)]
+    assert bytes(echoed[0][s6.TCP].payload) == b"via cookie"
+    # the cookie is bound to the v6 4-tuple: another port's ACK fails
+    feed(host, tcp_in("S", ISN, sport=40001), 2.0)
+    out = feed(host, tcp_in("A", ISN + 1, cookie + 1, sport=40002), 2.0)
+    assert checked(out[0])[s6.TCP].flags == "R"
+
+
+def test_active_open_from_the_rfc6724_source() -> None:
+    host = ready_host()
+    host.tcp.choose_isn = lambda conn, now: 7000
+    conn = host.tcp.connect((wipv6.from_str("fe80::2"), 22))
+    conn.handler = RecordingHandler(conn, [])
+    host.tcp.flush(2.0)
+    out = [checked(Ether(b"".join(bytes(p) for p in f))) for f in host.tx]
+    host.tx.clear()
+    (syn,) = out
+    assert syn[s6.IPv6].src == OUR_LL_S  # rule 2: link-local to a link-local peer
+    assert syn[s6.TCP].flags == "S" and dict(syn[s6.TCP].options)["MSS"] == 1440
+    sport = syn[s6.TCP].sport
+    answer = peer(OUR_LL_S) / s6.TCP(
+        sport=22, dport=sport, flags="SA", seq=ISN, ack=7001, options=[("MSS", 1440)]
+    )  # fmt: skip
+    out = feed(host, answer, 2.1)
+    assert checked(out[0])[s6.TCP].flags == "A"
+    assert conn.state.value == "established" and conn.mss == 1440
+
+
+def test_port_unreachable_refuses_a_connect() -> None:
+    host = v6_host()
+    conn = host.tcp.connect((wipv6.from_str(PEER_S), 9))
+    handler = conn.handler = RecordingHandler(conn, [])
+    host.tcp.flush(2.0)
+    syn = Ether(b"".join(bytes(p) for p in host.tx[-1]))
+    host.tx.clear()
+    err = peer(STATIC_S, src=PEER_S) / s6.ICMPv6DestUnreach(code=4) / bytes(syn[s6.IPv6])
+    feed(host, err, 2.1)
+    assert conn.state.value == "closed"
+    assert handler.closed and handler.closed[0].errno == errno.ECONNREFUSED
+
+
+def test_packet_too_big_shrinks_the_segments_in_flight() -> None:
+    host = host_with_echo()
+    handshake(host)
+    data = bytes(range(256)) * 12  # 3072 bytes: three segments at MSS 1440 (no timestamps)
+    out = feed(host, tcp_in("PA", ISN + 1, 5001, data=data), 3.0)
+    sent = [checked(f) for f in out if len(f[s6.TCP].payload)]
+    assert [len(f[s6.TCP].payload) for f in sent] == [1440, 1440, 192]
+    # a PTB quoting a segment not in flight is ignored (RFC 5927)
+    stale = bytes(sent[0][s6.IPv6])
+    forged = bytearray(stale)
+    forged[40 + 4 : 40 + 8] = (12345).to_bytes(4, "big")
+    feed(host, peer(STATIC_S, src=PEER_S) / s6.ICMPv6PacketTooBig(mtu=1280) / bytes(forged[:1232]))
+    assert host.counters.drops[Drop.TCP_ICMP_OUT_OF_WINDOW] == 1
+    ptb = peer(STATIC_S, src=PEER_S) / s6.ICMPv6PacketTooBig(mtu=1280) / stale[:1232]
+    out = feed(host, ptb, 3.1)
+    resent = [checked(f) for f in out]
+    # RFC 8201: MTU 1280 -> MSS 1220; the lost bytes go again at the new size, no fragments
+    # (each lost segment is cut at the new MSS, as over IPv4: recovery.simple_retransmit)
+    got = [(f[s6.TCP].seq, len(f[s6.TCP].payload)) for f in resent]
+    assert got == [(5001, 1220), (6221, 220), (6441, 1220), (7661, 220)]
+    assert host.tcp.conns[next(iter(host.tcp.conns))].mss == 1220
+    assert all(not f.haslayer(s6.IPv6ExtHdrFragment) for f in resent)
+    assert all(len(f[s6.IPv6]) <= 1280 for f in resent)
