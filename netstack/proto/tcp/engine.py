@@ -205,7 +205,7 @@ class TcpEngine:
     def attach_ipv6(self, ipv6, icmp6) -> None:
         """Take TCP over IPv6 too (next header 6): same connections table, same listeners
         (a listener takes both families, as Linux's without IPV6_V6ONLY), ICMPv6 errors."""
-        self.net6 = Net6(ipv6)
+        self.net6 = Net6(ipv6, self)
         ipv6.register(wipv6.TCP, self.receive6)
         icmp6.error_handlers[wipv6.TCP] = self.receive_error6
 

@@ -21,11 +21,13 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from netstack.drops import Drop
 from netstack.proto.pmtu import PmtuCache
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import ipv6 as wipv6
 from netstack.wire import tcp as wtcp
+from netstack.wire import vnet as wvnet
 
 if TYPE_CHECKING:
     from netstack.proto.ipv6 import Ipv6Engine
@@ -97,10 +99,14 @@ class Net6:
     family = 6
     header_len = wipv6.HEADER_LEN
 
-    def __init__(self, ipv6: Ipv6Engine) -> None:
+    def __init__(self, ipv6: Ipv6Engine, engine: TcpEngine) -> None:
         self.ipv6 = ipv6
+        self.engine = engine
         self.pmtu: PmtuCache = ipv6.pmtu
-        self.tso_max = 0  # TSO6 is not negotiated (see io/offload.py)
+
+    @property
+    def tso_max(self) -> int:
+        return self.engine.config.tso6_max  # TSO6 negotiated (runtime, io/offload.py)
 
     @property
     def link_mtu(self) -> int:
@@ -124,11 +130,11 @@ class Net6:
         return v6_sum(local, remote), 0
 
     def sender(self, local: bytes) -> Send:
-        return functools.partial(_send6, self.ipv6.send, local)
+        return functools.partial(_send6, self.ipv6, local)
 
 
 def _send6(
-    send: Callable[..., bool],
+    ipv6: Ipv6Engine,
     src: bytes,
     dst: bytes,
     protocol: int,
@@ -139,8 +145,29 @@ def _send6(
     gso_size: int = 0,
     l4_header_len: int = 0,
 ) -> bool:
-    """The IPv4 engine's send signature over the IPv6 engine, from a fixed source."""
-    return send(dst, protocol, pieces, now, src=src)
+    """The IPv4 engine's send signature over the IPv6 engine, from a fixed source.
+
+    gso_size (TSO6): one super-frame the link's kernel cuts into gso_size payloads after
+    l4_header_len bytes of TCP header (gso_type TCPV6); never fragmented. Every other segment
+    fits the path MTU (the connection sized it), so ipv6.send does not fragment it either."""
+    if not gso_size:
+        return ipv6.send(dst, protocol, pieces, now, src=src)
+    c = ipv6.counters
+    next_hop = ipv6.route(dst)
+    if next_hop is None:
+        c.drop(Drop.IPV6_NO_ROUTE)
+        return False
+    length = 0
+    for piece in pieces:
+        length += piece.nbytes if type(piece) is memoryview else len(piece)
+    header = wipv6.build(src, dst, protocol, length, ipv6.config.hop_limit)
+    mark = wvnet.tcp6_gso_mark(wvnet.ETH_LEN + wipv6.HEADER_LEN, l4_header_len, gso_size)
+    segments = wvnet.segments(length - l4_header_len, gso_size)
+    c.ipv6_tx += segments
+    c.gso_frames_tx += 1
+    c.gso_segments_tx += segments
+    ipv6.link_send(next_hop, (mark, header, *pieces), now)
+    return True
 
 
 # ICMPv6 errors for TCP (RFC 4443 3.1/3.3/3.4, as Linux's icmpv6_err_convert): errno and
