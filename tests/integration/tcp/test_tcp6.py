@@ -23,6 +23,7 @@ from tests.integration.tcp.kit import (
     bare_namespace,
     chargen_sha256,
     echo_transfer,
+    metrics,
     ns_popen,
     seeded_sha256,
     sha256_file,
@@ -74,8 +75,10 @@ def world6(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]
 
 
 def test_nc6_through_echo_100mb_exact(world6: World, payload: tuple[Path, str]) -> None:
-    """`nc -6 -N` writes 100 MB into echo and reads it back (both directions at once)."""
+    """`nc -6 -N` writes 100 MB into echo and reads it back (both directions at once). With
+    offloads (auto: TSO6 negotiated) super-frames go both ways; without, none."""
     path, digest = payload
+    before = metrics(world6, ("netstack_gso_frames_total",))
     started = time.monotonic()
     with open(path, "rb") as data:
         nc = world6.popen(["nc", "-6", "-N", STACK6, str(ECHO)], stdin=data,
@@ -85,6 +88,16 @@ def test_nc6_through_echo_100mb_exact(world6: World, payload: tuple[Path, str]) 
         assert nc.wait(10) == 0
     seconds = time.monotonic() - started
     assert sha.stdout.split()[0] == digest, world6.log()[-2000:]
+    after = metrics(world6, ("netstack_gso_frames_total",))
+    grew = {k: after[k] - before.get(k, 0.0) for k in after}
+    rx, tx = (
+        grew['netstack_gso_frames_total{direction="rx"}'],
+        grew['netstack_gso_frames_total{direction="tx"}'],
+    )
+    if world6.mode == "auto":  # type: ignore[attr-defined]
+        assert rx > 0 and tx > 0, grew  # TCPV6 GRO frames taken, TSO6 frames sent
+    else:
+        assert rx == tx == 0, grew
     print(f"nc -6 echo ({world6.mode}): {SIZE / MB / seconds:.0f} MB/s each way")  # type: ignore[attr-defined]
 
 
