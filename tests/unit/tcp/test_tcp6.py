@@ -11,10 +11,12 @@ from scapy.layers.l2 import Ether
 
 from netstack.api.services import start_services
 from netstack.drops import Drop
+from netstack.io import offload
 from netstack.proto.tcp.introspect import connection_table
 from netstack.proto.tcp.net import v6_sum
 from netstack.wire import ipv6 as wipv6
 from netstack.wire import tcp as wtcp
+from netstack.wire import vnet
 from tests.unit.tcp.tcptools import RecordingHandler
 from tests.unit.test_host_ipv6 import OUR_LL_S, PEER_MAC_S, STATIC_S, feed, peer, ready_host
 
@@ -204,3 +206,46 @@ def test_packet_too_big_shrinks_the_segments_in_flight() -> None:
     assert host.tcp.conns[next(iter(host.tcp.conns))].mss == 1220
     assert all(not f.haslayer(s6.IPv6ExtHdrFragment) for f in resent)
     assert all(len(f[s6.IPv6]) <= 1280 for f in resent)
+
+
+def test_tso6_super_segment_is_cut_into_valid_wire_segments() -> None:
+    host = host_with_echo()
+    handshake(host)
+    host.tcp.config.tso6_max = offload.TSO_MAX
+    conn = next(iter(host.tcp.conns.values()))
+    conn.send(bytes(range(250)) * 200)  # 50 000 bytes; the initial window is 10 segments
+    host.tcp.flush(3.0)
+    (frame,) = host.tx
+    host.tx.clear()
+    mark = vnet.find_mark(frame)
+    assert mark is not None
+    # TCPV6: headers 14 + 40 + 20, the checksum at 54 + 16, pieces of one MSS
+    assert mark.vnet == vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV6, 74, 1440, 54, 16)
+    data = b"".join(bytes(p) for p in frame)
+    assert int.from_bytes(data[18:20], "big") == len(data) - 54 == 20 + 10 * 1440
+    segments = vnet.software_segments(data, mark.vnet)
+    assert len(segments) == 10
+    seqs = [checked(Ether(s))[s6.TCP].seq for s in segments]  # every checksum valid once cut
+    assert seqs == [5001 + i * 1440 for i in range(10)]
+    assert (host.counters.gso_frames_tx, host.counters.gso_segments_tx) == (1, 10)
+
+
+def test_a_tcpv6_gro_super_frame_is_one_segment() -> None:
+    host = host_with_echo()
+    handshake(host)
+    payload = bytes(range(256)) * 100  # 25 600 bytes: 18 wire segments of 1440
+    frame = bytearray(bytes(tcp_in("A", ISN + 1, 5001, data=payload)))
+    tcp_len = len(frame) - 54
+    # as the kernel hands a CHECKSUM_PARTIAL frame: the field holds the pseudo-header sum
+    frame[70:72] = vnet.pseudo_sum(v6_sum(frame[22:38], frame[38:54]), 0, tcp_len)
+    meta = vnet.meta_of(vnet.tcp6_gso_mark(54, 20, 1440).vnet.emit())
+    host.receive_batch([memoryview(bytes(frame))], 3.0, [meta])
+    out = [Ether(b"".join(bytes(p) for p in f)) for f in host.tx]
+    host.tx.clear()
+    assert out and out[-1][s6.TCP].ack == ISN + 1 + len(payload)
+    c = host.counters
+    assert (c.gso_frames_rx, c.gso_segments_rx) == (1, 18)
+    assert not c.drops.get(Drop.TCP_BAD_CHECKSUM)
+    # without the header the same partial checksum is a bad checksum
+    host.receive_batch([memoryview(bytes(frame))], 3.1)
+    assert c.drops[Drop.TCP_BAD_CHECKSUM] == 1
