@@ -249,3 +249,44 @@ def test_a_tcpv6_gro_super_frame_is_one_segment() -> None:
     # without the header the same partial checksum is a bad checksum
     host.receive_batch([memoryview(bytes(frame))], 3.1)
     assert c.drops[Drop.TCP_BAD_CHECKSUM] == 1
+
+
+def test_api_takes_address_strings_of_either_family() -> None:
+    from netstack.api.tcp import connect
+    from netstack.wire import inet
+
+    assert inet.from_str("2001:db8::1") == wipv6.from_str("2001:db8::1")
+    assert inet.from_str("fe80::2%tap0") == wipv6.from_str("fe80::2")
+    assert inet.from_str("192.0.2.1") == 0xC0000201 and inet.to_str(0xC0000201) == "192.0.2.1"
+    assert inet.to_str(wipv6.from_str("2001:0db8:0::1")) == "2001:db8::1"
+    for bad in ("2001:db8::g", "192.0.2", "example.org"):
+        try:
+            inet.from_str(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was taken")
+    host = v6_host()
+    made = []
+
+    class Protocol:
+        def connection_made(self, transport) -> None:
+            made.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def eof_received(self) -> None:
+            pass
+
+        def connection_lost(self, exc) -> None:
+            pass
+
+    transport = connect(host.tcp, (PEER_S, 9), Protocol)
+    host.tcp.flush(2.0)
+    syn = checked(Ether(b"".join(bytes(p) for p in host.tx[-1])))
+    host.tx.clear()
+    assert syn[s6.IPv6].src == STATIC_S and syn[s6.TCP].dport == 9
+    assert transport.get_extra_info("peername") == (PEER_S, 9)
+    assert transport.get_extra_info("sockname") == (STATIC_S, syn[s6.TCP].sport)
+    v4 = connect(host.tcp, ("192.0.2.1", 9), Protocol)
+    assert v4.get_extra_info("peername") == ("192.0.2.1", 9)
