@@ -2,9 +2,14 @@
 closed ports, ICMP errors, and the one timer heap and flush point for every connection.
 
 Pure, like every engine here: `receive(ip_header, segment, packet, now)` (registered with the
-IPv4 engine), `receive_error(...)` (ICMP), `poll(now)` and `next_deadline()`; segments leave
-through `ipv4.send`. The host calls `flush(now)` at the end of every receive batch; `poll`
-flushes by itself.
+IPv4 engine), `receive6` (with the IPv6 engine, attach_ipv6), `receive_error(...)` (ICMP) and
+`receive_error6` (ICMPv6), `poll(now)` and `next_deadline()`; segments leave through their
+connection's family (net.py: `ipv4.send`, or the IPv6 engine from a fixed source). The host
+calls `flush(now)` at the end of every receive batch; `poll` flushes by itself.
+
+Both families, one engine. An IPv4 address is an int, an IPv6 one 16 bytes: keys never
+collide, and the IPv4 per-segment path is what it was. A listener takes both families (as a
+Linux socket on `::` without IPV6_V6ONLY, and as UDP's shared port table): a port is a port.
 
 The flush point. Connections touched during a batch (a segment arrived, a timer fired, the
 application called write/close/...) are flushed once at its end: application events are
