@@ -290,3 +290,34 @@ def test_api_takes_address_strings_of_either_family() -> None:
     assert transport.get_extra_info("sockname") == (STATIC_S, syn[s6.TCP].sport)
     v4 = connect(host.tcp, ("192.0.2.1", 9), Protocol)
     assert v4.get_extra_info("peername") == ("192.0.2.1", 9)
+
+
+def test_rfc6528_isns_hash_the_v6_four_tuple() -> None:
+    from netstack.proto.tcp import isn
+
+    secrets = isn.Secrets(b"k" * 16)
+    a, b = wipv6.from_str("2001:db8::2"), wipv6.from_str("2001:db8::1")
+    t = isn.tuple_bytes(a, 80, b, 40000)
+    assert len(t) == 36 and t == a + (80).to_bytes(2, "big") + b + (40000).to_bytes(2, "big")
+    assert secrets.isn(t, 10.0) == secrets.isn(isn.tuple_bytes(a, 80, b, 40000), 10.0)
+    others = {secrets.isn(isn.tuple_bytes(a, 80, b, port), 10.0) for port in range(40001, 40011)}
+    assert secrets.isn(t, 10.0) not in others and len(others) == 10
+    # an IPv4 tuple of the same ports is another input (12 bytes)
+    assert len(isn.tuple_bytes(0xC0000202, 80, 0xC0000201, 40000)) == 12
+
+
+def test_active_close_goes_through_time_wait_over_v6() -> None:
+    host = host_with_echo()
+    handshake(host)
+    conn = next(iter(host.tcp.conns.values()))
+    conn.close()
+    host.tcp.flush(3.0)
+    fin = [checked(Ether(b"".join(bytes(p) for p in f))) for f in host.tx]
+    host.tx.clear()
+    assert fin[-1][s6.TCP].flags == "FA" and fin[-1][s6.TCP].seq == 5001
+    out = feed(host, tcp_in("FA", ISN + 1, 5002), 3.1)
+    assert checked(out[-1])[s6.TCP].flags == "A" and out[-1][s6.TCP].ack == ISN + 2
+    assert conn.state.value == "time_wait"
+    assert host.tcp.connections_by_state()["time_wait"] == 1
+    host.poll(3.1 + host.tcp.config.time_wait + 0.1)
+    assert not host.tcp.conns and conn.state.value == "closed"
