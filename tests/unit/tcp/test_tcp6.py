@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 from netstack.api.services import start_services
 from netstack.drops import Drop
 from netstack.io import offload
+from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.introspect import connection_table
 from netstack.proto.tcp.net import v6_sum
 from netstack.wire import ipv6 as wipv6
@@ -41,9 +42,9 @@ def checked(frame: Ether) -> Ether:
     return again
 
 
-def v6_host():
+def v6_host(tcp: TcpConfig | None = None):
     """ready_host, and the peer's global address resolved (its NS: a STALE entry)."""
-    host = ready_host()
+    host = ready_host(tcp=tcp)
     ns = peer(STATIC_S, "ff02::1:ff00:2", src=PEER_S, hlim=255) / s6.ICMPv6ND_NS(
         tgt=STATIC_S
     ) / s6.ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC_S)  # fmt: skip
@@ -52,8 +53,8 @@ def v6_host():
     return host
 
 
-def host_with_echo():
-    host = v6_host()
+def host_with_echo(tcp: TcpConfig | None = None):
+    host = v6_host(tcp)
     start_services(host.udp, {"tcp_echo": 7}, host.tcp)
     host.tcp.choose_isn = lambda conn, now: 5000
     return host
@@ -321,3 +322,15 @@ def test_active_close_goes_through_time_wait_over_v6() -> None:
     assert host.tcp.connections_by_state()["time_wait"] == 1
     host.poll(3.1 + host.tcp.config.time_wait + 0.1)
     assert not host.tcp.conns and conn.state.value == "closed"
+
+
+def test_checked_mode_counts_v6_arrivals() -> None:
+    """The invariant checker sees IPv6 arrivals: a duplicate ACK answering each out-of-order
+    segment is allowed (it was taken for an ACK without an arrival, and the connection reset)."""
+    host = host_with_echo(TcpConfig(checked=True))
+    handshake(host)
+    conn = next(iter(host.tcp.conns.values()))
+    for i in range(3):  # a hole at ISN + 1: each segment beyond it gets a duplicate ACK
+        out = feed(host, tcp_in("A", ISN + 101 + 100 * i, 5001, data=b"x" * 100), 3.0 + i / 100)
+        assert [checked(f)[s6.TCP].ack for f in out] == [ISN + 1]
+    assert conn.state.value == "established"
