@@ -213,6 +213,7 @@ class TcpEngine:
         self.net6 = Net6(ipv6, self)
         ipv6.register(wipv6.TCP, self.receive6)
         icmp6.error_handlers[wipv6.TCP] = self.receive_error6
+        icmp6.validates_ptb.add(wipv6.TCP)  # receive_error6 reports a PTB's MTU itself
 
     def net_for(self, address: Address) -> Net4 | Net6:
         """The family object for an address (its type is its family)."""
@@ -774,10 +775,10 @@ class TcpEngine:
         now: float,
     ) -> None:
         """An ICMPv6 error quoting one of our segments (RFC 4443; icmpv6.py checked that we
-        sent the quoted packet). Packet Too Big takes the frag-needed path (the IPv6 engine
-        lowered the cache already, RFC 8201): believed only for a segment in flight, then
-        the connection resends at the new size. The rest are soft or hard errors as for
-        IPv4 (net.V6_ERRORS)."""
+        sent the quoted packet). Packet Too Big takes the frag-needed path: believed only for
+        a segment in flight (RFC 5927 4.1), then the estimate goes down (RFC 8201, the IPv6
+        engine's cache; ICMPv6 leaves that to us) and the connection resends at the new size.
+        The rest are soft or hard errors as for IPv4 (net.V6_ERRORS)."""
         self.now = now
         if len(inner_payload) < 8:
             self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
@@ -793,6 +794,8 @@ class TcpEngine:
             if not conn.quotes_in_flight(seq):
                 self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
                 return
+            net = conn.net
+            net.pmtu.report(inner.dst, word, net.link_mtu, now)  # RFC 8201, once validated
             if self.config.pmtu_discovery:
                 conn.pmtu_reduced(now)
                 self.touch(conn)

@@ -197,6 +197,7 @@ def test_packet_too_big_shrinks_the_segments_in_flight() -> None:
     forged[40 + 4 : 40 + 8] = (12345).to_bytes(4, "big")
     feed(host, peer(STATIC_S, src=PEER_S) / s6.ICMPv6PacketTooBig(mtu=1280) / bytes(forged[:1232]))
     assert host.counters.drops[Drop.TCP_ICMP_OUT_OF_WINDOW] == 1
+    assert host.v6.ipv6.pmtu.lookup(wipv6.from_str(PEER_S), 3.0) is None  # not even lowered
     ptb = peer(STATIC_S, src=PEER_S) / s6.ICMPv6PacketTooBig(mtu=1280) / stale[:1232]
     out = feed(host, ptb, 3.1)
     resent = [checked(f) for f in out]
