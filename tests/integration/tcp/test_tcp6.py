@@ -171,7 +171,8 @@ def test_active_open_over_v6_to_kernel_nc(tmp_path: Path) -> None:
 
 
 def test_impaired_relay_over_v6(tmp_path: Path, payload: tuple[Path, str]) -> None:
-    """Through the relay with loss and reordering both ways: 5 MB through echo over IPv6."""
+    """Through the relay with loss and reordering both ways: 5 MB through echo over IPv6,
+    the stack's TSO6 super-frames cut into wire segments by the relay (vnet._tcp6_segments)."""
     need_world()
     from tests.integration.impair import Impairment, impaired_world
 
@@ -190,7 +191,12 @@ def test_impaired_relay_over_v6(tmp_path: Path, payload: tuple[Path, str]) -> No
         finally:
             sock.close()
         stats = world.relay_stats()
+        gso = metrics(world, ("netstack_gso_frames_total",))
     assert n == size and got == sha256_file(path, size)
     assert stats.to_kernel.dropped > 0 and stats.to_stack.dropped > 0
+    # the stack sent TSO6 super-frames, and the relay cut them into wire segments (whose
+    # faults the connection survived): at least one frame per MSS of data reached it
+    assert gso['netstack_gso_frames_total{direction="tx"}'] > 0, gso
+    assert stats.to_kernel.frames >= size // 1440
     print("relay over v6:", json.dumps({"to_stack": stats.to_stack.dropped,
                                        "to_kernel": stats.to_kernel.dropped}))  # fmt: skip
