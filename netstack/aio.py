@@ -46,7 +46,8 @@ from netstack.api.sockets import BlockingStack
 from netstack.api.tcp import Protocol, TcpTransport
 from netstack.api.tcp import connect as tcp_connect
 from netstack.api.tcp import listen as tcp_listen
-from netstack.wire.ipv4 import ip_from_str, ip_to_str
+from netstack.wire.inet import from_str as addr_from_str
+from netstack.wire.inet import to_str as addr_to_str
 
 DEFAULT_LIMIT = 2**16
 WRITE_HIGH = 256 * 1024
@@ -369,7 +370,7 @@ async def create_connection(
     transport.on_made = on_made
     transport.on_lost_early = on_lost_early
     side = transport._side
-    address = (ip_from_str(host), port)
+    address = (addr_from_str(host), port)
 
     def dial(now: float) -> None:  # loop thread
         try:
@@ -503,7 +504,7 @@ class DatagramTransport(asyncio.DatagramTransport):
 
     def _on_datagram(self, data: memoryview, peer: tuple[int, int], dst: int, now: float) -> None:
         # loop thread: copy (the view dies with the call), hand to asyncio
-        payload, addr = bytes(data), (ip_to_str(peer[0]), peer[1])
+        payload, addr = bytes(data), (addr_to_str(peer[0]), peer[1])
         with contextlib.suppress(RuntimeError):
             self._aloop.call_soon_threadsafe(self._deliver, payload, addr)
 
@@ -518,7 +519,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         if target is None:
             raise ValueError("no address: pass addr or connect with remote_addr")
         payload = bytes(data)
-        dst = (ip_from_str(target[0]), int(target[1]))
+        dst = (addr_from_str(target[0]), int(target[1]))
         aio, sock = self._aio, self._sock
 
         def send(now: float) -> None:

@@ -195,6 +195,8 @@ class Stack:
         tcp = config.tcp_config()
         if offloads.tso4:  # TCP may hand the link segments of up to 64 KiB (TSO)
             tcp = dataclasses.replace(tcp, tso_max=TSO_MAX)
+        if offloads.tso6:  # the same over IPv6 (TSO6)
+            tcp = dataclasses.replace(tcp, tso6_max=TSO_MAX)
         self.host = Host(
             HostConfig(
                 mac=mac,

@@ -49,7 +49,8 @@ from typing import Any
 from netstack.api.tcp import Protocol, TcpTransport
 from netstack.api.tcp import connect as tcp_connect
 from netstack.proto.tcp.connection import MIN_BUFFER
-from netstack.wire.ipv4 import ip_from_str, ip_to_str
+from netstack.wire.inet import from_str as addr_from_str
+from netstack.wire.inet import to_str as addr_to_str
 
 log = logging.getLogger("netstack.api.sockets")
 
@@ -230,9 +231,9 @@ class _Acceptor:
             # connection_made and data already received would wait for the peer's next segment
             # (reported to the engine's owner; harmless once Listener.accept() touches itself).
             self.tcp.touch(conn)
-            peer = (ip_to_str(conn.remote_ip), conn.remote_port)
+            peer = (addr_to_str(conn.remote_ip), conn.remote_port)
             self.events.put(
-                (EV_ACCEPTED, endpoint, peer, (ip_to_str(conn.local_ip), conn.local_port))
+                (EV_ACCEPTED, endpoint, peer, (addr_to_str(conn.local_ip), conn.local_port))
             )
 
     def want(self) -> None:
@@ -396,7 +397,7 @@ class BlockingStack:
 
     @property
     def address(self) -> str:
-        return ip_to_str(self.tcp.local_ip)
+        return addr_to_str(self.tcp.local_ip)
 
 
 # ===============================================================================================
@@ -635,7 +636,7 @@ class TcpSocket:
     def bind(self, address: Address) -> None:
         self._check_open()
         ip, port = address
-        if ip not in ("", "0.0.0.0") and ip_from_str(ip) != self.stack.tcp.local_ip:
+        if ip not in ("", "0.0.0.0", "::") and not _ours(self.stack.tcp, addr_from_str(ip)):
             raise OSError(errno.EADDRNOTAVAIL, f"cannot bind to {ip}: not the stack's address")
         self._local_port = port
 
@@ -648,7 +649,7 @@ class TcpSocket:
         self._endpoint = endpoint
         local_port = self._local_port
         ip, port = address
-        remote_ip = ip_from_str(ip) if isinstance(ip, str) else ip
+        remote_ip = addr_from_str(ip) if isinstance(ip, str) else ip
         sndbuf, rcvbuf = self._sndbuf, self._rcvbuf
 
         def command(now: float) -> None:
@@ -885,3 +886,12 @@ class TcpSocket:
 
 
 __all__ = ["BlockingStack", "StackClosed", "TcpSocket"]
+
+
+def _ours(tcp: Any, address: int | bytes) -> bool:
+    """Is `address` one of the stack's (its IPv4 one, or an IPv6 one when IPv6 is on)?
+    A bound port takes both families either way, as the listener does (engine.py)."""
+    if type(address) is bytes:
+        net6 = tcp.net6
+        return net6 is not None and net6.ipv6.addresses.is_ours(address)
+    return address == tcp.local_ip

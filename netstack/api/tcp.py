@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterable
 
 from netstack.proto.tcp.connection import Connection
 from netstack.proto.tcp.engine import Listener, TcpEngine
-from netstack.wire.ipv4 import ip_from_str, ip_to_str
+from netstack.wire.inet import from_str as addr_from_str
+from netstack.wire.inet import to_str as addr_to_str
 
 Buffer = bytes | bytearray | memoryview
 
@@ -220,9 +221,9 @@ class TcpTransport:
         cwnd, windows, ...), 'connection' (the engine's Connection)."""
         conn = self._conn
         if name == "peername":
-            return ip_to_str(conn.remote_ip), conn.remote_port
+            return addr_to_str(conn.remote_ip), conn.remote_port
         if name == "sockname":
-            return ip_to_str(conn.local_ip), conn.local_port
+            return addr_to_str(conn.local_ip), conn.local_port
         if name == "state":
             return conn.state.value
         if name == "tcp_info":
@@ -258,8 +259,9 @@ class TcpServer:
         return not self.listener.closed
 
 
-def _ip(value: str | int) -> int:
-    return value if isinstance(value, int) else ip_from_str(value)
+def _ip(value: str | int | bytes) -> int | bytes:
+    """An address string of either family (as the socket module takes) or an engine value."""
+    return addr_from_str(value)
 
 
 def listen(
@@ -274,7 +276,7 @@ def listen(
 
 def connect(
     tcp: TcpEngine,
-    address: tuple[str | int, int],
+    address: tuple[str | int | bytes, int],
     protocol_factory: ProtocolFactory,
     local_port: int = 0,
 ) -> TcpTransport:

@@ -24,7 +24,7 @@ from netstack.front.pipe import TcpPipe, connect_error_reason
 from netstack.front.port import StackPort
 from netstack.front.spec import ForwardSpec
 from netstack.front.stats import ForwardStats, FrontStats
-from netstack.wire.ipv4 import ip_to_str
+from netstack.wire.inet import to_str as addr_to_str
 
 log = logging.getLogger("netstack.front")
 
@@ -203,7 +203,7 @@ class UdpForward:
         self.stats.sessions += 1
         self.stats.active += 1
         self.port.loop.add_reader(sock.fileno(), lambda now: self._on_reply(flow, now))
-        log.debug("forward %s: new flow from %s:%d", self.spec.name, ip_to_str(peer[0]), peer[1])
+        log.debug("forward %s: new flow from %s:%d", self.spec.name, addr_to_str(peer[0]), peer[1])
         return flow
 
     def _on_reply(self, flow: _UdpFlow, now: float) -> None:

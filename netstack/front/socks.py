@@ -34,7 +34,7 @@ from netstack.front import socks5 as s5
 from netstack.front.pipe import TcpPipe, connect_error_reason, reset_close
 from netstack.front.port import StackPort
 from netstack.front.stats import SocksStats
-from netstack.wire.ipv4 import ip_to_str
+from netstack.wire.inet import to_str as addr_to_str
 
 log = logging.getLogger("netstack.front.socks")
 
@@ -429,7 +429,7 @@ class _UdpAssociation:
             return
         self.last_active = now
         with contextlib.suppress(OSError):  # a full kernel buffer: UDP, the datagram is lost
-            self.ksock.sendto(s5.encode_udp((ip_to_str(peer[0]), peer[1]), data), self.client)
+            self.ksock.sendto(s5.encode_udp((addr_to_str(peer[0]), peer[1]), data), self.client)
             self.server.stats.bytes_from_target += len(data)
 
     def _idle_check(self, now: float) -> None:

@@ -3,8 +3,9 @@
 A TAP negotiates with TUNSETOFFLOAD (TUN_F_* bits). The kernel answers EINVAL to a bit it does
 not know, or a combination it refuses, so features are probed one at a time, in order, each
 on top of those already accepted: an unknown one is left out and the others kept. Some the
-kernel has are not taken because the stack cannot receive them (TSO6: no IPv6 here; USO:
-a UDP super-frame would have to be cut into datagrams); the log line names them.
+kernel has are not taken because the stack cannot receive them (USO: a UDP super-frame would
+have to be cut into datagrams); the log line names them. TSO6 is taken: TCP over IPv6 receives
+TCPV6 super-frames whole and sends them (proto/tcp/net.py).
 AF_PACKET has no negotiation: PACKET_VNET_HDR alone means checksum offload and GSO both ways.
 """
 
@@ -28,7 +29,7 @@ FEATURES: tuple[tuple[str, int], ...] = (
     ("uso", TUN_F_USO),
 )
 # What this stack can take from the kernel (and so asks for).
-WANTED = TUN_F_CSUM | TUN_F_TSO4
+WANTED = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 # The largest TCP payload of one super-frame: an IPv4 datagram of 65535 bytes with a 20-byte
 # IP header and the largest TCP header (60 bytes).
 TSO_MAX = 65535 - 20 - 60
@@ -52,6 +53,10 @@ class Offloads:
     @property
     def tso4(self) -> bool:
         return bool(self.features & TUN_F_TSO4)
+
+    @property
+    def tso6(self) -> bool:
+        return bool(self.features & TUN_F_TSO6)
 
     def names(self, bits: int) -> list[str]:
         return [name for name, bit in FEATURES if bits & bit == bit]

@@ -46,7 +46,7 @@ class PacketLink(BatchLink):
             if offload == "auto":
                 rc = lib.ns_packet_set_option(fd, PACKET_VNET_HDR, 1)
                 if rc == 0:
-                    bits = offmod.TUN_F_CSUM | offmod.TUN_F_TSO4
+                    bits = offmod.TUN_F_CSUM | offmod.TUN_F_TSO4 | offmod.TUN_F_TSO6
                     self.offloads = offmod.Offloads(True, bits, bits, wvnet.HEADER_LEN)
                 else:
                     self.offloads = offmod.Offloads(note=f"PACKET_VNET_HDR: {os.strerror(-rc)}")

@@ -38,6 +38,7 @@ Frame = tuple[Buffer, ...]
 _rx_fast = lib.ns_rx_fast
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
+_V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header may vouch for
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,8 +110,9 @@ class Host:
         self._accept_macs: set[bytes] | frozenset[bytes] = frozenset()
         if config.ipv6 is not None:
             self.v6 = Ipv6Stack(
-                config.mac, config.mtu, config.ipv6, c, self.tx.append, self.rng, self.udp
-            )
+                config.mac, config.mtu, config.ipv6, c, self.tx.append, self.rng, self.udp,
+                self.tcp,
+            )  # fmt: skip
             self._accept_macs = self.v6.nd.accept_macs
             self._ethertypes[Ipv6Stack.ETHERTYPE] = self.v6.receive
             self._engines = (*self._engines, *self.v6.engines)
@@ -180,9 +182,11 @@ class Host:
         by the kernel) is not verified again. Both hold for this frame only."""
         gso = wvnet.meta_gso_type(meta)
         ipv4 = self.ipv4
+        v6 = len(frame) > 54 and frame[12] == 0x86 and frame[13] == 0xDD
         if gso:
             c = self.counters
-            if gso != wvnet.GSO_TCPV4:  # never negotiated: TSO6 and USO are left off
+            # USO is never negotiated; TSO6 only with IPv6 on (else the frame is not ours)
+            if gso != (wvnet.GSO_TCPV6 if v6 and self.v6 is not None else wvnet.GSO_TCPV4):
                 c.rx_packets += 1
                 c.rx_bytes += len(frame)
                 c.drop(Drop.LINK_GSO_UNSUPPORTED)
@@ -190,15 +194,22 @@ class Host:
             segs = wvnet.segments(len(frame) - (meta >> 64), wvnet.meta_gso_size(meta))
             c.gso_frames_rx += 1
             c.gso_segments_rx += segs
-            # TCP segments and IPv4 packets count what the wire carried, as Linux's InSegs
-            # (TCP and IPv4 add the 1 of the super-frame itself)
+            # TCP segments and IP packets count what the wire carried, as Linux's InSegs
+            # (TCP and IP add the 1 of the super-frame itself)
             c.tcp_segments_rx += segs - 1
-            c.ipv4_rx += segs - 1
-            ipv4.rx_gso = True
-        # A header vouches for one frame, never for a datagram reassembled from fragments.
-        trusted = (
-            wvnet.meta_trusted(meta) and len(frame) > 21 and not (frame[20] & 0x3F or frame[21])
-        )
+            if v6:
+                c.ipv6_rx += segs - 1
+            else:
+                c.ipv4_rx += segs - 1
+                ipv4.rx_gso = True
+        # A header vouches for one frame, never for a datagram reassembled from fragments
+        # (IPv4: offset and MF clear; IPv6: TCP or UDP right after the fixed header).
+        if v6:
+            trusted = wvnet.meta_trusted(meta) and frame[20] in _V6_TRUSTED
+        else:
+            trusted = (
+                wvnet.meta_trusted(meta) and len(frame) > 21 and not (frame[20] & 0x3F or frame[21])
+            )
         tcp, udp = self.tcp, self.udp
         tcp.csum_trusted = udp.csum_trusted = trusted
         self.receive(frame, now)

@@ -63,6 +63,8 @@ class Icmpv6Engine:
         self.config = config or Icmpv6Config()
         self._bucket = TokenBucket(self.config.error_rate, self.config.error_burst)
         self.error_handlers: dict[int, ErrorHandler] = {}
+        # Upper layers whose handler checks a Packet Too Big and reports the MTU (TCP).
+        self.validates_ptb: set[int] = set()
         self.nd_handler: NdHandler | None = None
         self.on_echo_reply: Callable[[bytes, int, int, memoryview, float], None] | None = None
         ipv6.register(wipv6.ICMPV6, self.receive)
@@ -160,19 +162,22 @@ class Icmpv6Engine:
             c.drop(Drop.ICMPV6_BAD_ERROR)
             return
         w = wicmp6.word(body)
-        if icmp.type == wicmp6.TYPE_PACKET_TOO_BIG:
-            if w < wipv6.MIN_MTU:  # RFC 8201 §4: below the minimum is ignored
-                c.drop(Drop.ICMPV6_BAD_ERROR)
-                return
-            self.ipv6.pmtu.report(inner.dst, w, self.ipv6.config.mtu, now)
+        ptb = icmp.type == wicmp6.TYPE_PACKET_TOO_BIG
+        if ptb and w < wipv6.MIN_MTU:  # RFC 8201 §4: below the minimum is ignored
+            c.drop(Drop.ICMPV6_BAD_ERROR)
+            return
         rest = quoted[wipv6.HEADER_LEN :]
         try:
             chain = wipv6.walk(rest, inner.next_header)
         except Malformed:
-            return  # the PMTU is updated; no transport to tell
-        if chain.fragment is not None and chain.fragment.offset:
-            return
-        handler = self.error_handlers.get(chain.upper)
+            chain = None
+        if chain is not None and chain.fragment is not None and chain.fragment.offset:
+            chain = None
+        handler = None if chain is None else self.error_handlers.get(chain.upper)
+        # RFC 5927 4.1: TCP believes a PTB only for a segment in flight, so it lowers the
+        # estimate itself (as Linux's tcp_v6_err); for anything else it is lowered here.
+        if ptb and not (handler is not None and chain.upper in self.validates_ptb):
+            self.ipv6.pmtu.report(inner.dst, w, self.ipv6.config.mtu, now)
         if handler is not None:
             handler(icmp.type, icmp.code, w, inner, rest[chain.offset :], now)
 

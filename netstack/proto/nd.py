@@ -49,6 +49,7 @@ from netstack.proto.ipv6 import Ipv6Engine
 from netstack.wire import ethernet as weth
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv6 as wipv6
+from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -277,7 +278,7 @@ class NdEngine:
         if len(entry.queue) >= cfg.queue_per_destination or self._queued >= cfg.queue_total:
             self.counters.drop(Drop.ND_QUEUE_FULL)
             return
-        entry.queue.append(tuple(bytes(p) for p in packet))
+        entry.queue.append(wvnet.own_frame(packet))  # copied, a TSO6 VnetMark kept
         self._queued += 1
 
     def _drop_queue(self, entry: _Neighbor, reason: Drop) -> None:

@@ -1,9 +1,11 @@
 """The IPv6 side of a host: addresses, IPv6, ICMPv6 and ND engines wired together, so that
 `Host` adds IPv6 in one place (one ethertype, its engines, its multicast MACs).
 
-Upper layers over IPv6 in this version: ICMPv6 and UDP (proto/udp6.py, sharing the UDP engine's
-ports; without a UDP engine every datagram gets Port Unreachable). TCP is not registered, so a
-segment is an unknown next header (Parameter Problem), as for any protocol the host lacks.
+Upper layers over IPv6: ICMPv6, UDP (proto/udp6.py, sharing the UDP engine's ports; without a
+UDP engine every datagram gets Port Unreachable) and TCP (the host's TcpEngine, attached with
+`attach_ipv6`: one connection table and one set of listeners for both families; without a TCP
+engine a segment is an unknown next header, Parameter Problem, as for any protocol the host
+lacks).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from netstack.proto.addr6 import AddressTable
 from netstack.proto.icmpv6 import Icmpv6Config, Icmpv6Engine
 from netstack.proto.ipv6 import Ipv6Config, Ipv6Engine
 from netstack.proto.nd import NdConfig, NdEngine
+from netstack.proto.tcp.engine import TcpEngine
 from netstack.proto.udp import UdpEngine
 from netstack.proto.udp6 import Udp6
 from netstack.wire import ethernet as weth
@@ -51,6 +54,7 @@ class Ipv6Stack:
         emit: Callable[[Frame], None],
         rng: random.Random,
         udp: UdpEngine | None = None,
+        tcp: TcpEngine | None = None,
     ) -> None:
         self.config = config
         self.counters = counters
@@ -70,6 +74,8 @@ class Ipv6Stack:
         else:
             self.udp6 = None
             self.ipv6.register(wipv6.UDP, self._closed_port)
+        if tcp is not None:
+            tcp.attach_ipv6(self.ipv6, self.icmp)
         self.engines = (self.ipv6, self.nd)
 
     def start(self, now: float) -> None:

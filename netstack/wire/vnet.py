@@ -163,6 +163,16 @@ def tcp4_gso_mark(l4_start: int, tcp_header_len: int, gso_size: int) -> VnetMark
     )  # fmt: skip
 
 
+def tcp6_gso_mark(l4_start: int, tcp_header_len: int, gso_size: int) -> VnetMark:
+    """TSO6: as tcp4_gso_mark, for a TCP super-segment over IPv6 (gso_type TCPV6)."""
+    return mark(
+        VnetHeader(
+            F_NEEDS_CSUM, GSO_TCPV6, l4_start + tcp_header_len, gso_size, l4_start,
+            TCP_CSUM_OFFSET,
+        )
+    )  # fmt: skip
+
+
 def find_mark(frame: tuple) -> VnetMark | None:
     for piece in frame:
         if piece.__class__ is VnetMark:
@@ -262,7 +272,8 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
     """What a super-frame becomes on a real wire: the kernel's tcp4_gso_segment in Python.
 
     For whoever stands for the wire (the soak/test relay; tests checking our TSO output).
-    An IPv4 TCP super-frame (GSO_TCPV4, untagged Ethernet) is cut into gso_size payloads, each
+    An IPv4 TCP super-frame (GSO_TCPV4, untagged Ethernet; GSO_TCPV6 likewise, _tcp6_segments)
+    is cut into gso_size payloads, each
     after a copy of the headers with the IP total length, ID (+1 per segment, RFC 6864 allows
     either way with DF), header checksum, TCP sequence number and flags (FIN/PSH on the last,
     CWR on the first) adjusted, and the TCP checksum computed. A UDP super-frame (GSO_UDP_L4,
@@ -274,6 +285,8 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
         if frame[12:14] == b"\x86\xdd":  # IPv6 (proto/udp6.py's echo runs)
             return _udp6_segments(frame, vnet.gso_size)
         return _udp4_segments(frame, vnet.gso_size)
+    if vnet.gso == GSO_TCPV6 and vnet.gso_size:
+        return _tcp6_segments(frame, vnet.gso_size)
     if vnet.gso != GSO_TCPV4 or not vnet.gso_size:
         out = bytearray(frame)
         fill_checksum(out, vnet)
@@ -298,6 +311,38 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
         h[ETH_LEN + 4 : ETH_LEN + 6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
         h[ETH_LEN + 10 : ETH_LEN + 12] = b"\0\0"
         h[ETH_LEN + 10 : ETH_LEN + 12] = checksum(h[ETH_LEN:l4]).to_bytes(2, "big")
+        h[l4 + 4 : l4 + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
+        seg_flags = flags
+        if off + mss < len(data):
+            seg_flags &= ~_FIN_PSH
+        if i:
+            seg_flags &= ~_CWR
+        h[l4 + 13] = seg_flags
+        h[l4 + 16 : l4 + 18] = b"\0\0"
+        tcp_csum = checksum(h[l4:], chunk, initial=pseudo + thl + len(chunk))
+        h[l4 + 16 : l4 + 18] = tcp_csum.to_bytes(2, "big")
+        out.append(bytes(h) + bytes(chunk))
+    return out
+
+
+def _tcp6_segments(frame: bytes | memoryview, mss: int) -> list[bytes]:
+    """The kernel's tcp6_gso_segment for an untagged IPv6 super-frame whose next header is TCP
+    (all TSO6 we make): each piece gets the headers with the IPv6 payload length, the TCP
+    sequence number and flags (as for IPv4) adjusted, and its checksum over the IPv6
+    pseudo-header (RFC 8200 8.1)."""
+    l4 = ETH_LEN + 40
+    thl = (frame[l4 + 12] >> 4) << 2
+    hdrs = l4 + thl
+    data = memoryview(frame)[hdrs:]
+    seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
+    flags = frame[l4 + 13]
+    addrs = bytes(frame[ETH_LEN + 8 : ETH_LEN + 40])
+    pseudo = sum(struct.unpack("!16H", addrs)) + 6
+    out: list[bytes] = []
+    for i, off in enumerate(range(0, len(data), mss)):
+        chunk = data[off : off + mss]
+        h = bytearray(frame[:hdrs])
+        h[ETH_LEN + 4 : ETH_LEN + 6] = (thl + len(chunk)).to_bytes(2, "big")
         h[l4 + 4 : l4 + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
         seg_flags = flags
         if off + mss < len(data):

@@ -77,8 +77,10 @@ class ImpairedWorld(World):
         seed: int = 1,
         extra_args: tuple[str, ...] = (),
         tag: str = "imp",
+        ipv6: str | None = None,
     ) -> None:
         super().__init__(workdir, ("--host-address", "none", *extra_args), tag)
+        self.ipv6 = ipv6  # e.g. "2001:db8::1/64": peer0 speaks IPv6 too (tap0 stays a wire)
         self.to_stack = to_stack
         self.to_kernel = to_kernel
         self.seed = seed
@@ -123,6 +125,21 @@ class ImpairedWorld(World):
                 raise RuntimeError(f"relay did not come up:\n{self.relay_log()}")
             time.sleep(0.02)
         self._wait_kernel_address(deadline)
+        if self.ipv6 is not None:
+            self._kernel_ipv6(deadline)
+
+    def _kernel_ipv6(self, deadline: float) -> None:
+        """IPv6 on peer0 only (no DAD: the only other node on the wire is the stack)."""
+        dev = self.kernel_interface
+        self.run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0"])
+        self.run(["ip", "-6", "addr", "add", self.ipv6, "dev", dev, "nodad"])
+        address = self.ipv6.split("/")[0]
+        while time.monotonic() < deadline:
+            out = self.run(["ip", "-6", "-o", "addr", "show", "dev", dev]).stdout
+            if address in out and "tentative" not in out:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{dev} got no IPv6 address:\n{self.relay_log()}")
 
     def _wait_kernel_address(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -195,11 +212,13 @@ def impaired_world(
     seed: int = 1,
     extra_args: tuple[str, ...] = (),
     tag: str = "imp",
+    ipv6: str | None = None,
 ) -> Iterator[ImpairedWorld]:
     """A fresh namespace: the stack on tap0, the kernel on peer0, the relay between them."""
     world = ImpairedWorld(
-        tmp_path, to_stack=to_stack, to_kernel=to_kernel, seed=seed, extra_args=extra_args, tag=tag
-    )
+        tmp_path, to_stack=to_stack, to_kernel=to_kernel, seed=seed, extra_args=extra_args,
+        tag=tag, ipv6=ipv6,
+    )  # fmt: skip
     try:
         world.start()
         yield world

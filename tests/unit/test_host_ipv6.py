@@ -16,6 +16,7 @@ from netstack.drops import Drop
 from netstack.proto.addr6 import LINK_LOCAL_PREFIX, AddrState, stable_iid
 from netstack.proto.host import Host, HostConfig
 from netstack.proto.nd import NudState
+from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.v6 import Ipv6HostConfig
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import ipv6 as wipv6
@@ -31,7 +32,7 @@ PEER_LL_S = "fe80::2"
 STATIC_S = "2001:db8::2"
 
 
-def make_host(static: bool = True, mtu: int = 1500) -> Host:
+def make_host(static: bool = True, mtu: int = 1500, tcp: TcpConfig | None = None) -> Host:
     v6 = Ipv6HostConfig(
         interface="tap0",
         secret=SECRET,
@@ -40,6 +41,8 @@ def make_host(static: bool = True, mtu: int = 1500) -> Host:
     config = HostConfig(
         mac=OUR_MAC, address=wipv4.ip_from_str("192.0.2.2"), prefix_len=24, mtu=mtu, ipv6=v6
     )
+    if tcp is not None:
+        config.tcp = tcp
     return Host(config, Counters(), random.Random(7))
 
 
@@ -54,9 +57,9 @@ def feed(host: Host, pkt, now: float = 0.0) -> list[Ether]:
     return frames(host)
 
 
-def ready_host(static: bool = True) -> Host:
+def ready_host(static: bool = True, tcp: TcpConfig | None = None) -> Host:
     """Started, DAD done for every address, the peer's MAC learnt from its NS."""
-    host = make_host(static)
+    host = make_host(static, tcp=tcp)
     host.start(0.0)
     host.poll(0.0)
     host.poll(1.5)

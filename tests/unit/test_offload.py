@@ -171,17 +171,17 @@ def test_negotiation_keeps_what_the_kernel_takes() -> None:
     set_offload, calls = kernel(everything)
     assert offload.negotiate(set_offload) == (offload.WANTED, everything)
     assert calls[-1] == offload.WANTED  # left in force: what the stack can take
-    set_offload, _ = kernel(offload.TUN_F_CSUM | offload.TUN_F_TSO6)  # no TSO4: csum alone
-    assert offload.negotiate(set_offload) == (offload.TUN_F_CSUM, offload.TUN_F_CSUM | 4)
+    set_offload, _ = kernel(offload.TUN_F_CSUM | offload.TUN_F_TSO6)  # no TSO4: csum and tso6
+    csum_tso6 = offload.TUN_F_CSUM | offload.TUN_F_TSO6
+    assert offload.negotiate(set_offload) == (csum_tso6, csum_tso6)
     set_offload, calls = kernel(0)  # an old kernel: nothing, and nothing left on
     assert offload.negotiate(set_offload) == (0, 0) and calls[-1] == 0
     o = offload.Offloads(True, offload.WANTED, everything, 10)
     assert o.describe("tap0") == (
-        "offload on tap0: vnet header 10 bytes, csum tso4 (kernel also has: tso6 uso, not used)"
+        "offload on tap0: vnet header 10 bytes, csum tso4 tso6 (kernel also has: uso, not used)"
     )
     assert o.describe("tap0", send_only=("uso",)) == (
-        "offload on tap0: vnet header 10 bytes, csum tso4 (kernel also has: tso6, not used); "
-        "uso for sending only"
+        "offload on tap0: vnet header 10 bytes, csum tso4 tso6; uso for sending only"
     )
 
 

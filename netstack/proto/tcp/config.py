@@ -53,6 +53,8 @@ class TcpConfig:
     # Segmentation offload seam: a link that segments in hardware/kernel sets this to the
     # largest segment it takes (e.g. 65535 - headers); 0 means every segment is <= MSS.
     tso_max: int = 0
+    # The same for TCP over IPv6 (TSO6, gso_type TCPV6); 0: IPv6 segments are <= MSS.
+    tso6_max: int = 0
     # RFC 1191 path MTU discovery: DF on every segment of a connection, and "fragmentation
     # needed" reports (validated, RFC 5927) lower its MSS (Linux: ip_no_pmtu_disc = 0).
     pmtu_discovery: bool = True

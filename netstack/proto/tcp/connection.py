@@ -46,12 +46,12 @@ from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
 from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
-from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
 if TYPE_CHECKING:
     from netstack.proto.tcp.engine import Listener, TcpEngine
+    from netstack.proto.tcp.net import Address
 
 DEFAULT_MSS = 536  # RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option
 INF = float("inf")
@@ -127,6 +127,7 @@ class Connection:
         "close_at",
         "config",
         "counters",
+        "csum",
         "delack_at",
         "engine",
         "eof_delivered",
@@ -137,6 +138,7 @@ class Connection:
         "from_cookie",
         "handler",
         "heap_at",
+        "ip_send",
         "irs",
         "iss",
         "ka_params",
@@ -156,6 +158,7 @@ class Connection:
         "made_pending",
         "max_snd_wnd",
         "mss",
+        "net",
         "nodelay",
         "ooo_run",
         "oow_at",
@@ -218,19 +221,24 @@ class Connection:
         self,
         engine: TcpEngine,
         local_port: int,
-        remote_ip: int,
+        remote_ip: Address,
         remote_port: int,
         listener: Listener | None = None,
+        local_ip: Address | None = None,
     ) -> None:
         cfg = self.config = engine.config
         self.engine = engine
         self.counters = engine.counters
-        self.local_ip = engine.local_ip
+        # The family's network (net.py), chosen once: addresses, send, PMTU, MSS.
+        net = self.net = engine.net_for(remote_ip)
+        self.local_ip = net.source(remote_ip) if local_ip is None else local_ip
         self.local_port = local_port
         self.remote_ip = remote_ip
         self.remote_port = remote_port
         self.key = (remote_ip, remote_port, local_port)
-        self.tx_sum = wtcp.template_sum(self.local_ip, remote_ip, local_port, remote_port)
+        self.csum = net.csum_pair(self.local_ip, remote_ip)  # the pseudo-header, for wire/tcp
+        self.tx_sum = wtcp.template_sum(*self.csum, local_port, remote_port)
+        self.ip_send = net.sender(self.local_ip)
         self.state = S.CLOSED
         self.listener = listener  # passive opens: the listener until accepted
         self.handler: Handler | None = None
@@ -324,10 +332,10 @@ class Connection:
         self.stats = [0, 0, 0, 0, 0, 0, 0]
 
     def __repr__(self) -> str:
-        from netstack.wire.ipv4 import ip_to_str
+        from netstack.proto.tcp.introspect import endpoint
 
         return (
-            f"<Connection {self.local_port} -> {ip_to_str(self.remote_ip)}:{self.remote_port} "
+            f"<Connection {self.local_port} -> {endpoint(self.remote_ip, self.remote_port)} "
             f"{self.state.value}>"
         )
 
@@ -434,7 +442,7 @@ class Connection:
         sending side also within the path MTU (RFC 1191 6.1, see _path_mss)."""
         opts = TS_OPTION_LEN if self.ts_ok else 0
         self.mss = max(MIN_MSS, min(self.peer_mss, self._path_mss(self.engine.now)) - opts)
-        self.rcv_mss = max(MIN_MSS, self.engine.mss - opts)
+        self.rcv_mss = max(MIN_MSS, self.net.mss - opts)
         self.rcv_seg_mss = min(self.rcv_mss, DEFAULT_MSS)
         if self.recovery.cc is None:
             self.recovery.cc = self.engine.make_cc(self.mss)
@@ -442,17 +450,18 @@ class Connection:
     def _path_mss(self, now: float) -> int:
         """The largest TCP payload (before options) the path MTU estimate lets through, and
         remember which estimate that was (pmtu_gen / pmtu_until, see _sync_pmtu)."""
-        cache = self.engine.ipv4.pmtu
+        net = self.net
+        cache = net.pmtu
         self.pmtu_gen = cache.updates
         entry = cache.lookup(self.remote_ip, now) if self.config.pmtu_discovery else None
-        mss = self.engine.mss
+        mss = net.mss
         if entry is None:
             self.pmtu_until = INF
             self.pmtu_df = self.config.pmtu_discovery
         else:
             self.pmtu_until = entry.expires
             self.pmtu_df = not entry.locked
-            mss = min(mss, entry.mtu - wipv4.MIN_HEADER_LEN - wtcp.HEADER_LEN)
+            mss = min(mss, entry.mtu - net.header_len - wtcp.HEADER_LEN)
         probe = self.probe_mss
         if probe is not None:
             if now >= probe[1]:
@@ -633,7 +642,9 @@ class Connection:
         ack = unwrap(h.ack, self.snd_una)
         if state is S.SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_nxt:
-                self.engine.send_reset(self.remote_ip, self.remote_port, self.local_port, h.ack)
+                self.engine.send_reset(
+                    self.remote_ip, self.remote_port, self.local_port, h.ack, self.local_ip
+                )
                 self.counters.drop(Drop.TCP_BAD_ACK)
                 return
             if not self.engine.accept_ready(self):
@@ -713,7 +724,9 @@ class Connection:
             ack = unwrap(h.ack, self.snd_una)
             if ack <= self.iss or ack > self.snd_nxt:
                 if not flags & RST:
-                    self.engine.send_reset(self.remote_ip, self.remote_port, self.local_port, h.ack)
+                    self.engine.send_reset(
+                        self.remote_ip, self.remote_port, self.local_port, h.ack, self.local_ip
+                    )
                 self.counters.drop(Drop.TCP_BAD_ACK)
                 return
         if flags & RST:
@@ -1111,7 +1124,7 @@ class Connection:
             wscale = self.rcv_wscale if self.wscale_ok else None
             sack = self.sack_ok
             ts = (self.tsval(now), self.ts_recent) if self.ts_ok else None
-        options = TcpOptions(self.engine.mss, wscale, sack, (), ts)
+        options = TcpOptions(self.net.mss, wscale, sack, (), ts)
         window = min(self.rcv_buf_size, 0xFFFF)
         self.syn_window = window
         if active:
@@ -1240,7 +1253,7 @@ class Connection:
 
         Returns whether anything went out (every segment carries the ACK).
         """
-        if self.engine.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
+        if self.net.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
             self._sync_pmtu(now)  # RFC 1191 6.1/6.3: another connection's report, or aging
         rec = self.recovery
         board = rec.board
@@ -1288,7 +1301,7 @@ class Connection:
         blocked = False  # the peer's window (not cwnd) is what stops us
         new_data = False
         rec.cwnd_limited = False
-        tso = self.config.tso_max
+        tso = self.net.tso_max
         while True:
             snd_nxt = self.snd_nxt
             unsent = snd_end - snd_nxt
@@ -1831,7 +1844,7 @@ class Connection:
             "tcpi_last_data_sent": ago(self.last_data),
             "tcpi_last_data_recv": ago(lrcv),
             "tcpi_last_ack_recv": ago(self.last_rx),
-            "tcpi_pmtu": self.engine.pmtu.path_mtu(self.remote_ip, self.engine.mss + 40, now),
+            "tcpi_pmtu": self.net.pmtu.path_mtu(self.remote_ip, self.net.link_mtu, now),
             "tcpi_rcv_ssthresh": max(0, self.rcv_adv - self.rcv_nxt),
             "tcpi_rtt": us(rtt.srtt),
             "tcpi_rttvar": us(rtt.rttvar),

@@ -2,9 +2,14 @@
 closed ports, ICMP errors, and the one timer heap and flush point for every connection.
 
 Pure, like every engine here: `receive(ip_header, segment, packet, now)` (registered with the
-IPv4 engine), `receive_error(...)` (ICMP), `poll(now)` and `next_deadline()`; segments leave
-through `ipv4.send`. The host calls `flush(now)` at the end of every receive batch; `poll`
-flushes by itself.
+IPv4 engine), `receive6` (with the IPv6 engine, attach_ipv6), `receive_error(...)` (ICMP) and
+`receive_error6` (ICMPv6), `poll(now)` and `next_deadline()`; segments leave through their
+connection's family (net.py: `ipv4.send`, or the IPv6 engine from a fixed source). The host
+calls `flush(now)` at the end of every receive batch; `poll` flushes by itself.
+
+Both families, one engine. An IPv4 address is an int, an IPv6 one 16 bytes: keys never
+collide, and the IPv4 per-segment path is what it was. A listener takes both families (as a
+Linux socket on `::` without IPV6_V6ONLY, and as UDP's shared port table): a port is a port.
 
 The flush point. Connections touched during a batch (a segment arrived, a timer fired, the
 application called write/close/...) are flushed once at its end: application events are
@@ -46,10 +51,13 @@ from netstack.proto.tcp import isn as isnmod
 from netstack.proto.tcp.cc import CongestionControl, make_cc
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.connection import MIN_BUFFER, Connection
+from netstack.proto.tcp.net import PARAM_PROBLEM, V6_ERRORS, Address, Net4, Net6, v6_sum
 from netstack.proto.tcp.seq import MASK, seq_gt, unwrap
 from netstack.proto.tcp.state import SYNCHRONIZED, State
 from netstack.wire import icmp as wicmp
+from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import ipv6 as wipv6
 from netstack.wire import tcp as wtcp
 from netstack.wire import vnet as wvnet
 from netstack.wire.errors import Malformed
@@ -57,7 +65,8 @@ from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, TcpRepr
 
 log = logging.getLogger("netstack.tcp")
 
-Key = tuple[int, int, int]  # (remote ip, remote port, local port)
+# (remote ip, remote port, local port); the remote ip an int (IPv4) or 16 bytes (IPv6)
+Key = tuple[Address, int, int]
 S = State
 
 # ICMP destination-unreachable codes that end a connection attempt (RFC 1122 4.2.3.9).
@@ -188,12 +197,31 @@ class TcpEngine:
         self.csum_trusted = False
         # Tests may replace this to place ISNs (e.g. just below 2^32).
         self.choose_isn: Callable[[Connection, float], int] = self._isn
+        # Per-family network access (net.py); IPv6 once the host attaches it (attach_ipv6).
+        self.net4 = Net4(self)
+        self.net6: Net6 | None = None
         ipv4.register(wipv4.PROTO_TCP, self.receive)
         if self.config.checked:
             from netstack.proto.tcp import invariants  # only in checked mode
 
             invariants.attach(self)
             log.info("TCP checked mode: the invariants are checked on every segment")
+
+    def attach_ipv6(self, ipv6, icmp6) -> None:
+        """Take TCP over IPv6 too (next header 6): same connections table, same listeners
+        (a listener takes both families, as Linux's without IPV6_V6ONLY), ICMPv6 errors."""
+        self.net6 = Net6(ipv6, self)
+        ipv6.register(wipv6.TCP, self.receive6)
+        icmp6.error_handlers[wipv6.TCP] = self.receive_error6
+        icmp6.validates_ptb.add(wipv6.TCP)  # receive_error6 reports a PTB's MTU itself
+
+    def net_for(self, address: Address) -> Net4 | Net6:
+        """The family object for an address (its type is its family)."""
+        if type(address) is bytes:
+            if self.net6 is None:
+                raise OSError(errno.EAFNOSUPPORT, "IPv6 is not enabled on this stack")
+            return self.net6
+        return self.net4
 
     # =========================================================================================
     # application side
@@ -230,15 +258,19 @@ class TcpEngine:
         listener.accept_queue.clear()
         self._ready.pop(listener, None)
 
-    def connect(self, remote: tuple[int, int], local_port: int = 0) -> Connection:
-        """Active open: a Connection in SYN_SENT; set its handler before the next flush."""
+    def connect(self, remote: tuple[Address, int], local_port: int = 0) -> Connection:
+        """Active open: a Connection in SYN_SENT; set its handler before the next flush.
+        The remote address is an int (IPv4) or 16 bytes (IPv6)."""
         remote_ip, remote_port = remote
         if not 0 < remote_port <= 0xFFFF:
             raise ValueError(f"TCP port out of range: {remote_port}")
         if self.shutting_down:
             raise OSError(errno.ESHUTDOWN, "the stack is shutting down")
-        if self.ipv4.route(remote_ip) is None:
+        net = self.net_for(remote_ip)
+        if not net.routable(remote_ip):
             raise OSError(errno.ENETUNREACH, "no route to the destination")
+        if net.source(remote_ip) is None:
+            raise OSError(errno.EADDRNOTAVAIL, "no local address for the destination")
         if local_port == 0:
             local_port = self._ephemeral_port(remote_ip, remote_port)
         elif not 0 < local_port <= 0xFFFF:
@@ -252,7 +284,7 @@ class TcpEngine:
         self.touch(conn)
         return conn
 
-    def _ephemeral_port(self, remote_ip: int, remote_port: int) -> int:
+    def _ephemeral_port(self, remote_ip: Address, remote_port: int) -> int:
         """RFC 6056 algorithm 1: a random start, then the next port free for this peer."""
         cfg = self.config
         span = cfg.ephemeral_last - cfg.ephemeral_first + 1
@@ -274,7 +306,7 @@ class TcpEngine:
         return cc
 
     def _tuple(self, conn: Connection) -> bytes:
-        return isnmod.tuple_bytes(self.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
+        return isnmod.tuple_bytes(conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
 
     def _isn(self, conn: Connection, now: float) -> int:
         return self.secrets.isn(self._tuple(conn), now)
@@ -305,12 +337,10 @@ class TcpEngine:
             return
         header = TcpRepr(
             conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent, payload
-        ).emit(self.local_ip, conn.remote_ip)
+        ).emit(*conn.csum)
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(
-            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
-        )
+        conn.ip_send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df)
 
     def _transmit_gso(
         self,
@@ -328,17 +358,17 @@ class TcpEngine:
         each segment's length and completes it. Nothing here sums the 64 KiB payload."""
         header = bytearray(
             TcpRepr(conn.local_port, conn.remote_port, seq, ack, flags, window, options).emit(
-                self.local_ip, conn.remote_ip
+                *conn.csum
             )
         )
         hlen = len(header)
         plen = len(payload)
-        room = self.mss - (hlen - wtcp.HEADER_LEN)  # payload that fits the MTU with these options
+        room = conn.net.mss - (hlen - wtcp.HEADER_LEN)  # the payload the MTU takes
         if gso_size > room:
             gso_size = room  # cannot happen when the connection sized it; never exceed the MTU
-        header[16:18] = wvnet.pseudo_sum(self.local_ip, conn.remote_ip, hlen + plen)
+        header[16:18] = wvnet.pseudo_sum(*conn.csum, hlen + plen)
         self.counters.tcp_segments_tx += wvnet.segments(plen, gso_size)
-        self.ipv4.send(
+        conn.ip_send(
             conn.remote_ip, wipv4.PROTO_TCP, (bytes(header), payload), self.now,
             gso_size=gso_size, l4_header_len=hlen,
         )  # fmt: skip
@@ -362,16 +392,32 @@ class TcpEngine:
         )  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
-        self.ipv4.send(
-            conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df
-        )
+        conn.ip_send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df)
 
-    def send_reset(self, remote_ip: int, remote_port: int, local_port: int, seq: int) -> None:
-        """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7)."""
-        header = TcpRepr(local_port, remote_port, seq, 0, RST, 0).emit(self.local_ip, remote_ip)
-        self.counters.tcp_resets_tx += 1
+    def send_reset(
+        self,
+        remote_ip: Address,
+        remote_port: int,
+        local_port: int,
+        seq: int,
+        local_ip: Address | None = None,
+    ) -> None:
+        """<SEQ=seq><CTL=RST> (the answer to an unacceptable ACK, RFC 9293 3.10.7), from
+        `local_ip` (the address the segment came to; default: the source for remote_ip)."""
+        self._send_bare(remote_ip, local_ip, TcpRepr(local_port, remote_port, seq, 0, RST, 0))
+
+    def _send_bare(self, remote: Address, local: Address | None, repr_: TcpRepr) -> bool:
+        """A segment outside any connection (RST, cookie SYN-ACK) from `local` to `remote`."""
+        net = self.net_for(remote)
+        if local is None:
+            local = net.source(remote)
+            if local is None:
+                return False
+        header = repr_.emit(*net.csum_pair(local, remote))
+        if repr_.flags & RST:
+            self.counters.tcp_resets_tx += 1
         self.counters.tcp_segments_tx += 1
-        self.ipv4.send(remote_ip, wipv4.PROTO_TCP, (header,), self.now)
+        return net.sender(local)(remote, wipv4.PROTO_TCP, (header,), self.now)
 
     def state_changed(self, conn: Connection, old: State, new: State) -> None:
         states = self._states
@@ -437,6 +483,30 @@ class TcpEngine:
         except Malformed as bad:
             c.drop(bad.reason)
             return
+        self._demux(src, dst, h, payload, now)
+
+    def receive6(
+        self, ip: wipv6.Ipv6Header, segment: memoryview, packet: memoryview, now: float
+    ) -> None:
+        """One segment over IPv6 (the IPv6 engine delivers only our addresses and groups)."""
+        c = self.counters
+        self.now = now
+        src, dst = ip.src, ip.dst
+        if dst[0] == 0xFF:
+            c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10, as for broadcasts
+            return
+        try:
+            h, payload = wtcp.parse(segment, v6_sum(src, dst), 0, not self.csum_trusted)
+        except Malformed as bad:
+            c.drop(bad.reason)
+            return
+        self._demux(src, dst, h, payload, now)
+
+    def _demux(
+        self, src: Address, dst: Address, h: TcpHeader, payload: memoryview, now: float
+    ) -> None:
+        """A valid segment from src to our address dst: its connection, else its listener."""
+        c = self.counters
         c.tcp_segments_rx += 1
         key = (src, h.src_port, h.dst_port)
         conn = self.conns.get(key)
@@ -455,10 +525,10 @@ class TcpEngine:
             # RFC 6191: the old incarnation gave way; the listener decides on the SYN.
         listener = self.listeners.get(h.dst_port)
         if listener is None:
-            self._reset_closed(src, h, len(payload))
+            self._reset_closed(src, dst, h, len(payload))
             c.drop(Drop.TCP_NO_LISTENER)
             return
-        self._listen_segment(listener, src, h, payload, now, isn_floor)
+        self._listen_segment(listener, src, dst, h, payload, now, isn_floor)
 
     def _time_wait_reopen(self, conn: Connection, h: TcpHeader) -> int | None:
         """RFC 6191 (timestamps) / RFC 1122 4.2.2.13 (sequence numbers): may this SYN reopen
@@ -475,21 +545,19 @@ class TcpEngine:
         conn.time_wait_reopened()
         return floor
 
-    def _reset_closed(self, src: int, h: TcpHeader, plen: int) -> None:
+    def _reset_closed(self, src: Address, dst: Address, h: TcpHeader, plen: int) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection gets a RST (unless it is one)."""
         reply = TcpRepr.reset_for(h.src_port, h.dst_port, h.seq, h.ack, h.flags, plen)
         if reply is None:
             return
-        header = reply.emit(self.local_ip, src)
-        self.counters.tcp_resets_tx += 1
-        self.counters.tcp_segments_tx += 1
-        self.ipv4.send(src, wipv4.PROTO_TCP, (header,), self.now)
+        self._send_bare(src, dst, reply)
 
     # -- LISTEN (RFC 9293 3.10.7.2) ----------------------------------------------------------
     def _listen_segment(
         self,
         listener: Listener,
-        src: int,
+        src: Address,
+        dst: Address,
         h: TcpHeader,
         payload: memoryview,
         now: float,
@@ -501,9 +569,9 @@ class TcpEngine:
             c.drop(Drop.TCP_LISTEN_RST)
             return
         if flags & ACK:
-            if not flags & SYN and self._cookie_ack(listener, src, h, payload, now):
+            if not flags & SYN and self._cookie_ack(listener, src, dst, h, payload, now):
                 return
-            self.send_reset(src, h.src_port, h.dst_port, h.ack)
+            self.send_reset(src, h.src_port, h.dst_port, h.ack, dst)
             c.drop(Drop.TCP_LISTEN_ACK)
             return
         if not flags & SYN:
@@ -516,11 +584,11 @@ class TcpEngine:
         if len(listener.syn_queue) >= listener.syn_backlog:
             c.tcp_syn_queue_overflows += 1
             if self.config.syncookies:
-                self._send_cookie(listener, src, h, now)
+                self._send_cookie(listener, src, dst, h, now)
                 return
             c.drop(Drop.TCP_SYN_QUEUE_FULL)
             return
-        conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        conn = Connection(self, h.dst_port, src, h.src_port, listener, local_ip=dst)
         conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
         isn = self.choose_isn(conn, now)
         if isn_floor is not None and seq_gt(isn_floor, isn):
@@ -532,12 +600,15 @@ class TcpEngine:
         self.touch(conn)
 
     # -- SYN cookies (RFC 4987 3.6) ----------------------------------------------------------
-    def _send_cookie(self, listener: Listener, src: int, h: TcpHeader, now: float) -> None:
+    def _send_cookie(
+        self, listener: Listener, src: Address, dst: Address, h: TcpHeader, now: float
+    ) -> None:
         cfg = self.config
         opts = h.options
-        tuple4 = isnmod.tuple_bytes(self.local_ip, h.dst_port, src, h.src_port)
+        our_mss = self.net_for(src).mss
+        tuple4 = isnmod.tuple_bytes(dst, h.dst_port, src, h.src_port)
         peer_mss = opts.mss if opts.mss else 536
-        isn, _ = self.secrets.make_cookie(tuple4, h.seq, min(peer_mss, self.mss), now)
+        isn, _ = self.secrets.make_cookie(tuple4, h.seq, min(peer_mss, our_mss), now)
         options_ts = None
         wscale = sack = None
         if cfg.timestamps and opts.timestamp is not None:
@@ -549,15 +620,12 @@ class TcpEngine:
             if peer_ws is not None:
                 wscale = self._our_wscale(listener.receive_size())
             sack = peer_sack
-        options = TcpOptions(self.mss, wscale, bool(sack), (), options_ts)
+        options = TcpOptions(our_mss, wscale, bool(sack), (), options_ts)
         window = min(listener.receive_size(), 0xFFFF)
-        header = TcpRepr(
-            h.dst_port, h.src_port, isn, (h.seq + 1) & MASK, SYN | ACK, window, options
-        ).emit(self.local_ip, src)
+        reply = TcpRepr(h.dst_port, h.src_port, isn, (h.seq + 1) & MASK, SYN | ACK, window, options)
         self.counters.tcp_syn_cookies_sent += 1
-        self.counters.tcp_segments_tx += 1
         listener.last_overflow = now
-        self.ipv4.send(src, wipv4.PROTO_TCP, (header,), now)
+        self._send_bare(src, dst, reply)
 
     def _our_wscale(self, receive_buffer: int) -> int:
         shift = 0
@@ -566,13 +634,19 @@ class TcpEngine:
         return shift
 
     def _cookie_ack(
-        self, listener: Listener, src: int, h: TcpHeader, payload: memoryview, now: float
+        self,
+        listener: Listener,
+        src: Address,
+        dst: Address,
+        h: TcpHeader,
+        payload: memoryview,
+        now: float,
     ) -> bool:
         """An ACK to a listener: the end of a cookie handshake? Then make the connection."""
         if listener.last_overflow is None or now - listener.last_overflow > COOKIE_WINDOW:
             return False
         c = self.counters
-        tuple4 = isnmod.tuple_bytes(self.local_ip, h.dst_port, src, h.src_port)
+        tuple4 = isnmod.tuple_bytes(dst, h.dst_port, src, h.src_port)
         mss = self.secrets.check_cookie(tuple4, (h.seq - 1) & MASK, (h.ack - 1) & MASK, now)
         wscale, sack = None, False
         ts = h.options.timestamp
@@ -593,7 +667,7 @@ class TcpEngine:
             return True
         c.tcp_syn_cookies_validated += 1
         c.tcp_passive_opens += 1
-        conn = Connection(self, h.dst_port, src, h.src_port, listener)
+        conn = Connection(self, h.dst_port, src, h.src_port, listener, local_ip=dst)
         conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
         self.conns[conn.key] = conn
         conn.open_from_cookie(h, mss, wscale, sack, now)
@@ -689,6 +763,50 @@ class TcpEngine:
             return
         self.pmtu.report(inner.dst, mtu, self.ipv4.config.mtu, now)
         conn.pmtu_reduced(now)
+        self.touch(conn)
+
+    def receive_error6(
+        self,
+        icmp_type: int,
+        code: int,
+        word: int,
+        inner: wipv6.Ipv6Header,
+        inner_payload: memoryview,
+        now: float,
+    ) -> None:
+        """An ICMPv6 error quoting one of our segments (RFC 4443; icmpv6.py checked that we
+        sent the quoted packet). Packet Too Big takes the frag-needed path: believed only for
+        a segment in flight (RFC 5927 4.1), then the estimate goes down (RFC 8201, the IPv6
+        engine's cache; ICMPv6 leaves that to us) and the connection resends at the new size.
+        The rest are soft or hard errors as for IPv4 (net.V6_ERRORS)."""
+        self.now = now
+        if len(inner_payload) < 8:
+            self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
+            return
+        src_port = int.from_bytes(inner_payload[0:2], "big")
+        dst_port = int.from_bytes(inner_payload[2:4], "big")
+        seq = int.from_bytes(inner_payload[4:8], "big")
+        conn = self.conns.get((inner.dst, dst_port, src_port))
+        if conn is None:
+            self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
+            return
+        if icmp_type == wicmp6.TYPE_PACKET_TOO_BIG:
+            if not conn.quotes_in_flight(seq):
+                self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
+                return
+            net = conn.net
+            net.pmtu.report(inner.dst, word, net.link_mtu, now)  # RFC 8201, once validated
+            if self.config.pmtu_discovery:
+                conn.pmtu_reduced(now)
+                self.touch(conn)
+            return
+        if icmp_type == wicmp6.TYPE_PARAMETER_PROBLEM:
+            code_errno, hard = PARAM_PROBLEM
+        else:
+            code_errno, hard = V6_ERRORS.get((icmp_type, code), (errno.EHOSTUNREACH, False))
+        if not conn.icmp_error(hard, OSError(code_errno, os.strerror(code_errno)), seq):
+            self.counters.drop(Drop.TCP_ICMP_OUT_OF_WINDOW)
+            return
         self.touch(conn)
 
     # =========================================================================================

@@ -7,12 +7,27 @@ the metrics server's /connections endpoint asks the loop for it through a LoopDo
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from netstack.wire.ipv4 import ip_to_str
 
 if TYPE_CHECKING:
     from netstack.proto.tcp.engine import TcpEngine
+
+
+def address_str(address: int | bytes) -> str:
+    """An IPv4 int or 16-byte IPv6 address as text (RFC 5952 for IPv6)."""
+    if type(address) is bytes:
+        return str(ipaddress.IPv6Address(address))
+    return ip_to_str(address)
+
+
+def endpoint(address: int | bytes, port: int) -> str:
+    """address:port, the IPv6 address bracketed as `ss` prints it ([2001:db8::1]:9)."""
+    if type(address) is bytes:
+        return f"[{address_str(address)}]:{port}"
+    return f"{ip_to_str(address)}:{port}"
 
 
 def connection_table(engine: TcpEngine, now: float) -> dict[str, object]:
@@ -37,8 +52,8 @@ def connection_table(engine: TcpEngine, now: float) -> dict[str, object]:
             del info[key]  # kept once, under tcp_info
         connections.append(
             {
-                "local": f"{ip_to_str(conn.local_ip)}:{conn.local_port}",
-                "peer": f"{ip_to_str(conn.remote_ip)}:{conn.remote_port}",
+                "local": endpoint(conn.local_ip, conn.local_port),
+                "peer": endpoint(conn.remote_ip, conn.remote_port),
                 "recv_q": conn.rcvbuf.queued,
                 "send_q": conn.snd_base + conn.sndbuf.end - conn.snd_una,
                 **info,

@@ -143,7 +143,7 @@ class Checker:
         self.engine = engine
         self.raise_on_violation = raise_on_violation
         self.tracks: dict[int, Track] = {}  # id(connection) -> Track
-        self.arrivals: Counter[tuple[int, int, int]] = Counter()
+        self.arrivals: Counter[tuple[int | bytes, int, int]] = Counter()
         self.violations: list[str] = []
         self.segments_checked = 0
         self.steps_checked = 0
@@ -154,6 +154,7 @@ class Checker:
         transmit, transmit_fast, receive_fast, flush, poll = (
             engine.transmit, engine.transmit_fast, engine.receive_fast, engine.flush, engine.poll,
         )  # fmt: skip
+        receive6 = engine.receive6
 
         def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
@@ -174,6 +175,14 @@ class Checker:
                 dport = int.from_bytes(segment[2:4], "big")
                 self.arrivals[(src, sport, dport)] += 1
 
+        def checked_receive6(ip, segment, packet, now) -> None:
+            # IPv6 arrivals (registered by attach_ipv6, after this: it takes this wrapper)
+            receive6(ip, segment, packet, now)
+            if len(segment) >= 4:
+                sport = int.from_bytes(segment[0:2], "big")
+                dport = int.from_bytes(segment[2:4], "big")
+                self.arrivals[(ip.src, sport, dport)] += 1
+
         def checked_flush(now: float) -> None:
             flush(now)
             self.end_of_flush()
@@ -188,6 +197,7 @@ class Checker:
         engine.transmit = checked_transmit  # type: ignore[method-assign]
         engine.transmit_fast = checked_transmit_fast  # type: ignore[method-assign]
         engine.receive_fast = checked_receive_fast  # type: ignore[method-assign]
+        engine.receive6 = checked_receive6  # type: ignore[method-assign]
         engine.flush = checked_flush  # type: ignore[method-assign]
         engine.poll = checked_poll  # type: ignore[method-assign]
         engine.invariants = self  # type: ignore[attr-defined]

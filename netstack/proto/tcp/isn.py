@@ -36,10 +36,17 @@ TS_WSCALE_NONE = 0xF
 TS_SACK = 0x10
 
 _TUPLE = struct.Struct("!IHIH")
+_TUPLE6 = struct.Struct("!16sH16sH")
 _COUNT = struct.Struct("!I")
 
 
-def tuple_bytes(local_ip: int, local_port: int, remote_ip: int, remote_port: int) -> bytes:
+def tuple_bytes(
+    local_ip: int | bytes, local_port: int, remote_ip: int | bytes, remote_port: int
+) -> bytes:
+    """The 4-tuple hashed for ISNs, timestamps and cookies: IPv4 addresses as ints, IPv6 ones
+    as 16 bytes (RFC 6528 hashes the connection-id of either family)."""
+    if type(remote_ip) is bytes:
+        return _TUPLE6.pack(local_ip, local_port, remote_ip, remote_port)
     return _TUPLE.pack(local_ip, local_port, remote_ip, remote_port)
 
 

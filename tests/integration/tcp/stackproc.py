@@ -2,6 +2,7 @@
 
     ip netns exec NS python -m tests.integration.tcp.stackproc \\
         send --to 192.0.2.1:5001 --bytes 100000000 --seed 7 [--timeout 120]
+        (or --address6 2001:db8::2/64 ... send --to [2001:db8::1]:5001 for IPv6)
 
 It creates tap0 (kernel side 192.0.2.1/24) in the namespace it runs in, runs a runtime.Stack
 in a background thread (BlockingStack.for_stack), connects to the kernel, sends `--bytes` of the
@@ -13,6 +14,7 @@ Exit status 0 only if all of that happened within --timeout.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -26,14 +28,30 @@ from netstack.runtime import Stack, open_link
 from tests.integration.tcp.kit import seeded_chunks
 
 
+def connect(bs: BlockingStack, address: tuple[str, int], deadline: float):
+    """create_connection, again while our IPv6 address is still tentative (DAD: no source
+    address yet) or the kernel's is (its DAD: the SYN is not answered)."""
+    while True:
+        try:
+            return bs.create_connection(address, timeout=min(3.0, deadline - time.monotonic()))
+        except OSError as err:
+            if time.monotonic() > deadline - 3.0 or err.errno not in RETRY:
+                raise
+            time.sleep(0.1)
+
+
+RETRY = (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ECONNREFUSED, None)
+
+
 def send(bs: BlockingStack, args: argparse.Namespace) -> dict:
     ip, port = args.to.rsplit(":", 1)
+    ip = ip.strip("[]")  # [2001:db8::1]:5001
     started = time.monotonic()
     deadline = started + args.timeout
     sent = hashlib.sha256()
     received = hashlib.sha256()
     n_received = 0
-    with bs.create_connection((ip, int(port)), timeout=args.timeout) as sock:
+    with connect(bs, (ip, int(port)), deadline) as sock:
         connected = time.monotonic() - started
         for piece in seeded_chunks(args.seed, args.bytes):
             sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -69,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interface", default="tap0")
     parser.add_argument("--address", default="192.0.2.2/24")
     parser.add_argument("--host-address", default="192.0.2.1/24")
+    parser.add_argument("--address6", default=None, help="e.g. 2001:db8::2/64 (default: auto)")
     parser.add_argument("--pcap", default="none")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,17 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    config = build_config(
-        {
-            "interface": args.interface,
-            "address": args.address,
-            "host_address": args.host_address,
-            "pcap": args.pcap,
-            "metrics_address": "none",
-            "log_level": args.log_level,
-        },
-        source="stackproc",
-    )
+    values = {
+        "interface": args.interface,
+        "address": args.address,
+        "host_address": args.host_address,
+        "pcap": args.pcap,
+        "metrics_address": "none",
+        "log_level": args.log_level,
+    }
+    if args.address6 is not None:
+        values["address6"] = args.address6
+    config = build_config(values, source="stackproc")
     stack = Stack(config, open_link(config))
     bs = BlockingStack.for_stack(stack)
     try:

@@ -39,7 +39,7 @@ SIZE = 100 * MB
 LIMIT = 90.0
 REPO = Path(__file__).resolve().parents[3]
 NEGOTIATED = {
-    "auto": "offload on tap0: vnet header 10 bytes, csum tso4",
+    "auto": "offload on tap0: vnet header 10 bytes, csum tso4 tso6",
     "off": "offload on tap0: off",
 }
 
@@ -160,7 +160,7 @@ def test_packet_link_with_offloads_over_veth(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         text = log.read_text()
-        assert "offload on veth-s: vnet header 10 bytes, csum tso4" in text, text
+        assert "offload on veth-s: vnet header 10 bytes, csum tso4 tso6" in text, text
         assert "receive recvmmsg, qdisc bypass on" in text, text
         data = os.urandom(20 * MB)
         data_file = tmp_path / "data.bin"
