@@ -92,18 +92,19 @@ class Family(Generic[R]):
 class Reassembly(Generic[R]):
     """Collects fragments per datagram; `file` returns the finished datagram."""
 
+    family: Family[R]  # set by each family's subclass
+    default_timeout: float
+
     def __init__(
         self,
         counters: Counters,
-        family: Family[R],
         *,
-        timeout: float,
-        max_bytes: int,
-        max_datagrams: int,
+        timeout: float | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
+        max_datagrams: int = 64,
     ) -> None:
         self.counters = counters
-        self.family = family
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self.max_bytes = max_bytes
         self.max_datagrams = max(max_datagrams, 1)
         # In arrival order of their first fragment, hence also in deadline order.
@@ -309,19 +310,10 @@ IPV4: Family[Ipv4Whole] = Family(
 
 
 class Reassembler(Reassembly[Ipv4Whole]):
-    """IPv4: datagrams keyed by (src, dst, protocol, ident)."""
+    """IPv4: datagrams keyed by (src, dst, protocol, ident); 30 s as Linux's ipfrag_time."""
 
-    def __init__(
-        self,
-        counters: Counters,
-        *,
-        timeout: float = 30.0,
-        max_bytes: int = 4 * 1024 * 1024,
-        max_datagrams: int = 64,
-    ) -> None:
-        super().__init__(
-            counters, IPV4, timeout=timeout, max_bytes=max_bytes, max_datagrams=max_datagrams
-        )
+    family = IPV4
+    default_timeout = 30.0
 
     def add(
         self, header: wipv4.Ipv4Header, packet: memoryview, payload: memoryview, now: float

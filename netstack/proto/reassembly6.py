@@ -10,7 +10,6 @@ before reassembly.
 
 from __future__ import annotations
 
-from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.reassembly import MAX_DATAGRAM, Datagram, Family, Reassembly
 
@@ -56,17 +55,10 @@ IPV6: Family[Ipv6Whole] = Family(
 
 
 class Reassembler6(Reassembly[Ipv6Whole]):
-    def __init__(
-        self,
-        counters: Counters,
-        *,
-        timeout: float = 60.0,
-        max_bytes: int = 4 * 1024 * 1024,
-        max_datagrams: int = 64,
-    ) -> None:
-        super().__init__(
-            counters, IPV6, timeout=timeout, max_bytes=max_bytes, max_datagrams=max_datagrams
-        )
+    """IPv6: datagrams keyed by (src, dst, identification); 60 s (§4.5)."""
+
+    family = IPV6
+    default_timeout = 60.0
 
     def add(
         self,
