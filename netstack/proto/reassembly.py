@@ -112,7 +112,7 @@ class Reassembly(Generic[R]):
         # Keys of datagrams dropped for overlapping: key -> until when (insertion order).
         self._dead: OrderedDict[Hashable, float] = OrderedDict()
         self._held = 0  # data bytes held
-        self._fragments = 0  # fragments held
+        self._charged = 0  # ... plus FRAGMENT_OVERHEAD per fragment: what max_bytes bounds
 
     @property
     def held_bytes(self) -> int:
@@ -122,7 +122,7 @@ class Reassembly(Generic[R]):
     @property
     def charged_bytes(self) -> int:
         """What counts against `max_bytes`: data plus FRAGMENT_OVERHEAD per fragment."""
-        return self._held + FRAGMENT_OVERHEAD * self._fragments
+        return self._charged
 
     def __len__(self) -> int:
         """Datagrams in progress."""
@@ -185,7 +185,7 @@ class Reassembly(Generic[R]):
         dg.datas.insert(i, bytes(data))
         dg.held += size
         self._held += size
-        self._fragments += 1
+        self._charged += size + FRAGMENT_OVERHEAD
         if not more:
             dg.total = end
         if zero is not None:
@@ -222,7 +222,7 @@ class Reassembly(Generic[R]):
     def _make_room(self, dg: Datagram, charge: int) -> bool:
         """Evict the oldest other datagrams until `charge` more fits; False if it never does."""
         datagrams = self._datagrams
-        while self.charged_bytes + charge > self.max_bytes:
+        while self._charged + charge > self.max_bytes:
             victim = None
             for other in datagrams.values():
                 if other is not dg:
@@ -248,7 +248,7 @@ class Reassembly(Generic[R]):
     def _forget(self, dg: Datagram) -> None:
         del self._datagrams[dg.key]
         self._held -= dg.held
-        self._fragments -= len(dg.starts)
+        self._charged -= dg.held + FRAGMENT_OVERHEAD * len(dg.starts)
 
     def _discard(self, dg: Datagram, reason: Drop, extra: int = 0) -> None:
         self._forget(dg)
