@@ -192,7 +192,7 @@ def check_ipv6(packet: memoryview) -> None:
     UDP with its checksum verified."""
     ip, payload = wipv6.parse(packet)
     chain = wipv6.walk(payload, ip.next_header, wipv6.is_multicast(ip.dst))
-    if chain.fragment is not None:  # its data is checked where it is reassembled
+    if chain.fragment is not None:  # as for IPv4: the headers checked, the data not rejoined
         return
     body = payload[chain.offset :]
     if chain.upper == wipv6.ICMPV6:
