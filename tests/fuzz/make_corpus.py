@@ -13,6 +13,7 @@ the content, as libFuzzer names its own.
 from __future__ import annotations
 
 import hashlib
+import struct
 import sys
 from pathlib import Path
 
@@ -362,6 +363,42 @@ def host_seeds(frames: list[bytes]) -> list[bytes]:
     return seeds
 
 
+def reassembly_seeds() -> list[bytes]:
+    """Fragment sequences in reasmfuzz.py's format: whole datagrams of both families in
+    order, reversed and shuffled, with header parts, the largest ones, an overlap, a timeout,
+    evictions."""
+    import random
+
+    rec = struct.Struct("!BHH2x")
+
+    def frag(six: int, more: int, which: int, head: int, offset: int, size: int) -> bytes:
+        return rec.pack((six << 7) | (more << 6) | (which << 4) | head, offset // 8, size)
+
+    def whole(six: int, which: int, total: int, step: int, head: int = 0, order: str = "") -> bytes:
+        recs = [frag(six, int(off + step < total), which, head, off, min(step, total - off))
+                for off in range(0, total, step)]  # fmt: skip
+        if order == "reversed":
+            recs.reverse()
+        elif order == "shuffled":
+            random.Random(which).shuffle(recs)
+        return b"".join(recs)
+
+    return [
+        whole(0, 0, 4000, 1480),
+        whole(1, 1, 4000, 1232, order="reversed"),
+        whole(0, 2, 9000, 1480, head=3, order="shuffled"),
+        whole(1, 3, 3000, 1232, head=2, order="shuffled"),
+        whole(0, 0, 65515, 16000),
+        whole(1, 0, 65535, 16000),
+        frag(0, 1, 0, 0, 0, 1480) + frag(0, 1, 0, 0, 1472, 1480) + frag(0, 0, 0, 0, 1480, 100),
+        frag(1, 1, 0, 0, 0, 1232) + rec.pack(0xCF, 6000, 0) + frag(1, 0, 0, 0, 1232, 10),
+        whole(0, 0, 60000, 16000, order="reversed")[:-7]
+        + whole(0, 1, 60000, 16000)[:-7]
+        + whole(1, 2, 60000, 16000)
+        + whole(0, 3, 100, 8),
+    ]
+
+
 def write(name: str, items: list[bytes]) -> None:
     out = HERE / "corpus" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -374,6 +411,7 @@ def main() -> None:
     for name, items in layer_seeds(frames).items():
         write(name, items)
     write("host", host_seeds(frames))
+    write("reassembly", reassembly_seeds())
     # the reports nd.py sends: change-to-exclude (join) and -include (leave) for
     # solicited-node groups, one and two at a time
     groups = [bytes.fromhex("ff0200000000000000000001ff") + hf.OUR_IP6[13:],

@@ -1,7 +1,8 @@
 """Fuzz targets: one per wire parser/builder pair, one for the C checksum, one for a Host.
 
-IPv6 has three: `ipv6` (fixed header, extension-header walk, Fragment header, RFC 7112 check),
-`icmpv6` (messages, ND bodies and options) and `mldv2` (the MLDv2 report builder, read back
+`reassembly` drives the IPv4/IPv6 reassembler (reasmfuzz.py). IPv6 has three: `ipv6` (fixed
+header, extension-header walk, Fragment header, RFC 7112 check), `icmpv6` (messages, ND bodies
+and options) and `mldv2` (the MLDv2 report builder, read back
 by RFC 3810 §5.2 spelled out here).
 
 Each target is `target(data: bytes) -> None` and raises (an AssertionError, or whatever the
@@ -323,4 +324,14 @@ def _host_target(data: bytes) -> None:
     host_target(data)
 
 
-TARGETS: dict[str, Target] = {**WIRE_TARGETS, "host": _host_target}
+def _reassembly_target(data: bytes) -> None:
+    from tests.fuzz.reasmfuzz import reassembly_target
+
+    reassembly_target(data)
+
+
+TARGETS: dict[str, Target] = {
+    **WIRE_TARGETS,
+    "host": _host_target,
+    "reassembly": _reassembly_target,
+}
