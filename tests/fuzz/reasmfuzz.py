@@ -31,20 +31,14 @@ TIMEOUT = 5.0
 SRC4, DST4 = 0xC0000201, 0xC0000202
 SRC6, DST6 = bytes(15) + b"\x01", bytes(15) + b"\x02"
 _RECORD = struct.Struct("!BHH2x")
-_PATTERN = bytes(range(256)) * 2
+_PERIOD = 251  # prime, so that a piece put at the wrong place shows
+_PATTERN = bytes(range(_PERIOD)) * (0x10000 // _PERIOD + 2)
 
 
 def pattern(which: int, start: int, size: int) -> bytes:
-    """The data at [start, start + size) of datagram `which` (a period of 251 bytes, so that
-    a piece put at the wrong place shows)."""
-    out = bytearray()
-    pos = start
-    while len(out) < size:
-        i = (pos + 37 * which) % 251
-        take = min(size - len(out), 251 - i)
-        out += _PATTERN[i : i + take]
-        pos += take
-    return bytes(out)
+    """The data at [start, start + size) of datagram `which` (size <= 65535)."""
+    i = (start + 37 * which) % _PERIOD
+    return _PATTERN[i : i + size]
 
 
 def fragment4(which: int, start: int, size: int, more: bool, options: int) -> bytes:
