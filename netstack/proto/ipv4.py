@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.fragment import fragments
 from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
@@ -49,11 +50,6 @@ class Ipv4Config:
     reassembly_timeout: float = 30.0
     reassembly_max_bytes: int = 4 * 1024 * 1024
     reassembly_max_datagrams: int = 64
-
-
-def _byte_view(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    return view if view.format == "B" else view.cast("B")
 
 
 class Ipv4Engine:
@@ -278,37 +274,18 @@ class Ipv4Engine:
         if dont_fragment:
             c.drop(Drop.IPV4_FRAGMENTATION_NEEDED)
             return False
-        step = (self.config.mtu - wipv4.MIN_HEADER_LEN) & ~7
-        pieces = [v for v in map(_byte_view, payload) if len(v)]
-        index = pos = offset = 0
-        while offset < length:
-            size = min(step, length - offset)
-            slices: list[memoryview] = []
-            need = size
-            while need:
-                view = pieces[index]
-                take = min(len(view) - pos, need)
-                slices.append(view[pos : pos + take])
-                pos += take
-                need -= take
-                if pos == len(view):
-                    index += 1
-                    pos = 0
-            header = wipv4.build(
-                src,
-                dst,
-                protocol,
-                size,
-                ident=ident,
-                ttl=ttl,
-                tos=tos,
-                more_fragments=offset + size < length,
-                frag_offset=offset,
-            )
+
+        def header(offset: int, size: int, more: bool) -> tuple[bytes]:
+            return (
+                wipv4.build(src, dst, protocol, size, ident=ident, ttl=ttl, tos=tos,
+                            more_fragments=more, frag_offset=offset),
+            )  # fmt: skip
+
+        room = self.config.mtu - wipv4.MIN_HEADER_LEN
+        for pieces in fragments(payload, length, room, header):
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1
-            self.link_send(next_hop, (header, *slices), now)
-            offset += size
+            self.link_send(next_hop, pieces, now)
         return True
 
     def _send_gso(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.addr6 import AddressTable
+from netstack.proto.fragment import byte_view, fragments
 from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly6 import Reassembler6
 from netstack.wire import icmpv6 as wicmp6
@@ -39,11 +40,6 @@ class Ipv6Config:
     reassembly_timeout: float = 60.0  # RFC 8200 §4.5
     reassembly_max_bytes: int = 4 * 1024 * 1024
     reassembly_max_datagrams: int = 64
-
-
-def _byte_view(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    return view if view.format == "B" else view.cast("B")
 
 
 class Ipv6Engine:
@@ -258,7 +254,7 @@ class Ipv6Engine:
             if src is None:
                 c.drop(Drop.IPV6_NO_SOURCE)
                 return False
-        length = sum(len(_byte_view(p)) for p in payload)
+        length = sum(len(byte_view(p)) for p in payload)
         if length > MAX_PAYLOAD:
             c.drop(Drop.IPV6_TOO_BIG)
             return False
@@ -271,31 +267,19 @@ class Ipv6Engine:
             return True
         # §4.5 / §5: fragment at the source; identification unpredictable (RFC 7739).
         ident = self.rng.getrandbits(32)
-        step = (mtu - wipv6.HEADER_LEN - wipv6.FRAGMENT_HEADER_LEN) & ~7
-        pieces = [v for v in map(_byte_view, payload) if len(v)]
-        index = pos = offset = 0
-        while offset < length:
-            size = min(step, length - offset)
-            slices: list[memoryview] = []
-            need = size
-            while need:
-                view = pieces[index]
-                take = min(len(view) - pos, need)
-                slices.append(view[pos : pos + take])
-                pos += take
-                need -= take
-                if pos == len(view):
-                    index += 1
-                    pos = 0
-            more = offset + size < length
-            header = wipv6.build(
-                src, dst, wipv6.FRAGMENT, wipv6.FRAGMENT_HEADER_LEN + size, hops, traffic_class
+
+        def header(offset: int, size: int, more: bool) -> tuple[bytes, bytes]:
+            length = wipv6.FRAGMENT_HEADER_LEN + size
+            return (
+                wipv6.build(src, dst, wipv6.FRAGMENT, length, hops, traffic_class),
+                wipv6.build_fragment(next_header, offset, more, ident),
             )
-            fragment = wipv6.build_fragment(next_header, offset, more, ident)
+
+        room = mtu - wipv6.HEADER_LEN - wipv6.FRAGMENT_HEADER_LEN
+        for pieces in fragments(payload, length, room, header):
             c.ipv6_tx += 1
             c.ipv6_fragments_tx += 1
-            self.link_send(next_hop, (header, fragment, *slices), now)
-            offset += size
+            self.link_send(next_hop, pieces, now)
         return True
 
     # -- timers ----------------------------------------------------------------------------

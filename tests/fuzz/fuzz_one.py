@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["netstack"]):
-    from tests.fuzz import hostfuzz, targets  # noqa: F401  (hostfuzz: instrument the stack now)
+    from tests.fuzz import hostfuzz, reasmfuzz, targets  # noqa: F401  (instrument them now)
 
 
 def main() -> None:

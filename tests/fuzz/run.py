@@ -1,6 +1,6 @@
 """Run the coverage-guided fuzz targets (atheris), one process per target.
 
-    python tests/fuzz/run.py --target NAME|all --seconds N [--rounds R] [--seed S]
+    python tests/fuzz/run.py --target NAME[,NAME...]|all --seconds N [--rounds R] [--seed S]
 
 Each target starts from its committed seed corpus (tests/fuzz/corpus/NAME, read only) and a
 work corpus (--workdir/NAME, where libFuzzer adds what it finds; kept between runs so a long
@@ -75,7 +75,9 @@ def run_target(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", default="all", help=f"one of {sorted(TARGETS)} or all")
+    parser.add_argument(
+        "--target", default="all", help=f"all, or comma-separated names from {sorted(TARGETS)}"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="per target and round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1, help="libFuzzer -seed (+ round)")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-dir", type=Path, default=HERE / "crashes")
     parser.add_argument("extra", nargs="*", help="more libFuzzer flags (after --)")
     args = parser.parse_args(argv)
-    names = sorted(TARGETS) if args.target == "all" else [args.target]
+    names = sorted(TARGETS) if args.target == "all" else args.target.split(",")
     for name in names:
         if name not in TARGETS:
             parser.error(f"unknown target {name!r}; known: {', '.join(sorted(TARGETS))}")

@@ -1,5 +1,10 @@
 """Fuzz targets: one per wire parser/builder pair, one for the C checksum, one for a Host.
 
+`reassembly` drives the IPv4/IPv6 reassembler (reasmfuzz.py). IPv6 has three: `ipv6` (fixed
+header, extension-header walk, Fragment header, RFC 7112 check), `icmpv6` (messages, ND bodies
+and options) and `mldv2` (the MLDv2 report builder, read back
+by RFC 3810 §5.2 spelled out here).
+
 Each target is `target(data: bytes) -> None` and raises (an AssertionError, or whatever the
 product raised) only on a finding. The same functions run under atheris (tests/fuzz/run.py,
 coverage-guided) and under pytest (tests/fuzz/test_corpus.py, replaying the committed corpus
@@ -17,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from netstack.wire import arp, ethernet, icmp, ipv4, tcp, udp
+from netstack.wire import arp, ethernet, icmp, icmpv6, ipv4, ipv6, tcp, udp
 from netstack.wire import checksum as wchecksum
 from netstack.wire.errors import Malformed
 
@@ -189,6 +194,116 @@ def checksum_target(data: bytes) -> None:
     assert got == _checksum_reference(body, initial), (got, pieces, initial)
 
 
+# -- IPv6 ------------------------------------------------------------------------------------
+def _masked_fragment_header(raw: bytes) -> bytes:
+    """A Fragment header with its reserved fields (byte 1, bits 1-2 of the offset word) zero:
+    what build_fragment writes."""
+    word = int.from_bytes(raw[2:4], "big") & 0xFFF9
+    return raw[:1] + b"\0" + word.to_bytes(2, "big") + raw[4:8]
+
+
+def ipv6_target(data: bytes) -> None:
+    view = memoryview(data)
+    got = _attempt(ipv6.parse, view)
+    if got is None:
+        return
+    h, payload = got
+    assert len(payload) == h.payload_length and h.payload_length > 0
+    rebuilt = ipv6.build(h.src, h.dst, h.next_header, len(payload), h.hop_limit,
+                         h.traffic_class, h.flow_label) + bytes(payload)  # fmt: skip
+    assert rebuilt == data[: ipv6.HEADER_LEN + h.payload_length]  # every field expressible
+    multicast = ipv6.is_multicast(h.dst)
+    try:
+        chain = ipv6.walk(payload, h.next_header, multicast)
+    except ipv6.ParamProblem as problem:  # a pointer inside the packet, a known code
+        assert 0 <= problem.pointer < ipv6.HEADER_LEN + len(payload), problem.pointer
+        assert problem.code in (ipv6.PP_ERRONEOUS_FIELD, ipv6.PP_UNRECOGNIZED_NEXT_HEADER,
+                                ipv6.PP_UNRECOGNIZED_OPTION), problem.code  # fmt: skip
+        return
+    except Malformed:
+        return
+    assert 0 <= chain.offset <= len(payload)
+    assert 6 <= chain.nh_at < ipv6.HEADER_LEN + len(payload)
+    assert data[chain.nh_at] == chain.upper
+    frag = chain.fragment
+    if frag is None:
+        assert chain.upper not in ipv6.EXTENSION_HEADERS and chain.upper != ipv6.NO_NEXT
+        return
+    at = frag.header_offset
+    raw = bytes(payload[at : at + ipv6.FRAGMENT_HEADER_LEN])
+    assert chain.offset == at + ipv6.FRAGMENT_HEADER_LEN
+    assert ipv6.build_fragment(frag.next_header, frag.offset, frag.more, frag.ident) == (
+        _masked_fragment_header(raw)
+    )
+    assert frag.offset % 8 == 0 and frag.offset <= 0xFFF8
+    # RFC 7112's check and the walk after the Fragment header raise nothing but Malformed.
+    ipv6.chain_complete(payload, frag.next_header, chain.offset)
+    _attempt(ipv6.walk, payload, frag.next_header, multicast, start=chain.offset)
+
+
+def icmpv6_target(data: bytes) -> None:
+    """The first 32 bytes are the source and destination (the checksum's pseudo-header)."""
+    if len(data) < 32:
+        return
+    src, dst, message = data[:16], data[16:32], data[32:]
+    got = _attempt(icmpv6.parse, memoryview(message), src, dst)
+    if got is None:
+        if len(message) < icmpv6.HEADER_LEN:
+            return
+        # Past the checksum gate, so that the fuzzer reaches the bodies: the same message
+        # with the checksum it should have had.
+        good = icmpv6.build(src, dst, message[0], message[1], message[4:])
+        message = message[:2] + good[2:4] + message[4:]
+        got = icmpv6.parse(memoryview(message), src, dst)
+    h, body = got
+    rebuilt = icmpv6.build(src, dst, h.type, h.code, body)
+    assert rebuilt == message[:2] + rebuilt[2:4] + message[4:]
+    assert h.checksum == int.from_bytes(rebuilt[2:4], "big") or {
+        h.checksum,
+        int.from_bytes(rebuilt[2:4], "big"),
+    } == {0, 0xFFFF}
+    if len(body) >= 4:  # echo and errors: header() sums the data without joining it
+        head = icmpv6.header(src, dst, h.type, h.code, icmpv6.word(body), body[4:])
+        assert head + bytes(body[4:]) == rebuilt
+    if h.type in icmpv6.ND_FIXED:
+        msg = _attempt(icmpv6.parse_nd, h.type, body)
+        if msg is None:
+            return
+        again = icmpv6.nd_body(msg)
+        assert icmpv6.parse_nd(h.type, memoryview(again)) == msg
+        whole = icmpv6.build_nd(src, dst, msg)
+        h2, body2 = icmpv6.parse(memoryview(whole), src, dst)
+        assert (h2.type, h2.code) == (h.type, 0) and icmpv6.parse_nd(h.type, body2) == msg
+
+
+def _mldv2_records(body: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """RFC 3810 §5.2: reserved (2), record count (2), then per record: type, aux data length
+    (in 32-bit words), number of sources (2), the group (16), the sources, the aux data."""
+    count = int.from_bytes(body[2:4], "big")
+    records, i = [], 4
+    for _ in range(count):
+        kind, aux, sources = body[i], body[i + 1], int.from_bytes(body[i + 2 : i + 4], "big")
+        records.append((kind, body[i + 4 : i + 20]))
+        i += 20 + 16 * sources + 4 * aux
+    assert i == len(body) and body[:2] == b"\0\0"
+    return count, records
+
+
+def mldv2_target(data: bytes) -> None:
+    """The report we send for our solicited-node groups, read back field by field."""
+    if not data:
+        return
+    kind = data[0]
+    groups = [data[i : i + 16] for i in range(1, len(data) - 15, 16)]
+    body = icmpv6.mldv2_report_body(groups, kind)
+    count, records = _mldv2_records(body)
+    assert count == len(groups) and records == [(kind, g) for g in groups]
+    src, dst = bytes(16), bytes.fromhex("ff020000000000000000000000000016")
+    message = icmpv6.build(src, dst, icmpv6.TYPE_MLDV2_REPORT, 0, body)
+    h, body2 = icmpv6.parse(memoryview(message), src, dst)
+    assert h.type == icmpv6.TYPE_MLDV2_REPORT and bytes(body2) == body
+
+
 WIRE_TARGETS: dict[str, Target] = {
     "ethernet": ethernet_target,
     "arp": arp_target,
@@ -197,6 +312,9 @@ WIRE_TARGETS: dict[str, Target] = {
     "udp": udp_target,
     "tcp": tcp_target,
     "checksum": checksum_target,
+    "ipv6": ipv6_target,
+    "icmpv6": icmpv6_target,
+    "mldv2": mldv2_target,
 }
 
 
@@ -206,4 +324,14 @@ def _host_target(data: bytes) -> None:
     host_target(data)
 
 
-TARGETS: dict[str, Target] = {**WIRE_TARGETS, "host": _host_target}
+def _reassembly_target(data: bytes) -> None:
+    from tests.fuzz.reasmfuzz import reassembly_target
+
+    reassembly_target(data)
+
+
+TARGETS: dict[str, Target] = {
+    **WIRE_TARGETS,
+    "host": _host_target,
+    "reassembly": _reassembly_target,
+}

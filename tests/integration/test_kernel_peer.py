@@ -26,7 +26,7 @@ def _ping(world: World, size: int, count: int = 3, extra: tuple[str, ...] = ()) 
 
 
 @pytest.mark.skipif(not have_tools("ping"), reason="no ping")
-@pytest.mark.parametrize("size", [56, 1472, 4000, 65000])
+@pytest.mark.parametrize("size", [56, 1472, 4000, 8000, 65000])
 def test_ping_sizes(world: World, size: int) -> None:
     """Echo replies of every size come back, fragmented both ways above the MTU."""
     out = _ping(world, size)
