@@ -11,7 +11,7 @@ peer (echo with every option, discard and chargen without), and one active open 
 IPv6 is on beside IPv4, with the addresses of the integration world (so captured frames fit):
 a static 2001:db8::2/64 and the RFC 7217 link-local of test_ipv6.py's secret, both past DAD,
 the peer's MAC learnt for both of its v6 addresses by its Neighbor Solicitations; UDP over v6
-reaches the same services (TCP over v6 is not in this version).
+reaches the same services, TCP included (one engine, listeners for both families).
 Checked for every input:
   - no exception from the receive path or the timers;
   - every frame is accounted for: a drop counted with its reason, or something handled;
@@ -188,8 +188,8 @@ def check_output(host: Host) -> None:
 
 
 def check_ipv6(packet: memoryview) -> None:
-    """One IPv6 packet we sent: header, extension headers, and (unless a fragment) ICMPv6 or
-    UDP with its checksum verified."""
+    """One IPv6 packet we sent: header, extension headers, and (unless a fragment) ICMPv6,
+    UDP or TCP with its checksum verified."""
     ip, payload = wipv6.parse(packet)
     chain = wipv6.walk(payload, ip.next_header, wipv6.is_multicast(ip.dst))
     if chain.fragment is not None:  # as for IPv4: the headers checked, the data not rejoined
@@ -200,6 +200,9 @@ def check_ipv6(packet: memoryview) -> None:
     elif chain.upper == wipv6.UDP:
         pseudo = wipv6.pseudo_header(ip.src, ip.dst, wipv6.UDP, len(body))
         assert body[6:8] != b"\0\0" and not checksum(pseudo, body), bytes(packet).hex()
+    elif chain.upper == wipv6.TCP:  # RSTs, SYN-ACKs and cookies over IPv6
+        pseudo = wipv6.pseudo_header(ip.src, ip.dst, wipv6.TCP, len(body))
+        assert len(body) >= wtcp.HEADER_LEN and not checksum(pseudo, body), bytes(packet).hex()
     else:
         raise AssertionError(f"we sent next header {chain.upper}")
 
