@@ -80,7 +80,7 @@ def open_link(config: Config):
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")
             netlink.configure_interface(config.interface, address=None, mtu=config.mtu)
-            link = PacketLink(config.interface, offload=config.offload)
+            link = PacketLink(config.interface, offload=config.offload, ring=config.packet_ring)
     except LinkError as err:
         raise StartupError(str(err)) from None
     except netlink.NetlinkConfigError as err:
