@@ -53,7 +53,17 @@ class PacketBench(tcp_bench.TcpBench):
         self.sh(["ip", "-n", self.ns_k, "addr", "add", f"{HOST_IP}/24", "dev", "veth-k"])
         self.sh(["ip", "-n", self.ns_k, "link", "set", "veth-k", "up"])
 
+    def kernel_offloads(self, on: bool) -> None:
+        """Without the vnet header (--offload off) nothing tells the stack that a frame from
+        the veth carries a partial checksum or is a GSO super-frame, so for those rows the
+        kernel's end computes checksums and cuts segments itself (tx off also turns TSO/GSO
+        off): the stack then sees what a wire would carry."""
+        state = "on" if on else "off"
+        cmd = ["ethtool", "-K", "veth-k", "tx", state, "tso", state, "gso", state]
+        self.sh(self.in_ns(self.ns_k, cmd), check=False)
+
     def start_packet_stack(self, ring: str, offload: str) -> None:
+        self.kernel_offloads(offload == "auto")
         self.stack_log = self.tmp / f"stack-{ring}-{offload}.log"
         self._stack_out = open(self.stack_log, "wb")  # noqa: SIM115 - closed in stop
         cmd = [sys.executable, "-m", "netstack", "run", "--link", "packet"]
@@ -197,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--secs", type=float, default=3.0, help="seconds per UDP/TCP figure")
     p.add_argument("--offload", nargs="+", default=["auto"], choices=["auto", "off"])
+    p.add_argument("--ring", nargs="+", default=list(MODES), choices=MODES, help="modes to run")
     p.add_argument("--json", type=Path)
     p.add_argument("--keep-tmp", action="store_true")
     args = p.parse_args(argv)
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"load before: {Path('/proc/loadavg').read_text().strip()}")
         for rnd in range(1, args.rounds + 1):
             for offload in args.offload:
-                order = MODES if rnd % 2 else MODES[::-1]
+                order = args.ring if rnd % 2 else args.ring[::-1]
                 for ring in order:
                     log(f"round {rnd}: offload {offload}, packet_ring {ring}")
                     bench.start_packet_stack(ring, offload)

@@ -49,10 +49,23 @@ class RingGeometry:
         return self.block_size * self.block_nr
 
 
-# 8 MiB each: super-frames need blocks above 64 KiB; plain frames (<= 9 KiB jumbo) do with
-# smaller ones, which fill (and so retire) sooner.
-RING_VNET = RingGeometry(block_size=1 << 18, block_nr=32)
-RING_PLAIN = RingGeometry(block_size=1 << 16, block_nr=128)
+RING_BYTES = 8 << 20
+# Per block and frame beside the frame itself: the block descriptor (48), tpacket3_hdr and
+# sockaddr_ll (68), alignment, a VLAN tag and the virtio-net header, rounded up.
+RING_OVERHEAD = 256
+
+
+def ring_geometry(mtu: int, vnet: bool) -> RingGeometry:
+    """RING_BYTES in the smallest blocks (pages, doubled) that hold the largest frame: a
+    64 KiB super-frame with the header, else an MTU-sized frame. A frame never spans blocks,
+    and a small block fills (so reaches the reader without waiting for the retire timer)
+    sooner. An MTU raised after opening past what a block holds gets frames clamped, counted
+    as oversize drops."""
+    largest = (65536 + wvnet.HEADER_LEN if vnet else max(mtu, 1500) + 14) + RING_OVERHEAD
+    block = 4096
+    while block < largest:
+        block *= 2
+    return RingGeometry(block_size=block, block_nr=max(RING_BYTES // block, 2))
 
 
 class PacketLink(BatchLink):
@@ -105,7 +118,7 @@ class PacketLink(BatchLink):
             super().__init__(name, fd, mac, mtu, max_batch, vnet=self.offloads.vnet)
             self.ring_note = ""
             if ring == "auto":
-                self._open_ring(geometry or (RING_VNET if self.vnet else RING_PLAIN))
+                self._open_ring(geometry or ring_geometry(mtu, self.vnet))
         except BaseException:
             self._close_ring()
             os.close(fd)
