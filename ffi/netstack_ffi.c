@@ -110,6 +110,22 @@ int ns_packet_set_option(int fd, int option, int value)
     return setsockopt(fd, SOL_PACKET, option, &value, sizeof(value)) < 0 ? -errno : 0;
 }
 
+/* The receive queue of a socket: SO_RCVBUFFORCE (root: past net.core.rmem_max), else
+ * SO_RCVBUF (capped by rmem_max). Returns what the kernel then reports (it doubles the value
+ * asked for, for its bookkeeping), or -errno. */
+int ns_socket_set_rcvbuf(int fd, int bytes)
+{
+    int got = 0;
+    socklen_t len = sizeof(got);
+
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes)) < 0)
+        return -errno;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &len) < 0)
+        return -errno;
+    return got;
+}
+
 /* A throwaway socket for interface ioctls: AF_INET exists in every namespace; AF_PACKET is the
  * fallback for kernels built without IPv4. */
 static int ns_ioctl_socket(void)

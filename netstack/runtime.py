@@ -385,6 +385,7 @@ class Stack:
             dhcp_status=self.dhcp_status,
             pmtu_cache_entries=self.pmtu_cache_entries,
             nd_cache_entries=self.nd_cache_entries,
+            receive_mode=getattr(self.link, "rx_mode", None),
         )
         from netstack.metrics import FrontCollector
 

@@ -69,7 +69,8 @@ def ring_geometry(mtu: int, vnet: bool) -> RingGeometry:
 
 
 class PacketLink(BatchLink):
-    """Ethernet frames through an AF_PACKET socket: recvmmsg in, sendmmsg out.
+    """Ethernet frames through an AF_PACKET socket: recvmmsg (or a TPACKET_V3 ring) in,
+    sendmmsg out.
 
     offload="auto": PACKET_VNET_HDR, so GSO super-frames (a veth passes the kernel's TSO
     segments through whole; a NIC with GRO merges) arrive as one frame with their header, and
@@ -82,6 +83,7 @@ class PacketLink(BatchLink):
 
     rx_mode = RX_RECVMMSG
     _ring = None
+    rcvbuf = 0  # the socket's receive queue in bytes as the kernel reports it (recvmmsg)
 
     _rx_fn = staticmethod(lib.ns_recv_batch)
     _tx_fn = staticmethod(lib.ns_send_batch)
@@ -119,6 +121,11 @@ class PacketLink(BatchLink):
             self.ring_note = ""
             if ring == "auto":
                 self._open_ring(geometry or ring_geometry(mtu, self.vnet))
+            if self._ring is None:
+                # recvmmsg's queue is the socket's: as much room as the ring would have (the
+                # default, ~200 KB, is three super-frames; a burst beyond it is lost). The
+                # kernel doubles the figure asked for.
+                self.rcvbuf = lib.ns_socket_set_rcvbuf(fd, RING_BYTES // 2)
         except BaseException:
             self._close_ring()
             os.close(fd)
