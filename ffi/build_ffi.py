@@ -54,6 +54,7 @@ int ns_tap_set_vnet_hdr_sz(int fd, int size);
 int ns_tap_set_offload(int fd, unsigned int features);
 int ns_packet_set_option(int fd, int option, int value);
 int ns_socket_set_rcvbuf(int fd, int bytes);
+int ns_packet_drops(int fd);
 int ns_if_hwaddr(const char *name, uint8_t *mac_out);
 int ns_if_mtu(const char *name);
 int ns_packet_open(const char *name);

@@ -126,6 +126,20 @@ int ns_socket_set_rcvbuf(int fd, int bytes)
     return got;
 }
 
+/* Frames the kernel dropped on an AF_PACKET socket since the last call (PACKET_STATISTICS
+ * reads and resets): its receive queue (recvmmsg) or ring was full. The V3 ring's answer is
+ * the longer tpacket_stats_v3; both start with tp_packets, tp_drops. -errno on failure. */
+int ns_packet_drops(int fd)
+{
+    struct tpacket_stats_v3 st;
+    socklen_t len = sizeof(st);
+
+    memset(&st, 0, sizeof(st));
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0)
+        return -errno;
+    return st.tp_drops > INT32_MAX ? INT32_MAX : (int)st.tp_drops;
+}
+
 /* A throwaway socket for interface ioctls: AF_INET exists in every namespace; AF_PACKET is the
  * fallback for kernels built without IPv4. */
 static int ns_ioctl_socket(void)

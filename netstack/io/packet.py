@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 
 from netstack._ffi import ffi, lib
 from netstack.io import offload as offmod
@@ -84,6 +85,11 @@ class PacketLink(BatchLink):
     rx_mode = RX_RECVMMSG
     _ring = None
     rcvbuf = 0  # the socket's receive queue in bytes as the kernel reports it (recvmmsg)
+    # Frames the kernel dropped before we read them (the loop counts and zeroes it), looked
+    # up at the end of a drain, at most every STATS_EVERY seconds: one getsockopt.
+    rx_kernel_dropped = 0
+    STATS_EVERY = 0.5
+    _stats_due = 0.0
 
     _rx_fn = staticmethod(lib.ns_recv_batch)
     _tx_fn = staticmethod(lib.ns_send_batch)
@@ -126,10 +132,25 @@ class PacketLink(BatchLink):
                 # default, ~200 KB, is three super-frames; a burst beyond it is lost). The
                 # kernel doubles the figure asked for.
                 self.rcvbuf = lib.ns_socket_set_rcvbuf(fd, RING_BYTES // 2)
+            self._receive_frames = self.receive_batch
+            self.receive_batch = self._receive_and_count  # type: ignore[method-assign]
         except BaseException:
             self._close_ring()
             os.close(fd)
             raise
+
+    def _receive_and_count(self) -> list[memoryview]:
+        """The receive in use (recvmmsg or ring); a short batch ends a drain: then, now and
+        then, ask the kernel how many frames it dropped meanwhile."""
+        frames = self._receive_frames()
+        if len(frames) < self.max_batch:
+            now = time.monotonic()
+            if now >= self._stats_due:
+                self._stats_due = now + self.STATS_EVERY
+                dropped = lib.ns_packet_drops(self.fd)
+                if dropped > 0:
+                    self.rx_kernel_dropped += dropped
+        return frames
 
     # -- TPACKET_V3 receive ring --------------------------------------------------------------
     def _open_ring(self, geometry: RingGeometry) -> None:
