@@ -669,7 +669,9 @@ int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint3
         __atomic_store_n(&d->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
         ring->release--;
     }
-    while (n < max_frames) {
+    /* release == nr: every block was walked in this call and waits to be given back, `cur`
+     * included; walking on would hand out its frames a second time. */
+    while (n < max_frames && ring->release < nr) {
         uint8_t *blk = ring->base + (size_t)ring->cur * bs;
         struct tpacket_block_desc *d = (void *)blk;
         uint32_t num;
