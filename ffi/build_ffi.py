@@ -53,6 +53,8 @@ struct virtio_net_hdr {
 int ns_tap_set_vnet_hdr_sz(int fd, int size);
 int ns_tap_set_offload(int fd, unsigned int features);
 int ns_packet_set_option(int fd, int option, int value);
+int ns_socket_set_rcvbuf(int fd, int bytes);
+int ns_packet_drops(int fd);
 int ns_if_hwaddr(const char *name, uint8_t *mac_out);
 int ns_if_mtu(const char *name);
 int ns_packet_open(const char *name);
@@ -70,6 +72,25 @@ uint32_t ns_rx_fast(const uint8_t *frame, size_t len, const char *mac, uint32_t 
                     uint32_t bcast);
 uint32_t ns_rx_fast6(const uint8_t *frame, size_t len, const char *mac);
 int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n);
+int ns_vnet_rx_plain_at(uint8_t *base, const uint32_t *offs, const uint32_t *lens, int n,
+                        size_t hlen);
+struct ns_ring {
+    uint8_t *base;
+    uint64_t size;
+    uint32_t block_size;
+    uint32_t block_nr;
+    uint32_t cur;
+    uint32_t pkt;
+    uint32_t next_off;
+    uint32_t release;
+    uint32_t hlen;
+    uint32_t truncated;
+    uint64_t blocks;
+};
+int ns_ring_open(int fd, struct ns_ring *ring, uint32_t block_size, uint32_t block_nr,
+                 uint32_t frame_size, uint32_t tov_ms, uint32_t hlen);
+void ns_ring_close(struct ns_ring *ring);
+int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint32_t *lens_out);
 """
 
 ffibuilder = FFI()

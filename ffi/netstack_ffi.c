@@ -19,6 +19,7 @@
 #include <net/if.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <linux/if_ether.h>
@@ -107,6 +108,36 @@ int ns_tap_set_offload(int fd, unsigned int features)
 int ns_packet_set_option(int fd, int option, int value)
 {
     return setsockopt(fd, SOL_PACKET, option, &value, sizeof(value)) < 0 ? -errno : 0;
+}
+
+/* The receive queue of a socket: SO_RCVBUFFORCE (root: past net.core.rmem_max), else
+ * SO_RCVBUF (capped by rmem_max). Returns what the kernel then reports (it doubles the value
+ * asked for, for its bookkeeping), or -errno. */
+int ns_socket_set_rcvbuf(int fd, int bytes)
+{
+    int got = 0;
+    socklen_t len = sizeof(got);
+
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes)) < 0)
+        return -errno;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &len) < 0)
+        return -errno;
+    return got;
+}
+
+/* Frames the kernel dropped on an AF_PACKET socket since the last call (PACKET_STATISTICS
+ * reads and resets): its receive queue (recvmmsg) or ring was full. The V3 ring's answer is
+ * the longer tpacket_stats_v3; both start with tp_packets, tp_drops. -errno on failure. */
+int ns_packet_drops(int fd)
+{
+    struct tpacket_stats_v3 st;
+    socklen_t len = sizeof(st);
+
+    memset(&st, 0, sizeof(st));
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0)
+        return -errno;
+    return st.tp_drops > INT32_MAX ? INT32_MAX : (int)st.tp_drops;
 }
 
 /* A throwaway socket for interface ioctls: AF_INET exists in every namespace; AF_PACKET is the
@@ -489,30 +520,32 @@ uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr
  * the kernel, a checksum position outside the frame, a truncated or short frame); 0 means every
  * frame is now exactly what a wire would carry (a completed checksum is a true one): metadata 0
  * for all, and the stack verifies their checksums as for any plain frame. */
+static int ns_vnet_fix(uint8_t *h, size_t len, size_t hlen)
+{
+    uint16_t start, offset;
+
+    if (h[0] == 0 && h[1] == 0)
+        return 0;
+    if (h[0] != 1 || h[1] != 0) /* not exactly NEEDS_CSUM without GSO */
+        return 1;
+    memcpy(&start, h + 6, 2); /* native order, as wire/vnet.py's "=BBHHHH" */
+    memcpy(&offset, h + 8, 2);
+    if (ns_csum_complete(h + hlen, len - hlen, start, offset) < 0)
+        return 1;
+    h[0] = 2; /* DATA_VALID: what a look at this header in Python will see */
+    return 0;
+}
+
 int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n)
 {
     int odd = 0;
     for (int i = 0; i < n; i++) {
-        uint8_t *h = arena + (size_t)i * slot_size;
         size_t len = lens[i];
-        uint16_t start, offset;
         if (len >= slot_size || len < hlen || hlen < 10) {
             odd++;
             continue;
         }
-        if (h[0] == 0 && h[1] == 0)
-            continue;
-        if (h[0] != 1 || h[1] != 0) { /* not exactly NEEDS_CSUM without GSO */
-            odd++;
-            continue;
-        }
-        memcpy(&start, h + 6, 2); /* native order, as wire/vnet.py's "=BBHHHH" */
-        memcpy(&offset, h + 8, 2);
-        if (ns_csum_complete(h + hlen, len - hlen, start, offset) < 0) {
-            odd++;
-            continue;
-        }
-        h[0] = 2; /* DATA_VALID: what a look at this header in Python will see */
+        odd += ns_vnet_fix(arena + (size_t)i * slot_size, len, hlen);
     }
     return odd;
 }
@@ -558,4 +591,160 @@ uint32_t ns_rx_fast6(const uint8_t *f, size_t len, const char *mac)
             return 0;
     }
     return (plen << 8) | nh;
+}
+
+/* ns_vnet_rx_plain for frames that lie at offsets of one buffer (the TPACKET_V3 ring): frame i
+ * (its header first) is the lens[i] bytes at base + offs[i]. */
+int ns_vnet_rx_plain_at(uint8_t *base, const uint32_t *offs, const uint32_t *lens, int n,
+                        size_t hlen)
+{
+    int odd = 0;
+    for (int i = 0; i < n; i++) {
+        if (lens[i] < hlen || hlen < 10) {
+            odd++;
+            continue;
+        }
+        odd += ns_vnet_fix(base + offs[i], lens[i], hlen);
+    }
+    return odd;
+}
+
+/* AF_PACKET TPACKET_V3 receive ring (PACKET_RX_RING). The kernel fills blocks of
+ * `block_size` bytes with frames and hands a block over (TP_STATUS_USER) when it is full or
+ * `tov_ms` after it got its first frame (the retire timer; the latency price of the ring for
+ * sparse traffic). Frames are read where they lie (no copy, no syscall per batch); a block is
+ * given back (TP_STATUS_KERNEL) by the next ns_ring_recv after the one that walked its last
+ * frame, because the caller's views into it live until then (link.py: "valid until the next
+ * receive_batch"). With PACKET_VNET_HDR set before the ring, tpacket_rcv reserves the header
+ * in front of the MAC header (netoff += vnet_hdr_sz; virtio_net_hdr_from_skb writes it at
+ * h.raw + tp_mac - sizeof(struct virtio_net_hdr)), so a frame with its header is contiguous,
+ * as in the recvmmsg arena. State lives in a struct ns_ring the caller allocates. */
+struct ns_ring {
+    uint8_t *base;      /* the mmap'ed ring */
+    uint64_t size;      /* its length */
+    uint32_t block_size;
+    uint32_t block_nr;
+    uint32_t cur;       /* block being walked */
+    uint32_t pkt;       /* frames of `cur` already handed out */
+    uint32_t next_off;  /* offset in `cur` of the next frame */
+    uint32_t release;   /* walked blocks before `cur` still to give back */
+    uint32_t hlen;      /* virtio-net header length before each frame (0: none) */
+    uint32_t truncated; /* frames the kernel clamped to fit a block (the caller zeroes it) */
+    uint64_t blocks;    /* blocks walked to the end, ever */
+};
+
+/* Turn `fd` (an AF_PACKET socket, PACKET_VNET_HDR already decided: the kernel refuses it once
+ * a ring exists) into a TPACKET_V3 ring reader and map the ring into `ring`. Frames queued on
+ * the socket before the ring existed are read and discarded: poll() would otherwise report
+ * them for ever, and nothing reads the socket's queue once the ring is in use. On failure the
+ * socket is left as it was (no ring, TPACKET_V1) and -errno returned. */
+int ns_ring_open(int fd, struct ns_ring *ring, uint32_t block_size, uint32_t block_nr,
+                 uint32_t frame_size, uint32_t tov_ms, uint32_t hlen)
+{
+    struct tpacket_req3 req;
+    int version = TPACKET_V3, err;
+    uint8_t scratch[64];
+    void *map;
+
+    if (block_size == 0 || block_nr == 0 || frame_size == 0 || block_size % frame_size)
+        return -EINVAL;
+    memset(ring, 0, sizeof(*ring));
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0)
+        return -errno;
+    memset(&req, 0, sizeof(req));
+    req.tp_block_size = block_size;
+    req.tp_block_nr = block_nr;
+    req.tp_frame_size = frame_size;
+    req.tp_frame_nr = (block_size / frame_size) * block_nr;
+    req.tp_retire_blk_tov = tov_ms;
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0)
+        goto undo_version;
+    map = mmap(NULL, (size_t)block_size * block_nr, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        goto undo_ring;
+    ring->base = map;
+    ring->size = (uint64_t)block_size * block_nr;
+    ring->block_size = block_size;
+    ring->block_nr = block_nr;
+    ring->hlen = hlen;
+    for (;;) {
+        ssize_t n = recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT | MSG_TRUNC);
+        if (n < 0 && errno != EINTR)
+            break;
+    }
+    return 0;
+undo_ring:
+    err = errno;
+    memset(&req, 0, sizeof(req));
+    setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req));
+    errno = err;
+undo_version:
+    err = errno;
+    version = TPACKET_V1;
+    setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version));
+    return -err;
+}
+
+/* Unmap the ring (before the socket is closed); idempotent. */
+void ns_ring_close(struct ns_ring *ring)
+{
+    if (ring->base != NULL) {
+        munmap(ring->base, (size_t)ring->size);
+        ring->base = NULL;
+    }
+}
+
+/* One receive batch from the ring: first give back the blocks the previous batch finished,
+ * then walk ready blocks until max_frames. Frame i (its virtio-net header first when hlen) is
+ * the lens_out[i] bytes at ring->base + offs_out[i]. A frame the kernel clamped (longer than
+ * a block holds) is skipped and counted in ring->truncated. Returns the frames found. */
+int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint32_t *lens_out)
+{
+    uint32_t bs = ring->block_size, nr = ring->block_nr;
+    int n = 0;
+
+    if (ring->base == NULL)
+        return -EBADF;
+    while (ring->release) {
+        uint32_t b = (ring->cur + nr - ring->release) % nr;
+        struct tpacket_block_desc *d = (void *)(ring->base + (size_t)b * bs);
+
+        __atomic_store_n(&d->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        ring->release--;
+    }
+    /* release == nr: every block was walked in this call and waits to be given back, `cur`
+     * included; walking on would hand out its frames a second time. */
+    while (n < max_frames && ring->release < nr) {
+        uint8_t *blk = ring->base + (size_t)ring->cur * bs;
+        struct tpacket_block_desc *d = (void *)blk;
+        uint32_t num;
+
+        if (!(__atomic_load_n(&d->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+            break;
+        num = d->hdr.bh1.num_pkts;
+        if (ring->pkt == 0)
+            ring->next_off = d->hdr.bh1.offset_to_first_pkt;
+        while (ring->pkt < num && n < max_frames) {
+            const struct tpacket3_hdr *h = (const void *)(blk + ring->next_off);
+            uint32_t mac = ring->next_off + h->tp_mac;
+
+            if (h->tp_snaplen < h->tp_len || h->tp_mac < ring->hlen ||
+                (uint64_t)mac + h->tp_snaplen > bs) {
+                ring->truncated++;
+            } else {
+                offs_out[n] = ring->cur * bs + mac - ring->hlen;
+                lens_out[n] = h->tp_snaplen + ring->hlen;
+                n++;
+            }
+            ring->next_off += h->tp_next_offset;
+            ring->pkt++;
+        }
+        if (ring->pkt >= num) {
+            ring->cur = (ring->cur + 1) % nr;
+            ring->pkt = 0;
+            ring->release++;
+            ring->blocks++;
+        }
+    }
+    return n;
 }

@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
 OFFLOADS = ("auto", "off")  # netstack/io/offload.py
+PACKET_RINGS = ("auto", "off")  # netstack/io/packet.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
 
@@ -414,6 +415,13 @@ SETTINGS: tuple[Setting, ...] = (
         f"{STATE_DIRECTORY}/ipv6-secret",
         cli=False,
     ),
+    Setting(
+        "packet_ring",
+        _choice(PACKET_RINGS),
+        "off",
+        "--link packet receive: auto: a TPACKET_V3 mmap ring where the kernel allows it "
+        "(recvmmsg otherwise); off: recvmmsg",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -460,6 +468,7 @@ class Config:
     address6: ipaddress.IPv6Interface | str | None  # or AUTO6; None: no IPv6
     host_address6: ipaddress.IPv6Interface | None
     ipv6_secret: bytes | None
+    packet_ring: str
 
     @property
     def dhcp(self) -> bool:

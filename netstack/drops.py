@@ -21,6 +21,7 @@ class Drop(enum.Enum):
     LINK_FAULT_QUEUE_FULL = ("link", "fault_queue_full")  # --fault: too many frames held
     LINK_VNET_TRUNCATED = ("link", "vnet_truncated")  # shorter than its virtio-net header
     LINK_GSO_UNSUPPORTED = ("link", "gso_unsupported")  # a super-frame of a kind we cannot cut
+    LINK_RX_KERNEL_DROPPED = ("link", "kernel_dropped")  # AF_PACKET: queue or ring was full
 
     # ethernet
     ETH_TRUNCATED = ("ethernet", "truncated")

@@ -331,7 +331,9 @@ class StackCollector:
         dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
         pmtu_cache_entries: Callable[[], int] = lambda: 0,
         nd_cache_entries: Callable[[], int] = lambda: 0,
+        receive_mode: str | None = None,
     ) -> None:
+        self.receive_mode = receive_mode  # AF_PACKET: "recvmmsg" or "tpacket_v3 ring"
         self.pmtu_cache_entries = pmtu_cache_entries  # len() of the PMTU caches (v4 + v6)
         self.nd_cache_entries = nd_cache_entries
         self.counters = counters
@@ -359,6 +361,15 @@ class StackCollector:
         )
         info.add_metric([self.version], 1)
         yield info
+        if self.receive_mode is not None:
+            mode = GaugeMetricFamily(
+                PREFIX + "link_receive_info",
+                "Always 1; `mode` says how the link receives (AF_PACKET: recvmmsg or the "
+                "TPACKET_V3 ring).",
+                labels=["interface", "mode"],
+            )
+            mode.add_metric([self.interface, self.receive_mode], 1)
+            yield mode
 
         for name, help, field in LINK_FAMILIES:
             family = CounterMetricFamily(PREFIX + name, help, labels=["interface"])
@@ -473,6 +484,7 @@ def build_registry(
     dhcp_status: Callable[[], tuple[str, float] | None] = _no_dhcp,
     pmtu_cache_entries: Callable[[], int] = lambda: 0,
     nd_cache_entries: Callable[[], int] = lambda: 0,
+    receive_mode: str | None = None,
 ) -> CollectorRegistry:
     """A fresh registry (never the global default one) with the stack and process collectors."""
     disable_created_metrics()  # no `_created` series: they double the series count for nothing
@@ -486,6 +498,7 @@ def build_registry(
             dhcp_status=dhcp_status,
             pmtu_cache_entries=pmtu_cache_entries,
             nd_cache_entries=nd_cache_entries,
+            receive_mode=receive_mode,
         )
     )
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...

@@ -80,7 +80,7 @@ def open_link(config: Config):
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")
             netlink.configure_interface(config.interface, address=None, mtu=config.mtu)
-            link = PacketLink(config.interface, offload=config.offload)
+            link = PacketLink(config.interface, offload=config.offload, ring=config.packet_ring)
     except LinkError as err:
         raise StartupError(str(err)) from None
     except netlink.NetlinkConfigError as err:
@@ -387,6 +387,7 @@ class Stack:
             dhcp_status=self.dhcp_status,
             pmtu_cache_entries=self.pmtu_cache_entries,
             nd_cache_entries=self.nd_cache_entries,
+            receive_mode=getattr(self.link, "rx_mode", None),
         )
         from netstack.metrics import FrontCollector
 

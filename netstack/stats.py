@@ -206,8 +206,11 @@ def render(url: str, now: Snapshot, before: Snapshot | None = None) -> str:
         head += f", rates over {now.taken - before.taken:.1f} s"
     out = [head]
     interface = next(iter(now.by("netstack_rx_packets_total", "interface")), ("?",))[0]
+    receive = next(iter(now.by("netstack_link_receive_info", "mode")), None)
     for section, table in SECTIONS:
         title = f"{section} {interface}:" if section == "Link" else f"{section}:"
+        if section == "Link" and receive is not None:
+            title = f"{section} {interface} (receive {receive[0]}):"
         rows = [
             (now.value(name, labels), text, _rate(now, before, name, labels))
             for text, name, labels in table

@@ -431,6 +431,7 @@ class FaultLink:
         self.vnet = bool(getattr(inner, "vnet", False))
         self.rx_meta: list[int] | None = [] if self.vnet else None
         self.rx_vnet_truncated = 0
+        self.rx_kernel_dropped = 0
         self.rx: FaultChannel[Any] = FaultChannel(
             spec.rx, channel_rng(self.seed, "rx"), RX_META_FORM if self.vnet else RX_FORM, on_drop
         )
@@ -491,6 +492,9 @@ class FaultLink:
         if getattr(inner, "rx_vnet_truncated", 0):
             self.rx_vnet_truncated += inner.rx_vnet_truncated
             inner.rx_vnet_truncated = 0
+        if getattr(inner, "rx_kernel_dropped", 0):
+            self.rx_kernel_dropped += inner.rx_kernel_dropped
+            inner.rx_kernel_dropped = 0
         out: list[Any] = []
         self.rx.release(now, out)
         if self.vnet:

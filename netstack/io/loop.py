@@ -274,6 +274,9 @@ class Loop:
             if getattr(link, "rx_vnet_truncated", 0):
                 self.counters.drop(Drop.LINK_VNET_TRUNCATED, link.rx_vnet_truncated)
                 link.rx_vnet_truncated = 0
+            if getattr(link, "rx_kernel_dropped", 0):
+                self.counters.drop(Drop.LINK_RX_KERNEL_DROPPED, link.rx_kernel_dropped)
+                link.rx_kernel_dropped = 0
             if not frames:
                 return
             batch_hist.observe(len(frames))

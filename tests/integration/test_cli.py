@@ -121,8 +121,10 @@ def test_config_file_with_flag_override(tmp_path: Path) -> None:
         world.close()
 
 
-def test_packet_link_over_veth_between_namespaces(tmp_path: Path) -> None:
-    """--link packet: the stack on one end of a veth pair, the kernel on the other."""
+@pytest.mark.parametrize(("ring", "offload"), [("off", "auto"), ("auto", "off")])
+def test_packet_link_over_veth_between_namespaces(tmp_path: Path, ring: str, offload: str) -> None:
+    """--link packet: the stack on one end of a veth pair, the kernel on the other; received
+    by recvmmsg (with the vnet header), then by the TPACKET_V3 ring (plain frames)."""
     kernel_ns, stack_ns = new_netns_name("pk"), new_netns_name("ps")
     netns_add(kernel_ns)
     netns_add(stack_ns)
@@ -141,7 +143,8 @@ def test_packet_link_over_veth_between_namespaces(tmp_path: Path) -> None:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", stack_ns, *NETSTACK, "--link", "packet",
-                 "--interface", "veth-s", "--pcap", str(tmp_path / "p.pcap")],
+                 "--interface", "veth-s", "--pcap", str(tmp_path / "p.pcap"),
+                 "--packet-ring", ring, "--offload", offload],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
         ping = ["ip", "netns", "exec", kernel_ns, "ping", "-c", "1", "-W", "1", "192.0.2.2"]
@@ -175,3 +178,5 @@ def test_packet_link_over_veth_between_namespaces(tmp_path: Path) -> None:
         netns_del(stack_ns)
     assert proc.returncode == 0, log.read_text()
     assert "drops" in log.read_text()
+    receive = "recvmmsg" if ring == "off" else "tpacket_v3 ring"
+    assert f"receive {receive}, qdisc bypass on" in log.read_text()

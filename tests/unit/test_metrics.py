@@ -337,6 +337,22 @@ def test_stats_rates_and_drops() -> None:
     assert re.search(r"^\s+4 echo_request received", text, re.M)
 
 
+def test_link_receive_mode_is_exported_and_shown_by_stats() -> None:
+    """An AF_PACKET link says how it receives (recvmmsg or the TPACKET_V3 ring); a link that
+    does not (TAP) exports no such series and stats shows the plain Link title."""
+    c = busy_counters()
+    text = exposition(c, receive_mode="tpacket_v3 ring")
+    parsed = samples(text)
+    assert (
+        value(parsed, "netstack_link_receive_info", interface="tap0", mode="tpacket_v3 ring") == 1
+    )
+    shown = render("http://x/metrics", Snapshot(text, 1.0))
+    assert "Link tap0 (receive tpacket_v3 ring):" in shown
+    plain = exposition(c)
+    assert "netstack_link_receive_info" not in plain
+    assert "Link tap0:" in render("http://x/metrics", Snapshot(plain, 1.0))
+
+
 def test_stats_command_against_a_server(capsys: pytest.CaptureFixture[str]) -> None:
     c = busy_counters()
     with serving(c, arp_cache_entries=lambda: 3) as server:
