@@ -489,6 +489,9 @@ class Connection:
         rec = self.recovery
         rec.rto_at = None
         self.rexmt_count = 0
+        # Our SYN is acknowledged: a SYN-ACK still pending for the flush (a copy of the
+        # peer's SYN in the same batch, before its ACK) would go out at ISS, below SND.UNA.
+        self.syn_pending = False
         if self.syn_retransmitted and rec.rtt.srtt is None:
             rec.rtt.reset_to(SYN_RTO_AFTER_RETRY)
         if self.keepalive:

@@ -150,6 +150,19 @@ class Harness:
         )
         self.engine.flush(self.now)
 
+    def send_batch(self, *segs: Seg, src: int = REMOTE_IP, dst: int = LOCAL_IP) -> None:
+        """Deliver several segments as one receive batch (as the host's read loop hands
+        them over), then run the flush point once: what a segment left pending for the
+        flush meets the state the later ones made."""
+        for s in segs:
+            data = wtcp.build(
+                src, dst, s.sport, s.dport, s.seq & 0xFFFFFFFF, s.ack & 0xFFFFFFFF, s.flags,
+                s.window, s.payload, options=s.options(), urgent=s.urgent,
+            ) + s.payload  # fmt: skip
+            view = memoryview(data)
+            self.engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
+        self.engine.flush(self.now)
+
     def recv(self) -> list[Seg]:
         """Everything the engine sent since the last call."""
         return [s for _, s in self.recv_timed()]

@@ -9,6 +9,7 @@ import errno
 import pytest
 
 from netstack.drops import Drop
+from netstack.proto.tcp import invariants
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.connection import Connection
 from netstack.wire import icmp as wicmp
@@ -121,6 +122,51 @@ def test_retransmitted_syn_gets_the_synack_again() -> None:
     t.send(SYN_SEG)
     t.expect(SYNACK_SEG)
     assert t.counters.drops[Drop.TCP_SYN_RETRANSMIT] == 1
+
+
+def test_duplicate_syn_then_final_ack_in_one_batch_sends_no_synack() -> None:
+    """Seen in checked mode under 5 % duplication (test_impaired.py, duplicate 5%): the
+    relay sends a SYN twice back to back; our read loop took the first alone (SYN-ACK), then
+    the copy and the peer's final ACK in one batch. The copy re-armed the SYN-ACK for the
+    flush (the peer's SYN again: ours was lost?), the ACK moved us to ESTABLISHED, and the
+    flush sent a SYN-ACK at ISS, below SND.UNA (RFC 9293 3.3.1). The ACK proves the peer has
+    our SYN-ACK: the pending one is moot. Linux answers the copy at once (tcp_check_req:
+    inet_rtx_syn_ack, still in SYN_RECEIVED), never a SYN-ACK after the handshake."""
+    t = make_harness()
+    checker = invariants.attach(t.engine, raise_on_violation=False)
+    listener = listen(t)
+    t.send(SYN_SEG)
+    t.expect(SYNACK_SEG)
+    t.send_batch(SYN_SEG, seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1))
+    conn = listener.handlers[0].conn  # type: ignore[attr-defined]
+    assert conn.state.value == "established"
+    t.expect_nothing()  # no SYN-ACK after the handshake, and no ACK is owed
+    assert t.counters.drops[Drop.TCP_SYN_RETRANSMIT] == 1
+    assert conn.recovery.rto_at is None  # nothing in flight: no retransmission timer
+    # data in the same batch is acknowledged as usual (every second full segment at once)
+    t.send_batch(
+        SYN_SEG,
+        seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, payload=b"a" * MSS),
+        seg(seq=REMOTE_ISN + 1 + MSS, ack=LOCAL_ISN + 1, payload=b"b" * MSS),
+    )
+    t.expect(to_us(seg(seq=LOCAL_ISN + 1, ack=REMOTE_ISN + 1 + 2 * MSS)))
+    assert checker.violations == []
+
+
+def test_duplicate_syn_then_ack_in_simultaneous_open_sends_no_synack() -> None:
+    """The same in a simultaneous open (SYN_SENT -> SYN_RECEIVED): a copy of the peer's SYN
+    and the ACK of ours in one batch leave nothing to send."""
+    t = make_harness()
+    checker = invariants.attach(t.engine, raise_on_violation=False)
+    conn = connect(t)
+    t.expect(SYN_OUT)
+    syn = seg(flags=SYN, seq=REMOTE_ISN, ack=0, mss=MSS)
+    t.send(syn)
+    t.expect(to_us(seg(flags=SYN | ACK, seq=LOCAL_ISN, ack=REMOTE_ISN + 1, mss=MSS)))
+    t.send_batch(syn, seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1))
+    assert conn.state.value == "established"
+    t.expect_nothing()
+    assert checker.violations == []
 
 
 def test_synack_is_retransmitted_with_backoff_then_given_up() -> None:
