@@ -83,6 +83,10 @@ AckPoint = tuple[int, tuple[tuple[int, int], ...]]
 MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
 
 S = State
+# The slim path for the common ESTABLISHED segment (Connection._segment_slim); False makes
+# every segment take the general path (the differential test compares the two).
+SLIM = True
+SLIM_EXCLUDED = SYN | FIN | RST | URG
 
 
 class Handler(Protocol):
@@ -560,6 +564,8 @@ class Connection:
         if len(payload):
             stats[2] += 1
         state = self.state
+        if state is S.ESTABLISHED and SLIM and self._segment_slim(h, payload, now):
+            return
         if state is S.SYN_SENT:
             self._rx_syn_sent(h, payload, now)
             return
@@ -671,6 +677,97 @@ class Connection:
             self._rcv_urgent(seq + h.urgent)  # RFC 9293 3.10.7.4 sixth: the URG bit
         if plen or flags & FIN:
             self._process_data(h, seq, payload, now)
+
+    def _segment_slim(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
+        """The common ESTABLISHED segment in one pass: the general path's steps for it, with
+        its decisions already known. Returns False, having changed nothing, for anything
+        else (the general path takes it): the flags are ACK (PSH allowed); it starts at
+        RCV.NXT and fits the window; its ACK is in SND.UNA..SND.NXT; the timestamp is present
+        and not older than TS.Recent when they are on; no SACK blocks; and, for text, nothing
+        out of order held, no FIN seen, the application still reading. A pure ACK that could
+        be a duplicate (nothing acknowledged, data in flight) goes the general way too.
+        tests/unit/tcp/test_slim.py runs scripted exchanges through both and compares."""
+        flags = h.flags
+        if flags & SLIM_EXCLUDED or not flags & ACK:
+            return False
+        rcv_nxt = self.rcv_nxt
+        if h.seq != rcv_nxt & MASK:
+            return False
+        plen = len(payload)
+        rcv_adv = self.rcv_adv
+        if plen > rcv_adv - rcv_nxt:
+            return False
+        ts = h.options.timestamp
+        ts_ok = self.ts_ok
+        if ts_ok and (ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF):
+            return False
+        if h.options.sack_blocks and self.sack_ok:
+            return False
+        snd_una = self.snd_una
+        ack = unwrap(h.ack, snd_una)
+        acked = ack - snd_una
+        if acked < 0 or ack > self.snd_nxt:
+            return False
+        rb = self.rcvbuf
+        if plen:
+            if rb.ooo or self.app_closed or self.rcv_fin_seq is not None:
+                return False
+        elif not acked and self.snd_nxt > snd_una:
+            return False  # a duplicate ACK candidate (RFC 5681): the general path decides
+        # -- from here on, the general path's steps for this segment, in its order --------
+        # RFC 7323 4.3: TS.Recent (the segment starts at RCV.NXT, the left edge).
+        if ts_ok and rcv_nxt <= self.last_ack_sent:
+            self.ts_recent = ts[0]  # type: ignore[index]
+            self.ts_recent_at = now
+        # _process_ack: the window (RFC 9293: SND.WL1/SND.WL2 say whether it is newer).
+        window_changed = False
+        wl1 = self.snd_wl1
+        if wl1 < rcv_nxt or (wl1 == rcv_nxt and self.snd_wl2 <= ack):
+            wnd = h.window << self.snd_wscale
+            if wnd != self.snd_wnd:
+                window_changed = True
+                if wnd > self.snd_wnd:
+                    self.persist_backoff = 0
+                self.snd_wnd = wnd
+                if wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = wnd
+            self.snd_wl1 = rcv_nxt
+            self.snd_wl2 = ack
+        self.probes_out = 0
+        rec = self.recovery
+        rec.board.delivered.clear()  # Recovery.take_sack without blocks
+        rec.newly_lost = 0
+        if acked:
+            self._new_ack(ack, acked, ts, now)
+        if self.sack_ok:
+            rec.on_sack_ack(ts, ack, acked, 0, None, now)
+        engine = self.engine
+        if window_changed or acked:
+            engine.touch(self)
+        if not plen:
+            return True
+        if self.state is not S.ESTABLISHED:  # our FIN acknowledged: the general steps
+            self._process_data(h, rcv_nxt, payload, now)
+            return True
+        # _process_data for text at RCV.NXT with nothing out of order (RFC 9293 seventh).
+        if plen > self.rcv_seg_mss:
+            self.rcv_seg_mss = min(plen, self.rcv_mss)
+        rb.push(bytes(payload))
+        rcv_nxt += plen
+        self.rcv_nxt = rcv_nxt
+        self.ack_pending = True
+        qa = self.quickack
+        qa.on_data(now, rec.rtt.rto, rcv_adv - rcv_nxt + plen, self.rcv_mss)  # RCV.ADV - SEQ
+        if qa.quick and not qa.pingpong:  # QuickAck.active()
+            self.ack_now = True
+        points = self.ack_points
+        owed = points[-1][0] if points else self.last_ack_sent
+        if rcv_nxt - owed > self.rcv_seg_mss:  # RFC 5681 4.2: every second full segment
+            if len(points) >= MAX_ACK_POINTS:
+                del points[0]
+            points.append((rcv_nxt, ()))  # _ack_point(None, None): no SACK blocks to give
+        engine.touch(self)
+        return True
 
     def _disordered_ack(self, h: TcpHeader, seq: int, plen: int, tsval: int) -> bool:
         """A duplicate ACK overtaken by a later one (Linux's tcp_disordered_ack): its old
