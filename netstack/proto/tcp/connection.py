@@ -1482,15 +1482,28 @@ class Connection:
     # timers
     # =========================================================================================
     def next_timer(self) -> float | None:
-        best = self.recovery.next_timer()
-        for t in (
-            self.persist_at,
-            self.delack_at,
-            self.keepalive_at,
-            self.close_at,
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        """The earliest of recovery's timers (Recovery.next_timer) and ours. Unrolled, no
+        tuples: the engine asks this for every flushed connection and every heap look."""
+        rec = self.recovery
+        best = rec.rto_at
+        t = rec.rack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = rec.tlp_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.persist_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.delack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.keepalive_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.close_at
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def on_timer(self, now: float) -> None:

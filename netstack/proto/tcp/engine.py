@@ -779,10 +779,14 @@ class TcpEngine:
             due = conn.next_timer()
             if due is not None and due <= when:
                 return when
-            # Stale (its timer was stopped or moved later): no wake-up for it.
+            # Stale (its timer was stopped or moved later): no wake-up for it; its real
+            # next timer (`due`, just asked) gets its own entry (as _schedule would).
             heapq.heappop(timers)
-            conn.heap_at = None
-            self._schedule(conn)
+            if due is None:
+                conn.heap_at = None
+            else:
+                conn.heap_at = due
+                heapq.heappush(timers, (due, next(self._seq), conn))
         return None
 
     # =========================================================================================
