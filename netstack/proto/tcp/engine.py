@@ -59,6 +59,8 @@ log = logging.getLogger("netstack.tcp")
 
 Key = tuple[int, int, int]  # (remote ip, remote port, local port)
 S = State
+# State.value is a Python-level descriptor (enum): the per-state counts look names up here.
+STATE_NAME = {s: s.value for s in State}
 
 # ICMP destination-unreachable codes that end a connection attempt (RFC 1122 4.2.3.9).
 HARD_UNREACHABLE = frozenset({wicmp.CODE_PROTOCOL_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE})
@@ -376,9 +378,9 @@ class TcpEngine:
     def state_changed(self, conn: Connection, old: State, new: State) -> None:
         states = self._states
         if old is not S.CLOSED:
-            states[old.value] -= 1
+            states[STATE_NAME[old]] -= 1
         if new is not S.CLOSED:
-            states[new.value] += 1
+            states[STATE_NAME[new]] += 1
         if old is S.TIME_WAIT:
             self.time_wait_count -= 1
         listener = conn.listener
