@@ -69,6 +69,10 @@ int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset);
 uint32_t ns_rx_fast(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
                     uint32_t bcast);
 int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n);
+uint32_t ns_rx_fast_v(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
+                      uint32_t bcast, int l4_valid);
+int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                       int n, uint8_t *verified);
 """
 
 ffibuilder = FFI()

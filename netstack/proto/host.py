@@ -34,7 +34,7 @@ from netstack.wire.errors import Malformed
 Buffer = bytes | bytearray | memoryview
 Frame = tuple[Buffer, ...]
 # Fast path (see Host.receive): the checks in C, the source address read once.
-_rx_fast = lib.ns_rx_fast
+_rx_fast = lib.ns_rx_fast_v
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 
@@ -160,10 +160,12 @@ class Host:
         if meta:
             offloaded = self._receive_offloaded
             for frame, m in zip(frames, meta, strict=True):
-                if m:
-                    offloaded(frame, m, now)
-                else:
+                if not m:
                     receive(frame, now)
+                elif m == wvnet.F_DATA_VALID:  # an ordinary frame, its L4 checksum vouched
+                    receive(frame, now, True)  # for: the fast path does not sum it again
+                else:
+                    offloaded(frame, m, now)
         else:
             for frame in frames:
                 receive(frame, now)
@@ -200,11 +202,14 @@ class Host:
         self.receive(frame, now)
         tcp.csum_trusted = udp.csum_trusted = ipv4.rx_gso = False
 
-    def receive(self, frame: memoryview, now: float) -> None:
+    def receive(self, frame: memoryview, now: float, l4_valid: bool = False) -> None:
         """One frame. The common case, a unicast IPv4 datagram for our address with a 20-byte
         header, no fragmentation, a sane source, a good header checksum, carrying UDP or TCP
         whose length and checksum verify, is recognised by one C call (ns_rx_fast) and handed
-        straight to the protocol; anything else takes the general path, which counts the drop."""
+        straight to the protocol; anything else takes the general path, which counts the drop.
+        `l4_valid`: the link vouches for the L4 checksum (DATA_VALID: a true checksum, the
+        kernel's verified or one the link completed), so the fast path does not sum it again;
+        a frame the fast path leaves to the general path is verified there as any other."""
         ipv4 = self.ipv4
         dst = ipv4.config.address
         bcast = ipv4.subnet_broadcast
@@ -214,7 +219,9 @@ class Host:
         mac = self.config.mac
         if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
             mac = bytes(mac)
-        r = _rx_fast(_from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast)
+        r = _rx_fast(
+            _from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast, l4_valid
+        )
         if r:
             c = self.counters
             c.rx_packets += 1
