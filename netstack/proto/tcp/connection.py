@@ -87,6 +87,8 @@ S = State
 # every segment take the general path (the differential test compares the two).
 SLIM = True
 SLIM_EXCLUDED = SYN | FIN | RST | URG
+# Connection._window_field's memo; False recomputes every time (its differential test).
+WINDOW_MEMO = True
 
 
 class Handler(Protocol):
@@ -212,6 +214,7 @@ class Connection:
         "urgent_pending",
         "user",
         "window_check",
+        "wnd_memo",
         "write_high",
         "write_low",
         "writing_paused",
@@ -300,6 +303,7 @@ class Connection:
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
+        self.wnd_memo: tuple[tuple, int] | None = None  # see _window_field
         self.urgent_pending = False  # the peer's urgent pointer advanced: tell the handler
         self.quickack = QuickAck(cfg.quick_acks)  # Linux quick-ACK, ping-pong (ackpolicy.py)
         self.syn_pending = False
@@ -1085,7 +1089,29 @@ class Connection:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
         3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount), but
         for less than one scale unit once the buffer is full (see `limit`).
-        `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
+        `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge.
+
+        Memoised (`wnd_memo`): a computation that left RCV.ADV where it was is a fixed point,
+        so with the same inputs (RCV.NXT, the queued bytes, RCV.ADV, the buffer size, the
+        shift, RCV.MSS, the state) the next one gives the same field and again moves nothing:
+        a bulk sender's segments, whose receive side is idle, reuse it."""
+        rcv_nxt = self.rcv_nxt
+        rcv_adv = self.rcv_adv
+        key = (
+            rcv_nxt, self.rcvbuf.queued, rcv_adv, self.rcv_buf_size, self.rcv_wscale,
+            self.rcv_mss, self.state,
+        )  # fmt: skip
+        plain = ack is None or ack >= rcv_nxt  # no owed ACK below RCV.NXT
+        memo = self.wnd_memo
+        if plain and memo is not None and memo[0] == key and WINDOW_MEMO:
+            return memo[1]
+        field = self._window_compute(ack)
+        if plain and self.rcv_adv == rcv_adv:
+            self.wnd_memo = (key, field)
+        return field
+
+    def _window_compute(self, ack: int | None) -> int:
+        """_window_field's computation, every time."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
         rcv_nxt = self.rcv_nxt

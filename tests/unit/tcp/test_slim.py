@@ -1,10 +1,11 @@
-"""The slim segment path (Connection._segment_slim) against the general one, differentially.
+"""The per-segment shortcuts of connection.py against the code they shortcut, differentially.
 
-The same seeded exchange — two engines on SimNet, with loss, duplication and reordering, every
-option combination, in checked mode — runs twice: with the slim path, and with every segment
-forced through the general path (connection.SLIM = False). Both runs must put exactly the same
-segments on the link at the same virtual times, end with the same counters (drop reasons
-included) and the same TCBs; and the slim run must actually have taken the slim path.
+The slim segment path (Connection._segment_slim) and the window memo (_window_field): the same
+seeded exchange — two engines on SimNet, with loss, duplication and reordering, every option
+combination, in checked mode — runs twice: with the shortcut, and without it (connection.SLIM
+or WINDOW_MEMO = False). Both runs must put exactly the same segments on the link at the same
+virtual times, end with the same counters (drop reasons included) and the same TCBs; and the
+slim run must actually have taken the slim path.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def tcbs_of(engine) -> list[tuple]:
     return [tuple(getattr(c, f) for f in TCB_FIELDS) for c in conns]
 
 
-def run(slim: bool, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
-    """One echo exchange; returns (trace of every transmission, end state, slim hits)."""
-    monkeypatch.setattr(tcpconn, "SLIM", slim)
+def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
+    """One echo exchange with connection.py's `switches` set; returns (trace of every
+    transmission, end state, slim hits)."""
+    for name, value in switches.items():
+        monkeypatch.setattr(tcpconn, name, value)
     hits = [0]
     original = tcpconn.Connection._segment_slim
 
@@ -84,10 +87,10 @@ def run(slim: bool, monkeypatch, seed, loss, duplicate, jitter, size, config_a, 
     return trace, end, hits[0]
 
 
-def assert_same(monkeypatch, *args) -> int:
-    slim_trace, slim_end, hits = run(True, monkeypatch, *args)
-    general_trace, general_end, general_hits = run(False, monkeypatch, *args)
-    assert general_hits == 0
+def assert_same(monkeypatch, *args, switch: str = "SLIM") -> int:
+    slim_trace, slim_end, hits = run({}, monkeypatch, *args)
+    general_trace, general_end, general_hits = run({switch: False}, monkeypatch, *args)
+    assert switch != "SLIM" or general_hits == 0
     assert len(slim_trace) == len(general_trace)
     for i, (a, b) in enumerate(zip(slim_trace, general_trace, strict=True)):
         assert a == b, f"transmission {i} differs"
@@ -122,6 +125,23 @@ def test_slim_path_sends_what_the_general_path_sends(
     monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
 ):
     assert_same(monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.01]),
+    size=st.sampled_from([3000, 200_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_window_memo_sends_what_the_computation_sends(
+    monkeypatch, seed, loss, jitter, size, config_a, config_b
+):
+    args = (seed, loss, 0.0, jitter, size, config_a, config_b)
+    assert_same(monkeypatch, *args, switch="WINDOW_MEMO")
 
 
 @pytest.mark.parametrize(
