@@ -83,8 +83,9 @@ AckPoint = tuple[int, tuple[tuple[int, int], ...]]
 MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
 
 S = State
-# The slim path for the common ESTABLISHED segment (Connection._segment_slim); False makes
-# every segment take the general path (the differential test compares the two).
+# The slim path for the common ESTABLISHED segment (Connection._segment_slim) and the idle
+# output pass (_send_data with nothing to send); False makes every segment and every output
+# pass take the general path (tests/unit/tcp/test_slim.py compares the two).
 SLIM = True
 SLIM_EXCLUDED = SYN | FIN | RST | URG
 # Connection._window_field's memo; False recomputes every time (its differential test).
@@ -1366,6 +1367,22 @@ class Connection:
         if self.engine.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
             self._sync_pmtu(now)  # RFC 1191 6.1/6.3: another connection's report, or aging
         rec = self.recovery
+        if (
+            SLIM
+            and self.snd_nxt == self.snd_una
+            and self.snd_nxt - self.snd_base == self.sndbuf.end
+            and not self.fin_queued
+            and not rec.probe_owed
+            and rec.owed is None
+        ):
+            # Nothing in flight, nothing to send, nothing owed (a receiving connection's
+            # flush): what the steps below would still do, and nothing else.
+            if self.last_data and now - self.last_data > rec.rtt.rto:
+                rec.on_idle(now)  # RFC 5681 4.1
+                self.last_data = 0.0
+            rec.cwnd_limited = False
+            self.persist_at = None
+            return False
         board = rec.board
         # 0. What recovery handed over: a tail loss probe, and the one retransmission that
         # goes whatever cwnd says (fast retransmit, RTO, recovery probe). Neither counts

@@ -87,6 +87,44 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
     return trace, end, hits[0]
 
 
+def run_bursts(switches: dict, monkeypatch) -> tuple[list[tuple], tuple]:
+    """Bursts of data to the echo service with idle gaps longer than the RTO between them
+    (RFC 5681 4.1's restart), and a half-close at the end: the idle output passes."""
+    for name, value in switches.items():
+        monkeypatch.setattr(tcpconn, name, value)
+    net = SimNet(5, delay=0.02)
+    for engine, key in ((net.a, b"a"), (net.b, b"b")):
+        engine.secrets = Secrets(key * 32)
+    trace: list[tuple] = []
+    transmit = net.transmit
+
+    def traced(src, dst, data, trusted=False):
+        trace.append((round(net.now, 9), src, dst, bytes(data)))
+        transmit(src, dst, data, trusted)
+
+    net.transmit = traced  # type: ignore[method-assign]
+    listen(net.b, 7, TcpEcho)
+    client = Client(b"")
+    client.pump = lambda: None  # type: ignore[method-assign]  # written by hand below
+    transport = connect(net.a, (LOCAL_IP, 7), lambda: client)
+    net.run(1.0)
+    for size in (100_000, 3000, 60_000, 1):
+        transport.write(bytes(size))
+        net.run(5.0)  # the echo, then seconds of idleness (RTO ~ 0.2-1 s)
+    transport.write_eof()
+    net.run(5.0, stop=lambda: bool(client.lost))
+    end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
+    monkeypatch.undo()
+    return trace, end
+
+
+def test_idle_output_passes_match_the_general_path(monkeypatch) -> None:
+    slim = run_bursts({}, monkeypatch)
+    general = run_bursts({"SLIM": False}, monkeypatch)
+    assert len(slim[0]) == len(general[0]) > 100
+    assert slim == general
+
+
 def assert_same(monkeypatch, *args, switch: str = "SLIM") -> int:
     slim_trace, slim_end, hits = run({}, monkeypatch, *args)
     general_trace, general_end, general_hits = run({switch: False}, monkeypatch, *args)
