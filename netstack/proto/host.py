@@ -34,7 +34,8 @@ from netstack.wire.errors import Malformed
 Buffer = bytes | bytearray | memoryview
 Frame = tuple[Buffer, ...]
 # Fast path (see Host.receive): the checks in C, the source address read once.
-_rx_fast = lib.ns_rx_fast_v
+_rx_fast = lib.ns_rx_fast
+_rx_fast_valid = lib.ns_rx_fast_v  # with the L4 checksum vouched for (Host.receive's l4_valid)
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 
@@ -219,9 +220,11 @@ class Host:
         mac = self.config.mac
         if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
             mac = bytes(mac)
-        r = _rx_fast(
-            _from_buffer(frame), len(frame), mac, dst, 0 if bcast is None else bcast, l4_valid
-        )
+        bcast = 0 if bcast is None else bcast
+        if l4_valid:
+            r = _rx_fast_valid(_from_buffer(frame), len(frame), mac, dst, bcast, 1)
+        else:
+            r = _rx_fast(_from_buffer(frame), len(frame), mac, dst, bcast)
         if r:
             c = self.counters
             c.rx_packets += 1
