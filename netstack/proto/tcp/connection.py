@@ -689,8 +689,7 @@ class Connection:
         else (the general path takes it): the flags are ACK (PSH allowed); it starts at
         RCV.NXT and fits the window; its ACK is in SND.UNA..SND.NXT; the timestamp is present
         and not older than TS.Recent when they are on; no SACK blocks; and, for text, nothing
-        out of order held, no FIN seen, the application still reading. A pure ACK that could
-        be a duplicate (nothing acknowledged, data in flight) goes the general way too.
+        out of order held, no FIN seen, the application still reading.
         tests/unit/tcp/test_slim.py runs scripted exchanges through both and compares."""
         flags = h.flags
         if flags & SLIM_EXCLUDED or not flags & ACK:
@@ -714,11 +713,8 @@ class Connection:
         if acked < 0 or ack > self.snd_nxt:
             return False
         rb = self.rcvbuf
-        if plen:
-            if rb.ooo or self.app_closed or self.rcv_fin_seq is not None:
-                return False
-        elif not acked and self.snd_nxt > snd_una:
-            return False  # a duplicate ACK candidate (RFC 5681): the general path decides
+        if plen and (rb.ooo or self.app_closed or self.rcv_fin_seq is not None):
+            return False
         # -- from here on, the general path's steps for this segment, in its order --------
         # RFC 7323 4.3: TS.Recent (the segment starts at RCV.NXT, the left edge).
         if ts_ok and rcv_nxt <= self.last_ack_sent:
@@ -744,6 +740,8 @@ class Connection:
         rec.newly_lost = 0
         if acked:
             self._new_ack(ack, acked, ts, now)
+        elif not plen and not window_changed and self.snd_nxt > snd_una:
+            rec.on_dupack(now)  # RFC 5681's duplicate ACK (no SACK blocks: new_sacked = 0)
         if self.sack_ok:
             rec.on_sack_ack(ts, ack, acked, 0, None, now)
         engine = self.engine
