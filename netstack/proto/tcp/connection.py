@@ -857,6 +857,9 @@ class Connection:
 
     def _syn_acked(self, h: TcpHeader, ack: int, seq: int, now: float) -> None:
         """SYN_RECEIVED and our SYN acknowledged: ESTABLISHED (RFC 9293 3.10.7.4 fifth)."""
+        # A copy of the peer's SYN earlier in this batch asked for our SYN-ACK again: this
+        # ACK shows the peer has it, and one sent now would lie below SND.UNA.
+        self.syn_pending = False
         self.snd_una = ack
         self.snd_wnd = h.window << self.snd_wscale
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
