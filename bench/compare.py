@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -515,7 +516,8 @@ def run(args: argparse.Namespace) -> dict:
         results["notes"].append("netstack run has no --offload flag: one netstack row")
     variants: list[tuple[str, list[str], Path]] = []
     if args.baseline:
-        variants.append(("netstack_baseline", [], Path(args.baseline).resolve()))
+        base_args = shlex.split(args.baseline_args)
+        variants.append(("netstack_baseline", base_args, Path(args.baseline).resolve()))
     variants += (
         [("netstack", [], ROOT)]
         if offloads is None
@@ -601,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="also run netstack from this checkout (with its _ffi built), e.g. a `git worktree` "
         "of main: a before/after row measured in the same run",
+    )
+    p.add_argument(
+        "--baseline-args",
+        default="",
+        metavar="ARGS",
+        help="`netstack run` arguments for the baseline row, e.g. '--offload off'",
     )
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-secs", type=int, default=2)

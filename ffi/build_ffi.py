@@ -91,6 +91,10 @@ int ns_ring_open(int fd, struct ns_ring *ring, uint32_t block_size, uint32_t blo
                  uint32_t frame_size, uint32_t tov_ms, uint32_t hlen);
 void ns_ring_close(struct ns_ring *ring);
 int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint32_t *lens_out);
+uint32_t ns_rx_fast_v(const uint8_t *frame, size_t len, const char *mac, uint32_t addr,
+                      uint32_t bcast, int l4_valid);
+int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                       int n, uint8_t *verified);
 """
 
 ffibuilder = FFI()

@@ -469,7 +469,21 @@ int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
  * field within the datagram, checksum 0 or good) or TCP (header length within the segment,
  * good checksum). Returns (total_length << 8) | protocol then, else 0: the general path decides
  * and counts the drop, so this only ever skips work, never a check. */
+uint32_t ns_rx_fast_v(const uint8_t *f, size_t len, const char *mac, uint32_t addr,
+                      uint32_t bcast, int l4_valid);
+int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                       int n, uint8_t *verified);
+
 uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr, uint32_t bcast)
+{
+    return ns_rx_fast_v(f, len, mac, addr, bcast, 0);
+}
+
+/* ns_rx_fast for a frame whose L4 checksum is known good (`l4_valid`: the kernel's DATA_VALID,
+ * or a partial checksum ns_vnet_rx_plain_v just completed over exactly this datagram): every
+ * other check as ns_rx_fast, the L4 checksum pass skipped (it was summed once already). */
+uint32_t ns_rx_fast_v(const uint8_t *f, size_t len, const char *mac, uint32_t addr,
+                      uint32_t bcast, int l4_valid)
 {
     const uint8_t *ip = f + 14, *l4 = f + 34;
     uint32_t total, src, dst, pseudo, l4len, ulen, hlen;
@@ -498,13 +512,16 @@ uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr
         ulen = ((uint32_t)l4[4] << 8) | l4[5];
         if (ulen < 8 || ulen > l4len)
             return 0;
-        if ((l4[6] | l4[7]) && ns_csum_fold(ns_csum_partial(l4, ulen, pseudo + ulen)) != 0)
+        if (!l4_valid && (l4[6] | l4[7]) &&
+            ns_csum_fold(ns_csum_partial(l4, ulen, pseudo + ulen)) != 0)
             return 0;
     } else {
         if (l4len < 20)
             return 0;
         hlen = (uint32_t)(l4[12] >> 4) * 4;
-        if (hlen < 20 || hlen > l4len || ns_csum_fold(ns_csum_partial(l4, l4len, pseudo + l4len)) != 0)
+        if (hlen < 20 || hlen > l4len)
+            return 0;
+        if (!l4_valid && ns_csum_fold(ns_csum_partial(l4, l4len, pseudo + l4len)) != 0)
             return 0;
     }
     return (total << 8) | proto;
@@ -520,34 +537,81 @@ uint32_t ns_rx_fast(const uint8_t *f, size_t len, const char *mac, uint32_t addr
  * the kernel, a checksum position outside the frame, a truncated or short frame); 0 means every
  * frame is now exactly what a wire would carry (a completed checksum is a true one): metadata 0
  * for all, and the stack verifies their checksums as for any plain frame. */
+/* Is the checksum just completed at (start, offset) exactly the L4 checksum ns_rx_fast would
+ * verify? An Ethernet + IPv4 frame with a 20-byte header, not a fragment, no padding after
+ * the datagram, TCP at offset 16 or UDP (its length = the datagram's) at offset 6. */
+static int completed_is_l4(const uint8_t *f, size_t len, uint16_t start, uint16_t offset)
+{
+    const uint8_t *ip = f + 14;
+    uint32_t total;
+
+    if (len < 42 || start != 34 || f[12] != 0x08 || f[13] != 0x00 || ip[0] != 0x45)
+        return 0;
+    total = ((uint32_t)ip[2] << 8) | ip[3];
+    if (total != len - 14 || ((ip[6] & 0x3f) | ip[7]) != 0)
+        return 0;
+    if (ip[9] == 6)
+        return offset == 16 && total >= 40;
+    if (ip[9] == 17)
+        return offset == 6 && (((uint32_t)f[38] << 8) | f[39]) == total - 20;
+    return 0;
+}
+
+enum { VNET_PLAIN = 0, VNET_ODD = 1, VNET_COMPLETED = 2, VNET_COMPLETED_L4 = 3 };
+
+/* One frame (its vnet header first, `len` bytes in all) of a batch without GSO: complete a
+ * partial checksum (NEEDS_CSUM) and mark the header DATA_VALID. Returns VNET_PLAIN (nothing to
+ * do), VNET_ODD (a header this path can't take), VNET_COMPLETED, or VNET_COMPLETED_L4 when the
+ * completed checksum is exactly the frame's IPv4 TCP/UDP one (completed_is_l4). Shared by the
+ * arena (ns_vnet_rx_plain_v) and the TPACKET_V3 ring (ns_vnet_rx_plain_at). */
 static int ns_vnet_fix(uint8_t *h, size_t len, size_t hlen)
 {
     uint16_t start, offset;
 
     if (h[0] == 0 && h[1] == 0)
-        return 0;
+        return VNET_PLAIN;
     if (h[0] != 1 || h[1] != 0) /* not exactly NEEDS_CSUM without GSO */
-        return 1;
+        return VNET_ODD;
     memcpy(&start, h + 6, 2); /* native order, as wire/vnet.py's "=BBHHHH" */
     memcpy(&offset, h + 8, 2);
     if (ns_csum_complete(h + hlen, len - hlen, start, offset) < 0)
-        return 1;
+        return VNET_ODD;
     h[0] = 2; /* DATA_VALID: what a look at this header in Python will see */
-    return 0;
+    return completed_is_l4(h + hlen, len - hlen, start, offset) ? VNET_COMPLETED_L4
+                                                                : VNET_COMPLETED;
 }
 
 int ns_vnet_rx_plain(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n)
 {
-    int odd = 0;
+    return ns_vnet_rx_plain_v(arena, slot_size, hlen, lens, n, NULL) & 0xffff;
+}
+
+/* ns_vnet_rx_plain, also saying which frames' L4 checksums it completed (so the receive fast
+ * path need not sum them again): `verified` (n bytes, or NULL) gets 2 (DATA_VALID) for those
+ * whose completed checksum is exactly their IPv4 TCP/UDP checksum (completed_is_l4), else 0.
+ * Returns the odd count as ns_vnet_rx_plain | (the number of frames marked verified << 16). */
+int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                       int n, uint8_t *verified)
+{
+    int odd = 0, valid = 0;
     for (int i = 0; i < n; i++) {
         size_t len = lens[i];
+        int r;
+        if (verified)
+            verified[i] = 0;
         if (len >= slot_size || len < hlen || hlen < 10) {
             odd++;
             continue;
         }
-        odd += ns_vnet_fix(arena + (size_t)i * slot_size, len, hlen);
+        r = ns_vnet_fix(arena + (size_t)i * slot_size, len, hlen);
+        if (r == VNET_ODD) {
+            odd++;
+        } else if (r == VNET_COMPLETED_L4 && verified) {
+            verified[i] = 2;
+            valid++;
+        }
     }
-    return odd;
+    return odd | (valid << 16);
 }
 
 /* The IPv6 sibling of ns_rx_fast (netstack/proto/fast6.py): to our MAC from a unicast MAC;
@@ -604,7 +668,7 @@ int ns_vnet_rx_plain_at(uint8_t *base, const uint32_t *offs, const uint32_t *len
             odd++;
             continue;
         }
-        odd += ns_vnet_fix(base + offs[i], lens[i], hlen);
+        odd += ns_vnet_fix(base + offs[i], lens[i], hlen) == VNET_ODD;
     }
     return odd;
 }

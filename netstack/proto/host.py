@@ -36,6 +36,7 @@ Buffer = bytes | bytearray | memoryview
 Frame = tuple[Buffer, ...]
 # Fast path (see Host.receive): the checks in C, the source address read once.
 _rx_fast = lib.ns_rx_fast
+_rx_fast_valid = lib.ns_rx_fast_v  # with the L4 checksum vouched for (Host.receive's l4_valid)
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 _V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header may vouch for
@@ -166,10 +167,12 @@ class Host:
         if meta:
             offloaded = self._receive_offloaded
             for frame, m in zip(frames, meta, strict=True):
-                if m:
-                    offloaded(frame, m, now)
-                else:
+                if not m:
                     receive(frame, now)
+                elif m == wvnet.F_DATA_VALID:  # an ordinary frame, its L4 checksum vouched
+                    receive(frame, now, True)  # for: the fast path does not sum it again
+                else:
+                    offloaded(frame, m, now)
         else:
             for frame in frames:
                 receive(frame, now)
@@ -215,12 +218,15 @@ class Host:
         self.receive(frame, now)
         tcp.csum_trusted = udp.csum_trusted = ipv4.rx_gso = False
 
-    def receive(self, frame: memoryview, now: float) -> None:
+    def receive(self, frame: memoryview, now: float, l4_valid: bool = False) -> None:
         """One frame. The common case, a unicast IPv4 datagram for our address with a 20-byte
         header, no fragmentation, a sane source, a good header checksum, carrying UDP or TCP
         whose length and checksum verify, is recognised by one C call (ns_rx_fast) and handed
         straight to the protocol; IPv6's common case likewise (proto/fast6.py); anything else
-        takes the general path, which counts the drop."""
+        takes the general path, which counts the drop.
+        `l4_valid`: the link vouches for the L4 checksum (DATA_VALID: a true checksum, the
+        kernel's verified or one the link completed), so the IPv4 fast path does not sum it
+        again; a frame the fast path leaves to the general path is verified there as any other."""
         ipv4 = self.ipv4
         dst = ipv4.config.address
         bcast = ipv4.subnet_broadcast
@@ -233,7 +239,11 @@ class Host:
         mac = self.config.mac
         if type(mac) is not bytes:  # cffi passes only bytes as `const char *`
             mac = bytes(mac)
-        r = _rx_fast(buf, len(frame), mac, dst, 0 if bcast is None else bcast)
+        bcast = 0 if bcast is None else bcast
+        if l4_valid:
+            r = _rx_fast_valid(buf, len(frame), mac, dst, bcast, 1)
+        else:
+            r = _rx_fast(buf, len(frame), mac, dst, bcast)
         if r:
             c = self.counters
             c.rx_packets += 1

@@ -334,9 +334,10 @@ def _partial_udp_frame(data: bytes) -> bytes:
 @pytest.mark.parametrize("mixed", [False, True])
 def test_vnet_receive_completes_partial_checksums_in_c(mixed: bool) -> None:
     """BatchLink._receive_vnet over a datagram socketpair: ordinary NEEDS_CSUM frames come out
-    complete (what a wire carries). A batch of only those and plain frames is all metadata 0
-    (ns_vnet_rx_plain); a batch with a frame whose header says more keeps the per-frame
-    metadata, the completed frames then DATA_VALID, each checksum summed once."""
+    complete (what a wire carries). A batch of only those and plain frames is plain
+    (ns_vnet_rx_plain_v): metadata 0, but F_DATA_VALID for the frames whose UDP/TCP checksum
+    it completed, so the host's fast path does not sum them again; a batch with a frame whose
+    header says more keeps the per-frame metadata, the completed frames then DATA_VALID."""
     import socket
 
     from netstack._ffi import lib
@@ -367,7 +368,7 @@ def test_vnet_receive_completes_partial_checksums_in_c(mixed: bool) -> None:
         meta = link.rx_meta
         assert meta is not None and len(meta) == len(got)
         if not mixed:
-            assert meta == [0, 0, 0]
+            assert meta == [vnet.F_DATA_VALID, 0, vnet.F_DATA_VALID]
         else:
             assert bytes(got[3]) == b"vouched"
             flags = [m & 0xFF for m in meta]
@@ -376,3 +377,65 @@ def test_vnet_receive_completes_partial_checksums_in_c(mixed: bool) -> None:
     finally:
         a.close()
         b.close()
+
+
+def _vnet_arena(frames: list[tuple[vnet.VnetHeader, bytes]], slot: int = 2048):
+    """frames laid out as BatchLink's receive arena: each slot its header, then the frame."""
+    from netstack._ffi import ffi
+
+    arena = ffi.new("uint8_t[]", slot * len(frames))
+    lens = ffi.new("uint32_t[]", len(frames))
+    for i, (header, frame) in enumerate(frames):
+        data = header.emit() + frame
+        ffi.memmove(arena + i * slot, data, len(data))
+        lens[i] = len(data)
+    return arena, lens, slot
+
+
+def test_c_marks_completed_checksums_verified_only_when_they_are_the_l4_checksum() -> None:
+    """ns_vnet_rx_plain_v: F_DATA_VALID exactly for the frames whose completed checksum is
+    the one ns_rx_fast would verify (IPv4, 20-byte header, no padding, TCP at 16 / UDP at 6
+    with the datagram's length); plain frames and odd positions are not vouched for."""
+    from netstack._ffi import ffi, lib
+
+    partial_udp = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 34, 6)
+    tcp = tcp_frame(1, 2, wtcp.ACK, b"data", partial=True)
+    udp = _partial_udp_frame(b"x" * 20)
+    frames = [
+        (partial_udp, udp),  # verified
+        (vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 34, 16), tcp),  # verified
+        (vnet.VnetHeader(0, vnet.GSO_NONE, 0, 0, 0, 0), tcp_frame(1, 2, wtcp.ACK)),  # plain
+        (partial_udp, udp + bytes(6)),  # padded: the sum covered the padding too
+        (vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 14, 10), udp),  # IP's field
+    ]
+    arena, lens, slot = _vnet_arena(frames)
+    verified = ffi.new("uint8_t[]", len(frames))
+    r = lib.ns_vnet_rx_plain_v(arena, slot, vnet.HEADER_LEN, lens, len(frames), verified)
+    assert r & 0xFFFF == 0 and r >> 16 == 2
+    assert ffi.unpack(verified, len(frames)) == [vnet.F_DATA_VALID, vnet.F_DATA_VALID, 0, 0, 0]
+    # the same pass without the output array: ns_vnet_rx_plain, unchanged
+    arena, lens, slot = _vnet_arena(frames)
+    assert lib.ns_vnet_rx_plain(arena, slot, vnet.HEADER_LEN, lens, len(frames)) == 0
+
+
+def test_a_verified_frame_skips_the_checksum_and_others_are_summed() -> None:
+    """DATA_VALID metadata (the link completed or the kernel verified the checksum) makes the
+    fast path skip its L4 sum: a frame whose checksum is wrong is then taken by the fast path
+    itself (proof that it was not summed a second time; before, the sum failed and the general
+    path took it, trusting the header), while the same frame without the mark is a drop."""
+    host, sinks, iss = established()
+    general: list[bytes] = []
+    receive_general = host._receive_general
+    host._receive_general = lambda frame, now: (  # type: ignore[method-assign]
+        general.append(bytes(frame)) or receive_general(frame, now)
+    )
+    bad = bytearray(tcp_frame(PEER_ISN + 1, iss + 1, wtcp.ACK, b"a" * 100))
+    bad[50] ^= 0xFF  # the TCP checksum field: wrong, but vouched for
+    host.receive_batch([memoryview(bytes(bad))], 1.001, [vnet.F_DATA_VALID])
+    assert sinks[0].bytes == 100 and not host.counters.drops
+    assert general == []
+    again = bytearray(tcp_frame(PEER_ISN + 101, iss + 1, wtcp.ACK, b"b" * 100))
+    again[50] ^= 0xFF
+    host.receive_batch([memoryview(bytes(again))], 1.002, [0])
+    assert sinks[0].bytes == 100
+    assert host.counters.drops[Drop.TCP_BAD_CHECKSUM] == 1

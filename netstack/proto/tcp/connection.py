@@ -83,6 +83,13 @@ AckPoint = tuple[int, tuple[tuple[int, int], ...]]
 MAX_ACK_POINTS = 256  # per flush; a receive batch is shorter than that
 
 S = State
+# The slim path for the common ESTABLISHED segment (Connection._segment_slim) and the idle
+# output pass (_send_data with nothing to send); False makes every segment and every output
+# pass take the general path (tests/unit/tcp/test_slim.py compares the two).
+SLIM = True
+SLIM_EXCLUDED = SYN | FIN | RST | URG
+# Connection._window_field's memo; False recomputes every time (its differential test).
+WINDOW_MEMO = True
 
 
 class Handler(Protocol):
@@ -211,6 +218,7 @@ class Connection:
         "urgent_pending",
         "user",
         "window_check",
+        "wnd_memo",
         "write_high",
         "write_low",
         "writing_paused",
@@ -304,6 +312,7 @@ class Connection:
         self.ack_points: list[AckPoint] = []  # ACKs owed by this batch's segments, in order
         self.ooo_run = (0, 0)  # this batch's run of contiguous out-of-order data: (ACKed to, end)
         self.window_check = False
+        self.wnd_memo: tuple[tuple, int] | None = None  # see _window_field
         self.urgent_pending = False  # the peer's urgent pointer advanced: tell the handler
         self.quickack = QuickAck(cfg.quick_acks)  # Linux quick-ACK, ping-pong (ackpolicy.py)
         self.syn_pending = False
@@ -572,6 +581,8 @@ class Connection:
         if len(payload):
             stats[2] += 1
         state = self.state
+        if state is S.ESTABLISHED and SLIM and self._segment_slim(h, payload, now):
+            return
         if state is S.SYN_SENT:
             self._rx_syn_sent(h, payload, now)
             return
@@ -686,6 +697,94 @@ class Connection:
         if plen or flags & FIN:
             self._process_data(h, seq, payload, now)
 
+    def _segment_slim(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
+        """The common ESTABLISHED segment in one pass: the general path's steps for it, with
+        its decisions already known. Returns False, having changed nothing, for anything
+        else (the general path takes it): the flags are ACK (PSH allowed); it starts at
+        RCV.NXT and fits the window; its ACK is in SND.UNA..SND.NXT; the timestamp is present
+        and not older than TS.Recent when they are on; no SACK blocks; and, for text, nothing
+        out of order held, no FIN seen, the application still reading.
+        tests/unit/tcp/test_slim.py runs scripted exchanges through both and compares."""
+        flags = h.flags
+        if flags & SLIM_EXCLUDED or not flags & ACK:
+            return False
+        rcv_nxt = self.rcv_nxt
+        if h.seq != rcv_nxt & MASK:
+            return False
+        plen = len(payload)
+        rcv_adv = self.rcv_adv
+        if plen > rcv_adv - rcv_nxt:
+            return False
+        ts = h.options.timestamp
+        ts_ok = self.ts_ok
+        if ts_ok and (ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF):
+            return False
+        if h.options.sack_blocks and self.sack_ok:
+            return False
+        snd_una = self.snd_una
+        ack = unwrap(h.ack, snd_una)
+        acked = ack - snd_una
+        if acked < 0 or ack > self.snd_nxt:
+            return False
+        rb = self.rcvbuf
+        if plen and (rb.ooo or self.app_closed or self.rcv_fin_seq is not None):
+            return False
+        # -- from here on, the general path's steps for this segment, in its order --------
+        # RFC 7323 4.3: TS.Recent (the segment starts at RCV.NXT, the left edge).
+        if ts_ok and rcv_nxt <= self.last_ack_sent:
+            self.ts_recent = ts[0]  # type: ignore[index]
+            self.ts_recent_at = now
+        # _process_ack: the window (RFC 9293: SND.WL1/SND.WL2 say whether it is newer).
+        window_changed = False
+        wl1 = self.snd_wl1
+        if wl1 < rcv_nxt or (wl1 == rcv_nxt and self.snd_wl2 <= ack):
+            wnd = h.window << self.snd_wscale
+            if wnd != self.snd_wnd:
+                window_changed = True
+                if wnd > self.snd_wnd:
+                    self.persist_backoff = 0
+                self.snd_wnd = wnd
+                if wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = wnd
+            self.snd_wl1 = rcv_nxt
+            self.snd_wl2 = ack
+        self.probes_out = 0
+        rec = self.recovery
+        rec.take_sack((), ack)  # no blocks: it only resets the per-ACK tallies (delivered...)
+        if acked:
+            self._new_ack(ack, acked, ts, now)
+        elif not plen and not window_changed and self.snd_nxt > snd_una:
+            rec.on_dupack(now)  # RFC 5681's duplicate ACK (no SACK blocks: new_sacked = 0)
+        if self.sack_ok:
+            rec.on_sack_ack(ts, ack, acked, 0, None, now)
+        engine = self.engine
+        if window_changed or acked:
+            engine.touch(self)
+        if not plen:
+            return True
+        if self.state is not S.ESTABLISHED:  # our FIN acknowledged: the general steps
+            self._process_data(h, rcv_nxt, payload, now)
+            return True
+        # _process_data for text at RCV.NXT with nothing out of order (RFC 9293 seventh).
+        if plen > self.rcv_seg_mss:
+            self.rcv_seg_mss = min(plen, self.rcv_mss)
+        rb.push(bytes(payload))
+        rcv_nxt += plen
+        self.rcv_nxt = rcv_nxt
+        self.ack_pending = True
+        qa = self.quickack
+        qa.on_data(now, rec.rtt.rto, rcv_adv - rcv_nxt + plen, self.rcv_mss)  # RCV.ADV - SEQ
+        if qa.quick and not qa.pingpong:  # QuickAck.active()
+            self.ack_now = True
+        points = self.ack_points
+        owed = points[-1][0] if points else self.last_ack_sent
+        if rcv_nxt - owed > self.rcv_seg_mss:  # RFC 5681 4.2: every second full segment
+            if len(points) >= MAX_ACK_POINTS:
+                del points[0]
+            points.append((rcv_nxt, ()))  # _ack_point(None, None): no SACK blocks to give
+        engine.touch(self)
+        return True
+
     def _disordered_ack(self, h: TcpHeader, seq: int, plen: int, tsval: int) -> bool:
         """A duplicate ACK overtaken by a later one (Linux's tcp_disordered_ack): its old
         TSval must not make PAWS drop it, or reordering would hide dupacks. As Linux: a pure
@@ -772,7 +871,9 @@ class Connection:
         self.recovery.sample_rtt(r)
 
     def _syn_acked(self, h: TcpHeader, ack: int, seq: int, now: float) -> None:
-        """SYN_RECEIVED and our SYN acknowledged: ESTABLISHED (RFC 9293 3.10.7.4 fifth)."""
+        """SYN_RECEIVED and our SYN acknowledged: ESTABLISHED (RFC 9293 3.10.7.4 fifth).
+        (A SYN-ACK still owed to a copy of the peer's SYN in this batch is dropped by
+        _established, for this and the simultaneous open alike.)"""
         self.snd_una = ack
         self.snd_wnd = h.window << self.snd_wscale
         self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
@@ -1004,7 +1105,29 @@ class Connection:
         """The window to advertise, scaled; never moves the right edge left (RFC 9293
         3.8.6.2.2 receiver SWS avoidance: it moves right only by a worthwhile amount), but
         for less than one scale unit once the buffer is full (see `limit`).
-        `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge."""
+        `ack`: an owed ACK below RCV.NXT, whose window must reach the same right edge.
+
+        Memoised (`wnd_memo`): a computation that left RCV.ADV where it was is a fixed point,
+        so with the same inputs (RCV.NXT, the queued bytes, RCV.ADV, the buffer size, the
+        shift, RCV.MSS, the state) the next one gives the same field and again moves nothing:
+        a bulk sender's segments, whose receive side is idle, reuse it."""
+        rcv_nxt = self.rcv_nxt
+        rcv_adv = self.rcv_adv
+        key = (
+            rcv_nxt, self.rcvbuf.queued, rcv_adv, self.rcv_buf_size, self.rcv_wscale,
+            self.rcv_mss, self.state,
+        )  # fmt: skip
+        plain = ack is None or ack >= rcv_nxt  # no owed ACK below RCV.NXT
+        memo = self.wnd_memo
+        if plain and memo is not None and memo[0] == key and WINDOW_MEMO:
+            return memo[1]
+        field = self._window_compute(ack)
+        if plain and self.rcv_adv == rcv_adv:
+            self.wnd_memo = (key, field)
+        return field
+
+    def _window_compute(self, ack: int | None) -> int:
+        """_window_field's computation, every time."""
         shift = self.rcv_wscale
         free = self.rcv_buf_size - self.rcvbuf.queued
         rcv_nxt = self.rcv_nxt
@@ -1259,6 +1382,22 @@ class Connection:
         if self.net.pmtu.updates != self.pmtu_gen or now >= self.pmtu_until:
             self._sync_pmtu(now)  # RFC 1191 6.1/6.3: another connection's report, or aging
         rec = self.recovery
+        if (
+            SLIM
+            and self.snd_nxt == self.snd_una
+            and self.snd_nxt - self.snd_base == self.sndbuf.end
+            and not self.fin_queued
+            and not rec.probe_owed
+            and rec.owed is None
+        ):
+            # Nothing in flight, nothing to send, nothing owed (a receiving connection's
+            # flush): what the steps below would still do, and nothing else.
+            if self.last_data and now - self.last_data > rec.rtt.rto:
+                rec.on_idle(now)  # RFC 5681 4.1
+                self.last_data = 0.0
+            rec.cwnd_limited = False
+            self.persist_at = None
+            return False
         board = rec.board
         # 0. What recovery handed over: a tail loss probe, and the one retransmission that
         # goes whatever cwnd says (fast retransmit, RTO, recovery probe). Neither counts
@@ -1401,15 +1540,28 @@ class Connection:
     # timers
     # =========================================================================================
     def next_timer(self) -> float | None:
-        best = self.recovery.next_timer()
-        for t in (
-            self.persist_at,
-            self.delack_at,
-            self.keepalive_at,
-            self.close_at,
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        """The earliest of recovery's timers (Recovery.next_timer) and ours. Unrolled, no
+        tuples: the engine asks this for every flushed connection and every heap look."""
+        rec = self.recovery
+        best = rec.rto_at
+        t = rec.rack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = rec.tlp_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.persist_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.delack_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.keepalive_at
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.close_at
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def on_timer(self, now: float) -> None:

@@ -68,6 +68,8 @@ log = logging.getLogger("netstack.tcp")
 # (remote ip, remote port, local port); the remote ip an int (IPv4) or 16 bytes (IPv6)
 Key = tuple[Address, int, int]
 S = State
+# State.value is a Python-level descriptor (enum): the per-state counts look names up here.
+STATE_NAME = {s: s.value for s in State}
 
 # ICMP destination-unreachable codes that end a connection attempt (RFC 1122 4.2.3.9).
 HARD_UNREACHABLE = frozenset({wicmp.CODE_PROTOCOL_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE})
@@ -422,9 +424,9 @@ class TcpEngine:
     def state_changed(self, conn: Connection, old: State, new: State) -> None:
         states = self._states
         if old is not S.CLOSED:
-            states[old.value] -= 1
+            states[STATE_NAME[old]] -= 1
         if new is not S.CLOSED:
-            states[new.value] += 1
+            states[STATE_NAME[new]] += 1
         if old is S.TIME_WAIT:
             self.time_wait_count -= 1
         listener = conn.listener
@@ -897,10 +899,14 @@ class TcpEngine:
             due = conn.next_timer()
             if due is not None and due <= when:
                 return when
-            # Stale (its timer was stopped or moved later): no wake-up for it.
+            # Stale (its timer was stopped or moved later): no wake-up for it; its real
+            # next timer (`due`, just asked) gets its own entry (as _schedule would).
             heapq.heappop(timers)
-            conn.heap_at = None
-            self._schedule(conn)
+            if due is None:
+                conn.heap_at = None
+            else:
+                conn.heap_at = due
+                heapq.heappush(timers, (due, next(self._seq), conn))
         return None
 
     # =========================================================================================

@@ -14,6 +14,7 @@ from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.connection import Connection
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import tcp as wtcp
 from tests.unit.tcp.tcptools import (
     ACK,
     LOCAL_IP,
@@ -31,6 +32,7 @@ from tests.unit.tcp.tcptools import (
     Seg,
     established_active,
     established_passive,
+    ip_header,
     listen,
     make_harness,
     seg,
@@ -447,3 +449,26 @@ def test_per_connection_buffer_sizes_set_the_window_and_its_scale() -> None:
     active.set_buffer_sizes(send=1)  # at least Linux's SOCK_MIN_SNDBUF
     assert active.sndbuf.capacity == 4608
     assert active.send(b"z" * 10_000) == 4608
+
+
+def test_a_synack_owed_to_a_syn_copy_is_moot_once_the_ack_completes_the_handshake() -> None:
+    """A copy of the peer's SYN and its handshake ACK in one receive batch (a duplicating
+    path): the SYN asks for the SYN-ACK again at the flush point, but by then the ACK has made
+    the connection ESTABLISHED, and a SYN-ACK now would be a segment below SND.UNA (the
+    checked mode's "never retransmit below SND.UNA"; seen in test_impaired's duplicate 5 %)."""
+    t = make_harness()
+    listener = listen(t)
+    t.send(SYN_SEG)
+    t.expect(SYNACK_SEG)
+    for s in (SYN_SEG, seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1)):  # one batch, one flush
+        data = wtcp.build(
+            REMOTE_IP, LOCAL_IP, s.sport, s.dport, s.seq, s.ack, s.flags, s.window,
+            options=s.options(),
+        )  # fmt: skip
+        t.engine.receive(ip_header(REMOTE_IP, LOCAL_IP, len(data)), memoryview(data),
+                         memoryview(data), t.now)  # fmt: skip
+    t.engine.flush(t.now)
+    conn = listener.handlers[0].conn  # type: ignore[attr-defined]
+    assert conn.state.value == "established"
+    t.expect_nothing()
+    assert t.counters.drops[Drop.TCP_SYN_RETRANSMIT] == 1

@@ -1,0 +1,203 @@
+"""The per-segment shortcuts of connection.py against the code they shortcut, differentially.
+
+The slim segment path (Connection._segment_slim) and the window memo (_window_field): the same
+seeded exchange — two engines on SimNet, with loss, duplication and reordering, every option
+combination, in checked mode — runs twice: with the shortcut, and without it (connection.SLIM
+or WINDOW_MEMO = False). Both runs must put exactly the same segments on the link at the same
+virtual times, end with the same counters (drop reasons included) and the same TCBs; and the
+slim run must actually have taken the slim path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netstack.api.services import TcpEcho
+from netstack.api.tcp import connect, listen
+from netstack.histogram import Histogram
+from netstack.proto.tcp import connection as tcpconn
+from netstack.proto.tcp.config import TcpConfig
+from netstack.proto.tcp.isn import Secrets
+from tests.unit.tcp.simnet import SimNet
+from tests.unit.tcp.tcptools import LOCAL_IP
+from tests.unit.tcp.test_sim import Client
+
+TCB_FIELDS = (
+    "state", "snd_una", "snd_nxt", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "rcv_nxt",
+    "rcv_adv", "last_ack_sent", "ts_recent", "ts_recent_at", "rcv_seg_mss", "persist_backoff",
+    "probes_out", "delack_at", "stats",
+)  # fmt: skip
+
+
+def counters_of(engine) -> dict:
+    out = {}
+    for field in dataclasses.fields(engine.counters):
+        name = field.name
+        value = getattr(engine.counters, name)
+        if isinstance(value, Histogram):
+            value = (list(value.counts), value.sum)
+        out[name] = value
+    return out
+
+
+def tcbs_of(engine) -> list[tuple]:
+    conns = sorted(engine.conns.values(), key=lambda c: c.key)
+    return [tuple(getattr(c, f) for f in TCB_FIELDS) for c in conns]
+
+
+def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
+    """One echo exchange with connection.py's `switches` set; returns (trace of every
+    transmission, end state, slim hits)."""
+    for name, value in switches.items():
+        monkeypatch.setattr(tcpconn, name, value)
+    hits = [0]
+    original = tcpconn.Connection._segment_slim
+
+    def counted(self, h, payload, now):
+        taken = original(self, h, payload, now)
+        hits[0] += taken
+        return taken
+
+    monkeypatch.setattr(tcpconn.Connection, "_segment_slim", counted)
+    net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
+                 config_a=config_a, config_b=config_b)  # fmt: skip
+    for engine, key in ((net.a, b"a"), (net.b, b"b")):  # the same ISNs in both runs
+        engine.secrets = Secrets(key * 32)
+    trace: list[tuple] = []
+    transmit = net.transmit
+
+    def traced(src, dst, data, trusted=False):
+        trace.append((round(net.now, 9), src, dst, bytes(data)))
+        transmit(src, dst, data, trusted)
+
+    net.transmit = traced  # type: ignore[method-assign]
+    listen(net.b, 7, TcpEcho)
+    data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+    client = Client(data)
+    connect(net.a, (LOCAL_IP, 7), lambda: client)
+    net.run(2_000, stop=lambda: bool(client.lost))
+    assert bytes(client.received) == data
+    end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
+    monkeypatch.undo()
+    return trace, end, hits[0]
+
+
+def run_bursts(switches: dict, monkeypatch) -> tuple[list[tuple], tuple]:
+    """Bursts of data to the echo service with idle gaps longer than the RTO between them
+    (RFC 5681 4.1's restart), and a half-close at the end: the idle output passes."""
+    for name, value in switches.items():
+        monkeypatch.setattr(tcpconn, name, value)
+    net = SimNet(5, delay=0.02)
+    for engine, key in ((net.a, b"a"), (net.b, b"b")):
+        engine.secrets = Secrets(key * 32)
+    trace: list[tuple] = []
+    transmit = net.transmit
+
+    def traced(src, dst, data, trusted=False):
+        trace.append((round(net.now, 9), src, dst, bytes(data)))
+        transmit(src, dst, data, trusted)
+
+    net.transmit = traced  # type: ignore[method-assign]
+    listen(net.b, 7, TcpEcho)
+    client = Client(b"")
+    client.pump = lambda: None  # type: ignore[method-assign]  # written by hand below
+    transport = connect(net.a, (LOCAL_IP, 7), lambda: client)
+    net.run(1.0)
+    for size in (100_000, 3000, 60_000, 1):
+        transport.write(bytes(size))
+        net.run(5.0)  # the echo, then seconds of idleness (RTO ~ 0.2-1 s)
+    transport.write_eof()
+    net.run(5.0, stop=lambda: bool(client.lost))
+    end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
+    monkeypatch.undo()
+    return trace, end
+
+
+def test_idle_output_passes_match_the_general_path(monkeypatch) -> None:
+    slim = run_bursts({}, monkeypatch)
+    general = run_bursts({"SLIM": False}, monkeypatch)
+    assert len(slim[0]) == len(general[0]) > 100
+    assert slim == general
+
+
+def assert_same(monkeypatch, *args, switch: str = "SLIM") -> int:
+    slim_trace, slim_end, hits = run({}, monkeypatch, *args)
+    general_trace, general_end, general_hits = run({switch: False}, monkeypatch, *args)
+    assert switch != "SLIM" or general_hits == 0
+    assert len(slim_trace) == len(general_trace)
+    for i, (a, b) in enumerate(zip(slim_trace, general_trace, strict=True)):
+        assert a == b, f"transmission {i} differs"
+    assert slim_end == general_end
+    return hits
+
+
+configs = st.builds(
+    TcpConfig,
+    timestamps=st.booleans(),
+    sack=st.booleans(),
+    window_scaling=st.booleans(),
+    receive_buffer=st.sampled_from([2000, 8192, 65535, 300_000]),
+    send_buffer=st.sampled_from([1500, 10_000, 100_000]),
+    nagle=st.booleans(),
+    ooo_max_pieces=st.sampled_from([2, 256]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.02, 0.1]),
+    duplicate=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.003, 0.03]),
+    size=st.sampled_from([1, 3000, 70_000, 200_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_slim_path_sends_what_the_general_path_sends(
+    monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
+):
+    assert_same(monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.01]),
+    size=st.sampled_from([3000, 200_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_window_memo_sends_what_the_computation_sends(
+    monkeypatch, seed, loss, jitter, size, config_a, config_b
+):
+    args = (seed, loss, 0.0, jitter, size, config_a, config_b)
+    assert_same(monkeypatch, *args, switch="WINDOW_MEMO")
+
+
+@pytest.mark.parametrize(
+    "loss,duplicate,jitter,config,min_hits",
+    [
+        (0.0, 0.0, 0.0, TcpConfig(), 150),
+        (0.0, 0.0, 0.0, TcpConfig(timestamps=False, sack=False), 150),
+        (0.0, 0.0, 0.0, TcpConfig(receive_buffer=8192, window_scaling=False), 150),
+        (0.05, 0.05, 0.01, TcpConfig(), 1),
+        (0.02, 0.0, 0.005, TcpConfig(timestamps=False, sack=False), 1),
+    ],
+)
+def test_bulk_takes_the_slim_path_and_matches(
+    monkeypatch, loss, duplicate, jitter, config, min_hits
+):
+    """A 300 KB echo: on a clean link most of the server's segments (it stays ESTABLISHED
+    while the client, having written everything and half-closed, is in FIN_WAIT) go the slim
+    way; with losses fewer (out-of-order data, SACK blocks, duplicate ACKs go the general
+    way). Either way the wire and the end state are the general path's."""
+    hits = assert_same(monkeypatch, 11, loss, duplicate, jitter, 300_000, config, config)
+    assert hits >= min_hits
