@@ -21,6 +21,7 @@ What the fields say (virtio spec 5.1.6):
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 from netstack.drops import Drop
@@ -293,56 +294,54 @@ def software_segments(frame: bytes | memoryview, vnet: VnetHeader) -> list[bytes
         return [bytes(out)]
     ihl = (frame[ETH_LEN] & 0x0F) << 2
     l4 = ETH_LEN + ihl
-    thl = (frame[l4 + 12] >> 4) << 2
-    hdrs = l4 + thl
-    data = memoryview(frame)[hdrs:]
     ident = int.from_bytes(frame[ETH_LEN + 4 : ETH_LEN + 6], "big")
-    seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
-    flags = frame[l4 + 13]
     src = int.from_bytes(frame[ETH_LEN + 12 : ETH_LEN + 16], "big")
     dst = int.from_bytes(frame[ETH_LEN + 16 : ETH_LEN + 20], "big")
     pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6
-    mss = vnet.gso_size
-    out: list[bytes] = []
-    for i, off in enumerate(range(0, len(data), mss)):
-        chunk = data[off : off + mss]
-        h = bytearray(frame[:hdrs])
-        h[ETH_LEN + 2 : ETH_LEN + 4] = (ihl + thl + len(chunk)).to_bytes(2, "big")
+
+    def ipv4_header(h: bytearray, i: int, l4_len: int) -> None:
+        """Total length, the ID counting up (RFC 6864, as the kernel), header checksum."""
+        h[ETH_LEN + 2 : ETH_LEN + 4] = (ihl + l4_len).to_bytes(2, "big")
         h[ETH_LEN + 4 : ETH_LEN + 6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
         h[ETH_LEN + 10 : ETH_LEN + 12] = b"\0\0"
         h[ETH_LEN + 10 : ETH_LEN + 12] = checksum(h[ETH_LEN:l4]).to_bytes(2, "big")
-        h[l4 + 4 : l4 + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
-        seg_flags = flags
-        if off + mss < len(data):
-            seg_flags &= ~_FIN_PSH
-        if i:
-            seg_flags &= ~_CWR
-        h[l4 + 13] = seg_flags
-        h[l4 + 16 : l4 + 18] = b"\0\0"
-        tcp_csum = checksum(h[l4:], chunk, initial=pseudo + thl + len(chunk))
-        h[l4 + 16 : l4 + 18] = tcp_csum.to_bytes(2, "big")
-        out.append(bytes(h) + bytes(chunk))
-    return out
+
+    return _tcp_segments(frame, vnet.gso_size, l4, pseudo, ipv4_header)
 
 
 def _tcp6_segments(frame: bytes | memoryview, mss: int) -> list[bytes]:
     """The kernel's tcp6_gso_segment for an untagged IPv6 super-frame whose next header is TCP
-    (all TSO6 we make): each piece gets the headers with the IPv6 payload length, the TCP
-    sequence number and flags (as for IPv4) adjusted, and its checksum over the IPv6
-    pseudo-header (RFC 8200 8.1)."""
-    l4 = ETH_LEN + 40
+    (all TSO6 we make): the IPv6 payload length adjusted, the rest as for IPv4, the checksum
+    over the IPv6 pseudo-header (RFC 8200 8.1)."""
+    pseudo = sum(struct.unpack("!16H", bytes(frame[ETH_LEN + 8 : ETH_LEN + 40]))) + 6
+
+    def ipv6_header(h: bytearray, i: int, l4_len: int) -> None:
+        h[ETH_LEN + 4 : ETH_LEN + 6] = l4_len.to_bytes(2, "big")
+
+    return _tcp_segments(frame, mss, ETH_LEN + 40, pseudo, ipv6_header)
+
+
+def _tcp_segments(
+    frame: bytes | memoryview,
+    mss: int,
+    l4: int,
+    pseudo: int,
+    ip_header: Callable[[bytearray, int, int], None],
+) -> list[bytes]:
+    """Cut a TCP super-frame (its IP header ends at `l4`) into wire segments, as the kernel's
+    tcp_gso_segment: each piece gets the headers with the sequence number advanced, FIN/PSH
+    only on the last, CWR only on the first, its own TCP checksum (`pseudo`: the pseudo-header
+    sum without the length), and the family's IP fields patched by `ip_header`."""
     thl = (frame[l4 + 12] >> 4) << 2
     hdrs = l4 + thl
     data = memoryview(frame)[hdrs:]
     seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
     flags = frame[l4 + 13]
-    addrs = bytes(frame[ETH_LEN + 8 : ETH_LEN + 40])
-    pseudo = sum(struct.unpack("!16H", addrs)) + 6
     out: list[bytes] = []
     for i, off in enumerate(range(0, len(data), mss)):
         chunk = data[off : off + mss]
         h = bytearray(frame[:hdrs])
-        h[ETH_LEN + 4 : ETH_LEN + 6] = (thl + len(chunk)).to_bytes(2, "big")
+        ip_header(h, i, thl + len(chunk))
         h[l4 + 4 : l4 + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
         seg_flags = flags
         if off + mss < len(data):
