@@ -615,13 +615,13 @@ int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint
 }
 
 /* The IPv6 sibling of ns_rx_fast (netstack/proto/fast6.py): to our MAC from a unicast MAC;
- * IPv6 with a non-zero payload length that fits the frame, next header UDP or ICMPv6 right
+ * IPv6 with a non-zero payload length that fits the frame, next header UDP, TCP or ICMPv6 right
  * after the fixed header (no extension headers), a source that is not multicast or ::1, a
  * destination that is not multicast; carrying UDP (length field within the payload, checksum
- * non-zero and good over the RFC 8200 8.1 pseudo-header) or ICMPv6 (at least its 4-byte header,
- * checksum good over the pseudo-header). Returns (payload_length << 8) | next header then, else
- * 0. Whether the addresses are ours stays in Python (a dict lookup); as for ns_rx_fast, the
- * general path decides and counts every drop, so this only ever skips work, never a check. */
+ * non-zero and good over the RFC 8200 8.1 pseudo-header), TCP (a whole header, data offset
+ * within the payload, checksum good) or ICMPv6 (at least its 4-byte header, checksum good).
+ * Returns (payload_length << 8) | next header then, else 0. Whether the addresses are ours
+ * stays in Python (a dict lookup); as for ns_rx_fast, the general path decides and counts every drop, so this only ever skips work, never a check. */
 uint32_t ns_rx_fast6(const uint8_t *f, size_t len, const char *mac)
 {
     static const uint8_t loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
@@ -636,7 +636,7 @@ uint32_t ns_rx_fast6(const uint8_t *f, size_t len, const char *mac)
         return 0;
     plen = ((uint32_t)ip[4] << 8) | ip[5];
     nh = ip[6];
-    if (plen == 0 || plen > len - 54 || (nh != 17 && nh != 58))
+    if (plen == 0 || plen > len - 54 || (nh != 17 && nh != 58 && nh != 6))
         return 0;
     if (ip[8] == 0xFF || ip[24] == 0xFF || memcmp(ip + 8, loopback, 16) == 0)
         return 0;
@@ -649,6 +649,11 @@ uint32_t ns_rx_fast6(const uint8_t *f, size_t len, const char *mac)
         if (ulen < 8 || ulen > plen || (l4[6] | l4[7]) == 0)
             return 0;
         if (ns_csum_fold(ns_csum_partial(l4, ulen, pseudo + ulen + 17)) != 0)
+            return 0;
+    } else if (nh == 6) { /* TCP: a whole header (data offset within the payload) */
+        if (plen < 20 || (l4[12] >> 4) < 5 || (uint32_t)(l4[12] >> 4) * 4 > plen)
+            return 0;
+        if (ns_csum_fold(ns_csum_partial(l4, plen, pseudo + plen + 6)) != 0)
             return 0;
     } else {
         if (plen < 4 || ns_csum_fold(ns_csum_partial(l4, plen, pseudo + plen + 58)) != 0)

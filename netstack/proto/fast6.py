@@ -2,11 +2,12 @@
 
 Why: the general path (Ethernet parse, `Ipv6Engine.receive`'s parse and extension-header walk,
 a Python checksum over a 40-byte pseudo-header built per datagram) cost UDP echo over IPv6 four
-times its IPv4 figure. The common frame, to our MAC, IPv6 without extension headers, UDP or
-ICMPv6 whose length and checksum verify, is recognised by one C call (`ns_rx_fast6`, the
-sibling of the IPv4 `ns_rx_fast`), the addresses by one dict lookup each, and it goes straight
-to the same handler the general path would reach, told that its checksum is verified. Anything
-else, and every drop, is the general path's: this only ever skips work, never a check.
+times its IPv4 figure, and TCP over IPv6 ran at 0.7x IPv4 without offloads. The common frame,
+to our MAC, IPv6 without extension headers, UDP, TCP or ICMPv6 whose length and checksum
+verify, is recognised by one C call (`ns_rx_fast6`, the sibling of the IPv4 `ns_rx_fast`), the
+addresses by one dict lookup each, and it goes straight to the same handler the general path
+would reach, told that its checksum is verified. Anything else, and every drop, is the general
+path's: this only ever skips work, never a check.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _from_buffer = ffi.from_buffer
 _FIXED = struct.Struct("!IHBB")  # wire/ipv6.py's fixed header up to the addresses
 _ADDRESSES = struct.Struct("16s16s")  # source, destination
 _UDP = wipv6.UDP
+_TCP = wipv6.TCP
 _new = tuple.__new__
 _Ipv6Header = wipv6.Ipv6Header
 _ETH_LEN = 14
@@ -50,6 +52,8 @@ class Fast6:
         self._icmp: FastHandler = stack.icmp.receive
         # Without a UDP engine, UDP is the general path's closed port.
         self._udp: UdpHandler | None = None if stack.udp6 is None else stack.udp6.receive_fast
+        # Without a TCP engine, TCP is the general path's unknown next header.
+        self._tcp: FastHandler | None = stack.tcp_receive6
 
     def receive(self, frame: memoryview, buf: object, now: float) -> bool:
         """`buf`: the frame as cffi sees it (the host made it for the IPv4 check already)."""
@@ -59,6 +63,8 @@ class Fast6:
         nh = r & 0xFF
         udp = self._udp if nh == _UDP else None
         if udp is None and nh == _UDP:
+            return False
+        if nh == _TCP and self._tcp is None:
             return False
         src, dst = _ADDRESSES.unpack_from(frame, _ETH_LEN + 8)
         by_address = self._by_address
@@ -78,7 +84,8 @@ class Fast6:
             return True
         vtf, length, nh, hops = _FIXED.unpack_from(frame, _ETH_LEN)
         header = _new(_Ipv6Header, ((vtf >> 20) & 0xFF, vtf & 0xFFFFF, length, nh, hops, src, dst))
-        self._icmp(header, packet[40:], packet, now, True)
+        handler = self._tcp if nh == _TCP else self._icmp
+        handler(header, packet[40:], packet, now, True)  # type: ignore[misc]
         return True
 
 

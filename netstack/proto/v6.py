@@ -74,6 +74,8 @@ class Ipv6Stack:
         else:
             self.udp6 = None
             self.ipv6.register(wipv6.UDP, self._closed_port)
+        # TCP's receive for the fast path (proto/fast6.py), None without a TCP engine
+        self.tcp_receive6 = None if tcp is None else tcp.receive6
         if tcp is not None:
             tcp.attach_ipv6(self.ipv6, self.icmp)
         self.engines = (self.ipv6, self.nd)

@@ -35,7 +35,7 @@ PEER_LL = wipv6.from_str(PEER_LL_S)
 
 def _twin(general_only: bool) -> Host:
     host = ready_host()
-    start_services(host.udp, {"udp_echo": 7, "udp_discard": 9})
+    start_services(host.udp, {"udp_echo": 7, "udp_discard": 9, "tcp_echo": 7}, host.tcp)
     if general_only:
         host.receive = host._receive_general  # type: ignore[method-assign]
     return host
@@ -53,6 +53,7 @@ def _state(host: Host) -> tuple:
 
 def _same(frames_in: list[bytes], poll_at: float | None = None) -> list[bytes]:
     fast, general = _twin(False), _twin(True)
+    general.tcp.secrets = fast.tcp.secrets  # the same RFC 6528 key: the same ISNs and TS offsets
     out: list[bytes] = []
     for i, frame in enumerate(frames_in):
         for host in (fast, general):
@@ -71,6 +72,12 @@ def _same(frames_in: list[bytes], poll_at: float | None = None) -> list[bytes]:
 
 def _udp(dport: int, data: bytes = b"x" * 64, src: str = PEER_LL_S, dst: str = STATIC_S, **kw):
     return bytes(peer(dst, src=src) / s6.UDP(sport=5000, dport=dport, **kw) / data)
+
+
+def _tcp(dport: int, flags: str = "S", data: bytes = b"", src: str = PEER_LL_S, **kw) -> bytes:
+    opts = [("MSS", 1440), ("SAckOK", b""), ("Timestamp", (1, 0)), ("WScale", 7)]
+    segment = s6.TCP(sport=40000, dport=dport, flags=flags, seq=1000, options=opts, **kw)
+    return bytes(peer(STATIC_S, src=src) / segment / data)
 
 
 def _echo(data: bytes = b"y" * 56, src: str = PEER_LL_S, dst: str = STATIC_S, tc: int = 0) -> bytes:
@@ -101,6 +108,10 @@ VALID = [
     _echo(b"", src=PEER_GLOBAL_S),
     bytes(peer(STATIC_S) / s6.ICMPv6EchoReply(id=1, seq=1)),
     bytes(peer(STATIC_S) / s6.ICMPv6EchoRequest(code=3, data=b"odd code")),
+    _tcp(7),  # SYN to the echo listener: SYN-ACK
+    _tcp(999),  # SYN to a closed port: RST
+    _tcp(7, "A", b"data for nobody", ack=5),  # an ACK for no connection: RST
+    _tcp(7, "S", src=PEER_GLOBAL_S),  # to a peer with no neighbour entry: NS, queued
 ]
 
 
@@ -118,6 +129,10 @@ VALID = [
         _udp(7, len=4),  # UDP length below its header
         _udp(7, len=200),  # UDP length beyond the payload
         _udp(7) + b"\x00" * 10,  # Ethernet padding trimmed
+        _tcp(7, chksum=0x1234),  # TCP with a bad checksum
+        _tcp(7, dataofs=15),  # TCP data offset beyond the segment
+        _tcp(7, dataofs=4),  # TCP data offset below its header
+        _tcp(7) + b"\x00" * 10,  # TCP with Ethernet padding
         bytes(peer(STATIC_S) / s6.ICMPv6EchoRequest(cksum=0xBEEF)),
         bytes(peer(STATIC_S) / s6.IPv6ExtHdrHopByHop() / s6.UDP(dport=7) / b"hop"),
         bytes(peer(STATIC_S) / s6.ICMPv6ND_NS(tgt=STATIC_S)),  # hop limit 64: an ND drop
@@ -206,6 +221,12 @@ def test_common_frames_take_the_fast_path(monkeypatch) -> None:
     host.receive_batch([memoryview(_udp(7)), memoryview(_echo()), memoryview(_udp(9))], 2.0)
     assert c.udp_rx == 2 and c.ipv6_rx - before == 3 and c.udp_tx == 1 and not c.drops
     assert c.icmp6[("tx", "echo_reply")] == 1 and len(host.tx) == 2
+    # TCP over IPv6 too: a SYN to the echo listener gets its SYN-ACK
+    host.tx.clear()
+    host.receive_batch([memoryview(_tcp(7))], 2.1)
+    assert c.tcp_segments_rx == 1 and c.ipv6_rx - before == 4 and not c.drops
+    (synack,) = [Ether(b"".join(bytes(p) for p in f)) for f in host.tx]
+    assert synack[s6.TCP].flags == "SA" and synack[s6.TCP].ack == 1001
 
 
 def test_fast_path_works_without_an_ipv4_address() -> None:

@@ -488,9 +488,15 @@ class TcpEngine:
         self._demux(src, dst, h, payload, now)
 
     def receive6(
-        self, ip: wipv6.Ipv6Header, segment: memoryview, packet: memoryview, now: float
+        self,
+        ip: wipv6.Ipv6Header,
+        segment: memoryview,
+        packet: memoryview,
+        now: float,
+        checked: bool = False,
     ) -> None:
-        """One segment over IPv6 (the IPv6 engine delivers only our addresses and groups)."""
+        """One segment over IPv6 (the IPv6 engine delivers only our addresses and groups).
+        `checked`: the fast path (proto/fast6.py) verified the checksum in C already."""
         c = self.counters
         self.now = now
         src, dst = ip.src, ip.dst
@@ -498,7 +504,9 @@ class TcpEngine:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10, as for broadcasts
             return
         try:
-            h, payload = wtcp.parse(segment, v6_sum(src, dst), 0, not self.csum_trusted)
+            h, payload = wtcp.parse(
+                segment, v6_sum(src, dst), 0, not (checked or self.csum_trusted)
+            )
         except Malformed as bad:
             c.drop(bad.reason)
             return

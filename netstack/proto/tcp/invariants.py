@@ -175,9 +175,10 @@ class Checker:
                 dport = int.from_bytes(segment[2:4], "big")
                 self.arrivals[(src, sport, dport)] += 1
 
-        def checked_receive6(ip, segment, packet, now) -> None:
-            # IPv6 arrivals (registered by attach_ipv6, after this: it takes this wrapper)
-            receive6(ip, segment, packet, now)
+        def checked_receive6(ip, segment, packet, now, checked=False) -> None:
+            # IPv6 arrivals (registered by attach_ipv6, and read by the IPv6 fast path, both
+            # after this: they take this wrapper)
+            receive6(ip, segment, packet, now, checked)
             if len(segment) >= 4:
                 sport = int.from_bytes(segment[0:2], "big")
                 dport = int.from_bytes(segment[2:4], "big")
