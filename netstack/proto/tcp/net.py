@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from netstack.drops import Drop
+from netstack.proto.fast6 import send_one
 from netstack.proto.pmtu import PmtuCache
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv4 as wipv4
@@ -151,7 +152,12 @@ def _send6(
     l4_header_len bytes of TCP header (gso_type TCPV6); never fragmented. Every other segment
     fits the path MTU (the connection sized it), so ipv6.send does not fragment it either."""
     if not gso_size:
-        return ipv6.send(dst, protocol, pieces, now, src=src)
+        if len(pieces) > 2:
+            return ipv6.send(dst, protocol, pieces, now, src=src)
+        # A segment (header, payload?) sized to the path MTU: the echo replies' lean send
+        # (route, one header, the ND engine's link send), ipv6.send only past the path MTU.
+        data = pieces[1] if len(pieces) == 2 else b""
+        return send_one(ipv6, dst, src, protocol, pieces[0], data, 0, now)
     c = ipv6.counters
     next_hop = ipv6.route(dst)
     if next_hop is None:
