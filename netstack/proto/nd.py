@@ -675,16 +675,25 @@ class NdEngine:
             self._drop_queue(entry, Drop.ND_RESOLUTION_FAILED)
 
     def next_deadline(self) -> float | None:
-        found = [e.deadline for e in self._cache.values()]
-        d = self.addresses.next_deadline()
-        if d is not None:
-            found.append(d)
-        if self._rs_deadline is not None:
-            found.append(self._rs_deadline)
-        found.extend(t for t, _ in self._mld_repeats)
-        found.extend(r.expires for r in self.routers)
-        found.extend(p.expires for p in self.prefixes if p.expires != INFINITE)
-        return min(found) if found else None
+        """The nearest ND, address, RS, MLD, router or prefix deadline. Asked twice per loop
+        turn whatever the traffic (IPv4 too), so plain loops over the few entries, no lists."""
+        best = self.addresses.next_deadline()
+        rs = self._rs_deadline
+        if rs is not None and (best is None or rs < best):
+            best = rs
+        for e in self._cache.values():
+            if best is None or e.deadline < best:
+                best = e.deadline
+        for t, _ in self._mld_repeats:
+            if best is None or t < best:
+                best = t
+        for r in self.routers:
+            if best is None or r.expires < best:
+                best = r.expires
+        for p in self.prefixes:
+            if p.expires != INFINITE and (best is None or p.expires < best):
+                best = p.expires
+        return best
 
 
 def _lifetime(seconds: int) -> float:
