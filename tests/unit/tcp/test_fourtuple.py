@@ -43,6 +43,7 @@ def test_one_peer_port_to_two_of_our_addresses_makes_two_connections() -> None:
         (echo,) = [f for f in out if len(f[s6.TCP].payload)]
         assert echo[s6.IPv6].src == dst and bytes(echo[s6.TCP].payload) == data
     table = connection_table(host.tcp, 5.0)
+    assert [e["local"] for e in table["listeners"]] == ["*:7"]  # ss's dual-family listener
     local = sorted(c["local"] for c in table["connections"])
     assert local == sorted([f"[{STATIC_S}]:7", f"[{OUR_LL_S}]:7"])
     assert {c["peer"] for c in table["connections"]} == {f"[{PEER_LL_S}]:{SPORT}"}
