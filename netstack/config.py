@@ -367,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
         "socks.allow",
         _optional(parse_networks),
         None,
-        "networks SOCKS may reach (default: the stack's on-link network)",
+        "networks of either family SOCKS may reach (default: the stack's on-link networks)",
         cli=False,
     ),
     Setting("socks.username", _optional(parse_secret), None, "SOCKS user (RFC 1929)", cli=False),
@@ -458,7 +458,7 @@ class Config:
     dhcp_lease_file: Path | None
     forward: tuple[ForwardSpec, ...]
     socks_listen: HostPort | None
-    socks_allow: tuple[ipaddress.IPv4Network, ...] | None
+    socks_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
     socks_username: str | None
     socks_password: str | None
     socks_max_sessions: int

@@ -262,8 +262,9 @@ class Stack:
         from netstack.front.port import StackPort
 
         port = StackPort(
-            self.loop, self.host.tcp, self.host.udp, self.current_address, self.push_tx
-        )
+            self.loop, self.host.tcp, self.host.udp, self.current_address, self.push_tx,
+            self.current_addresses6,
+        )  # fmt: skip
         try:
             self.front = Front(port, self.config)
         except OSError as err:  # e.g. the SOCKS port is taken
@@ -275,6 +276,15 @@ class Stack:
         """The address the stack answers on now: static, or DHCP's (0.0.0.0/32 while unbound)."""
         ipv4 = self.host.ipv4.config
         return ipaddress.IPv4Interface((ipv4.address, ipv4.prefix_len))
+
+    def current_addresses6(self) -> tuple[ipaddress.IPv6Interface, ...]:
+        """Our usable IPv6 addresses with their prefix lengths now (none with IPv6 off)."""
+        v6 = self.host.v6
+        if v6 is None:
+            return ()
+        return tuple(
+            ipaddress.IPv6Interface((e.address, e.prefix_len)) for e in v6.addresses if e.usable
+        )
 
     def _apply_front(self) -> None:
         self.front.apply(self.config)
