@@ -262,9 +262,13 @@ class TcpEngine:
         listener.accept_queue.clear()
         self._ready.pop(listener, None)
 
-    def connect(self, remote: tuple[Address, int], local_port: int = 0) -> Connection:
+    def connect(
+        self, remote: tuple[Address, int], local_port: int = 0, local_ip: Address | None = None
+    ) -> Connection:
         """Active open: a Connection in SYN_SENT; set its handler before the next flush.
-        The remote address is an int (IPv4) or 16 bytes (IPv6)."""
+        The remote address is an int (IPv4) or 16 bytes (IPv6). `local_ip` (a socket bound
+        to one of our addresses): the source, of the remote's family; None: the family's
+        choice (RFC 6724 for IPv6)."""
         remote_ip, remote_port = remote
         if not 0 < remote_port <= 0xFFFF:
             raise ValueError(f"TCP port out of range: {remote_port}")
@@ -273,7 +277,10 @@ class TcpEngine:
         net = self.net_for(remote_ip)
         if not net.routable(remote_ip):
             raise OSError(errno.ENETUNREACH, "no route to the destination")
-        local_ip = net.source(remote_ip)
+        if local_ip is None:
+            local_ip = net.source(remote_ip)
+        elif type(local_ip) is not type(remote_ip) or not net.is_ours(local_ip):
+            raise OSError(errno.EADDRNOTAVAIL, "the local address is not ours, or not its family")
         if local_ip is None:
             raise OSError(errno.EADDRNOTAVAIL, "no local address for the destination")
         if local_port == 0:

@@ -5,8 +5,14 @@ two connections, each answered from its own address, and everything that looks a
 
 from __future__ import annotations
 
-from scapy.layers import inet6 as s6
+import errno
 
+import pytest
+from scapy.layers import inet6 as s6
+from scapy.layers.l2 import Ether
+
+from netstack.api.tcp import Protocol
+from netstack.api.tcp import connect as tcp_connect
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.introspect import connection_table
 from netstack.wire import ipv6 as wipv6
@@ -88,3 +94,25 @@ def test_checked_mode_counts_arrivals_per_local_address() -> None:
             out = feed(host, seg(dst, "A", ISN + 101 + 100 * i, 5001, b"x" * 100), 3.0 + i / 10)
             assert [(f[s6.IPv6].src, checked(f)[s6.TCP].ack) for f in out] == [(dst, ISN + 1)]
     assert host.tcp.connections_by_state()["established"] == 2
+
+
+def test_active_opens_from_a_chosen_address_share_a_port() -> None:
+    """connect(..., local_ip) (a socket bound to one of our addresses): two connections from
+    one local port to one peer port, one per local address; a foreign source is refused."""
+    host = host_with_echo()
+    remote = (wipv6.from_str(PEER_LL_S), 22)
+    conns = [tcp_connect(host.tcp, (PEER_LL_S, 22), Protocol, 50000, ours) for ours in OURS]
+    host.tcp.flush(2.0)
+    syns = [checked(Ether(b"".join(bytes(p) for p in f))) for f in host.tx]
+    host.tx.clear()
+    assert sorted((f[s6.IPv6].src, f[s6.TCP].sport, str(f[s6.TCP].flags)) for f in syns) == sorted(
+        (ours, 50000, "S") for ours in OURS
+    )
+    assert {t.get_extra_info("sockname") for t in conns} == {(ours, 50000) for ours in OURS}
+    for bad in ("2001:db8::99", "192.0.2.2"):  # not ours; ours but the other family
+        with pytest.raises(OSError) as err:
+            host.tcp.connect(remote, 50001, wipv6.from_str(bad) if ":" in bad else 0xC0000202)
+        assert err.value.errno == errno.EADDRNOTAVAIL
+    with pytest.raises(OSError) as err:  # the same 4-tuple twice
+        host.tcp.connect(remote, 50000, wipv6.from_str(STATIC_S))
+    assert err.value.errno == errno.EADDRINUSE
