@@ -496,11 +496,14 @@ class Stack:
         rx_pps = (rx - rx0) / elapsed if elapsed > 0 else 0.0
         tx_pps = (tx - tx0) / elapsed if elapsed > 0 else 0.0
         state = "stopping" if self.shutdown.started else "up"
-        return (
+        line = (
             f"{state}: {self.address_text()} on {self.link.name}, "
             f"{self.host.tcp.connection_count()} connections, "
             f"rx {rx_pps:.0f} pps, tx {tx_pps:.0f} pps"
         )
+        # the IPv6 addresses a user would reach us on (static, SLAAC; not the link-local one)
+        v6 = [str(a) for a in self.current_addresses6() if not a.ip.is_link_local]
+        return f"{line}; ipv6 {' '.join(v6)}" if v6 else line
 
     def _ready(self, now: float) -> None:
         self.notifier.ready(self.status_line(now))
