@@ -116,3 +116,26 @@ def test_active_opens_from_a_chosen_address_share_a_port() -> None:
     with pytest.raises(OSError) as err:  # the same 4-tuple twice
         host.tcp.connect(remote, 50000, wipv6.from_str(STATIC_S))
     assert err.value.errno == errno.EADDRINUSE
+
+
+def test_syn_cookies_per_local_address() -> None:
+    """Cookie handshakes from one peer port to two of our addresses: each cookie is bound to
+    its own 4-tuple (our address in it), and each completes its own connection."""
+    host = host_with_echo()
+    host.tcp.listeners[7].syn_backlog = 0  # every SYN is answered with a cookie
+    cookies = {}
+    for dst in OURS:
+        (synack,) = [checked(f) for f in feed(host, seg(dst, "S", ISN), 2.0)]
+        assert synack[s6.IPv6].src == dst
+        cookies[dst] = synack[s6.TCP].seq
+    assert cookies[STATIC_S] != cookies[OUR_LL_S] and not host.tcp.conns
+    # the static address's cookie does not open a connection on the link-local one
+    out = [checked(f) for f in feed(host, seg(OUR_LL_S, "A", ISN + 1, cookies[STATIC_S] + 1))]
+    assert [str(f[s6.TCP].flags) for f in out] == ["R"] and not host.tcp.conns
+    for dst in OURS:
+        data = f"cookie to {dst}".encode()
+        out = [checked(f) for f in feed(host, seg(dst, "PA", ISN + 1, cookies[dst] + 1, data))]
+        (echo,) = [f for f in out if len(f[s6.TCP].payload)]
+        assert echo[s6.IPv6].src == dst and echo[s6.TCP].load == data
+    assert host.counters.tcp_syn_cookies_validated == 2
+    assert host.tcp.connections_by_state()["established"] == 2
