@@ -147,3 +147,58 @@ def test_udp_forward_replies_from_the_address_the_peer_wrote_to() -> None:
         forward.stop_listening()
         loop.close()
         echo.close()
+
+
+def socks_connect(server: SocksServer, loop: Loop, host_text: str, port: int) -> bytes:
+    """A kernel client: greeting, CONNECT to [host_text]:port (ATYP 4); the reply it gets."""
+    client = socket.create_connection(server.sock.getsockname(), timeout=5)  # type: ignore[union-attr]
+    with client:
+        client.sendall(b"\x05\x01\x00")
+        client.sendall(
+            b"\x05\x01\x00\x04" + ipaddress.IPv6Address(host_text).packed + port.to_bytes(2, "big")
+        )
+        for _ in range(40):
+            loop.run_once(0.02)
+        got = b""
+        while len(got) < 4 and (chunk := client.recv(100)):
+            got += chunk
+        assert got[:2] == b"\x05\x00"  # the method: no authentication
+        return got[2:]
+
+
+def stack_socks(host, allow=None) -> tuple[SocksServer, Loop]:
+    loop = Loop()
+    port = StackPort(loop, host.tcp, host.udp, lambda: V4, lambda: None, lambda: V6)
+    config = SimpleNamespace(
+        socks_max_sessions=4, socks_handshake_timeout=5.0, socks_idle_timeout=5.0,
+        socks_allow=allow, socks_username=None, socks_listen=("127.0.0.1", 0),
+    )  # fmt: skip
+    return SocksServer(port, config, SocksStats()), loop
+
+
+def test_socks_connect_to_ipv6_with_ipv6_off_gets_reply_8() -> None:
+    from tests.unit.hosttools import make_host
+
+    host = make_host()  # IPv4 only
+    nets = (ipaddress.IPv6Network("2001:db8::/64"),)
+    server, loop = stack_socks(host, allow=nets)
+    try:
+        reply = socks_connect(server, loop, "2001:db8::1", 80)
+        assert reply[:2] == b"\x05\x08"  # address type not supported
+        assert server.stats.errors == {"bad_address_type": 1}
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_socks_connect_beyond_any_route_gets_reply_3() -> None:
+    host = v6_host()  # no router advertised: only the on-link /64 is reachable
+    server, loop = stack_socks(host, allow=(ipaddress.IPv6Network("2001:db8:99::/48"),))
+    try:
+        reply = socks_connect(server, loop, "2001:db8:99::1", 80)
+        assert reply[:2] == b"\x05\x03"  # network unreachable
+        assert server.stats.errors == {"unreachable": 1}
+        assert not host.tcp.conns
+    finally:
+        server.close()
+        loop.close()
