@@ -518,6 +518,8 @@ class Config:
             value = getattr(self, setting.attr)
             if isinstance(value, bytes):
                 value = mac_to_str(value)
+            if setting.key == "socks.allow" and value is not None:
+                value = "[" + ", ".join(f'"{net}"' for net in value) + "]"  # as written in TOML
             if setting.key in ("socks.password", "ipv6_secret") and value is not None:
                 value = "(set)"  # check-config output lands in logs and tickets
             lines.append(f"{setting.key} = {'none' if value is None else value}")

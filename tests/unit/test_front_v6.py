@@ -29,7 +29,9 @@ V6 = (ipaddress.IPv6Interface("2001:db8::2/64"), ipaddress.IPv6Interface("fe80::
 ip = ipaddress.ip_address
 
 
-def test_socks_allow_takes_networks_of_both_families(tmp_path: Path) -> None:
+def test_socks_allow_takes_networks_of_both_families(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = build_config({"socks.allow": ["192.0.2.0/24", "2001:db8:5::/48", "fe80::/10"]})
     assert config.socks_allow == (
         ipaddress.IPv4Network("192.0.2.0/24"),
@@ -43,6 +45,7 @@ def test_socks_allow_takes_networks_of_both_families(tmp_path: Path) -> None:
         '[socks]\nlisten = "127.0.0.1:1080"\nallow = ["2001:db8::/64", "192.0.2.0/24"]\n'
     )
     assert main(["check-config", str(good)]) == 0
+    assert 'socks.allow = ["2001:db8::/64", "192.0.2.0/24"]' in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text('[socks]\nallow = ["2001:db8::zz/64"]\n')
     assert main(["check-config", str(bad)]) == 2
