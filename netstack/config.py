@@ -367,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
         "socks.allow",
         _optional(parse_networks),
         None,
-        "networks SOCKS may reach (default: the stack's on-link network)",
+        "networks of either family SOCKS may reach (default: the stack's on-link networks)",
         cli=False,
     ),
     Setting("socks.username", _optional(parse_secret), None, "SOCKS user (RFC 1929)", cli=False),
@@ -458,7 +458,7 @@ class Config:
     dhcp_lease_file: Path | None
     forward: tuple[ForwardSpec, ...]
     socks_listen: HostPort | None
-    socks_allow: tuple[ipaddress.IPv4Network, ...] | None
+    socks_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
     socks_username: str | None
     socks_password: str | None
     socks_max_sessions: int
@@ -518,6 +518,8 @@ class Config:
             value = getattr(self, setting.attr)
             if isinstance(value, bytes):
                 value = mac_to_str(value)
+            if setting.key == "socks.allow" and value is not None:
+                value = "[" + ", ".join(f'"{net}"' for net in value) + "]"  # as written in TOML
             if setting.key in ("socks.password", "ipv6_secret") and value is not None:
                 value = "(set)"  # check-config output lands in logs and tickets
             lines.append(f"{setting.key} = {'none' if value is None else value}")

@@ -262,8 +262,9 @@ class Stack:
         from netstack.front.port import StackPort
 
         port = StackPort(
-            self.loop, self.host.tcp, self.host.udp, self.current_address, self.push_tx
-        )
+            self.loop, self.host.tcp, self.host.udp, self.current_address, self.push_tx,
+            self.current_addresses6,
+        )  # fmt: skip
         try:
             self.front = Front(port, self.config)
         except OSError as err:  # e.g. the SOCKS port is taken
@@ -275,6 +276,15 @@ class Stack:
         """The address the stack answers on now: static, or DHCP's (0.0.0.0/32 while unbound)."""
         ipv4 = self.host.ipv4.config
         return ipaddress.IPv4Interface((ipv4.address, ipv4.prefix_len))
+
+    def current_addresses6(self) -> tuple[ipaddress.IPv6Interface, ...]:
+        """Our usable IPv6 addresses with their prefix lengths now (none with IPv6 off)."""
+        v6 = self.host.v6
+        if v6 is None:
+            return ()
+        return tuple(
+            ipaddress.IPv6Interface((e.address, e.prefix_len)) for e in v6.addresses if e.usable
+        )
 
     def _apply_front(self) -> None:
         self.front.apply(self.config)
@@ -486,11 +496,14 @@ class Stack:
         rx_pps = (rx - rx0) / elapsed if elapsed > 0 else 0.0
         tx_pps = (tx - tx0) / elapsed if elapsed > 0 else 0.0
         state = "stopping" if self.shutdown.started else "up"
-        return (
+        line = (
             f"{state}: {self.address_text()} on {self.link.name}, "
             f"{self.host.tcp.connection_count()} connections, "
             f"rx {rx_pps:.0f} pps, tx {tx_pps:.0f} pps"
         )
+        # the IPv6 addresses a user would reach us on (static, SLAAC; not the link-local one)
+        v6 = [str(a) for a in self.current_addresses6() if not a.ip.is_link_local]
+        return f"{line}; ipv6 {' '.join(v6)}" if v6 else line
 
     def _ready(self, now: float) -> None:
         self.notifier.ready(self.status_line(now))

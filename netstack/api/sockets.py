@@ -419,6 +419,7 @@ class TcpSocket:
         self._lock = threading.Condition(threading.Lock())
         self._pumping = False
         self._local_port = 0
+        self._local_ip: int | bytes | None = None  # bind() to one of our addresses: the source
         self._endpoint = endpoint
         self._events: queue.SimpleQueue = (
             endpoint.events if endpoint is not None else queue.SimpleQueue()
@@ -636,8 +637,11 @@ class TcpSocket:
     def bind(self, address: Address) -> None:
         self._check_open()
         ip, port = address
-        if ip not in ("", "0.0.0.0", "::") and not _ours(self.stack.tcp, addr_from_str(ip)):
-            raise OSError(errno.EADDRNOTAVAIL, f"cannot bind to {ip}: not the stack's address")
+        if ip not in ("", "0.0.0.0", "::"):
+            local = addr_from_str(ip)
+            if not _ours(self.stack.tcp, local):
+                raise OSError(errno.EADDRNOTAVAIL, f"cannot bind to {ip}: not the stack's address")
+            self._local_ip = local  # connect() leaves from it (listeners stay wildcard)
         self._local_port = port
 
     def connect(self, address: Address) -> None:
@@ -647,7 +651,7 @@ class TcpSocket:
             raise OSError(errno.EISCONN, "already connected")
         endpoint = _Endpoint(self._events, self._rcvbuf or self.stack.recv_buffer)
         self._endpoint = endpoint
-        local_port = self._local_port
+        local_port, local_ip = self._local_port, self._local_ip
         ip, port = address
         remote_ip = addr_from_str(ip) if isinstance(ip, str) else ip
         sndbuf, rcvbuf = self._sndbuf, self._rcvbuf
@@ -655,7 +659,7 @@ class TcpSocket:
         def command(now: float) -> None:
             try:
                 transport = tcp_connect(
-                    self.stack.tcp, (remote_ip, port), lambda: endpoint, local_port
+                    self.stack.tcp, (remote_ip, port), lambda: endpoint, local_port, local_ip
                 )
                 transport.set_buffer_sizes(sndbuf, rcvbuf)  # before the SYN goes out
             except Exception as err:

@@ -279,9 +279,12 @@ def connect(
     address: tuple[str | int | bytes, int],
     protocol_factory: ProtocolFactory,
     local_port: int = 0,
+    local_ip: str | int | bytes | None = None,
 ) -> TcpTransport:
     """Open a connection; the protocol hears connection_made(transport) once it is up (or
-    connection_lost(exc) if it cannot be). Writes before then are queued."""
+    connection_lost(exc) if it cannot be). Writes before then are queued. `local_ip`: leave
+    from this address of ours (e.g. one of several IPv6 ones); None: the stack chooses."""
     ip, port = address
-    conn = tcp.connect((_ip(ip), port), local_port)
+    source = None if local_ip is None else _ip(local_ip)
+    conn = tcp.connect((_ip(ip), port), local_port, source)
     return TcpTransport(conn, protocol_factory())

@@ -3,8 +3,10 @@
 TCP: each connection the stack accepts opens a nonblocking kernel connection to the target;
 the stack side does not read until it is up (its window closes meanwhile). A refused or
 unreachable target resets the stack-side connection at once; after that pipe.TcpPipe relays.
-UDP: one kernel socket per flow (stack-side peer address), connected to the target, so replies
-find their way back; flows end after idle_timeout, and at most max_connections live at once.
+UDP: one kernel socket per flow (stack-side peer address and the address of ours it wrote to),
+connected to the target, so replies find their way back, from the address the peer wrote to
+(a peer of an IPv6 stack with several addresses expects its reply from that one); flows end
+after idle_timeout, and at most max_connections live at once.
 
 `Forwards.apply(specs)` is both startup and SIGHUP: forwards that appear start, ones that
 disappear stop listening at once and let their open sessions finish for up to
@@ -24,6 +26,7 @@ from netstack.front.pipe import TcpPipe, connect_error_reason
 from netstack.front.port import StackPort
 from netstack.front.spec import ForwardSpec
 from netstack.front.stats import ForwardStats, FrontStats
+from netstack.wire.inet import Address
 from netstack.wire.inet import to_str as addr_to_str
 
 log = logging.getLogger("netstack.front")
@@ -140,14 +143,18 @@ class _ForwardPipe(TcpPipe):
         self.forward.start(self)
 
 
+FlowKey = tuple[tuple[Address, int], Address]  # (stack-side peer, our address it wrote to)
+
+
 class _UdpFlow:
     """One stack-side peer's datagrams to and from the target, over its own kernel socket."""
 
-    __slots__ = ("last_active", "peer", "sock")
+    __slots__ = ("key", "last_active", "local", "peer", "sock")
 
-    def __init__(self, sock: socket.socket, peer: tuple[int, int], now: float) -> None:
+    def __init__(self, sock: socket.socket, key: FlowKey, now: float) -> None:
         self.sock = sock
-        self.peer = peer
+        self.key = key
+        self.peer, self.local = key
         self.last_active = now
 
 
@@ -158,21 +165,24 @@ class UdpForward:
         self.port = port
         self.spec = spec
         self.stats = stats
-        self.flows: OrderedDict[tuple[int, int], _UdpFlow] = OrderedDict()  # LRU order
+        self.flows: OrderedDict[FlowKey, _UdpFlow] = OrderedDict()  # LRU order
         self.socket = port.udp.bind(spec.listen, self._on_datagram)
         self._sweeper = port.loop.call_later(self._sweep_interval(), self._sweep)
 
     def _sweep_interval(self) -> float:
         return min(1.0, self.spec.idle / 2)
 
-    def _on_datagram(self, data: memoryview, peer: tuple[int, int], dst: int, now: float) -> None:
-        flow = self.flows.get(peer)
+    def _on_datagram(
+        self, data: memoryview, peer: tuple[Address, int], dst: Address, now: float
+    ) -> None:
+        key = (peer, dst)
+        flow = self.flows.get(key)
         if flow is None:
-            flow = self._open(peer, now)
+            flow = self._open(key, now)
             if flow is None:
                 return
         else:
-            self.flows.move_to_end(peer)
+            self.flows.move_to_end(key)
         flow.last_active = now
         try:
             flow.sock.send(data)
@@ -186,7 +196,7 @@ class UdpForward:
             return
         self.stats.bytes_to_target += len(data)
 
-    def _open(self, peer: tuple[int, int], now: float) -> _UdpFlow | None:
+    def _open(self, key: FlowKey, now: float) -> _UdpFlow | None:
         if len(self.flows) >= self.spec.max_connections:
             self.stats.error("limit")
             return None
@@ -198,11 +208,12 @@ class UdpForward:
             sock.close()
             self.stats.error(connect_error_reason(err.errno or 0))
             return None
-        flow = _UdpFlow(sock, peer, now)
-        self.flows[peer] = flow
+        flow = _UdpFlow(sock, key, now)
+        self.flows[key] = flow
         self.stats.sessions += 1
         self.stats.active += 1
         self.port.loop.add_reader(sock.fileno(), lambda now: self._on_reply(flow, now))
+        peer = flow.peer
         log.debug("forward %s: new flow from %s:%d", self.spec.name, addr_to_str(peer[0]), peer[1])
         return flow
 
@@ -220,7 +231,7 @@ class UdpForward:
             flow.last_active = now
             if self.socket.closed:
                 break
-            if self.socket.sendto(data, flow.peer):
+            if self.socket.sendto(data, flow.peer, flow.local):
                 self.stats.bytes_from_target += len(data)
                 sent = True
             else:
@@ -229,7 +240,7 @@ class UdpForward:
             self.port.push_tx()
 
     def _close_flow(self, flow: _UdpFlow) -> None:
-        if self.flows.pop(flow.peer, None) is not None:
+        if self.flows.pop(flow.key, None) is not None:
             self.stats.active -= 1
             self.port.loop.remove_reader(flow.sock.fileno())
             flow.sock.close()

@@ -8,13 +8,19 @@ handshake is parsed by socks5.py; then
 - UDP ASSOCIATE binds a kernel UDP socket for the client and an ephemeral stack UDP port, and
   relays datagrams (RFC 1928 section 7 headers) for as long as the control connection lives.
 
+Both families: an IPv4 (ATYP 1) or IPv6 (ATYP 4) destination goes out over the stack's TCP or
+UDP of that family, from the address the stack chooses for it (RFC 6724 for IPv6). With IPv6
+off, an IPv6 destination gets reply 8 (address type not supported).
+
 Hostnames (ATYP 3) are refused with reply 8 (address type not supported): the stack has no
 DNS of its own, and resolving with the process's resolver would query through the kernel's
 network, not the stack's link -- and block the loop. Clients resolve names themselves
 (curl --socks5, not --socks5-hostname).
 
-Destinations must fall in `socks.allow` (default: the stack's on-link network only, so nothing
-beyond a gateway until configured); others get reply 2 and a `not_allowed` count. Sessions are
+Destinations must fall in `socks.allow`, networks of either family (default: the stack's
+on-link networks only -- IPv4's, and the prefixes of our IPv6 addresses, fe80::/64 included --
+so nothing beyond a gateway until configured); others get reply 2 and a `not_allowed` count.
+The stack's own addresses, multicast and unspecified addresses are never allowed. Sessions are
 bounded (`socks.max_sessions`), handshakes must finish within `socks.handshake_timeout`, and a
 session silent for `socks.idle_timeout` ends.
 """
@@ -22,6 +28,7 @@ session silent for `socks.idle_timeout` ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
@@ -43,7 +50,10 @@ CONNECT_TIMEOUT = 10.0
 ACCEPTS_PER_WAKEUP = 64
 UDP_BATCH = 64
 UDP_MAX = 65535
-UDP_PAYLOAD_MAX = 65507  # what one IPv4 UDP datagram carries
+UDP_PAYLOAD_MAX = {4: 65507, 6: 65527}  # what one UDP datagram carries, per IP version
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The destination address types served, and how their text becomes an address.
+DESTINATION = {s5.ATYP_IPV4: ipaddress.IPv4Address, s5.ATYP_IPV6: ipaddress.IPv6Address}
 
 REPLY_FOR = {  # a failed CONNECT's reason -> its reply code
     "refused": s5.REP_CONNECTION_REFUSED,
@@ -60,6 +70,19 @@ PIPE_REASON = {  # pipe.TcpPipe's end reasons -> SOCKS_ERRORS
 }
 
 GREETING, AUTH, REQUEST, CONNECTING, RELAY, UDP, DONE = range(7)
+
+
+def stack_address(ip: IPAddress) -> int | bytes:
+    """The engines' form of an address: an int for IPv4, 16 bytes for IPv6 (wire/inet.py)."""
+    return int(ip) if ip.version == 4 else ip.packed
+
+
+def connect_refusal(err: OSError) -> s5.SocksError:
+    """A CONNECT the stack could not even start: IPv6 off is "address type not supported"
+    (RFC 1928 6, X'08'); no route or no source address, "network unreachable" (X'03')."""
+    if err.errno == errno.EAFNOSUPPORT:
+        return s5.SocksError("bad_address_type", s5.REP_ADDRESS_TYPE_NOT_SUPPORTED)
+    return s5.SocksError("unreachable", s5.REP_NETWORK_UNREACHABLE)
 
 
 class SocksServer:
@@ -92,15 +115,18 @@ class SocksServer:
         )
 
     @property
-    def allow(self) -> tuple[ipaddress.IPv4Network, ...]:
-        """The configured networks, or the on-link network as it is now (DHCP may change it)."""
-        return self._allow or (self.port.address.network,)
+    def allow(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The configured networks, or the on-link networks as they are now (DHCP and SLAAC
+        may change them)."""
+        return self._allow or self.port.networks()
 
-    def allowed(self, ip: ipaddress.IPv4Address) -> bool:
-        if ip == self.port.address.ip or ip.is_multicast or ip.is_unspecified:
+    def allowed(self, ip: IPAddress) -> bool:
+        if ip.is_multicast or ip.is_unspecified or self.port.is_ours(ip):
             return False
         for net in self.allow:
-            if ip in net:
+            if ip in net:  # False for the other family
+                if ip.version == 6:
+                    return True
                 return ip != net.broadcast_address or net.prefixlen >= 31
         return False
 
@@ -230,21 +256,25 @@ class Session:
         address = request.address
         if address.atyp == s5.ATYP_DOMAIN:
             raise s5.SocksError("hostname_refused", s5.REP_ADDRESS_TYPE_NOT_SUPPORTED)
-        if address.atyp != s5.ATYP_IPV4:
+        if address.atyp not in DESTINATION:
             raise s5.SocksError("bad_address_type", s5.REP_ADDRESS_TYPE_NOT_SUPPORTED)
         if request.command == s5.CMD_UDP_ASSOCIATE:
             self._associate(address)
             return
-        ip = ipaddress.IPv4Address(address.host)
+        ip = DESTINATION[address.atyp](address.host)
         if not self.server.allowed(ip):
             raise s5.SocksError("not_allowed", s5.REP_NOT_ALLOWED)
+        pipe = _SocksPipe(self)
+        try:
+            pending = tcp_connect(self.port.tcp, (stack_address(ip), address.port), lambda: pipe)
+        except OSError as err:  # IPv6 off, no route, no source address for it
+            raise connect_refusal(err) from None
         self.state = CONNECTING
         self._set_reading(False)  # the client's early bytes wait in the kernel until we relay
         self._timer.cancel()
         self._timer = self.port.loop.call_later(CONNECT_TIMEOUT, self._connect_expired)
-        pipe = _SocksPipe(self)
         self.pipe = pipe
-        pipe.pending = tcp_connect(self.port.tcp, (int(ip), address.port), lambda: pipe)
+        pipe.pending = pending
 
     # -- CONNECT -------------------------------------------------------------------------------
     def connected(self, pipe: _SocksPipe) -> None:
@@ -407,20 +437,28 @@ class _UdpAssociation:
             except s5.SocksError as err:
                 stats.error(err.reason)
                 continue
-            if header.frag != 0 or header.address.atyp != s5.ATYP_IPV4:
+            kind = DESTINATION.get(header.address.atyp)
+            if header.frag != 0 or kind is None:
                 stats.error("bad_address_type" if header.frag == 0 else "other")
                 continue
-            if len(payload) > UDP_PAYLOAD_MAX:
+            ip = kind(header.address.host)
+            if len(payload) > UDP_PAYLOAD_MAX[ip.version]:
                 stats.error("oversized")
                 continue
-            ip = ipaddress.IPv4Address(header.address.host)
             if not self.server.allowed(ip):
                 stats.error("not_allowed")
                 continue
             self.last_active = now
-            if self.ssock.sendto(payload, (int(ip), header.address.port)):
+            try:
+                ok = self.ssock.sendto(payload, (stack_address(ip), header.address.port))
+            except OSError:  # IPv6 off
+                stats.error("bad_address_type")
+                continue
+            if ok:
                 stats.bytes_to_target += len(payload)
                 sent = True
+            else:
+                stats.error("unreachable")
         if sent:
             self.port.push_tx()
 

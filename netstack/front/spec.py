@@ -135,18 +135,25 @@ def parse_forwards(value: Any) -> tuple[ForwardSpec, ...]:
     return tuple(specs)
 
 
-def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network, ...] | None:
-    """`socks.allow`: a list of IPv4 networks (CIDR); None means the on-link network."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: Any) -> tuple[Network, ...] | None:
+    """`socks.allow`: a list of networks of either family (CIDR, e.g. "192.0.2.0/24",
+    "2001:db8::/64"); None means the on-link networks."""
     if value is None:
         return None
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
-        raise ValueError('expected a list of networks like ["192.0.2.0/24"]')
+        raise ValueError('expected a list of networks like ["192.0.2.0/24", "2001:db8::/64"]')
     nets = []
     for item in items:
+        if isinstance(item, Network):
+            nets.append(item)
+            continue
         if not isinstance(item, str):
-            raise ValueError(f"expected a network like 192.0.2.0/24, not {item!r}")
-        nets.append(ipaddress.IPv4Network(item.strip(), strict=False))
+            raise ValueError(f"expected a network like 192.0.2.0/24 or 2001:db8::/64, not {item!r}")
+        nets.append(ipaddress.ip_network(item.strip(), strict=False))
     return tuple(nets)
 
 

@@ -58,14 +58,24 @@ class UdpSocket:
         self.reflect = False
         self.reflected = 0
 
-    def sendto(self, data: bytes | bytearray | memoryview, address: tuple[int, int]) -> bool:
-        """Queue one datagram; False when it could not be sent (no route, too big, closed)."""
+    def sendto(
+        self,
+        data: bytes | bytearray | memoryview,
+        address: tuple[int, int],
+        src: int | bytes | None = None,
+    ) -> bool:
+        """Queue one datagram; False when it could not be sent (no route, too big, closed).
+        `src` (IPv6; like IPV6_PKTINFO): the local address to send from, e.g. the `dst` a
+        datagram arrived at, so a reply leaves from the address the peer wrote to when we have
+        several (link-local, SLAAC, static); None: the RFC 6724 choice. IPv4 has one address."""
         if self.closed:
             raise OSError("socket is closed")
         if type(address[0]) is bytes:  # a 16-byte IPv6 address: proto/udp6.py sends it
             send6 = self._engine.sendto6
             if send6 is None:
                 raise OSError("IPv6 is off")
+            if src is not None:
+                return send6(self.port, data, address, src)
             return send6(self.port, data, address)
         return self._engine.sendto(self.port, data, address)
 

@@ -189,14 +189,24 @@ class Udp6:
             sock.on_error(icmp_type, code, (inner.dst, int.from_bytes(inner_payload[2:4], "big")),
                           now)  # fmt: skip
 
-    def sendto(self, src_port: int, data: bytes | bytearray | memoryview, address: tuple) -> bool:
+    def sendto(
+        self,
+        src_port: int,
+        data: bytes | bytearray | memoryview,
+        address: tuple,
+        src: bytes | None = None,
+    ) -> bool:
+        """`src`: send from this address of ours (a reply from where the request came to);
+        None, or an address no longer usable, takes RFC 6724's choice for the destination."""
         dst, dst_port = address
         if len(data) > MAX_PAYLOAD:
             raise ValueError(f"UDP payload of {len(data)} bytes exceeds {MAX_PAYLOAD}")
         if not 0 < dst_port <= 0xFFFF:
             raise ValueError(f"UDP port out of range: {dst_port}")
         now = self.udp.now
-        src = self.ipv6.addresses.select_source(dst)
+        addresses = self.ipv6.addresses
+        if src is None or src[0] == 0xFF or not addresses.is_ours(src):
+            src = addresses.select_source(dst)
         if src is None:
             self.counters.drop(Drop.IPV6_NO_SOURCE)
             return False

@@ -243,7 +243,7 @@ class Connection:
         self.local_port = local_port
         self.remote_ip = remote_ip
         self.remote_port = remote_port
-        self.key = (remote_ip, remote_port, local_port)
+        self.key = (self.local_ip, local_port, remote_ip, remote_port)  # engine.Key
         self.csum = net.csum_pair(self.local_ip, remote_ip)  # the pseudo-header, for wire/tcp
         self.tx_sum = wtcp.template_sum(*self.csum, local_port, remote_port)
         self.ip_send = net.sender(self.local_ip)

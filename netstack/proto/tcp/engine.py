@@ -65,8 +65,10 @@ from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpHeader, TcpOptions, TcpRepr
 
 log = logging.getLogger("netstack.tcp")
 
-# (remote ip, remote port, local port); the remote ip an int (IPv4) or 16 bytes (IPv6)
-Key = tuple[Address, int, int]
+# (local ip, local port, remote ip, remote port), the full 4-tuple: a host with several
+# addresses (IPv6 link-local + SLAAC + static) may hold one connection per local address to
+# the same peer port. Addresses are ints (IPv4) or 16 bytes (IPv6). Listeners stay wildcard.
+Key = tuple[Address, int, Address, int]
 S = State
 # State.value is a Python-level descriptor (enum): the per-state counts look names up here.
 STATE_NAME = {s: s.value for s in State}
@@ -260,9 +262,13 @@ class TcpEngine:
         listener.accept_queue.clear()
         self._ready.pop(listener, None)
 
-    def connect(self, remote: tuple[Address, int], local_port: int = 0) -> Connection:
+    def connect(
+        self, remote: tuple[Address, int], local_port: int = 0, local_ip: Address | None = None
+    ) -> Connection:
         """Active open: a Connection in SYN_SENT; set its handler before the next flush.
-        The remote address is an int (IPv4) or 16 bytes (IPv6)."""
+        The remote address is an int (IPv4) or 16 bytes (IPv6). `local_ip` (a socket bound
+        to one of our addresses): the source, of the remote's family; None: the family's
+        choice (RFC 6724 for IPv6)."""
         remote_ip, remote_port = remote
         if not 0 < remote_port <= 0xFFFF:
             raise ValueError(f"TCP port out of range: {remote_port}")
@@ -271,29 +277,34 @@ class TcpEngine:
         net = self.net_for(remote_ip)
         if not net.routable(remote_ip):
             raise OSError(errno.ENETUNREACH, "no route to the destination")
-        if net.source(remote_ip) is None:
+        if local_ip is None:
+            local_ip = net.source(remote_ip)
+        elif type(local_ip) is not type(remote_ip) or not net.is_ours(local_ip):
+            raise OSError(errno.EADDRNOTAVAIL, "the local address is not ours, or not its family")
+        if local_ip is None:
             raise OSError(errno.EADDRNOTAVAIL, "no local address for the destination")
         if local_port == 0:
-            local_port = self._ephemeral_port(remote_ip, remote_port)
+            local_port = self._ephemeral_port(local_ip, remote_ip, remote_port)
         elif not 0 < local_port <= 0xFFFF:
             raise ValueError(f"TCP port out of range: {local_port}")
-        elif (remote_ip, remote_port, local_port) in self.conns:
+        elif (local_ip, local_port, remote_ip, remote_port) in self.conns:
             raise AddressInUse(f"TCP port {local_port} is in use towards that destination")
-        conn = Connection(self, local_port, remote_ip, remote_port)
+        conn = Connection(self, local_port, remote_ip, remote_port, local_ip=local_ip)
         self.conns[conn.key] = conn
         conn.open_active(self.choose_isn(conn, self.now), self.now)
         self.counters.tcp_active_opens += 1
         self.touch(conn)
         return conn
 
-    def _ephemeral_port(self, remote_ip: Address, remote_port: int) -> int:
+    def _ephemeral_port(self, local_ip: Address, remote_ip: Address, remote_port: int) -> int:
         """RFC 6056 algorithm 1: a random start, then the next port free for this peer."""
         cfg = self.config
         span = cfg.ephemeral_last - cfg.ephemeral_first + 1
         start = self.rng.randrange(span)
         for i in range(span):
             port = cfg.ephemeral_first + (start + i) % span
-            if port not in self.listeners and (remote_ip, remote_port, port) not in self.conns:
+            key = (local_ip, port, remote_ip, remote_port)
+            if port not in self.listeners and key not in self.conns:
                 return port
         raise AddressInUse("no free ephemeral TCP port")
 
@@ -517,8 +528,7 @@ class TcpEngine:
         """A valid segment from src to our address dst: its connection, else its listener."""
         c = self.counters
         c.tcp_segments_rx += 1
-        key = (src, h.src_port, h.dst_port)
-        conn = self.conns.get(key)
+        conn = self.conns.get((dst, h.dst_port, src, h.src_port))
         isn_floor = None
         if conn is not None:
             if conn.state is S.TIME_WAIT and h.flags & (SYN | ACK | RST) == SYN:
@@ -668,7 +678,7 @@ class TcpEngine:
         if mss is None:
             c.tcp_syn_cookies_failed += 1
             return False
-        if self._stale_ack((src, h.src_port, h.dst_port), h.ack, now):
+        if self._stale_ack((dst, h.dst_port, src, h.src_port), h.ack, now):
             return False  # a segment for a closed connection: RST (Drop.TCP_LISTEN_ACK)
         if len(listener.accept_queue) >= listener.backlog:
             c.tcp_accept_queue_overflows += 1
@@ -738,7 +748,7 @@ class TcpEngine:
         src_port = int.from_bytes(inner_payload[0:2], "big")
         dst_port = int.from_bytes(inner_payload[2:4], "big")
         seq = int.from_bytes(inner_payload[4:8], "big")
-        conn = self.conns.get((inner.dst, dst_port, src_port))
+        conn = self.conns.get((inner.src, src_port, inner.dst, dst_port))
         if conn is None:
             self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
             return
@@ -761,7 +771,7 @@ class TcpEngine:
         src_port = int.from_bytes(inner_payload[0:2], "big")
         dst_port = int.from_bytes(inner_payload[2:4], "big")
         seq = int.from_bytes(inner_payload[4:8], "big")
-        conn = self.conns.get((inner.dst, dst_port, src_port))
+        conn = self.conns.get((inner.src, src_port, inner.dst, dst_port))
         if conn is None:
             self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
             return
@@ -795,7 +805,7 @@ class TcpEngine:
         src_port = int.from_bytes(inner_payload[0:2], "big")
         dst_port = int.from_bytes(inner_payload[2:4], "big")
         seq = int.from_bytes(inner_payload[4:8], "big")
-        conn = self.conns.get((inner.dst, dst_port, src_port))
+        conn = self.conns.get((inner.src, src_port, inner.dst, dst_port))
         if conn is None:
             self.counters.drop(Drop.TCP_ICMP_NO_CONNECTION)
             return

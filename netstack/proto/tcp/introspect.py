@@ -30,9 +30,18 @@ def endpoint(address: int | bytes, port: int) -> str:
     return f"{ip_to_str(address)}:{port}"
 
 
+def listen_address(engine: TcpEngine) -> str:
+    """Where a listener listens, as `ss` prints it. A listener is a port on every address of
+    the engine: with IPv6 attached it takes both families, which Linux's `ss` shows as `*`
+    (a socket on `::` without IPV6_V6ONLY); IPv4 only, the stack's one address."""
+    if engine.net6 is not None:
+        return "*"
+    return ip_to_str(engine.local_ip) if engine.local_ip else "0.0.0.0"
+
+
 def connection_table(engine: TcpEngine, now: float) -> dict[str, object]:
     """{"now": ..., "listeners": [...], "connections": [...]}: JSON-ready values only."""
-    local = ip_to_str(engine.local_ip) if engine.local_ip else "0.0.0.0"
+    local = listen_address(engine)
     listeners = [
         {
             "state": "listen",

@@ -143,7 +143,7 @@ class Checker:
         self.engine = engine
         self.raise_on_violation = raise_on_violation
         self.tracks: dict[int, Track] = {}  # id(connection) -> Track
-        self.arrivals: Counter[tuple[int | bytes, int, int]] = Counter()
+        self.arrivals: Counter[tuple[int | bytes, int, int | bytes, int]] = Counter()  # by Key
         self.violations: list[str] = []
         self.segments_checked = 0
         self.steps_checked = 0
@@ -173,7 +173,7 @@ class Checker:
             if len(segment) >= 4:
                 sport = int.from_bytes(segment[0:2], "big")
                 dport = int.from_bytes(segment[2:4], "big")
-                self.arrivals[(src, sport, dport)] += 1
+                self.arrivals[(dst, dport, src, sport)] += 1
 
         def checked_receive6(ip, segment, packet, now, checked=False) -> None:
             # IPv6 arrivals (registered by attach_ipv6, and read by the IPv6 fast path, both
@@ -182,7 +182,7 @@ class Checker:
             if len(segment) >= 4:
                 sport = int.from_bytes(segment[0:2], "big")
                 dport = int.from_bytes(segment[2:4], "big")
-                self.arrivals[(ip.src, sport, dport)] += 1
+                self.arrivals[(ip.dst, dport, ip.src, sport)] += 1
 
         def checked_flush(now: float) -> None:
             flush(now)

@@ -84,6 +84,10 @@ class Net4:
         """May a segment to `dst` be ours (RFC 1122 4.2.3.10: never to a broadcast)?"""
         return dst == self.engine.local_ip
 
+    def is_ours(self, address: int) -> bool:
+        """May a connection use `address` as its source (a bound socket's)?"""
+        return bool(address) and address == self.engine.local_ip
+
     @staticmethod
     def csum_pair(local: int, remote: int) -> tuple[int, int]:
         return local, remote
@@ -125,6 +129,10 @@ class Net6:
 
     def is_local(self, dst: bytes) -> bool:
         return dst[0] != 0xFF  # the IPv6 engine delivers only our addresses and groups
+
+    def is_ours(self, address: bytes) -> bool:
+        """A usable address of ours (not tentative, not duplicate): a possible source."""
+        return self.ipv6.addresses.is_ours(address)
 
     @staticmethod
     def csum_pair(local: bytes, remote: bytes) -> tuple[int, int]:
