@@ -1,8 +1,9 @@
-"""The one event loop: epoll, timers, batched receive, one transmit flush per turn.
+"""The one event loop: epoll, timers, batched receive, transmit flushes.
 
 A turn: wait in epoll (timeout = nearest timer or deadline source) -> drain each readable link
-a bounded number of batches -> hand the views to its on_frames -> run due timers and deadline
-sources -> flush every link's tx queue with one send_batch. The loop owns the clock; everything
+a bounded number of batches -> hand the views to its on_frames -> flush every link's tx queue
+with one send_batch (the replies to what was received leave first) -> run due timers and
+deadline sources -> flush what they queued. The loop owns the clock; everything
 it calls gets `now` as an argument. Only `stop()` may be called from another thread.
 """
 
@@ -205,9 +206,7 @@ class Loop:
     def run_once(self, timeout: float | None = None) -> None:
         """One turn. `timeout` (seconds) caps the wait; None waits for the next deadline."""
         now = self.clock()
-        for state in self._links.values():
-            if state.queue and not state.want_out:  # queued outside a turn (before run, ...)
-                self._flush_link(state, now)
+        self._flush_ready(now)  # queued outside a turn (before run, ...)
         # Look first without waiting: under load something is ready, and the nearest deadline
         # (every source asked: ~0.6 us a turn) is only needed to sleep.
         n = lib.ns_epoll_wait(self._epfd, self._fds, self._events, MAX_EVENTS, 0)
@@ -225,6 +224,9 @@ class Loop:
         busy_since = time.perf_counter()  # a measurement, not protocol time: not self.clock
         if n:
             self._dispatch(n, now)
+            # Replies leave before the timers run: a request/response peer (a TCP echo round
+            # trip, a handshake) waits for them, and the timer pass then overlaps its turn.
+            self._flush_ready(now)
         if self._pending_signals:
             self._run_signal_handlers(now)
         self._run_due(now)
@@ -333,6 +335,13 @@ class Loop:
                     poll(now)
                 except Exception as err:
                     self._callback_failed(err)
+
+    def _flush_ready(self, now: float) -> None:
+        """Send what is queued on links not waiting for EPOLLOUT (those are retried once per
+        turn, by _flush, after epoll said they are writable)."""
+        for state in tuple(self._links.values()):
+            if state.queue and not state.want_out:
+                self._flush_link(state, now)
 
     def _flush(self, now: float) -> None:
         # A copy of the table: a failed link's removal may not change it under the loop.

@@ -194,10 +194,15 @@ class AddressTable:
 
     def next_deadline(self) -> float | None:
         best = None
-        for e in self.addresses:
-            for d in (e.valid_until, e.preferred_until if e.state is AddrState.PREFERRED else None):
+        for e in self.addresses:  # plain tests, no tuple per address: asked once per turn
+            d = e.valid_until
+            if d is not None and d != INFINITE and (best is None or d < best):
+                best = d
+            if e.state is AddrState.PREFERRED:
+                d = e.preferred_until
                 if d is not None and d != INFINITE and (best is None or d < best):
                     best = d
-            if e.dad_deadline is not None and (best is None or e.dad_deadline < best):
-                best = e.dad_deadline
+            d = e.dad_deadline
+            if d is not None and (best is None or d < best):
+                best = d
         return best

@@ -675,16 +675,25 @@ class NdEngine:
             self._drop_queue(entry, Drop.ND_RESOLUTION_FAILED)
 
     def next_deadline(self) -> float | None:
-        found = [e.deadline for e in self._cache.values()]
-        d = self.addresses.next_deadline()
-        if d is not None:
-            found.append(d)
-        if self._rs_deadline is not None:
-            found.append(self._rs_deadline)
-        found.extend(t for t, _ in self._mld_repeats)
-        found.extend(r.expires for r in self.routers)
-        found.extend(p.expires for p in self.prefixes if p.expires != INFINITE)
-        return min(found) if found else None
+        """The nearest of every ND timer. Asked once per loop turn (the host's deadline
+        source): plain loops, no lists or generators (those made it ~1.5 us a turn)."""
+        best = self.addresses.next_deadline()
+        if self._rs_deadline is not None and (best is None or self._rs_deadline < best):
+            best = self._rs_deadline
+        for e in self._cache.values():
+            d = e.deadline
+            if best is None or d < best:
+                best = d
+        for d, _ in self._mld_repeats:
+            if best is None or d < best:
+                best = d
+        for r in self.routers:
+            if best is None or r.expires < best:
+                best = r.expires
+        for p in self.prefixes:
+            if p.expires != INFINITE and (best is None or p.expires < best):
+                best = p.expires
+        return best
 
 
 def _lifetime(seconds: int) -> float:

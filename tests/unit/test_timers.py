@@ -297,6 +297,29 @@ def test_tx_queue_flushed_once_per_turn(loop: Loop, pair: PairLink) -> None:
     assert seen == ["tx", "rx", "tx"]
 
 
+def test_replies_leave_before_due_timers_run(loop: Loop, pair: PairLink, clock: FakeClock) -> None:
+    """A request/response peer waits for the reply, not for our timers: what on_frames queued
+    is written before the turn's timers and deadline sources run; what they queue still
+    leaves in the same turn."""
+    order: list[str] = []
+
+    def on_frames(frames, now) -> None:
+        loop.tx(pair).append((b"re:", frames[0]))
+
+    def poll(now: float) -> None:
+        order.append(f"poll after {len(pair.batches)} writes")
+        loop.tx(pair).append((b"timer",))
+
+    loop.add_link(pair, on_frames)
+    loop.add_deadline_source(lambda: clock.now, poll)  # always due
+    loop.call_at(clock.now, lambda now: order.append(f"timer after {len(pair.batches)} writes"))
+    pair.peer.send(b"x")
+    loop.run_once(timeout=1)
+    assert order == ["timer after 1 writes", "poll after 1 writes"]
+    assert pair.sent() == [b"re:x", b"timer"]
+    assert pair.batches == [1, 1]
+
+
 def test_adopts_an_existing_tx_list(loop: Loop, pair: PairLink) -> None:
     host_tx: list = [(b"hello",)]
     assert loop.add_link(pair, lambda f, n: None, tx_queue=host_tx) is host_tx
