@@ -80,6 +80,9 @@ class Loop:
             raise OSError(-epfd, os.strerror(-epfd))
         self._epfd = epfd
         self._links: dict[int, _LinkState] = {}
+        # The same states as a tuple, replaced (never changed) when a link comes or goes: the
+        # flushes walk it twice a turn, and a link removed meanwhile cannot change it under them.
+        self._states: tuple[_LinkState, ...] = ()
         self._readers: dict[int, ReaderCallback] = {}
         self._writers: dict[int, ReaderCallback] = {}
         self._sources: list[tuple[Callable[[], float | None], Callable[[float], None]]] = []
@@ -115,10 +118,12 @@ class Loop:
         queue = tx_queue if tx_queue is not None else []
         self._ctl(lib.EPOLL_CTL_ADD, link.fd, EPOLLIN)
         self._links[link.fd] = _LinkState(link, on_frames, queue)
+        self._states = tuple(self._links.values())
         return queue
 
     def remove_link(self, link: Link) -> None:
         if self._links.pop(link.fd, None) is not None:
+            self._states = tuple(self._links.values())
             self._ctl(lib.EPOLL_CTL_DEL, link.fd, 0)
 
     def tx(self, link: Link) -> list[Frame]:
@@ -339,13 +344,12 @@ class Loop:
     def _flush_ready(self, now: float) -> None:
         """Send what is queued on links not waiting for EPOLLOUT (those are retried once per
         turn, by _flush, after epoll said they are writable)."""
-        for state in tuple(self._links.values()):
+        for state in self._states:
             if state.queue and not state.want_out:
                 self._flush_link(state, now)
 
     def _flush(self, now: float) -> None:
-        # A copy of the table: a failed link's removal may not change it under the loop.
-        for state in tuple(self._links.values()):
+        for state in self._states:
             if state.queue:
                 self._flush_link(state, now)
             elif state.want_out:
