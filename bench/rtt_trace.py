@@ -4,6 +4,7 @@ phase, while tcpclient.c keeps one 64-byte message in flight (bench/tcp.py's RTT
 
     sudo .venv/bin/python bench/rtt_trace.py [--seconds 2] [--mode rtt|conn] [--stack-args ...]
     sudo .venv/bin/python bench/rtt_trace.py --cwd /tmp/main     # another checkout's stack
+    sudo .venv/bin/python bench/rtt_trace.py --place same|cross  # pinned (needs 2 CPUs)
 
 netstack runs on tap0 in a namespace of its own (bench/run.py's world) under this file's
 `--child` mode: the real `netstack run`, with the loop's phases wrapped (no loop code copied)
@@ -150,6 +151,10 @@ def parent(args: argparse.Namespace) -> int:
         pin=False, keep_tmp=False, duration=args.seconds, repeat=1, stack_log_level="warning"
     )
     b = tcp_bench.TcpBench(bench_args)
+    if args.place == "same":  # the client on the stack's CPU (bench/run.py's placements)
+        b.gen_cpu = b.resp_cpu = "1"
+    elif args.place == "cross":  # the client on the other CPU: every wakeup is remote
+        b.gen_cpu, b.resp_cpu = "0", "1"
     out = b.tmp / "turns.json"
     popen = b.popen
 
@@ -192,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("rtt", "conn"), default="rtt")
     p.add_argument("--stack-args", default="", help="extra `netstack run` arguments")
     p.add_argument("--cwd", help="run the stack from this checkout (its own build)")
+    p.add_argument(
+        "--place",
+        choices=("any", "same", "cross"),
+        default="any",
+        help="pin stack and client to CPU 1 (same), or stack to 1 and client to 0 (cross)",
+    )
     args = p.parse_args(argv)
     if not 0.5 <= args.seconds <= 30:
         p.error("--seconds 0.5..30")
