@@ -258,9 +258,12 @@ def ping6(seconds: float) -> dict:
     return {"unit": "echo", **_replay(pair, _peer_frame(pair, send), seconds)}
 
 
-def tcp_bulk(seconds: float, port: int, protocol: type[Protocol], unit_counter: str) -> dict:
-    pair = Pair()
-    client = connect(pair.peer.tcp, ("192.0.2.2", port), protocol)
+def tcp_bulk(
+    seconds: float, port: int, protocol: type[Protocol], unit_counter: str, v6: bool = False
+) -> dict:
+    """Bulk TCP to discard (the host receives) or from chargen (it sends), over either family."""
+    pair = Pair(v6=v6)
+    client = connect(pair.peer.tcp, ("2001:db8::2" if v6 else "192.0.2.2", port), protocol)
     for _ in range(20):
         pair.step()
     c = pair.stack.counters
@@ -293,10 +296,10 @@ def tcp_connect(seconds: float) -> dict:
     return {"unit": "connection", "count": n, "seconds": pair.busy}
 
 
-def tcp_echo_rtt(seconds: float) -> dict:
+def tcp_echo_rtt(seconds: float, v6: bool = False) -> dict:
     """64 bytes through the TCP echo service, one message in flight (bench/tcp.py's RTT row)."""
-    pair = Pair()
-    client = connect(pair.peer.tcp, ("192.0.2.2", 7), Sink)
+    pair = Pair(v6=v6)
+    client = connect(pair.peer.tcp, ("2001:db8::2" if v6 else "192.0.2.2", 7), Sink)
     for _ in range(10):
         pair.step()
     proto = client.get_protocol()
@@ -407,7 +410,10 @@ SCENARIOS = {
     "ping6": lambda s: ping6(s),
     "tcp_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx"),
     "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
+    "tcp6_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx", v6=True),
+    "tcp6_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx", v6=True),
     "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),
+    "tcp6_echo_rtt": lambda s: tcp_echo_rtt(s, v6=True),
     "tcp_connect": lambda s: tcp_connect(s),
     "loop_turn": lambda s: loop_turn(s),
 }

@@ -194,7 +194,7 @@ class AddressTable:
 
     def next_deadline(self) -> float | None:
         best = None
-        for e in self.addresses:  # plain tests, no tuple per address: asked once per turn
+        for e in self.addresses:  # asked every loop turn: no tuple per address
             d = e.valid_until
             if d is not None and d != INFINITE and (best is None or d < best):
                 best = d

@@ -509,10 +509,9 @@ class TcpEngine:
         if dst[0] == 0xFF:
             c.drop(Drop.TCP_NOT_UNICAST)  # RFC 1122 4.2.3.10, as for broadcasts
             return
-        try:
-            h, payload = wtcp.parse(
-                segment, v6_sum(src, dst), 0, not (checked or self.csum_trusted)
-            )
+        verify = not (checked or self.csum_trusted)
+        try:  # the pseudo-header sum only when the checksum is still to be verified
+            h, payload = wtcp.parse(segment, v6_sum(src, dst) if verify else 0, 0, verify)
         except Malformed as bad:
             c.drop(bad.reason)
             return
