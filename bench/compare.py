@@ -518,11 +518,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.baseline:
         base_args = shlex.split(args.baseline_args)
         variants.append(("netstack_baseline", base_args, Path(args.baseline).resolve()))
+    more = shlex.split(args.netstack_args)  # e.g. --busy-poll 50, on every row of this checkout
     variants += (
-        [("netstack", [], ROOT)]
+        [("netstack", more, ROOT)]
         if offloads is None
-        else [(f"netstack_offload_{v}", ["--offload", v], ROOT) for v in offloads]
+        else [(f"netstack_offload_{v}", ["--offload", v, *more], ROOT) for v in offloads]
     )
+    if more:
+        results["notes"].append(f"netstack rows run with: {args.netstack_args}")
     bench = Compare(args, anchor)
     try:
         bench.compile()
@@ -609,6 +612,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         metavar="ARGS",
         help="`netstack run` arguments for the baseline row, e.g. '--offload off'",
+    )
+    p.add_argument(
+        "--netstack-args",
+        default="",
+        metavar="ARGS",
+        help="more `netstack run` arguments for this checkout's rows, e.g. '--busy-poll 50'",
     )
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-secs", type=int, default=2)

@@ -422,6 +422,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--link packet receive: auto: a TPACKET_V3 mmap ring where the kernel allows it "
         "(recvmmsg otherwise); off: recvmmsg",
     ),
+    Setting(
+        "busy_poll",
+        _int_range(0, 1000),
+        0,
+        "microseconds the loop keeps looking for the next frame after a turn that received "
+        "some, before it sleeps (0: off; as Linux's net.core.busy_poll)",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -469,6 +476,7 @@ class Config:
     host_address6: ipaddress.IPv6Interface | None
     ipv6_secret: bytes | None
     packet_ring: str
+    busy_poll: int
 
     @property
     def dhcp(self) -> bool:

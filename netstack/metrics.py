@@ -264,6 +264,11 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "nd_dad_conflicts",
     ),
     _single("mld_reports", "MLDv2 reports sent for the groups we join.", "mld_reports_tx"),
+    _single(
+        "loop_busy_polls",
+        "Loop turns whose frames busy polling found (busy_poll) before the loop slept.",
+        "loop_busy_polls",
+    ),
 )
 
 # Counter families by (direction, type): (name, help, Counters field keyed by (direction, type),

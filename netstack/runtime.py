@@ -220,7 +220,12 @@ class Stack:
         )
         if offloads.vnet and offloads.available & TUN_F_USO:
             self.host.udp.gso_max = USO_ECHO_MAX  # the kernel cuts UDP super-frames: echo runs
-        self.loop = Loop(self.counters, clock=clock) if clock else Loop(self.counters)
+        busy = config.busy_poll / 1e6
+        self.loop = (
+            Loop(self.counters, clock=clock, busy_poll=busy)
+            if clock
+            else Loop(self.counters, busy_poll=busy)
+        )
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run
         self.admin = None  # its api.admin.LoopDoor (/connections), likewise

@@ -1,8 +1,9 @@
-"""The one event loop: epoll, timers, batched receive, one transmit flush per turn.
+"""The one event loop: epoll, timers, batched receive, transmit flushes.
 
 A turn: wait in epoll (timeout = nearest timer or deadline source) -> drain each readable link
-a bounded number of batches -> hand the views to its on_frames -> run due timers and deadline
-sources -> flush every link's tx queue with one send_batch. The loop owns the clock; everything
+a bounded number of batches -> hand the views to its on_frames -> flush every link's tx queue
+with one send_batch (the replies to what was received leave first) -> run due timers and
+deadline sources -> flush what they queued. The loop owns the clock; everything
 it calls gets `now` as an argument. Only `stop()` may be called from another thread.
 """
 
@@ -65,8 +66,14 @@ class Loop:
         clock: Callable[[], float] = time.monotonic,
         max_batches_per_turn: int = 4,
         tx_queue_limit: int = 4096,
+        busy_poll: float = 0.0,
     ) -> None:
         self.counters = counters if counters is not None else Counters()
+        # Seconds to keep looking (zero-timeout epoll) for the next frame after a turn that
+        # received some, before sleeping: a request/response peer's next request then finds
+        # the stack awake, not idle (a wakeup from idle costs tens of us on a VM). 0: off.
+        self.busy_poll = busy_poll
+        self._received = False  # this turn read frames from a link
         self.clock = clock
         self.max_batches_per_turn = max_batches_per_turn
         self.tx_queue_limit = tx_queue_limit
@@ -79,6 +86,9 @@ class Loop:
             raise OSError(-epfd, os.strerror(-epfd))
         self._epfd = epfd
         self._links: dict[int, _LinkState] = {}
+        # The same states as a tuple, replaced (never changed) when a link comes or goes: the
+        # flushes walk it twice a turn, and a link removed meanwhile cannot change it under them.
+        self._states: tuple[_LinkState, ...] = ()
         self._readers: dict[int, ReaderCallback] = {}
         self._writers: dict[int, ReaderCallback] = {}
         self._sources: list[tuple[Callable[[], float | None], Callable[[float], None]]] = []
@@ -114,10 +124,12 @@ class Loop:
         queue = tx_queue if tx_queue is not None else []
         self._ctl(lib.EPOLL_CTL_ADD, link.fd, EPOLLIN)
         self._links[link.fd] = _LinkState(link, on_frames, queue)
+        self._states = tuple(self._links.values())
         return queue
 
     def remove_link(self, link: Link) -> None:
         if self._links.pop(link.fd, None) is not None:
+            self._states = tuple(self._links.values())
             self._ctl(lib.EPOLL_CTL_DEL, link.fd, 0)
 
     def tx(self, link: Link) -> list[Frame]:
@@ -205,12 +217,16 @@ class Loop:
     def run_once(self, timeout: float | None = None) -> None:
         """One turn. `timeout` (seconds) caps the wait; None waits for the next deadline."""
         now = self.clock()
-        for state in self._links.values():
-            if state.queue and not state.want_out:  # queued outside a turn (before run, ...)
-                self._flush_link(state, now)
+        self._flush_ready(now)  # queued outside a turn (before run, ...)
         # Look first without waiting: under load something is ready, and the nearest deadline
         # (every source asked: ~0.6 us a turn) is only needed to sleep.
         n = lib.ns_epoll_wait(self._epfd, self._fds, self._events, MAX_EVENTS, 0)
+        if self._received:
+            self._received = False
+            if n == 0 and self.busy_poll and (timeout is None or timeout > 0):
+                n = self._busy_poll(
+                    self.busy_poll if timeout is None else min(timeout, self.busy_poll)
+                )
         if n == 0:
             wait = self._timeout_ms(now)
             if timeout is not None:
@@ -225,11 +241,25 @@ class Loop:
         busy_since = time.perf_counter()  # a measurement, not protocol time: not self.clock
         if n:
             self._dispatch(n, now)
+            # Replies leave before the timers run: a request/response peer (a TCP echo round
+            # trip, a handshake) waits for them, and the timer pass then overlaps its turn.
+            self._flush_ready(now)
         if self._pending_signals:
             self._run_signal_handlers(now)
         self._run_due(now)
         self._flush(now)
         self.counters.loop_iteration_seconds.observe(time.perf_counter() - busy_since)
+
+    def _busy_poll(self, budget: float) -> int:
+        """Look for events without sleeping for up to `budget` seconds (see busy_poll)."""
+        end = time.perf_counter() + budget
+        epoll_wait, epfd, fds, events = lib.ns_epoll_wait, self._epfd, self._fds, self._events
+        while time.perf_counter() < end:
+            n = epoll_wait(epfd, fds, events, MAX_EVENTS, 0)
+            if n:
+                self.counters.loop_busy_polls += 1
+                return n
+        return 0
 
     def _dispatch(self, n: int, now: float) -> None:
         fds = ffi.unpack(self._fds, n)
@@ -279,6 +309,7 @@ class Loop:
                 link.rx_kernel_dropped = 0
             if not frames:
                 return
+            self._received = True
             batch_hist.observe(len(frames))
             if observers:
                 metas = getattr(link, "rx_meta", None)
@@ -334,9 +365,15 @@ class Loop:
                 except Exception as err:
                     self._callback_failed(err)
 
+    def _flush_ready(self, now: float) -> None:
+        """Send what is queued on links not waiting for EPOLLOUT (those are retried once per
+        turn, by _flush, after epoll said they are writable)."""
+        for state in self._states:
+            if state.queue and not state.want_out:
+                self._flush_link(state, now)
+
     def _flush(self, now: float) -> None:
-        # A copy of the table: a failed link's removal may not change it under the loop.
-        for state in tuple(self._links.values()):
+        for state in self._states:
             if state.queue:
                 self._flush_link(state, now)
             elif state.want_out:

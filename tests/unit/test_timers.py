@@ -297,6 +297,29 @@ def test_tx_queue_flushed_once_per_turn(loop: Loop, pair: PairLink) -> None:
     assert seen == ["tx", "rx", "tx"]
 
 
+def test_replies_leave_before_due_timers_run(loop: Loop, pair: PairLink, clock: FakeClock) -> None:
+    """A request/response peer waits for the reply, not for our timers: what on_frames queued
+    is written before the turn's timers and deadline sources run; what they queue still
+    leaves in the same turn."""
+    order: list[str] = []
+
+    def on_frames(frames, now) -> None:
+        loop.tx(pair).append((b"re:", frames[0]))
+
+    def poll(now: float) -> None:
+        order.append(f"poll after {len(pair.batches)} writes")
+        loop.tx(pair).append((b"timer",))
+
+    loop.add_link(pair, on_frames)
+    loop.add_deadline_source(lambda: clock.now, poll)  # always due
+    loop.call_at(clock.now, lambda now: order.append(f"timer after {len(pair.batches)} writes"))
+    pair.peer.send(b"x")
+    loop.run_once(timeout=1)
+    assert order == ["timer after 1 writes", "poll after 1 writes"]
+    assert pair.sent() == [b"re:x", b"timer"]
+    assert pair.batches == [1, 1]
+
+
 def test_adopts_an_existing_tx_list(loop: Loop, pair: PairLink) -> None:
     host_tx: list = [(b"hello",)]
     assert loop.add_link(pair, lambda f, n: None, tx_queue=host_tx) is host_tx
@@ -355,3 +378,73 @@ def test_failed_link_is_removed_and_stops_the_loop(loop: Loop, pair: PairLink) -
     assert loop.failed_links and loop.failed_links[0][0] is pair
     assert pair.fd not in loop._links
     assert loop._stop_requested
+
+
+class _CountingLib:
+    """The loop's cffi `lib` with every ns_epoll_wait timeout recorded (ms; 0 = a look)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.timeouts: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    def ns_epoll_wait(self, epfd, fds, events, n, timeout):
+        self.timeouts.append(timeout)
+        return self.real.ns_epoll_wait(epfd, fds, events, n, timeout)
+
+
+@pytest.fixture
+def epoll_calls(monkeypatch) -> _CountingLib:
+    from netstack.io import loop as loopmod
+
+    counting = _CountingLib(loopmod.lib)
+    monkeypatch.setattr(loopmod, "lib", counting)
+    return counting
+
+
+def test_busy_poll_looks_before_sleeping_after_a_turn_that_received(
+    pair: PairLink, clock: FakeClock, epoll_calls: _CountingLib
+) -> None:
+    with Loop(Counters(), clock=clock, busy_poll=0.003) as loop:
+        loop.add_link(pair, lambda f, n: None)
+        pair.peer.send(b"x")
+        loop.run_once(timeout=1)  # a turn that received a frame
+        epoll_calls.timeouts.clear()
+        start = time.perf_counter()
+        loop.run_once(timeout=0.05)  # nothing comes: looks for 3 ms, then sleeps
+        assert time.perf_counter() - start >= 0.003
+        looks = epoll_calls.timeouts[:-1]
+        assert len(looks) > 2 and set(looks) == {0} and epoll_calls.timeouts[-1] == 50
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=0.01)  # the turn before received nothing: it sleeps at once
+        assert epoll_calls.timeouts == [0, 10]
+        assert loop.counters.loop_busy_polls == 0
+
+
+def test_busy_poll_finds_the_next_frame_without_sleeping(
+    pair: PairLink, clock: FakeClock, epoll_calls: _CountingLib
+) -> None:
+    got: list[bytes] = []
+    with Loop(Counters(), clock=clock, busy_poll=2.0) as loop:
+        loop.add_link(pair, lambda frames, now: got.extend(bytes(f) for f in frames))
+        pair.peer.send(b"request 1")
+        loop.run_once(timeout=1)
+        sender = threading.Timer(0.01, pair.peer.send, (b"request 2",))
+        sender.start()
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=5)
+        sender.join()
+        assert got == [b"request 1", b"request 2"]
+        assert set(epoll_calls.timeouts) == {0}  # never slept
+        assert loop.counters.loop_busy_polls == 1
+
+
+def test_no_busy_poll_by_default(pair: PairLink, loop: Loop, epoll_calls: _CountingLib) -> None:
+    loop.add_link(pair, lambda f, n: None)
+    pair.peer.send(b"x")
+    loop.run_once(timeout=1)
+    epoll_calls.timeouts.clear()
+    loop.run_once(timeout=0.01)
+    assert epoll_calls.timeouts == [0, 10]

@@ -27,6 +27,9 @@ class TcpConfig:
     time_wait: float = 60.0  # 2*MSL (MSL = 30 s, as Linux's TCP_TIMEWAIT_LEN)
     fin_wait2_timeout: float = 60.0  # an orphaned FIN_WAIT_2 (after close()) gives up
     max_time_wait: int = 16384  # TIME_WAIT connections kept; beyond, closed at once
+    # TIME_WAIT kept as a small record (timewait.py) instead of the whole connection; off
+    # only to compare the two (tests)
+    compact_time_wait: bool = True
     # ACKs and small segments.
     delayed_ack: float = 0.040  # RFC 9293 3.8.6.3 / RFC 5681 4.2 (< 500 ms); Linux's minimum
     nagle: bool = True  # RFC 896; set_nodelay(True) turns it off per connection

@@ -126,6 +126,7 @@ class Connection:
     """RFC 9293's TCB plus everything RFC 6298/5681/6582/6675/7323/2018/5961 add to it."""
 
     __slots__ = (
+        "__weakref__",  # a TIME_WAIT record follows its connection weakly (timewait.py)
         "ack_now",
         "ack_pending",
         "ack_points",

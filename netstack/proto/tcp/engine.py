@@ -54,6 +54,7 @@ from netstack.proto.tcp.connection import MIN_BUFFER, Connection
 from netstack.proto.tcp.net import PARAM_PROBLEM, V6_ERRORS, Address, Net4, Net6, v6_sum
 from netstack.proto.tcp.seq import MASK, seq_gt, unwrap
 from netstack.proto.tcp.state import SYNCHRONIZED, State
+from netstack.proto.tcp.timewait import TimeWait
 from netstack.wire import icmp as wicmp
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv4 as wipv4
@@ -432,7 +433,12 @@ class TcpEngine:
         self.counters.tcp_segments_tx += 1
         return net.sender(local)(remote, wipv4.PROTO_TCP, (header,), self.now)
 
-    def state_changed(self, conn: Connection, old: State, new: State) -> None:
+    def state_changed(self, conn: Connection | TimeWait, old: State, new: State) -> None:
+        if old is S.TIME_WAIT and type(conn) is Connection:
+            record = self.conns.get(conn.key)
+            if type(record) is TimeWait and record.owner() is conn:
+                record.abort()  # the application aborted a retired connection: the record
+                return  # is what the table and the counts hold
         states = self._states
         if old is not S.CLOSED:
             states[STATE_NAME[old]] -= 1
@@ -858,7 +864,32 @@ class TcpEngine:
                     conn.output(now)
                 except Exception:
                     self._internal_error(conn, "sending")
+                if conn.state is S.TIME_WAIT and type(conn) is Connection:
+                    conn = self._retire(conn)
                 self._schedule(conn)
+
+    def _retire(self, conn: Connection) -> Connection | TimeWait:
+        """A connection in TIME_WAIT, its last ACK sent, gives its place in the table to a
+        small record (timewait.py) that answers the old incarnation's segments for 2*MSL.
+        Kept whole when the record could not answer exactly as it would: received data the
+        application has not taken (its window may still open), out-of-order data or owed
+        ACKs (their SACK blocks), anything unacknowledged or urgent."""
+        if (
+            not self.config.compact_time_wait
+            or self.conns.get(conn.key) is not conn
+            or conn.rcvbuf.queued
+            or conn.rcvbuf.ooo
+            or conn.ack_points
+            or conn.ack_now
+            or conn.snd_una != conn.snd_nxt
+            or conn.snd_up > conn.snd_nxt
+        ):
+            return conn
+        record = TimeWait(conn)
+        self.conns[conn.key] = record
+        conn.close_at = None  # its timers end here: the record's run on
+        conn.heap_at = None  # (a heap entry left for it finds this and lapses)
+        return record
 
     def _internal_error(self, conn: Connection, doing: str) -> None:
         log.exception("TCP %r: error %s; the connection is reset", conn, doing)

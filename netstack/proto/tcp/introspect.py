@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from netstack.proto.tcp.timewait import TimeWait
 from netstack.wire.ipv4 import ip_to_str
 
 if TYPE_CHECKING:
@@ -63,10 +64,20 @@ def connection_table(engine: TcpEngine, now: float) -> dict[str, object]:
             {
                 "local": endpoint(conn.local_ip, conn.local_port),
                 "peer": endpoint(conn.remote_ip, conn.remote_port),
-                "recv_q": conn.rcvbuf.queued,
-                "send_q": conn.snd_base + conn.sndbuf.end - conn.snd_una,
+                **_queues(conn),
                 **info,
             }
         )
     connections.sort(key=lambda c: (c["local"], c["peer"]))
     return {"now": now, "listeners": listeners, "connections": connections}
+
+
+def _queues(conn) -> dict[str, int]:
+    """Recv-Q and Send-Q as ss shows them: unread bytes; unacknowledged plus unsent ones
+    (a TIME_WAIT record, timewait.py, has neither)."""
+    if type(conn) is TimeWait:
+        return {"recv_q": 0, "send_q": 0}
+    return {
+        "recv_q": conn.rcvbuf.queued,
+        "send_q": conn.snd_base + conn.sndbuf.end - conn.snd_una,
+    }

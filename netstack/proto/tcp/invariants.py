@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from netstack.proto.tcp.seq import unwrap
 from netstack.proto.tcp.state import State
+from netstack.proto.tcp.timewait import TimeWait
 from netstack.wire.tcp import ACK, FIN, RST, SYN, TcpOptions
 
 if TYPE_CHECKING:
@@ -110,7 +111,14 @@ def receive_capacity(c: Connection) -> int:
 
 def receive_free(c: Connection) -> int:
     """Buffer space for in-order data not yet taken by the application."""
+    if is_record(c):
+        return c.rcv_free  # a TIME_WAIT record: frozen when the connection retired
     return c.rcv_buf_size - c.rcvbuf.queued
+
+
+def is_record(c: Connection) -> bool:
+    """A TIME_WAIT record (timewait.py): sequence state and timers only, no buffers."""
+    return type(c) is TimeWait
 
 
 def owed_acks(c: Connection) -> int:
@@ -348,6 +356,9 @@ class Checker:
         st = state(c)
         if st is S.CLOSED:
             return
+        if is_record(c):
+            self.check_record(c, t)
+            return
         una, nxt = snd_una(c), snd_nxt(c)
         # RFC 9293 3.3.1: SND.UNA <= SND.NXT (<= SND.MAX, the most ever sent: RFC 6298's
         # go-back-N retransmits from SND.UNA without taking SND.NXT past what was sent).
@@ -381,6 +392,18 @@ class Checker:
             self.fail("out-of-order queue within ooo_max_pieces", c, f"{pieces} > {limit}")
         if owed_acks(c) > 256:
             self.fail("owed ACKs within MAX_ACK_POINTS", c, f"{owed_acks(c)}")
+
+    def check_record(self, c: Connection, t: Track) -> None:
+        """A TIME_WAIT record: everything of ours acknowledged, RCV.NXT where it was."""
+        una, nxt = snd_una(c), snd_nxt(c)
+        if una != nxt:
+            self.fail("TIME_WAIT: nothing of ours in flight (RFC 9293 3.6)", c,
+                      f"SND.UNA={una} SND.NXT={nxt}")  # fmt: skip
+        r = rcv_nxt(c)
+        if t.rcv_nxt is not None and r != t.rcv_nxt:
+            self.fail("TIME_WAIT: RCV.NXT stays (RFC 9293 3.10.7.4)", c,
+                      f"RCV.NXT {t.rcv_nxt} -> {r}")  # fmt: skip
+        t.rcv_nxt = r
 
 
 def attach(engine: TcpEngine, raise_on_violation: bool = True) -> Checker:

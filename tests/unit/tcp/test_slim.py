@@ -47,7 +47,8 @@ def counters_of(engine) -> dict:
 
 def tcbs_of(engine) -> list[tuple]:
     conns = sorted(engine.conns.values(), key=lambda c: c.key)
-    return [tuple(getattr(c, f) for f in TCB_FIELDS) for c in conns]
+    # (a TIME_WAIT record, timewait.py, has no persist or delayed-ACK state: None)
+    return [tuple(getattr(c, f, None) for f in TCB_FIELDS) for c in conns]
 
 
 def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
