@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
 OFFLOADS = ("auto", "off")  # netstack/io/offload.py
+SOFT_OFFLOADS = ("auto", "off")  # netstack/io/softoffload.py
 PACKET_RINGS = ("auto", "off")  # netstack/io/packet.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
@@ -422,6 +423,20 @@ SETTINGS: tuple[Setting, ...] = (
         "--link packet receive: auto: a TPACKET_V3 mmap ring where the kernel allows it "
         "(recvmmsg otherwise); off: recvmmsg",
     ),
+    Setting(
+        "gso",
+        _choice(SOFT_OFFLOADS),
+        "auto",
+        "auto: TCP sends 64 KB super-segments the link writer cuts into MSS frames in software "
+        "when the link has no TSO (offload off or refused); off: one frame per segment",
+    ),
+    Setting(
+        "gro",
+        _choice(SOFT_OFFLOADS),
+        "auto",
+        "auto: the link reader merges one TCP flow's in-order segments of a receive batch in "
+        "software when the link has no offloads; off: one segment per frame",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -469,6 +484,8 @@ class Config:
     host_address6: ipaddress.IPv6Interface | None
     ipv6_secret: bytes | None
     packet_ring: str
+    gso: str
+    gro: str
 
     @property
     def dhcp(self) -> bool:

@@ -120,10 +120,7 @@ def meta_of_gro(word: int) -> int:
     if not word:
         return 0
     return (
-        wvnet.F_DATA_VALID
-        | ((word >> 16) & 0xFF) << 8
-        | (word & 0xFFFF) << 16
-        | (word >> 24) << 64
+        wvnet.F_DATA_VALID | ((word >> 16) & 0xFF) << 8 | (word & 0xFFFF) << 16 | (word >> 24) << 64
     )
 
 
@@ -168,5 +165,3 @@ def gro_merge(frames: Sequence[bytes], mac: bytes) -> list[tuple[bytes, int]]:
     slots = [view[i * slot : (i + 1) * slot] for i in range(n)]
     out, metas = SoftGro(max(n, 1), mac).merge(arena, slot, lens, n, slots)
     return [(bytes(f), m) for f, m in zip(out, metas or [0] * len(out), strict=True)]
-
-
