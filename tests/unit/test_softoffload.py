@@ -579,3 +579,33 @@ def test_meta_word_round_trip() -> None:
     assert header == wvnet.VnetHeader(wvnet.F_DATA_VALID, wvnet.GSO_TCPV6, 86, 1448, 0, 0)
     assert softoffload.meta_of_gro(0) == 0
     assert struct.calcsize("=BBHHHH") == wvnet.HEADER_LEN
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_gso_gro_config_keys_flags_and_check_config(tmp_path, capsys) -> None:
+    from netstack.cli import main
+    from netstack.config import ConfigError, build_config
+
+    config = build_config()
+    assert (config.gso, config.gro) == ("auto", "auto")  # software where the link lacks it
+    assert build_config({"gso": "off", "gro": "off"}).gro == "off"
+    with pytest.raises(ConfigError, match="'gso'"):
+        build_config({"gso": "on"})
+    path = tmp_path / "n.toml"
+    path.write_text('gso = "off"\ngro = "auto"\n')
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "gso = off" in out and "gro = auto" in out
+
+
+def test_links_take_software_offloads_only_without_a_vnet_header() -> None:
+    link, a, b = _pair(gso=True, gro=True, vnet=True)
+    try:
+        assert link.soft_gso is None and link.soft_gro is None
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(ValueError):
+        from netstack.io.tap import TapLink
+
+        TapLink("tap-x", gso="on")
