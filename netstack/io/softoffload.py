@@ -97,12 +97,18 @@ class SoftGso:
         return False
 
 
+_scratch = None  # gso_cut's, made on first use
+
+
 def gso_cut(frame: bytes, mark: wvnet.VnetMark) -> list[bytes]:
     """The wire segments ns_gso_cut makes of a super-frame (for tests and tools: the bytes of
     each piece joined in Python, which the link never does)."""
+    global _scratch
     vnet = mark.vnet
     hdr, data = split((frame,), vnet.hdr_len)
-    scratch = ffi.new("uint8_t[]", MAX_HDR * MAX_PIECES)
+    if _scratch is None:
+        _scratch = ffi.new("uint8_t[]", MAX_HDR * MAX_PIECES)
+    scratch = _scratch
     n = lib.ns_gso_cut(
         ffi.from_buffer(hdr), len(hdr), ffi.from_buffer(data), len(data), vnet.gso_size,
         scratch, MAX_PIECES,
