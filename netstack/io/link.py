@@ -162,6 +162,7 @@ class BatchLink:
     # per call (their `_gso_mmsg` says how: sendmmsg or one writev each).
     soft_gso: softoffload.SoftGso | None = None
     soft_gro: softoffload.SoftGro | None = None
+    rx_read = 0  # software GRO: frames the last receive_batch read (it hands on fewer)
     _gso_mmsg = False
 
     def __init__(
@@ -244,6 +245,7 @@ class BatchLink:
         (rx_meta says which, as a vnet link would; None when nothing merged)."""
         n = self._rx_fn(self.fd, self._arena, self.slot_size, self.max_batch, self._lens)
         self.rx_meta = None
+        self.rx_read = max(n, 0)  # frames read, before merging (the loop drains on while full)
         if n <= 0:
             if n == 0 or n == -errno.EAGAIN:
                 return []

@@ -609,3 +609,25 @@ def test_links_take_software_offloads_only_without_a_vnet_header() -> None:
         from netstack.io.tap import TapLink
 
         TapLink("tap-x", gso="on")
+
+
+def test_loop_drains_on_while_software_gro_read_full_batches() -> None:
+    """A full read merged into fewer frames is still a full read: the loop reads again in the
+    same turn (as for any full batch), so a burst of 3 batches is taken in one turn."""
+    from netstack.counters import Counters
+    from netstack.io.loop import Loop
+
+    link, a, b = _pair(gro=True)
+    link.max_batch = 8  # the arena has 64 slots; read 8 at a time
+    got: list[int] = []
+    try:
+        frame, l4, thl = super_frame(4, os.urandom(24 * MSS))
+        for piece in softoffload.gso_cut(frame, mark_of(4, l4, thl, MSS)):
+            b.send(piece)
+        with Loop(Counters()) as loop:
+            loop.add_link(link, lambda frames, now: got.append(len(frames)))
+            loop.run_once(0.5)
+        assert got == [1, 1, 1]  # three full reads of 8 pieces, each merged, in one turn
+    finally:
+        a.close()
+        b.close()
