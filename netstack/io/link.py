@@ -404,7 +404,8 @@ class BatchLink:
             stop += 1
         if stop == start:
             return 0, None
-        return stop - start, self._fill_iov(frames[start:stop])
+        whole = start == 0 and stop == len(frames)  # the common case: no super-segment
+        return stop - start, self._fill_iov(frames if whole else frames[start:stop])
 
     def _fill_iov(self, frames: Sequence[Frame]) -> list | None:
         """Copy each frame into its tx slot and set its iovec; returns cdata to keep alive."""
