@@ -250,7 +250,7 @@ class BatchLink:
             if n == 0 or n == -errno.EAGAIN:
                 return []
             raise link_error(n, self.name, "reading from")
-        if n == 1:
+        if n == 1 and self._lens[0] < self.slot_size:
             return [self._slots[0][: self._lens[0]]]
         gro = self.soft_gro
         assert gro is not None
