@@ -63,8 +63,21 @@ TCP_OFFLOAD_FLOOR_MIB = 500e6 / (1 << 20)
 
 
 def row_mode(key: str) -> str:
-    """ "auto" for the offload row, "off" for the others (no offloads, or no --offload flag)."""
-    return "auto" if key.startswith("netstack_offload_") and not key.endswith("_off") else "off"
+    """ "auto" for the offload row, "off" for the others (no offloads, or no --offload flag;
+    the per-segment row PER_SEGMENT too)."""
+    if not key.startswith("netstack_offload_"):
+        return "off"
+    return "off" if key[len("netstack_offload_") :].split("_")[0] == "off" else "auto"
+
+
+# With the --gso/--gro flags (software GSO/GRO, on by default where the link has no
+# offloads), the "offload off" row moves 64 KB per Python step; this row beside it turns them
+# off too: the per-segment figure, one 1500-byte frame per step (the honest comparison).
+PER_SEGMENT = ("netstack_offload_off_pseg", ["--offload", "off", "--gso", "off", "--gro", "off"])
+
+
+def has_soft_offloads(help_text: str) -> bool:
+    return "--gso" in help_text and "--gro" in help_text
 
 
 METRICS = {
@@ -152,6 +165,8 @@ def row_label(key: str) -> str:
         return f"lwIP {key[5:]}"
     if key == "netstack_baseline":
         return "netstack (baseline)"
+    if key == PER_SEGMENT[0]:
+        return "netstack, offload off, gso/gro off"
     if key.startswith("netstack"):
         return key.replace("_offload_", ", offload ")
     return {"kernel": "kernel (veth)"}.get(key, key)
@@ -526,6 +541,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     if more:
         results["notes"].append(f"netstack rows run with: {args.netstack_args}")
+    if offloads is not None and has_soft_offloads(helptext):
+        variants.append((PER_SEGMENT[0], PER_SEGMENT[1], ROOT))
     bench = Compare(args, anchor)
     try:
         bench.compile()

@@ -30,10 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netstack._ffi import ffi
+
 from netstack.api.services import start_services
 from netstack.api.tcp import Protocol, connect
 from netstack.counters import Counters
+from netstack.io import softoffload
+from netstack.io.link import VNET_RX_SLOT
+from netstack.io.offload import TSO_MAX
 from netstack.proto.host import Host, HostConfig
+from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.v6 import Ipv6HostConfig
 from netstack.wire import ethernet as weth
 from netstack.wire import icmp as wicmp
@@ -52,11 +58,50 @@ BATCH = 64  # frames per receive batch, like the loop's read batch
 PROFILER: cProfile.Profile | None = None  # set by --profile: enabled around the host's calls
 
 
-class Pair:
-    """Peer and host under test; `step()` moves queued frames both ways, timing the host."""
+class SoftLink:
+    """Software GSO/GRO as the link does it (io/softoffload.py), for `Pair(soft=True)`: a TCP
+    super-segment is cut into wire segments (ns_gso_cut), and a batch of received frames,
+    copied into an arena as read() would, is merged (ns_gro_merge)."""
 
-    def __init__(self, v6: bool = False) -> None:
+    def __init__(self, mac: bytes) -> None:
+        self.gro = softoffload.SoftGro(BATCH, mac)
+        self.arena = ffi.new("uint8_t[]", BATCH * VNET_RX_SLOT)
+        self.lens = ffi.new("uint32_t[]", BATCH)
+        view = memoryview(ffi.buffer(self.arena))
+        self.slots = [view[i * VNET_RX_SLOT : (i + 1) * VNET_RX_SLOT] for i in range(BATCH)]
+
+    @staticmethod
+    def cut(host: Host) -> list[memoryview]:
+        out: list[memoryview] = []
+        for frame in host.tx:
+            mark = softoffload.gso_mark(frame)
+            joined = b"".join(frame)
+            if mark is None:
+                out.append(memoryview(joined))
+            else:
+                out += map(memoryview, softoffload.gso_cut(joined, mark))
+        host.tx.clear()
+        return out
+
+    def fill(self, frames: list[memoryview]) -> None:
+        for i, f in enumerate(frames):
+            self.slots[i][: len(f)] = f
+            self.lens[i] = len(f)
+
+    def merge(self, n: int) -> tuple[list[memoryview], list[int] | None]:
+        return self.gro.merge(self.arena, VNET_RX_SLOT, self.lens, n, self.slots)
+
+
+class Pair:
+    """Peer and host under test; `step()` moves queued frames both ways, timing the host.
+    `soft`: TCP makes 64 KB super-segments on both sides, cut into wire segments between them
+    (the peer's cut untimed: it plays the kernel's GSO), and the host under test's batches are
+    merged by software GRO (timed, as its link reader's work)."""
+
+    def __init__(self, v6: bool = False, soft: bool = False) -> None:
         self.now = 1000.0
+        self.soft = SoftLink(STACK_MAC) if soft else None
+        tcp = TcpConfig(tso_max=TSO_MAX, tso6_max=TSO_MAX) if soft else TcpConfig()
 
         def v6config(address: bytes, name: str) -> Ipv6HostConfig | None:
             if not v6:
@@ -65,14 +110,22 @@ class Pair:
 
         self.peer = Host(
             HostConfig(
-                mac=PEER_MAC, address=PEER_IP, prefix_len=24, ipv6=v6config(PEER_IP6, "peer0")
+                mac=PEER_MAC,
+                address=PEER_IP,
+                prefix_len=24,
+                ipv6=v6config(PEER_IP6, "peer0"),
+                tcp=tcp,
             ),
             Counters(),
             random.Random(1),
         )
         self.stack = Host(
             HostConfig(
-                mac=STACK_MAC, address=STACK_IP, prefix_len=24, ipv6=v6config(STACK_IP6, "tap0")
+                mac=STACK_MAC,
+                address=STACK_IP,
+                prefix_len=24,
+                ipv6=v6config(STACK_IP6, "tap0"),
+                tcp=tcp,
             ),
             Counters(),
             random.Random(2),
@@ -98,20 +151,35 @@ class Pair:
         """One round: peer -> stack, stack timers, stack -> peer. Returns frames moved."""
         self.now += dt
         now = self.now
-        to_stack = self._frames(self.peer)
+        soft = self.soft
+        to_stack = self._frames(self.peer) if soft is None else soft.cut(self.peer)
         clock = time.thread_time
+        busy = 0.0
+        for i in range(0, len(to_stack), BATCH):
+            batch = to_stack[i : i + BATCH]
+            if soft is not None:
+                soft.fill(batch)  # the kernel's copy into the arena (read): not ours
+            if PROFILER is not None:
+                PROFILER.enable()
+            t0 = clock()
+            if soft is None:
+                self.stack.receive_batch(batch, now)
+            else:
+                frames, meta = soft.merge(len(batch))
+                self.stack.receive_batch(frames, now, meta)
+            busy += clock() - t0
+            if PROFILER is not None:
+                PROFILER.disable()
         if PROFILER is not None:
             PROFILER.enable()
         t0 = clock()
-        for i in range(0, len(to_stack), BATCH):
-            self.stack.receive_batch(to_stack[i : i + BATCH], now)
         deadline = self.stack.next_deadline()
         if deadline is not None and deadline <= now:
             self.stack.poll(now)
-        self.busy += clock() - t0
+        to_peer = self._frames(self.stack) if soft is None else soft.cut(self.stack)
+        self.busy += busy + clock() - t0
         if PROFILER is not None:
             PROFILER.disable()
-        to_peer = self._frames(self.stack)
         for i in range(0, len(to_peer), BATCH):
             self.peer.receive_batch(to_peer[i : i + BATCH], now)
         deadline = self.peer.next_deadline()
@@ -259,10 +327,16 @@ def ping6(seconds: float) -> dict:
 
 
 def tcp_bulk(
-    seconds: float, port: int, protocol: type[Protocol], unit_counter: str, v6: bool = False
+    seconds: float,
+    port: int,
+    protocol: type[Protocol],
+    unit_counter: str,
+    v6: bool = False,
+    soft: bool = False,
 ) -> dict:
-    """Bulk TCP to discard (the host receives) or from chargen (it sends), over either family."""
-    pair = Pair(v6=v6)
+    """Bulk TCP to discard (the host receives) or from chargen (it sends), over either family;
+    `soft`: through software GSO/GRO (offload off, gso = gro = "auto")."""
+    pair = Pair(v6=v6, soft=soft)
     client = connect(pair.peer.tcp, ("2001:db8::2" if v6 else "192.0.2.2", port), protocol)
     for _ in range(20):
         pair.step()
@@ -412,6 +486,9 @@ SCENARIOS = {
     "tcp_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx"),
     "tcp6_discard_rx": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx", v6=True),
     "tcp6_chargen_tx": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx", v6=True),
+    # software GSO/GRO (offload off, gso = gro = "auto"): per wire segment, cut and merge in
+    "tcp_discard_rx_soft": lambda s: tcp_bulk(s, 9, Writer, "tcp_segments_rx", soft=True),
+    "tcp_chargen_tx_soft": lambda s: tcp_bulk(s, 19, Sink, "tcp_segments_tx", soft=True),
     "tcp_echo_rtt": lambda s: tcp_echo_rtt(s),
     "tcp6_echo_rtt": lambda s: tcp_echo_rtt(s, v6=True),
     "tcp_connect": lambda s: tcp_connect(s),

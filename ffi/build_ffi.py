@@ -95,6 +95,13 @@ uint32_t ns_rx_fast_v(const uint8_t *frame, size_t len, const char *mac, uint32_
                       uint32_t bcast, int l4_valid);
 int ns_vnet_rx_plain_v(uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
                        int n, uint8_t *verified);
+int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t plen, size_t mss,
+               uint8_t *hdrs_out, int max_pieces);
+int ns_gso_write(int fd, int mmsg, const uint8_t *hdr, size_t hlen, const uint8_t *payload,
+                 size_t plen, size_t mss, int skip, uint8_t *scratch, int max_pieces);
+int ns_gro_merge(uint8_t *arena, size_t slot_size, uint32_t *lens, int n, const char *mac,
+                 uint32_t *out_idx, uint32_t *out_gso);
+#define NS_GSO_MAX_HDR ...
 """
 
 ffibuilder = FFI()

@@ -817,3 +817,347 @@ int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint3
     }
     return n;
 }
+
+/* ---- Software GSO and GRO (a link without offloads; netstack/io/link.py, issue 10) -------
+ * What Linux does for a device that negotiated nothing: its TCP still builds 64 KB segments
+ * and skb_gso_segment cuts them just before the driver; NAPI's GRO (tcp_gro_receive) coalesces
+ * the in-order segments of one flow within a poll. Here the cut happens in the link writer and
+ * the merge in the link reader, so one Python step moves up to 64 KB either way. */
+
+#define NS_GSO_MAX_HDR 160 /* Ethernet (14) + IPv4 with options (60) or IPv6 (40) + TCP (60) */
+
+static uint32_t ns_be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
+static uint32_t ns_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static void ns_put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void ns_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* Where the TCP header of an untagged Ethernet frame starts (IPv4 with any header length, or
+ * IPv6 with TCP right after the fixed header), and its pseudo-header sum without the length.
+ * Returns 0 for anything else. */
+static size_t ns_tcp_l4(const uint8_t *f, size_t len, uint32_t *pseudo)
+{
+    uint32_t s = 6;
+    size_t l4;
+
+    if (len < 14 + 20 + 20)
+        return 0;
+    if (f[12] == 0x08 && f[13] == 0x00 && (f[14] >> 4) == 4) {
+        l4 = 14 + (size_t)(f[14] & 0x0f) * 4;
+        if (l4 < 34 || l4 + 20 > len || f[23] != 6)
+            return 0;
+        for (int i = 26; i < 34; i += 2)
+            s += ns_be16(f + i);
+    } else if (f[12] == 0x86 && f[13] == 0xDD && (f[14] >> 4) == 6) {
+        l4 = 54;
+        if (len < 54 + 20 || f[20] != 6)
+            return 0;
+        for (int i = 22; i < 54; i += 2)
+            s += ns_be16(f + i);
+    } else {
+        return 0;
+    }
+    *pseudo = s;
+    return l4;
+}
+
+/* Cut a TCP super-segment into wire segments, as the kernel's tcp_gso_segment (and
+ * netstack/wire/vnet.py software_segments, the reference): `hdr` is the super-frame's
+ * Ethernet + IP + TCP header (hlen bytes), `plen` payload bytes follow it elsewhere. Piece i
+ * carries payload [i*mss, min((i+1)*mss, plen)) after its own copy of the header, written to
+ * hdrs_out + i*hlen: IPv4 total length, ID + i (RFC 6864, as Linux) and header checksum, or
+ * the IPv6 payload length; sequence number advanced; FIN/PSH only on the last piece, CWR only
+ * on the first; the complete TCP checksum over the piece (its payload summed here). Returns
+ * the number of pieces, or -EINVAL (not an IPv4/IPv6 TCP header, hlen beyond
+ * NS_GSO_MAX_HDR, mss 0, more than max_pieces pieces, a datagram over 65535 bytes). */
+int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t plen, size_t mss,
+               uint8_t *hdrs_out, int max_pieces)
+{
+    uint32_t pseudo, seq, ident = 0;
+    size_t l4, thl, off;
+    int pieces, v4, i;
+    uint8_t flags;
+
+    if (hlen > NS_GSO_MAX_HDR || mss == 0 || plen == 0)
+        return -EINVAL;
+    l4 = ns_tcp_l4(hdr, hlen, &pseudo);
+    if (l4 == 0 || l4 + 20 > hlen)
+        return -EINVAL;
+    thl = (size_t)(hdr[l4 + 12] >> 4) * 4;
+    if (thl < 20 || l4 + thl != hlen || mss + thl + (l4 - 14) > 65535)
+        return -EINVAL;
+    pieces = (int)((plen + mss - 1) / mss);
+    if (pieces > max_pieces)
+        return -EINVAL;
+    v4 = hdr[12] == 0x08;
+    if (v4)
+        ident = ns_be16(hdr + 18);
+    seq = ns_be32(hdr + l4 + 4);
+    flags = hdr[l4 + 13];
+    for (i = 0, off = 0; i < pieces; i++, off += mss) {
+        uint8_t *h = hdrs_out + (size_t)i * hlen;
+        size_t chunk = plen - off < mss ? plen - off : mss;
+        uint8_t f = flags;
+        uint32_t sum;
+
+        memcpy(h, hdr, hlen);
+        if (v4) {
+            ns_put16(h + 16, (uint32_t)(l4 - 14 + thl + chunk));
+            ns_put16(h + 18, (ident + (uint32_t)i) & 0xffffu);
+            h[24] = h[25] = 0;
+            ns_put16(h + 24, ns_csum_fold(ns_csum_partial(h + 14, l4 - 14, 0)));
+        } else {
+            ns_put16(h + 18, (uint32_t)(thl + chunk));
+        }
+        ns_put32(h + l4 + 4, seq + (uint32_t)off);
+        if (i + 1 < pieces)
+            f &= (uint8_t)~0x09; /* FIN, PSH: the last piece's */
+        if (i > 0)
+            f &= (uint8_t)~0x80; /* CWR: the first's */
+        h[l4 + 13] = f;
+        h[l4 + 16] = h[l4 + 17] = 0;
+        sum = ns_csum_partial(h + l4, thl, pseudo + (uint32_t)(thl + chunk));
+        sum = ns_csum_partial(payload + off, chunk, sum);
+        ns_put16(h + l4 + 16, ns_csum_fold(sum));
+    }
+    return pieces;
+}
+
+/* Software GSO on the way out: cut as ns_gso_cut (headers into `scratch`, max_pieces of hlen
+ * bytes) and write pieces `skip`.. onwards, each as two iovecs (its header, its slice of the
+ * payload where it lies: no copy): one writev per piece (TAP, `mmsg` 0) or sendmmsg in chunks
+ * of 64 (AF_PACKET, `mmsg` 1). Returns the pieces done counting `skip` (== skip: EAGAIN before
+ * any), or -errno when the first piece tried is refused for good (a later refusal returns
+ * the progress; the next call, resuming there, reports it). */
+int ns_gso_write(int fd, int mmsg, const uint8_t *hdr, size_t hlen, const uint8_t *payload,
+                 size_t plen, size_t mss, int skip, uint8_t *scratch, int max_pieces)
+{
+    struct iovec iov[128];
+    struct mmsghdr msgs[64];
+    int pieces = ns_gso_cut(hdr, hlen, payload, plen, mss, scratch, max_pieces);
+    int i = skip;
+
+    if (pieces < 0)
+        return pieces;
+    while (i < pieces) {
+        int want = pieces - i, n, k;
+
+        if (want > 64)
+            want = 64;
+        for (k = 0; k < want; k++) {
+            size_t off = (size_t)(i + k) * mss;
+
+            iov[2 * k].iov_base = scratch + (size_t)(i + k) * hlen;
+            iov[2 * k].iov_len = hlen;
+            iov[2 * k + 1].iov_base = (void *)(payload + off);
+            iov[2 * k + 1].iov_len = plen - off < mss ? plen - off : mss;
+        }
+        if (mmsg) {
+            for (k = 0; k < want; k++) {
+                memset(&msgs[k], 0, sizeof(msgs[k]));
+                msgs[k].msg_hdr.msg_iov = &iov[2 * k];
+                msgs[k].msg_hdr.msg_iovlen = 2;
+            }
+            n = sendmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT);
+        } else {
+            int counts[64];
+
+            for (k = 0; k < want; k++)
+                counts[k] = 2;
+            n = ns_write_batch(fd, iov, counts, want);
+        }
+        if (n < 0) {
+            if (mmsg && errno == EINTR)
+                continue;
+            if (!mmsg)
+                errno = -n;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || i > skip)
+                break;
+            return -errno;
+        }
+        i += n;
+        if (n < want)
+            break;
+    }
+    return i;
+}
+
+/* Software GRO on the way in, over one receive batch in an arena of `slot_size` slots (frame i
+ * is lens[i] bytes at arena + i*slot_size): merge consecutive frames of one TCP flow where
+ * Linux's inet_gro_receive / ipv6_gro_receive / tcp_gro_receive would, into the first frame's
+ * slot. A piece joins the run when it is to `mac`; IPv4 without options, fragments or
+ * padding (same TOS, TTL, DF; consecutive IDs unless DF) or IPv6 with TCP right after the
+ * fixed header (same first word and hop limit); the same Ethernet header, addresses and
+ * ports; flags ACK or ACK|PSH and nothing else; the same ACK, window, reserved bits and
+ * option bytes (so the same TSval); its sequence number where the run ends; its payload not
+ * empty, no longer than the first's (gso_size), every earlier piece full; its TCP checksum
+ * good; the whole within 65535 bytes of IP datagram. A PSH piece or a short one ends the run;
+ * any frame that does not join ends it (order is kept: a frame of another flow in between
+ * flushes, as Linux does at the end of a poll). The merged frame is a true super-frame: IP
+ * length, IPv4 header checksum, PSH from the last piece, and the TCP checksum over the whole
+ * (from the pieces' sums) all made right, so a capture or an ICMP error quoting it sees a
+ * wire-valid datagram.
+ * Out: m frames (the return value); out_idx[k] its slot, lens[out_idx[k]] its new length,
+ * out_gso[k] 0 for a frame left alone, else gso_size | gso_type << 16 | header length << 24
+ * (virtio's TCPV4 1 / TCPV6 4; the header length is Ethernet + IP + TCP). */
+struct ns_gro_piece {
+    size_t l4, thl, plen;
+    uint32_t pseudo;
+};
+
+/* Can frame f (len bytes) start or join a run? Its payload checksum is checked here: a bad
+ * one is never merged (the general path counts its drop as for any frame). Fills p. */
+static int ns_gro_candidate(const uint8_t *f, size_t len, const char *mac, struct ns_gro_piece *p)
+{
+    size_t l4, thl, iplen;
+    const uint8_t *t;
+
+    if (len < 14 + 20 + 20 || memcmp(f, mac, 6) != 0)
+        return 0;
+    l4 = ns_tcp_l4(f, len, &p->pseudo);
+    if (l4 == 0)
+        return 0;
+    if (f[12] == 0x08) {
+        if (l4 != 34 || ((f[20] & 0x3f) | f[21]) != 0) /* options, MF, fragment offset */
+            return 0;
+        iplen = ns_be16(f + 16);
+        if (iplen + 14 != len || ns_csum_fold(ns_csum_partial(f + 14, 20, 0)) != 0)
+            return 0;
+    } else {
+        iplen = 40 + ns_be16(f + 18);
+        if (iplen + 14 != len)
+            return 0;
+    }
+    t = f + l4;
+    thl = (size_t)(t[12] >> 4) * 4;
+    if (thl < 20 || l4 + thl >= len || (t[13] & ~0x08) != 0x10) /* ACK, maybe PSH: no more */
+        return 0;
+    p->l4 = l4;
+    p->thl = thl;
+    p->plen = len - l4 - thl;
+    return ns_csum_fold(ns_csum_partial(t, len - l4, p->pseudo + (uint32_t)(len - l4))) == 0;
+}
+
+/* Does piece f (a candidate) continue the run led by lead (`got` payload bytes so far,
+ * `count` pieces)? */
+static int ns_gro_joins(const uint8_t *lead, const struct ns_gro_piece *lp, const uint8_t *f,
+                        const struct ns_gro_piece *p, size_t got, int count)
+{
+    const uint8_t *lt = lead + lp->l4, *t = f + p->l4;
+
+    if (p->l4 != lp->l4 || p->thl != lp->thl || memcmp(lead, f, 14) != 0)
+        return 0;
+    if (p->plen > lp->plen || lp->l4 + lp->thl + got + p->plen - 14 > 65535)
+        return 0;
+    if (f[12] == 0x08) {
+        /* version/IHL, TOS; DF; TTL, protocol; addresses */
+        if (lead[14] != f[14] || lead[15] != f[15] || lead[20] != f[20] || lead[22] != f[22] ||
+            lead[23] != f[23] || memcmp(lead + 26, f + 26, 8) != 0)
+            return 0;
+        if (!(f[20] & 0x40) && ns_be16(f + 18) != ((ns_be16(lead + 18) + (uint32_t)count) & 0xffffu))
+            return 0;
+    } else if (memcmp(lead + 14, f + 14, 4) != 0 || lead[20] != f[20] || lead[21] != f[21] ||
+               memcmp(lead + 22, f + 22, 32) != 0) {
+        return 0;
+    }
+    /* ports; ACK; offset/reserved; window; the options, byte for byte */
+    if (memcmp(lt, t, 4) != 0 || memcmp(lt + 8, t + 8, 5) != 0 || memcmp(lt + 14, t + 14, 2) != 0 ||
+        memcmp(lt + 20, t + 20, p->thl - 20) != 0)
+        return 0;
+    if (t[13] != 0x10 && t[13] != 0x18)
+        return 0;
+    return ns_be32(t + 4) == ((ns_be32(lt + 4) + (uint32_t)got) & 0xffffffffu);
+}
+
+/* Finish a run of `count` pieces whose payload sum (as laid out after the leader's header) is
+ * `psum`: lengths, IPv4 header checksum, TCP checksum. */
+static void ns_gro_finish(uint8_t *lead, const struct ns_gro_piece *lp, size_t got,
+                          uint64_t psum, int psh)
+{
+    uint8_t *t = lead + lp->l4;
+    size_t l4len = lp->thl + got;
+    uint64_t sum;
+
+    if (lead[12] == 0x08) {
+        ns_put16(lead + 16, (uint32_t)(20 + l4len));
+        lead[24] = lead[25] = 0;
+        ns_put16(lead + 24, ns_csum_fold(ns_csum_partial(lead + 14, 20, 0)));
+    } else {
+        ns_put16(lead + 18, (uint32_t)l4len);
+    }
+    if (psh)
+        t[13] |= 0x08;
+    t[16] = t[17] = 0;
+    sum = ns_csum_partial(t, lp->thl, lp->pseudo + (uint32_t)l4len);
+    sum += psum; /* both unfolded: add with end-around carry */
+    while (sum >> 16)
+        sum = (sum & 0xffffu) + (sum >> 16);
+    ns_put16(t + 16, ns_csum_fold((uint32_t)sum));
+}
+
+/* One's complement sum of a piece's payload as it lands at an even (0) or odd (1) offset. */
+static uint32_t ns_gro_psum(const uint8_t *data, size_t len, size_t at)
+{
+    uint32_t s = ns_csum_partial(data, len, 0);
+
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    if (at & 1)
+        s = ((s & 0xffu) << 8) | (s >> 8);
+    return s;
+}
+
+int ns_gro_merge(uint8_t *arena, size_t slot_size, uint32_t *lens, int n, const char *mac,
+                 uint32_t *out_idx, uint32_t *out_gso)
+{
+    struct ns_gro_piece lp = {0, 0, 0, 0}, p = {0, 0, 0, 0};
+    int m = 0, lead = -1, count = 0, open = 0, psh = 0;
+    size_t got = 0;
+    uint64_t psum = 0;
+
+    for (int i = 0; i <= n; i++) {
+        uint8_t *f = i < n ? arena + (size_t)i * slot_size : NULL;
+        size_t len = i < n ? lens[i] : 0;
+        int cand = f != NULL && len < slot_size && ns_gro_candidate(f, len, mac, &p);
+        uint8_t *lf = lead >= 0 ? arena + (size_t)lead * slot_size : NULL;
+
+        if (open && cand && lens[lead] + p.plen <= slot_size &&
+            ns_gro_joins(lf, &lp, f, &p, got, count)) {
+            memcpy(lf + lens[lead], f + p.l4 + p.thl, p.plen);
+            psum += ns_gro_psum(f + p.l4 + p.thl, p.plen, got);
+            got += p.plen;
+            lens[lead] += (uint32_t)p.plen;
+            count++;
+            psh = (f[p.l4 + 13] & 0x08) != 0;
+            open = !psh && p.plen == lp.plen;
+            continue;
+        }
+        if (lead >= 0 && count > 1) { /* close the run before this frame */
+            ns_gro_finish(lf, &lp, got, psum, psh);
+            out_gso[m - 1] = (uint32_t)lp.plen | (uint32_t)(lf[12] == 0x08 ? 1 : 4) << 16 |
+                             (uint32_t)(lp.l4 + lp.thl) << 24;
+        }
+        lead = -1;
+        open = 0;
+        if (i == n)
+            break;
+        out_idx[m] = (uint32_t)i;
+        out_gso[m] = 0;
+        m++;
+        if (cand && !(f[p.l4 + 13] & 0x08)) { /* a PSH frame ends a run before it starts */
+            lead = i;
+            lp = p;
+            got = p.plen;
+            count = 1;
+            psh = 0;
+            open = 1;
+            psum = ns_gro_psum(f + p.l4 + p.thl, p.plen, 0);
+        }
+    }
+    return m;
+}

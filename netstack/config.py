@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITHMS
 LINKS = ("tap", "packet")
 OFFLOADS = ("auto", "off")  # netstack/io/offload.py
+SOFT_OFFLOADS = ("auto", "off")  # netstack/io/softoffload.py
 PACKET_RINGS = ("auto", "off")  # netstack/io/packet.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
@@ -429,6 +430,20 @@ SETTINGS: tuple[Setting, ...] = (
         "microseconds the loop keeps looking for the next frame after a turn that received "
         "some, before it sleeps (0: off; as Linux's net.core.busy_poll)",
     ),
+    Setting(
+        "gso",
+        _choice(SOFT_OFFLOADS),
+        "auto",
+        "auto: TCP sends 64 KB super-segments the link writer cuts into MSS frames in software "
+        "when the link has no TSO (offload off or refused); off: one frame per segment",
+    ),
+    Setting(
+        "gro",
+        _choice(SOFT_OFFLOADS),
+        "auto",
+        "auto: the link reader merges one TCP flow's in-order segments of a receive batch in "
+        "software when the link has no offloads; off: one segment per frame",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -477,6 +492,8 @@ class Config:
     ipv6_secret: bytes | None
     packet_ring: str
     busy_poll: int
+    gso: str
+    gro: str
 
     @property
     def dhcp(self) -> bool:

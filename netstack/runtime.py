@@ -68,7 +68,7 @@ def open_link(config: Config):
         if config.link == "tap":
             from netstack.io.tap import TapLink
 
-            link = TapLink(config.interface, offload=config.offload)
+            link = TapLink(config.interface, offload=config.offload, gso=config.gso, gro=config.gro)
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
@@ -80,7 +80,10 @@ def open_link(config: Config):
             if not netlink.interface_exists(config.interface):
                 raise StartupError(f"interface {config.interface} does not exist")
             netlink.configure_interface(config.interface, address=None, mtu=config.mtu)
-            link = PacketLink(config.interface, offload=config.offload, ring=config.packet_ring)
+            link = PacketLink(
+                config.interface, offload=config.offload, ring=config.packet_ring,
+                gso=config.gso, gro=config.gro,
+            )  # fmt: skip
     except LinkError as err:
         raise StartupError(str(err)) from None
     except netlink.NetlinkConfigError as err:
@@ -193,10 +196,14 @@ class Stack:
         mac = link.mac if config.link == "packet" and config.mac is None else config.stack_mac()
         offloads = getattr(link, "offloads", OFF)
         tcp = config.tcp_config()
-        if offloads.tso4:  # TCP may hand the link segments of up to 64 KiB (TSO)
+        soft_gso = getattr(link, "soft_gso", None) is not None  # the link cuts (softoffload)
+        if offloads.tso4 or soft_gso:  # TCP may hand the link segments of up to 64 KiB (TSO)
             tcp = dataclasses.replace(tcp, tso_max=TSO_MAX)
-        if offloads.tso6:  # the same over IPv6 (TSO6)
+        if offloads.tso6 or soft_gso:  # the same over IPv6 (TSO6)
             tcp = dataclasses.replace(tcp, tso6_max=TSO_MAX)
+        soft_gro = getattr(link, "soft_gro", None)
+        if soft_gro is not None:
+            soft_gro.mac = mac  # merge only what is to the stack's MAC (the drops stay per frame)
         self.host = Host(
             HostConfig(
                 mac=mac,
@@ -341,6 +348,9 @@ class Stack:
         link = self.link
         send_only = ("uso",) if self.host.udp.gso_max else ()  # UDP echo super-frames
         line = getattr(link, "offloads", OFF).describe(link.name, send_only)
+        soft = [kind for kind in ("gso", "gro") if getattr(link, f"soft_{kind}", None) is not None]
+        if soft:  # io/softoffload.py: what the link does in software instead
+            line += f"; software {' '.join(soft)}"
         rx_mode = getattr(link, "rx_mode", None)
         if rx_mode is not None:
             bypass = "on" if getattr(link, "qdisc_bypass", False) else "off"

@@ -428,7 +428,10 @@ class FaultLink:
         on_drop = counters.drop if counters is not None else None
         # A link with the virtio-net header reports metadata per frame (rx_meta): it travels
         # with its frame through the channel, so drops, delays and reordering keep the pairs.
-        self.vnet = bool(getattr(inner, "vnet", False))
+        # (Software GRO reports metadata too: its merged frames are super-frames.)
+        self.vnet = bool(
+            getattr(inner, "vnet", False) or getattr(inner, "soft_gro", None) is not None
+        )
         self.rx_meta: list[int] | None = [] if self.vnet else None
         self.rx_vnet_truncated = 0
         self.rx_kernel_dropped = 0
@@ -498,7 +501,8 @@ class FaultLink:
         out: list[Any] = []
         self.rx.release(now, out)
         if self.vnet:
-            self.rx.process(zip(views, inner.rx_meta or (), strict=True), now, out)
+            metas = inner.rx_meta or [0] * len(views)  # software GRO: None when none merged
+            self.rx.process(zip(views, metas, strict=True), now, out)
             self.rx_meta = [meta for _, meta in out]
             return [view for view, _ in out]
         self.rx.process(views, now, out)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from netstack._ffi import ffi, lib
+from netstack.io import softoffload
 from netstack.wire import vnet as wvnet
 
 Buffer = bytes | bytearray | memoryview
@@ -157,10 +158,28 @@ class BatchLink:
     _rx_fn: BatchFn
     _tx_fn: BatchFn
 
+    # Software GSO/GRO (io/softoffload.py): set by subclasses that can write several frames
+    # per call (their `_gso_mmsg` says how: sendmmsg or one writev each).
+    soft_gso: softoffload.SoftGso | None = None
+    soft_gro: softoffload.SoftGro | None = None
+    rx_read = 0  # software GRO: frames the last receive_batch read (it hands on fewer)
+    _gso_mmsg = False
+
     def __init__(
-        self, name: str, fd: int, mac: bytes, mtu: int, max_batch: int, *, vnet: bool = False
+        self,
+        name: str,
+        fd: int,
+        mac: bytes,
+        mtu: int,
+        max_batch: int,
+        *,
+        vnet: bool = False,
+        gso: bool = False,
+        gro: bool = False,
     ) -> None:
-        """`vnet`: every frame on the fd starts with a virtio-net header (wire/vnet.py)."""
+        """`vnet`: every frame on the fd starts with a virtio-net header (wire/vnet.py).
+        `gso`/`gro` (without vnet only): cut TCP super-segments into wire segments on send and
+        merge one flow's in-order segments of a batch on receive, in software."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.name = name
@@ -180,6 +199,13 @@ class BatchLink:
             self.slot_size = VNET_RX_SLOT
             self.receive_batch = self._receive_vnet  # type: ignore[method-assign]
             self._fill_iov = self._fill_iov_vnet  # type: ignore[method-assign]
+        elif gro:  # a merged frame grows in its first piece's slot, up to 64 KiB
+            self.slot_size = VNET_RX_SLOT
+            self.soft_gro = softoffload.SoftGro(max_batch, mac)
+            self.receive_batch = self._receive_gro  # type: ignore[method-assign]
+        if gso and not vnet:
+            self.soft_gso = softoffload.SoftGso(fd, self._gso_mmsg, name)
+            self.send_batch = self._send_batch_gso  # type: ignore[method-assign]
         rx_slot = self.slot_size
         # receive
         self._arena = ffi.new("uint8_t[]", rx_slot * max_batch)
@@ -213,6 +239,26 @@ class BatchLink:
         if max(lens) >= self.slot_size:  # a full slot means the kernel truncated the frame
             return self._without_oversize(lens)
         return [slots[i][: lens[i]] for i in range(n)]
+
+    def _receive_gro(self) -> list[memoryview]:
+        """receive_batch with software GRO: the batch's mergeable runs become super-frames
+        (rx_meta says which, as a vnet link would; None when nothing merged)."""
+        n = self._rx_fn(self.fd, self._arena, self.slot_size, self.max_batch, self._lens)
+        self.rx_meta = None
+        self.rx_read = max(n, 0)  # frames read, before merging (the loop drains on while full)
+        if n <= 0:
+            if n == 0 or n == -errno.EAGAIN:
+                return []
+            raise link_error(n, self.name, "reading from")
+        if n == 1 and self._lens[0] < self.slot_size:
+            return [self._slots[0][: self._lens[0]]]
+        gro = self.soft_gro
+        assert gro is not None
+        lens = ffi.unpack(self._lens, n)
+        if max(lens) >= self.slot_size:  # a truncated frame: this batch is not merged
+            return self._without_oversize(lens)
+        frames, self.rx_meta = gro.merge(self._arena, self.slot_size, self._lens, n, self._slots)
+        return frames
 
     def _receive_vnet(self) -> list[memoryview]:
         """receive_batch with a virtio-net header before each frame: strip it, keep it as
@@ -308,12 +354,65 @@ class BatchLink:
                 break
         return total
 
+    def _send_batch_gso(self, frames: Sequence[Frame]) -> int:
+        """send_batch with software GSO: runs of ordinary frames as send_batch sends them, a
+        TCP super-segment (its VnetMark) cut into wire segments and written by one C call."""
+        n_frames = len(frames)
+        total = 0
+        gso = self.soft_gso
+        assert gso is not None
+        while total < n_frames:
+            n, keep = self._fill_iov_plain(frames, total)
+            if n:
+                written = self._tx_fn(self.fd, self._iov, self._iov_counts, n)
+                del keep
+                if written < 0:
+                    if written == -errno.EAGAIN:
+                        return total
+                    err = -written
+                    raise LinkTxError(f"writing to {self.name}: {os.strerror(err)}", err, total)
+                total += written
+                if written < n:
+                    return total
+                continue
+            frame = frames[total]
+            mark = softoffload.gso_mark(frame)
+            assert mark is not None
+            try:
+                if not gso.write(frame, mark):
+                    return total
+            except OSError as err:
+                if err.errno == errno.EAGAIN:
+                    return total
+                raise LinkTxError(
+                    f"writing to {self.name}: {err.strerror}", err.errno or 0, total
+                ) from None
+            total += 1
+        return total
+
+    def _fill_iov_plain(self, frames: Sequence[Frame], start: int) -> tuple[int, list | None]:
+        """_fill_iov for the frames from `start` up to the next super-segment (or a batch):
+        (how many, cdata to keep alive)."""
+        end = min(len(frames), start + self.max_batch)
+        mark_cls = wvnet.VnetMark
+        gso_mark = softoffload.gso_mark  # a VnetMark is empty, hence falsy: test for None
+        stop = start
+        while stop < end:
+            frame = frames[stop]
+            if len(frame) > 1 and frame[1].__class__ is mark_cls and gso_mark(frame) is not None:
+                break
+            stop += 1
+        if stop == start:
+            return 0, None
+        whole = start == 0 and stop == len(frames)  # the common case: no super-segment
+        return stop - start, self._fill_iov(frames if whole else frames[start:stop])
+
     def _fill_iov(self, frames: Sequence[Frame]) -> list | None:
         """Copy each frame into its tx slot and set its iovec; returns cdata to keep alive."""
         words = self._iov_words
         view = self._tx_view
         bases = self._tx_bases
-        slot_size = self.slot_size
+        slot_size = self.tx_slot_size  # receive slots may be larger (vnet, software GRO)
         keep = None
         w = 0
         for i, frame in enumerate(frames):

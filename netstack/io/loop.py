@@ -323,7 +323,8 @@ class Loop:
                 state.on_frames(frames, now)
             except Exception:
                 log.exception("on_frames for %s failed; frames dropped", link.name)
-            if len(frames) < max_batch:
+            # (software GRO hands on fewer frames than it read: `rx_read` says how many it read)
+            if len(frames) < max_batch and getattr(link, "rx_read", 0) < max_batch:
                 return
             # Frames queued so far may be views into this link's arena, which the next
             # receive_batch overwrites: send them before reading again.

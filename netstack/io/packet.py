@@ -13,6 +13,7 @@ import time
 
 from netstack._ffi import ffi, lib
 from netstack.io import offload as offmod
+from netstack.io import softoffload
 from netstack.io.link import (
     _PARTIAL_NOT_GSO,
     BatchLink,
@@ -93,6 +94,7 @@ class PacketLink(BatchLink):
 
     _rx_fn = staticmethod(lib.ns_recv_batch)
     _tx_fn = staticmethod(lib.ns_send_batch)
+    _gso_mmsg = True  # software GSO writes a super-segment's pieces with sendmmsg
 
     def __init__(
         self,
@@ -102,7 +104,13 @@ class PacketLink(BatchLink):
         offload: str = "off",
         ring: str = "off",
         geometry: RingGeometry | None = None,
+        gso: str = "off",
+        gro: str = "off",
     ) -> None:
+        """`gso`/`gro` "auto": in software (io/softoffload.py) when the socket has no
+        virtio-net header; software GRO merges in the recvmmsg arena, not in the ring."""
+        if gso not in softoffload.MODES or gro not in softoffload.MODES:
+            raise ValueError(f"gso and gro must be one of {softoffload.MODES}")
         if offload not in offmod.MODES:
             raise ValueError(f"offload must be one of {offmod.MODES}")
         if ring not in RING_MODES:
@@ -123,7 +131,11 @@ class PacketLink(BatchLink):
                     self.offloads = offmod.Offloads(note=f"PACKET_VNET_HDR: {os.strerror(-rc)}")
             mac = read_hwaddr(name)
             mtu = read_mtu(name)
-            super().__init__(name, fd, mac, mtu, max_batch, vnet=self.offloads.vnet)
+            vnet = self.offloads.vnet
+            super().__init__(
+                name, fd, mac, mtu, max_batch, vnet=vnet,
+                gso=gso == "auto" and not vnet, gro=gro == "auto" and not vnet and ring == "off",
+            )  # fmt: skip
             self.ring_note = ""
             if ring == "auto":
                 self._open_ring(geometry or ring_geometry(mtu, self.vnet))

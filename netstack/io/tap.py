@@ -11,6 +11,7 @@ import os
 
 from netstack._ffi import ffi, lib
 from netstack.io import offload as offmod
+from netstack.io import softoffload
 from netstack.io.link import (
     IFNAMSIZ,
     BatchLink,
@@ -62,6 +63,8 @@ class TapLink(BatchLink):
     (io/offload.py); `offloads` says what was agreed. "off" (the default here; the product's
     default comes from the config) resets any offload a persistent TAP kept from an earlier
     reader, or the kernel would hand us super-frames we cannot tell apart.
+    gso/gro="auto" (off here, the config's default auto): without the virtio-net header, TCP
+    super-segments are cut and received segments merged in software (io/softoffload.py).
     """
 
     _rx_fn = staticmethod(lib.ns_read_batch)
@@ -75,7 +78,11 @@ class TapLink(BatchLink):
         flags: int = DEFAULT_FLAGS,
         mac: bytes | None = None,
         offload: str = "off",
+        gso: str = "off",
+        gro: str = "off",
     ) -> None:
+        if gso not in softoffload.MODES or gro not in softoffload.MODES:
+            raise ValueError(f"gso and gro must be one of {softoffload.MODES}")
         if flags & (IFF_TUN | IFF_VNET_HDR) or not flags & IFF_TAP or not flags & IFF_NO_PI:
             raise ValueError("TapLink handles IFF_TAP|IFF_NO_PI frames (no TUN, no vnet header)")
         if mac is not None and len(mac) != 6:
@@ -89,13 +96,16 @@ class TapLink(BatchLink):
             self.offloads = _negotiate(fd) if offload == "auto" else _no_offloads(fd)
             self.peer_mac = read_hwaddr(actual)
             mtu = read_mtu(actual)
+            vnet = self.offloads.vnet
             super().__init__(
                 actual,
                 fd,
                 mac if mac is not None else random_mac(),
                 mtu,
                 max_batch,
-                vnet=self.offloads.vnet,
+                vnet=vnet,
+                gso=gso == "auto" and not vnet,  # software: the link has no TSO
+                gro=gro == "auto" and not vnet,
             )
         except BaseException:
             os.close(fd)

@@ -88,3 +88,13 @@ def test_cpu_per_op() -> None:
     assert abs(compare.cpu_us_per_op(100.0, "MiB/s", 100.0) - 1e6 / segments) < 1e-9
     assert compare.cpu_us_per_op(None, "/s", 50.0) is None
     assert compare.cpu_us_per_op(1.0, "/s", None) is None
+
+
+def test_per_segment_row_is_an_offload_off_row() -> None:
+    """Software GSO/GRO: the row with gso/gro off too is judged against lwIP wnd64k as well."""
+    assert compare.row_mode(compare.PER_SEGMENT[0]) == "off"
+    assert compare.row_mode("netstack_offload_off") == "off"
+    assert compare.row_mode("netstack_offload_auto") == "auto"
+    assert compare.row_label(compare.PER_SEGMENT[0]) == "netstack, offload off, gso/gro off"
+    assert compare.has_soft_offloads("  --gso {auto,off}  ...\n  --gro {auto,off}")
+    assert not compare.has_soft_offloads("  --offload {auto,off}")

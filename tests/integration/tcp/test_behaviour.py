@@ -327,15 +327,19 @@ def test_syn_flood_then_a_connection_within_a_second(flood_world: World, extra: 
 
 
 # -- checksums by tshark ----------------------------------------------------------------------
-@pytest.mark.parametrize("offload", ["auto", "off"])
+@pytest.mark.parametrize("offload", ["auto", "soft", "off"])
 def test_tshark_finds_no_bad_checksums(tmp_path: Path, offload: str) -> None:
     """A capture (the stack's own --pcap) of transfers both ways through tshark with TCP
     checksum validation on: no frame flagged bad, and thousands checked good. With offloads
-    the data travels in super-frames (both ways), recorded whole with completed checksums."""
+    the data travels in super-frames (both ways), recorded whole with completed checksums;
+    "soft" (offload off, software GSO/GRO) records them likewise: as TCP handed them to the
+    link writer, and as the link reader merged them."""
     need_world()
     if not have_tools("tshark"):
         pytest.skip("no tshark")
-    args = ("--log-level", "info", "--offload", offload)
+    modes = {"soft": ("--offload", "off"), "off": ("--offload", "off", "--gso", "off")}
+    modes["off"] += ("--gro", "off")
+    args = ("--log-level", "info", *modes.get(offload, ("--offload", offload)))
     with running_world(tmp_path, *args, tag="tcpc") as world:
         sock = kernel_socket(world)
         try:

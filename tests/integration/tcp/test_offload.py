@@ -1,5 +1,7 @@
 """Offloads against the kernel, on and off: what ethtool shows, 100 MB each way exact with
-nothing dropped by the kernel, and the same offloads on an AF_PACKET link over a veth."""
+nothing dropped by the kernel, and the same offloads on an AF_PACKET link over a veth.
+Three modes: "auto" (the kernel's offloads), "soft" (offload off, software GSO/GRO: the
+defaults gso = gro = "auto") and "off" (offload, gso and gro off: the per-segment path)."""
 
 from __future__ import annotations
 
@@ -39,16 +41,22 @@ LIMIT = 90.0
 REPO = Path(__file__).resolve().parents[3]
 NEGOTIATED = {
     "auto": "offload on tap0: vnet header 10 bytes, csum tso4 tso6",
-    "off": "offload on tap0: off",
+    "soft": "offload on tap0: off; software gso gro",
+    "off": "offload on tap0: off\n",
+}
+MODE_ARGS = {
+    "auto": ("--offload", "auto"),
+    "soft": ("--offload", "off"),  # gso and gro "auto": in software
+    "off": ("--offload", "off", "--gso", "off", "--gro", "off"),
 }
 
 
-@pytest.fixture(scope="module", params=["auto", "off"])
+@pytest.fixture(scope="module", params=["auto", "soft", "off"])
 def offload_world(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     need_world()
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"offload-{mode}")
-    with running_world(tmp, *FAST_ARGS, "--offload", mode, tag="off") as world:
+    with running_world(tmp, *FAST_ARGS, *MODE_ARGS[mode], tag="off") as world:
         world.mode = mode  # type: ignore[attr-defined]
         yield world
 
@@ -68,7 +76,7 @@ def test_ethtool_shows_what_was_negotiated(offload_world: World) -> None:
     mode = offload_world.mode  # type: ignore[attr-defined]
     assert NEGOTIATED[mode] in offload_world.log()
     features = ethtool_features(offload_world)
-    want = "on" if mode == "auto" else "off"
+    want = "on" if mode == "auto" else "off"  # software GSO/GRO: the TAP has no offloads
     assert features["tx-checksumming"] == want
     assert features["tcp-segmentation-offload"] == want
 
@@ -80,6 +88,7 @@ def test_100mb_each_way_exact_and_the_kernel_drops_nothing(
     TAP's tx_dropped (frames the kernel could not hand to the stack) unchanged."""
     path, digest = payload
     dropped = tx_dropped(offload_world)
+    gso_before = {d: _gso_frames(offload_world, d) for d in ("tx", "rx")}
     sock = offload_world.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(10)
@@ -93,6 +102,10 @@ def test_100mb_each_way_exact_and_the_kernel_drops_nothing(
     assert tx_dropped(offload_world) == dropped
     mode = offload_world.mode  # type: ignore[attr-defined]
     print(f"offload {mode}: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in speeds.items()))
+    # super-frames both ways with offloads, kernel's or software; none on the per-segment path
+    for direction, before in gso_before.items():
+        grew = _gso_frames(offload_world, direction) - before
+        assert (grew > 100) if mode != "off" else (grew == 0), (direction, grew)
 
 
 def one_way(world: World, path: Path) -> dict[str, float]:
@@ -128,13 +141,14 @@ def one_way(world: World, path: Path) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("ring", ["off", "auto"])
+@pytest.mark.parametrize(("ring", "mode"), [("off", "auto"), ("auto", "auto"), ("off", "soft")])
 def test_packet_link_with_offloads_over_veth(
-    tmp_path: Path, ring: str, payload: tuple[Path, str]
+    tmp_path: Path, ring: str, mode: str, payload: tuple[Path, str]
 ) -> None:
     """--link packet --offload auto: PACKET_VNET_HDR on a veth, whose peer passes the
     kernel's TSO segments through whole; 100 MB each way exact through echo. Received by
-    recvmmsg, then by the TPACKET_V3 ring (the header in front of each frame in the ring)."""
+    recvmmsg, then by the TPACKET_V3 ring (the header in front of each frame in the ring).
+    "soft": --offload off with software GSO (pieces by sendmmsg) and GRO (in the arena)."""
     need_world()
     kernel_ns, stack_ns = new_netns_name("opk"), new_netns_name("ops")
     netns_add(kernel_ns)
@@ -151,10 +165,15 @@ def test_packet_link_with_offloads_over_veth(
             ["ip", "-n", kernel_ns, "addr", "add", "192.0.2.1/24", "dev", "veth-k"], check=True
         )
         subprocess.run(["ip", "-n", kernel_ns, "link", "set", "veth-k", "up"], check=True)
+        if mode == "soft":  # a plain socket gets what a wire carries: complete checksums
+            subprocess.run(
+                ["ip", "netns", "exec", kernel_ns, "ethtool", "-K", "veth-k", "tx", "off"],
+                check=True, capture_output=True,
+            )  # fmt: skip
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", stack_ns, sys.executable, "-m", "netstack", "run",
-                 "--link", "packet", "--interface", "veth-s", "--offload", "auto",
+                 "--link", "packet", "--interface", "veth-s", *MODE_ARGS[mode],
                  "--pcap", "none", "--metrics-address", "none", "--packet-ring", ring],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
@@ -163,7 +182,8 @@ def test_packet_link_with_offloads_over_veth(
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         text = log.read_text()
-        assert "offload on veth-s: vnet header 10 bytes, csum tso4 tso6" in text, text
+        negotiated = NEGOTIATED[mode].replace("tap0", "veth-s")
+        assert negotiated in text, text
         receive = "recvmmsg" if ring == "off" else "tpacket_v3 ring"
         assert f"receive {receive}, qdisc bypass on" in text, text
         data_file, digest = payload
@@ -192,7 +212,7 @@ def test_packet_link_with_offloads_over_veth(
         netns_del(stack_ns)
 
 
-@pytest.mark.parametrize("mode", ["auto", "off"])
+@pytest.mark.parametrize("mode", ["auto", "soft", "off"])
 def test_impaired_path_with_and_without_offloads(
     mode: str, tmp_path: Path, payload: tuple[Path, str]
 ) -> None:
@@ -205,7 +225,7 @@ def test_impaired_path_with_and_without_offloads(
     path, _ = payload
     size = 5 * MB
     faults = Impairment(drop=0.02, reorder=0.05)
-    args = (*FAST_ARGS, "--offload", mode)
+    args = (*FAST_ARGS, *MODE_ARGS[mode])
     with impaired_world(tmp_path, to_stack=faults, to_kernel=faults, extra_args=args) as world:
         assert NEGOTIATED[mode] in world.log()
         sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -220,13 +240,17 @@ def test_impaired_path_with_and_without_offloads(
     assert stats.to_kernel.dropped > 0 and stats.to_stack.dropped > 0
 
 
-def _gso_frames_tx(world: World) -> float:
+def _gso_frames(world: World, direction: str) -> float:
     from tests.integration.front_helpers import scrape
 
     for line in scrape(world).splitlines():
-        if "gso_frames" in line and 'direction="tx"' in line and not line.startswith("#"):
+        if "gso_frames" in line and f'direction="{direction}"' in line and line[0] != "#":
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _gso_frames_tx(world: World) -> float:
+    return _gso_frames(world, "tx")
 
 
 def test_udp_echo_bursts_come_back_exact(offload_world: World) -> None:

@@ -31,10 +31,13 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, timeout=20)
 
 
-@pytest.mark.parametrize("offload", ["auto", "off"])
+@pytest.mark.parametrize("offload", ["auto", "soft", "off"])
 def test_transfer_across_a_smaller_mtu_hop_lowers_the_mss(tmp_path, offload: str) -> None:
+    """ "soft": offload off, software GSO cutting at the lowered MSS; "off": per segment."""
     need_world()
-    args = ("--gateway", "192.0.2.1", "--offload", offload, *FAST_ARGS)
+    modes = {"soft": ("--offload", "off"), "off": ("--offload", "off", "--gso", "off")}
+    modes["off"] += ("--gro", "off")
+    args = ("--gateway", "192.0.2.1", *modes.get(offload, ("--offload", offload)), *FAST_ARGS)
     with running_world(tmp_path, *args, tag="pmtu") as world, bare_namespace("pmtub") as b:
         a = world.ns
         sh("ip", "-n", a, "link", "add", "vA", "type", "veth", "peer", "name", "vB", "netns", b)
