@@ -199,9 +199,6 @@ class ReceiveBuffer:
         self.queued += len(data)
 
     # -- out of order ------------------------------------------------------------------------
-    def first_ooo_start(self) -> int | None:
-        return self._starts[0] if self._starts else None
-
     def add_ooo(self, start: int, view: memoryview) -> tuple[int, bool]:
         """Store the parts of view (at `start`) not held yet.
 

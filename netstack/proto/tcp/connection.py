@@ -979,10 +979,9 @@ class Connection:
             if plen:
                 if plen > self.rcv_seg_mss:
                     self.rcv_seg_mss = min(plen, self.rcv_mss)
-                first = rb.first_ooo_start()
-                if first is not None and first < seq + plen:
-                    payload = payload[: first - seq]
-                    plen = len(payload)
+                # Taken whole, also when it spans data held out of order (a GRO super-frame,
+                # a repacketized retransmission): take_ooo then lets go of what it covers and
+                # keeps what reaches beyond, as Linux's tcp_data_queue and tcp_ofo_queue do.
                 rb.push(bytes(payload))
                 rcv_nxt += plen
                 if rb.ooo:

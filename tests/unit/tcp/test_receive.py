@@ -144,6 +144,22 @@ def test_out_of_order_data_is_delivered_once_the_hole_fills() -> None:
     assert b"".join(e[1] for e in t.events)[-60:] == data(50, 0x64) + data(10, 0x63)
 
 
+def test_an_in_order_segment_spanning_held_data_is_taken_whole() -> None:
+    """An in-order segment that reaches past a block held out of order (a GRO super-frame, a
+    repacketized retransmission) is taken whole: the block it covers is let go of, and the
+    ACK covers the segment's end, not the block's (as Linux's tcp_data_queue/tcp_ofo_queue).
+    It was cut at the block's start, and everything past the block was lost to a resend."""
+    t, conn = established_passive()
+    t.send(seg(seq=R + 100, ack=L, payload=data(50, 0x62)))
+    t.recv()
+    whole = data(100) + data(50, 0x62) + data(150, 0x63)
+    t.send(seg(seq=R, ack=L, payload=whole))
+    t.expect(to_us(seg(seq=L, ack=R + 300, window=65235)))  # the hole filled: ACK at once
+    assert conn.rcv_nxt == R + 300
+    assert b"".join(e[1] for e in t.events) == whole
+    assert not conn.rcvbuf.ooo and conn.rcvbuf.ooo_bytes == 0
+
+
 def test_overlapping_and_duplicate_segments() -> None:
     t, _conn = established_passive()
     t.send(seg(seq=R, ack=L, payload=b"abcdef"))
