@@ -45,8 +45,8 @@ from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, SYN, TcpOptions
 
 MSS = 1460
-SENDER_IP = "10.77.0.1"
-RECEIVER_IP = "10.77.0.2"
+SENDER_IP = "192.0.2.1"  # documentation range (RFC 5737), inside our own namespace
+RECEIVER_IP = "192.0.2.2"
 PORT = 5001
 RECEIVER_ISN = 1000
 WINDOW = 65535
