@@ -342,17 +342,23 @@ class BatchLink:
             batch = frames if n_frames <= chunk else frames[total : total + chunk]
             n = len(batch)
             keep = self._fill_iov(batch)
-            written = self._tx_fn(self.fd, self._iov, self._iov_counts, n)
+            written = self._write_iov(n, total)
             del keep
-            if written < 0:
-                if written == -errno.EAGAIN:
-                    return total
-                err = -written
-                raise LinkTxError(f"writing to {self.name}: {os.strerror(err)}", err, total)
             total += written
             if written < n:
                 break
         return total
+
+    def _write_iov(self, n: int, total: int) -> int:
+        """Write the n frames _fill_iov prepared: how many went (0 when the fd would block);
+        an error is a LinkTxError that says `total` frames went before it."""
+        written = self._tx_fn(self.fd, self._iov, self._iov_counts, n)
+        if written >= 0:
+            return written
+        if written == -errno.EAGAIN:
+            return 0
+        err = -written
+        raise LinkTxError(f"writing to {self.name}: {os.strerror(err)}", err, total)
 
     def _send_batch_gso(self, frames: Sequence[Frame]) -> int:
         """send_batch with software GSO: runs of ordinary frames as send_batch sends them, a
@@ -364,13 +370,8 @@ class BatchLink:
         while total < n_frames:
             n, keep = self._fill_iov_plain(frames, total)
             if n:
-                written = self._tx_fn(self.fd, self._iov, self._iov_counts, n)
+                written = self._write_iov(n, total)
                 del keep
-                if written < 0:
-                    if written == -errno.EAGAIN:
-                        return total
-                    err = -written
-                    raise LinkTxError(f"writing to {self.name}: {os.strerror(err)}", err, total)
                 total += written
                 if written < n:
                     return total
