@@ -332,7 +332,18 @@ class Stack:
         return (
             f"netstack up: {ip} ({mac_to_str(self.host.config.mac)}) on {self.link.name} "
             f"mtu {self.host.config.mtu}; try: ping {ip}, tcpdump -i {self.link.name}"
+            f"{self._describe6()}"
         )
+
+    def _describe6(self) -> str:
+        """IPv6 in the start-up line: with `auto` there is no global address until a router
+        advertises a prefix, which a user trying `ping -6` needs to know."""
+        address6 = self.config.address6
+        if self.host.v6 is None or address6 is None:
+            return "; ipv6 off"
+        if isinstance(address6, ipaddress.IPv6Interface):
+            return f", ping -6 {address6.ip}"
+        return "; ipv6 auto: link-local now, global addresses from router advertisements (SLAAC)"
 
     def pmtu_cache_entries(self) -> int:
         """Destinations with a path MTU below the link's, both families."""

@@ -40,3 +40,29 @@ def test_current_addresses6_and_the_status_line(tmp_path: Path) -> None:
     finally:
         stack.close()
         manager.close()
+
+
+def test_the_start_up_line_says_how_to_reach_us_over_ipv6(tmp_path: Path) -> None:
+    """A static address6 is named with its ping; `auto` says that a global address waits for
+    a router; `none` says IPv6 is off (a user of the default run otherwise tries
+    `ping -6 2001:db8::2` and gets nothing)."""
+    from netstack.notify import Notifier
+    from netstack.runtime import Stack
+    from tests.unit.test_notify import FakeClock, FakeLink, Manager
+
+    expected = {
+        "2001:db8::2/64": ", ping -6 2001:db8::2",
+        "auto": "; ipv6 auto: link-local now, global addresses from router advertisements",
+        "none": "; ipv6 off",
+    }
+    for address6, tail in expected.items():
+        manager = Manager(tmp_path / f"notify-{len(tail)}.sock")
+        config = build_config({"metrics_address": "none", "address6": address6})
+        stack = Stack(config, FakeLink(), clock=FakeClock(100.0), notifier=Notifier(manager.env))
+        try:
+            line = stack.describe()
+            assert line.startswith("netstack up: 192.0.2.2 ")
+            assert tail in line, (address6, line)
+        finally:
+            stack.close()
+            manager.close()
