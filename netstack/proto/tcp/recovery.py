@@ -462,6 +462,9 @@ class Recovery:
         if first.order > rack.order and not first.retransmitted:
             return
         self._rack_detect(now)
+        if self.ca_state == RECOVERY:  # RACK found losses and recovery began: on_sack_ack's
+            self._prr(self.delivered, True)  # PRR for this ACK (SND.UNA advanced), and the
+            self._tlp_arm(now)  # recovery probe's timer
 
     def ack_nothing_out(self) -> None:
         """take_sack((), ack) and on_sack_ack(ts, ack, 0, 0, None, now) for an ACK of nothing
