@@ -51,7 +51,6 @@ repaired one ACK earlier here; and RACK's timer, exact here, on jiffies there (b
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Protocol
 
 from netstack.proto.tcp.rack import Rack
@@ -402,7 +401,9 @@ class Recovery:
         estimator = self.rtt
         mss = tcb.mss
         if rtt is not None:
-            estimator.sample(rtt, max(1, math.ceil(flight / (2 * max(mss, 1)))))
+            # RttEstimator.expected_samples(flight, mss), in integers (exact: flight < 2**32)
+            per_rtt = 2 * mss if mss > 0 else 2
+            estimator.sample(rtt, (flight + per_rtt - 1) // per_rtt or 1)
             self.counters.tcp_rtt_seconds.observe(rtt)
             if rack.min_rtt is None or rtt < rack.min_rtt:
                 rack.min_rtt = rtt
