@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from netstack.counters import Counters
 from netstack.proto.tcp import connection as tcpconn
+from netstack.proto.tcp import invariants
 from netstack.proto.tcp.cc import Cubic
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.recovery import Recovery
@@ -125,7 +126,9 @@ class Peer:
 
 
 def established(sack: bool, ts: bool):
+    """A server connection in ESTABLISHED, in checked mode (proto/tcp/invariants.py)."""
     t = make_harness(sack=sack, timestamps=ts, send_buffer=200_000, congestion_control="cubic")
+    invariants.attach(t.engine)  # every segment and flush checked; raises on a violation
     listener = listen(t)
     syn_ts = (1, 0) if ts else None
     t.send(seg(flags=SYN, seq=REMOTE_ISN, ack=0, mss=MSS, sack_perm=sack, ts=syn_ts))
@@ -179,6 +182,8 @@ def play(fast: bool, monkeypatch, seed: int, sack: bool, ts: bool, loss: float, 
         state = tuple(getattr(conn, f, None) for f in TCB_FIELDS) + recovery_of(conn)
         log.append((step, op, [(round(w, 9), repr(s)) for w, s in out], state))
     log.append(counters_of(t.engine))
+    checker = t.engine.invariants  # type: ignore[attr-defined]
+    assert not checker.violations and checker.segments_checked
     monkeypatch.undo()
     return log
 
