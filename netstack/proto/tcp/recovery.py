@@ -16,6 +16,9 @@ The connection's side of the interface (called in this order for one ACK):
   on_new_ack(ack, acked, ...)    SND.UNA advanced (RTT sample, cc growth, recovery exit)
   on_dupack(now)                 RFC 5681 duplicate ACK
   on_sack_ack(...)               RACK, D-SACK undo, probe resolution
+or, for the common ACK without SACK blocks (open state, nothing SACKed or lost: fast_ok()),
+  ack_fast(ack, acked, ...)      the three above fused for an ACK of new data
+  ack_nothing_out()              the same for an ACK of nothing with nothing in flight
 and for its output and timers:
   budget(flight)                 bytes cwnd lets out now (RFC 6675 pipe, RFC 3042)
   resend_lost()                  whether the lost-first rule applies now
