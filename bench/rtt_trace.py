@@ -2,7 +2,8 @@
 """Where a TCP echo round trip goes inside the stack: per loop turn, wall and CPU time of each
 phase, while tcpclient.c keeps one 64-byte message in flight (bench/tcp.py's RTT row).
 
-    sudo .venv/bin/python bench/rtt_trace.py [--seconds 2] [--mode rtt|conn] [--stack-args ...]
+    sudo .venv/bin/python bench/rtt_trace.py [--seconds 2] [--mode rtt|conn|chargen]
+    sudo .venv/bin/python bench/rtt_trace.py --stack-args "--offload off" --mode chargen
     sudo .venv/bin/python bench/rtt_trace.py --cwd /tmp/main     # another checkout's stack
     sudo .venv/bin/python bench/rtt_trace.py --place same|cross  # pinned (needs 2 CPUs)
 
@@ -26,6 +27,12 @@ include it; compare runs of this tool with each other, and read bench/micro.py f
 protocol code's CPU alone. Printed: turns per operation, the share of turns whose zero-timeout
 look already found the next request (the stack is then the bottleneck: the client turned
 around while it was still busy), and the median per turn of each phase.
+
+`--mode chargen` loads the stack with the lwIP anchor's `tcpprobe.py chargen` (bench/compare.py's
+"TCP chargen -> kernel" row, `--mb` MiB) instead, and adds where the loop's wall time went
+(sleeping in epoll vs working) and, at each sleep, what held the chargen connection's sender:
+its send buffer full with everything sent (waiting for ACKs), cwnd, the peer's window, or
+nothing to send.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import atexit
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +74,45 @@ def child(out: str, argv: list[str]) -> int:
             return r
 
     nloop.lib = Lib()
+    engines: list = []
+
+    def sleep_reason() -> str:
+        """What the chargen sender (local port 19) waits for as the loop goes to sleep."""
+        for engine in engines:
+            for c in engine.conns.values():
+                if getattr(c, "local_port", None) != 19 or not hasattr(c, "sndbuf"):
+                    continue
+                flight = c.snd_nxt - c.snd_una
+                unsent = len(c.sndbuf) - flight
+                cc = c.recovery.cc
+                if unsent <= 0:
+                    if c.writing_paused:  # the application waits for write_low
+                        return "all sent, application paused (send buffer above write_low)"
+                    return "all sent, application has written nothing more"
+                if cc is not None and flight + c.mss > cc.cwnd:
+                    return "cwnd"
+                if flight + c.mss > c.snd_wnd:
+                    return "peer window"
+                return "sendable data left"
+        return "no connection"
+
+    def ns_epoll_wait_reasoned(epfd, fds, events, n, timeout, _wait=Lib.ns_epoll_wait):
+        if timeout != 0 and engines:
+            reason = sleep_reason()
+            w = wall()
+            r = _wait(nloop.lib, epfd, fds, events, n, timeout)
+            current["sleep:" + reason] = current.get("sleep:" + reason, 0) + wall() - w
+            return r
+        return _wait(nloop.lib, epfd, fds, events, n, timeout)
+
+    Lib.ns_epoll_wait = lambda self, *a: ns_epoll_wait_reasoned(*a)  # type: ignore[method-assign]
+    engine_init = ntcp.TcpEngine.__init__
+
+    def remember_engine(self, *a, **k):
+        engine_init(self, *a, **k)
+        engines.append(self)
+
+    ntcp.TcpEngine.__init__ = remember_engine  # type: ignore[method-assign]
 
     def timed(cls, name: str, label: str) -> None:
         f = getattr(cls, name)
@@ -82,12 +129,22 @@ def child(out: str, argv: list[str]) -> int:
 
     run_once = nloop.Loop.run_once
 
+    def schedstat() -> list[int]:
+        """This thread's (on-CPU ns, runnable-but-waiting ns, timeslices): /proc schedstat."""
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        try:
+            return [int(x) for x in Path(path).read_text().split()]
+        except OSError:
+            return [0, 0, 0]
+
     def traced_turn(self, timeout=None):
         current.clear()
         w, c = wall(), cpu()
         run_once(self, timeout)
         current["turn"] = wall() - w
         current["turn cpu"] = cpu() - c
+        if len(turns) % 64 == 0:
+            current["schedstat"] = schedstat()  # type: ignore[assignment]
         if len(turns) < 500_000:
             turns.append(dict(current))
 
@@ -143,6 +200,36 @@ def summarize(turns: list[dict[str, int]], ops: int) -> str:
     return "\n".join(lines)
 
 
+def summarize_sleeps(turns: list[dict[str, int]]) -> str:
+    """Where the loop's wall time went under a bulk load, and why it slept."""
+    turns = turns[len(turns) // 10 :]
+    total = sum(t.get("turn", 0) for t in turns) or 1
+    stats = [t["schedstat"] for t in turns if "schedstat" in t]
+    cpu = sum(t.get("turn cpu", 0) for t in turns)
+    sleeps: dict[str, list[int]] = {}
+    for t in turns:
+        for k, v in t.items():
+            if k.startswith("sleep:"):
+                sleeps.setdefault(k[6:], []).append(v)
+    lines = [
+        f"loop wall {total / 1e9:.2f} s: CPU {100 * cpu / total:.0f} %, "
+        f"{len(turns)} turns, {1e-3 * total / max(len(turns), 1):.1f} us per turn"
+    ]
+    if len(stats) >= 2:
+        (on0, wait0, n0), (on1, wait1, n1) = stats[0][:3], stats[-1][:3]
+        lines.append(
+            f"  scheduler (schedstat, {len(stats)} samples): on a CPU {(on1 - on0) / 1e9:.2f} s, "
+            f"runnable but waiting for a CPU {(wait1 - wait0) / 1e9:.2f} s, "
+            f"{n1 - n0} timeslices"
+        )
+    for reason, vals in sorted(sleeps.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(
+            f"  slept {100 * sum(vals) / total:5.1f} % of the wall in {len(vals)} sleeps "
+            f"(median {median(vals):.0f} us): {reason}"
+        )
+    return "\n".join(lines)
+
+
 def parent(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(BENCH))
     import tcp as tcp_bench  # bench/tcp.py: worlds, compiled client
@@ -171,6 +258,23 @@ def parent(args: argparse.Namespace) -> int:
             b.stack_cwd = args.cwd
         b.stack_args = args.stack_args.split()
         b.start_stack()
+        if args.mode == "chargen":
+            import compare  # bench/compare.py: where the anchor lies
+
+            anchor = compare.find_anchor(args.lwip)
+            if anchor is None:
+                raise SystemExit("--mode chargen needs the lwIP anchor's tcpprobe.py (--lwip)")
+            code = (
+                f"import sys; sys.path.insert(0, {str(anchor)!r}); import tcpprobe; "
+                f"print(tcpprobe.chargen({tcp_bench.STACK_IP!r}, {args.mb}))"
+            )
+            cmd = b.in_ns(b.ns_a, ["timeout", "90", "python3", "-c", code], b.gen_cpu)
+            mibs = float(b.sh(cmd, timeout=120).stdout.split()[-1])
+            b.stop_stack()
+            turns = json.loads(out.read_text())
+            print(f"chargen: {mibs:.1f} MiB/s")
+            print(summarize_sleeps(turns))
+            return 0
         if args.mode == "rtt":
             res = b.client(b.ns_a, "rtt", tcp_bench.ECHO, args.seconds, "64")
             ops = res["count"] + 50  # its warm-up exchanges
@@ -194,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         return child(argv[1], argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--mode", choices=("rtt", "conn"), default="rtt")
+    p.add_argument("--mode", choices=("rtt", "conn", "chargen"), default="rtt")
+    p.add_argument("--mb", type=int, default=200, help="MiB of chargen (--mode chargen)")
+    p.add_argument(
+        "--lwip",
+        help="the lwIP anchor, for its tcpprobe.py (--mode chargen; default as compare.py)",
+    )
     p.add_argument("--stack-args", default="", help="extra `netstack run` arguments")
     p.add_argument("--cwd", help="run the stack from this checkout (its own build)")
     p.add_argument(

@@ -88,6 +88,9 @@ S = State
 # pass take the general path (tests/unit/tcp/test_slim.py compares the two).
 SLIM = True
 SLIM_EXCLUDED = SYN | FIN | RST | URG
+# The slim path's fused ACK (Recovery.ack_fast / ack_nothing_out) for an ACK in the open state
+# with nothing SACKed or lost; False takes recovery's general per-ACK calls (test_slim.py).
+FAST_ACK = True
 # Connection._window_field's memo; False recomputes every time (its differential test).
 WINDOW_MEMO = True
 
@@ -751,14 +754,35 @@ class Connection:
             self.snd_wl2 = ack
         self.probes_out = 0
         rec = self.recovery
-        rec.take_sack((), ack)  # no blocks: it only resets the per-ACK tallies (delivered...)
-        if acked:
-            self._new_ack(ack, acked, ts, now)
-        elif not plen and not window_changed and self.snd_nxt > snd_una:
-            rec.on_dupack(now)  # RFC 5681's duplicate ACK (no SACK blocks: new_sacked = 0)
-        if self.sack_ok:
-            rec.on_sack_ack(ts, ack, acked, 0, None, now)
         engine = self.engine
+        if FAST_ACK and self.fin_seq is None and rec.fast_ok():
+            # The common ACK (Linux's tcp_ack without FLAG_SLOWPATH): recovery's steps for it
+            # fused (Recovery.ack_fast), then _new_ack's (no FIN of ours to acknowledge).
+            if acked:
+                flight = self.snd_nxt - snd_una
+                self.snd_una = ack
+                rec.ack_fast(ack, acked, flight, ts, now)
+                sndbuf = self.sndbuf
+                sndbuf.consume(min(ack - self.snd_base, sndbuf.end))
+                self.rexmt_count = 0
+                if self.writing_paused and len(sndbuf) <= self.write_low:
+                    engine.touch(self)
+            elif self.snd_nxt > snd_una:
+                rec.take_sack((), ack)
+                if not plen and not window_changed:
+                    rec.on_dupack(now)
+                if self.sack_ok:
+                    rec.on_sack_ack(ts, ack, acked, 0, None, now)
+            else:
+                rec.ack_nothing_out()
+        else:
+            rec.take_sack((), ack)  # no blocks: it only resets the per-ACK tallies
+            if acked:
+                self._new_ack(ack, acked, ts, now)
+            elif not plen and not window_changed and self.snd_nxt > snd_una:
+                rec.on_dupack(now)  # RFC 5681's duplicate ACK (no SACK blocks: new_sacked 0)
+            if self.sack_ok:
+                rec.on_sack_ack(ts, ack, acked, 0, None, now)
         if window_changed or acked:
             engine.touch(self)
         if not plen:

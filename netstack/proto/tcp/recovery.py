@@ -16,6 +16,9 @@ The connection's side of the interface (called in this order for one ACK):
   on_new_ack(ack, acked, ...)    SND.UNA advanced (RTT sample, cc growth, recovery exit)
   on_dupack(now)                 RFC 5681 duplicate ACK
   on_sack_ack(...)               RACK, D-SACK undo, probe resolution
+or, for the common ACK without SACK blocks (open state, nothing SACKed or lost: fast_ok()),
+  ack_fast(ack, acked, ...)      the three above fused for an ACK of new data
+  ack_nothing_out()              the same for an ACK of nothing with nothing in flight
 and for its output and timers:
   budget(flight)                 bytes cwnd lets out now (RFC 6675 pipe, RFC 3042)
   resend_lost()                  whether the lost-first rule applies now
@@ -332,6 +335,151 @@ class Recovery:
         else:
             self.rto_at = now + self.rtt.rto
         self._tlp_arm(now)  # RFC 8985 7.2: restarted by an ACK of new data
+
+    def fast_ok(self) -> bool:
+        """The common ACK's preconditions (Linux's tcp_ack without FLAG_SLOWPATH): the open
+        state, nothing SACKed or marked lost (so no retransmission is out either), no NewReno
+        dupack tally, no probe awaiting its verdict. Then ack_fast is exact."""
+        board = self.board
+        return (
+            self.ca_state == OPEN
+            and self.tlp_end is None
+            and not self.reno_sacked
+            and not board.sacked_bytes
+            and not board.lost_bytes
+        )
+
+    def ack_fast(self, ack: int, acked: int, flight: int, ts: Timestamp, now: float) -> None:
+        """take_sack((), ack), on_new_ack and on_sack_ack(ts, ack, acked, 0, None, now) for an
+        ACK of new data without SACK blocks, when fast_ok(): the same steps, in the same order
+        and with the same arithmetic, with the branches those preconditions rule out left out
+        and the calls fused (one Python call instead of ~15). What it cannot decide in O(1) it
+        hands to the general code: RACK's loss detection runs in full unless the oldest
+        outstanding record provably was sent after the newest delivered one (then
+        RACK_detect_loss marks nothing and arms no timer). The connection has moved SND.UNA
+        to `ack`; `flight` is SND.NXT - SND.UNA from before. tests/unit/tcp/test_slim.py
+        compares it with the general path (connection.FAST_ACK)."""
+        tcb = self.tcb
+        board = self.board
+        # take_sack((), ack): the per-ACK tallies. With nothing SACKed, on_new_ack's
+        # DeliveredData is `acked`.
+        board.delivered.clear()
+        self.newly_lost = 0
+        self.delivered = acked
+        # Scoreboard.ack: no record is SACKed or lost, so _forget changes no byte total.
+        records = board._records
+        head = i = board._head
+        n = len(records)
+        newest: float | None = None
+        any_rexmit = False
+        while i < n:
+            r = records[i]
+            if r.end <= ack:
+                if r.retransmitted:
+                    any_rexmit = True
+                else:
+                    newest = r.sent_at
+                i += 1
+                continue
+            if r.start < ack:  # partially acknowledged
+                r.start = ack
+                any_rexmit = any_rexmit or r.retransmitted
+            break
+        delivered = records[head:i] if tcb.sack_ok and i > head else None
+        board._head = i
+        if i > 64 and i * 2 > n:
+            del records[:i]
+            board._head = 0
+        if board.high_sacked and board.high_sacked <= ack:
+            board.high_sacked = 0
+        # RTT (as on_new_ack: Karn, else the timestamp echo not older than our last timeout).
+        rtt: float | None = None
+        if newest is not None and not any_rexmit:
+            rtt = now - newest
+        elif tcb.ts_ok and ts is not None and ts[1]:
+            d = (tcb.tsval(now) - ts[1]) & MASK
+            if d < HALF and ((ts[1] - self.rto_tsval) & MASK) < HALF:
+                rtt = d / 1000.0
+        rack = self.rack
+        estimator = self.rtt
+        mss = tcb.mss
+        if rtt is not None:
+            # RttEstimator.expected_samples(flight, mss), in integers (exact: flight < 2**32)
+            per_rtt = 2 * mss if mss > 0 else 2
+            estimator.sample(rtt, (flight + per_rtt - 1) // per_rtt or 1)
+            self.counters.tcp_rtt_seconds.observe(rtt)
+            if rack.min_rtt is None or rtt < rack.min_rtt:
+                rack.min_rtt = rtt
+        self.dupacks = 0
+        cc = self.cc
+        assert cc is not None
+        if self.cwnd_limited or (cc.cwnd < cc.ssthresh and cc.cwnd < 2 * flight):
+            cc.on_ack(acked, now, rtt, flight)
+        snd_nxt = tcb.snd_nxt
+        rto_at = self.rto_at = None if ack >= snd_nxt else now + estimator.rto
+        # _tlp_arm (open state, no probe out, nothing SACKed).
+        srtt = estimator.srtt
+        if not tcb.sack_ok or snd_nxt <= ack or srtt is None:
+            self.tlp_at = None
+        else:
+            if snd_nxt - ack <= mss:
+                at = now + (2 * srtt + WC_DEL_ACK)
+            else:
+                at = now + (2 * srtt + TIMEOUT_MIN)
+            self.tlp_at = at if rto_at is None or at < rto_at else rto_at
+        if not tcb.sack_ok:
+            return
+        # on_sack_ack -> _rack_ack: Rack.update over the records this ACK delivered (in
+        # sequence order, so already sorted by end).
+        if delivered:
+            echo = None
+            if tcb.ts_ok and ts is not None and ts[1]:
+                echo = ts[1]
+            fack = rack.fack
+            for r in delivered:
+                end = r.end
+                if end > fack:
+                    fack = end
+                elif end < fack and not r.retransmitted:
+                    rack.reord = True
+                r_rtt = now - r.sent_at
+                if r.retransmitted:
+                    if self._echo_before(echo, r.sent_at):
+                        continue
+                    if rack.min_rtt is not None and r_rtt < rack.min_rtt:
+                        continue
+                elif r_rtt >= 0 and (rack.min_rtt is None or r_rtt < rack.min_rtt):
+                    rack.min_rtt = r_rtt
+                if r.order > rack.order:
+                    rack.xmit_ts, rack.order, rack.rtt = r.sent_at, r.order, r_rtt
+            rack.fack = fack
+        # _rack_detect: nothing can be lost when nothing is out, when no record was delivered
+        # yet, or when the oldest outstanding record was sent after the newest delivered one
+        # and is no retransmission (Rack.detect_loss stops at it).
+        self.rack_at = None
+        if snd_nxt <= ack or rack.xmit_ts is None:
+            return
+        head = board._head
+        if head >= len(records):
+            return  # (no record out: detect_loss has nothing to look at)
+        first = records[head]
+        if first.order > rack.order and not first.retransmitted:
+            return
+        self._rack_detect(now)
+        if self.ca_state == RECOVERY:  # RACK found losses and recovery began: on_sack_ack's
+            self._prr(self.delivered, True)  # PRR for this ACK (SND.UNA advanced), and the
+            self._tlp_arm(now)  # recovery probe's timer
+
+    def ack_nothing_out(self) -> None:
+        """take_sack((), ack) and on_sack_ack(ts, ack, 0, 0, None, now) for an ACK of nothing
+        new while nothing is in flight (a receiver's segments), when fast_ok(): RACK has
+        nothing delivered and nothing to look at, no probe awaits a verdict, and the open
+        state has no PRR to run."""
+        self.board.delivered.clear()
+        self.newly_lost = 0
+        self.delivered = 0
+        if self.tcb.sack_ok:
+            self.rack_at = None
 
     def on_dupack(self, now: float) -> None:
         """RFC 5681 duplicate ACK (or, with SACK, an ACK bringing new SACK information).

@@ -23,6 +23,7 @@ from netstack.histogram import Histogram
 from netstack.proto.tcp import connection as tcpconn
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.isn import Secrets
+from netstack.proto.tcp.recovery import Recovery
 from tests.unit.tcp.simnet import SimNet
 from tests.unit.tcp.tcptools import LOCAL_IP
 from tests.unit.tcp.test_sim import Client
@@ -45,15 +46,42 @@ def counters_of(engine) -> dict:
     return out
 
 
+RECOVERY_FIELDS = (
+    "ca_state", "recover", "dupacks", "cwnd_limited", "rto_at", "rack_at", "tlp_at",
+    "tlp_end", "tlp_probes", "undos", "undo_marker", "reno_sacked", "prr_delivered", "prr_out",
+)  # fmt: skip
+
+
+def recovery_of(c) -> tuple:
+    """What recovery keeps across ACKs: the fused ACK path must leave all of it as the
+    general per-ACK calls do (cwnd, RTT estimator, RACK, the scoreboard's records and totals)."""
+    rec = getattr(c, "recovery", None)
+    if rec is None:  # a TIME_WAIT record
+        return ()
+    board, rack, rtt, cc = rec.board, rec.rack, rec.rtt, rec.cc
+    records = tuple(
+        (r.start, r.end, r.sent_at, r.order, r.sacked, r.lost, r.rexmit, r.retransmitted)
+        for r in board
+    )
+    return (
+        tuple(getattr(rec, f) for f in RECOVERY_FIELDS),
+        (rtt.srtt, rtt.rttvar, rtt.rto, rtt.backoff),
+        (rack.xmit_ts, rack.order, rack.rtt, rack.min_rtt, rack.fack, rack.reord,
+         rack.reo_wnd_mult),
+        None if cc is None else (cc.cwnd, cc.ssthresh, repr(cc)),
+        (board.sacked_bytes, board.lost_bytes, board.rexmit_bytes, board.high_sacked, records),
+    )  # fmt: skip
+
+
 def tcbs_of(engine) -> list[tuple]:
     conns = sorted(engine.conns.values(), key=lambda c: c.key)
     # (a TIME_WAIT record, timewait.py, has no persist or delayed-ACK state: None)
-    return [tuple(getattr(c, f, None) for f in TCB_FIELDS) for c in conns]
+    return [tuple(getattr(c, f, None) for f in TCB_FIELDS) + recovery_of(c) for c in conns]
 
 
 def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
     """One echo exchange with connection.py's `switches` set; returns (trace of every
-    transmission, end state, slim hits)."""
+    transmission, end state, hits of the slim path and of the fused ACK)."""
     for name, value in switches.items():
         monkeypatch.setattr(tcpconn, name, value)
     hits = [0]
@@ -65,6 +93,14 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
         return taken
 
     monkeypatch.setattr(tcpconn.Connection, "_segment_slim", counted)
+    fused = [0]
+    ack_fast = Recovery.ack_fast
+
+    def counted_fast(self, *args):
+        fused[0] += 1
+        ack_fast(self, *args)
+
+    monkeypatch.setattr(Recovery, "ack_fast", counted_fast)
     net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
                  config_a=config_a, config_b=config_b)  # fmt: skip
     for engine, key in ((net.a, b"a"), (net.b, b"b")):  # the same ISNs in both runs
@@ -85,7 +121,7 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
     assert bytes(client.received) == data
     end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
     monkeypatch.undo()
-    return trace, end, hits[0]
+    return trace, end, {"slim": hits[0], "fast_ack": fused[0]}
 
 
 def run_bursts(switches: dict, monkeypatch) -> tuple[list[tuple], tuple]:
@@ -126,10 +162,13 @@ def test_idle_output_passes_match_the_general_path(monkeypatch) -> None:
     assert slim == general
 
 
-def assert_same(monkeypatch, *args, switch: str = "SLIM") -> int:
+def assert_same(monkeypatch, *args, switch: str = "SLIM") -> dict[str, int]:
     slim_trace, slim_end, hits = run({}, monkeypatch, *args)
     general_trace, general_end, general_hits = run({switch: False}, monkeypatch, *args)
-    assert switch != "SLIM" or general_hits == 0
+    if switch in ("SLIM", "FAST_ACK"):
+        assert general_hits["fast_ack"] == 0
+    if switch == "SLIM":
+        assert general_hits["slim"] == 0
     assert len(slim_trace) == len(general_trace)
     for i, (a, b) in enumerate(zip(slim_trace, general_trace, strict=True)):
         assert a == b, f"transmission {i} differs"
@@ -201,4 +240,48 @@ def test_bulk_takes_the_slim_path_and_matches(
     way; with losses fewer (out-of-order data, SACK blocks, duplicate ACKs go the general
     way). Either way the wire and the end state are the general path's."""
     hits = assert_same(monkeypatch, 11, loss, duplicate, jitter, 300_000, config, config)
-    assert hits >= min_hits
+    assert hits["slim"] >= min_hits
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.02, 0.1, 0.25]),
+    duplicate=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.003, 0.03]),
+    size=st.sampled_from([1, 3000, 70_000, 200_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_fused_ack_sends_what_the_general_ack_path_sends(
+    monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
+):
+    """The fused ACK (Recovery.ack_fast) against recovery's general per-ACK calls, through
+    loss (RTOs at 25 %), duplication, reordering (RACK's timer, D-SACK undo) and every option
+    combination: the same wire, counters, TCBs, and recovery state (cwnd, RTT, RACK, the
+    scoreboard's records)."""
+    args = (seed, loss, duplicate, jitter, size, config_a, config_b)
+    assert_same(monkeypatch, *args, switch="FAST_ACK")
+
+
+@pytest.mark.parametrize(
+    "loss,duplicate,jitter,config,min_fused",
+    [
+        (0.0, 0.0, 0.0, TcpConfig(), 30),
+        (0.0, 0.0, 0.0, TcpConfig(timestamps=False, sack=False), 30),
+        (0.0, 0.0, 0.0, TcpConfig(timestamps=False), 30),
+        (0.05, 0.05, 0.01, TcpConfig(), 1),  # loss, SACK recovery, reordering
+        (0.1, 0.0, 0.03, TcpConfig(), 1),  # RACK timers, undo
+        (0.02, 0.0, 0.005, TcpConfig(timestamps=False, sack=False), 1),  # NewReno
+        (0.3, 0.0, 0.0, TcpConfig(sack=False), 1),  # RTOs
+    ],
+)
+def test_bulk_takes_the_fused_ack_and_matches(
+    monkeypatch, loss, duplicate, jitter, config, min_fused
+):
+    """A 300 KB echo: the fused ACK takes most ACKs of new data on a clean link, and the ACKs
+    around losses go the general way; either way wire, counters and state are the same."""
+    hits = assert_same(monkeypatch, 11, loss, duplicate, jitter, 300_000, config, config,
+                       switch="FAST_ACK")  # fmt: skip
+    assert hits["fast_ack"] >= min_fused
