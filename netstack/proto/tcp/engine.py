@@ -349,9 +349,22 @@ class TcpEngine:
         if gso_size and len(payload) > gso_size:
             self._transmit_gso(conn, seq, ack, flags, window, payload, options, gso_size)
             return
-        header = TcpRepr(
-            conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent, payload
-        ).emit(*conn.csum)
+        if (
+            flags & SYN
+            and options is not None
+            and not options.sack_blocks
+            and not urgent
+            and not len(payload)
+        ):  # a SYN or SYN-ACK: from the connection's template sum, its usual options in one
+            # pack (wire/tcp.py; the same bytes as TcpRepr.emit)
+            header = wtcp.build_syn(
+                conn.tx_sum, conn.local_port, conn.remote_port, seq, ack, flags, window, options
+            )
+        else:
+            header = TcpRepr(
+                conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent,
+                payload,
+            ).emit(*conn.csum)  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
         conn.ip_send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df)
