@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from netstack.api.services import TcpEcho
+from netstack.api.services import TcpChargen, TcpEcho
 from netstack.api.tcp import Protocol, TcpTransport, connect, listen
 from netstack.proto.tcp.connection import DetachedTcb
 from netstack.proto.tcp.state import State
@@ -114,3 +114,33 @@ def test_not_detached_while_data_waits_for_a_paused_reader() -> None:
     transports[0].resume_reading()
     net.run(net.now + 1, stop=lambda: conn.handler is None)
     assert bytes(got) == b"data" and not conn.rcvbuf.queued
+
+
+def test_chargen_connection_is_freed_without_the_cyclic_gc() -> None:
+    """The chargen service lets go of its transport at the end too (its writes fill the
+    peer's window; the client's close with unread data resets it: the end by error)."""
+    net = SimNet(8)
+    made: list[TcpChargen] = []
+
+    class Chargen(TcpChargen):
+        def connection_made(self, transport: TcpTransport) -> None:
+            made.append(self)
+            super().connection_made(transport)
+
+    listen(net.b, 19, Chargen)
+    gc.collect()
+    gc.disable()
+    try:
+        client = Client()
+        transport = connect(net.a, ("192.0.2.2", 19), lambda: client)
+        net.run(net.now + 1, stop=lambda: len(client.data) > 10_000)
+        (server_conn,) = net.b.conns.values()
+        ref = weakref.ref(server_conn)
+        del server_conn
+        transport.close()
+        net.run(net.now + 5, stop=lambda: ref() is None)
+        assert ref() is None
+        assert made[0].transport is None and made[0].sent > 10_000
+    finally:
+        gc.enable()
+    net.assert_checked()
