@@ -81,6 +81,7 @@ def child(out: str, argv: list[str]) -> int:
         current["gc"] = current.get("gc", 0) + wall() - gc_start[0]
         current["gc cpu"] = current.get("gc cpu", 0) + cpu() - gc_start[1]
         current["gc runs"] = current.get("gc runs", 0) + 1
+        current["gc found"] = current.get("gc found", 0) + info["collected"]
         gen = f"gc{info['generation']} cpu"
         current[gen] = current.get(gen, 0) + cpu() - gc_start[1]
 
@@ -160,6 +161,7 @@ def summarize(turns: list[dict[str, int]], ops: int) -> str:
     ]
     gc_runs = sum(t.get("gc runs", 0) for t in turns)
     gc_cpu = sum(t.get("gc cpu", 0) for t in turns) / 1000
+    gc_found = sum(t.get("gc found", 0) for t in turns)
     lines = [
         f"{len(turns)} turns, {ops} operations ({len(turns) / max(ops, 1):.2f} turns each); "
         f"{100 * found / len(busy):.0f} % of busy turns found the next frame already queued",
@@ -171,6 +173,7 @@ def summarize(turns: list[dict[str, int]], ops: int) -> str:
         lines.append(f"{name:24} {w:8.1f} {c:8.1f}")
     lines.append(
         f"garbage collector (inside the phases above): {gc_runs} runs, "
+        f"{gc_found / max(ops, 1):.1f} cyclic garbage objects found per operation, "
         f"{gc_cpu / max(ops, 1):.1f} us of CPU per operation ("
         + ", ".join(
             f"generation {g}: {sum(t.get(f'gc{g} cpu', 0) for t in turns) / 1000 / max(ops, 1):.1f}"
