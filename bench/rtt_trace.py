@@ -6,6 +6,7 @@ phase, while tcpclient.c keeps one 64-byte message in flight (bench/tcp.py's RTT
     sudo .venv/bin/python bench/rtt_trace.py --stack-args "--offload off" --mode chargen
     sudo .venv/bin/python bench/rtt_trace.py --cwd /tmp/main     # another checkout's stack
     sudo .venv/bin/python bench/rtt_trace.py --place same|cross  # pinned (needs 2 CPUs)
+    sudo .venv/bin/python bench/rtt_trace.py --mode conn --cprofile /tmp/conn.prof  # + cProfile
 
 netstack runs on tap0 in a namespace of its own (bench/run.py's world) under this file's
 `--child` mode: the real `netstack run`, with the loop's phases wrapped (no loop code copied)
@@ -21,6 +22,7 @@ to stamp time.perf_counter_ns and time.thread_time_ns around them:
               client's wakeup run inside it, charged to the stack's CPU)
   timers      the turn's timers and deadline sources
   other       the rest of the turn (clocks, histograms, counters)
+  gc          the garbage collector's pauses (gc.callbacks), wherever they fell
 
 Wrapping costs ~1 us of CPU per phase (thread_time_ns is a system call): the printed figures
 include it; compare runs of this tool with each other, and read bench/micro.py for the
@@ -39,14 +41,18 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import cProfile
+import gc
 import json
 import os
+import pstats
 import sys
 import threading
 import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+PROFILE_ENV = "NETSTACK_RTT_TRACE_PROFILE"  # --cprofile: the child's cProfile output file
 
 
 # -- the child: `netstack run` with the loop's phases wrapped ------------------------------------
@@ -114,6 +120,21 @@ def child(out: str, argv: list[str]) -> int:
 
     ntcp.TcpEngine.__init__ = remember_engine  # type: ignore[method-assign]
 
+    gc_start = [0, 0]
+
+    def gc_timed(phase: str, info: dict) -> None:  # the collector's pauses, inside any phase
+        if phase == "start":
+            gc_start[:] = wall(), cpu()
+            return
+        current["gc"] = current.get("gc", 0) + wall() - gc_start[0]
+        current["gc cpu"] = current.get("gc cpu", 0) + cpu() - gc_start[1]
+        current["gc runs"] = current.get("gc runs", 0) + 1
+        current["gc found"] = current.get("gc found", 0) + info["collected"]
+        gen = f"gc{info['generation']} cpu"
+        current[gen] = current.get(gen, 0) + cpu() - gc_start[1]
+
+    gc.callbacks.append(gc_timed)
+
     def timed(cls, name: str, label: str) -> None:
         f = getattr(cls, name)
 
@@ -157,12 +178,20 @@ def child(out: str, argv: list[str]) -> int:
     timed(nhost.Host, "receive", "rx path")
     timed(ntcp.TcpEngine, "flush", "tcp flush")
 
+    profile_path = os.environ.get(PROFILE_ENV)
+    prof = cProfile.Profile() if profile_path else None
+
     def save() -> None:
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile_path)
         Path(out).write_text(json.dumps(turns))
 
     atexit.register(save)
     from netstack.cli import main
 
+    if prof is not None:
+        prof.enable()
     return main(argv)
 
 
@@ -188,6 +217,9 @@ def summarize(turns: list[dict[str, int]], ops: int) -> str:
         ("send (writev)", "send"),
         ("timers", "timers"),
     ]
+    gc_runs = sum(t.get("gc runs", 0) for t in turns)
+    gc_cpu = sum(t.get("gc cpu", 0) for t in turns) / 1000
+    gc_found = sum(t.get("gc found", 0) for t in turns)
     lines = [
         f"{len(turns)} turns, {ops} operations ({len(turns) / max(ops, 1):.2f} turns each); "
         f"{100 * found / len(busy):.0f} % of busy turns found the next frame already queued",
@@ -197,6 +229,16 @@ def summarize(turns: list[dict[str, int]], ops: int) -> str:
         w = median([t.get(key, 0) for t in busy])
         c = median([t.get(key + " cpu", 0) for t in busy]) if key != "wait" else 0.0
         lines.append(f"{name:24} {w:8.1f} {c:8.1f}")
+    lines.append(
+        f"garbage collector (inside the phases above): {gc_runs} runs, "
+        f"{gc_found / max(ops, 1):.1f} cyclic garbage objects found per operation, "
+        f"{gc_cpu / max(ops, 1):.1f} us of CPU per operation ("
+        + ", ".join(
+            f"generation {g}: {sum(t.get(f'gc{g} cpu', 0) for t in turns) / 1000 / max(ops, 1):.1f}"
+            for g in range(3)
+        )
+        + ")"
+    )
     return "\n".join(lines)
 
 
@@ -252,6 +294,8 @@ def parent(args: argparse.Namespace) -> int:
         return popen(cmd, **kw)
 
     b.popen = traced_popen  # type: ignore[method-assign]
+    if args.cprofile:
+        os.environ[PROFILE_ENV] = str(Path(args.cprofile).resolve())
     try:
         b.compile()
         if args.cwd:
@@ -286,6 +330,10 @@ def parent(args: argparse.Namespace) -> int:
         turns = json.loads(out.read_text())
         print(f"{args.mode}: {figure}")
         print(summarize(turns, ops))
+        if args.cprofile:
+            print(f"cProfile of the stack ({ops} operations) in {args.cprofile}:")
+            stats = pstats.Stats(args.cprofile)
+            stats.sort_stats(args.sort).print_stats(args.top)
     finally:
         b.close()
     return 0
@@ -312,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         default="any",
         help="pin stack and client to CPU 1 (same), or stack to 1 and client to 0 (cross)",
     )
+    p.add_argument("--cprofile", help="also cProfile the stack's whole run into this file")
+    p.add_argument("--sort", default="tottime", help="--cprofile: pstats sort key")
+    p.add_argument("--top", type=int, default=40, help="--cprofile: rows printed")
     args = p.parse_args(argv)
     if not 0.5 <= args.seconds <= 30:
         p.error("--seconds 0.5..30")

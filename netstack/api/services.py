@@ -94,6 +94,12 @@ class TcpEcho(Protocol):
             self.transport.close()
         return True  # closed above once everything is echoed
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The transport holds this protocol: letting go of it ends the cycle, so that the
+        # connection is freed by reference counting (Connection._detach), not by the GC.
+        self.transport = None
+        self.pending = None
+
 
 class TcpDiscard(Protocol):
     """Reads and forgets (RFC 863), counting; closes after the peer does."""
@@ -141,6 +147,9 @@ class TcpChargen(Protocol):
 
     def resume_writing(self) -> None:
         self._fill()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # the cycle with the transport ends (see TcpEcho)
 
     def _fill(self) -> None:
         transport = self.transport

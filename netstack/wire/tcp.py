@@ -66,6 +66,14 @@ _OFFSET_FLAGS_PLAIN = HEADER_LEN << 10  # data offset 5 in the top 4 bits of the
 _OFFSET_FLAGS_TS = (HEADER_LEN + 12) << 10
 
 
+# The SYN layout Linux sends (tcp_options_write) and `build_syn` makes: MSS, SACK permitted
+# and timestamps, NOP and window scale; taken in one unpack on receive (`parse`).
+_SYN_OPTS = struct.Struct("!HH4sII3sB")  # 2,4 | mss | 4,2,8,10 | TSval | TSecr | 1,3,3 | ws
+_MSS_KIND_LEN = OPT_MSS << 8 | 4
+_SACKOK_TS = bytes((OPT_SACK_PERMITTED, 2, OPT_TIMESTAMP, 10))
+_NOP_WS = bytes((OPT_NOP, OPT_WINDOW_SCALE, 3))
+_SYN_OPTS_LEN = _SYN_OPTS.size  # 20
+
 # NamedTuple's generated __new__ is a Python-level call; tuple.__new__ builds the same
 # object for a fraction of the cost on the per-packet path (field count fixed by the code).
 _new = tuple.__new__
@@ -116,6 +124,13 @@ def parse(
         options = NO_OPTIONS
     elif hlen == 32 and (fast := _NOP_NOP_TS.unpack_from(view, OPTIONS_OFFSET))[0] == _TS_PREFIX:
         options = _new(TcpOptions, (None, None, False, (), (fast[1], fast[2])))
+    elif (
+        hlen == HEADER_LEN + _SYN_OPTS_LEN
+        and (syn := _SYN_OPTS.unpack_from(view, OPTIONS_OFFSET))[0] == _MSS_KIND_LEN
+        and syn[2] == _SACKOK_TS
+        and syn[5] == _NOP_WS
+    ):  # a SYN or SYN-ACK as Linux lays its options out: what parse_options would make
+        options = _new(TcpOptions, (syn[1], syn[6], True, (), (syn[3], syn[4])))
     else:
         options = parse_options(view, OPTIONS_OFFSET, hlen)
     fields = (src_port, dst_port, seq, ack, hlen, flags, window, csum, urgent, options)
@@ -260,6 +275,48 @@ def build_fast(
         src_port, dst_port, seq, ack, (HEADER_LEN + 12) << 2, flags, window, _fold(s), 0,
         _TS_PREFIX, tsval, tsecr,
     )  # fmt: skip
+
+
+def build_syn(
+    base: int,
+    src_port: int,
+    dst_port: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    options: TcpOptions,
+) -> bytes:
+    """`build` for a SYN or SYN-ACK (no payload, no urgent pointer, no SACK blocks) from a
+    connection's `template_sum`: the common layout (MSS, SACK permitted, timestamps, window
+    scale: Linux's) in one pack, the others through build_options. Same bytes as
+    build(..., options=options)."""
+    mss, wscale, sack, _, ts = options
+    if mss is not None and wscale is not None and sack and ts is not None:
+        tsval, tsecr = ts
+        hlen = HEADER_LEN + _SYN_OPTS_LEN
+        offset_flags = (hlen << 10) | flags
+        s = base + hlen + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
+        s += offset_flags + _SYN_OPTS_SUM + mss + wscale
+        s += (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16) + (tsecr & 0xFFFF)
+        return _HEADER_SYN.pack(
+            src_port, dst_port, seq, ack, hlen << 2, flags, window, _fold(s), 0,
+            _MSS_KIND_LEN, mss, _SACKOK_TS, tsval, tsecr, _NOP_WS, wscale,
+        )  # fmt: skip
+    opts = build_options(options)
+    hlen = HEADER_LEN + len(opts)
+    s = base + hlen + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
+    s = _partial(_from_buffer(opts), len(opts), s + ((hlen << 10) | flags))
+    csum = _fold(s)
+    return _HEADER.pack(src_port, dst_port, seq, ack, hlen << 2, flags, window, csum, 0) + opts
+
+
+_HEADER_SYN = struct.Struct("!HHIIBBHHH" + _SYN_OPTS.format.lstrip("!"))
+# The constant option bytes of the SYN layout, as 16-bit words: 0x0204, 0x0402, 0x080a, 0x0103,
+# and 0x03 in the high byte of the word whose low byte is the shift.
+_SYN_OPTS_SUM = _MSS_KIND_LEN + (_SACKOK_TS[0] << 8 | _SACKOK_TS[1])
+_SYN_OPTS_SUM += _SACKOK_TS[2] << 8 | _SACKOK_TS[3]
+_SYN_OPTS_SUM += (_NOP_WS[0] << 8 | _NOP_WS[1]) + (_NOP_WS[2] << 8)
 
 
 # -- the symmetric value (smoltcp's TcpRepr) ---------------------------------------------------

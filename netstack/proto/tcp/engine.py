@@ -349,9 +349,22 @@ class TcpEngine:
         if gso_size and len(payload) > gso_size:
             self._transmit_gso(conn, seq, ack, flags, window, payload, options, gso_size)
             return
-        header = TcpRepr(
-            conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent, payload
-        ).emit(*conn.csum)
+        if (
+            flags & SYN
+            and options is not None
+            and not options.sack_blocks
+            and not urgent
+            and not len(payload)
+        ):  # a SYN or SYN-ACK: from the connection's template sum, its usual options in one
+            # pack (wire/tcp.py; the same bytes as TcpRepr.emit)
+            header = wtcp.build_syn(
+                conn.tx_sum, conn.local_port, conn.remote_port, seq, ack, flags, window, options
+            )
+        else:
+            header = TcpRepr(
+                conn.local_port, conn.remote_port, seq, ack, flags, window, options, urgent,
+                payload,
+            ).emit(*conn.csum)  # fmt: skip
         self.counters.tcp_segments_tx += 1
         pieces = (header, payload) if len(payload) else (header,)
         conn.ip_send(conn.remote_ip, wipv4.PROTO_TCP, pieces, self.now, dont_fragment=conn.pmtu_df)
@@ -464,7 +477,7 @@ class TcpEngine:
                 listener.syn_queue.pop(conn.key, None)
                 if conn in listener.accept_queue:
                     listener.accept_queue.remove(conn)
-        self.touch(conn)
+        self._dirty[conn] = None  # touch(): five times per connection
 
     def accept_ready(self, conn: Connection) -> bool:
         """May this SYN_RECEIVED connection complete (room in its listener's accept queue)?"""
@@ -614,15 +627,17 @@ class TcpEngine:
             c.drop(Drop.TCP_SYN_QUEUE_FULL)
             return
         conn = Connection(self, h.dst_port, src, h.src_port, listener, local_ip=dst)
-        conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
+        if listener.send_buffer is not None or listener.receive_buffer is not None:
+            conn.set_buffer_sizes(listener.send_buffer, listener.receive_buffer)
         isn = self.choose_isn(conn, now)
         if isn_floor is not None and seq_gt(isn_floor, isn):
             isn = isn_floor
-        self.conns[conn.key] = conn
-        listener.syn_queue[conn.key] = conn
+        key = conn.key
+        self.conns[key] = conn
+        listener.syn_queue[key] = conn
         conn.open_passive(h, isn, now)
         c.tcp_passive_opens += 1
-        self.touch(conn)
+        self._dirty[conn] = None  # touch()
 
     # -- SYN cookies (RFC 4987 3.6) ----------------------------------------------------------
     def _send_cookie(

@@ -48,6 +48,10 @@ class Event(enum.Enum):
     TIMEOUT = "timeout"  # 2*MSL in TIME_WAIT, or the orphaned FIN_WAIT_2 timeout
     RESET = "reset"  # RST accepted, abort(), or retries exhausted
 
+    # As State's: the transition table is looked up by (state, event) five times per
+    # connection, and Enum's __hash__ is a Python call.
+    __hash__ = object.__hash__
+
 
 S, E = State, Event
 TRANSITIONS: dict[tuple[State, Event], State] = {
