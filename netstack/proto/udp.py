@@ -237,7 +237,7 @@ class UdpEngine:
         if link_header is not None and wipv4.MIN_HEADER_LEN + length <= ipv4.config.mtu:
             next_hop = ipv4.route(peer)
             eth = None if next_hop is None else link_header(next_hop)
-            if eth is not None:
+            if eth is not None and len(eth) == 14:  # ns_udp_reflect copies 14 bytes
                 ident = ipv4._ident
                 ipv4._ident = (ident + 1) & 0xFFFF
                 n = _reflect(
