@@ -117,3 +117,17 @@ def test_ns_udp_reflect_refuses_what_does_not_fit() -> None:
     assert lib.ns_udp_reflect(udp, 12, eth, OUR_IP, PEER_IP, 1, 64, out, 64) == 14 + 20 + 12
     assert lib.ns_udp_reflect(udp, 12, eth, OUR_IP, PEER_IP, 1, 64, out, 45) == -1
     assert lib.ns_udp_reflect(udp, 7, eth, OUR_IP, PEER_IP, 1, 64, out, 64) == -1
+
+
+def test_a_header_other_than_14_bytes_goes_the_old_way() -> None:
+    """ns_udp_reflect copies exactly 14 bytes of Ethernet header: a link header of another
+    size (a VLAN tag, say) must not reach it."""
+    tagged = b"\x02" * 12 + b"\x81\x00\x00\x05\x08\x00"
+    frames = [udp_frame(b"z" * 64, 4000, 7)]
+    hosts = [_host(False), _host(True)]
+    for host in hosts:
+        host.ipv4.link_header = lambda next_hop: tagged
+    new, old = _run(hosts[0], frames), _run(hosts[1], frames)
+    assert new[:2] == old[:2]
+    assert new[1][0].startswith(tagged)
+    assert new[2] == [4]  # eth, IPv4 header, UDP header, payload: Ipv4Engine.send's pieces
