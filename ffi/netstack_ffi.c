@@ -1161,3 +1161,42 @@ int ns_gro_merge(uint8_t *arena, size_t slot_size, uint32_t *lens, int n, const 
     }
     return m;
 }
+
+/* The UDP echo's reply in one call (proto/udp.py, UdpEngine._reflect): `eth` (the 14-byte
+ * Ethernet header towards the next hop), an IPv4 header without options from `src` to `dst`
+ * (tos 0, no fragmentation flags, `ident`, `ttl`, its checksum), then the request's UDP
+ * datagram (`udp`, `udp_len` bytes: its length field) with the ports swapped. Swapping the
+ * ports and the addresses changes no sum, so the request's UDP checksum is the reply's. The
+ * same bytes Ipv4Engine.send builds from (eth, header, udp header, payload), one piece
+ * instead of four. Returns the frame's length, or -1 when it does not fit `out`. */
+int ns_udp_reflect(const uint8_t *udp, size_t udp_len, const uint8_t *eth, uint32_t src,
+                   uint32_t dst, uint32_t ident, uint32_t ttl, uint8_t *out, size_t out_size)
+{
+    size_t total = 20 + udp_len, i;
+    uint32_t s;
+    uint8_t *ip = out + 14, *u = out + 34;
+
+    if (udp_len < 8 || total > 0xFFFF || 14 + total > out_size)
+        return -1;
+    memcpy(out, eth, 14);
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ns_put16(ip + 2, (uint32_t)total);
+    ns_put16(ip + 4, ident & 0xFFFF);
+    ip[6] = ip[7] = 0;
+    ip[8] = (uint8_t)ttl;
+    ip[9] = 17;
+    ip[10] = ip[11] = 0;
+    ns_put32(ip + 12, src);
+    ns_put32(ip + 16, dst);
+    s = 0;
+    for (i = 0; i < 20; i += 2)
+        s += ns_be16(ip + i);
+    s = (s & 0xFFFF) + (s >> 16);
+    s = (s & 0xFFFF) + (s >> 16);
+    ns_put16(ip + 10, ~s & 0xFFFF);
+    memcpy(u, udp + 2, 2);
+    memcpy(u + 2, udp, 2);
+    memcpy(u + 4, udp + 4, udp_len - 4);
+    return (int)(14 + total);
+}

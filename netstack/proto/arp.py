@@ -52,6 +52,12 @@ class ArpState(enum.Enum):
     PROBE = "probe"  # STALE and being refreshed by unicast requests
 
 
+# For ready_header, once per frame sent: a member read through the class costs ~0.16 us
+# (EnumType attribute lookup), a module global ~0.02.
+_REACHABLE = ArpState.REACHABLE
+_PROBE = ArpState.PROBE
+
+
 @dataclasses.dataclass(slots=True)
 class ArpConfig:
     cache_size: int = 512
@@ -205,7 +211,7 @@ class ArpEngine:
         if entry is None:
             return None
         state = entry.state
-        if state is not ArpState.REACHABLE and state is not ArpState.PROBE:
+        if state is not _REACHABLE and state is not _PROBE:
             return None
         self._cache.move_to_end(next_hop)
         return entry.eth_header

@@ -10,6 +10,7 @@ import random
 import struct
 from collections.abc import Callable
 
+from netstack._ffi import ffi, lib
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.ipv4 import Ipv4Engine
@@ -25,6 +26,12 @@ MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN - wudp.HEADER_LEN  # 65507
 _UDP_HEADER = struct.Struct("!HHHH")
 _L4_START = 14 + wipv4.MIN_HEADER_LEN  # Ethernet + IPv4 header: where the UDP header starts
 _USO_HEADERS = _L4_START + wudp.HEADER_LEN  # the virtio-net hdr_len of a UDP super-frame
+# The echo reply's frame is built here by ns_udp_reflect, then copied out as bytes (the frame
+# waits on the link's queue; the next reply reuses the scratch).
+_reflect = lib.ns_udp_reflect
+_REFLECT_SIZE = 14 + 0xFFFF
+_REFLECT_OUT = ffi.new("uint8_t[]", _REFLECT_SIZE)
+_REFLECT_BUF = ffi.buffer(_REFLECT_OUT)
 
 # (payload, (src_ip, src_port), dst_ip, now): payload valid only during the call.
 DatagramHandler = Callable[[memoryview, tuple[int, int], int, float], None]
@@ -214,11 +221,37 @@ class UdpEngine:
                 if self._start_run(key, csum):
                     self._run.append(payload[wudp.HEADER_LEN : length])
                     return
-            header = _UDP_HEADER.pack(dst_port, src_port, length, csum)
-            if ipv4.send(src, wudp.PROTO_UDP, (header, payload[wudp.HEADER_LEN : length]), now):
+            if self._reflect(src, payload, length, now):
                 c.udp_tx += 1
             return
         sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
+
+    def _reflect(self, peer: int, datagram: memoryview, length: int, now: float) -> bool:
+        """Send the echo's reply to `peer`: `datagram` (the request's UDP header and payload,
+        `length` bytes) back with its ports swapped. When the reply needs nothing but a header
+        (an on-link or gateway next hop whose MAC is known, within the MTU), one C call builds
+        the whole frame, the same bytes Ipv4Engine.send would (tests/unit/test_udp_reflect.py);
+        anything else (ARP to resolve, fragmentation, no route) goes through Ipv4Engine.send."""
+        ipv4 = self.ipv4
+        link_header = ipv4.link_header
+        if link_header is not None and wipv4.MIN_HEADER_LEN + length <= ipv4.config.mtu:
+            next_hop = ipv4.route(peer)
+            eth = None if next_hop is None else link_header(next_hop)
+            if eth is not None and len(eth) == 14:  # ns_udp_reflect copies 14 bytes
+                ident = ipv4._ident
+                ipv4._ident = (ident + 1) & 0xFFFF
+                n = _reflect(
+                    _from_buffer(datagram), length, eth, ipv4.config.address, peer,
+                    ident, ipv4.config.default_ttl, _REFLECT_OUT, _REFLECT_SIZE,
+                )  # fmt: skip
+                if n > 0:
+                    self.counters.ipv4_tx += 1
+                    ipv4.link_emit((_REFLECT_BUF[:n],))  # type: ignore[misc]
+                    return True
+                ipv4._ident = ident
+        src_port, dst_port, _, csum = _UDP_HEADER.unpack_from(datagram)
+        header = _UDP_HEADER.pack(dst_port, src_port, length, csum)
+        return ipv4.send(peer, wudp.PROTO_UDP, (header, datagram[wudp.HEADER_LEN : length]), now)
 
     # -- echo runs (USO) ---------------------------------------------------------------------
     def _start_run(self, key: tuple[int, int, int, int], csum: int) -> bool:
