@@ -12,10 +12,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """The stack on tap0 in a fresh namespace, shared by the tests of one module."""
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """The stack on tap0 in a fresh namespace, shared by the tests of one module; a module
+    that needs other `netstack run` flags names them in WORLD_ARGS."""
     ok, why = can_run_world()
     if not ok:
         pytest.skip(why)
-    with running_world(tmp_path_factory.mktemp("world")) as world:
+    args = getattr(request.module, "WORLD_ARGS", ())
+    with running_world(tmp_path_factory.mktemp("world"), *args) as world:
         yield world
