@@ -1514,7 +1514,7 @@ class Connection:
         if rec.probe_owed:
             rec.probe_owed = False
             forced = self._send_loss_probe(now)
-        owed = rec.take_owed(self.snd_una)
+        owed = None if rec.owed is None else rec.take_owed(self.snd_una)
         if owed is not None:
             if owed.end - owed.start > self.mss:  # one segment of an offloaded one
                 board.split(owed, owed.start + self.mss)
@@ -1530,7 +1530,7 @@ class Connection:
             self.last_data = 0.0
         budget = rec.budget(flight)
         # 1. RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO): lost records first.
-        if rec.resend_lost():
+        if board.lost_bytes and rec.resend_lost():  # (nothing lost: nothing to resend)
             while budget > 0:
                 r = board.next_lost()
                 if r is None:
@@ -1551,7 +1551,8 @@ class Connection:
         blocked = False  # the peer's window (not cwnd) is what stops us
         new_data = False
         rec.cwnd_limited = False
-        tso = self.net.tso_max
+        # TSO matters only for more than an MSS of unsent data (it never grows in the loop).
+        tso = self.net.tso_max if snd_end - self.snd_nxt > mss else 0
         while True:
             snd_nxt = self.snd_nxt
             unsent = snd_end - snd_nxt
