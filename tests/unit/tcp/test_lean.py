@@ -30,20 +30,25 @@ from netstack.histogram import Histogram
 from netstack.io import softoffload
 from netstack.proto.host import Host, HostConfig
 from netstack.proto.ipv4 import Ipv4Engine
+from netstack.proto.ipv6 import Ipv6Engine
 from netstack.proto.tcp import connection as tcpconn
 from netstack.proto.tcp import engine as tcpengine
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.isn import Secrets
 from netstack.proto.tcp.recovery import Recovery
+from netstack.proto.v6 import Ipv6HostConfig
 from netstack.wire import ethernet as weth
 from netstack.wire import icmp as wicmp
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import ipv6 as wipv6
 
 STACK_MAC = bytes.fromhex("02aabbccdd02")
 PEER_MAC = bytes.fromhex("02aabbccdd01")
 STACK_IP = wipv4.ip_from_str("192.0.2.2")
 PEER_IP = wipv4.ip_from_str("192.0.2.1")
 GATEWAY = wipv4.ip_from_str("192.0.2.254")
+STACK_IP6 = "2001:db8::2"
+PEER_IP6 = "2001:db8::1"
 TSO_MAX = 65000
 
 
@@ -72,20 +77,32 @@ class World:
     """Peer (the kernel's part) and host under test, frames crossing as joined bytes; the
     stack's super-segments are cut as the link's software GSO would."""
 
-    def __init__(self, seed: int, tso: bool, timestamps: bool) -> None:
+    def __init__(self, seed: int, tso: bool, timestamps: bool, v6: bool = False) -> None:
         self.now = 1000.0
         self.rng = random.Random(seed)
         self.loss = 0.0
-        tcp = TcpConfig(tso_max=TSO_MAX if tso else 0, timestamps=timestamps)
+        tcp = TcpConfig(
+            tso_max=TSO_MAX if tso else 0, tso6_max=TSO_MAX if tso else 0, timestamps=timestamps
+        )
+
+        def v6config(address: str, name: str) -> Ipv6HostConfig | None:
+            if not v6:
+                return None
+            static = ((wipv6.from_str(address), 64),)
+            return Ipv6HostConfig(interface=name, secret=b"lean", static=static)
+
         self.peer = Host(
-            HostConfig(mac=PEER_MAC, address=PEER_IP, prefix_len=24, tcp=tcp),
+            HostConfig(
+                mac=PEER_MAC, address=PEER_IP, prefix_len=24, tcp=tcp,
+                ipv6=v6config(PEER_IP6, "peer0"),
+            ),
             Counters(),
             random.Random(1),
-        )
+        )  # fmt: skip
         self.stack = Host(
             HostConfig(
                 mac=STACK_MAC, address=STACK_IP, prefix_len=24,
-                tcp=dataclasses.replace(tcp, checked=True),
+                tcp=dataclasses.replace(tcp, checked=True), ipv6=v6config(STACK_IP6, "tap0"),
             ),
             Counters(),
             random.Random(2),
@@ -100,6 +117,9 @@ class World:
         self.peer.start(self.now)
         for _ in range(3):
             self.step()
+        if v6:  # duplicate address detection done on both sides (about a second each)
+            for _ in range(4):
+                self.step(1.0)
 
     @staticmethod
     def _out(host: Host) -> list[bytes]:
@@ -157,14 +177,21 @@ class World:
 Op = tuple[str, float]
 
 
-def play(script: list[Op], seed: int, tso: bool, timestamps: bool, lean: bool, monkeypatch):
+def play(
+    script: list[Op], seed: int, tso: bool, timestamps: bool, lean: bool, monkeypatch, v6=False
+):
     monkeypatch.setattr(tcpengine, "LEAN", lean)
     monkeypatch.setattr(tcpconn, "LEAN_TX", lean)
     calls = [0, 0]
-    real, real_plain = Ipv4Engine.send_tcp, Recovery.sent_plain
+    real, real6, real_plain = Ipv4Engine.send_tcp, Ipv6Engine.send_tcp, Recovery.sent_plain
 
     def counted(self, *args) -> bool:
         sent = real(self, *args)
+        calls[0] += sent
+        return sent
+
+    def counted6(self, *args) -> bool:
+        sent = real6(self, *args)
         calls[0] += sent
         return sent
 
@@ -173,10 +200,12 @@ def play(script: list[Op], seed: int, tso: bool, timestamps: bool, lean: bool, m
         real_plain(self, *args)
 
     monkeypatch.setattr(Ipv4Engine, "send_tcp", counted)
+    monkeypatch.setattr(Ipv6Engine, "send_tcp", counted6)
     monkeypatch.setattr(Recovery, "sent_plain", counted_plain)
-    w = World(seed, tso, timestamps)
-    echo = connect(w.peer.tcp, ("192.0.2.2", 7), Sink)
-    discard = connect(w.peer.tcp, ("192.0.2.2", 9), Sink)
+    w = World(seed, tso, timestamps, v6)
+    server = STACK_IP6 if v6 else "192.0.2.2"
+    echo = connect(w.peer.tcp, (server, 7), Sink)
+    discard = connect(w.peer.tcp, (server, 9), Sink)
     w.run(0.01)
     chargen = None
     for op, arg in script:
@@ -187,13 +216,15 @@ def play(script: list[Op], seed: int, tso: bool, timestamps: bool, lean: bool, m
             discard.write(b"d" * int(arg))
             w.run(0.02)
         elif op == "chargen" and chargen is None:
-            chargen = connect(w.peer.tcp, ("192.0.2.2", 19), Sink)
+            chargen = connect(w.peer.tcp, (server, 19), Sink)
             w.run(arg)
             chargen.close()
         elif op == "loss":
             w.loss = arg
         elif op == "idle":  # long enough and the stack's ARP entry for the peer goes STALE
             w.run(arg, dt=0.5)
+        elif v6:  # the rest are IPv4's (ICMP, set_address)
+            continue
         elif op == "frag_needed":
             w.frag_needed(int(arg))
             w.run(0.02)
@@ -212,9 +243,12 @@ def play(script: list[Op], seed: int, tso: bool, timestamps: bool, lean: bool, m
     return w.wire, counters_of(w.stack.counters), calls
 
 
-def assert_same(script: list[Op], seed: int, tso: bool, timestamps: bool, monkeypatch) -> list[int]:
-    lean_wire, lean_counters, lean_calls = play(script, seed, tso, timestamps, True, monkeypatch)
-    gen_wire, gen_counters, gen_calls = play(script, seed, tso, timestamps, False, monkeypatch)
+def assert_same(
+    script: list[Op], seed: int, tso: bool, timestamps: bool, monkeypatch, v6: bool = False
+) -> list[int]:
+    args = (script, seed, tso, timestamps)
+    lean_wire, lean_counters, lean_calls = play(*args, True, monkeypatch, v6)
+    gen_wire, gen_counters, gen_calls = play(*args, False, monkeypatch, v6)
     assert gen_calls == [0, 0]
     assert len(lean_wire) == len(gen_wire)
     for i, (a, b) in enumerate(zip(lean_wire, gen_wire, strict=True)):
@@ -247,10 +281,11 @@ SCRIPT: list[Op] = [
 ]
 
 
+@pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("tso", [False, True])
 @pytest.mark.parametrize("timestamps", [True, False])
-def test_scripted_exchange_is_byte_identical(tso, timestamps, monkeypatch) -> None:
-    sends, segments = assert_same(SCRIPT, 3, tso, timestamps, monkeypatch)
+def test_scripted_exchange_is_byte_identical(tso, timestamps, v6, monkeypatch) -> None:
+    sends, segments = assert_same(SCRIPT, 3, tso, timestamps, monkeypatch, v6)
     # The lean ways were taken, not only the general ones (with TSO most data goes in
     # super-segments, which the lean data segment leaves to the general way).
     assert sends > 50 and segments > (0 if tso else 50)
@@ -296,6 +331,26 @@ ops = st.one_of(
     seed=st.integers(0, 1000),
     tso=st.booleans(),
     timestamps=st.booleans(),
+    v6=st.booleans(),
 )
-def test_generated_exchanges_are_byte_identical(script, seed, tso, timestamps, monkeypatch):
-    assert_same(script, seed, tso, timestamps, monkeypatch)
+def test_generated_exchanges_are_byte_identical(script, seed, tso, timestamps, v6, monkeypatch):
+    assert_same(script, seed, tso, timestamps, monkeypatch, v6)
+
+
+def test_lean_send6_falls_back_where_it_must() -> None:
+    """IPv6: no route, a datagram over the path MTU (a Packet Too Big lowered it): send_tcp
+    declines and changes nothing; within the minimum MTU it needs no path MTU lookup."""
+    w = World(1, False, True, v6=True)
+    connect(w.peer.tcp, (STACK_IP6, 7), Sink)
+    w.run(0.01)
+    ipv6 = w.stack.v6.ipv6
+    peer, ours = wipv6.from_str(PEER_IP6), wipv6.from_str(STACK_IP6)
+    ipv6.pmtu.report(peer, 1300, ipv6.config.mtu, w.now)
+    before = (counters_of(w.stack.counters), len(w.stack.tx))
+    args = (0, 1, 2, 3, 4, 0x10, 100, None)
+    nowhere = wipv6.from_str("2001:db9::1")  # off-link, and no router
+    assert not ipv6.send_tcp(nowhere, ours, *args, b"x", w.now)
+    assert not ipv6.send_tcp(peer, ours, *args, b"x" * 1241, w.now)  # 40 + 20 + 1241 > 1300
+    assert (counters_of(w.stack.counters), len(w.stack.tx)) == before
+    assert ipv6.send_tcp(peer, ours, *args, b"x" * 1240, w.now)
+    assert w.stack.counters.ipv6_tx == before[0]["ipv6_tx"] + 1
