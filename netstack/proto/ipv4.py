@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import struct
 from collections.abc import Callable
 
 from netstack.counters import Counters
@@ -23,8 +24,10 @@ from netstack.proto.fragment import fragments
 from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
+from netstack.wire import tcp as wtcp
 from netstack.wire import vnet as wvnet
-from netstack.wire.checksum import checksum
+from netstack.wire.checksum import _fold, _from_buffer, checksum
+from netstack.wire.checksum import _partial as _csum_partial
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -37,6 +40,14 @@ MIN_MTU = 68  # RFC 791: every host must take 68-byte datagrams unfragmented
 MAX_PAYLOAD = 65535 - wipv4.MIN_HEADER_LEN  # 65515: largest payload of one datagram we build
 _IPV4_HEADER = wipv4._HEADER  # "!BBHHHBBHII", 20 bytes, no options
 ICMP_TIME_EXCEEDED, CODE_REASSEMBLY_TIME_EXCEEDED = 11, 1
+# send_tcp's one pack: the IPv4 header (no options) and the TCP header (plain, or with the
+# timestamp option alone), the layouts wipv4._HEADER and wire/tcp.py's build_fast use.
+_IP_TCP = struct.Struct("!BBHHHBBHIIHHIIBBHHH")
+_IP_TCP_TS = struct.Struct("!BBHHHBBHIIHHIIBBHHH4sII")
+_TCP_TS_LEN = wtcp.HEADER_LEN + 12
+_TS_PREFIX = wtcp._TS_PREFIX  # NOP, NOP, timestamp kind and length (RFC 7323 3)
+_TS_PREFIX_SUM = wtcp._TS_PREFIX_SUM
+_MAX_HOPS = 256  # send_tcp's route memo: destinations remembered before it starts over
 ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE = 3, 2
 
 
@@ -112,6 +123,9 @@ class Ipv4Engine:
         self.subnet_broadcast: int | None = (
             self.network | (~self.netmask & 0xFFFFFFFF) if config.prefix_len <= 30 else None
         )
+        # send_tcp's memo of route(): unicast destination -> next hop. Every change of the
+        # address, prefix or gateway comes through here (set_address), so it starts over.
+        self._hops: dict[int, int] = {}
 
     def is_local(self, dst: int) -> bool:
         return dst == self.config.address
@@ -286,6 +300,88 @@ class Ipv4Engine:
             c.ipv4_tx += 1
             c.ipv4_fragments_tx += 1
             self.link_send(next_hop, pieces, now)
+        return True
+
+    def send_tcp(
+        self,
+        dst: int,
+        dont_fragment: bool,
+        base: int,
+        src_port: int,
+        dst_port: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        timestamp: tuple[int, int] | None,
+        payload: Buffer,
+    ) -> bool:
+        """The lean send of a template TCP segment (TcpEngine.transmit_fast): Ethernet, IPv4
+        and TCP headers from one pack, the frame straight onto the link's queue. Returns
+        False, having changed nothing but ARP's use mark, where `send` has more to do than
+        that — no route or a broadcast next hop, a neighbour ARP must resolve or confirm
+        first, a datagram over the MTU — and the caller goes the general way.
+
+        WHY: a segment per call, not three layers (TCP header, `send`, the link header):
+        the bytes, the IPv4 ID sequence and the counters are `send`'s exactly (tests/unit/
+        tcp/test_lean.py compares both ways frame by frame). `base`: the connection's
+        `wire.tcp.template_sum` (pseudo-header addresses, protocol, ports).
+        """
+        hop = self._hops.get(dst)
+        if hop is None:
+            hop = self.route(dst)
+            if hop is None or hop == BROADCAST_ALL:
+                return False
+            hops = self._hops
+            if len(hops) >= _MAX_HOPS:
+                hops.clear()
+            hops[dst] = hop
+        link_header = self.link_header
+        if link_header is None:
+            return False
+        cfg = self.config
+        plen = len(payload)
+        tlen = wtcp.HEADER_LEN if timestamp is None else _TCP_TS_LEN
+        total = wipv4.MIN_HEADER_LEN + tlen + plen
+        if total > cfg.mtu:
+            return False
+        eth = link_header(hop)
+        if eth is None:
+            return False
+        src = cfg.address
+        ttl = cfg.default_ttl
+        ident = self._ident
+        self._ident = (ident + 1) & 0xFFFF
+        frag = wipv4.FLAG_DF if dont_fragment else 0
+        ttl_proto = (ttl << 8) | wipv4.PROTO_TCP
+        s = 0x4500 + total + ident + frag + ttl_proto + (src >> 16) + (src & 0xFFFF)
+        s += (dst >> 16) + (dst & 0xFFFF)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        ip_sum = s ^ 0xFFFF
+        # The TCP sum: wire/tcp.py build_fast's, from the template.
+        t = base + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
+        t += tlen + plen + ((tlen << 10) | flags)
+        if timestamp is None:
+            if plen:
+                t = _csum_partial(_from_buffer(payload), plen, t)
+            header = _IP_TCP.pack(
+                0x45, 0, total, ident, frag, ttl, wipv4.PROTO_TCP, ip_sum, src, dst,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+            )  # fmt: skip
+        else:
+            tsval, tsecr = timestamp
+            t += _TS_PREFIX_SUM + (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16)
+            t += tsecr & 0xFFFF
+            if plen:
+                t = _csum_partial(_from_buffer(payload), plen, t)
+            header = _IP_TCP_TS.pack(
+                0x45, 0, total, ident, frag, ttl, wipv4.PROTO_TCP, ip_sum, src, dst,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+                _TS_PREFIX, tsval, tsecr,
+            )  # fmt: skip
+        self.counters.ipv4_tx += 1
+        self.link_emit((eth, header, payload) if plen else (eth, header))  # type: ignore[misc]
         return True
 
     def _send_gso(

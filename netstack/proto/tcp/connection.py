@@ -93,6 +93,10 @@ SLIM_EXCLUDED = SYN | FIN | RST | URG
 FAST_ACK = True
 # Connection._window_field's memo; False recomputes every time (its differential test).
 WINDOW_MEMO = True
+# _send_segment's lean form for a plain data segment (one MSS or less, no FIN, no urgent
+# pointer, no SACK blocks): _xmit's and Recovery.sent's work inline; False takes the general
+# calls (tests/unit/tcp/test_lean.py and test_slim.py compare the two).
+LEAN_TX = True
 
 
 class Handler(Protocol):
@@ -1358,6 +1362,47 @@ class Connection:
         """`gso`: a TSO super-segment, cut by the kernel into pieces of this size; recovery
         records it piece by piece, so SACK, RACK and retransmission count those."""
         first = seq - self.snd_base
+        if (
+            LEAN_TX
+            and size
+            and not fin
+            and not gso
+            and self.snd_up <= seq
+            and not (self.rcvbuf.ooo and self.sack_ok)
+        ):
+            # The plain data segment (an echo's reply, a bulk sender's MSS): what _xmit and
+            # Recovery.sent would do for it, in their order (checked mode sees the same TCB
+            # at transmit), without their generic branches and calls.
+            sndbuf = self.sndbuf
+            payload = sndbuf.view(first, size)
+            end = seq + size
+            psh = sndbuf.push_in(first, first + size)
+            if size < self.mss:
+                self.snd_sml = end
+            ts = ((int(now * 1000) + self.ts_offset) & MASK, self.ts_recent) if self.ts_ok else None
+            window = self._window_field(None)
+            rcv_nxt = self.rcv_nxt
+            if rcv_nxt > self.last_ack_sent:
+                self.quickack.on_ack_sent()
+            self.last_ack_sent = rcv_nxt
+            self.ack_now = self.ack_pending = False
+            self.delack_at = None
+            self.window_check = False
+            stats = self.stats
+            stats[1] += 1
+            quick = self.quickack  # QuickAck.on_data_sent: a reply soon after data is ping-pong
+            if quick.lrcvtime is not None and now - quick.lrcvtime < self.config.delayed_ack:
+                quick.pingpong = True
+            stats[3] += 1
+            stats[4] += size
+            self.engine.transmit_fast(
+                self, seq & MASK, rcv_nxt & MASK, ACK | PSH if psh else ACK, window, payload, ts
+            )
+            self.last_send = now
+            self.recovery.sent_plain(seq, end, now, psh)
+            self.snd_nxt = end
+            self.last_data = now
+            return
         payload = self.sndbuf.view(first, size) if size else b""
         flags = ACK
         end = seq + size
@@ -1469,7 +1514,7 @@ class Connection:
         if rec.probe_owed:
             rec.probe_owed = False
             forced = self._send_loss_probe(now)
-        owed = rec.take_owed(self.snd_una)
+        owed = None if rec.owed is None else rec.take_owed(self.snd_una)
         if owed is not None:
             if owed.end - owed.start > self.mss:  # one segment of an offloaded one
                 board.split(owed, owed.start + self.mss)
@@ -1485,7 +1530,7 @@ class Connection:
             self.last_data = 0.0
         budget = rec.budget(flight)
         # 1. RFC 6675 NextSeg() rule 1 (and go-back-N after an RTO): lost records first.
-        if rec.resend_lost():
+        if board.lost_bytes and rec.resend_lost():  # (nothing lost: nothing to resend)
             while budget > 0:
                 r = board.next_lost()
                 if r is None:
@@ -1506,7 +1551,8 @@ class Connection:
         blocked = False  # the peer's window (not cwnd) is what stops us
         new_data = False
         rec.cwnd_limited = False
-        tso = self.net.tso_max
+        # TSO matters only for more than an MSS of unsent data (it never grows in the loop).
+        tso = self.net.tso_max if snd_end - self.snd_nxt > mss else 0
         while True:
             snd_nxt = self.snd_nxt
             unsent = snd_end - snd_nxt

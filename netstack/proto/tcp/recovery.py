@@ -671,6 +671,17 @@ class Recovery:
         if self.rto_at is None:
             self.rto_at = now + self.rtt.rto
 
+    def sent_plain(self, start: int, end: int, now: float, psh: bool) -> None:
+        """`sent` for one data segment (not TSO, no FIN; Connection._send_segment's lean
+        form): the scoreboard's record appended inline (Scoreboard.add)."""
+        board = self.board
+        tx = board._tx = board._tx + 1
+        board._records.append(Sent(start, end, now, False, tx, psh))
+        if self.ca_state == RECOVERY:
+            self.prr_out += end - start
+        if self.rto_at is None:
+            self.rto_at = now + self.rtt.rto
+
     def retransmitted(self, r: Sent, now: float) -> None:
         self.board.retransmitted(r, now)
         if self.ca_state == RECOVERY:

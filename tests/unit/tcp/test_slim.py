@@ -285,3 +285,23 @@ def test_bulk_takes_the_fused_ack_and_matches(
     hits = assert_same(monkeypatch, 11, loss, duplicate, jitter, 300_000, config, config,
                        switch="FAST_ACK")  # fmt: skip
     assert hits["fast_ack"] >= min_fused
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.02, 0.1, 0.25]),
+    duplicate=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.003, 0.03]),
+    size=st.sampled_from([1, 3000, 70_000, 200_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_lean_data_segment_sends_what_xmit_sends(
+    monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
+):
+    """_send_segment's lean form (connection.LEAN_TX) against _xmit and Recovery.sent: the
+    same wire, the same TCBs and scoreboards at the end."""
+    args = (seed, loss, duplicate, jitter, size, config_a, config_b)
+    assert_same(monkeypatch, *args, switch="LEAN_TX")
