@@ -1801,8 +1801,11 @@ class Connection:
         idle, interval, count = self.ka_params
         if not self.keepalive:
             idle = self.config.fin_wait2_timeout
-        if self.ka_probes == 0 and now - self.last_rx < idle:
-            self.keepalive_at = self.last_rx + idle  # traffic since: wait on
+        wake = self.last_rx + idle
+        if self.ka_probes == 0 and wake > now:
+            # Traffic since: wait on. Compared as the deadline itself: `now - last_rx < idle`
+            # can hold while `last_rx + idle` rounds to `now`, a timer due again at once.
+            self.keepalive_at = wake
             return
         if self.ka_probes >= count:
             self._fail(self._timeout_error())

@@ -94,3 +94,16 @@ def test_a_half_closed_fin_wait_2_whose_peer_answers_stays() -> None:
     t.run_until(start + 119)
     t.expect_nothing()
     assert conn.state.value == "fin_wait_2"
+
+
+def test_a_due_keepalive_timer_moves_on_when_last_rx_plus_idle_rounds_to_now() -> None:
+    """Found by test_sim (hypothesis): `now - last_rx < idle` held while `last_rx + idle`
+    rounded to `now`, so the timer was set to `now` again and the engine spun on it forever
+    (virtual time stuck in FIN_WAIT_2). The deadline itself is compared now."""
+    _t, conn = established_passive(keepalive=True, keepalive_idle=60)
+    last_rx, now = 91.76994910066061, 151.7699491006606  # now - last_rx == 59.999999999999986
+    assert now - last_rx < 60 and last_rx + 60 == now
+    conn.last_rx = last_rx
+    conn.keepalive_at = now
+    conn.on_timer(now)
+    assert conn.keepalive_at is not None and conn.keepalive_at > now
