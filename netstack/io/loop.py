@@ -77,7 +77,13 @@ class Loop:
         self.clock = clock
         self.max_batches_per_turn = max_batches_per_turn
         self.tx_queue_limit = tx_queue_limit
-        self.timers = TimerHeap(on_error=self._callback_failed)
+        self.timers = TimerHeap(on_error=self._callback_failed, on_schedule=self._timer_armed)
+        # The earliest deadline of the timers and sources, cached: a turn with nothing due asks
+        # no source. Never later than the true one (a timer armed lowers it; anything that may
+        # move a source's deadline marks it stale: every callback the loop makes, and
+        # deadline_changed()). Too early only costs one recomputation.
+        self._deadline: float | None = None
+        self._deadline_stale = True
         self.frame_observers: list[FrameObserver] = []
         # Links that failed for good (interface deleted, ...): removed from the loop, which stops.
         self.failed_links: list[tuple[Link, LinkError]] = []
@@ -193,6 +199,17 @@ class Loop:
     ) -> None:
         """A sans-I/O engine's timers: poll(now) runs when next_deadline() has passed."""
         self._sources.append((next_deadline, poll))
+        self._deadline_stale = True
+
+    def deadline_changed(self) -> None:
+        """A deadline source's deadline may have moved earlier outside the loop's callbacks
+        (e.g. a link that holds frames it was given to send): ask every source again."""
+        self._deadline_stale = True
+
+    def _timer_armed(self, when: float) -> None:
+        deadline = self._deadline
+        if deadline is None or when < deadline:
+            self._deadline = when  # (if stale, the recomputation will see it anyway)
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -217,6 +234,8 @@ class Loop:
     def run_once(self, timeout: float | None = None) -> None:
         """One turn. `timeout` (seconds) caps the wait; None waits for the next deadline."""
         now = self.clock()
+        if not self._running:  # called from outside run(): the caller may have moved deadlines
+            self._deadline_stale = True
         self._flush_ready(now)  # queued outside a turn (before run, ...)
         # Look first without waiting: under load something is ready, and the nearest deadline
         # (every source asked: ~0.6 us a turn) is only needed to sleep.
@@ -240,13 +259,17 @@ class Loop:
         now = self.clock()
         busy_since = time.perf_counter()  # a measurement, not protocol time: not self.clock
         if n:
+            self._deadline_stale = True  # what the callbacks do may move any deadline
             self._dispatch(n, now)
             # Replies leave before the timers run: a request/response peer (a TCP echo round
             # trip, a handshake) waits for them, and the timer pass then overlaps its turn.
             self._flush_ready(now)
         if self._pending_signals:
+            self._deadline_stale = True
             self._run_signal_handlers(now)
-        self._run_due(now)
+        deadline = self._deadline
+        if self._deadline_stale or (deadline is not None and deadline <= now):
+            self._run_due(now)
         self._flush(now)
         self.counters.loop_iteration_seconds.observe(time.perf_counter() - busy_since)
 
@@ -354,17 +377,29 @@ class Loop:
                 pass
 
     def _run_due(self, now: float) -> None:
+        """Run the due timers and sources; cache the earliest deadline when nothing ran (what
+        runs may arm or move anything: then the next look recomputes it)."""
         timers = self.timers
-        deadline = timers.next_deadline()
-        if deadline is not None and deadline <= now:
+        earliest = timers.next_deadline()
+        ran = earliest is not None and earliest <= now
+        if ran:
             timers.run_expired(now)
         for next_deadline, poll in self._sources:
             deadline = next_deadline()
-            if deadline is not None and deadline <= now:
+            if deadline is None:
+                continue
+            if deadline <= now:
+                ran = True
                 try:
                     poll(now)
                 except Exception as err:
                     self._callback_failed(err)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if ran:
+            self._deadline_stale = True
+        else:
+            self._deadline, self._deadline_stale = earliest, False
 
     def _flush_ready(self, now: float) -> None:
         """Send what is queued on links not waiting for EPOLLOUT (those are retried once per
@@ -426,11 +461,15 @@ class Loop:
 
     def _timeout_ms(self, now: float) -> int:
         """Milliseconds until the nearest deadline (rounded up), -1 when there is none."""
-        deadline = self.timers.next_deadline()
-        for next_deadline, _ in self._sources:
-            d = next_deadline()
-            if d is not None and (deadline is None or d < deadline):
-                deadline = d
+        if self._deadline_stale:
+            deadline = self.timers.next_deadline()
+            for next_deadline, _ in self._sources:
+                d = next_deadline()
+                if d is not None and (deadline is None or d < deadline):
+                    deadline = d
+            self._deadline, self._deadline_stale = deadline, False
+        else:
+            deadline = self._deadline
         if deadline is None:
             return -1
         return max(0, math.ceil((deadline - now) * 1000))
