@@ -305,3 +305,67 @@ def test_fault_link_holding_a_frame_tells_the_loop() -> None:
         finally:
             a.close()
             b.close()
+
+
+# -- the drain's per-link counters (read once at add_link, not per batch) ------------------------
+class CountingLink:
+    """Hands over one frame per receive_batch and reports link-level drops as a vnet or
+    AF_PACKET link does (attributes the loop counts and zeroes)."""
+
+    name = "counting"
+    mtu = 1500
+    max_batch = 8
+
+    def __init__(self, *, vnet: bool, kernel: bool) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.fd = self.r
+        self.rx_oversize = 0
+        if vnet:
+            self.rx_vnet_truncated = 0
+        if kernel:
+            self.rx_kernel_dropped = 0
+
+    def receive_batch(self) -> list[memoryview]:
+        try:
+            data = os.read(self.r, 100)
+        except BlockingIOError:
+            return []
+        self.rx_oversize += 1
+        if hasattr(self, "rx_vnet_truncated"):
+            self.rx_vnet_truncated += 2
+        if hasattr(self, "rx_kernel_dropped"):
+            self.rx_kernel_dropped += 3
+        return [memoryview(data)]
+
+    def send_batch(self, frames) -> int:
+        return len(frames)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.mark.parametrize(("vnet", "kernel"), [(True, True), (False, False), (True, False)])
+def test_link_drop_counters_counted_per_batch(vnet: bool, kernel: bool) -> None:
+    from netstack.drops import Drop
+
+    with Loop(Counters()) as loop:
+        link = CountingLink(vnet=vnet, kernel=kernel)
+        got: list[bytes] = []
+        loop.add_link(link, lambda views, now: got.extend(bytes(v) for v in views))
+        try:
+            for _ in range(2):
+                os.write(link.w, b"frame")
+                loop.run_once(timeout=1.0)
+            drops = loop.counters.drops
+            assert got == [b"frame", b"frame"]
+            assert drops[Drop.LINK_RX_OVERSIZE] == 2
+            assert drops[Drop.LINK_VNET_TRUNCATED] == (4 if vnet else 0)
+            assert drops[Drop.LINK_RX_KERNEL_DROPPED] == (6 if kernel else 0)
+            assert link.rx_oversize == 0
+            assert getattr(link, "rx_vnet_truncated", 0) == 0
+            assert getattr(link, "rx_kernel_dropped", 0) == 0
+            assert loop.counters.loop_batch_frames.count == 2
+        finally:
+            link.close()
