@@ -253,7 +253,7 @@ class Loop:
             if state.queue and not state.want_out:
                 self._flush_link(state, now)
         # Look first without waiting: under load something is ready, and the nearest deadline
-        # (every source asked: ~0.6 us a turn) is only needed to sleep.
+        # (cached; every source asked again only when it is stale) is only needed to sleep.
         n = lib.ns_epoll_wait(self._epfd, self._fds, self._events, MAX_EVENTS, 0)
         if self._received:
             self._received = False
