@@ -240,8 +240,10 @@ class Stack:
         self._apply_pcap()
         if config.fault is not None:  # --fault: impair the link for testing (io/fault.py)
             self.link = link = FaultLink.around(link, config.fault, self.loop, self.counters)
-        self.loop.add_link(link, self._on_frames)
-        self.loop.add_deadline_source(self.host.next_deadline, self._poll)
+        # The host's tx list is the link's tx queue itself: what the host emits is already
+        # queued (no move per batch or poll; the loop flushes it at the end of the turn).
+        self.loop.add_link(link, self._on_frames, tx_queue=self.host.tx)
+        self.loop.add_deadline_source(self.host.next_deadline, self.host.poll)
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
         self._start_front()  # before DHCP: its RELEASE waits for every closer made so far
@@ -252,16 +254,14 @@ class Stack:
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         # rx_meta: each frame's virtio-net header (None without one), parallel to frames
         self.host.receive_batch(frames, now, getattr(self.link, "rx_meta", None))
-        self._move_tx()
-
-    def _poll(self, now: float) -> None:
-        self.host.poll(now)
-        self._move_tx()
 
     def _move_tx(self) -> None:
+        """Hand what the host emitted to the link's tx queue (a no-op since the queue is the
+        host's list: kept for the callers that say "this goes out now")."""
         tx = self.host.tx
-        if tx:
-            self.loop.tx(self.link).extend(tx)
+        queue = self.loop.tx(self.link)
+        if tx and tx is not queue:
+            queue.extend(tx)
             tx.clear()
 
     def push_tx(self) -> None:

@@ -435,6 +435,9 @@ class FaultLink:
         self.rx_meta: list[int] | None = [] if self.vnet else None
         self.rx_vnet_truncated = 0
         self.rx_kernel_dropped = 0
+        # The loop's deadline_changed (attach): frames held on send move this link's deadline
+        # outside the loop's callbacks, and the loop caches its earliest deadline.
+        self._deadline_changed: Callable[[], None] = _nothing
         self.rx: FaultChannel[Any] = FaultChannel(
             spec.rx, channel_rng(self.seed, "rx"), RX_META_FORM if self.vnet else RX_FORM, on_drop
         )
@@ -519,6 +522,7 @@ class FaultLink:
         self.tx.process(frames, now, out)
         if out:
             self._transmit(out)
+        self._deadline_changed()
         return len(frames)
 
     def _transmit(self, frames: list[Frame]) -> bool:
@@ -570,6 +574,7 @@ class FaultLink:
                 loop.drain_link(self, now)
 
         loop.add_deadline_source(self.next_deadline, on_deadline)
+        self._deadline_changed = getattr(loop, "deadline_changed", _nothing)
 
     def close(self) -> None:
         if self.spec.rx.active or self.spec.tx.active:
@@ -583,3 +588,7 @@ class FaultLink:
 
     def __repr__(self) -> str:
         return f"FaultLink({self.inner!r}, {self.spec})"
+
+
+def _nothing() -> None:
+    """deadline_changed before attach(): no loop to tell."""

@@ -44,10 +44,17 @@ class TimerHandle:
 class TimerHeap:
     """Timers ordered by deadline, then by scheduling order."""
 
-    def __init__(self, on_error: Callable[[Exception], None] | None = None) -> None:
-        """`on_error`, if given, receives what a callback raised and the run goes on."""
+    def __init__(
+        self,
+        on_error: Callable[[Exception], None] | None = None,
+        on_schedule: Callable[[float], None] | None = None,
+    ) -> None:
+        """`on_error`, if given, receives what a callback raised and the run goes on.
+        `on_schedule(when)`, if given, hears of every timer armed (a cached earliest deadline
+        is lowered with it; cancelling only ever moves the earliest deadline later)."""
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._on_error = on_error
+        self._on_schedule = on_schedule
         self._seq = itertools.count()
         self._dead = 0
 
@@ -59,6 +66,8 @@ class TimerHeap:
         """Run callback(now) at the first run_expired(now) with now >= when."""
         handle = TimerHandle(when, callback, self)
         heapq.heappush(self._heap, (when, next(self._seq), handle))
+        if self._on_schedule is not None:
+            self._on_schedule(when)
         return handle
 
     def next_deadline(self) -> float | None:
