@@ -26,8 +26,7 @@ from netstack.proto.reassembly import Reassembler
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import tcp as wtcp
 from netstack.wire import vnet as wvnet
-from netstack.wire.checksum import _fold, _from_buffer, checksum
-from netstack.wire.checksum import _partial as _csum_partial
+from netstack.wire.checksum import checksum
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -46,7 +45,7 @@ _IP_TCP = struct.Struct("!BBHHHBBHIIHHIIBBHHH")
 _IP_TCP_TS = struct.Struct("!BBHHHBBHIIHHIIBBHHH4sII")
 _TCP_TS_LEN = wtcp.HEADER_LEN + 12
 _TS_PREFIX = wtcp._TS_PREFIX  # NOP, NOP, timestamp kind and length (RFC 7323 3)
-_TS_PREFIX_SUM = wtcp._TS_PREFIX_SUM
+_segment_sum = wtcp.segment_sum
 _MAX_HOPS = 256  # send_tcp's route memo: destinations remembered before it starts over
 ICMP_DEST_UNREACHABLE, CODE_PROTOCOL_UNREACHABLE = 3, 2
 
@@ -359,25 +358,17 @@ class Ipv4Engine:
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
         ip_sum = s ^ 0xFFFF
-        # The TCP sum: wire/tcp.py build_fast's, from the template.
-        t = base + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
-        t += tlen + plen + ((tlen << 10) | flags)
+        csum = _segment_sum(base, seq, ack, flags, window, timestamp, payload)
         if timestamp is None:
-            if plen:
-                t = _csum_partial(_from_buffer(payload), plen, t)
             header = _IP_TCP.pack(
                 0x45, 0, total, ident, frag, ttl, wipv4.PROTO_TCP, ip_sum, src, dst,
-                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, csum, 0,
             )  # fmt: skip
         else:
             tsval, tsecr = timestamp
-            t += _TS_PREFIX_SUM + (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16)
-            t += tsecr & 0xFFFF
-            if plen:
-                t = _csum_partial(_from_buffer(payload), plen, t)
             header = _IP_TCP_TS.pack(
                 0x45, 0, total, ident, frag, ttl, wipv4.PROTO_TCP, ip_sum, src, dst,
-                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, csum, 0,
                 _TS_PREFIX, tsval, tsecr,
             )  # fmt: skip
         self.counters.ipv4_tx += 1

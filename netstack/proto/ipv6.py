@@ -24,8 +24,6 @@ from netstack.proto.reassembly6 import Reassembler6
 from netstack.wire import icmpv6 as wicmp6
 from netstack.wire import ipv6 as wipv6
 from netstack.wire import tcp as wtcp
-from netstack.wire.checksum import _fold, _from_buffer
-from netstack.wire.checksum import _partial as _csum_partial
 from netstack.wire.errors import Malformed
 
 Buffer = bytes | bytearray | memoryview
@@ -40,6 +38,7 @@ MAX_PAYLOAD = 65535
 _IP_TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
 _IP_TCP_TS = struct.Struct("!IHBB16s16sHHIIBBHHH4sII")
 _TCP_TS_LEN = wtcp.HEADER_LEN + 12
+_segment_sum = wtcp.segment_sum
 _VERSION_WORD = 6 << 28  # version 6, traffic class 0, flow label 0
 
 
@@ -327,24 +326,17 @@ class Ipv6Engine:
         if size > wipv6.MIN_MTU and size > self.path_mtu(dst, now):
             return False
         hops = self.config.hop_limit
-        t = base + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
-        t += length + ((tlen << 10) | flags)
+        csum = _segment_sum(base, seq, ack, flags, window, timestamp, payload)
         if timestamp is None:
-            if plen:
-                t = _csum_partial(_from_buffer(payload), plen, t)
             header = _IP_TCP.pack(
                 _VERSION_WORD, length, wipv6.TCP, hops, src, dst,
-                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, csum, 0,
             )  # fmt: skip
         else:
             tsval, tsecr = timestamp
-            t += wtcp._TS_PREFIX_SUM + (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16)
-            t += tsecr & 0xFFFF
-            if plen:
-                t = _csum_partial(_from_buffer(payload), plen, t)
             header = _IP_TCP_TS.pack(
                 _VERSION_WORD, length, wipv6.TCP, hops, src, dst,
-                src_port, dst_port, seq, ack, tlen << 2, flags, window, _fold(t), 0,
+                src_port, dst_port, seq, ack, tlen << 2, flags, window, csum, 0,
                 wtcp._TS_PREFIX, tsval, tsecr,
             )  # fmt: skip
         self.counters.ipv6_tx += 1

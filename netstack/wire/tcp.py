@@ -258,23 +258,40 @@ def build_fast(
     """`build` for the per-segment case (no options but an optional timestamp, no urgent
     pointer), from a connection's `template_sum`: one pack, one C call over the payload.
     The bytes are the same as build(..., options=TcpOptions(timestamp=timestamp))."""
+    csum = segment_sum(base, seq, ack, flags, window, timestamp, payload)
+    if timestamp is None:
+        return _HEADER.pack(src_port, dst_port, seq, ack, HEADER_LEN << 2, flags, window, csum, 0)
+    tsval, tsecr = timestamp
+    return _HEADER_TS.pack(
+        src_port, dst_port, seq, ack, (HEADER_LEN + 12) << 2, flags, window, csum, 0,
+        _TS_PREFIX, tsval, tsecr,
+    )  # fmt: skip
+
+
+def segment_sum(
+    base: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    timestamp: tuple[int, int] | None,
+    payload: Buffer,
+) -> int:
+    """The TCP checksum of a template segment (no options but an optional timestamp, no
+    urgent pointer), folded and complemented. One computation for build_fast and the IP
+    layers' lean sends (Ipv4Engine/Ipv6Engine.send_tcp), which pack the TCP header together
+    with their own."""
     plen = len(payload)
     s = base + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + window
     if timestamp is None:
         s += HEADER_LEN + plen + (_OFFSET_FLAGS_PLAIN | flags)
-        if plen:
-            s = _partial(_from_buffer(payload), plen, s)
-        csum = _fold(s)
-        return _HEADER.pack(src_port, dst_port, seq, ack, HEADER_LEN << 2, flags, window, csum, 0)
-    tsval, tsecr = timestamp
-    s += HEADER_LEN + 12 + plen + (_OFFSET_FLAGS_TS | flags) + _TS_PREFIX_SUM
-    s += (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16) + (tsecr & 0xFFFF)
+    else:
+        tsval, tsecr = timestamp
+        s += HEADER_LEN + 12 + plen + (_OFFSET_FLAGS_TS | flags) + _TS_PREFIX_SUM
+        s += (tsval >> 16) + (tsval & 0xFFFF) + (tsecr >> 16) + (tsecr & 0xFFFF)
     if plen:
         s = _partial(_from_buffer(payload), plen, s)
-    return _HEADER_TS.pack(
-        src_port, dst_port, seq, ack, (HEADER_LEN + 12) << 2, flags, window, _fold(s), 0,
-        _TS_PREFIX, tsval, tsecr,
-    )  # fmt: skip
+    return _fold(s)
 
 
 def build_syn(
