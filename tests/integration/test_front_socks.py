@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.front_helpers import listening, metric, wait_for
+from tests.integration.front_helpers import (
+    SOCKS,
+    listening,
+    metric,
+    recv_exactly,
+    socks_client,
+    socks_request,
+    wait_for,
+)
 from tests.integration.world import (
     HOST_IP,
     World,
@@ -35,7 +43,6 @@ if not ok:
     pytest.skip(why, allow_module_level=True)
 
 FILE_SIZE = 24 * 2**20
-SOCKS = ("127.0.0.1", 1080)
 CONFIG = """
 shutdown_timeout = 2
 
@@ -59,34 +66,6 @@ def sworld(tmp_path_factory) -> Iterator[World]:
 
 def socks_metric(world: World, reason: str) -> float:
     return metric(world, "netstack_socks_errors_total", reason=reason)
-
-
-def client(world: World, timeout: float = 10) -> socket.socket:
-    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(SOCKS)
-    return sock
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def request(world: World, cmd: int, ip: str, port: int) -> tuple[socket.socket, bytes]:
-    """No-auth greeting, then CMD to ip:port; returns the socket and the 10-byte reply."""
-    sock = client(world)
-    sock.sendall(b"\x05\x01\x00")
-    assert recv_exactly(sock, 2) == b"\x05\x00"
-    sock.sendall(
-        b"\x05" + bytes([cmd]) + b"\x00\x01" + socket.inet_aton(ip) + struct.pack("!H", port)
-    )
-    return sock, recv_exactly(sock, 10)
 
 
 @pytest.mark.skipif(not have_tools("curl"), reason="no curl")
@@ -136,7 +115,7 @@ def test_connect_leaves_from_the_stack_address(sworld: World) -> None:
     listener.listen(1)
     listener.settimeout(10)
     with listener:
-        sock, reply = request(sworld, 1, HOST_IP, 8001)
+        sock, reply = socks_request(sworld, 1, HOST_IP, 8001)
         with sock:
             assert reply[:2] == b"\x05\x00", reply
             assert socket.inet_ntoa(reply[4:8]) == sworld.stack_ip
@@ -159,7 +138,7 @@ def test_connect_leaves_from_the_stack_address(sworld: World) -> None:
 def test_destination_outside_allow_list(sworld: World) -> None:
     """198.51.100.1 is beyond the on-link network: reply 2, counted."""
     before = socks_metric(sworld, "not_allowed")
-    sock, reply = request(sworld, 1, "198.51.100.1", 80)
+    sock, reply = socks_request(sworld, 1, "198.51.100.1", 80)
     with sock:
         assert reply[:2] == b"\x05\x02"
         assert sock.recv(10) == b""  # then closed
@@ -169,7 +148,7 @@ def test_destination_outside_allow_list(sworld: World) -> None:
 def test_refused_destination(sworld: World) -> None:
     """Nobody listens at 192.0.2.1:8009: the kernel's RST becomes reply 5."""
     before = socks_metric(sworld, "refused")
-    sock, reply = request(sworld, 1, HOST_IP, 8009)
+    sock, reply = socks_request(sworld, 1, HOST_IP, 8009)
     with sock:
         assert reply[:2] == b"\x05\x05"
     assert socks_metric(sworld, "refused") == before + 1
@@ -192,7 +171,7 @@ def test_udp_associate_echo(sworld: World) -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    ctrl, reply = request(sworld, 3, "0.0.0.0", 0)
+    ctrl, reply = socks_request(sworld, 3, "0.0.0.0", 0)
     udp = sworld.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.settimeout(10)
     try:
@@ -239,7 +218,7 @@ def test_udp_associate_echo(sworld: World) -> None:
 def test_malformed_requests(sworld: World, data: bytes, reason: str, expect: bytes) -> None:
     """Each gets its reply (if the protocol has one), then the connection is closed."""
     before = socks_metric(sworld, reason)
-    sock = client(sworld)
+    sock = socks_client(sworld)
     with sock:
         sock.sendall(data)
         got = b""
@@ -257,7 +236,7 @@ def test_truncated_and_stalled_handshakes(sworld: World) -> None:
     are closed after handshake_timeout (2 s here), all of them, and counted; past
     max_sessions a new client is reset at once."""
     before = socks_metric(sworld, "truncated")
-    sock = client(sworld)
+    sock = socks_client(sworld)
     sock.sendall(b"\x05\x02\x00")  # promises two methods, sends one, gives up
     sock.close()
     wait_for(lambda: socks_metric(sworld, "truncated") == before + 1, 5, "truncated counted")
@@ -352,7 +331,7 @@ def test_reload_adds_and_removes_forwards(sworld: World) -> None:
     for sock in [*held, *conns, target]:
         sock.close()
     assert "SOCKS5 on" in sworld.log()  # the SOCKS front was not touched by the reloads
-    sock, reply = request(sworld, 1, HOST_IP, 8009)
+    sock, reply = socks_request(sworld, 1, HOST_IP, 8009)
     with sock:
         assert reply[:2] == b"\x05\x05"
 

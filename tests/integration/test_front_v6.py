@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.front_helpers import listening, metric, wait_for
+from tests.integration.front_helpers import (
+    listening,
+    metric,
+    recv_exactly,
+    socks_request,
+    wait_for,
+)
 from tests.integration.world import HOST_IP, World, can_run_world, have_tools, running_world
 
 pytestmark = pytest.mark.integration
@@ -31,7 +37,6 @@ if not ok:
 HOST6 = "2001:db8::1"  # the kernel side of the TAP (--host-address6's default)
 STACK6 = "2001:db8::2"
 FILE_SIZE = 8 * 2**20
-SOCKS = ("127.0.0.1", 1080)
 CONFIG = f"""
 shutdown_timeout = 2
 address6 = "{STACK6}/64"
@@ -62,31 +67,6 @@ def world6(tmp_path_factory) -> Iterator[World]:
         wait_for(lambda: f"address {STACK6}/64 ready" in world.log(), 10, "DAD of 2001:db8::2")
         wait_for(lambda: listening(world, 1080), 10, "the SOCKS listener")
         yield world
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def request6(world: World, cmd: int, ip: str, port: int) -> tuple[socket.socket, bytes]:
-    """No-auth greeting, then CMD to [ip]:port (ATYP 4); the socket and the 22-byte reply
-    (BND.ADDR of the stack's address family: IPv6 for an IPv6 destination)."""
-    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(SOCKS)
-    sock.sendall(b"\x05\x01\x00")
-    assert recv_exactly(sock, 2) == b"\x05\x00"
-    packed = ipaddress.IPv6Address(ip).packed
-    sock.sendall(b"\x05" + bytes([cmd]) + b"\x00\x04" + packed + struct.pack("!H", port))
-    head = recv_exactly(sock, 4)
-    rest = recv_exactly(sock, {1: 6, 4: 18}.get(head[3], 0) if len(head) == 4 else 0)
-    return sock, head + rest
 
 
 @pytest.mark.skipif(not have_tools("curl"), reason="no curl")
@@ -123,7 +103,7 @@ def test_connect_to_ipv6_leaves_from_the_stacks_ipv6_address(world6: World) -> N
     listener.listen(1)
     listener.settimeout(10)
     with listener:
-        sock, reply = request6(world6, 1, HOST6, 8001)
+        sock, reply = socks_request(world6, 1, HOST6, 8001)
         with sock:
             assert reply[:4] == b"\x05\x00\x00\x04", reply
             assert str(ipaddress.IPv6Address(reply[4:20])) == STACK6  # BND.ADDR
@@ -140,11 +120,11 @@ def test_connect_to_ipv6_leaves_from_the_stacks_ipv6_address(world6: World) -> N
 
 def test_ipv6_destinations_outside_the_allow_list_and_refused(world6: World) -> None:
     before = metric(world6, "netstack_socks_errors_total", reason="not_allowed")
-    sock, reply = request6(world6, 1, "2001:db8:77::1", 80)  # beyond the on-link /64
+    sock, reply = socks_request(world6, 1, "2001:db8:77::1", 80)  # beyond the on-link /64
     with sock:
         assert reply[:2] == b"\x05\x02"
     assert metric(world6, "netstack_socks_errors_total", reason="not_allowed") == before + 1
-    sock, reply = request6(world6, 1, HOST6, 8009)  # nobody listens: the kernel's RST
+    sock, reply = socks_request(world6, 1, HOST6, 8009)  # nobody listens: the kernel's RST
     with sock:
         assert reply[:2] == b"\x05\x05"
 
@@ -164,16 +144,11 @@ def test_udp_associate_to_an_ipv6_echo(world6: World) -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    sock = world6.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(SOCKS)
+    # UDP ASSOCIATE; the client's UDP address is not known yet (0.0.0.0:0)
+    sock, reply = socks_request(world6, 3, "0.0.0.0", 0)
     udp = world6.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.settimeout(10)
     try:
-        sock.sendall(b"\x05\x01\x00")
-        assert recv_exactly(sock, 2) == b"\x05\x00"
-        sock.sendall(b"\x05\x03\x00\x01" + bytes(6))  # the client's UDP address: unknown yet
-        reply = recv_exactly(sock, 10)
         assert reply[:2] == b"\x05\x00", reply
         relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
         header = b"\x00\x00\x00\x04" + ipaddress.IPv6Address(HOST6).packed + struct.pack("!H", 9999)
@@ -240,14 +215,8 @@ def test_forward_and_socks_destinations_over_ipv4_still_work(world6: World) -> N
     listener.listen(1)
     listener.settimeout(10)
     with listener:
-        sock = world6.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        with sock:
-            sock.connect(SOCKS)
-            sock.sendall(b"\x05\x01\x00")
-            assert recv_exactly(sock, 2) == b"\x05\x00"
-            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(HOST_IP) + struct.pack("!H", 8002))
-            reply = recv_exactly(sock, 10)
-            assert reply[:4] == b"\x05\x00\x00\x01" and socket.inet_ntoa(reply[4:8]) == "192.0.2.2"
-            conn, _ = listener.accept()
-            conn.close()
+        sock, reply = socks_request(world6, 1, HOST_IP, 8002)
+        sock.close()
+        assert reply[:4] == b"\x05\x00\x00\x01" and socket.inet_ntoa(reply[4:8]) == "192.0.2.2"
+        conn, _ = listener.accept()
+        conn.close()
