@@ -247,11 +247,7 @@ class Loop:
         now = self.clock()
         if not self._running:  # called from outside run(): the caller may have moved deadlines
             self._deadline_stale = True
-        # Send what was queued outside a turn (before run, ...) on links not waiting for
-        # EPOLLOUT (those are retried once per turn, by _flush, once epoll says writable).
-        for state in self._states:
-            if state.queue and not state.want_out:
-                self._flush_link(state, now)
+        self._flush_ready(now)  # queued outside a turn (before run, ...)
         # Look first without waiting: under load something is ready, and the nearest deadline
         # (cached; every source asked again only when it is stale) is only needed to sleep.
         n = lib.ns_epoll_wait(self._epfd, self._fds, self._events, MAX_EVENTS, 0)
@@ -278,9 +274,7 @@ class Loop:
             self._dispatch(n, now)
             # Replies leave before the timers run: a request/response peer (a TCP echo round
             # trip, a handshake) waits for them, and the timer pass then overlaps its turn.
-            for state in self._states:  # (as above; inlined: a call per turn is ~0.1 us)
-                if state.queue and not state.want_out:
-                    self._flush_link(state, now)
+            self._flush_ready(now)
         if self._pending_signals:
             self._deadline_stale = True
             self._run_signal_handlers(now)
@@ -426,6 +420,13 @@ class Loop:
         else:
             self._deadline, self._deadline_stale = earliest, False
 
+    def _flush_ready(self, now: float) -> None:
+        """Send what is queued on links not waiting for EPOLLOUT (those are retried once per
+        turn, by _flush, after epoll said they are writable)."""
+        for state in self._states:
+            if state.queue and not state.want_out:
+                self._flush_link(state, now)
+
     def _flush(self, now: float) -> None:
         for state in self._states:
             if state.queue:
@@ -446,13 +447,10 @@ class Loop:
             if written:
                 counters.tx_packets += written
                 sent = queue if written == len(queue) else queue[:written]
-                if written == 1:
-                    counters.tx_bytes += sum(map(len, sent[0]))
-                else:
-                    size = 0
-                    for frame in sent:
-                        size += sum(map(len, frame))
-                    counters.tx_bytes += size
+                size = 0
+                for frame in sent:
+                    size += sum(map(len, frame))
+                counters.tx_bytes += size
                 if self.frame_observers:
                     for frame in sent:
                         for observer in self.frame_observers:
