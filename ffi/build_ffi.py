@@ -102,6 +102,13 @@ int ns_gso_write(int fd, int mmsg, const uint8_t *hdr, size_t hlen, const uint8_
 int ns_gro_merge(uint8_t *arena, size_t slot_size, uint32_t *lens, int n, const char *mac,
                  uint32_t *out_idx, uint32_t *out_gso);
 #define NS_GSO_MAX_HDR ...
+void *ns_uring_open(unsigned entries, int *err);
+void ns_uring_close(void *ring);
+int ns_uring_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
+                         int n_frames);
+int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,
+                       const uint8_t *payload, size_t plen, size_t mss, int skip,
+                       uint8_t *scratch, int max_pieces);
 int ns_udp_reflect(const uint8_t *udp, size_t udp_len, const uint8_t *eth, uint32_t src,
                    uint32_t dst, uint32_t ident, uint32_t ttl, uint8_t *out, size_t out_size);
 """

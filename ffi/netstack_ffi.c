@@ -26,6 +26,9 @@
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <linux/virtio_net.h>
+#include <linux/io_uring.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 
 /* Not in older uapi headers; the running kernel decides whether it knows them. */
 #ifndef TUN_F_USO4
@@ -979,6 +982,229 @@ int ns_gso_write(int fd, int mmsg, const uint8_t *hdr, size_t hlen, const uint8_
             if (errno == EAGAIN || errno == EWOULDBLOCK || i > skip)
                 break;
             return -errno;
+        }
+        i += n;
+        if (n < want)
+            break;
+    }
+    return i;
+}
+
+/* io_uring for the TAP writer (issue 10, branch sendoff): the frames of a batch or the pieces
+ * of a cut super-segment go to the kernel as IORING_OP_WRITEV requests submitted by ONE
+ * io_uring_enter, instead of one writev each. The kernel still builds and receives one skb per
+ * frame (netif_receive_skb runs inline, in this call), but the receiver it wakes on our CPU
+ * runs once the whole batch is in (at the syscall's return) rather than once per frame:
+ * bench/PROFILE.md "Seventh pass". Raw syscalls (no liburing): the ring is three mmaps.
+ * RWF_NOWAIT on every request: a write the kernel cannot do at once completes with -EAGAIN
+ * instead of going to an io-wq worker, so requests complete in order, inline. */
+struct ns_uring {
+    int fd;
+    unsigned entries;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *sq_ptr, *cq_ptr;
+    size_t sq_len, cq_len, sqes_len;
+};
+
+#define NS_URING_BATCH 64 /* requests per io_uring_enter (<= entries) */
+
+/* A ring of `entries` (>= NS_URING_BATCH) submission slots; NULL with *err = -errno when the
+ * kernel has no io_uring (ENOSYS), forbids it (EPERM: kernel.io_uring_disabled, seccomp) or
+ * lacks what we use (EINVAL). */
+void *ns_uring_open(unsigned entries, int *err)
+{
+    struct io_uring_params p;
+    struct ns_uring *r;
+    int fd;
+
+    memset(&p, 0, sizeof(p));
+    fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0) {
+        *err = -errno;
+        return NULL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        close(fd);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    r->fd = fd;
+    r->entries = p.sq_entries;
+    r->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    r->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    r->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    r->sq_ptr = mmap(NULL, r->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     IORING_OFF_SQ_RING);
+    r->cq_ptr = mmap(NULL, r->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     IORING_OFF_CQ_RING);
+    r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   IORING_OFF_SQES);
+    if (r->sq_ptr == MAP_FAILED || r->cq_ptr == MAP_FAILED || r->sqes == MAP_FAILED ||
+        p.sq_entries < NS_URING_BATCH || p.cq_entries < NS_URING_BATCH) {
+        *err = r->sq_ptr == MAP_FAILED || r->cq_ptr == MAP_FAILED || r->sqes == MAP_FAILED
+                   ? -errno : -EINVAL;
+        if (r->sq_ptr != MAP_FAILED) munmap(r->sq_ptr, r->sq_len);
+        if (r->cq_ptr != MAP_FAILED) munmap(r->cq_ptr, r->cq_len);
+        if (r->sqes != MAP_FAILED) munmap(r->sqes, r->sqes_len);
+        close(fd);
+        free(r);
+        return NULL;
+    }
+    r->sq_head = (unsigned *)((char *)r->sq_ptr + p.sq_off.head);
+    r->sq_tail = (unsigned *)((char *)r->sq_ptr + p.sq_off.tail);
+    r->sq_mask = (unsigned *)((char *)r->sq_ptr + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)((char *)r->sq_ptr + p.sq_off.array);
+    r->cq_head = (unsigned *)((char *)r->cq_ptr + p.cq_off.head);
+    r->cq_tail = (unsigned *)((char *)r->cq_ptr + p.cq_off.tail);
+    r->cq_mask = (unsigned *)((char *)r->cq_ptr + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)((char *)r->cq_ptr + p.cq_off.cqes);
+    return r;
+}
+
+void ns_uring_close(void *ring)
+{
+    struct ns_uring *r = ring;
+
+    if (r == NULL)
+        return;
+    munmap(r->sqes, r->sqes_len);
+    munmap(r->cq_ptr, r->cq_len);
+    munmap(r->sq_ptr, r->sq_len);
+    close(r->fd);
+    free(r);
+}
+
+/* Submit n (<= NS_URING_BATCH) writev requests of frames to fd (frame k: counts[k] iovecs from
+ * iov, consecutive) in one io_uring_enter and reap them. Returns the frames written from the
+ * front; -errno when the first failed for good (as ns_write_batch). A frame after a failed one
+ * may have gone too (requests are not linked: linking costs a task_work per request); the
+ * caller then sends it again, a duplicate TCP tolerates. */
+static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
+                           const int *counts, int n)
+{
+    unsigned tail = *r->sq_tail, mask = *r->sq_mask, head;
+    int k, done = n, first_err = 0, rc;
+
+    for (k = 0; k < n; k++) {
+        unsigned idx = (tail + (unsigned)k) & mask;
+        struct io_uring_sqe *sqe = &r->sqes[idx];
+
+        memset(sqe, 0, sizeof(*sqe));
+        sqe->opcode = IORING_OP_WRITEV;
+        sqe->fd = fd;
+        sqe->addr = (uint64_t)(uintptr_t)iov;
+        sqe->len = (unsigned)counts[k];
+        sqe->rw_flags = RWF_NOWAIT;
+        sqe->user_data = (uint64_t)k;
+        r->sq_array[idx] = idx;
+        iov += counts[k];
+    }
+    __atomic_store_n(r->sq_tail, tail + (unsigned)n, __ATOMIC_RELEASE);
+    do {
+        rc = (int)syscall(__NR_io_uring_enter, r->fd, (unsigned)n, (unsigned)n,
+                          IORING_ENTER_GETEVENTS, NULL, 0);
+    } while (rc < 0 && errno == EINTR && __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE) != tail + (unsigned)n);
+    if (rc < 0 && __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE) == tail) {
+        /* nothing consumed: take the requests back */
+        __atomic_store_n(r->sq_tail, tail, __ATOMIC_RELEASE);
+        return -errno;
+    }
+    /* all n were consumed; wait for any completion still missing (none, when inline) */
+    for (;;) {
+        unsigned ch = *r->cq_head, ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+
+        if (ct - ch >= (unsigned)n)
+            break;
+        if (syscall(__NR_io_uring_enter, r->fd, 0, (unsigned)n - (ct - ch),
+                    IORING_ENTER_GETEVENTS, NULL, 0) < 0 && errno != EINTR)
+            break;
+    }
+    head = *r->cq_head;
+    {
+        unsigned ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+
+        for (; head != ct; head++) {
+            struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
+            int i = (int)cqe->user_data;
+
+            if (cqe->res < 0 && i < done) {
+                done = i;
+                first_err = cqe->res;
+            }
+        }
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    if (done == 0 && first_err != -EAGAIN && first_err != -EWOULDBLOCK && first_err < 0)
+        return first_err;
+    return done;
+}
+
+/* ns_write_batch through the ring: the same frames, return convention and EAGAIN stop
+ * (a batch of one is a plain writev). */
+int ns_uring_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
+                         int n_frames)
+{
+    struct ns_uring *r = ring;
+    int total = 0;
+
+    if (n_frames == 1) /* one frame: a writev is cheaper than a submission and its reaping */
+        return ns_write_batch(fd, iov, iov_counts, 1);
+    while (total < n_frames) {
+        int want = n_frames - total, n, k;
+        const struct iovec *at = iov;
+
+        if (want > NS_URING_BATCH)
+            want = NS_URING_BATCH;
+        n = ns_uring_submit(r, fd, iov, iov_counts + total, want);
+        if (n < 0)
+            return total ? total : n;
+        for (k = 0; k < n; k++)
+            at += iov_counts[total + k];
+        iov = at;
+        total += n;
+        if (n < want)
+            break;
+    }
+    return total;
+}
+
+/* ns_gso_write for a TAP through the ring: the pieces of the cut, up to NS_URING_BATCH per
+ * io_uring_enter (a 64 KB super-segment at MSS 1448 is 46 pieces: one call). */
+int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,
+                       const uint8_t *payload, size_t plen, size_t mss, int skip,
+                       uint8_t *scratch, int max_pieces)
+{
+    struct iovec iov[2 * NS_URING_BATCH];
+    int counts[NS_URING_BATCH];
+    int pieces = ns_gso_cut(hdr, hlen, payload, plen, mss, scratch, max_pieces);
+    int i = skip, k;
+
+    if (pieces < 0)
+        return pieces;
+    for (k = 0; k < NS_URING_BATCH; k++)
+        counts[k] = 2;
+    while (i < pieces) {
+        int want = pieces - i, n;
+
+        if (want > NS_URING_BATCH)
+            want = NS_URING_BATCH;
+        for (k = 0; k < want; k++) {
+            size_t off = (size_t)(i + k) * mss;
+
+            iov[2 * k].iov_base = scratch + (size_t)(i + k) * hlen;
+            iov[2 * k].iov_len = hlen;
+            iov[2 * k + 1].iov_base = (void *)(payload + off);
+            iov[2 * k + 1].iov_len = plen - off < mss ? plen - off : mss;
+        }
+        n = ns_uring_submit(ring, fd, iov, counts, want);
+        if (n < 0) {
+            if (i > skip || n == -EAGAIN)
+                break;
+            return n;
         }
         i += n;
         if (n < want)

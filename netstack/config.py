@@ -33,6 +33,7 @@ TCP_CONGESTION_CONTROLS = ("cubic", "reno")  # netstack/proto/tcp/cc.py ALGORITH
 LINKS = ("tap", "packet")
 OFFLOADS = ("auto", "off")  # netstack/io/offload.py
 SOFT_OFFLOADS = ("auto", "off")  # netstack/io/softoffload.py
+TAP_TX = ("auto", "uring", "writev")  # netstack/io/tap.py: how frames go into the TAP
 PACKET_RINGS = ("auto", "off")  # netstack/io/packet.py
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _NONE_WORDS = ("none", "off", "false", "")
@@ -444,6 +445,14 @@ SETTINGS: tuple[Setting, ...] = (
         "auto: the link reader merges one TCP flow's in-order segments of a receive batch in "
         "software when the link has no offloads; off: one segment per frame",
     ),
+    Setting(
+        "tap_tx",
+        _choice(TAP_TX),
+        "auto",
+        "--link tap: how frames are written: uring: a batch (a cut super-segment) per "
+        "io_uring_enter, so the receiver woken on our CPU runs once per batch, not per frame; "
+        "writev: one writev each; auto: uring where the kernel allows io_uring, else writev",
+    ),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -494,6 +503,7 @@ class Config:
     busy_poll: int
     gso: str
     gro: str
+    tap_tx: str
 
     @property
     def dhcp(self) -> bool:

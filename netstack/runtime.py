@@ -69,7 +69,10 @@ def open_link(config: Config):
         if config.link == "tap":
             from netstack.io.tap import TapLink
 
-            link = TapLink(config.interface, offload=config.offload, gso=config.gso, gro=config.gro)
+            link = TapLink(
+                config.interface, offload=config.offload, gso=config.gso, gro=config.gro,
+                tx=config.tap_tx,
+            )  # fmt: skip
             netlink.configure_interface(
                 config.interface, address=config.host_address, mtu=config.mtu
             )
@@ -367,6 +370,9 @@ class Stack:
         if rx_mode is not None:
             bypass = "on" if getattr(link, "qdisc_bypass", False) else "off"
             line += f"; receive {rx_mode}, qdisc bypass {bypass}"
+        tx_mode = getattr(link, "tx_mode", None)
+        if tx_mode is not None:  # io/tap.py: io_uring batches or one writev per frame
+            line += f"; send {tx_mode}"
         return line
 
     def run(self) -> None:

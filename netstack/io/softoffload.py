@@ -63,6 +63,7 @@ class SoftGso:
     """
 
     def __init__(self, fd: int, mmsg: bool, name: str) -> None:
+        self.ring = None  # a TAP writer's io_uring (io/uring.py): the pieces in one call
         self.fd = fd
         self.mmsg = 1 if mmsg else 0
         self.name = name
@@ -82,10 +83,16 @@ class SoftGso:
         if resume is not None and resume[0] == hdr and resume[1] == len(data):
             skip = resume[2]
         self._resume = None
-        r = lib.ns_gso_write(
-            self.fd, self.mmsg, ffi.from_buffer(hdr), len(hdr), ffi.from_buffer(data), len(data),
-            vnet.gso_size, skip, self._scratch, MAX_PIECES,
-        )  # fmt: skip
+        if self.ring is not None:
+            r = lib.ns_gso_write_uring(
+                self.ring, self.fd, ffi.from_buffer(hdr), len(hdr), ffi.from_buffer(data),
+                len(data), vnet.gso_size, skip, self._scratch, MAX_PIECES,
+            )  # fmt: skip
+        else:
+            r = lib.ns_gso_write(
+                self.fd, self.mmsg, ffi.from_buffer(hdr), len(hdr), ffi.from_buffer(data),
+                len(data), vnet.gso_size, skip, self._scratch, MAX_PIECES,
+            )  # fmt: skip
         if r < 0:
             raise OSError(-r, os.strerror(-r))
         total = wvnet.segments(len(data), vnet.gso_size)

@@ -12,6 +12,7 @@ import os
 from netstack._ffi import ffi, lib
 from netstack.io import offload as offmod
 from netstack.io import softoffload
+from netstack.io import uring as uringmod
 from netstack.io.link import (
     IFNAMSIZ,
     BatchLink,
@@ -30,6 +31,7 @@ IFF_NO_PI: int = lib.IFF_NO_PI
 IFF_VNET_HDR: int = lib.IFF_VNET_HDR
 IFF_MULTI_QUEUE: int = lib.IFF_MULTI_QUEUE
 DEFAULT_FLAGS = IFF_TAP | IFF_NO_PI
+TX_MODES = ("auto", "uring", "writev")
 
 
 def random_mac() -> bytes:
@@ -65,7 +67,13 @@ class TapLink(BatchLink):
     reader, or the kernel would hand us super-frames we cannot tell apart.
     gso/gro="auto" (off here, the config's default auto): without the virtio-net header, TCP
     super-segments are cut and received segments merged in software (io/softoffload.py).
+    tx="auto"/"uring" (writev here; the config's default auto): batches of frames and the
+    pieces of a cut super-segment go in one io_uring_enter (io/uring.py); auto falls back to
+    writev where io_uring is unavailable, uring refuses to start. `tx_mode` says which.
     """
+
+    tx_mode = "writev"
+    _ring: uringmod.Ring | None = None
 
     _rx_fn = staticmethod(lib.ns_read_batch)
     _tx_fn = staticmethod(lib.ns_write_batch)
@@ -80,7 +88,10 @@ class TapLink(BatchLink):
         offload: str = "off",
         gso: str = "off",
         gro: str = "off",
+        tx: str = "writev",
     ) -> None:
+        if tx not in TX_MODES:
+            raise ValueError(f"tx must be one of {TX_MODES}")
         if gso not in softoffload.MODES or gro not in softoffload.MODES:
             raise ValueError(f"gso and gro must be one of {softoffload.MODES}")
         if flags & (IFF_TUN | IFF_VNET_HDR) or not flags & IFF_TAP or not flags & IFF_NO_PI:
@@ -107,10 +118,34 @@ class TapLink(BatchLink):
                 gso=gso == "auto" and not vnet,  # software: the link has no TSO
                 gro=gro == "auto" and not vnet,
             )
+            if tx != "writev":
+                self._open_ring(tx)
         except BaseException:
             os.close(fd)
             raise
         self.flags = flags
+
+    def _open_ring(self, tx: str) -> None:
+        ring, why = uringmod.open_ring(self.fd)
+        if ring is None:
+            if tx == "uring":
+                raise LinkUnavailableError(f"tap_tx uring on {self.name}: {why}")
+            self.tx_mode = f"writev (io_uring unavailable: {why})"
+            return
+        self._ring = ring
+        self.tx_mode = "io_uring"
+        self._tx_fn = ring.write_batch_fn()  # type: ignore[method-assign]
+        if self.soft_gso is not None:
+            self.soft_gso.ring = ring.handle
+
+    def close(self) -> None:
+        """Close the descriptor and the ring; idempotent."""
+        super().close()
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            if self.soft_gso is not None:
+                self.soft_gso.ring = None
+            ring.close()
 
 
 def _negotiate(fd: int) -> offmod.Offloads:

@@ -1,7 +1,9 @@
 """Offloads against the kernel, on and off: what ethtool shows, 100 MB each way exact with
 nothing dropped by the kernel, and the same offloads on an AF_PACKET link over a veth.
 Three modes: "auto" (the kernel's offloads), "soft" (offload off, software GSO/GRO: the
-defaults gso = gro = "auto") and "off" (offload, gso and gro off: the per-segment path)."""
+defaults gso = gro = "auto") and "off" (offload, gso and gro off: the per-segment path); all
+three write to the TAP through io_uring (tap_tx "auto"), and "soft-writev" is "soft" with
+tap_tx = "writev" (one writev per frame: the fallback where io_uring is unavailable)."""
 
 from __future__ import annotations
 
@@ -42,16 +44,20 @@ REPO = Path(__file__).resolve().parents[3]
 NEGOTIATED = {
     "auto": "offload on tap0: vnet header 10 bytes, csum tso4 tso6",
     "soft": "offload on tap0: off; software gso gro",
-    "off": "offload on tap0: off\n",
+    "off": "offload on tap0: off; send ",  # no "software gso gro" before the send mode
+    "soft-writev": "offload on tap0: off; software gso gro; send writev\n",
 }
+# tap_tx "auto": io_uring, or writev with the reason on a kernel that refuses it
+SEND_AUTO = ("; send io_uring\n", "; send writev (io_uring unavailable: ")
 MODE_ARGS = {
     "auto": ("--offload", "auto"),
     "soft": ("--offload", "off"),  # gso and gro "auto": in software
     "off": ("--offload", "off", "--gso", "off", "--gro", "off"),
+    "soft-writev": ("--offload", "off", "--tap-tx", "writev"),
 }
 
 
-@pytest.fixture(scope="module", params=["auto", "soft", "off"])
+@pytest.fixture(scope="module", params=["auto", "soft", "off", "soft-writev"])
 def offload_world(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     need_world()
     mode = request.param
@@ -74,7 +80,10 @@ def tx_dropped(world: World) -> int:
 
 def test_ethtool_shows_what_was_negotiated(offload_world: World) -> None:
     mode = offload_world.mode  # type: ignore[attr-defined]
-    assert NEGOTIATED[mode] in offload_world.log()
+    log = offload_world.log()
+    assert NEGOTIATED[mode] in log
+    if mode != "soft-writev":
+        assert any(send in log for send in SEND_AUTO), log
     features = ethtool_features(offload_world)
     want = "on" if mode == "auto" else "off"  # software GSO/GRO: the TAP has no offloads
     assert features["tx-checksumming"] == want
