@@ -42,8 +42,8 @@ print(rate, run_ns, wait_ns, slices, ru.ru_nivcsw, ru.ru_nvcsw)
 """
 
 
-def thread_stats(pid: int) -> dict[int, tuple[int, int, int, int]]:
-    """Per thread of pid: (utime+stime ticks, schedstat run ns, wait ns, timeslices)."""
+def thread_stats(pid: int) -> dict[int, tuple[int, int, int, int, int]]:
+    """Per thread of pid: (utime+stime ticks, schedstat run ns, wait ns, timeslices, utime)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         base = f"/proc/{pid}/task/{tid}"
@@ -52,7 +52,8 @@ def thread_stats(pid: int) -> dict[int, tuple[int, int, int, int]]:
                 fields = f.read().rsplit(")", 1)[1].split()
             with open(f"{base}/schedstat") as f:
                 run_ns, wait_ns, slices = (int(x) for x in f.read().split())
-            out[int(tid)] = (int(fields[11]) + int(fields[12]), run_ns, wait_ns, slices)
+            utime = int(fields[11])
+            out[int(tid)] = (utime + int(fields[12]), run_ns, wait_ns, slices, utime)
     return out
 
 
@@ -107,10 +108,11 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         log = bench.stop_stack()
     rate = float(out[0])
     c_run, c_wait, c_slices, c_iv = (int(x) for x in out[1:5])
-    deltas = {t: tuple(a - b for a, b in zip(after[t], before.get(t, (0,) * 4), strict=True))
+    deltas = {t: tuple(a - b for a, b in zip(after[t], before.get(t, (0,) * 5), strict=True))
               for t in after}  # fmt: skip
     loop = max(deltas.values(), key=lambda d: d[1])  # the busiest thread is the loop
     ticks = sum(d[0] for d in deltas.values())
+    user_s = sum(d[4] for d in deltas.values()) / udp_bench.CLK_TCK
     cpu_s = ticks / udp_bench.CLK_TCK
     per64k = cpu_s * 1e6 / (args.mb * 16)
     startup = next((ln for ln in log.splitlines() if "offload" in ln), "")[:200]
@@ -119,6 +121,8 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         "MiB/s": rate,
         "cpu%": 100 * cpu_s / wall,
         "cpu_us/64K": per64k,
+        "user_us/64K": user_s * 1e6 / (args.mb * 16),
+        "client_cpu%": 100 * c_run / 1e9 / wall,
         "loop_wait_s": loop[2] / 1e9,
         "loop_slices": loop[3],
         "stack_nivcsw": iv1 - iv0,
@@ -159,8 +163,9 @@ def main() -> int:
     bench = compare.Compare(ns, anchor)
     print(f"# {time.strftime('%H:%M:%S')} load {loadavg()}"
           f" stack args {a.stack_args!r}, {a.mb} MiB")  # fmt: skip
-    cols = ("MiB/s", "cpu%", "cpu_us/64K", "loop_wait_s", "loop_slices", "stack_nivcsw",
-            "client_wait_s", "client_slices", "client_nivcsw")  # fmt: skip
+    cols = ("MiB/s", "cpu%", "cpu_us/64K", "user_us/64K", "client_cpu%", "loop_wait_s",
+            "loop_slices", "stack_nivcsw", "client_wait_s", "client_slices",
+            "client_nivcsw")  # fmt: skip
     print(f"{'round':>5} {'variant':>10} " + " ".join(f"{c:>13}" for c in cols))
     try:
         for r in range(a.rounds):
