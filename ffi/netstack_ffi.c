@@ -1021,7 +1021,14 @@ void *ns_uring_open(unsigned entries, int *err)
     int fd;
 
     memset(&p, 0, sizeof(p));
+    /* SUBMIT_ALL (5.18): a request that fails at submission still consumes its slot and
+     * posts its error, so the batch's slots are all consumed (the rest is still handled). */
+    p.flags = IORING_SETUP_SUBMIT_ALL;
     fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof(p));
+        fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    }
     if (fd < 0) {
         *err = -errno;
         return NULL;
@@ -1086,9 +1093,12 @@ void ns_uring_close(void *ring)
 static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
                            const int *counts, int n)
 {
-    unsigned tail = *r->sq_tail, mask = *r->sq_mask, head;
-    int k, done = n, first_err = 0, rc;
+    unsigned tail = *r->sq_tail, mask = *r->sq_mask, head, consumed, ct;
+    int k, done, first_err = 0, err = 0;
 
+    /* completions left by an earlier call that gave up waiting (never, in practice) */
+    __atomic_store_n(r->cq_head, __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE),
+                     __ATOMIC_RELEASE);
     for (k = 0; k < n; k++) {
         unsigned idx = (tail + (unsigned)k) & mask;
         struct io_uring_sqe *sqe = &r->sqes[idx];
@@ -1104,37 +1114,34 @@ static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
         iov += counts[k];
     }
     __atomic_store_n(r->sq_tail, tail + (unsigned)n, __ATOMIC_RELEASE);
-    do {
-        rc = (int)syscall(__NR_io_uring_enter, r->fd, (unsigned)n, (unsigned)n,
-                          IORING_ENTER_GETEVENTS, NULL, 0);
-    } while (rc < 0 && errno == EINTR && __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE) != tail + (unsigned)n);
-    if (rc < 0 && __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE) == tail) {
-        /* nothing consumed: take the requests back */
-        __atomic_store_n(r->sq_tail, tail, __ATOMIC_RELEASE);
-        return -errno;
-    }
-    /* all n were consumed; wait for any completion still missing (none, when inline) */
+    if (syscall(__NR_io_uring_enter, r->fd, (unsigned)n, (unsigned)n, IORING_ENTER_GETEVENTS,
+                NULL, 0) < 0)
+        err = errno;
+    /* Requests the kernel did not take (an error before submission) are taken back: without
+     * SQPOLL it reads the tail only in io_uring_enter, so the slots are ours again. */
+    consumed = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE) - tail;
+    if (consumed < (unsigned)n)
+        __atomic_store_n(r->sq_tail, tail + consumed, __ATOMIC_RELEASE);
+    if (consumed == 0)
+        return err ? -err : -EAGAIN;
+    /* wait for any completion still missing (none: RWF_NOWAIT requests complete inline) */
     for (;;) {
-        unsigned ch = *r->cq_head, ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
-
-        if (ct - ch >= (unsigned)n)
+        ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+        if (ct - *r->cq_head >= consumed)
             break;
-        if (syscall(__NR_io_uring_enter, r->fd, 0, (unsigned)n - (ct - ch),
+        if (syscall(__NR_io_uring_enter, r->fd, 0, consumed - (ct - *r->cq_head),
                     IORING_ENTER_GETEVENTS, NULL, 0) < 0 && errno != EINTR)
             break;
     }
-    head = *r->cq_head;
-    {
-        unsigned ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    done = (int)consumed;
+    ct = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    for (head = *r->cq_head; head != ct; head++) {
+        struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
+        int i = (int)cqe->user_data;
 
-        for (; head != ct; head++) {
-            struct io_uring_cqe *cqe = &r->cqes[head & *r->cq_mask];
-            int i = (int)cqe->user_data;
-
-            if (cqe->res < 0 && i < done) {
-                done = i;
-                first_err = cqe->res;
-            }
+        if (cqe->res < 0 && i < done) {
+            done = i;
+            first_err = cqe->res;
         }
     }
     __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
