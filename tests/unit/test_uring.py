@@ -235,3 +235,21 @@ def test_tap_with_a_ring_sends_through_it(monkeypatch) -> None:
 def test_tap_rejects_an_unknown_tx_mode() -> None:
     with pytest.raises(ValueError, match="tx must be one of"):
         taplink.TapLink("tap9", tx="sendmmsg")
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_tap_tx_config_key_flag_and_check_config(tmp_path, capsys) -> None:
+    from netstack.cli import main
+    from netstack.config import ConfigError, build_config
+
+    assert build_config().tap_tx == "auto"  # io_uring where the kernel allows it
+    assert build_config({"tap_tx": "writev"}).tap_tx == "writev"
+    with pytest.raises(ConfigError, match="'tap_tx'"):
+        build_config({"tap_tx": "sendmmsg"})
+    path = tmp_path / "n.toml"
+    path.write_text('tap_tx = "uring"\n')
+    assert main(["check-config", str(path)]) == 0
+    assert "tap_tx = uring" in capsys.readouterr().out
+    # the flag takes the same choices, refused before anything is opened
+    assert main(["run", "--tap-tx", "bogus", "--interface", "tap9"]) == 2
+    assert "'tap_tx'" in capsys.readouterr().err
