@@ -243,7 +243,11 @@ class Stack:
         # The host's tx list is the link's tx queue itself: what the host emits is already
         # queued (no move per batch or poll; the loop flushes it at the end of the turn).
         self.loop.add_link(link, self._on_frames, tx_queue=self.host.tx)
-        self.loop.add_deadline_source(self.host.next_deadline, self.host.poll)
+        self.loop.add_deadline_source(
+            self.host.next_deadline,
+            self.host.poll,
+            announces=self.host.announce_deadlines(self.loop.deadline_moved),
+        )
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
         self._start_front()  # before DHCP: its RELEASE waits for every closer made so far

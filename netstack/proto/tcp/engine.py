@@ -45,6 +45,7 @@ from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.deadlines import Announce, unannounced
 from netstack.proto.ipv4 import Ipv4Engine
 from netstack.proto.ipv6 import Ipv6Engine
 from netstack.proto.pmtu import PmtuCache
@@ -193,6 +194,12 @@ class TcpEngine:
         self._ready: dict[Listener, None] = {}
         self._timers: list[tuple[float, int, Connection]] = []
         self._seq = itertools.count()
+        # Told when the next deadline comes earlier (proto/deadlines.py): a timer entry pushed,
+        # or a connection or listener queued for the flush point ("now") when no flush point
+        # follows before the loop regains control. `flush_follows` is set by the host around
+        # a receive batch (it flushes at its end) and by flush() itself.
+        self.deadline_moved: Announce = unannounced
+        self.flush_follows = False
         self._states: dict[str, int] = {s.value: 0 for s in State if s is not S.CLOSED}
         self.time_wait_count = 0
         # Connections that ended without TIME_WAIT (the passive closer's LAST_ACK, resets):
@@ -341,6 +348,8 @@ class TcpEngine:
     def touch(self, conn: Connection) -> None:
         """Flush `conn` at the next flush point."""
         self._dirty[conn] = None
+        if not self.flush_follows:
+            self.deadline_moved(self.now)
 
     def transmit(
         self,
@@ -505,6 +514,8 @@ class TcpEngine:
             listener.syn_queue.pop(conn.key, None)
             listener.accept_queue.append(conn)
             self._ready[listener] = None
+            if not self.flush_follows:
+                self.deadline_moved(self.now)
         elif new is S.CLOSED:
             if self.conns.get(conn.key) is conn:
                 del self.conns[conn.key]
@@ -515,6 +526,8 @@ class TcpEngine:
                 if conn in listener.accept_queue:
                     listener.accept_queue.remove(conn)
         self._dirty[conn] = None  # touch(): five times per connection
+        if not self.flush_follows:
+            self.deadline_moved(self.now)
 
     def accept_ready(self, conn: Connection) -> bool:
         """May this SYN_RECEIVED connection complete (room in its listener's accept queue)?"""
@@ -596,6 +609,8 @@ class TcpEngine:
                     self._internal_error(conn, "processing a segment")
                     c.drop(Drop.TCP_INTERNAL_ERROR)
                 self._dirty[conn] = None
+                if not self.flush_follows:
+                    self.deadline_moved(now)
                 return
             # RFC 6191: the old incarnation gave way; the listener decides on the SYN.
         listener = self.listeners.get(h.dst_port)
@@ -675,6 +690,8 @@ class TcpEngine:
         conn.open_passive(h, isn, now)
         c.tcp_passive_opens += 1
         self._dirty[conn] = None  # touch()
+        if not self.flush_follows:
+            self.deadline_moved(now)
 
     # -- SYN cookies (RFC 4987 3.6) ----------------------------------------------------------
     def _send_cookie(
@@ -894,31 +911,38 @@ class TcpEngine:
         output and timer. Callbacks may touch more connections; they are flushed too (a few
         rounds at most here; anything left makes next_deadline() 'now')."""
         self.now = now
-        for _ in range(8):
-            if self._ready:
-                ready = list(self._ready)
-                self._ready.clear()
-                for listener in ready:
-                    if listener.on_ready is not None and listener.accept_queue:
-                        listener.on_ready(listener)
-            if not self._dirty:
-                return
-            dirty = self._dirty
-            self._dirty = {}
-            for conn in dirty:
-                try:
-                    conn.dispatch()
-                except Exception:  # the application's callback raised: as asyncio does,
-                    self._internal_error(conn, "in an application callback")  # reset it
-                    conn.lost_done = True  # and do not call it again
-                self._dirty.pop(conn, None)
-                try:
-                    conn.output(now)
-                except Exception:
-                    self._internal_error(conn, "sending")
-                if conn.state is S.TIME_WAIT and type(conn) is Connection:
-                    conn = self._retire(conn)
-                self._schedule(conn)
+        outer = self.flush_follows
+        self.flush_follows = True  # what the callbacks touch is flushed by the next round
+        try:
+            for _ in range(8):
+                if self._ready:
+                    ready = list(self._ready)
+                    self._ready.clear()
+                    for listener in ready:
+                        if listener.on_ready is not None and listener.accept_queue:
+                            listener.on_ready(listener)
+                if not self._dirty:
+                    return
+                dirty = self._dirty
+                self._dirty = {}
+                for conn in dirty:
+                    try:
+                        conn.dispatch()
+                    except Exception:  # the application's callback raised: as asyncio does,
+                        self._internal_error(conn, "in an application callback")  # reset it
+                        conn.lost_done = True  # and do not call it again
+                    self._dirty.pop(conn, None)
+                    try:
+                        conn.output(now)
+                    except Exception:
+                        self._internal_error(conn, "sending")
+                    if conn.state is S.TIME_WAIT and type(conn) is Connection:
+                        conn = self._retire(conn)
+                    self._schedule(conn)
+        finally:
+            self.flush_follows = outer
+            if not outer and (self._dirty or self._ready):
+                self.deadline_moved(now)  # left for the next flush point: next_deadline "now"
 
     def _retire(self, conn: Connection) -> Connection | TimeWait:
         """A connection in TIME_WAIT, its last ACK sent, gives its place in the table to a
@@ -961,6 +985,7 @@ class TcpEngine:
         if at is None or when < at:
             conn.heap_at = when
             heapq.heappush(self._timers, (when, next(self._seq), conn))
+            self.deadline_moved(when)
 
     def poll(self, now: float) -> None:
         """Run the timers that are due, then flush."""
@@ -986,6 +1011,10 @@ class TcpEngine:
                 self._internal_error(conn, "running its timers")
             self._dirty[conn] = None
         self.flush(now)
+
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` when the next deadline comes earlier (proto/deadlines.py)."""
+        self.deadline_moved = moved
 
     def next_deadline(self) -> float | None:
         if self._dirty or self._ready:
