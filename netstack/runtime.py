@@ -508,7 +508,10 @@ class Stack:
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.
         self.closers: list[Closer] = []
         self.shutdown = GracefulShutdown(self.closers, self.config.shutdown_timeout)
-        self.loop.add_deadline_source(self.shutdown.next_deadline, self._shutdown_poll)
+        # Its deadline is set only by its own poll and by request_shutdown, which says so.
+        self.loop.add_deadline_source(
+            self.shutdown.next_deadline, self._shutdown_poll, announces=True
+        )
         self.heartbeat = Heartbeat(self.notifier, self.loop, self.status_line)
         self._rate_sample: tuple[float, int, int] | None = None
         self.loop.signal_handlers.update(
@@ -557,6 +560,7 @@ class Stack:
             )
             self.shutdown.begin(now)
             self.notifier.stopping(self.status_line(now))
+        self.loop.deadline_changed()  # the shutdown's checks (and the closers' timers) begin
         self._shutdown_step(now)
 
     def _on_stop_signal(self, signum: int, now: float) -> None:

@@ -320,3 +320,23 @@ def test_dhcp_timers_are_announced() -> None:
         times[mode] = sent_at
     assert len(times["asked"]) >= 3
     assert times["cached"] == times["asked"]
+
+
+def test_the_stack_registers_its_host_as_announcing(tmp_path) -> None:
+    """The runtime wires the host's engines to the loop: without --fault
+    under way, no source is asked after a receive batch; with IPv6 on as well."""
+    from netstack.config import build_config
+    from netstack.notify import Notifier
+    from netstack.runtime import Stack
+    from tests.unit.test_notify import FakeClock, FakeLink, Manager
+
+    for extra in ({}, {"address6": "2001:db8::2/64", "ipv6_secret": "00" * 16}):
+        manager = Manager(tmp_path / f"notify{len(extra)}.sock")
+        config = build_config({"metrics_address": "none", **extra})
+        stack = Stack(config, FakeLink(), clock=FakeClock(100.0), notifier=Notifier(manager.env))
+        try:
+            assert stack.loop._asking == 0
+            assert stack.host.tcp.deadline_moved == stack.loop.deadline_moved
+        finally:
+            stack.close()
+            manager.close()
