@@ -323,8 +323,8 @@ def test_dhcp_timers_are_announced() -> None:
 
 
 def test_the_stack_registers_its_host_as_announcing(tmp_path) -> None:
-    """The runtime wires the host's engines to the loop: without --fault
-    under way, no source is asked after a receive batch; with IPv6 on as well."""
+    """The runtime wires the host's engines and its shutdown to the loop: without --fault,
+    no source is asked again after a receive batch (with IPv6 on as well)."""
     from netstack.config import build_config
     from netstack.notify import Notifier
     from netstack.runtime import Stack
