@@ -911,6 +911,11 @@ class TcpEngine:
         output and timer. Callbacks may touch more connections; they are flushed too (a few
         rounds at most here; anything left makes next_deadline() 'now')."""
         self.now = now
+        timers = self._timers
+        if timers:
+            when, _, top = timers[0]
+            if top.heap_at != when or top.state is S.CLOSED:
+                self._prune_timers()
         outer = self.flush_follows
         self.flush_follows = True  # what the callbacks touch is flushed by the next round
         try:
@@ -943,6 +948,21 @@ class TcpEngine:
             self.flush_follows = outer
             if not outer and (self._dirty or self._ready):
                 self.deadline_moved(now)  # left for the next flush point: next_deadline "now"
+
+    def _prune_timers(self) -> None:
+        """Drop the heap's leading entries that can never run a timer (superseded, or their
+        connection closed). next_deadline() did this on every loop turn while the loop asked
+        it after each batch; without it, a connection load would keep each closed
+        connection alive in the heap until its old entry came due (a second for a SYN-ACK's
+        RTO: thousands of connections, and the collector scanning them)."""
+        timers = self._timers
+        while timers:
+            when, _, conn = timers[0]
+            if conn.heap_at == when:
+                if conn.state is not S.CLOSED:
+                    return
+                conn.heap_at = None
+            heapq.heappop(timers)
 
     def _retire(self, conn: Connection) -> Connection | TimeWait:
         """A connection in TIME_WAIT, its last ACK sent, gives its place in the table to a
