@@ -40,7 +40,7 @@ import itertools
 import logging
 import os
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from netstack.counters import Counters
@@ -204,8 +204,10 @@ class TcpEngine:
         self.time_wait_count = 0
         # Connections that ended without TIME_WAIT (the passive closer's LAST_ACK, resets):
         # key -> (forget at, ISS, SND.NXT - ISS), oldest first. Old duplicates of theirs must
-        # not pass as SYN-cookie ACKs (see _stale_ack).
-        self._closed_recently: dict[Key, tuple[float, int, int]] = {}
+        # not pass as SYN-cookie ACKs (see _stale_ack). An OrderedDict, not a dict: as a FIFO
+        # of up to max_time_wait entries, a dict's next(iter()) scans the deleted slots at its
+        # front (~23 us per connection at 16 384 entries, once a connection load fills it).
+        self._closed_recently: OrderedDict[Key, tuple[float, int, int]] = OrderedDict()
         self.shutting_down = False
         # Set by the host around one received frame whose virtio-net header vouches for its
         # checksum (partial, or verified by the kernel): not verified again.
@@ -781,7 +783,7 @@ class TcpEngine:
             conn.snd_nxt - conn.iss,
         )
         while len(recent) > self.config.max_time_wait:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def _forget_closed(self, now: float) -> None:
         recent = self._closed_recently
@@ -789,7 +791,7 @@ class TcpEngine:
             oldest = next(iter(recent))
             if recent[oldest][0] > now:
                 break
-            del recent[oldest]
+            recent.popitem(last=False)
 
     def _stale_ack(self, key: Key, ack_wire: int, now: float) -> bool:
         """Is this "cookie ACK" an old duplicate of a connection that just closed?
