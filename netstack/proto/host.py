@@ -308,7 +308,8 @@ class Host:
         return every
 
     def next_deadline(self) -> float | None:
-        """The nearest engine deadline (asked twice per loop turn: a plain loop, no list)."""
+        """The nearest engine deadline (a plain loop, no list). The loop asks it when its cached
+        deadline comes or after a poll; the engines announce anything earlier."""
         best = None
         for engine in self._engines:
             d = engine.next_deadline()

@@ -696,8 +696,8 @@ class NdEngine:
         self.deadline_moved = moved
 
     def next_deadline(self) -> float | None:
-        """The nearest ND, address, RS, MLD, router or prefix deadline. Asked twice per loop
-        turn whatever the traffic (IPv4 too), so plain loops over the few entries, no lists."""
+        """The nearest ND, address, RS, MLD, router or prefix deadline: plain loops over the
+        few entries, no lists (asked whenever the host's cached deadline comes, IPv4 too)."""
         best = self.addresses.next_deadline()
         rs = self._rs_deadline
         if rs is not None and (best is None or rs < best):

@@ -113,9 +113,9 @@ class Reassembly(Generic[R]):
         # Keys of datagrams dropped for overlapping: key -> until when (insertion order).
         self._dead: OrderedDict[Hashable, float] = OrderedDict()
         self._held = 0  # data bytes held
+        self._charged = 0  # ... plus FRAGMENT_OVERHEAD per fragment: what max_bytes bounds
         # Told when a new datagram or dead key brings the next deadline earlier (deadlines.py).
         self.deadline_moved: Announce = unannounced
-        self._charged = 0  # ... plus FRAGMENT_OVERHEAD per fragment: what max_bytes bounds
 
     @property
     def held_bytes(self) -> int:
