@@ -340,3 +340,33 @@ def test_the_stack_registers_its_host_as_announcing(tmp_path) -> None:
         finally:
             stack.close()
             manager.close()
+
+
+def test_a_batch_that_raises_still_announces_its_work() -> None:
+    """A receive batch that fails after TCP queued work (here the UDP flush at its end) skips
+    the batch's TCP flush point: the work waits for the next poll, and the loop is told "now"
+    so that poll comes at once."""
+    w = CachedWorld(3, False, True)
+    echo = connect(w.peer.tcp, ("192.0.2.2", 7), Sink)
+    w.run(0.01)
+    assert w.cache is not None and w.stack.tcp.conns
+    echo.write(b"ping")
+    w.peer.poll(w.now)  # the peer's data segment, not yet delivered
+    frames = [memoryview(f) for f in w._out(w.peer)]
+    assert frames
+    real_flush = w.stack.udp.flush
+
+    def failing_flush(now: float) -> None:
+        raise RuntimeError("a bug after TCP's segment processing")
+
+    w.stack.udp.flush = failing_flush  # type: ignore[method-assign]
+    w.cache.cached = None  # nothing due as far as the loop knows
+    with pytest.raises(RuntimeError):
+        w.stack.receive_batch(frames, w.now)
+    w.stack.udp.flush = real_flush  # type: ignore[method-assign]
+    assert not w.stack.tcp.flush_follows
+    assert w.cache.cached is not None and w.cache.cached <= w.now  # announced: due now
+    assert not w.stack.tx  # the echo has not gone out yet
+    w.cache.turn(w.now)  # the loop's turn: polls the host, whose TCP flush sends the echo
+    assert w.stack.tx
+    assert w.cache.late == []
