@@ -418,10 +418,13 @@ class _TurnLink:
         os.close(self.fd)
 
 
-def loop_turn(seconds: float) -> dict:
+def loop_turn(seconds: float, as_run: bool = False) -> dict:
     """udp_echo with one datagram per turn of a real Loop (epoll_wait on an always-readable fd,
     deadline sources, histograms, the flush): the loop's per-turn cost on top of the host's.
-    The Stack's wiring (runtime.py) in miniature: on_frames -> host -> the link's tx queue."""
+    The Stack's wiring (runtime.py) in miniature: on_frames -> host -> the link's tx queue.
+    `as_run` (loop_turn_run): the turns as run() makes them (run_once from outside asks every
+    source each turn), the host registered as the runtime does (announcing its deadlines where
+    the checkout has proto/deadlines.py): what a busy turn of `netstack run` costs."""
     from netstack.io.loop import Loop
 
     pair = Pair()
@@ -455,7 +458,12 @@ def loop_turn(seconds: float) -> dict:
             stack.tx.clear()
 
     queue = loop.add_link(link, on_frames)
-    loop.add_deadline_source(stack.next_deadline, poll)
+    announce = getattr(stack, "announce_deadlines", None) if as_run else None
+    if announce is not None:
+        loop.add_deadline_source(stack.next_deadline, poll, announces=announce(loop.deadline_moved))
+    else:
+        loop.add_deadline_source(stack.next_deadline, poll)
+    loop._running = as_run
     clock = time.thread_time
     n = 0
     t0 = clock()
@@ -529,6 +537,7 @@ SCENARIOS = {
     "tcp6_echo_rtt": lambda s: tcp_echo_rtt(s, v6=True),
     "tcp_connect": lambda s: tcp_connect(s),
     "loop_turn": lambda s: loop_turn(s),
+    "loop_turn_run": lambda s: loop_turn(s, as_run=True),
     "loop_idle": lambda s: loop_idle(s),
 }
 

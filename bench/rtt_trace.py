@@ -172,9 +172,14 @@ def child(out: str, argv: list[str]) -> int:
     nloop.Loop.run_once = traced_turn
     timed(nloop.Loop, "_dispatch", "dispatch")
     timed(nloop.Loop, "_run_due", "timers")
-    for name in ("receive_batch", "_receive_vnet"):  # (a vnet link reads with the second)
-        timed(nlink.BatchLink, name, "read")
-    timed(nlink.BatchLink, "send_batch", "send")
+    # (a vnet link reads with _receive_vnet; without offloads, software GRO and GSO read and
+    # send with _receive_gro and _send_batch_gso)
+    for name in ("receive_batch", "_receive_vnet", "_receive_gro"):
+        if hasattr(nlink.BatchLink, name):
+            timed(nlink.BatchLink, name, "read")
+    for name in ("send_batch", "_send_batch_gso"):
+        if hasattr(nlink.BatchLink, name):
+            timed(nlink.BatchLink, name, "send")
     timed(nhost.Host, "receive", "rx path")
     timed(ntcp.TcpEngine, "flush", "tcp flush")
 

@@ -246,7 +246,11 @@ class Stack:
         # The host's tx list is the link's tx queue itself: what the host emits is already
         # queued (no move per batch or poll; the loop flushes it at the end of the turn).
         self.loop.add_link(link, self._on_frames, tx_queue=self.host.tx)
-        self.loop.add_deadline_source(self.host.next_deadline, self.host.poll)
+        self.loop.add_deadline_source(
+            self.host.next_deadline,
+            self.host.poll,
+            announces=self.host.announce_deadlines(self.loop.deadline_moved),
+        )
         self._init_service(notifier, reload)
         self.add_closer(self.host.tcp)  # SIGTERM: FIN every connection, RST what is left
         self._start_front()  # before DHCP: its RELEASE waits for every closer made so far
@@ -510,7 +514,10 @@ class Stack:
         # The TCP engine registers itself here (add_closer) for a graceful SIGTERM.
         self.closers: list[Closer] = []
         self.shutdown = GracefulShutdown(self.closers, self.config.shutdown_timeout)
-        self.loop.add_deadline_source(self.shutdown.next_deadline, self._shutdown_poll)
+        # Its deadline is set only by its own poll and by request_shutdown, which says so.
+        self.loop.add_deadline_source(
+            self.shutdown.next_deadline, self._shutdown_poll, announces=True
+        )
         self.heartbeat = Heartbeat(self.notifier, self.loop, self.status_line)
         self._rate_sample: tuple[float, int, int] | None = None
         self.loop.signal_handlers.update(
@@ -559,6 +566,7 @@ class Stack:
             )
             self.shutdown.begin(now)
             self.notifier.stopping(self.status_line(now))
+        self.loop.deadline_changed()  # the shutdown's checks (and the closers' timers) begin
         self._shutdown_step(now)
 
     def _on_stop_signal(self, signum: int, now: float) -> None:

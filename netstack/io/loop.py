@@ -109,6 +109,9 @@ class Loop:
         self._readers: dict[int, ReaderCallback] = {}
         self._writers: dict[int, ReaderCallback] = {}
         self._sources: list[tuple[Callable[[], float | None], Callable[[float], None]]] = []
+        # How many sources do not announce their deadline moving earlier (deadline_moved):
+        # while any is registered, a dispatched batch makes every source be asked again.
+        self._asking = 0
         self._fds = ffi.new("int[]", MAX_EVENTS)
         self._events = ffi.new("uint32_t[]", MAX_EVENTS)
         self._running = False
@@ -206,10 +209,23 @@ class Loop:
         return self.timers.schedule(self.clock() + delay, callback)
 
     def add_deadline_source(
-        self, next_deadline: Callable[[], float | None], poll: Callable[[float], None]
+        self,
+        next_deadline: Callable[[], float | None],
+        poll: Callable[[float], None],
+        *,
+        announces: bool = False,
     ) -> None:
-        """A sans-I/O engine's timers: poll(now) runs when next_deadline() has passed."""
+        """A sans-I/O engine's timers: poll(now) runs when next_deadline() has passed.
+
+        `announces`: the source calls `deadline_moved(when)` whenever its deadline may have
+        become earlier than its last answer (a timer armed, work queued for "now"), from
+        wherever that happens. The loop then need not ask it again after every dispatched
+        batch: that walk over the host's engines was 3.5-6 us of every busy turn. A deadline
+        that moves later need not be announced (the loop wakes early, asks, sleeps again).
+        """
         self._sources.append((next_deadline, poll))
+        if not announces:
+            self._asking += 1
         self._deadline_stale = True
 
     def deadline_changed(self) -> None:
@@ -217,10 +233,14 @@ class Loop:
         (e.g. a link that holds frames it was given to send): ask every source again."""
         self._deadline_stale = True
 
-    def _timer_armed(self, when: float) -> None:
+    def deadline_moved(self, when: float) -> None:
+        """An announcing source's (or a timer's) deadline is now `when` or later: the cached
+        earliest deadline is lowered to it (if stale, the recomputation sees it anyway)."""
         deadline = self._deadline
         if deadline is None or when < deadline:
-            self._deadline = when  # (if stale, the recomputation will see it anyway)
+            self._deadline = when
+
+    _timer_armed = deadline_moved
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -270,7 +290,8 @@ class Loop:
         now = self.clock()
         busy_since = time.perf_counter()  # a measurement, not protocol time: not self.clock
         if n:
-            self._deadline_stale = True  # what the callbacks do may move any deadline
+            if self._asking:  # what the callbacks do may move a silent source's deadline
+                self._deadline_stale = True
             self._dispatch(n, now)
             # Replies leave before the timers run: a request/response peer (a TCP echo round
             # trip, a handshake) waits for them, and the timer pass then overlaps its turn.

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.deadlines import Announce, unannounced
 from netstack.wire import arp as warp
 from netstack.wire import ethernet as weth
 from netstack.wire.errors import Malformed
@@ -120,6 +121,7 @@ class ArpEngine:
         self._queued: OrderedDict[int, int] = OrderedDict()
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, _Entry]] = []
+        self.deadline_moved: Announce = unannounced  # told when an entry timer is armed
         self._last_defend: float | None = None
         # Sees every valid ARP packet before it is handled (the DHCP client's RFC 5227 probe
         # watches for the address it is about to use): watch(packet, now).
@@ -252,6 +254,10 @@ class ArpEngine:
             else:
                 self._expire(entry, now)
 
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` when an entry timer is armed (proto/deadlines.py)."""
+        self.deadline_moved = moved
+
     def next_deadline(self) -> float | None:
         timers = self._timers
         while timers:
@@ -346,6 +352,7 @@ class ArpEngine:
     def _arm(self, entry: _Entry) -> None:
         entry.armed = entry.deadline
         heapq.heappush(self._timers, (entry.deadline, next(self._seq), entry))
+        self.deadline_moved(entry.deadline)
         if len(self._timers) > 4 * len(self._cache) + 64:
             cache = self._cache
             live = [t for t in self._timers if t[2].armed == t[0] and cache.get(t[2].ip) is t[2]]

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.deadlines import Announce, unannounced
 from netstack.wire import dhcp as wdhcp
 from netstack.wire.errors import Malformed
 
@@ -180,7 +181,8 @@ class DhcpClient:
         self.stopped = False
         self.on_state: Callable[[DhcpState, DhcpState], None] | None = None  # for logging
         self._xid: int | None = None  # the exchange we expect replies to
-        self._deadline: float | None = None
+        self.deadline_moved: Announce = unannounced
+        self._at: float | None = None  # the next timer (see _deadline)
         self._attempt = 0  # transmissions of the current message
         self._began = 0.0  # start of the current exchange (the `secs` field)
         self._sent_at = 0.0  # when the current REQUEST first went out (lease start)
@@ -270,8 +272,23 @@ class DhcpClient:
         self._xid = None
         self._deadline = None
 
+    @property
+    def _deadline(self) -> float | None:
+        return self._at
+
+    @_deadline.setter
+    def _deadline(self, when: float | None) -> None:
+        """Every timer the client sets goes through here: the loop hears of it."""
+        self._at = when
+        if when is not None:
+            self.deadline_moved(when)
+
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` whenever the client sets its timer (proto/deadlines.py)."""
+        self.deadline_moved = moved
+
     def next_deadline(self) -> float | None:
-        return self._deadline
+        return self._at
 
     def poll(self, now: float) -> None:
         while self._deadline is not None and self._deadline <= now:

@@ -15,6 +15,7 @@ from netstack._ffi import ffi, lib
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.arp import ArpConfig, ArpEngine
+from netstack.proto.deadlines import Announce
 from netstack.proto.dhcp import DhcpClient, DhcpConfig, Lease
 from netstack.proto.fast6 import Fast6
 from netstack.proto.icmp import IcmpConfig, IcmpEngine
@@ -162,22 +163,30 @@ class Host:
         `meta`, from a link with the virtio-net header: per frame, what its header said
         (wire/vnet.py metadata ints; 0 = nothing, as a link without offloads).
         """
-        self.now = self.udp.now = self.tcp.now = now
+        tcp = self.tcp
+        self.now = self.udp.now = tcp.now = now
         receive = self.receive
-        if meta:
-            offloaded = self._receive_offloaded
-            for frame, m in zip(frames, meta, strict=True):
-                if not m:
+        tcp.flush_follows = True  # what the batch queues for TCP is flushed at its end
+        try:
+            if meta:
+                offloaded = self._receive_offloaded
+                for frame, m in zip(frames, meta, strict=True):
+                    if not m:
+                        receive(frame, now)
+                    elif m == wvnet.F_DATA_VALID:  # an ordinary frame, its L4 checksum vouched
+                        receive(frame, now, True)  # for: the fast path does not sum it again
+                    else:
+                        offloaded(frame, m, now)
+            else:
+                for frame in frames:
                     receive(frame, now)
-                elif m == wvnet.F_DATA_VALID:  # an ordinary frame, its L4 checksum vouched
-                    receive(frame, now, True)  # for: the fast path does not sum it again
-                else:
-                    offloaded(frame, m, now)
-        else:
-            for frame in frames:
-                receive(frame, now)
-        self.udp.flush(now)  # echo replies of the batch as UDP super-frames (USO links)
-        self.tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
+            self.udp.flush(now)  # echo replies of the batch as UDP super-frames (USO links)
+        except BaseException:
+            tcp.flush_follows = False
+            tcp.deadline_moved(now)  # what the batch queued waits for the next poll
+            raise
+        tcp.flush_follows = False
+        tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
 
     def _receive_offloaded(self, frame: memoryview, meta: int, now: float) -> None:
         """A frame whose virtio-net header says something: a TCP super-frame is taken whole
@@ -285,8 +294,22 @@ class Host:
         for engine in self._engines:
             engine.poll(now)
 
+    def announce_deadlines(self, moved: Announce) -> bool:
+        """Connect every engine's deadline announcements to `moved` (the loop's
+        deadline_moved; proto/deadlines.py). True when every engine announces, so the loop
+        need not ask the host again after each receive batch."""
+        every = True
+        for engine in self._engines:
+            hook = getattr(engine, "announce_deadlines", None)
+            if hook is None:
+                every = False
+            else:
+                hook(moved)
+        return every
+
     def next_deadline(self) -> float | None:
-        """The nearest engine deadline (asked twice per loop turn: a plain loop, no list)."""
+        """The nearest engine deadline (a plain loop, no list). The loop asks it when its cached
+        deadline comes or after a poll; the engines announce anything earlier."""
         best = None
         for engine in self._engines:
             d = engine.next_deadline()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.deadlines import Announce
 from netstack.proto.fragment import fragments
 from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly import Reassembler
@@ -421,6 +422,10 @@ class Ipv4Engine:
 
     def next_deadline(self) -> float | None:
         return self._reassembler.next_deadline()
+
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` when a reassembly deadline comes earlier (proto/deadlines.py)."""
+        self._reassembler.deadline_moved = moved
 
     @property
     def reassembler(self) -> Reassembler:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from netstack.counters import Counters
 from netstack.drops import Drop
 from netstack.proto.addr6 import AddressTable
+from netstack.proto.deadlines import Announce
 from netstack.proto.fragment import byte_view, fragments
 from netstack.proto.pmtu import PmtuCache
 from netstack.proto.reassembly6 import Reassembler6
@@ -352,3 +353,7 @@ class Ipv6Engine:
 
     def next_deadline(self) -> float | None:
         return self._reassembler.next_deadline()
+
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` when a reassembly deadline comes earlier (proto/deadlines.py)."""
+        self._reassembler.deadline_moved = moved

@@ -45,6 +45,7 @@ from netstack.proto.addr6 import (
     solicited_node,
     stable_iid,
 )
+from netstack.proto.deadlines import Announce, unannounced
 from netstack.proto.ipv6 import Ipv6Engine
 from netstack.wire import ethernet as weth
 from netstack.wire import icmpv6 as wicmp6
@@ -150,6 +151,9 @@ class NdEngine:
         self._mld_repeats: list[tuple[float, bytes]] = []
         self._rs_deadline: float | None = None
         self._got_ra = False
+        # Told when a deadline may have come earlier (proto/deadlines.py): a neighbour's timer
+        # set on the send path exactly; anything an ND/MLD message or start() did as "now".
+        self.deadline_moved: Announce = unannounced
         # (entry, now): the loop logs it as an error (a DAD failure needs a human).
         self.on_dad_failure: Callable[[Ipv6Interface, float], None] | None = None
         self.on_address: Callable[[Ipv6Interface, float], None] | None = None  # became usable
@@ -170,6 +174,7 @@ class NdEngine:
             self._add(address, prefix_len, Origin.STATIC, now)
         if self.config.send_rs and not link_local:
             self._rs_deadline = now  # no link-local coming: solicit from ::
+        self.deadline_moved(now)  # DAD, MLD and RS timers set above
 
     def _add(
         self,
@@ -264,6 +269,7 @@ class NdEngine:
         if entry.state is NudState.STALE:
             entry.state = NudState.DELAY
             entry.deadline = now + DELAY_FIRST_PROBE_TIME
+            self.deadline_moved(entry.deadline)
 
     def _new(self, ip: bytes, state: NudState) -> _Neighbor:
         while len(self._cache) >= max(1, self.config.cache_size):
@@ -308,6 +314,7 @@ class NdEngine:
                           src=src or self._source_for(entry.ip))  # fmt: skip
         entry.tries += 1
         entry.deadline = now + self.retrans_timer
+        self.deadline_moved(entry.deadline)
 
     def _source_for(self, dst: bytes) -> bytes | None:
         return self.addresses.select_source(dst)
@@ -366,7 +373,17 @@ class NdEngine:
     def receive(
         self, header: wipv6.Ipv6Header, icmp_type: int, code: int, body: memoryview, now: float
     ) -> None:
-        """An ND or MLD message (checksum verified by ICMPv6)."""
+        """An ND or MLD message (checksum verified by ICMPv6). What it does may set any of
+        ND's timers (neighbours, routers, prefixes, addresses, DAD, MLD): the loop is told
+        "now" and asks again (ND messages are rare; the walk is what this saves elsewhere)."""
+        try:
+            self._receive(header, icmp_type, code, body, now)
+        finally:
+            self.deadline_moved(now)
+
+    def _receive(
+        self, header: wipv6.Ipv6Header, icmp_type: int, code: int, body: memoryview, now: float
+    ) -> None:
         c = self.counters
         if icmp_type in (wicmp6.TYPE_MLD_QUERY,):
             groups = sorted(g for g in self.ipv6.groups if g != wipv6.ALL_NODES)
@@ -674,9 +691,13 @@ class NdEngine:
             self.counters.nd_resolution_failures += 1
             self._drop_queue(entry, Drop.ND_RESOLUTION_FAILED)
 
+    def announce_deadlines(self, moved: Announce) -> None:
+        """Tell `moved` when a deadline may have come earlier (proto/deadlines.py)."""
+        self.deadline_moved = moved
+
     def next_deadline(self) -> float | None:
-        """The nearest ND, address, RS, MLD, router or prefix deadline. Asked twice per loop
-        turn whatever the traffic (IPv4 too), so plain loops over the few entries, no lists."""
+        """The nearest ND, address, RS, MLD, router or prefix deadline: plain loops over the
+        few entries, no lists (asked whenever the host's cached deadline comes, IPv4 too)."""
         best = self.addresses.next_deadline()
         rs = self._rs_deadline
         if rs is not None and (best is None or rs < best):

@@ -43,6 +43,7 @@ from typing import Any, Generic, TypeVar
 
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.proto.deadlines import Announce, unannounced
 from netstack.wire import ipv4 as wipv4
 from netstack.wire.checksum import checksum
 
@@ -113,6 +114,8 @@ class Reassembly(Generic[R]):
         self._dead: OrderedDict[Hashable, float] = OrderedDict()
         self._held = 0  # data bytes held
         self._charged = 0  # ... plus FRAGMENT_OVERHEAD per fragment: what max_bytes bounds
+        # Told when a new datagram or dead key brings the next deadline earlier (deadlines.py).
+        self.deadline_moved: Announce = unannounced
 
     @property
     def held_bytes(self) -> int:
@@ -176,6 +179,7 @@ class Reassembly(Generic[R]):
                 self._discard(next(iter(self._datagrams.values())), family.overflow)
             dg = Datagram(key=key, deadline=now + self.timeout)
             self._datagrams[key] = dg
+            self.deadline_moved(dg.deadline)
             i = 0
 
         if not self._make_room(dg, size + FRAGMENT_OVERHEAD):
@@ -259,6 +263,7 @@ class Reassembly(Generic[R]):
     def _remember_dead(self, key: Hashable, deadline: float) -> None:
         dead = self._dead
         dead[key] = deadline
+        self.deadline_moved(deadline)
         while len(dead) > self.max_datagrams:
             dead.popitem(last=False)
 

@@ -369,3 +369,120 @@ def test_link_drop_counters_counted_per_batch(vnet: bool, kernel: bool) -> None:
             assert loop.counters.loop_batch_frames.count == 2
         finally:
             link.close()
+
+
+# -- announcing sources (add_deadline_source(..., announces=True), proto/deadlines.py) ---------
+@contextlib.contextmanager
+def pipe_reader(loop: Loop, on_readable) -> Iterator[int]:
+    """A pipe whose read end is a loop reader; yields the write end."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def callback(now: float) -> None:
+        os.read(r, 16)
+        on_readable(now)
+
+    loop.add_reader(r, callback)
+    try:
+        yield w
+    finally:
+        loop.remove_reader(r)
+        os.close(r)
+        os.close(w)
+
+
+def test_announcing_source_is_not_asked_after_a_batch(loop: Loop, clock: FakeClock) -> None:
+    """The point of announcing: a dispatched callback that moved nothing costs no walk."""
+    src = Source(110.0)
+    loop.add_deadline_source(src.next_deadline, src.poll, announces=True)
+    turn(loop)
+    asked = src.asked
+    with pipe_reader(loop, lambda now: None) as w:
+        for _ in range(3):
+            os.write(w, b"x")
+            turn(loop)
+    assert src.asked == asked
+    assert loop._timeout_ms(clock.now) == 10_000
+
+
+def test_announced_now_runs_in_the_same_turn(loop: Loop, clock: FakeClock) -> None:
+    src = Source(None)
+    loop.add_deadline_source(src.next_deadline, src.poll, announces=True)
+    turn(loop)
+
+    def on_readable(now: float) -> None:
+        src.deadline = now  # work queued for "now" (TCP's dirty connection) ...
+        loop.deadline_moved(now)  # ... and said so
+
+    with pipe_reader(loop, on_readable) as w:
+        os.write(w, b"x")
+        turn(loop)
+    assert src.polls == [100.0]
+
+
+def test_announced_later_deadline_runs_on_time(loop: Loop, clock: FakeClock) -> None:
+    src = Source(200.0)
+    loop.add_deadline_source(src.next_deadline, src.poll, announces=True)
+    turn(loop)
+
+    def on_readable(now: float) -> None:
+        src.deadline = now + 0.25  # a timer armed earlier than the cached 200
+        loop.deadline_moved(src.deadline)
+
+    with pipe_reader(loop, on_readable) as w:
+        os.write(w, b"x")
+        turn(loop)
+    assert src.polls == []
+    assert loop._timeout_ms(clock.now) == 250
+    clock.now = 100.25
+    turn(loop)
+    assert src.polls == [100.25]
+
+
+def test_unannounced_move_is_missed_by_design(loop: Loop, clock: FakeClock) -> None:
+    """An announcing source that breaks its promise is not asked (what the engines' tests in
+    test_deadline_announce.py guard against): its move is seen only when the cached deadline
+    comes."""
+    src = Source(105.0)
+    loop.add_deadline_source(src.next_deadline, src.poll, announces=True)
+    turn(loop)
+    with pipe_reader(loop, lambda now: setattr(src, "deadline", 101.0)) as w:
+        os.write(w, b"x")
+        turn(loop)
+    clock.now = 101.0
+    turn(loop)
+    assert src.polls == []  # late: the cache still said 105
+    clock.now = 105.0
+    turn(loop)
+    assert src.polls == [105.0]
+
+
+def test_a_silent_source_makes_a_batch_ask_everyone(loop: Loop, clock: FakeClock) -> None:
+    """One source that does not announce (FaultLink, the shutdown source): every batch asks
+    all of them again, as before."""
+    loud = Source(110.0)
+    silent = Source(None)
+    loop.add_deadline_source(loud.next_deadline, loud.poll, announces=True)
+    loop.add_deadline_source(silent.next_deadline, silent.poll)
+    turn(loop)
+    asked = loud.asked
+    with pipe_reader(loop, lambda now: setattr(silent, "deadline", now)) as w:
+        os.write(w, b"x")
+        turn(loop)
+    assert silent.polls == [100.0]
+    assert loud.asked > asked
+
+
+def test_timers_announce_through_the_same_path(loop: Loop, clock: FakeClock) -> None:
+    """call_at from inside a callback lowers the cache like an announcement."""
+    src = Source(110.0)
+    loop.add_deadline_source(src.next_deadline, src.poll, announces=True)
+    turn(loop)
+    ran: list[float] = []
+    with pipe_reader(loop, lambda now: loop.call_at(now + 0.5, ran.append)) as w:
+        os.write(w, b"x")
+        turn(loop)
+    assert loop._timeout_ms(clock.now) == 500
+    clock.now = 100.5
+    turn(loop)
+    assert ran == [100.5]

@@ -56,6 +56,17 @@ def counters_of(t: Harness) -> dict:
     return out
 
 
+def comparable(events: list) -> list:
+    """Events with each exception as (type, args): two runs' ConnectionResetErrors are
+    different instances, which never compare equal."""
+    return [
+        tuple((type(x), x.args) if isinstance(x, BaseException) else x for x in event)
+        if isinstance(event, tuple)
+        else event
+        for event in events
+    ]
+
+
 def time_wait(compact: bool, ts: bool, sack: bool, wscale: bool) -> tuple[Harness, Connection]:
     """An active close into TIME_WAIT with the options asked for, in checked mode."""
     t = make_harness(timestamps=ts, sack=sack, window_scaling=wscale, compact_time_wait=compact)
@@ -124,7 +135,7 @@ def test_record_answers_as_the_connection_does(ts, sack, wscale, script) -> None
         assert kept_conn.state is retired_conn.state
         assert kept.engine.connections_by_state() == retired.engine.connections_by_state()
         assert counters_of(kept) == counters_of(retired)
-        assert kept.events == retired.events
+        assert comparable(kept.events) == comparable(retired.events)
         assert kept.engine.next_deadline() == retired.engine.next_deadline()
     for t, _ in runs:
         t.advance(120.0)
