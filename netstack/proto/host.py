@@ -21,7 +21,7 @@ from netstack.proto.icmp import IcmpConfig, IcmpEngine
 from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
-from netstack.proto.udp import UdpEngine
+from netstack.proto.udp import UdpEngine, UdpSocket
 from netstack.proto.v6 import Ipv6HostConfig, Ipv6Stack
 from netstack.wire import arp as warp
 from netstack.wire import dhcp as wdhcp
@@ -40,6 +40,13 @@ _rx_fast_valid = lib.ns_rx_fast_v  # with the L4 checksum vouched for (Host.rece
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
 _V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header may vouch for
+# The UDP echo per receive batch (Host._echo_batch, ns_udp_echo_batch): False turns it off
+# (every frame then takes Host.receive, as before; tests/unit/test_echo_batch.py compares both).
+ECHO_BATCH = True
+_echo_run = lib.ns_udp_echo_batch
+ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
+_ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
+_F_DATA_VALID = wvnet.F_DATA_VALID
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,6 +135,11 @@ class Host:
             wipv4.PROTO_UDP: self.udp.receive_fast,
             wipv4.PROTO_TCP: self.tcp.receive_fast,
         }
+        # The echo batch's state (see _echo_batch): the socket and the peers C may reply to,
+        # made on first use.
+        self._echo_sock: UdpSocket | None = None
+        self._echo_ips: list[int] = []
+        self._echo_c: _EchoC | None = None
 
     # -- the loop's entry points ---------------------------------------------------------
     def start(self, now: float, lease: Lease | None = None) -> None:
@@ -155,16 +167,31 @@ class Host:
             self.arp.announce(self.now)
 
     def receive_batch(
-        self, frames: list[memoryview], now: float, meta: list[int] | None = None
+        self,
+        frames: list[memoryview],
+        now: float,
+        meta: list[int] | None = None,
+        arena: tuple | None = None,
     ) -> None:
         """Handle a batch of received frames; views are valid only during this call.
 
         `meta`, from a link with the virtio-net header: per frame, what its header said
         (wire/vnet.py metadata ints; 0 = nothing, as a link without offloads).
+        `arena`, from a link whose frames are exactly its arena's first slots (BatchLink's
+        rx_arena): (arena, slot_size, header length, lens, per-frame L4-valid flags or NULL);
+        the UDP echo then takes runs of echo requests in one C call each (_echo_batch).
         """
         self.now = self.udp.now = self.tcp.now = now
         receive = self.receive
-        if meta:
+        if (
+            arena is not None
+            and ECHO_BATCH
+            and self._echo_sock is not None
+            and not self.udp.gso_max
+            and self._echo_batch(frames, now, meta, arena)
+        ):
+            pass
+        elif meta:
             offloaded = self._receive_offloaded
             for frame, m in zip(frames, meta, strict=True):
                 if not m:
@@ -176,8 +203,118 @@ class Host:
         else:
             for frame in frames:
                 receive(frame, now)
+        if self.udp.last_reflect is not None:  # a peer for the echo batch's next turn
+            self._echo_learn()
         self.udp.flush(now)  # echo replies of the batch as UDP super-frames (USO links)
         self.tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
+
+    def _echo_batch(
+        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
+    ) -> bool:
+        """The batch with its UDP echo requests answered in C, a run at a time: each run of
+        frames that the per-frame path would reflect with a header we vouch for (below) is
+        answered by one ns_udp_echo_batch call, which writes the same reply bytes
+        ns_udp_reflect would; the frame a run stops at takes the per-frame path, and the next
+        run starts after it. So frames and replies keep their order, and every counter,
+        drop and socket statistic is what the per-frame path gives (test_echo_batch.py).
+        The peers' headers are checked again before each run (route, neighbour REACHABLE or
+        PROBE, as UdpEngine._reflect asks): only frames handled in Python can change them,
+        and none runs inside a C run. False (nothing done) when there is no echo socket."""
+        sock = self._echo_sock
+        udp = self.udp
+        if sock is None or sock.closed or not sock.reflect or udp.lookup(sock.port) is not sock:
+            self._echo_sock = None
+            return False
+        echo = self._echo_c
+        if echo is None:
+            echo = self._echo_c = _EchoC()
+        ipv4, arp, c = self.ipv4, self.arp, self.counters
+        config = ipv4.config
+        route, peek = ipv4.route, arp.peek_header
+        peers, offs, rx_bytes, out_buf = echo.peers, echo.offs, echo.rx_bytes, echo.out_buf
+        arena_c, slot_size, hlen, lens, valid = arena
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        tx = self.tx
+        n = len(frames)
+        i = 0
+        while i < n:
+            # the peers C may answer now: checked as _reflect checks, at each run's start
+            addr = config.address
+            npeers = 0
+            hops: list[int] = []
+            if addr and ipv4.link_header is not None:
+                for ip in self._echo_ips:
+                    hop = route(ip)
+                    eth = None if hop is None else peek(hop)
+                    if eth is None or len(eth) != 14:
+                        continue
+                    p = peers[npeers]
+                    p.ip = ip
+                    p.eth = eth
+                    p.used = 0
+                    hops.append(hop)
+                    npeers += 1
+            stop = i
+            if npeers:
+                bcast = ipv4.subnet_broadcast
+                ident = ipv4._ident
+                stop = _echo_run(
+                    arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
+                    0 if bcast is None else bcast, sock.port, peers, npeers, config.mtu,
+                    ident, config.default_ttl, echo.out, _ECHO_OUT_SIZE, offs, rx_bytes,
+                )  # fmt: skip
+                k = stop - i
+                if k:
+                    c.rx_packets += k
+                    c.rx_bytes += rx_bytes[0]
+                    c.ipv4_rx += k
+                    c.udp_rx += k
+                    c.ipv4_tx += k
+                    c.udp_tx += k
+                    sock.reflected += k
+                    ipv4._ident = (ident + k) & 0xFFFF
+                    o = ffi.unpack(offs, k + 1)
+                    tx.extend([(out_buf[o[j] : o[j + 1]],) for j in range(k)])
+                    # the neighbour entries used, in the order of their last use (LRU)
+                    if npeers == 1:
+                        arp.touch(hops[0])
+                    else:
+                        used = sorted((peers[j].last, j) for j in range(npeers) if peers[j].used)
+                        for _, j in used:
+                            arp.touch(hops[j])
+            if stop >= n:
+                break
+            # the frame C stopped at: the per-frame path, which may learn a peer
+            m = meta[stop] if meta else 0
+            frame = frames[stop]
+            if not m:
+                self.receive(frame, now)
+            elif m == _F_DATA_VALID:
+                self.receive(frame, now, True)
+            else:
+                self._receive_offloaded(frame, m, now)
+            self._echo_learn()
+            i = stop + 1
+        return True
+
+    def _echo_learn(self) -> None:
+        """Take the peer (and socket) of the per-frame path's last echo reply, if any."""
+        udp = self.udp
+        last = udp.last_reflect
+        if last is None:
+            return
+        udp.last_reflect = None
+        sock, ip = last
+        if sock is not self._echo_sock:
+            self._echo_sock = sock
+            self._echo_ips = []
+        ips = self._echo_ips
+        if ip in ips:
+            return
+        ips.insert(0, ip)
+        del ips[ECHO_PEERS:]
 
     def _receive_offloaded(self, frame: memoryview, meta: int, now: float) -> None:
         """A frame whose virtio-net header says something: a TCP super-frame is taken whole
@@ -361,3 +498,16 @@ def _is_dhcp_reply(header: wipv4.Ipv4Header, payload: memoryview) -> bool:
         and len(payload) >= wudp.HEADER_LEN
         and int.from_bytes(payload[2:4], "big") == wdhcp.CLIENT_PORT
     )
+
+
+class _EchoC:
+    """The C side of Host._echo_batch: its peer table, reply buffer and outputs."""
+
+    __slots__ = ("offs", "out", "out_buf", "peers", "rx_bytes")
+
+    def __init__(self) -> None:
+        self.peers = ffi.new("struct ns_echo_peer[]", ECHO_PEERS)
+        self.out = ffi.new("uint8_t[]", _ECHO_OUT_SIZE)
+        self.out_buf = ffi.buffer(self.out)
+        self.offs = ffi.new("uint32_t[]", _ECHO_OUT_SIZE // 42 + 2)
+        self.rx_bytes = ffi.new("uint64_t[1]")

@@ -127,6 +127,9 @@ class UdpEngine:
         # Linux socket on "::" without IPV6_V6ONLY); proto/udp6.py sets the v6 sender.
         self.sendto6: Callable[[int, bytes | bytearray | memoryview, tuple], bool] | None = None
         self.flush6: Callable[[float], None] | None = None  # proto/udp6.py's echo runs
+        # (socket, peer) of the last echo reply sent by the per-frame path (proto/host.py's
+        # echo batch takes that peer's next requests in C); the host clears it.
+        self.last_reflect: tuple[UdpSocket, int] | None = None
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -223,6 +226,7 @@ class UdpEngine:
                     return
             if self._reflect(src, payload, length, now):
                 c.udp_tx += 1
+                self.last_reflect = (sock, src)  # the host's echo batch learns the peer
             return
         sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
 
