@@ -7,14 +7,16 @@ same ARP cache (its LRU order too) and the same IPv4 ident."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netstack._ffi import ffi
+from netstack._ffi import ffi, lib
 
 from netstack.api.services import start_services
+from netstack.io.link import BatchLink
 from netstack.proto import host as host_mod
 from netstack.proto.host import Host
 from netstack.wire import arp as warp
@@ -303,3 +305,81 @@ def test_off_without_an_arena_or_with_uso() -> None:
     finally:
         host_mod._echo_run = real
     assert called == []
+
+
+def test_the_neighbours_lru_order_is_kept() -> None:
+    """A reply sent by C marks its neighbour used, in order with the per-frame path's sends
+    (here an ICMP port unreachable to the other neighbour between two echo requests)."""
+    batches = [
+        ("none", _echo_batch(2)),
+        ("none", [*_echo_batch(2), ("udp_closed", 1, 8, 5, False), *_echo_batch(2)]),
+        ("none", [("udp_closed", 1, 8, 5, False), *_echo_batch(2)]),
+    ]
+    on_out, on_state = _run(batches, False, True)
+    off_out, off_state = _run(batches, False, False)
+    assert on_out == off_out
+    assert on_state == off_state
+    assert [ip for ip, *_ in on_state[-1]["arp"]] == [PEER2_IP, PEER_IP]
+
+
+# -- through a link: what BatchLink offers as rx_arena ---------------------------------------
+class PairLink(BatchLink):
+    """A BatchLink over one end of an AF_UNIX datagram socketpair (a frame per datagram)."""
+
+    _rx_fn = staticmethod(lib.ns_read_batch)
+    _tx_fn = staticmethod(lib.ns_write_batch)
+
+
+def _partial(frame: bytes) -> bytes:
+    """The frame's UDP checksum left partial, as a local kernel socket hands it to a TAP."""
+    udp = bytearray(frame[34:])
+    src, dst = struct.unpack_from("!II", frame, 26)
+    udp[6:8] = _U16.pack(pseudo_header_sum(src, dst, 17, len(udp)) % 0xFFFF)
+    header = wvnet.VnetHeader(wvnet.F_NEEDS_CSUM, wvnet.GSO_NONE, 0, 0, 34, 6).emit()
+    return header + frame[:34] + bytes(udp)
+
+
+@pytest.mark.parametrize("mode", ["plain", "vnet", "gro"])
+def test_through_a_link(mode: str) -> None:
+    """Frames read by a BatchLink (plain, virtio-net header with partial checksums, software
+    GRO) go through the batch path with the link's rx_arena, the same as per frame; a batch
+    with a frame the link does not hand on as read (truncated; a header with GSO) has none."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        a.setblocking(False)
+        vnet = mode == "vnet"
+        link = PairLink("pair", a.fileno(), OUR_MAC, 1500, 64, vnet=vnet, gro=mode == "gro")
+        batches: list = [
+            _echo_batch(1),
+            [*_echo_batch(20), ("tcp", 0, 0, 3, False), ("arp", 1, 0, 0, False), *_echo_batch(9)],
+        ]
+        hosts = (_host(), _host())
+        for batch in batches:
+            for k, p, s, r, _ in batch:
+                frame = _frame(k, p, s, r, OUR_IP)
+                if vnet:
+                    frame = _partial(frame) if k == "echo" else wvnet.PLAIN + frame
+                b.send(frame)
+            frames = link.receive_batch()
+            assert link.rx_arena is not None and len(frames) == len(batch)
+            outs = []
+            for host, on in zip(hosts, (True, False), strict=True):
+                host_mod.ECHO_BATCH = on
+                try:
+                    host.receive_batch(frames, 3.0, link.rx_meta, link.rx_arena)
+                finally:
+                    host_mod.ECHO_BATCH = True
+                outs.append((_drain(host), _state(host)))
+            assert outs[0] == outs[1]
+        assert hosts[0].echo_service.socket.reflected == 30  # type: ignore[attr-defined]
+        if vnet:
+            gso = wvnet.VnetHeader(0, wvnet.GSO_TCPV4, 54, 1448, 0, 0).emit()
+            b.send(gso + _frame("tcp", 0, 0, 3, OUR_IP))
+        else:
+            b.send(bytes(link.slot_size + 10))
+        b.send((wvnet.PLAIN if vnet else b"") + _frame("echo", 0, 8, 1, OUR_IP))
+        link.receive_batch()
+        assert link.rx_arena is None
+    finally:
+        a.close()
+        b.close()
