@@ -1265,3 +1265,56 @@ int ns_udp_echo_batch(const uint8_t *arena, size_t slot_size, size_t hlen, const
     *rx_bytes = bytes;
     return i;
 }
+
+/* ns_udp_echo_batch for a link with USO (proto/udp.py's echo runs): the same frames taken
+ * (any peer: a run's header is built at its flush, in Python), but no reply written; instead
+ * each taken request's payload is copied into `out`, and consecutive requests with the same
+ * (source, source port, UDP length) form a segment: segs[4 k ..] = first frame, count,
+ * source, source port << 16 | UDP length. Frames whose replies a run cannot carry (no
+ * payload, a datagram above `mtu`) stop it as well. Returns the stop index as
+ * ns_udp_echo_batch; *nsegs the segments, *rx_bytes as there. */
+int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
+                     uint32_t bcast, uint32_t port, uint32_t mtu, uint8_t *out, size_t out_size,
+                     uint32_t *segs, int max_segs, int *nsegs, uint64_t *rx_bytes)
+{
+    size_t used = 0;
+    uint64_t bytes = 0;
+    int i, k = -1;
+    uint32_t *seg = NULL;
+
+    for (i = start; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen, *udp = f + 34;
+        size_t len = lens[i];
+        uint32_t r, ulen, src, sp;
+
+        if (len >= slot_size || len < hlen)
+            break;
+        len -= hlen;
+        r = ns_rx_fast_v(f, len, mac, addr, bcast, valid != NULL && valid[i] != 0);
+        if ((r & 0xff) != 17)
+            break;
+        ulen = ns_be16(udp + 4);
+        if (ns_be16(udp + 2) != port || (udp[6] | udp[7]) == 0 || ulen <= 8 || 20 + ulen > mtu ||
+            used + ulen - 8 > out_size)
+            break;
+        src = ns_be32(f + 26);
+        sp = (ns_be16(udp) << 16) | ulen;
+        if (seg == NULL || seg[2] != src || seg[3] != sp) {
+            if (k + 1 >= max_segs)
+                break;
+            seg = segs + 4 * ++k;
+            seg[0] = (uint32_t)i;
+            seg[1] = 0;
+            seg[2] = src;
+            seg[3] = sp;
+        }
+        seg[1]++;
+        memcpy(out + used, udp + 8, ulen - 8);
+        used += ulen - 8;
+        bytes += len;
+    }
+    *nsegs = k + 1;
+    *rx_bytes = bytes;
+    return i;
+}

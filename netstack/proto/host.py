@@ -39,11 +39,14 @@ _rx_fast = lib.ns_rx_fast
 _rx_fast_valid = lib.ns_rx_fast_v  # with the L4 checksum vouched for (Host.receive's l4_valid)
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
 _V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header may vouch for
 # The UDP echo per receive batch (Host._echo_batch, ns_udp_echo_batch): False turns it off
 # (every frame then takes Host.receive, as before; tests/unit/test_echo_batch.py compares both).
 ECHO_BATCH = True
 _echo_run = lib.ns_udp_echo_batch
+_echo_runs = lib.ns_udp_echo_runs  # the same with USO: payloads for the echo runs
+_ECHO_SEGS = 256  # segments (same peer, port and size in a row) of one ns_udp_echo_runs call
 ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
 _ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
 _F_DATA_VALID = wvnet.F_DATA_VALID
@@ -187,8 +190,11 @@ class Host:
             arena is not None
             and ECHO_BATCH
             and self._echo_sock is not None
-            and not self.udp.gso_max
-            and self._echo_batch(frames, now, meta, arena)
+            and (
+                self._echo_runs(frames, now, meta, arena)
+                if self.udp.gso_max
+                else self._echo_batch(frames, now, meta, arena)
+            )
         ):
             pass
         elif meta:
@@ -287,6 +293,83 @@ class Host:
             if stop >= n:
                 break
             # the frame C stopped at: the per-frame path, which may learn a peer
+            m = meta[stop] if meta else 0
+            frame = frames[stop]
+            if not m:
+                self.receive(frame, now)
+            elif m == _F_DATA_VALID:
+                self.receive(frame, now, True)
+            else:
+                self._receive_offloaded(frame, m, now)
+            self._echo_learn()
+            i = stop + 1
+        return True
+
+    def _echo_runs(
+        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
+    ) -> bool:
+        """_echo_batch with USO (udp.gso_max): the per-frame path adds each request's payload
+        to the pending echo run (UdpEngine.receive_fast), whose super-frame is built and sent
+        at its flush; here one ns_udp_echo_runs call takes the requests of a run of frames,
+        copies their payloads out and says where the peer, port or size changes, and the
+        pending run grows by one piece per segment (or starts anew, flushing the old one, as
+        _start_run does per frame). No neighbour is involved until the flush, which is the
+        per-frame path's own."""
+        sock = self._echo_sock
+        udp = self.udp
+        if sock is None or sock.closed or not sock.reflect or udp.lookup(sock.port) is not sock:
+            self._echo_sock = None
+            return False
+        echo = self._echo_c
+        if echo is None:
+            echo = self._echo_c = _EchoC()
+        ipv4, c = self.ipv4, self.counters
+        config = ipv4.config
+        segs, nsegs, rx_bytes, out_buf = echo.segs, echo.nsegs, echo.rx_bytes, echo.out_buf
+        arena_c, slot_size, hlen, lens, valid = arena
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        port = sock.port
+        n = len(frames)
+        i = 0
+        while i < n:
+            addr = config.address
+            stop = i
+            if addr:
+                bcast = ipv4.subnet_broadcast
+                stop = _echo_runs(
+                    arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
+                    0 if bcast is None else bcast, port, config.mtu, echo.out, _ECHO_OUT_SIZE,
+                    segs, _ECHO_SEGS, nsegs, rx_bytes,
+                )  # fmt: skip
+                k = stop - i
+                if k:
+                    c.rx_packets += k
+                    c.rx_bytes += rx_bytes[0]
+                    c.ipv4_rx += k
+                    c.udp_rx += k
+                    sock.reflected += k
+                    words = ffi.unpack(segs, 4 * nsegs[0])
+                    at = 0
+                    for s in range(0, len(words), 4):
+                        first, count, src, sp = words[s : s + 4]
+                        length = sp & 0xFFFF
+                        key = (src, sp >> 16, port, length)
+                        size = length - 8
+                        while count:
+                            if key != udp._run_key or udp._run_n >= udp._run_limit:
+                                csum = _U16.unpack_from(frames[first], 40)[0]
+                                started = udp._start_run(key, csum)
+                                assert started  # C took only what a run can carry
+                            take = min(count, udp._run_limit - udp._run_n)
+                            udp._run.append(out_buf[at : at + take * size])
+                            udp._run_n += take
+                            at += take * size
+                            first += take
+                            count -= take
+            if stop >= n:
+                break
             m = meta[stop] if meta else 0
             frame = frames[stop]
             if not m:
@@ -503,7 +586,7 @@ def _is_dhcp_reply(header: wipv4.Ipv4Header, payload: memoryview) -> bool:
 class _EchoC:
     """The C side of Host._echo_batch: its peer table, reply buffer and outputs."""
 
-    __slots__ = ("offs", "out", "out_buf", "peers", "rx_bytes")
+    __slots__ = ("nsegs", "offs", "out", "out_buf", "peers", "rx_bytes", "segs")
 
     def __init__(self) -> None:
         self.peers = ffi.new("struct ns_echo_peer[]", ECHO_PEERS)
@@ -511,3 +594,5 @@ class _EchoC:
         self.out_buf = ffi.buffer(self.out)
         self.offs = ffi.new("uint32_t[]", _ECHO_OUT_SIZE // 42 + 2)
         self.rx_bytes = ffi.new("uint64_t[1]")
+        self.segs = ffi.new("uint32_t[]", 4 * _ECHO_SEGS)
+        self.nsegs = ffi.new("int[1]")

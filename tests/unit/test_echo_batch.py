@@ -158,8 +158,18 @@ def _state(host: Host) -> dict:
     return state
 
 
-def _drain(host: Host) -> list[tuple[int, bytes]]:
-    out = [(len(f), b"".join(bytes(p) for p in f)) for f in host.tx]
+def _drain(host: Host) -> list[tuple[int, bytes, list[bytes]]]:
+    """Each frame sent: its pieces' count (USO runs: 0, their payloads are laid out in other
+    pieces, the same bytes), its bytes, its virtio-net header if it has one."""
+    uso = host.udp.gso_max
+    out = [
+        (
+            0 if uso else len(f),
+            b"".join(bytes(p) for p in f),
+            [bytes(p.header) for p in f if isinstance(p, wvnet.VnetMark)],
+        )
+        for f in host.tx
+    ]
     host.tx.clear()
     return out
 
@@ -188,8 +198,9 @@ def _between(host: Host, step: str, now: float) -> float:
     return now
 
 
-def _run(batches: list[tuple[str, Batch]], vnet: bool, on: bool) -> tuple[list, list]:
+def _run(batches: list[tuple[str, Batch]], vnet: bool, on: bool, uso: int = 0) -> tuple[list, list]:
     host = _host()
+    host.udp.gso_max = uso
     arena = Arena(max((len(b) for _, b in batches), default=1), vnet)
     outs, states = [], []
     now = 1.0
@@ -215,10 +226,12 @@ def _run(batches: list[tuple[str, Batch]], vnet: bool, on: bool) -> tuple[list, 
     st.lists(st.tuples(step_st, st.lists(frame_st, min_size=1, max_size=40)), min_size=1,
              max_size=6),
     st.booleans(),
+    st.sampled_from((0, 0, 64, 3)),
 )  # fmt: skip
-def test_batch_path_is_the_per_frame_path(batches: list, vnet: bool) -> None:
-    on_out, on_state = _run(batches, vnet, True)
-    off_out, off_state = _run(batches, vnet, False)
+def test_batch_path_is_the_per_frame_path(batches: list, vnet: bool, uso: int) -> None:
+    """`uso`: echo runs of up to that many replies per UDP super-frame (0: none)."""
+    on_out, on_state = _run(batches, vnet, True, uso)
+    off_out, off_state = _run(batches, vnet, False, uso)
     assert on_out == off_out
     assert on_state == off_state
 
@@ -286,25 +299,46 @@ def test_a_fault_link_offers_no_arena() -> None:
     assert FaultLink.rx_arena is None  # not the inner link's, through __getattr__
 
 
-def test_off_without_an_arena_or_with_uso() -> None:
-    """No arena (a fault link, the TPACKET ring) or USO echo runs: the per-frame path."""
+def test_off_without_an_arena_or_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No arena (a fault link, the TPACKET ring) or ECHO_BATCH off: the per-frame path."""
     host = _host()
     arena = Arena(8, False)
     frames = [_frame("echo", 0, 64, i, OUR_IP) for i in range(8)]
     views, _, arena_t = arena.lay(frames, [False] * 8)
     host.receive_batch(views[:1], 1.0, None, arena_t)  # learns the peer
-    host.tx.clear()
-    host.udp.gso_max = 64
-    called = []
-    real = host_mod._echo_run
-    host_mod._echo_run = lambda *a: called.append(a) or real(*a)
-    try:
-        host.receive_batch(views, 1.0, None, arena_t)
-        host.udp.gso_max = 0
+    called: list = []
+    for name in ("_echo_run", "_echo_runs"):
+        real = getattr(host_mod, name)
+        monkeypatch.setattr(host_mod, name, lambda *a, real=real: called.append(a) or real(*a))
+    for uso in (0, 64):
+        host.udp.gso_max = uso
         host.receive_batch(views, 1.0, None, None)
-    finally:
-        host_mod._echo_run = real
+        monkeypatch.setattr(host_mod, "ECHO_BATCH", False)
+        host.receive_batch(views, 1.0, None, arena_t)
+        monkeypatch.setattr(host_mod, "ECHO_BATCH", True)
     assert called == []
+    assert host.echo_service.socket.reflected == 33  # type: ignore[attr-defined]
+    host.receive_batch(views, 1.0, None, arena_t)  # the switch on again: C
+    assert len(called) == 1
+
+
+def test_uso_runs_of_a_batch() -> None:
+    """With USO, batches of echo requests from two peers: C takes them all once the echo
+    socket is known (any peer: the runs' headers are made at their flush, in Python), and
+    the runs, their limit, and their super-frames are the per-frame path's."""
+
+    def flow(n: int, peer: int = 0) -> Batch:  # one source port, payloads differ
+        return [("echo", peer, 64, 5 + 60000 * i, False) for i in range(n)]
+
+    batch = [*flow(10), *flow(10, 1), *flow(5), ("echo", 0, 30, 5, False)]
+    batches = [("none", _echo_batch(1)), ("none", batch), ("none", batch)]
+    on_out, on_state = _run(batches, False, True, uso=8)
+    off_out, off_state = _run(batches, False, False, uso=8)
+    assert on_out == off_out
+    assert on_state == off_state
+    marks = [m for _, _, m in on_out[-1]]
+    # 8 + 2, 8 + 2, 5 (each change of peer or size flushes), 1 (a plain datagram)
+    assert [len(m) for m in marks] == [1, 1, 1, 1, 1, 0]
 
 
 def test_the_neighbours_lru_order_is_kept() -> None:
