@@ -247,11 +247,14 @@ def udp_echo(seconds: float) -> dict:
     return {"unit": "datagram", "count": n, "seconds": busy}
 
 
-def udp_echo_batch(seconds: float) -> dict:
+def udp_echo_batch(seconds: float, uso: bool = False) -> dict:
     """udp_echo with the frames in an arena as a BatchLink reads them (its rx_arena): the
     host answers the batch's echo requests in one C call (Host._echo_batch). Timed as
-    udp_echo: the host's receive_batch, plus the view per frame the link makes."""
+    udp_echo: the host's receive_batch, plus the view per frame the link makes. `uso`: as
+    udp_echo_uso, the replies as one UDP super-frame per batch (Host._echo_runs)."""
     pair = Pair()
+    if uso:
+        pair.stack.udp.gso_max = BATCH
     payload = bytes(64)
     eth = weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4)
     udp = wudp.build(PEER_IP, STACK_IP, 40000, 7, payload) + payload
@@ -268,7 +271,7 @@ def udp_echo_batch(seconds: float) -> dict:
     for _ in range(4):
         pair.step()
     stack = pair.stack
-    n = 0
+    sent = stack.counters.udp_tx
     clock = time.thread_time
     busy = 0.0
     if PROFILER is not None:
@@ -280,8 +283,8 @@ def udp_echo_batch(seconds: float) -> dict:
         batch = [slots[i][: got[i]] for i in range(BATCH)]
         stack.receive_batch(batch, now, None, where)
         busy += clock() - t0
-        n += len(stack.tx)
         stack.tx.clear()
+    n = stack.counters.udp_tx - sent  # datagrams (with USO one frame carries many)
     if PROFILER is not None:
         PROFILER.disable()
     return {"unit": "datagram", "count": n, "seconds": busy}
@@ -556,6 +559,7 @@ SCENARIOS = {
     "udp6_echo": lambda s: udp6_echo(s),
     "udp_echo_uso": lambda s: udp_echo_uso(s),
     "udp_echo_batch": lambda s: udp_echo_batch(s),
+    "udp_echo_batch_uso": lambda s: udp_echo_batch(s, uso=True),
     "udp6_echo_uso": lambda s: udp6_echo(s, BATCH),
     "ping": lambda s: ping(s),
     "ping6": lambda s: ping6(s),
