@@ -119,6 +119,8 @@ int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const 
                      const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
                      uint32_t bcast, uint32_t port, uint32_t mtu, uint8_t *out, size_t out_size,
                      uint32_t *segs, int max_segs, int *nsegs, uint64_t *rx_bytes);
+int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     int start, int n, uint32_t addr, uint32_t port);
 """
 
 ffibuilder = FFI()

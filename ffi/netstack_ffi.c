@@ -1318,3 +1318,26 @@ int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const 
     *rx_bytes = bytes;
     return i;
 }
+
+/* The first frame from `start` that may be a UDP echo request to `port` at `addr` (IPv4 with a
+ * 20-byte header, UDP, to that address and port: what ns_udp_echo_batch / _runs require, before
+ * any checksum), or n. Host._echo_batch hands the frames before it to the per-frame path
+ * without asking for the peers' headers or calling those (a TCP stream's frames cost it one
+ * look each here, not a run start each). */
+int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     int start, int n, uint32_t addr, uint32_t port)
+{
+    int i;
+
+    for (i = start; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen;
+        size_t len = lens[i];
+
+        if (len >= slot_size || len < hlen + 42)
+            continue;
+        if (f[12] == 0x08 && f[13] == 0x00 && f[14] == 0x45 && f[23] == 17 &&
+            ns_be32(f + 30) == addr && ns_be16(f + 36) == port)
+            return i;
+    }
+    return n;
+}

@@ -45,7 +45,8 @@ _V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header ma
 # (every frame then takes Host.receive, as before; tests/unit/test_echo_batch.py compares both).
 ECHO_BATCH = True
 _echo_run = lib.ns_udp_echo_batch
-_echo_runs = lib.ns_udp_echo_runs  # the same with USO: payloads for the echo runs
+_echo_uso = lib.ns_udp_echo_runs  # the same with USO: payloads for the echo runs
+_echo_scan = lib.ns_udp_echo_scan  # where the next frame that may be an echo request is
 _ECHO_SEGS = 256  # segments (same peer, port and size in a row) of one ns_udp_echo_runs call
 ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
 _ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
@@ -190,11 +191,7 @@ class Host:
             arena is not None
             and ECHO_BATCH
             and self._echo_sock is not None
-            and (
-                self._echo_runs(frames, now, meta, arena)
-                if self.udp.gso_max
-                else self._echo_batch(frames, now, meta, arena)
-            )
+            and self._echo_batch(frames, now, meta, arena)
         ):
             pass
         elif meta:
@@ -218,169 +215,176 @@ class Host:
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
     ) -> bool:
         """The batch with its UDP echo requests answered in C, a run at a time: each run of
-        frames that the per-frame path would reflect with a header we vouch for (below) is
-        answered by one ns_udp_echo_batch call, which writes the same reply bytes
-        ns_udp_reflect would; the frame a run stops at takes the per-frame path, and the next
-        run starts after it. So frames and replies keep their order, and every counter,
-        drop and socket statistic is what the per-frame path gives (test_echo_batch.py).
-        The peers' headers are checked again before each run (route, neighbour REACHABLE or
-        PROBE, as UdpEngine._reflect asks): only frames handled in Python can change them,
-        and none runs inside a C run. False (nothing done) when there is no echo socket."""
-        sock = self._echo_sock
+        frames that the per-frame path would reflect (_echo_replies: with a header we vouch
+        for; _echo_runs: into the pending USO echo run) is taken by one C call; the frame a
+        run stops at takes the per-frame path, and the next run starts after it. Frames that
+        cannot be echo requests to the socket's port (ns_udp_echo_scan: no checksum summed)
+        go per frame without a run start each. So frames and replies keep their order, and
+        every counter, drop and socket statistic is what the per-frame path gives
+        (tests/unit/test_echo_batch.py). False (nothing done) when there is no echo socket."""
         udp = self.udp
-        if sock is None or sock.closed or not sock.reflect or udp.lookup(sock.port) is not sock:
+        sock = self._echo_sock
+        if sock is None or not sock.reflect or udp.lookup(sock.port) is not sock:
             self._echo_sock = None
             return False
         echo = self._echo_c
         if echo is None:
             echo = self._echo_c = _EchoC()
-        ipv4, arp, c = self.ipv4, self.arp, self.counters
-        config = ipv4.config
-        route, peek = ipv4.route, arp.peek_header
-        peers, offs, rx_bytes, out_buf = echo.peers, echo.offs, echo.rx_bytes, echo.out_buf
-        arena_c, slot_size, hlen, lens, valid = arena
-        mac = self.config.mac
-        if type(mac) is not bytes:
-            mac = bytes(mac)
-        tx = self.tx
+        take = self._echo_runs if udp.gso_max else self._echo_replies
+        arena_c, slot_size, hlen, lens, _ = arena
+        config = self.ipv4.config
+        one = self._receive_one
         n = len(frames)
         i = 0
         while i < n:
-            # the peers C may answer now: checked as _reflect checks, at each run's start
+            sock = self._echo_sock  # (the per-frame path may have learned another)
             addr = config.address
-            npeers = 0
-            hops: list[int] = []
-            if addr and ipv4.link_header is not None:
-                for ip in self._echo_ips:
-                    hop = route(ip)
-                    eth = None if hop is None else peek(hop)
-                    if eth is None or len(eth) != 14:
-                        continue
-                    p = peers[npeers]
-                    p.ip = ip
-                    p.eth = eth
-                    p.used = 0
-                    hops.append(hop)
-                    npeers += 1
-            stop = i
-            if npeers:
-                bcast = ipv4.subnet_broadcast
-                ident = ipv4._ident
-                stop = _echo_run(
-                    arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
-                    0 if bcast is None else bcast, sock.port, peers, npeers, config.mtu,
-                    ident, config.default_ttl, echo.out, _ECHO_OUT_SIZE, offs, rx_bytes,
-                )  # fmt: skip
-                k = stop - i
-                if k:
-                    c.rx_packets += k
-                    c.rx_bytes += rx_bytes[0]
-                    c.ipv4_rx += k
-                    c.udp_rx += k
-                    c.ipv4_tx += k
-                    c.udp_tx += k
-                    sock.reflected += k
-                    ipv4._ident = (ident + k) & 0xFFFF
-                    o = ffi.unpack(offs, k + 1)
-                    tx.extend([(out_buf[o[j] : o[j + 1]],) for j in range(k)])
-                    # the neighbour entries used, in the order of their last use (LRU)
-                    if npeers == 1:
-                        arp.touch(hops[0])
-                    else:
-                        used = sorted((peers[j].last, j) for j in range(npeers) if peers[j].used)
-                        for _, j in used:
-                            arp.touch(hops[j])
+            if sock is None or not sock.reflect or udp.lookup(sock.port) is not sock or not addr:
+                for j in range(i, n):
+                    one(frames[j], meta[j] if meta else 0, now)
+                self._echo_learn()
+                break
+            e = _echo_scan(arena_c, slot_size, hlen, lens, i, n, addr, sock.port)
+            if e > i:  # not echo requests: per frame
+                for j in range(i, e):
+                    one(frames[j], meta[j] if meta else 0, now)
+                self._echo_learn()
+                i = e
+                continue
+            stop = take(sock, echo, frames, arena, i, n)
             if stop >= n:
                 break
-            # the frame C stopped at: the per-frame path, which may learn a peer
-            m = meta[stop] if meta else 0
-            frame = frames[stop]
-            if not m:
-                self.receive(frame, now)
-            elif m == _F_DATA_VALID:
-                self.receive(frame, now, True)
-            else:
-                self._receive_offloaded(frame, m, now)
+            one(frames[stop], meta[stop] if meta else 0, now)  # what C could not take
             self._echo_learn()
             i = stop + 1
         return True
 
+    def _receive_one(self, frame: memoryview, meta: int, now: float) -> None:
+        """One frame of a batch, as receive_batch's per-frame loop hands it on."""
+        if not meta:
+            self.receive(frame, now)
+        elif meta == _F_DATA_VALID:
+            self.receive(frame, now, True)
+        else:
+            self._receive_offloaded(frame, meta, now)
+
+    def _echo_replies(
+        self, sock: UdpSocket, echo: _EchoC, frames: list[memoryview], arena: tuple, i: int, n: int
+    ) -> int:
+        """One ns_udp_echo_batch run from frame i: the replies onto the tx queue, the counters
+        the per-frame path adds. The peers' headers are checked first, as UdpEngine._reflect
+        checks them (route; neighbour REACHABLE or PROBE, no side effect): only frames
+        handled in Python can change them, and none runs inside a C run. Returns where the
+        run stopped."""
+        ipv4, arp = self.ipv4, self.arp
+        config = ipv4.config
+        addr = config.address
+        if ipv4.link_header is None:
+            return i
+        peers = echo.peers
+        route, peek = ipv4.route, arp.peek_header
+        npeers = 0
+        hops: list[int] = []
+        for ip in self._echo_ips:
+            hop = route(ip)
+            eth = None if hop is None else peek(hop)
+            if eth is None or len(eth) != 14:
+                continue
+            p = peers[npeers]
+            p.ip = ip
+            p.eth = eth
+            p.used = 0
+            hops.append(hop)
+            npeers += 1
+        if not npeers:
+            return i
+        arena_c, slot_size, hlen, lens, valid = arena
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        bcast = ipv4.subnet_broadcast
+        ident = ipv4._ident
+        stop = _echo_run(
+            arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
+            0 if bcast is None else bcast, sock.port, peers, npeers, config.mtu,
+            ident, config.default_ttl, echo.out, _ECHO_OUT_SIZE, echo.offs, echo.rx_bytes,
+        )  # fmt: skip
+        k = stop - i
+        if k:
+            c = self.counters
+            c.rx_packets += k
+            c.rx_bytes += echo.rx_bytes[0]
+            c.ipv4_rx += k
+            c.udp_rx += k
+            c.ipv4_tx += k
+            c.udp_tx += k
+            sock.reflected += k
+            ipv4._ident = (ident + k) & 0xFFFF
+            o = ffi.unpack(echo.offs, k + 1)
+            out_buf = echo.out_buf
+            self.tx.extend([(out_buf[o[j] : o[j + 1]],) for j in range(k)])
+            # the neighbour entries used, in the order of their last use (LRU)
+            if npeers == 1:
+                arp.touch(hops[0])
+            else:
+                used = sorted((peers[j].last, j) for j in range(npeers) if peers[j].used)
+                for _, j in used:
+                    arp.touch(hops[j])
+        return stop
+
     def _echo_runs(
-        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
-    ) -> bool:
-        """_echo_batch with USO (udp.gso_max): the per-frame path adds each request's payload
-        to the pending echo run (UdpEngine.receive_fast), whose super-frame is built and sent
-        at its flush; here one ns_udp_echo_runs call takes the requests of a run of frames,
-        copies their payloads out and says where the peer, port or size changes, and the
+        self, sock: UdpSocket, echo: _EchoC, frames: list[memoryview], arena: tuple, i: int, n: int
+    ) -> int:
+        """_echo_replies with USO (udp.gso_max): the per-frame path adds each request's
+        payload to the pending echo run (UdpEngine.receive_fast), whose super-frame is built
+        and sent at its flush; here one ns_udp_echo_runs call takes the requests from frame
+        i, copies their payloads out and says where the peer, port or size changes, and the
         pending run grows by one piece per segment (or starts anew, flushing the old one, as
         _start_run does per frame). No neighbour is involved until the flush, which is the
-        per-frame path's own."""
-        sock = self._echo_sock
-        udp = self.udp
-        if sock is None or sock.closed or not sock.reflect or udp.lookup(sock.port) is not sock:
-            self._echo_sock = None
-            return False
-        echo = self._echo_c
-        if echo is None:
-            echo = self._echo_c = _EchoC()
-        ipv4, c = self.ipv4, self.counters
+        per-frame path's own. Returns where the run stopped."""
+        ipv4, udp = self.ipv4, self.udp
         config = ipv4.config
-        segs, nsegs, rx_bytes, out_buf = echo.segs, echo.nsegs, echo.rx_bytes, echo.out_buf
         arena_c, slot_size, hlen, lens, valid = arena
         mac = self.config.mac
         if type(mac) is not bytes:
             mac = bytes(mac)
         port = sock.port
-        n = len(frames)
-        i = 0
-        while i < n:
-            addr = config.address
-            stop = i
-            if addr:
-                bcast = ipv4.subnet_broadcast
-                stop = _echo_runs(
-                    arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
-                    0 if bcast is None else bcast, port, config.mtu, echo.out, _ECHO_OUT_SIZE,
-                    segs, _ECHO_SEGS, nsegs, rx_bytes,
-                )  # fmt: skip
-                k = stop - i
-                if k:
-                    c.rx_packets += k
-                    c.rx_bytes += rx_bytes[0]
-                    c.ipv4_rx += k
-                    c.udp_rx += k
-                    sock.reflected += k
-                    words = ffi.unpack(segs, 4 * nsegs[0])
-                    at = 0
-                    for s in range(0, len(words), 4):
-                        first, count, src, sp = words[s : s + 4]
-                        length = sp & 0xFFFF
-                        key = (src, sp >> 16, port, length)
-                        size = length - 8
-                        while count:
-                            if key != udp._run_key or udp._run_n >= udp._run_limit:
-                                csum = _U16.unpack_from(frames[first], 40)[0]
-                                started = udp._start_run(key, csum)
-                                assert started  # C took only what a run can carry
-                            take = min(count, udp._run_limit - udp._run_n)
-                            udp._run.append(out_buf[at : at + take * size])
-                            udp._run_n += take
-                            at += take * size
-                            first += take
-                            count -= take
-            if stop >= n:
-                break
-            m = meta[stop] if meta else 0
-            frame = frames[stop]
-            if not m:
-                self.receive(frame, now)
-            elif m == _F_DATA_VALID:
-                self.receive(frame, now, True)
-            else:
-                self._receive_offloaded(frame, m, now)
-            self._echo_learn()
-            i = stop + 1
-        return True
+        bcast = ipv4.subnet_broadcast
+        segs, nsegs = echo.segs, echo.nsegs
+        stop = _echo_uso(
+            arena_c, slot_size, hlen, lens, valid, i, n, mac, config.address,
+            0 if bcast is None else bcast, port, config.mtu, echo.out, _ECHO_OUT_SIZE,
+            segs, _ECHO_SEGS, nsegs, echo.rx_bytes,
+        )  # fmt: skip
+        k = stop - i
+        if not k:
+            return stop
+        c = self.counters
+        c.rx_packets += k
+        c.rx_bytes += echo.rx_bytes[0]
+        c.ipv4_rx += k
+        c.udp_rx += k
+        sock.reflected += k
+        words = ffi.unpack(segs, 4 * nsegs[0])
+        out_buf = echo.out_buf
+        at = 0
+        for s in range(0, len(words), 4):
+            first, count, src, sp = words[s : s + 4]
+            length = sp & 0xFFFF
+            key = (src, sp >> 16, port, length)
+            size = length - 8
+            while count:
+                if key != udp._run_key or udp._run_n >= udp._run_limit:
+                    csum = _U16.unpack_from(frames[first], 40)[0]
+                    started = udp._start_run(key, csum)
+                    assert started  # C took only what a run can carry
+                take = min(count, udp._run_limit - udp._run_n)
+                udp._run.append(out_buf[at : at + take * size])
+                udp._run_n += take
+                at += take * size
+                first += take
+                count -= take
+        return stop
 
     def _echo_learn(self) -> None:
         """Take the peer (and socket) of the per-frame path's last echo reply, if any."""

@@ -307,7 +307,7 @@ def test_off_without_an_arena_or_switched_off(monkeypatch: pytest.MonkeyPatch) -
     views, _, arena_t = arena.lay(frames, [False] * 8)
     host.receive_batch(views[:1], 1.0, None, arena_t)  # learns the peer
     called: list = []
-    for name in ("_echo_run", "_echo_runs"):
+    for name in ("_echo_run", "_echo_uso"):
         real = getattr(host_mod, name)
         monkeypatch.setattr(host_mod, name, lambda *a, real=real: called.append(a) or real(*a))
     for uso in (0, 64):
