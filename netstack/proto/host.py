@@ -233,7 +233,7 @@ class Host:
         take = self._echo_runs if udp.gso_max else self._echo_replies
         arena_c, slot_size, hlen, lens, _ = arena
         config = self.ipv4.config
-        one = self._receive_one
+        one, receive = self._receive_one, self.receive
         n = len(frames)
         i = 0
         while i < n:
@@ -246,8 +246,12 @@ class Host:
                 break
             e = _echo_scan(arena_c, slot_size, hlen, lens, i, n, addr, sock.port)
             if e > i:  # not echo requests: per frame
-                for j in range(i, e):
-                    one(frames[j], meta[j] if meta else 0, now)
+                if meta:
+                    for j in range(i, e):
+                        one(frames[j], meta[j], now)
+                else:
+                    for j in range(i, e):
+                        receive(frames[j], now)
                 self._echo_learn()
                 i = e
                 continue
