@@ -189,6 +189,7 @@ class Host:
         receive = self.receive
         if (
             arena is not None
+            and len(frames) > 1  # (one frame: a C run would save nothing)
             and ECHO_BATCH
             and self._echo_sock is not None
             and self._echo_batch(frames, now, meta, arena)
