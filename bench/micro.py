@@ -247,6 +247,49 @@ def udp_echo(seconds: float) -> dict:
     return {"unit": "datagram", "count": n, "seconds": busy}
 
 
+def udp_echo_batch(seconds: float, uso: bool = False) -> dict:
+    """udp_echo with the frames in an arena as a BatchLink reads them (its rx_arena): the
+    host answers the batch's echo requests in one C call (Host._echo_batch). Timed as
+    udp_echo: the host's receive_batch, plus the view per frame the link makes. `uso`: as
+    udp_echo_uso, the replies as one UDP super-frame per batch (Host._echo_runs)."""
+    pair = Pair()
+    if uso:
+        pair.stack.udp.gso_max = BATCH
+    payload = bytes(64)
+    eth = weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4)
+    udp = wudp.build(PEER_IP, STACK_IP, 40000, 7, payload) + payload
+    frame = eth + wipv4.build(PEER_IP, STACK_IP, wipv4.PROTO_UDP, len(udp), ident=1) + udp
+    slot = 2048
+    arena = ffi.new("uint8_t[]", slot * BATCH)
+    lens = ffi.new("uint32_t[]", [len(frame)] * BATCH)
+    for i in range(BATCH):
+        ffi.memmove(arena + i * slot, frame, len(frame))
+    view = memoryview(ffi.buffer(arena)).toreadonly()
+    slots = [view[i * slot : (i + 1) * slot] for i in range(BATCH)]
+    where = (arena, slot, 0, lens, ffi.NULL)
+    pair.peer.udp.bind(40000, lambda *a: None).sendto(payload, (STACK_IP, 7))
+    for _ in range(4):
+        pair.step()
+    stack = pair.stack
+    sent = stack.counters.udp_tx
+    clock = time.thread_time
+    busy = 0.0
+    if PROFILER is not None:
+        PROFILER.enable()
+    while busy < seconds:
+        now = pair.now = pair.now + 0.0001
+        t0 = clock()
+        got = ffi.unpack(lens, BATCH)
+        batch = [slots[i][: got[i]] for i in range(BATCH)]
+        stack.receive_batch(batch, now, None, where)
+        busy += clock() - t0
+        stack.tx.clear()
+    n = stack.counters.udp_tx - sent  # datagrams (with USO one frame carries many)
+    if PROFILER is not None:
+        PROFILER.disable()
+    return {"unit": "datagram", "count": n, "seconds": busy}
+
+
 def _replay(pair: Pair, frame: bytes, seconds: float) -> dict:
     """The same request frame, BATCH per receive batch, until `seconds` of the host's CPU."""
     batch = [memoryview(frame)] * BATCH
@@ -523,6 +566,8 @@ SCENARIOS = {
     "udp_echo": lambda s: udp_echo(s),
     "udp6_echo": lambda s: udp6_echo(s),
     "udp_echo_uso": lambda s: udp_echo_uso(s),
+    "udp_echo_batch": lambda s: udp_echo_batch(s),
+    "udp_echo_batch_uso": lambda s: udp_echo_batch(s, uso=True),
     "udp6_echo_uso": lambda s: udp6_echo(s, BATCH),
     "ping": lambda s: ping(s),
     "ping6": lambda s: ping6(s),

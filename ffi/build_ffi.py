@@ -111,6 +111,23 @@ int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,
                        uint8_t *scratch, int max_pieces);
 int ns_udp_reflect(const uint8_t *udp, size_t udp_len, const uint8_t *eth, uint32_t src,
                    uint32_t dst, uint32_t ident, uint32_t ttl, uint8_t *out, size_t out_size);
+struct ns_echo_peer {
+    uint32_t ip;
+    uint8_t eth[14];
+    uint32_t used;
+    int32_t last;
+};
+int ns_udp_echo_batch(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                      const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
+                      uint32_t bcast, uint32_t port, struct ns_echo_peer *peers, int npeers,
+                      uint32_t mtu, uint32_t ident, uint32_t ttl, uint8_t *out, size_t out_size,
+                      uint32_t *offs, uint64_t *rx_bytes);
+int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
+                     uint32_t bcast, uint32_t port, uint32_t mtu, uint8_t *out, size_t out_size,
+                     uint32_t *segs, int max_segs, int *nsegs, uint64_t *rx_bytes);
+int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     int start, int n, uint32_t addr, uint32_t port);
 """
 
 ffibuilder = FFI()

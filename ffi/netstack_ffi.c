@@ -1439,3 +1439,144 @@ int ns_udp_reflect(const uint8_t *udp, size_t udp_len, const uint8_t *eth, uint3
     memcpy(u + 4, udp + 4, udp_len - 4);
     return (int)(14 + total);
 }
+
+
+/* A peer whose echo replies need only a header Python vouched for (Host._echo_batch):
+ * `eth` the ready Ethernet header towards its next hop; used/last are outputs. */
+struct ns_echo_peer {
+    uint32_t ip;
+    uint8_t eth[14];
+    uint32_t used;
+    int32_t last;
+};
+
+/* The UDP echo of a receive batch in one call (proto/host.py, Host._echo_batch): from frame
+ * `start` of the n in the arena (frame i at arena + i * slot_size + hlen, lens[i] - hlen bytes;
+ * `valid`, when not NULL, says per frame that the link vouched for its L4 checksum, as
+ * ns_rx_fast_v's l4_valid), take each frame that the per-frame path would reflect with nothing
+ * but a header Python vouched for: ns_rx_fast_v's checks, UDP to `port` with a non-zero
+ * checksum, from a peer in `peers` (its ready Ethernet header), a reply within `mtu`. Each
+ * reply is written into `out` exactly as ns_udp_reflect writes it (ident = ident + k for the
+ * k-th), offs[k]..offs[k + 1] its bytes; peers[j].used / .last say how many replies went to
+ * peer j and the index of the last one's frame. Stops at the first frame it cannot take (or
+ * when `out` is full): returns its index (n when all were taken); *rx_bytes gets the taken
+ * frames' length without the header. Everything else, counters included, is Python's. */
+int ns_udp_echo_batch(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                      const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
+                      uint32_t bcast, uint32_t port, struct ns_echo_peer *peers, int npeers,
+                      uint32_t mtu, uint32_t ident, uint32_t ttl, uint8_t *out, size_t out_size,
+                      uint32_t *offs, uint64_t *rx_bytes)
+{
+    size_t used = 0;
+    uint64_t bytes = 0;
+    int i, j, k = 0, w;
+
+    offs[0] = 0;
+    for (i = start; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen, *udp = f + 34;
+        size_t len = lens[i];
+        uint32_t r, ulen, src;
+
+        if (len >= slot_size || len < hlen)
+            break;
+        len -= hlen;
+        r = ns_rx_fast_v(f, len, mac, addr, bcast, valid != NULL && valid[i] != 0);
+        if ((r & 0xff) != 17)
+            break;
+        ulen = ns_be16(udp + 4);
+        if (ns_be16(udp + 2) != port || (udp[6] | udp[7]) == 0 || 20 + ulen > mtu)
+            break;
+        src = ns_be32(f + 26);
+        for (j = 0; j < npeers && peers[j].ip != src; j++)
+            ;
+        if (j == npeers)
+            break;
+        w = ns_udp_reflect(udp, ulen, peers[j].eth, addr, src, ident + (uint32_t)k, ttl,
+                           out + used, out_size - used);
+        if (w < 0)
+            break;
+        peers[j].used++;
+        peers[j].last = i;
+        used += (size_t)w;
+        offs[++k] = (uint32_t)used;
+        bytes += len;
+    }
+    *rx_bytes = bytes;
+    return i;
+}
+
+/* ns_udp_echo_batch for a link with USO (proto/udp.py's echo runs): the same frames taken
+ * (any peer: a run's header is built at its flush, in Python), but no reply written; instead
+ * each taken request's payload is copied into `out`, and consecutive requests with the same
+ * (source, source port, UDP length) form a segment: segs[4 k ..] = first frame, count,
+ * source, source port << 16 | UDP length. Frames whose replies a run cannot carry (no
+ * payload, a datagram above `mtu`) stop it as well. Returns the stop index as
+ * ns_udp_echo_batch; *nsegs the segments, *rx_bytes as there. */
+int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     const uint8_t *valid, int start, int n, const char *mac, uint32_t addr,
+                     uint32_t bcast, uint32_t port, uint32_t mtu, uint8_t *out, size_t out_size,
+                     uint32_t *segs, int max_segs, int *nsegs, uint64_t *rx_bytes)
+{
+    size_t used = 0;
+    uint64_t bytes = 0;
+    int i, k = -1;
+    uint32_t *seg = NULL;
+
+    for (i = start; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen, *udp = f + 34;
+        size_t len = lens[i];
+        uint32_t r, ulen, src, sp;
+
+        if (len >= slot_size || len < hlen)
+            break;
+        len -= hlen;
+        r = ns_rx_fast_v(f, len, mac, addr, bcast, valid != NULL && valid[i] != 0);
+        if ((r & 0xff) != 17)
+            break;
+        ulen = ns_be16(udp + 4);
+        if (ns_be16(udp + 2) != port || (udp[6] | udp[7]) == 0 || ulen <= 8 || 20 + ulen > mtu ||
+            used + ulen - 8 > out_size)
+            break;
+        src = ns_be32(f + 26);
+        sp = (ns_be16(udp) << 16) | ulen;
+        if (seg == NULL || seg[2] != src || seg[3] != sp) {
+            if (k + 1 >= max_segs)
+                break;
+            seg = segs + 4 * ++k;
+            seg[0] = (uint32_t)i;
+            seg[1] = 0;
+            seg[2] = src;
+            seg[3] = sp;
+        }
+        seg[1]++;
+        memcpy(out + used, udp + 8, ulen - 8);
+        used += ulen - 8;
+        bytes += len;
+    }
+    *nsegs = k + 1;
+    *rx_bytes = bytes;
+    return i;
+}
+
+/* The first frame from `start` that may be a UDP echo request to `port` at `addr` (IPv4 with a
+ * 20-byte header, UDP, to that address and port: what ns_udp_echo_batch / _runs require, before
+ * any checksum), or n. Host._echo_batch hands the frames before it to the per-frame path
+ * without asking for the peers' headers or calling those (a TCP stream's frames cost it one
+ * look each here, not a run start each). */
+int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                     int start, int n, uint32_t addr, uint32_t port)
+{
+    int i;
+
+    for (i = start; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen;
+        size_t len = lens[i];
+
+        if (len >= slot_size || len < hlen + 42)
+            continue;
+        if (f[12] == 0x08 && f[13] == 0x00 && f[14] == 0x45 && f[23] == 17 &&
+            ns_be32(f + 30) == addr && ns_be16(f + 36) == port)
+            return i;
+    }
+    return n;
+}

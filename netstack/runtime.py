@@ -260,7 +260,11 @@ class Stack:
 
     def _on_frames(self, frames: list[memoryview], now: float) -> None:
         # rx_meta: each frame's virtio-net header (None without one), parallel to frames
-        self.host.receive_batch(frames, now, getattr(self.link, "rx_meta", None))
+        # rx_arena: the frames as the link's arena holds them (the UDP echo batch reads it)
+        link = self.link
+        self.host.receive_batch(
+            frames, now, getattr(link, "rx_meta", None), getattr(link, "rx_arena", None)
+        )
 
     def _move_tx(self) -> None:
         """Hand what the host emitted to the link's tx queue (a no-op since the queue is the

@@ -456,6 +456,10 @@ class FaultLink:
         log.warning("%s (seed=%d replays it)", link.describe(), link.seed)
         return link
 
+    # Frames pass through the fault channels (copied, held, reordered): the host never reads
+    # them from the inner link's arena (Host.receive_batch's `arena`; not __getattr__'s).
+    rx_arena = None
+
     # Link attributes are the inner link's.
     @property
     def name(self) -> str:

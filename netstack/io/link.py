@@ -227,6 +227,14 @@ class BatchLink:
         self._iov_counts = ffi.new("int[]", [1] * max_batch)
         base = int(ffi.cast("uintptr_t", self._tx_arena))
         self._tx_bases = [base + i * slot_size for i in range(max_batch)]
+        # What the host may read the last batch from in C (Host.receive_batch's `arena`):
+        # set when the frames returned are exactly the arena's first slots, else None.
+        self._rx_whole = (
+            self._arena, self.slot_size, wvnet.HEADER_LEN if vnet else 0, self._lens,
+            self._verified if vnet else ffi.NULL,
+        )  # fmt: skip
+
+    rx_arena: tuple | None = None  # see _rx_whole
 
     def receive_batch(self) -> list[memoryview]:
         n = self._rx_fn(self.fd, self._arena, self.slot_size, self.max_batch, self._lens)
@@ -237,7 +245,9 @@ class BatchLink:
         lens = ffi.unpack(self._lens, n)
         slots = self._slots
         if max(lens) >= self.slot_size:  # a full slot means the kernel truncated the frame
+            self.rx_arena = None
             return self._without_oversize(lens)
+        self.rx_arena = self._rx_whole
         return [slots[i][: lens[i]] for i in range(n)]
 
     def _receive_gro(self) -> list[memoryview]:
@@ -251,13 +261,17 @@ class BatchLink:
                 return []
             raise link_error(n, self.name, "reading from")
         if n == 1 and self._lens[0] < self.slot_size:
+            self.rx_arena = self._rx_whole
             return [self._slots[0][: self._lens[0]]]
         gro = self.soft_gro
         assert gro is not None
         lens = ffi.unpack(self._lens, n)
+        self.rx_arena = None
         if max(lens) >= self.slot_size:  # a truncated frame: this batch is not merged
             return self._without_oversize(lens)
         frames, self.rx_meta = gro.merge(self._arena, self.slot_size, self._lens, n, self._slots)
+        if self.rx_meta is None:  # nothing merged: the frames are the slots, as read
+            self.rx_arena = self._rx_whole
         return frames
 
     def _receive_vnet(self) -> list[memoryview]:
@@ -279,7 +293,9 @@ class BatchLink:
         r = lib.ns_vnet_rx_plain_v(self._arena, self.slot_size, hlen, self._lens, n, self._verified)
         if not r & 0xFFFF:
             self.rx_meta = ffi.unpack(self._verified, n) if r >> 16 else [0] * n
+            self.rx_arena = self._rx_whole  # _verified holds the metadata of each frame
             return [slots[i][hlen : lens[i]] for i in range(n)]
+        self.rx_arena = None
         if max(lens) >= self.slot_size or min(lens) < hlen:
             return self._vnet_odd(lens)
         meta_of = wvnet.meta_of

@@ -218,6 +218,22 @@ class ArpEngine:
         self._cache.move_to_end(next_hop)
         return entry.eth_header
 
+    def peek_header(self, next_hop: int) -> bytes | None:
+        """ready_header without marking the entry used (the UDP echo batch checks its peers
+        with this before each C run, then marks the used ones in order: proto/host.py)."""
+        entry = self._cache.get(next_hop)
+        if entry is None:
+            return None
+        state = entry.state
+        if state is not _REACHABLE and state is not _PROBE:
+            return None
+        return entry.eth_header
+
+    def touch(self, next_hop: int) -> None:
+        """Mark `next_hop`'s entry used, as ready_header does (its place in the LRU order)."""
+        if next_hop in self._cache:
+            self._cache.move_to_end(next_hop)
+
     def announce(self, now: float) -> None:
         """Gratuitous ARP (RFC 5227 announcement): request with sender = target = our address."""
         self._send(warp.OP_REQUEST, weth.BROADCAST, ZERO_MAC, self.ip)

@@ -22,7 +22,7 @@ from netstack.proto.icmp import IcmpConfig, IcmpEngine
 from netstack.proto.ipv4 import Ipv4Config, Ipv4Engine
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
-from netstack.proto.udp import UdpEngine
+from netstack.proto.udp import UdpEngine, UdpSocket
 from netstack.proto.v6 import Ipv6HostConfig, Ipv6Stack
 from netstack.wire import arp as warp
 from netstack.wire import dhcp as wdhcp
@@ -40,7 +40,18 @@ _rx_fast = lib.ns_rx_fast
 _rx_fast_valid = lib.ns_rx_fast_v  # with the L4 checksum vouched for (Host.receive's l4_valid)
 _from_buffer = ffi.from_buffer
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
 _V6_TRUSTED = frozenset({6, 17})  # next headers whose checksum a vnet header may vouch for
+# The UDP echo per receive batch (Host._echo_batch, ns_udp_echo_batch): False turns it off
+# (every frame then takes Host.receive, as before; tests/unit/test_echo_batch.py compares both).
+ECHO_BATCH = True
+_echo_run = lib.ns_udp_echo_batch
+_echo_uso = lib.ns_udp_echo_runs  # the same with USO: payloads for the echo runs
+_echo_scan = lib.ns_udp_echo_scan  # where the next frame that may be an echo request is
+_ECHO_SEGS = 256  # segments (same peer, port and size in a row) of one ns_udp_echo_runs call
+ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
+_ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
+_F_DATA_VALID = wvnet.F_DATA_VALID
 
 
 @dataclasses.dataclass(slots=True)
@@ -129,6 +140,11 @@ class Host:
             wipv4.PROTO_UDP: self.udp.receive_fast,
             wipv4.PROTO_TCP: self.tcp.receive_fast,
         }
+        # The echo batch's state (see _echo_batch): the socket and the peers C may reply to,
+        # made on first use.
+        self._echo_sock: UdpSocket | None = None
+        self._echo_ips: list[int] = []
+        self._echo_c: _EchoC | None = None
 
     # -- the loop's entry points ---------------------------------------------------------
     def start(self, now: float, lease: Lease | None = None) -> None:
@@ -156,19 +172,34 @@ class Host:
             self.arp.announce(self.now)
 
     def receive_batch(
-        self, frames: list[memoryview], now: float, meta: list[int] | None = None
+        self,
+        frames: list[memoryview],
+        now: float,
+        meta: list[int] | None = None,
+        arena: tuple | None = None,
     ) -> None:
         """Handle a batch of received frames; views are valid only during this call.
 
         `meta`, from a link with the virtio-net header: per frame, what its header said
         (wire/vnet.py metadata ints; 0 = nothing, as a link without offloads).
+        `arena`, from a link whose frames are exactly its arena's first slots (BatchLink's
+        rx_arena): (arena, slot_size, header length, lens, per-frame L4-valid flags or NULL);
+        the UDP echo then takes runs of echo requests in one C call each (_echo_batch).
         """
         tcp = self.tcp
         self.now = self.udp.now = tcp.now = now
         receive = self.receive
         tcp.flush_follows = True  # what the batch queues for TCP is flushed at its end
         try:
-            if meta:
+            if (
+                arena is not None
+                and len(frames) > 1  # (one frame: a C run would save nothing)
+                and ECHO_BATCH
+                and self._echo_sock is not None
+                and self._echo_batch(frames, now, meta, arena)
+            ):
+                pass
+            elif meta:
                 offloaded = self._receive_offloaded
                 for frame, m in zip(frames, meta, strict=True):
                     if not m:
@@ -180,6 +211,8 @@ class Host:
             else:
                 for frame in frames:
                     receive(frame, now)
+            if self.udp.last_reflect is not None:  # a peer for the echo batch's next turn
+                self._echo_learn()
             self.udp.flush(now)  # echo replies of the batch as UDP super-frames (USO links)
         except BaseException:
             tcp.flush_follows = False
@@ -187,6 +220,202 @@ class Host:
             raise
         tcp.flush_follows = False
         tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
+
+    def _echo_batch(
+        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
+    ) -> bool:
+        """The batch with its UDP echo requests answered in C, a run at a time: each run of
+        frames that the per-frame path would reflect (_echo_replies: with a header we vouch
+        for; _echo_runs: into the pending USO echo run) is taken by one C call; the frame a
+        run stops at takes the per-frame path, and the next run starts after it. Frames that
+        cannot be echo requests to the socket's port (ns_udp_echo_scan: no checksum summed)
+        go per frame without a run start each. So frames and replies keep their order, and
+        every counter, drop and socket statistic is what the per-frame path gives
+        (tests/unit/test_echo_batch.py). False (nothing done) when there is no echo socket."""
+        udp = self.udp
+        sock = self._echo_sock
+        if sock is None or not sock.reflect or udp.lookup(sock.port) is not sock:
+            self._echo_sock = None
+            return False
+        echo = self._echo_c
+        if echo is None:
+            echo = self._echo_c = _EchoC()
+        take = self._echo_runs if udp.gso_max else self._echo_replies
+        arena_c, slot_size, hlen, lens, _ = arena
+        config = self.ipv4.config
+        one, receive = self._receive_one, self.receive
+        n = len(frames)
+        i = 0
+        while i < n:
+            sock = self._echo_sock  # (the per-frame path may have learned another)
+            addr = config.address
+            if sock is None or not sock.reflect or udp.lookup(sock.port) is not sock or not addr:
+                for j in range(i, n):
+                    one(frames[j], meta[j] if meta else 0, now)
+                self._echo_learn()
+                break
+            e = _echo_scan(arena_c, slot_size, hlen, lens, i, n, addr, sock.port)
+            if e > i:  # not echo requests: per frame
+                if meta:
+                    for j in range(i, e):
+                        one(frames[j], meta[j], now)
+                else:
+                    for j in range(i, e):
+                        receive(frames[j], now)
+                self._echo_learn()
+                i = e
+                continue
+            stop = take(sock, echo, frames, arena, i, n)
+            if stop >= n:
+                break
+            one(frames[stop], meta[stop] if meta else 0, now)  # what C could not take
+            self._echo_learn()
+            i = stop + 1
+        return True
+
+    def _receive_one(self, frame: memoryview, meta: int, now: float) -> None:
+        """One frame of a batch, as receive_batch's per-frame loop hands it on."""
+        if not meta:
+            self.receive(frame, now)
+        elif meta == _F_DATA_VALID:
+            self.receive(frame, now, True)
+        else:
+            self._receive_offloaded(frame, meta, now)
+
+    def _echo_replies(
+        self, sock: UdpSocket, echo: _EchoC, frames: list[memoryview], arena: tuple, i: int, n: int
+    ) -> int:
+        """One ns_udp_echo_batch run from frame i: the replies onto the tx queue, the counters
+        the per-frame path adds. The peers' headers are checked first, as UdpEngine._reflect
+        checks them (route; neighbour REACHABLE or PROBE, no side effect): only frames
+        handled in Python can change them, and none runs inside a C run. Returns where the
+        run stopped."""
+        ipv4, arp = self.ipv4, self.arp
+        config = ipv4.config
+        addr = config.address
+        if ipv4.link_header is None:
+            return i
+        peers = echo.peers
+        route, peek = ipv4.route, arp.peek_header
+        npeers = 0
+        hops: list[int] = []
+        for ip in self._echo_ips:
+            hop = route(ip)
+            eth = None if hop is None else peek(hop)
+            if eth is None or len(eth) != 14:
+                continue
+            p = peers[npeers]
+            p.ip = ip
+            p.eth = eth
+            p.used = 0
+            hops.append(hop)
+            npeers += 1
+        if not npeers:
+            return i
+        arena_c, slot_size, hlen, lens, valid = arena
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        bcast = ipv4.subnet_broadcast
+        ident = ipv4._ident
+        stop = _echo_run(
+            arena_c, slot_size, hlen, lens, valid, i, n, mac, addr,
+            0 if bcast is None else bcast, sock.port, peers, npeers, config.mtu,
+            ident, config.default_ttl, echo.out, _ECHO_OUT_SIZE, echo.offs, echo.rx_bytes,
+        )  # fmt: skip
+        k = stop - i
+        if k:
+            c = self.counters
+            c.rx_packets += k
+            c.rx_bytes += echo.rx_bytes[0]
+            c.ipv4_rx += k
+            c.udp_rx += k
+            c.ipv4_tx += k
+            c.udp_tx += k
+            sock.reflected += k
+            ipv4._ident = (ident + k) & 0xFFFF
+            o = ffi.unpack(echo.offs, k + 1)
+            out_buf = echo.out_buf
+            self.tx.extend([(out_buf[o[j] : o[j + 1]],) for j in range(k)])
+            # the neighbour entries used, in the order of their last use (LRU)
+            if npeers == 1:
+                arp.touch(hops[0])
+            else:
+                used = sorted((peers[j].last, j) for j in range(npeers) if peers[j].used)
+                for _, j in used:
+                    arp.touch(hops[j])
+        return stop
+
+    def _echo_runs(
+        self, sock: UdpSocket, echo: _EchoC, frames: list[memoryview], arena: tuple, i: int, n: int
+    ) -> int:
+        """_echo_replies with USO (udp.gso_max): the per-frame path adds each request's
+        payload to the pending echo run (UdpEngine.receive_fast), whose super-frame is built
+        and sent at its flush; here one ns_udp_echo_runs call takes the requests from frame
+        i, copies their payloads out and says where the peer, port or size changes, and the
+        pending run grows by one piece per segment (or starts anew, flushing the old one, as
+        _start_run does per frame). No neighbour is involved until the flush, which is the
+        per-frame path's own. Returns where the run stopped."""
+        ipv4, udp = self.ipv4, self.udp
+        config = ipv4.config
+        arena_c, slot_size, hlen, lens, valid = arena
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        port = sock.port
+        bcast = ipv4.subnet_broadcast
+        segs, nsegs = echo.segs, echo.nsegs
+        stop = _echo_uso(
+            arena_c, slot_size, hlen, lens, valid, i, n, mac, config.address,
+            0 if bcast is None else bcast, port, config.mtu, echo.out, _ECHO_OUT_SIZE,
+            segs, _ECHO_SEGS, nsegs, echo.rx_bytes,
+        )  # fmt: skip
+        k = stop - i
+        if not k:
+            return stop
+        c = self.counters
+        c.rx_packets += k
+        c.rx_bytes += echo.rx_bytes[0]
+        c.ipv4_rx += k
+        c.udp_rx += k
+        sock.reflected += k
+        words = ffi.unpack(segs, 4 * nsegs[0])
+        out_buf = echo.out_buf
+        at = 0
+        for s in range(0, len(words), 4):
+            first, count, src, sp = words[s : s + 4]
+            length = sp & 0xFFFF
+            key = (src, sp >> 16, port, length)
+            size = length - 8
+            while count:
+                if key != udp._run_key or udp._run_n >= udp._run_limit:
+                    csum = _U16.unpack_from(frames[first], 40)[0]
+                    started = udp._start_run(key, csum)
+                    assert started  # C took only what a run can carry
+                take = min(count, udp._run_limit - udp._run_n)
+                udp._run.append(out_buf[at : at + take * size])
+                udp._run_n += take
+                at += take * size
+                first += take
+                count -= take
+        return stop
+
+    def _echo_learn(self) -> None:
+        """Take the peer (and socket) of the per-frame path's last echo reply, if any."""
+        udp = self.udp
+        last = udp.last_reflect
+        if last is None:
+            return
+        udp.last_reflect = None
+        sock, ip = last
+        if sock is not self._echo_sock:
+            self._echo_sock = sock
+            self._echo_ips = []
+        ips = self._echo_ips
+        if ip in ips:
+            return
+        ips.insert(0, ip)
+        del ips[ECHO_PEERS:]
 
     def _receive_offloaded(self, frame: memoryview, meta: int, now: float) -> None:
         """A frame whose virtio-net header says something: a TCP super-frame is taken whole
@@ -384,3 +613,18 @@ def _is_dhcp_reply(header: wipv4.Ipv4Header, payload: memoryview) -> bool:
         and len(payload) >= wudp.HEADER_LEN
         and int.from_bytes(payload[2:4], "big") == wdhcp.CLIENT_PORT
     )
+
+
+class _EchoC:
+    """The C side of Host._echo_batch: its peer table, reply buffer and outputs."""
+
+    __slots__ = ("nsegs", "offs", "out", "out_buf", "peers", "rx_bytes", "segs")
+
+    def __init__(self) -> None:
+        self.peers = ffi.new("struct ns_echo_peer[]", ECHO_PEERS)
+        self.out = ffi.new("uint8_t[]", _ECHO_OUT_SIZE)
+        self.out_buf = ffi.buffer(self.out)
+        self.offs = ffi.new("uint32_t[]", _ECHO_OUT_SIZE // 42 + 2)
+        self.rx_bytes = ffi.new("uint64_t[1]")
+        self.segs = ffi.new("uint32_t[]", 4 * _ECHO_SEGS)
+        self.nsegs = ffi.new("int[1]")

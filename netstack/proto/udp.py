@@ -119,7 +119,10 @@ class UdpEngine:
         # the link speaks the virtio-net header and its kernel has USO. Replies of one peer
         # and size within a receive batch form a run, sent at the batch's end (flush).
         self.gso_max = 0
-        self._run: list[memoryview] = []  # payloads of the pending echo run
+        # Payloads of the pending echo run: one piece each (per frame), or one piece for
+        # several in a row (the host's echo batch copies them out of C); _run_n counts them.
+        self._run: list[memoryview | bytes] = []
+        self._run_n = 0
         self._run_key: tuple[int, int, int, int] | None = None  # peer ip, peer port, port, len
         self._run_limit = 0
         self._run_csum = 0  # the first reply's checksum: a run of one goes out plain
@@ -127,6 +130,9 @@ class UdpEngine:
         # Linux socket on "::" without IPV6_V6ONLY); proto/udp6.py sets the v6 sender.
         self.sendto6: Callable[[int, bytes | bytearray | memoryview, tuple], bool] | None = None
         self.flush6: Callable[[float], None] | None = None  # proto/udp6.py's echo runs
+        # (socket, peer) of the last echo reply sent by the per-frame path (proto/host.py's
+        # echo batch takes that peer's next requests in C); the host clears it.
+        self.last_reflect: tuple[UdpSocket, int] | None = None
         ipv4.register(wipv4.PROTO_UDP, self.receive)
 
     # -- port table ------------------------------------------------------------------------
@@ -215,14 +221,18 @@ class UdpEngine:
             sock.reflected += 1
             if self.gso_max:
                 key = (src, src_port, dst_port, length)
-                if key == self._run_key and len(self._run) < self._run_limit:
+                if key == self._run_key and self._run_n < self._run_limit:
                     self._run.append(payload[wudp.HEADER_LEN : length])
+                    self._run_n += 1
                     return
                 if self._start_run(key, csum):
                     self._run.append(payload[wudp.HEADER_LEN : length])
+                    self._run_n = 1
+                    self.last_reflect = (sock, src)  # the host's echo batch learns the socket
                     return
             if self._reflect(src, payload, length, now):
                 c.udp_tx += 1
+                self.last_reflect = (sock, src)  # the host's echo batch learns the peer
             return
         sock.on_datagram(payload[wudp.HEADER_LEN : length], (src, src_port), dst, now)
 
@@ -257,7 +267,7 @@ class UdpEngine:
     def _start_run(self, key: tuple[int, int, int, int], csum: int) -> bool:
         """Send the pending run and start one for `key`; False when replies of this size
         cannot be cut by the kernel (empty, or a segment above the MTU: they go alone)."""
-        if self._run:
+        if self._run_n:
             self.flush(self.now)
         size = key[3] - wudp.HEADER_LEN
         if size <= 0 or wipv4.MIN_HEADER_LEN + key[3] > self.ipv4.config.mtu:
@@ -274,15 +284,16 @@ class UdpEngine:
         if self.flush6 is not None:
             self.flush6(now)
         run = self._run
-        if not run:
+        n = self._run_n
+        if not n:
             return
         assert self._run_key is not None
         peer, peer_port, port, length = self._run_key
         self._run = []
+        self._run_n = 0
         self._run_key = None
         c = self.counters
         ipv4 = self.ipv4
-        n = len(run)
         if n == 1:
             header = _UDP_HEADER.pack(port, peer_port, length, self._run_csum)
             if ipv4.send(peer, wudp.PROTO_UDP, (header, run[0]), now):

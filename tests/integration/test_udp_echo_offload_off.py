@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.integration.test_udp_echo_batch import windowed_burst
 from tests.integration.world import World, have_tools
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,12 @@ def test_windowed_burst_all_echoed(world: World) -> None:
     finally:
         sock.close()
     assert len(seen) == total
+
+
+def test_windowed_burst_several_sockets(world: World) -> None:
+    """The echo per receive batch in C (Host._echo_batch) under load: test_udp_echo_batch.py's
+    burst, here without offloads (every reply one ns_udp_reflect frame)."""
+    windowed_burst(world)
 
 
 def _tshark(world: World, display_filter: str, *, strict: bool = True) -> str:
