@@ -937,6 +937,23 @@ int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t p
     return pieces;
 }
 
+/* The iovecs of cut pieces first..first+want-1: each its header (in `scratch`, as ns_gso_cut
+ * left it) and its slice of the payload where it lies (no copy). */
+static void ns_gso_iov(struct iovec *iov, const uint8_t *scratch, size_t hlen,
+                       const uint8_t *payload, size_t plen, size_t mss, int first, int want)
+{
+    int k;
+
+    for (k = 0; k < want; k++) {
+        size_t off = (size_t)(first + k) * mss;
+
+        iov[2 * k].iov_base = (void *)(scratch + (size_t)(first + k) * hlen);
+        iov[2 * k].iov_len = hlen;
+        iov[2 * k + 1].iov_base = (void *)(payload + off);
+        iov[2 * k + 1].iov_len = plen - off < mss ? plen - off : mss;
+    }
+}
+
 /* Software GSO on the way out: cut as ns_gso_cut (headers into `scratch`, max_pieces of hlen
  * bytes) and write pieces `skip`.. onwards, each as two iovecs (its header, its slice of the
  * payload where it lies: no copy): one writev per piece (TAP, `mmsg` 0) or sendmmsg in chunks
@@ -958,14 +975,7 @@ int ns_gso_write(int fd, int mmsg, const uint8_t *hdr, size_t hlen, const uint8_
 
         if (want > 64)
             want = 64;
-        for (k = 0; k < want; k++) {
-            size_t off = (size_t)(i + k) * mss;
-
-            iov[2 * k].iov_base = scratch + (size_t)(i + k) * hlen;
-            iov[2 * k].iov_len = hlen;
-            iov[2 * k + 1].iov_base = (void *)(payload + off);
-            iov[2 * k + 1].iov_len = plen - off < mss ? plen - off : mss;
-        }
+        ns_gso_iov(iov, scratch, hlen, payload, plen, mss, i, want);
         if (mmsg) {
             for (k = 0; k < want; k++) {
                 memset(&msgs[k], 0, sizeof(msgs[k]));
@@ -1205,14 +1215,7 @@ int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,
 
         if (want > NS_URING_BATCH)
             want = NS_URING_BATCH;
-        for (k = 0; k < want; k++) {
-            size_t off = (size_t)(i + k) * mss;
-
-            iov[2 * k].iov_base = scratch + (size_t)(i + k) * hlen;
-            iov[2 * k].iov_len = hlen;
-            iov[2 * k + 1].iov_base = (void *)(payload + off);
-            iov[2 * k + 1].iov_len = plen - off < mss ? plen - off : mss;
-        }
+        ns_gso_iov(iov, scratch, hlen, payload, plen, mss, i, want);
         n = ns_uring_submit(ring, fd, iov, counts, want);
         if (n < 0) {
             if (i > skip || n == -EAGAIN)
