@@ -6,7 +6,8 @@ scheduler's view of both ends.
     sudo .venv/bin/python bench/udpprobe.py --variant base=/tmp/base --variant branch=. \\
         --stack-args "--offload off" --place same --place cross --secs 3 --rounds 2
 
-A variant is NAME=CHECKOUT[::EXTRA STACK ARGS]. Per run: echoes/s; the stack's CPU (utime +
+A variant is NAME=CHECKOUT[::EXTRA STACK ARGS], or NAME=kernel: the C echo server behind a veth
+pair (the "server" columns are then that process's). Per run: echoes/s; the stack's CPU (utime +
 stime, all threads) per echo and as a share of the wall; its sleeps (voluntary context
 switches: one per epoll wait that slept) and preemptions (involuntary ones), and echoes per
 sleep (the frames a wakeup finds); the client's CPU per echo, its sleeps and preemptions (from
@@ -21,8 +22,10 @@ import argparse
 import contextlib
 import os
 import shlex
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -68,26 +71,47 @@ def stack_stats(pid: int) -> tuple[float, float, int, int, float]:
     return user, system, vol, invol, wait
 
 
-def one(bench: compare.Compare, name: str, cwd: Path, extra: str, place: str, a) -> dict:
-    bench.stack_args = shlex.split(a.stack_args) + shlex.split(extra)
-    bench.stack_cwd = cwd
-    bench.start_stack()
-    pid = bench.stack_pid
+def start_kernel(bench: compare.Compare) -> tuple[str, int, Callable[[], object]]:
+    """The `kernel` variant: udpecho.c's own C server behind a veth pair (compare.py's row)."""
+    bench.start_veth()
+    server = bench.popen(
+        bench.in_ns(bench.ns_k2, ["timeout", "120", bench.udpecho, "server", "7"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    time.sleep(0.3)
+
+    def stop() -> None:
+        bench.end(server)
+        for ns in (bench.ns_k1, bench.ns_k2):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    return bench.ns_k1, compare.program_pid(server.pid), stop
+
+
+def one(bench: compare.Compare, name: str, cwd: str, extra: str, place: str, a) -> dict:
+    if cwd == "kernel":
+        ns, pid, stop = start_kernel(bench)
+    else:
+        bench.stack_args = shlex.split(a.stack_args) + shlex.split(extra)
+        bench.stack_cwd = Path(cwd).resolve()
+        bench.start_stack()
+        ns, pid, stop = bench.ns_a, bench.stack_pid, bench.stop_stack
     cpu = None
     if place != "free":
         udp_bench.set_affinity(pid, {1})
         cpu = 1 if place == "same" else 0
     try:
-        bench.udpecho_client(bench.ns_a, udp_bench.STACK_IP, 0.3)  # warm-up (ARP)
+        bench.udpecho_client(ns, udp_bench.STACK_IP, 0.3)  # warm-up (ARP)
         code = CLIENT.format(exe=bench.udpecho, host=udp_bench.STACK_IP, secs=f"{a.secs:g}")
         before = stack_stats(pid)
         res = bench.sh(
-            bench.in_ns(bench.ns_a, ["timeout", str(int(a.secs + 20)), "python3", "-c", code], cpu),
+            bench.in_ns(ns, ["timeout", str(int(a.secs + 20)), "python3", "-c", code], cpu),
             timeout=a.secs + 40,
         )
         after = stack_stats(pid)
     finally:
-        bench.stop_stack()
+        stop()
     rate, _sent, received = (float(x) for x in res.stdout.split()[:3])
     c_user, c_sys, c_vol, c_invol, c_wait = res.stderr.split()[-5:]
     d = [x - y for x, y in zip(after, before, strict=True)]
@@ -132,7 +156,7 @@ def main() -> int:
     for v in a.variant:
         name, _, rest = v.partition("=")
         path, _, extra = rest.partition("::")
-        variants.append((name, Path(path).resolve(), extra))
+        variants.append((name, path, extra))
     bench = compare.Compare(ns, anchor)
     bench.compile()
     print(f"# {time.strftime('%H:%M:%S')} load {os.getloadavg()} stack args {a.stack_args!r}")
