@@ -7,7 +7,8 @@ scheduler's view of both ends.
         --stack-args "--offload off" --place same --place cross --secs 3 --rounds 2
 
 A variant is NAME=CHECKOUT[::EXTRA STACK ARGS], or NAME=kernel: the C echo server behind a veth
-pair (the "server" columns are then that process's). Per run: echoes/s; the stack's CPU (utime +
+pair, or NAME=lwip:PATH_TO_LWIPD: lwIP on a TAP as run.sh sets it up (the stack columns are then
+that server's). Per run: echoes/s; the stack's CPU (utime +
 stime, all threads) per echo and as a share of the wall; its sleeps (voluntary context
 switches: one per epoll wait that slept) and preemptions (involuntary ones), and echoes per
 sleep (the frames a wakeup finds); the client's CPU per echo, its sleeps and preemptions (from
@@ -89,9 +90,38 @@ def start_kernel(bench: compare.Compare) -> tuple[str, int, Callable[[], object]
     return bench.ns_k1, compare.program_pid(server.pid), stop
 
 
+def start_lwip(bench: compare.Compare, lwipd: str) -> tuple[str, int, Callable[[], object]]:
+    """The `lwip:PATH` variant: a built lwipd (run.sh's, e.g. /tmp/lwip-anchor/build-*/lwipd)
+    on a TAP in its own namespace, set up as run.sh does."""
+    ns = bench.netns_add("l")
+    bench.sh(["ip", "-n", ns, "tuntap", "add", "dev", "tap8", "mode", "tap"])
+    bench.sh(["ip", "-n", ns, "addr", "add", f"{udp_bench.HOST_IP}/24", "dev", "tap8"])
+    bench.sh(["ip", "-n", ns, "link", "set", "tap8", "up"])
+    proc = bench.popen(
+        bench.in_ns(ns, [lwipd, "tap8", udp_bench.STACK_IP, "255.255.255.0", udp_bench.HOST_IP]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ping = ["ping", "-c1", "-W1", udp_bench.STACK_IP]
+        if bench.sh(bench.in_ns(ns, ping), check=False).returncode == 0:
+            break
+    else:
+        raise udp_bench.BenchError("lwipd does not answer ping")
+
+    def stop() -> None:
+        bench.end(proc)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    return ns, compare.program_pid(proc.pid), stop
+
+
 def one(bench: compare.Compare, name: str, cwd: str, extra: str, place: str, a) -> dict:
     if cwd == "kernel":
         ns, pid, stop = start_kernel(bench)
+    elif cwd.startswith("lwip:"):
+        ns, pid, stop = start_lwip(bench, cwd.removeprefix("lwip:"))
     else:
         bench.stack_args = shlex.split(a.stack_args) + shlex.split(extra)
         bench.stack_cwd = Path(cwd).resolve()
