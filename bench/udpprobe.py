@@ -14,7 +14,8 @@ switches: one per epoll wait that slept) and preemptions (involuntary ones), and
 sleep (the frames a wakeup finds); the client's CPU per echo, its sleeps and preemptions (from
 wait4's rusage: the client is C and cannot report them itself). `--place` pins the stack on
 CPU 1 and the client on CPU 1 (same) or 0 (cross), or neither (free); several `--place`
-values are run in turn within each round.
+values are run in turn within each round. `same_cpu%`: the share of 5 ms samples in which the
+client last ran on the CPU of the server's busiest thread (what `free` placement ends up as).
 """
 
 from __future__ import annotations
@@ -70,6 +71,63 @@ def stack_stats(pid: int) -> tuple[float, float, int, int, float]:
                     elif line.startswith("nonvoluntary_ctxt_switches"):
                         invol += int(line.split()[1])
     return user, system, vol, invol, wait
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def cpu_of(path: str) -> int | None:
+    """The CPU a task last ran on (/proc stat field 39)."""
+    with contextlib.suppress(OSError, IndexError, ValueError), open(path) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+    return None
+
+
+def sample_placement(proc: subprocess.Popen, server: int, every: float = 0.005) -> float | None:
+    """Until proc ends: how often the udpecho client last ran on the same CPU as the server's
+    busiest thread (sampled every 5 ms; the share of samples, 0-100), or None if not seen."""
+    samples: list[tuple[int, dict[int, int]]] = []
+    client = None
+    while proc.poll() is None:
+        if client is None:
+            for kid in descendants(proc.pid):
+                with contextlib.suppress(OSError), open(f"/proc/{kid}/comm") as f:
+                    if f.read().startswith("udpecho"):
+                        client = kid
+        else:
+            c = cpu_of(f"/proc/{client}/stat")
+            threads = {}
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{server}/task"):
+                    t = cpu_of(f"/proc/{server}/task/{tid}/stat")
+                    if t is not None:
+                        threads[int(tid)] = t
+            if c is not None:
+                samples.append((c, threads))
+        time.sleep(every)
+    if not samples:
+        return None
+    busiest = max(samples[-1][1], key=lambda t: stack_thread_ticks(server, t))
+    same = sum(1 for c, threads in samples if threads.get(busiest) == c)
+    return 100.0 * same / len(samples)
+
+
+def stack_thread_ticks(pid: int, tid: int) -> int:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    return 0
 
 
 def start_kernel(bench: compare.Compare) -> tuple[str, int, Callable[[], object]]:
@@ -135,15 +193,19 @@ def one(bench: compare.Compare, name: str, cwd: str, extra: str, place: str, a) 
         bench.udpecho_client(ns, udp_bench.STACK_IP, 0.3)  # warm-up (ARP)
         code = CLIENT.format(exe=bench.udpecho, host=udp_bench.STACK_IP, secs=f"{a.secs:g}")
         before = stack_stats(pid)
-        res = bench.sh(
+        proc = subprocess.Popen(
             bench.in_ns(ns, ["timeout", str(int(a.secs + 20)), "python3", "-c", code], cpu),
-            timeout=a.secs + 40,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        together = sample_placement(proc, pid)
+        stdout, stderr = proc.communicate(timeout=a.secs + 40)
         after = stack_stats(pid)
     finally:
         stop()
-    rate, _sent, received = (float(x) for x in res.stdout.split()[:3])
-    c_user, c_sys, c_vol, c_invol, c_wait = res.stderr.split()[-5:]
+    rate, _sent, received = (float(x) for x in stdout.split()[:3])
+    c_user, c_sys, c_vol, c_invol, c_wait = stderr.split()[-5:]
     d = [x - y for x, y in zip(after, before, strict=True)]
     echoes = max(received, 1.0)
     client_cpu = float(c_user) + float(c_sys)
@@ -164,6 +226,7 @@ def one(bench: compare.Compare, name: str, cwd: str, extra: str, place: str, a) 
         "cli_sleeps": int(c_vol),
         "cli_preempt": int(c_invol),
         "cli_wait%": 100 * int(c_wait) / 1e9 / dur,
+        "same_cpu%": -1.0 if together is None else together,
     }
 
 
@@ -192,7 +255,7 @@ def main() -> int:
     print(f"# {time.strftime('%H:%M:%S')} load {os.getloadavg()} stack args {a.stack_args!r}")
     cols = ("echo/s", "cpu%", "us/echo", "usr_us/echo", "sleeps", "echo/sleep", "preempt",
             "wait%", "cli_cpu%", "cli_us/echo", "cli_sleeps", "cli_preempt",
-            "cli_wait%")  # fmt: skip
+            "cli_wait%", "same_cpu%")  # fmt: skip
     print(f"{'rnd':>3} {'variant':>12} {'place':>5} " + " ".join(f"{c:>11}" for c in cols))
     try:
         for r in range(a.rounds):
