@@ -306,7 +306,10 @@ class BlockingStack:
 
             def detach(now: float) -> None:
                 loop.remove_reader(efd)
-                os.close(efd)
+                # Under the gate: a wakeup already pending can run this command between
+                # close()'s put and its eventfd_write, which must not find the fd closed.
+                with self._gate:
+                    os.close(efd)
 
             with self._gate:
                 if self._closed:

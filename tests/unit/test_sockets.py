@@ -515,3 +515,36 @@ def test_submit_racing_close_never_writes_a_closed_eventfd(monkeypatch) -> None:
     with pytest.raises(OSError) as late:
         stack.submit(lambda now: None)
     assert late.value.errno == errno.ESHUTDOWN
+
+
+def test_closing_an_attached_facade_while_the_loop_drains_its_commands(monkeypatch) -> None:
+    """close() of a facade attached to a loop someone else runs queues a detach command and
+    then wakes the loop. A wakeup already pending may let the loop run that command before
+    close() writes the eventfd: the detach must not close the fd under the writer (it did,
+    and close() raised EBADF in CI)."""
+    from netstack.api import sockets as sockets_mod
+
+    pair = Pair()
+    b = pair.b
+    drained = threading.Event()
+
+    class DrainingQueue(type(b._commands)):  # the loop thread drains at once, as it may
+        def put(self, item, *args, **kwargs) -> None:
+            super().put(item, *args, **kwargs)
+            if item.__name__ == "detach":
+                drainer = threading.Thread(
+                    target=lambda: (b._on_wakeup(time.monotonic()), drained.set())
+                )
+                drainer.start()
+                drainer.join(0.5)  # the fix keeps the drainer waiting on the gate
+
+    monkeypatch.setattr(b, "_commands", DrainingQueue())
+    try:
+        b.close()  # raised OSError EBADF before the fix
+        assert drained.wait(10)  # the detach ran once close() let go of the gate
+        with pytest.raises(OSError) as late:
+            sockets_mod.os.fstat(b._efd)
+        assert late.value.errno == errno.EBADF
+    finally:
+        pair.a.close()
+        pair.loop.close()
