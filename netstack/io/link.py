@@ -242,6 +242,9 @@ class BatchLink:
             if n == 0 or n == -errno.EAGAIN:
                 return []
             raise link_error(n, self.name, "reading from")
+        if n == 1 and self._lens[0] < self.slot_size:  # one frame (a round trip's turn)
+            self.rx_arena = self._rx_whole
+            return [self._slots[0][: self._lens[0]]]
         lens = ffi.unpack(self._lens, n)
         slots = self._slots
         if max(lens) >= self.slot_size:  # a full slot means the kernel truncated the frame

@@ -463,40 +463,45 @@ def _one_frame_cases() -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", list(_one_frame_cases()))
+@pytest.mark.parametrize("case", [*_one_frame_cases(), "plain link", "plain link, truncated"])
 def test_vnet_one_frame_read_is_the_batch_read(case: str) -> None:
-    """_receive_vnet's one-frame shortcut (no list unpacking when a read brings one ordinary
-    frame): a frame read alone comes out exactly as it does at the head of a batch read by
-    the general path (a plain filler frame after it): the same bytes, metadata, arena offer,
-    header rewrite and counters."""
+    """The one-frame shortcuts of _receive_vnet and of the plain receive_batch (no list
+    unpacking when a read brings one ordinary frame): a frame read alone comes out exactly as
+    it does at the head of a batch read by the general path (a plain filler frame after it):
+    the same bytes, metadata, arena offer, header rewrite and counters."""
     import socket
 
     from netstack._ffi import ffi, lib
+
+    from netstack.io.link import VNET_RX_SLOT
 
     class PairLink(BatchLink):
         _rx_fn = staticmethod(lib.ns_read_batch)
         _tx_fn = staticmethod(lib.ns_write_batch)
 
-    data = _one_frame_cases()[case]
-    filler = vnet.PLAIN + b"filler frame"
+    vnet_link = not case.startswith("plain link")
+    if vnet_link:
+        data = _one_frame_cases()[case]
+        filler = vnet.PLAIN + b"filler frame"
+    else:
+        data = _partial_udp_frame(b"x") if case == "plain link" else bytes(VNET_RX_SLOT)
+        filler = b"filler frame"
     got = []
     for batch in ([data], [data, filler]):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * len(data))
             a.setblocking(False)
-            link = PairLink("pair0", a.fileno(), bytes(6), 1500, 8, vnet=True)
+            link = PairLink("pair0", a.fileno(), bytes(6), 1500, 8, vnet=vnet_link)
             for d in batch:
                 b.send(d)
             frames = [bytes(f) for f in link.receive_batch()]
-            meta = list(link.rx_meta or [])
+            meta = list(link.rx_meta or []) if vnet_link else [None] * len(frames)
             if len(batch) == 2:  # the filler: plain, last, metadata 0
-                assert frames.pop() == b"filler frame" and meta.pop() == 0
+                assert frames.pop() == b"filler frame" and meta.pop() in (0, None)
             header = bytes(ffi.buffer(link._arena, vnet.HEADER_LEN))
-            got.append(
-                (frames, meta, link.rx_arena is not None, header, link.rx_oversize,
-                 link.rx_vnet_truncated)
-            )  # fmt: skip
+            arena = link.rx_arena is not None
+            got.append((frames, meta, arena, header, link.rx_oversize, link.rx_vnet_truncated))
         finally:
             a.close()
             b.close()
