@@ -242,6 +242,9 @@ class BatchLink:
             if n == 0 or n == -errno.EAGAIN:
                 return []
             raise link_error(n, self.name, "reading from")
+        if n == 1 and self._lens[0] < self.slot_size:  # one frame (a round trip's turn)
+            self.rx_arena = self._rx_whole
+            return [self._slots[0][: self._lens[0]]]
         lens = ffi.unpack(self._lens, n)
         slots = self._slots
         if max(lens) >= self.slot_size:  # a full slot means the kernel truncated the frame
@@ -283,14 +286,21 @@ class BatchLink:
             if n == 0 or n == -errno.EAGAIN:
                 return []
             raise link_error(n, self.name, "reading from")
-        lens = ffi.unpack(self._lens, n)
-        slots = self._slots
         hlen = wvnet.HEADER_LEN
         # One C pass completes the kernel's partial checksums on ordinary frames; when no
         # header is left with anything to say, the batch is plain (metadata 0 each), but for
         # the frames whose TCP/UDP checksum that pass completed: F_DATA_VALID, so the host's
-        # fast path does not sum them a second time (ns_rx_fast_v).
+        # fast path does not sum them a second time (ns_rx_fast_v). The pass rewrites the
+        # headers it completed, so it runs once per batch, before any branch.
         r = lib.ns_vnet_rx_plain_v(self._arena, self.slot_size, hlen, self._lens, n, self._verified)
+        if n == 1 and not r & 0xFFFF:
+            # One ordinary frame (a round trip's turn, most of a connection's): no lists to
+            # unpack. "Not odd" implies hlen <= length < slot_size (the C pass checks both).
+            self.rx_meta = [self._verified[0]]
+            self.rx_arena = self._rx_whole
+            return [self._slots[0][hlen : self._lens[0]]]
+        lens = ffi.unpack(self._lens, n)
+        slots = self._slots
         if not r & 0xFFFF:
             self.rx_meta = ffi.unpack(self._verified, n) if r >> 16 else [0] * n
             self.rx_arena = self._rx_whole  # _verified holds the metadata of each frame

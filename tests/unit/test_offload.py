@@ -439,3 +439,72 @@ def test_a_verified_frame_skips_the_checksum_and_others_are_summed() -> None:
     host.receive_batch([memoryview(bytes(again))], 1.002, [0])
     assert sinks[0].bytes == 100
     assert host.counters.drops[Drop.TCP_BAD_CHECKSUM] == 1
+
+
+def _one_frame_cases() -> dict[str, bytes]:
+    """What a vnet link may read, each as one datagram: header + frame."""
+    from netstack.io.link import VNET_RX_SLOT
+
+    partial = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 34, 6).emit()
+    outside = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 4000, 6).emit()
+    not_l4 = vnet.VnetHeader(vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 0, 0, 14, 10).emit()
+    valid = vnet.VnetHeader(vnet.F_DATA_VALID, vnet.GSO_NONE, 0, 0, 0, 0).emit()
+    gso = vnet.VnetHeader(0, vnet.GSO_TCPV4, 54, 1448, 0, 0).emit()
+    udp = _partial_udp_frame(b"echo me")
+    return {
+        "plain": vnet.PLAIN + udp,
+        "partial udp": partial + udp,
+        "partial, positions outside": outside + udp,
+        "partial, not the l4 checksum": not_l4 + udp,
+        "data valid": valid + b"vouched frame",
+        "gso": gso + udp,
+        "shorter than the header": vnet.PLAIN[:5],
+        "truncated": vnet.PLAIN + bytes(VNET_RX_SLOT),
+    }
+
+
+@pytest.mark.parametrize("case", [*_one_frame_cases(), "plain link", "plain link, truncated"])
+def test_vnet_one_frame_read_is_the_batch_read(case: str) -> None:
+    """The one-frame shortcuts of _receive_vnet and of the plain receive_batch (no list
+    unpacking when a read brings one ordinary frame): a frame read alone comes out exactly as
+    it does at the head of a batch read by the general path (a plain filler frame after it):
+    the same bytes, metadata, arena offer, header rewrite and counters."""
+    import socket
+
+    from netstack._ffi import ffi, lib
+
+    from netstack.io.link import VNET_RX_SLOT
+
+    class PairLink(BatchLink):
+        _rx_fn = staticmethod(lib.ns_read_batch)
+        _tx_fn = staticmethod(lib.ns_write_batch)
+
+    vnet_link = not case.startswith("plain link")
+    if vnet_link:
+        data = _one_frame_cases()[case]
+        filler = vnet.PLAIN + b"filler frame"
+    else:
+        data = _partial_udp_frame(b"x") if case == "plain link" else bytes(VNET_RX_SLOT)
+        filler = b"filler frame"
+    got = []
+    for batch in ([data], [data, filler]):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * len(data))
+            a.setblocking(False)
+            link = PairLink("pair0", a.fileno(), bytes(6), 1500, 8, vnet=vnet_link)
+            for d in batch:
+                b.send(d)
+            frames = [bytes(f) for f in link.receive_batch()]
+            meta = list(link.rx_meta or []) if vnet_link else [None] * len(frames)
+            if len(batch) == 2:  # the filler: plain, last, metadata 0
+                assert frames.pop() == b"filler frame" and meta.pop() in (0, None)
+            header = bytes(ffi.buffer(link._arena, vnet.HEADER_LEN))
+            arena = link.rx_arena is not None
+            got.append((frames, meta, arena, header, link.rx_oversize, link.rx_vnet_truncated))
+        finally:
+            a.close()
+            b.close()
+    assert got[0] == got[1]
+    frames, meta, _, _, oversize, truncated = got[0]
+    assert len(frames) == len(meta) == (0 if oversize or truncated else 1)
