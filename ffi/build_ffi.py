@@ -106,6 +106,9 @@ void *ns_uring_open(unsigned entries, int *err);
 void ns_uring_close(void *ring);
 int ns_uring_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
                          int n_frames);
+#define NS_URING_MIN ...
+int ns_tap_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
+                       int n_frames);
 int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,
                        const uint8_t *payload, size_t plen, size_t mss, int skip,
                        uint8_t *scratch, int max_pieces);

@@ -1195,6 +1195,21 @@ int ns_uring_write_batch(void *ring, int fd, const struct iovec *iov, const int 
     return total;
 }
 
+/* The TAP writer's choice per batch (the link's tx function with tap_tx uring): a batch of
+ * fewer than NS_URING_MIN frames is written by writev, a larger one through the ring. Measured
+ * (bench/RESULTS.md run 13): a new connection's batches of ~2 frames cost 30-40 us more per
+ * connection through the ring than by writev, while the batches that gain (a cut
+ * super-segment, an echo window's replies) are tens of frames. */
+#define NS_URING_MIN 8
+
+int ns_tap_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
+                       int n_frames)
+{
+    if (n_frames < NS_URING_MIN)
+        return ns_write_batch(fd, iov, iov_counts, n_frames);
+    return ns_uring_write_batch(ring, fd, iov, iov_counts, n_frames);
+}
+
 /* ns_gso_write for a TAP through the ring: the pieces of the cut, up to NS_URING_BATCH per
  * io_uring_enter (a 64 KB super-segment at MSS 1448 is 46 pieces: one call). */
 int ns_gso_write_uring(void *ring, int fd, const uint8_t *hdr, size_t hlen,

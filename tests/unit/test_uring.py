@@ -72,6 +72,28 @@ def test_ring_writes_a_batch_whole_and_in_order(ring_pair, count: int) -> None:
     assert got == [b"".join(f) for f in frames]
 
 
+@pytest.mark.parametrize("count", [1, 2, lib.NS_URING_MIN - 1])
+def test_batches_below_the_ring_minimum_are_written_by_writev(count: int) -> None:
+    """The link's tx function (ns_tap_write_batch) writes a batch of fewer than NS_URING_MIN
+    frames by writev and never touches the ring: here there is none (NULL), which the ring
+    path would dereference. (A connection's batches of ~2 frames measured dearer through the
+    ring: bench/RESULTS.md run 13.)"""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        frames = [os.urandom(60 + i) for i in range(count)]
+        keep = [ffi.from_buffer(f) for f in frames]
+        iov = ffi.new("struct iovec[]", count)
+        for i, (f, buf) in enumerate(zip(frames, keep, strict=True)):
+            iov[i].iov_base = buf
+            iov[i].iov_len = len(f)
+        counts = ffi.new("int[]", [1] * count)
+        assert lib.ns_tap_write_batch(ffi.NULL, a.fileno(), iov, counts, count) == count
+        assert [b.recv(2048) for _ in range(count)] == frames
+    finally:
+        a.close()
+        b.close()
+
+
 def test_ring_stops_at_the_first_eagain_with_the_front_written(ring_pair) -> None:
     link, a, b = ring_pair
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
