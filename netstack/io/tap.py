@@ -145,6 +145,9 @@ class TapLink(BatchLink):
         if ring is not None:
             if self.soft_gso is not None:
                 self.soft_gso.ring = None
+            # back to the class's writev: a send after close gets EBADF (a LinkTxError), not
+            # the freed ring's memory
+            self.__dict__.pop("_tx_fn", None)
             ring.close()
 
 

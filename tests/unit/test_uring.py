@@ -252,6 +252,7 @@ def test_tap_with_a_ring_sends_through_it(monkeypatch) -> None:
         link.fd = -1  # nothing to close but the ring
         link.close()
     assert link.soft_gso.ring is None and link._ring is None
+    assert link._tx_fn is lib.ns_write_batch  # not a partial over the freed ring
 
 
 def test_tap_rejects_an_unknown_tx_mode() -> None:
