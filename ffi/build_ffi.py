@@ -104,6 +104,7 @@ int ns_gro_merge(uint8_t *arena, size_t slot_size, uint32_t *lens, int n, const 
 #define NS_GSO_MAX_HDR ...
 void *ns_uring_open(unsigned entries, int *err);
 void ns_uring_close(void *ring);
+void ns_uring_count_refused(void *ring, int *counter);
 int ns_uring_write_batch(void *ring, int fd, const struct iovec *iov, const int *iov_counts,
                          int n_frames);
 #define NS_URING_MIN ...

@@ -1023,6 +1023,7 @@ struct ns_uring {
     struct io_uring_cqe *cqes;
     void *sq_ptr, *cq_ptr;
     size_t sq_len, cq_len, sqes_len;
+    int *refused; /* frames refused for good behind one that went (ns_uring_count_refused) */
 };
 
 #define NS_URING_BATCH 64 /* requests per io_uring_enter (<= entries) */
@@ -1101,20 +1102,23 @@ void ns_uring_close(void *ring)
     free(r);
 }
 
+/* Where ns_uring_submit counts the frames it lets go as refused (see there); NULL: nowhere. */
+void ns_uring_count_refused(void *ring, int *counter)
+{
+    ((struct ns_uring *)ring)->refused = counter;
+}
+
 /* Submit n (<= NS_URING_BATCH) writev requests of frames to fd (frame k: counts[k] iovecs from
  * iov, consecutive) in one io_uring_enter and reap them. Returns the frames written from the
- * front; -errno when the first failed for good (as ns_write_batch). A frame after a failed one
- * may have gone too: requests are not linked (IOSQE_IO_LINK measured +0.25 us per frame, ~8 %
- * of an echo or a cut super-segment), so the caller sends it again and it goes twice, out of
- * order. TCP tolerates that; a UDP datagram is duplicated. A TAP refuses a frame for good only
- * when it is malformed (EINVAL) or the kernel is out of memory, and never says EAGAIN (its
- * sndbuf is INT_MAX), so this needs a bug of ours first. */
+ * front; -errno when the first failed for good (as ns_write_batch). Frames refused behind one
+ * that went are let go and counted (below), never sent twice. */
 static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
                            const int *counts, int n)
 {
     unsigned tail = *r->sq_tail, mask = *r->sq_mask, head, consumed, ct;
     int k, done, first_err = 0, err = 0;
     unsigned char completed[NS_URING_BATCH];
+    int res[NS_URING_BATCH];
 
     /* completions left by an earlier call that gave up waiting (never, in practice) */
     __atomic_store_n(r->cq_head, __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE),
@@ -1163,6 +1167,7 @@ static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
         if (i < 0 || i >= n)
             continue;
         completed[i] = 1;
+        res[i] = cqe->res;
         if (cqe->res < 0 && i < done) {
             done = i;
             first_err = cqe->res;
@@ -1176,6 +1181,32 @@ static int ns_uring_submit(struct ns_uring *r, int fd, const struct iovec *iov,
             first_err = 0;
             break;
         }
+    /* Requests are not linked (IOSQE_IO_LINK measured +0.25 us per frame), so frames after a
+     * refused one may have gone. Then everything up to the last frame that went counts as
+     * done, and the refused frames among them are let go and counted (*refused, folded into
+     * the LINK_TX_ERROR drops by the loop): resending from the refused frame would send the
+     * later ones twice, out of order. */
+    if (done < (int)consumed && first_err != 0) {
+        int last_ok = -1, nref = 0, whole = 1;
+
+        for (k = (int)consumed - 1; k > done; k--)
+            if (completed[k] && res[k] >= 0) {
+                last_ok = k;
+                break;
+            }
+        for (k = done; k < last_ok; k++) {
+            if (!completed[k])
+                whole = 0;
+            else if (res[k] < 0)
+                nref++;
+        }
+        if (last_ok > done && whole) {
+            if (r->refused != NULL)
+                *r->refused += nref;
+            done = last_ok + 1;
+            first_err = 0;
+        }
+    }
     __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
     if (done == 0 && first_err != -EAGAIN && first_err != -EWOULDBLOCK && first_err < 0)
         return first_err;

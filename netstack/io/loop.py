@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from netstack._ffi import ffi, lib
 from netstack.counters import Counters
@@ -59,9 +60,11 @@ class _LinkState:
     max_batch: int = 1 << 30
     counts_vnet: bool = False
     counts_kernel: bool = False
+    tx_refused: Any = None  # io/tap.py with io_uring: frames let go behind one that went
 
     def __post_init__(self) -> None:
         link = self.link
+        self.tx_refused = getattr(link, "tx_refused", None)
         self.max_batch = getattr(link, "max_batch", 1 << 30)
         self.counts_vnet = hasattr(link, "rx_vnet_truncated")
         self.counts_kernel = hasattr(link, "rx_kernel_dropped")
@@ -481,6 +484,10 @@ class Loop:
                 break
             del queue[0]  # the frame the kernel refused for good
             counters.drop(Drop.LINK_TX_ERROR)
+        lost = state.tx_refused
+        if lost is not None and lost[0]:  # refused for good behind a frame that went
+            counters.drop(Drop.LINK_TX_ERROR, lost[0])
+            lost[0] = 0
         if not queue:  # the common case: all written
             if state.want_out:
                 self._set_want_out(state, False)

@@ -134,6 +134,10 @@ class TapLink(BatchLink):
             return
         self._ring = ring
         self.tx_mode = "io_uring"
+        # frames the ring let go behind one that went (ns_uring_submit): the loop counts them
+        # as LINK_TX_ERROR drops and zeroes this
+        self.tx_refused = ffi.new("int[1]")
+        lib.ns_uring_count_refused(ring.handle, self.tx_refused)
         self._tx_fn = ring.write_batch_fn()  # type: ignore[method-assign]
         if self.soft_gso is not None:
             self.soft_gso.ring = ring.handle

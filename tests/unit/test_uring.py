@@ -276,3 +276,52 @@ def test_tap_tx_config_key_flag_and_check_config(tmp_path, capsys) -> None:
     # the flag takes the same choices, refused before anything is opened
     assert main(["run", "--tap-tx", "bogus", "--interface", "tap9"]) == 2
     assert "'tap_tx'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ring_on", [False, True])
+def test_a_frame_refused_mid_batch_leaves_every_other_frame_sent_once_in_order(
+    ring_on: bool,
+) -> None:
+    """Frame 1 of 12 is refused for good (EMSGSIZE: larger than the socket's buffer), through
+    the real Loop's flush. By writev the loop drops it and sends the rest; through the ring the
+    later frames went in the same submission (requests are not linked) and must not be sent
+    again: the ring lets the refused frame go and counts it, and the loop folds the count into
+    its LINK_TX_ERROR drops. Before, the ring's frames 2-11 arrived three times."""
+    from netstack.counters import Counters
+    from netstack.drops import Drop
+    from netstack.io.loop import Loop
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    link = PairLink("pair", a.fileno(), b"\x02\0\0\0\0\x01", 1500, 64)
+    ring = None
+    if ring_on:
+        ring = _ring()
+        link.tx_refused = ffi.new("int[1]")  # as TapLink._open_ring wires it
+        lib.ns_uring_count_refused(ring.handle, link.tx_refused)
+        link._tx_fn = ring.write_batch_fn()  # type: ignore[method-assign]
+    frames = [(bytes([i]) * 100,) for i in range(12)]
+    frames[1] = (b"\xff" * 60000,)
+    counters = Counters()
+    try:
+        with Loop(counters) as loop:
+            queue = loop.add_link(link, lambda views, now: None)
+            queue.extend(frames)
+            got: list[bytes] = []
+            for _ in range(5):  # the loop retries what is left when the fd is writable
+                loop._flush(0.0)
+                got += _drain(b)
+                if not queue:
+                    break
+            loop.remove_link(link)
+        assert got == [f[0] for i, f in enumerate(frames) if i != 1]
+        assert counters.drops[Drop.LINK_TX_ERROR] == 1
+        if ring_on:
+            assert link.tx_refused[0] == 0  # folded and zeroed by the loop
+    finally:
+        if ring is not None:
+            ring.close()
+        a.close()
+        b.close()
