@@ -3,8 +3,10 @@ wrapper's descendants, and the server's counters are read over all its threads."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,16 +17,39 @@ sys.path.insert(0, str(BENCH))
 import udpprobe  # noqa: E402
 
 
-def _wrapped(tmp_path: Path, name: str) -> subprocess.Popen:
+def _wrapped(tmp_path: Path, name: str, secs: float = 0.3) -> subprocess.Popen:
     """A shell whose child is `sleep` renamed `name` (as ip netns exec -> timeout -> udpecho)."""
     exe = tmp_path / name
     shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
-    return subprocess.Popen(["sh", "-c", f"{exe} 0.3; true"])
+    return subprocess.Popen(["sh", "-c", f"{exe} {secs}; true"])
 
 
-def test_placement_is_sampled_from_the_named_descendant(tmp_path: Path) -> None:
-    proc = _wrapped(tmp_path, "udpecho-anchor")
-    share = udpprobe.sample_placement(proc, os.getpid(), every=0.002)
+def _end(proc: subprocess.Popen) -> None:
+    """End the wrapped client (the shell then exits) and reap the shell."""
+    for kid in udpprobe.descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(kid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def test_placement_is_sampled_from_the_named_descendant(tmp_path: Path, monkeypatch) -> None:
+    """The client lives until the sampler has taken a sample of it (then it is ended), not for
+    a guessed time a busy machine could let pass before the first sample."""
+    proc = _wrapped(tmp_path, "udpecho-anchor", secs=60)
+    real_cpu_of = udpprobe.cpu_of
+
+    def cpu_of_then_end(path: str) -> int | None:
+        cpu = real_cpu_of(path)
+        kids = udpprobe.descendants(proc.pid)
+        if cpu is not None and kids and path == f"/proc/{kids[0]}/stat":
+            os.kill(kids[0], signal.SIGTERM)  # sampled once: the client may go
+        return cpu
+
+    monkeypatch.setattr(udpprobe, "cpu_of", cpu_of_then_end)
+    try:
+        share = udpprobe.sample_placement(proc, os.getpid(), every=0.002)
+    finally:
+        _end(proc)
     assert share is not None and 0.0 <= share <= 100.0
 
 
@@ -34,7 +59,7 @@ def test_no_client_no_placement(tmp_path: Path) -> None:
 
 
 def test_descendants_and_cpu_of(tmp_path: Path) -> None:
-    proc = _wrapped(tmp_path, "udpecho-x")
+    proc = _wrapped(tmp_path, "udpecho-x", secs=60)  # ended below, once looked at
     try:
         kids: list[int] = []
         for _ in range(200):  # the shell forks its child right away; poll for it
@@ -46,7 +71,7 @@ def test_descendants_and_cpu_of(tmp_path: Path) -> None:
         cpu = udpprobe.cpu_of(f"/proc/{kids[0]}/stat")
         assert cpu is not None and 0 <= cpu < os.cpu_count()
     finally:
-        proc.wait(timeout=10)
+        _end(proc)
     assert udpprobe.cpu_of("/proc/0/stat") is None  # gone or never there: None, not a raise
 
 
