@@ -34,6 +34,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+import placement  # noqa: E402 - how often responder and client shared a CPU
 import run as udp_bench  # noqa: E402 - namespaces, processes, CPU accounting, py-spy aggregation
 import tcp as tcp_bench  # noqa: E402 - tcpclient/tcpserv build and the loop-thread profile
 
@@ -189,10 +190,12 @@ def cpu_us_per_op(value: float | None, unit: str, cpu_pct: float | None) -> floa
 
 
 def render(rows: dict[str, dict]) -> str:
-    """Metric-major table: each metric, each world, its ratios, the responder's CPU% and RSS."""
+    """Metric-major table: each metric, each world, its ratios, the responder's CPU%, CPU per
+    operation, how often it shared one CPU with its load generator (1CPU%: see
+    bench/placement.py; the request/response rows depend on it) and RSS."""
     hdr = (
         f"{'metric':38} {'row':24} {'value':>10} {'unit':6} {'/lwIP64k':>8} {'/lwIPbest':>9} "
-        f"{'/kernel':>8} {'CPU%':>5} {'CPU us/op':>9} {'RSS MB':>7}"
+        f"{'/kernel':>8} {'CPU%':>5} {'CPU us/op':>9} {'1CPU%':>5} {'RSS MB':>7}"
     )
     out = [hdr, "-" * len(hdr)]
     lw64 = rows.get("lwip_wnd64k", {})
@@ -208,6 +211,7 @@ def render(rows: dict[str, dict]) -> str:
             if not metric.startswith("tcp_") and key.startswith("lwip_"):
                 cpu = None  # run.sh measures lwipd's CPU over its TCP probe only
             rss = r.get("rss_mb")
+            same = r.get("same_cpu", {}).get(metric)
             per_op = cpu_us_per_op(value, unit, cpu)
             out.append(
                 f"{label if first else '':38} {row_label(key):24} {fmt_value(value, unit):>10} "
@@ -215,6 +219,7 @@ def render(rows: dict[str, dict]) -> str:
                 f"{ratio(value, kern.get(metric)):>8} "
                 f"{'-' if cpu is None else f'{cpu:.0f}':>5} "
                 f"{'-' if per_op is None else f'{per_op:.1f}':>9} "
+                f"{'-' if same is None else f'{same:.0f}':>5} "
                 f"{'-' if rss is None else f'{rss:.1f}':>7}"
             )
             first = False
@@ -346,24 +351,33 @@ class Compare(tcp_bench.TcpBench):
         out = self.sh(self.in_ns(ns, cmd), timeout=150, check=False)
         return (out.stdout.strip() or out.stderr.strip()[-200:]).split(" ", 2)[-1]
 
-    def timed(self, pid: int, fn, *args):
+    def timed(self, row: dict, metric: str, pid: int, fn, *args):
+        """fn(*args)'s result; the responder's CPU% over it goes to row["cpu_pct"][metric] and
+        how often it shared a CPU with the load generator to row["same_cpu"][metric]."""
+        sampler = placement.PlacementSampler(pid).start()
         cpu0, t0 = udp_bench.proc_cpu_s(pid), time.monotonic()
-        value = fn(*args)
-        return value, 100.0 * (udp_bench.proc_cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+        try:
+            value = fn(*args)
+        finally:
+            same = sampler.stop()
+        row.setdefault("cpu_pct", {})[metric] = (
+            100.0 * (udp_bench.proc_cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+        )
+        row.setdefault("same_cpu", {})[metric] = same
+        return value
 
     def measure_udp(self, ns: str, pid: int) -> dict:
         a = self.args
-        row: dict = {"cpu_pct": {}}
-        cpu = row["cpu_pct"]
+        row: dict = {"cpu_pct": {}, "same_cpu": {}}
         if self.udpecho is not None:
             self.udpecho_client(ns, STACK_IP, 0.3)  # warm-up (ARP)
-            row["udp_echo"], cpu["udp_echo"] = self.timed(
-                pid, self.udpecho_client, ns, STACK_IP, a.udp_secs
+            row["udp_echo"] = self.timed(
+                row, "udp_echo", pid, self.udpecho_client, ns, STACK_IP, a.udp_secs
             )
         saved = a.window, a.payload, a.duration
         a.window, a.payload, a.duration = UDP_WINDOW, UDP_SIZE, a.udp_secs
         try:
-            gen, cpu["udp_echo_gen"] = self.timed(pid, self.udp_load, ns, a.udp_secs)
+            gen = self.timed(row, "udp_echo_gen", pid, self.udp_load, ns, a.udp_secs)
         finally:
             a.window, a.payload, a.duration = saved
         row["udp_echo_gen"] = gen["rate"]
@@ -373,22 +387,19 @@ class Compare(tcp_bench.TcpBench):
         """tcpprobe.py each way and its checks (with `probe` and an anchor), then tcpclient's
         echo RTT and connection rate against port 7."""
         a = self.args
-        row: dict = {"cpu_pct": {}}
-        cpu = row["cpu_pct"]
+        row: dict = {"cpu_pct": {}, "same_cpu": {}}
         if probe and self.anchor is not None:
-            row["tcp_discard"], cpu["tcp_discard"] = self.timed(
-                pid, self.tcpprobe, ns, STACK_IP, "discard", a.tcp_mb
-            )
-            row["tcp_chargen"], cpu["tcp_chargen"] = self.timed(
-                pid, self.tcpprobe, ns, STACK_IP, "chargen", a.tcp_mb
-            )
+            for metric, what in (("tcp_discard", "discard"), ("tcp_chargen", "chargen")):
+                row[metric] = self.timed(
+                    row, metric, pid, self.tcpprobe, ns, STACK_IP, what, a.tcp_mb
+                )
             row["tcpprobe_checks"] = self.tcpprobe_checks(ns, STACK_IP)
-        rtt, cpu["echo_rtt_us"] = self.timed(
-            pid, self.client, ns, "rtt", tcp_bench.ECHO, a.tcp_secs, "64"
+        rtt = self.timed(
+            row, "echo_rtt_us", pid, self.client, ns, "rtt", tcp_bench.ECHO, a.tcp_secs, "64"
         )
         row["echo_rtt_us"] = rtt["avg_us"]
-        conn, cpu["conn_rate"] = self.timed(
-            pid, self.client, ns, "conn", tcp_bench.ECHO, a.tcp_secs
+        conn = self.timed(
+            row, "conn_rate", pid, self.client, ns, "conn", tcp_bench.ECHO, a.tcp_secs
         )
         row["conn_rate"] = conn["per_s"]
         row["conn_failed"] = conn["failed"]
@@ -555,6 +566,7 @@ def run(args: argparse.Namespace) -> dict:
             row = bench.measure_udp(bench.ns_a, pid)
             tcp_row = bench.measure_tcp(bench.ns_a, pid)
             row["cpu_pct"].update(tcp_row.pop("cpu_pct"))
+            row["same_cpu"].update(tcp_row.pop("same_cpu"))
             row.update(tcp_row)
             row["rss_mb"], row["rss_peak_mb"] = bench.rss(pid)
             if args.profile:
@@ -564,7 +576,7 @@ def run(args: argparse.Namespace) -> dict:
             rows[key] = row
         log("kernel over veth")
         bench.start_veth()
-        krow: dict = {"cpu_pct": {}}
+        krow: dict = {"cpu_pct": {}, "same_cpu": {}}
         if anchor is not None:
             server = bench.popen(
                 bench.in_ns(bench.ns_k2, ["timeout", "120", bench.udpecho, "server", "7"]),
@@ -587,8 +599,8 @@ def run(args: argparse.Namespace) -> dict:
             time.sleep(0.5)
             ppid = program_pid(probe.pid)
             for metric, what in (("tcp_discard", "discard"), ("tcp_chargen", "chargen")):
-                krow[metric], krow["cpu_pct"][metric] = bench.timed(
-                    ppid, bench.tcpprobe, bench.ns_k1, STACK_IP, what, args.tcp_mb
+                krow[metric] = bench.timed(
+                    krow, metric, ppid, bench.tcpprobe, bench.ns_k1, STACK_IP, what, args.tcp_mb
                 )
             krow["tcpprobe_checks"] = bench.tcpprobe_checks(bench.ns_k1, STACK_IP)
             bench.end(probe)
@@ -596,6 +608,7 @@ def run(args: argparse.Namespace) -> dict:
         # tcpprobe's rows were measured above against its own kernel-side server
         tcp_row = bench.measure_tcp(bench.ns_k1, pid, probe=False)
         krow["cpu_pct"].update(tcp_row.pop("cpu_pct"))
+        krow["same_cpu"].update(tcp_row.pop("same_cpu"))
         krow.update(tcp_row)
         bench.end(proc)
         rows["kernel"] = krow

@@ -35,6 +35,7 @@ sys.path.insert(0, str(BENCH))
 
 import compare  # noqa: E402
 import run as udp_bench  # noqa: E402
+from placement import cpu_of, descendants, ticks_of  # noqa: E402
 
 # Runs inside the namespace: the C client as a child, its rusage from wait4.
 CLIENT = r"""
@@ -73,26 +74,6 @@ def stack_stats(pid: int) -> tuple[float, float, int, int, float]:
     return user, system, vol, invol, wait
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-                out += kids
-                todo += kids
-    return out
-
-
-def cpu_of(path: str) -> int | None:
-    """The CPU a task last ran on (/proc stat field 39)."""
-    with contextlib.suppress(OSError, IndexError, ValueError), open(path) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[36])
-    return None
-
-
 def sample_placement(proc: subprocess.Popen, server: int, every: float = 0.005) -> float | None:
     """Until proc ends: how often the udpecho client last ran on the same CPU as the server's
     busiest thread (sampled every 5 ms; the share of samples, 0-100), or None if not seen."""
@@ -123,11 +104,7 @@ def sample_placement(proc: subprocess.Popen, server: int, every: float = 0.005) 
 
 
 def stack_thread_ticks(pid: int, tid: int) -> int:
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    return 0
+    return ticks_of(f"/proc/{pid}/task/{tid}/stat")
 
 
 def start_kernel(bench: compare.Compare) -> tuple[str, int, Callable[[], object]]:

@@ -51,11 +51,12 @@ def test_render_and_judge() -> None:
     rows["netstack"] = {"udp_echo": 93918.5, "tcp_discard": 148.2, "cpu_pct": {"udp_echo": 99.0}}
     rows["kernel"] = {"udp_echo": 120000.0, "conn_rate": 10000.0, "echo_rtt_us": 20.0}
     rows["netstack"].update(conn_rate=8000.0, echo_rtt_us=31.0, rss_mb=40.0)
+    rows["netstack"]["same_cpu"] = {"udp_echo": 73.4}
     table = compare.render(rows)
     line = next(ln for ln in table.splitlines() if "netstack" in ln and "/s" in ln)
     # 93 918 vs lwIP wnd64k 187 837 (0.50x), vs the best lwIP 200 000 (0.47x), vs kernel 0.78x
     assert "93 918" in line and "0.50x" in line and "0.47x" in line and "0.78x" in line
-    assert " 99 " in line and "40.0" in line
+    assert " 99 " in line and "40.0" in line and " 73 " in line
     assert "10.5" in line  # CPU us per datagram: 0.99 s of CPU / 93 918 datagrams
     verdicts = compare.judge(rows)
     assert any("UDP echo" in v and v.endswith("MISS") for v in verdicts)
