@@ -36,6 +36,7 @@ struct iovec { void *iov_base; size_t iov_len; };
 #define TUN_F_USO4 ...
 #define TUN_F_USO6 ...
 #define PACKET_VNET_HDR ...
+#define PACKET_AUXDATA ...
 #define PACKET_QDISC_BYPASS ...
 
 int ns_tap_open(const char *name, int flags, char *name_out);
@@ -64,6 +65,8 @@ int ns_epoll_wait(int epfd, int *fds_out, uint32_t *events_out, int max, int tim
 int ns_read_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out);
 int ns_write_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out);
+int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
+                      uint32_t *lens_out, uint64_t *completed);
 int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 uint16_t ns_csum_fold(uint32_t sum);
@@ -86,6 +89,7 @@ struct ns_ring {
     uint32_t hlen;
     uint32_t truncated;
     uint64_t blocks;
+    uint64_t completed;
 };
 int ns_ring_open(int fd, struct ns_ring *ring, uint32_t block_size, uint32_t block_nr,
                  uint32_t frame_size, uint32_t tov_ms, uint32_t hlen);

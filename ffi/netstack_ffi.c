@@ -471,6 +471,106 @@ int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
     return 0;
 }
 
+/* A frame the kernel handed to a packet socket with its L4 checksum not yet computed
+ * (TP_STATUS_CSUMNOTREADY: CHECKSUM_PARTIAL, a segment or datagram a local socket sent over a
+ * veth, whose NIC would have summed it): complete it where it lies, as that NIC would, so a
+ * link without the virtio-net header (offload "off") sees what a wire carries. Untagged
+ * Ethernet; IPv4 (any header length, not a fragment) or IPv6 with TCP or UDP right after the
+ * fixed header (partial checksums come only from the local TCP/UDP senders); the sum runs to
+ * the IP length, not to any padding. A TSO super-frame (longer than the MTU) is completed the
+ * same way. Returns 1 when completed, 0 when the frame is none of these (it is then verified
+ * and dropped as the wire would show it). */
+static int ns_complete_partial(uint8_t *f, size_t len)
+{
+    size_t start, end;
+    uint8_t proto;
+
+    if (len < 14 + 20 + 8)
+        return 0;
+    if (f[12] == 0x08 && f[13] == 0x00 && (f[14] >> 4) == 4) {
+        start = 14 + (size_t)(f[14] & 0x0f) * 4;
+        end = 14 + (((size_t)f[16] << 8) | f[17]);
+        if (start < 34 || (((f[20] << 8) | f[21]) & 0x3fff) != 0)
+            return 0;
+        proto = f[23];
+    } else if (f[12] == 0x86 && f[13] == 0xdd && (f[14] >> 4) == 6 && len >= 54 + 8) {
+        start = 54;
+        end = 54 + (((size_t)f[18] << 8) | f[19]);
+        proto = f[20];
+    } else {
+        return 0;
+    }
+    if (end > len || start >= end)
+        return 0;
+    if (proto == 6)
+        return ns_csum_complete(f, end, start, 16) == 0;
+    if (proto == 17)
+        return ns_csum_complete(f, end, start, 6) == 0;
+    return 0;
+}
+
+/* ns_recv_batch on a socket with PACKET_AUXDATA (a packet link without the virtio-net
+ * header): each frame's auxiliary data says whether its checksum is still partial, and such
+ * a frame is completed in place (ns_complete_partial). `completed` (may be NULL) gains the
+ * frames completed. Same return convention as ns_recv_batch. */
+int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
+                      uint32_t *lens_out, uint64_t *completed)
+{
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct tpacket_auxdata))];
+    } ctrl[64];
+    int total = 0, want, n, i;
+
+    while (total < max_frames) {
+        want = max_frames - total;
+        if (want > 64)
+            want = 64;
+        memset(msgs, 0, sizeof(msgs[0]) * (size_t)want);
+        for (i = 0; i < want; i++) {
+            iovs[i].iov_base = arena + (size_t)(total + i) * slot_size;
+            iovs[i].iov_len = slot_size;
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
+        }
+        n = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT | MSG_TRUNC, NULL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || total > 0)
+                break;
+            return -errno;
+        }
+        for (i = 0; i < n; i++) {
+            struct cmsghdr *c;
+
+            lens_out[total + i] = msgs[i].msg_len;
+            if (msgs[i].msg_len >= slot_size) /* truncated: the caller drops it */
+                continue;
+            for (c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
+                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                struct tpacket_auxdata aux;
+
+                if (c->cmsg_level != SOL_PACKET || c->cmsg_type != PACKET_AUXDATA ||
+                    c->cmsg_len < CMSG_LEN(sizeof(aux)))
+                    continue;
+                memcpy(&aux, CMSG_DATA(c), sizeof(aux));
+                if ((aux.tp_status & TP_STATUS_CSUMNOTREADY) &&
+                    ns_complete_partial(iovs[i].iov_base, msgs[i].msg_len) && completed)
+                    (*completed)++;
+            }
+        }
+        total += n;
+        if (n < want)
+            break;
+    }
+    return total;
+}
+
 /* Receive fast path (netstack/proto/host.py Host.receive): is `frame` the common case? That is:
  * to our MAC from a unicast MAC; IPv4 with a 20-byte header, a total length that fits, not a
  * fragment, to `addr` from a source the general path accepts (not 0/8, 127/8, multicast or
@@ -709,6 +809,7 @@ struct ns_ring {
     uint32_t hlen;      /* virtio-net header length before each frame (0: none) */
     uint32_t truncated; /* frames the kernel clamped to fit a block (the caller zeroes it) */
     uint64_t blocks;    /* blocks walked to the end, ever */
+    uint64_t completed; /* partial checksums completed (no vnet header), ever */
 };
 
 /* Turn `fd` (an AF_PACKET socket, PACKET_VNET_HDR already decided: the kernel refuses it once
@@ -813,6 +914,10 @@ int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint3
                 offs_out[n] = ring->cur * bs + mac - ring->hlen;
                 lens_out[n] = h->tp_snaplen + ring->hlen;
                 n++;
+                /* without the virtio-net header, a partial checksum is only said here */
+                if (ring->hlen == 0 && (h->tp_status & TP_STATUS_CSUMNOTREADY) &&
+                    ns_complete_partial(blk + mac, h->tp_snaplen))
+                    ring->completed++;
             }
             ring->next_off += h->tp_next_offset;
             ring->pkt++;

@@ -27,6 +27,8 @@ if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
     pytest.skip("needs root and /dev/net/tun", allow_module_level=True)
 
 from pyroute2 import IPRoute, netns  # noqa: E402
+from scapy.layers import inet as sc_inet  # noqa: E402
+from scapy.layers import l2 as sc_l2  # noqa: E402
 
 from netstack.io.link import (  # noqa: E402
     LinkBusyError,
@@ -449,3 +451,58 @@ def test_packet_ring_never_walks_a_block_twice_in_one_batch(make_netns) -> None:
     assert len(got) + result["kernel_dropped"] == 8, (len(got), result["kernel_dropped"])
     it = iter(expected)
     assert all(frame in it for frame in got)  # no frame twice, in order
+
+
+def _partial_checksums_over_veth(ns_a: str, ns_b: str, ring: str) -> dict:
+    """The kernel's UDP datagrams and TCP SYN from ns_a (veth tx checksumming on, as by
+    default: CHECKSUM_PARTIAL) and one raw frame with a wrong UDP checksum, read in ns_b by a
+    PacketLink without the virtio-net header."""
+    _veth_between(ns_a, ns_b)
+    _wait_oper_up("vb")
+    receiver = PacketLink("vb", max_batch=32, ring=ring)  # offload "off": plain frames
+    netns.setns(ns_a)
+    _wait_oper_up("va")
+    with IPRoute() as ipr:
+        va = ipr.link_lookup(ifname="va")[0]
+        ipr.addr("add", index=va, address=KERNEL_IP, prefixlen=24)
+        ipr.neigh("add", dst=STACK_IP, lladdr=receiver.mac.hex(":"), ifindex=va,
+                  state=NUD_PERMANENT)  # fmt: skip
+    sender = PacketLink("va", max_batch=4)
+    bad = sc_l2.Ether(dst=receiver.mac, src=sender.mac) / sc_inet.IP(src=KERNEL_IP, dst=STACK_IP)
+    bad = bytes(bad / sc_inet.UDP(sport=4000, dport=9, chksum=0x1234) / b"corrupt")
+    assert sender.send_batch([(bad,)]) == 1
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for size in (1, 100, 1400):
+        udp.sendto(b"x" * size, (STACK_IP, 9))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setblocking(False)
+    tcp.connect_ex((STACK_IP, 9))  # its SYN; nothing answers
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 5 and time.monotonic() < deadline:
+        if wait_readable(receiver.fd, 0.2):
+            got += [bytes(f) for f in receiver.receive_batch() if f[12:14] == b"\x08\x00"]
+    result = {"frames": got, "completed": receiver.rx_csum_completed, "bad": bad}
+    for closing in (udp, tcp, sender, receiver):
+        closing.close()
+    return result
+
+
+@pytest.mark.parametrize("ring", ["off", "auto"])
+def test_packet_link_completes_the_kernels_partial_checksums(make_netns, ring: str) -> None:
+    """--link packet --offload off over a veth: the peer kernel leaves TCP/UDP checksums to a
+    NIC the veth does not have; PACKET_AUXDATA (recvmmsg) or the ring's frame status says
+    so, and the link completes them as that NIC would. A frame whose checksum is wrong (not
+    partial) passes as it came, to be dropped as the wire showed it."""
+    result = in_child(_partial_checksums_over_veth, make_netns(), make_netns(), ring)
+    frames = [sc_l2.Ether(f) for f in result["frames"]]
+    assert result["bad"] in result["frames"]  # untouched, byte for byte
+    kernel = [f for f in frames if bytes(f) != result["bad"]]
+    assert sorted(len(f[sc_inet.UDP].payload) for f in kernel if sc_inet.UDP in f) == [1, 100, 1400]
+    assert sum(1 for f in kernel if sc_inet.TCP in f and f[sc_inet.TCP].flags == "S") == 1
+    for frame in kernel:
+        l4 = frame[sc_inet.UDP] if sc_inet.UDP in frame else frame[sc_inet.TCP]
+        given = l4.chksum
+        del l4.chksum
+        assert sc_l2.Ether(bytes(frame))[type(l4)].chksum == given, frame.summary()
+    assert result["completed"] == 4

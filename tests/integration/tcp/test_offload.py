@@ -174,11 +174,6 @@ def test_packet_link_with_offloads_over_veth(
             ["ip", "-n", kernel_ns, "addr", "add", "192.0.2.1/24", "dev", "veth-k"], check=True
         )
         subprocess.run(["ip", "-n", kernel_ns, "link", "set", "veth-k", "up"], check=True)
-        if mode == "soft":  # a plain socket gets what a wire carries: complete checksums
-            subprocess.run(
-                ["ip", "netns", "exec", kernel_ns, "ethtool", "-K", "veth-k", "tx", "off"],
-                check=True, capture_output=True,
-            )  # fmt: skip
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", stack_ns, sys.executable, "-m", "netstack", "run",
