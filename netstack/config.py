@@ -390,6 +390,13 @@ SETTINGS: tuple[Setting, ...] = (
         cli=False,
     ),
     Setting(
+        "socks.bind_timeout",
+        _float_range(0.1, 86400.0),
+        120.0,
+        "seconds a SOCKS BIND waits for its one connection (then reply 6)",
+        cli=False,
+    ),
+    Setting(
         "offload",
         _choice(OFFLOADS),
         "auto",
@@ -495,6 +502,7 @@ class Config:
     socks_max_sessions: int
     socks_handshake_timeout: float
     socks_idle_timeout: float
+    socks_bind_timeout: float
     offload: str
     address6: ipaddress.IPv6Interface | str | None  # or AUTO6; None: no IPv6
     host_address6: ipaddress.IPv6Interface | None

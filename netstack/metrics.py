@@ -649,6 +649,7 @@ class FrontCollector:
         )
         requests.add_metric(["connect"], socks.connects)
         requests.add_metric(["udp_associate"], socks.udp_associations)
+        requests.add_metric(["bind"], socks.binds)
         yield requests
         moved = CounterMetricFamily(
             PREFIX + "socks_bytes",

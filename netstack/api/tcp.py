@@ -245,7 +245,7 @@ class TcpServer:
     ) -> None:
         self.protocol_factory = protocol_factory
         self.listener: Listener = tcp.listen(port, backlog, self._accept)
-        self.port = port
+        self.port = self.listener.port  # the one chosen when asked for 0
 
     def _accept(self, listener: Listener) -> None:
         while (conn := listener.accept()) is not None:

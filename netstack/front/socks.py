@@ -5,6 +5,11 @@ A kernel socket listens at `socks.listen` (loopback unless auth is configured). 
 handshake is parsed by socks5.py; then
 - CONNECT opens a TCP connection from the stack's address through its link (netstack.api.tcp)
   and pipe.TcpPipe relays it to the client, with the pipe's flow control and half-close;
+- BIND listens on a free stack TCP port for one connection from the host the client names
+  (FTP's active mode: the client tells its server where to connect), replies with the stack's
+  address and that port, then, once the connection came, with its peer, and relays it as a
+  CONNECT's; connections from other hosts are reset and counted (`unexpected_peer`), and none
+  within `socks.bind_timeout` ends the session with reply 6 (`bind_timeout`);
 - UDP ASSOCIATE binds a kernel UDP socket for the client and an ephemeral stack UDP port, and
   relays datagrams (RFC 1928 section 7 headers) for as long as the control connection lives.
 
@@ -41,6 +46,7 @@ from netstack.front import socks5 as s5
 from netstack.front.pipe import TcpPipe, connect_error_reason, reset_close
 from netstack.front.port import StackPort
 from netstack.front.stats import SocksStats
+from netstack.proto.tcp.engine import Listener
 from netstack.wire.inet import to_str as addr_to_str
 
 log = logging.getLogger("netstack.front.socks")
@@ -69,7 +75,7 @@ PIPE_REASON = {  # pipe.TcpPipe's end reasons -> SOCKS_ERRORS
     "idle_timeout": "idle_timeout",
 }
 
-GREETING, AUTH, REQUEST, CONNECTING, RELAY, UDP, DONE = range(7)
+GREETING, AUTH, REQUEST, CONNECTING, RELAY, UDP, DONE, BINDING = range(8)
 
 
 def stack_address(ip: IPAddress) -> int | bytes:
@@ -92,6 +98,7 @@ class SocksServer:
         self.max_sessions = config.socks_max_sessions
         self.handshake_timeout = config.socks_handshake_timeout
         self.idle_timeout = config.socks_idle_timeout
+        self.bind_timeout = config.socks_bind_timeout
         self._allow = config.socks_allow
         self.auth: tuple[bytes, bytes] | None = None
         if config.socks_username is not None:
@@ -185,6 +192,8 @@ class Session:
         self.state = GREETING
         self.pipe: _SocksPipe | None = None
         self.udp: _UdpAssociation | None = None
+        self.listener: Listener | None = None  # BIND's, until its connection came
+        self.expected: IPAddress | None = None  # BIND: the peer to accept (None: any allowed)
         self.port.loop.add_reader(self.fd, self._on_readable)
         self.reading = True
         self._timer = self.port.loop.call_later(server.handshake_timeout, self._handshake_expired)
@@ -203,6 +212,9 @@ class Session:
                 self.end(None)  # the control connection ended: so does the association
             return  # anything else on the control connection is ignored (RFC 1928 7)
         if not data:
+            if self.state == BINDING:
+                self.end(None)  # the client gave up waiting: so does the BIND
+                return
             self._fail("truncated")
             return
         self.received += len(data)
@@ -262,6 +274,9 @@ class Session:
             self._associate(address)
             return
         ip = DESTINATION[address.atyp](address.host)
+        if request.command == s5.CMD_BIND:
+            self._bind(ip)
+            return
         if not self.server.allowed(ip):
             raise s5.SocksError("not_allowed", s5.REP_NOT_ALLOWED)
         pipe = _SocksPipe(self)
@@ -278,12 +293,18 @@ class Session:
 
     # -- CONNECT -------------------------------------------------------------------------------
     def connected(self, pipe: _SocksPipe) -> None:
-        """The stack's connection is up: reply with its address, start relaying."""
+        """The stack's connection is up: reply with its address (a BIND's second reply:
+        with its peer's, RFC 1928 6), start relaying."""
         self._timer.cancel()
-        self.server.stats.connects += 1
         assert pipe.transport is not None
-        local = pipe.transport.get_extra_info("sockname")
-        self._send(s5.encode_reply(s5.REP_SUCCEEDED, local))  # type: ignore[arg-type]
+        if self.state == BINDING:
+            self.server.stats.binds += 1
+            address = pipe.transport.get_extra_info("peername")
+        else:
+            self.server.stats.connects += 1
+            address = pipe.transport.get_extra_info("sockname")
+        self._send(s5.encode_reply(s5.REP_SUCCEEDED, address))  # type: ignore[arg-type]
+        self._set_reading(False)  # a BIND's control connection was read while it waited
         self.state = RELAY
         early = bytes(self.buf)
         self.buf = bytearray()
@@ -293,7 +314,7 @@ class Session:
         pipe.attach(self.sock)
 
     def pipe_ended(self, pipe: TcpPipe, reason: str | None) -> None:
-        if self.state == CONNECTING:  # the connection never came up
+        if self.state in (CONNECTING, BINDING):  # the connection never came up
             reason = PIPE_REASON.get(reason or "", "other")
             self._fail(reason, REPLY_FOR.get(reason, s5.REP_GENERAL_FAILURE))
             return
@@ -307,6 +328,54 @@ class Session:
             self.port.enter(now)
             self.pipe.pending.abort()  # the SYN_SENT connection goes away
             self.pipe.abort("connect_timeout")  # -> pipe_ended -> reply 4
+
+    # -- BIND ----------------------------------------------------------------------------------
+    def _bind(self, expected: IPAddress) -> None:
+        """Listen on a free port for one connection from `expected` (any allowed host when
+        it is unspecified); the first reply names our address toward it and that port."""
+        if not expected.is_unspecified and not self.server.allowed(expected):
+            raise s5.SocksError("not_allowed", s5.REP_NOT_ALLOWED)
+        target = stack_address(expected)
+        try:
+            source = self.port.tcp.net_for(target).source(target)
+        except OSError as err:  # IPv6 off
+            raise connect_refusal(err) from None
+        if source is None:  # no address of that family yet
+            raise connect_refusal(OSError(errno.EADDRNOTAVAIL, "no source address"))
+        try:
+            self.listener = self.port.tcp.listen(0, 1, self._inbound)
+        except OSError as err:  # no free port, or the stack is shutting down
+            raise s5.SocksError("other", s5.REP_GENERAL_FAILURE) from err
+        self.expected = None if expected.is_unspecified else expected
+        self.state = BINDING
+        self._timer.cancel()
+        self._timer = self.port.loop.call_later(self.server.bind_timeout, self._bind_expired)
+        bound = (addr_to_str(source), self.listener.port)
+        self._send(s5.encode_reply(s5.REP_SUCCEEDED, bound))
+
+    def _inbound(self, listener: Listener) -> None:
+        """A connection came to the BIND's port: the expected host's is relayed (the
+        listener closes: one per BIND), any other is reset."""
+        while (conn := listener.accept()) is not None:
+            peer = ipaddress.ip_address(conn.remote_ip)  # an int (IPv4) or 16 bytes (IPv6)
+            wanted = self.server.allowed(peer) if self.expected is None else peer == self.expected
+            if self.state != BINDING or not wanted:
+                self.server.stats.error("unexpected_peer")
+                conn.abort()
+                continue
+            self._close_listener()
+            pipe = self.pipe = _SocksPipe(self)
+            pipe.pending = TcpTransport(conn, pipe)  # connection_made -> connected()
+
+    def _bind_expired(self, now: float) -> None:
+        if self.state == BINDING:
+            self.port.enter(now)
+            self._fail("bind_timeout", s5.REP_TTL_EXPIRED)
+
+    def _close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
     # -- UDP ASSOCIATE -------------------------------------------------------------------------
     def _associate(self, address: s5.Address) -> None:
@@ -329,7 +398,7 @@ class Session:
         if self.state == DONE:
             return
         self.server.stats.error(reason)
-        if reply is not None and self.state in (REQUEST, CONNECTING):
+        if reply is not None and self.state in (REQUEST, CONNECTING, BINDING):
             self._send(s5.encode_reply(reply))
         log.debug("SOCKS client %s: %s", self.client_ip, reason)
         self.end(reason)
@@ -339,6 +408,7 @@ class Session:
             return
         self.state = DONE
         self._timer.cancel()
+        self._close_listener()
         if self.udp is not None:
             self.udp.close()
         if self.fd >= 0:

@@ -177,7 +177,7 @@ def parse_request(buf: bytes | bytearray) -> tuple[Request, int] | None:
     if parsed is None:
         return None
     address, end = parsed
-    if command not in (CMD_CONNECT, CMD_UDP_ASSOCIATE):
+    if command not in (CMD_CONNECT, CMD_BIND, CMD_UDP_ASSOCIATE):
         raise SocksError("bad_command", REP_COMMAND_NOT_SUPPORTED)
     return Request(command, address), end
 

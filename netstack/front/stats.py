@@ -34,6 +34,8 @@ SOCKS_ERRORS = (
     "refused",
     "unreachable",
     "connect_timeout",
+    "bind_timeout",  # no connection came to a BIND's port in time (reply 6)
+    "unexpected_peer",  # a connection to a BIND's port from another host: reset
     "handshake_timeout",
     "idle_timeout",
     "limit",
@@ -64,6 +66,7 @@ class SocksStats:
     sessions: int = 0
     active: int = 0
     connects: int = 0
+    binds: int = 0  # BINDs whose connection came (the second reply sent)
     udp_associations: int = 0
     bytes_to_target: int = 0
     bytes_from_target: int = 0

@@ -50,6 +50,7 @@ shutdown_timeout = 2
 listen = "127.0.0.1:1080"
 handshake_timeout = 2.0
 max_sessions = 64
+bind_timeout = 3.0
 """
 
 
@@ -191,6 +192,84 @@ def test_udp_associate_echo(sworld: World) -> None:
         echo.close()
 
 
+def _bind_reply(sock: socket.socket) -> tuple[bytes, str, int]:
+    """One BIND reply with an IPv4 BND.ADDR: (VER REP, address, port)."""
+    reply = recv_exactly(sock, 10)
+    assert len(reply) == 10, reply
+    return reply[:2], socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0]
+
+
+def test_bind_relays_the_named_hosts_connection(sworld: World) -> None:
+    """BIND (FTP's active mode): the stack listens on a free port and names it; a connection
+    from another host is reset and counted, the named host's is announced (its address and
+    port, RFC 1928 6) and relayed both ways with half-close."""
+    other = "192.0.2.3"
+    before = metric(sworld, "netstack_socks_requests_total", command="bind")
+    unexpected = socks_metric(sworld, "unexpected_peer")
+    ctrl, reply = socks_request(sworld, 2, HOST_IP, 21)
+    sworld.run(["ip", "addr", "add", f"{other}/24", "dev", sworld.interface])
+    try:
+        with ctrl:
+            assert reply[:2] == b"\x05\x00", reply
+            bound = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+            assert bound[0] == sworld.stack_ip and bound[1] > 0
+            stranger = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with stranger:
+                stranger.settimeout(10)
+                stranger.bind((other, 0))
+                # the handshake completes, then the stack resets it: connect() may see the
+                # reset already (a timed connect reads SO_ERROR), or the first recv() does
+                with pytest.raises(ConnectionResetError):
+                    stranger.connect(bound)
+                    while stranger.recv(10):
+                        pass
+            wait_for(
+                lambda: socks_metric(sworld, "unexpected_peer") == unexpected + 1,
+                5,
+                "the stranger counted",
+            )
+            peer = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with peer:
+                peer.settimeout(10)
+                peer.bind((HOST_IP, 0))
+                peer.connect(bound)
+                assert _bind_reply(ctrl) == (b"\x05\x00", HOST_IP, peer.getsockname()[1])
+                ctrl.sendall(b"RETR")
+                assert recv_exactly(peer, 4) == b"RETR"
+                data = os.urandom(300_000)
+                peer.sendall(data)
+                peer.shutdown(socket.SHUT_WR)  # the data connection's end comes through
+                got = b""
+                while chunk := ctrl.recv(65536):
+                    got += chunk
+                assert got == data
+                ctrl.sendall(b"bye")
+                ctrl.shutdown(socket.SHUT_WR)
+                assert recv_exactly(peer, 3) == b"bye"
+                assert peer.recv(10) == b""
+    finally:
+        sworld.run(["ip", "addr", "del", f"{other}/24", "dev", sworld.interface])
+    assert metric(sworld, "netstack_socks_requests_total", command="bind") == before + 1
+
+
+def test_bind_without_a_connection_gets_reply_6(sworld: World) -> None:
+    """No connection within bind_timeout (3 s here): reply 6, counted, the port closed."""
+    before = socks_metric(sworld, "bind_timeout")
+    ctrl, reply = socks_request(sworld, 2, "0.0.0.0", 0)  # any allowed host may connect
+    with ctrl:
+        ctrl.settimeout(30)
+        assert reply[:2] == b"\x05\x00", reply
+        port = struct.unpack("!H", reply[8:10])[0]
+        assert _bind_reply(ctrl)[0] == b"\x05\x06"
+        assert ctrl.recv(10) == b""
+    assert socks_metric(sworld, "bind_timeout") == before + 1
+    late = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with late:
+        late.settimeout(10)
+        with pytest.raises(ConnectionRefusedError):
+            late.connect((sworld.stack_ip, port))
+
+
 @pytest.mark.parametrize(
     ("data", "reason", "expect"),
     [
@@ -206,14 +285,14 @@ def test_udp_associate_echo(sworld: World) -> None:
             b"\x05\x00\x05\x08",
         ),
         (
-            b"\x05\x01\x00" + b"\x05\x02\x00\x01\xc0\x00\x02\x01\x00\x50",
+            b"\x05\x01\x00" + b"\x05\x09\x00\x01\xc0\x00\x02\x01\x00\x50",
             "bad_command",
             b"\x05\x00\x05\x07",
         ),
         (b"\x05\x01\x02", "no_acceptable_method", b"\x05\xff"),
         (b"\x05\x01\x00" + b"\x05\x01\x00\x03\xff" + b"A" * 4000, "oversized", b""),
     ],
-    ids=["wrong-version", "bad-atyp", "hostname", "bind", "needs-auth", "oversized"],
+    ids=["wrong-version", "bad-atyp", "hostname", "unknown-command", "needs-auth", "oversized"],
 )
 def test_malformed_requests(sworld: World, data: bytes, reason: str, expect: bytes) -> None:
     """Each gets its reply (if the protocol has one), then the connection is closed."""

@@ -52,6 +52,7 @@ def test_userpass() -> None:
     [
         (b"\x05\x01\x00\x01\xc0\x00\x02\x01\x1f\x40", 1, 1, "192.0.2.1", 8000),
         (b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00", 3, 1, "0.0.0.0", 0),
+        (b"\x05\x02\x00\x01\xc0\x00\x02\x01\x00\x15", 2, 1, "192.0.2.1", 21),  # BIND
         (b"\x05\x01\x00\x03\x0bexample.com\x00\x50", 1, 3, "example.com", 80),
         (b"\x05\x01\x00\x04" + bytes(15) + b"\x01\x00\x16", 1, 4, "::1", 22),
     ],
@@ -71,7 +72,6 @@ def test_request(msg: bytes, command: int, atyp: int, host: str, port: int) -> N
         (b"\x04\x01\x00\x01\xc0\x00\x02\x01\x1f\x40", "bad_version", s5.REP_GENERAL_FAILURE),
         (b"\x05\x01\x00\x05\xc0\x00\x02\x01\x1f\x40", "bad_address_type", 8),
         (b"\x05\x01\x00\x00", "bad_address_type", 8),
-        (b"\x05\x02\x00\x01\xc0\x00\x02\x01\x1f\x40", "bad_command", 7),  # BIND
         (b"\x05\x09\x00\x01\xc0\x00\x02\x01\x1f\x40", "bad_command", 7),
         (b"\x05\x01\x00\x03\x00\x00\x50", "bad_address_type", 8),  # empty name
     ],

@@ -62,6 +62,7 @@ def socks_server(allow=None, v6=V6) -> SocksServer:
     port = StackPort(loop, None, None, lambda: V4, lambda: None, lambda: v6)
     config = SimpleNamespace(
         socks_max_sessions=4, socks_handshake_timeout=1.0, socks_idle_timeout=1.0,
+        socks_bind_timeout=1.0,
         socks_allow=allow, socks_username=None, socks_listen=("127.0.0.1", 0),
     )  # fmt: skip
     return SocksServer(port, config, SocksStats())
@@ -174,6 +175,7 @@ def stack_socks(host, allow=None) -> tuple[SocksServer, Loop]:
     port = StackPort(loop, host.tcp, host.udp, lambda: V4, lambda: None, lambda: V6)
     config = SimpleNamespace(
         socks_max_sessions=4, socks_handshake_timeout=5.0, socks_idle_timeout=5.0,
+        socks_bind_timeout=5.0,
         socks_allow=allow, socks_username=None, socks_listen=("127.0.0.1", 0),
     )  # fmt: skip
     return SocksServer(port, config, SocksStats()), loop

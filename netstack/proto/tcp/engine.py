@@ -256,12 +256,16 @@ class TcpEngine:
         backlog: int | None = None,
         on_ready: Callable[[Listener], None] | None = None,
     ) -> Listener:
-        if not 0 < port <= 0xFFFF:
+        """Listen on `port`; 0: on a free port of the ephemeral range (as bind(0) would:
+        the listener says which), e.g. for a SOCKS BIND."""
+        if not 0 <= port <= 0xFFFF:
             raise ValueError(f"TCP port out of range: {port}")
         if port in self.listeners:
             raise AddressInUse(f"TCP port {port} is already listening")
         if self.shutting_down:
             raise OSError(errno.ESHUTDOWN, "the stack is shutting down")
+        if port == 0:
+            port = self._free_listen_port()
         cfg = self.config
         backlog = cfg.default_backlog if backlog is None else max(1, backlog)
         listener = Listener(self, port, backlog, cfg.syn_backlog, on_ready)
@@ -315,6 +319,18 @@ class TcpEngine:
         self.counters.tcp_active_opens += 1
         self.touch(conn)
         return conn
+
+    def _free_listen_port(self) -> int:
+        """A random port of the ephemeral range that nothing listens on or uses locally."""
+        cfg = self.config
+        span = cfg.ephemeral_last - cfg.ephemeral_first + 1
+        used = {key[1] for key in self.conns}
+        start = self.rng.randrange(span)
+        for i in range(span):
+            port = cfg.ephemeral_first + (start + i) % span
+            if port not in self.listeners and port not in used:
+                return port
+        raise AddressInUse("no free ephemeral TCP port")
 
     def _ephemeral_port(self, local_ip: Address, remote_ip: Address, remote_port: int) -> int:
         """RFC 6056 algorithm 1: a random start, then the next port free for this peer."""

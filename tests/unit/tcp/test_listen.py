@@ -165,6 +165,20 @@ def test_ports() -> None:
     t.engine.connect((REMOTE_IP, 444), local_port=next(iter(ports)))  # other peer: fine
 
 
+def test_listen_on_port_zero_takes_a_free_ephemeral_port() -> None:
+    """As bind(0) + listen(): a random free port of the ephemeral range, never one another
+    listener or one of our connections holds (a SOCKS BIND listens so)."""
+    t = make_harness(ephemeral_first=50000, ephemeral_last=50009)  # ten ports, to fill them
+    held = t.engine.connect((REMOTE_IP, 443)).local_port
+    t.engine.listen(50003)
+    ports = {t.engine.listen(0).port for _ in range(8)}
+    assert ports == set(range(50000, 50010)) - {held, 50003}
+    with pytest.raises(AddressInUse):
+        t.engine.listen(0)
+    with pytest.raises(ValueError):
+        t.engine.listen(-1)
+
+
 def test_connections_by_state() -> None:
     t, _conn = established_passive()
     t.engine.connect((REMOTE_IP, 443))
