@@ -14,7 +14,6 @@ kernel-side clients and sinks are sockets made inside them. Bounded in bytes and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import socket
 import struct
@@ -95,14 +94,20 @@ def echo_mb(ns: str, addr: tuple[str, int], mb: int) -> float:
         return got[0] / (1 << 20) / (time.monotonic() - start)
 
 
-def kernel_server(ns: str, host: str, port: int, mode: str) -> socket.socket:
-    """A kernel sink ('discard') or source ('source') or acceptor ('accept'), in threads."""
-    srv = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+# The kernel-side servers run in a process of their own: in the bench's process their
+# threads would share the GIL with the client that loads the stack, and with the stack now
+# faster than a Python client that sharing, not the stack, set the forward rows.
+SERVERS = r"""
+import contextlib, os, socket, sys, threading, time
+CHUNK = 1 << 16
+
+def serve(host, port, mode):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
     srv.listen(256)
 
-    def handle(conn: socket.socket) -> None:
+    def handle(conn):
         with conn, contextlib.suppress(OSError):
             if mode == "discard":
                 while conn.recv(CHUNK * 4):
@@ -114,14 +119,35 @@ def kernel_server(ns: str, host: str, port: int, mode: str) -> socket.socket:
             else:
                 conn.recv(1)
 
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = srv.accept()
-                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    def accept():
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+    threading.Thread(target=accept, daemon=True).start()
+
+for spec in sys.argv[1:]:
+    host, port, mode = spec.split(",")
+    serve(host, int(port), mode)
+print("READY", flush=True)
+sys.stdin.read()  # until the bench closes our stdin (or ends)
+"""
+
+
+def kernel_servers(ns: str, *specs: tuple[str, int, str]) -> subprocess.Popen:
+    """Sinks ('discard'), sources ('source') and acceptors ('accept') in one process in the
+    namespace; it ends when its stdin is closed, and the bench kills it at the latest after
+    LIFETIME seconds."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "timeout", str(LIFETIME), sys.executable, "-c", SERVERS,
+         *(f"{h},{p},{m}" for h, p, m in specs)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"READY"
+    return proc
+
+
+LIFETIME = 900
 
 
 def socks_connect(ns: str, dst: tuple[str, int]) -> None:
@@ -150,32 +176,44 @@ def bench_forward_and_socks(mb: int, connects: int) -> None:
         "--socks", "127.0.0.1:1080", tag="bf",
     ) as world:  # fmt: skip
         ns = world.ns
-        sink = kernel_server(ns, "127.0.0.1", 5001, "discard")
-        source = kernel_server(ns, "127.0.0.1", 5003, "source")
-        acceptor = kernel_server(ns, HOST_IP, 6000, "accept")
-        rows = []
-        for _ in range(2):  # alternate so drift hits both
-            rows.append(("in: discard (stack)", send_mb(ns, (STACK_IP, 9), mb)))
-            rows.append(("in: forward -> kernel sink", send_mb(ns, (STACK_IP, 5000), mb)))
-            rows.append(("out: chargen (stack)", recv_mb(ns, (STACK_IP, 19), mb)))
-            rows.append(("out: forward <- kernel source", recv_mb(ns, (STACK_IP, 5002), mb)))
-        best: dict[str, float] = {}
-        for name, rate in rows:
-            best[name] = max(best.get(name, 0.0), rate)
-        for name, rate in best.items():
-            print(f"{name:34s} {rate:8.1f} MiB/s")
-        ratio_in = best["in: forward -> kernel sink"] / best["in: discard (stack)"]
-        ratio_out = best["out: forward <- kernel source"] / best["out: chargen (stack)"]
-        print(f"forward/discard ratio  {ratio_in:.2f}")
-        print(f"forward/chargen ratio  {ratio_out:.2f}")
-        start = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: socks_connect(ns, (HOST_IP, 6000)), range(connects)))
-        took = time.monotonic() - start
-        rate = connects / took
-        print(f"SOCKS CONNECT setups     {rate:8.0f} /s ({connects} in {took:.2f}s, 8 clients)")
-        for s in (sink, source, acceptor):
-            s.close()
+        servers = kernel_servers(
+            ns, ("127.0.0.1", 5001, "discard"), ("127.0.0.1", 5003, "source"),
+            (HOST_IP, 6000, "accept"),
+        )  # fmt: skip
+        try:
+            forward_rows(ns, mb, connects)
+        finally:
+            assert servers.stdin is not None
+            servers.stdin.close()
+            try:
+                servers.wait(10)
+            except subprocess.TimeoutExpired:
+                servers.kill()
+                servers.wait()
+
+
+def forward_rows(ns: str, mb: int, connects: int) -> None:
+    rows = []
+    for _ in range(2):  # alternate so drift hits both
+        rows.append(("in: discard (stack)", send_mb(ns, (STACK_IP, 9), mb)))
+        rows.append(("in: forward -> kernel sink", send_mb(ns, (STACK_IP, 5000), mb)))
+        rows.append(("out: chargen (stack)", recv_mb(ns, (STACK_IP, 19), mb)))
+        rows.append(("out: forward <- kernel source", recv_mb(ns, (STACK_IP, 5002), mb)))
+    best: dict[str, float] = {}
+    for name, rate in rows:
+        best[name] = max(best.get(name, 0.0), rate)
+    for name, rate in best.items():
+        print(f"{name:34s} {rate:8.1f} MiB/s")
+    ratio_in = best["in: forward -> kernel sink"] / best["in: discard (stack)"]
+    ratio_out = best["out: forward <- kernel source"] / best["out: chargen (stack)"]
+    print(f"forward/discard ratio  {ratio_in:.2f}")
+    print(f"forward/chargen ratio  {ratio_out:.2f}")
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: socks_connect(ns, (HOST_IP, 6000)), range(connects)))
+    took = time.monotonic() - start
+    rate = connects / took
+    print(f"SOCKS CONNECT setups     {rate:8.0f} /s ({connects} in {took:.2f}s, 8 clients)")
 
 
 def bench_aio(mb: int) -> None:
