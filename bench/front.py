@@ -143,8 +143,23 @@ def kernel_servers(ns: str, *specs: tuple[str, int, str]) -> subprocess.Popen:
          *(f"{h},{p},{m}" for h, p, m in specs)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"READY"
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"READY":
+        end_servers(proc)
+        raise RuntimeError("the kernel-side servers did not start")
     return proc
+
+
+def end_servers(proc: subprocess.Popen) -> None:
+    """Close their stdin (they end), else SIGTERM, which `timeout` passes on to Python: a
+    SIGKILL would end only `timeout` and leave the servers running."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(10)
 
 
 LIFETIME = 900
@@ -183,13 +198,7 @@ def bench_forward_and_socks(mb: int, connects: int) -> None:
         try:
             forward_rows(ns, mb, connects)
         finally:
-            assert servers.stdin is not None
-            servers.stdin.close()
-            try:
-                servers.wait(10)
-            except subprocess.TimeoutExpired:
-                servers.kill()
-                servers.wait()
+            end_servers(servers)
 
 
 def forward_rows(ns: str, mb: int, connects: int) -> None:

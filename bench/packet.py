@@ -54,10 +54,10 @@ class PacketBench(tcp_bench.TcpBench):
         self.sh(["ip", "-n", self.ns_k, "link", "set", "veth-k", "up"])
 
     def kernel_offloads(self, on: bool) -> None:
-        """Without the vnet header (--offload off) nothing tells the stack that a frame from
-        the veth carries a partial checksum or is a GSO super-frame, so for those rows the
-        kernel's end computes checksums and cuts segments itself (tx off also turns TSO/GSO
-        off): the stack then sees what a wire would carry."""
+        """Without the vnet header (--offload off) the link completes the veth's partial
+        checksums itself (PACKET_AUXDATA), but GSO super-frames larger than its slots would be
+        dropped: for those rows the kernel's end computes checksums and cuts segments itself
+        (tx off also turns TSO/GSO off), so the stack sees what a wire would carry."""
         state = "on" if on else "off"
         cmd = ["ethtool", "-K", "veth-k", "tx", state, "tso", state, "gso", state]
         self.sh(self.in_ns(self.ns_k, cmd), check=False)

@@ -61,6 +61,7 @@ class PlacementSampler:
         self._samples: list[tuple[dict[int, int], dict[int, int]]] = []
         self._ticks0: dict[int, int] = {}
         self._done = threading.Event()
+        self.looks = 0  # sampling passes made (with or without a client)
         self._thread = threading.Thread(target=self._run, name="placement", daemon=True)
 
     def start(self) -> PlacementSampler:
@@ -84,13 +85,15 @@ class PlacementSampler:
                 c = cpu_of(self._task(t))
                 if c is not None:
                     servers[t] = c
+            self.looks += 1
             clients = {}
             for p in self._clients():
                 c = cpu_of(f"/proc/{p}/stat")
-                if c is not None:
+                ticks = ticks_of(f"/proc/{p}/stat")
+                if c is not None and ticks:  # 0: it ended between the two reads
                     clients[p] = c
-                    last[p] = ticks_of(f"/proc/{p}/stat")
-                    first.setdefault(p, last[p])
+                    last[p] = ticks
+                    first.setdefault(p, ticks)
             if servers and clients:
                 self._samples.append((servers, clients))
         # a client has usually ended by stop(): its CPU time is what the samples saw

@@ -66,7 +66,7 @@ int ns_read_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint
 int ns_write_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out);
 int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
-                      uint32_t *lens_out, uint64_t *completed);
+                      uint32_t *lens_out, uint64_t *completed, uint32_t mtu);
 int ns_send_batch(int fd, const struct iovec *iov, const int *iov_counts, int n_frames);
 uint32_t ns_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 uint16_t ns_csum_fold(uint32_t sum);
@@ -90,6 +90,7 @@ struct ns_ring {
     uint32_t truncated;
     uint64_t blocks;
     uint64_t completed;
+    uint32_t mtu;
 };
 int ns_ring_open(int fd, struct ns_ring *ring, uint32_t block_size, uint32_t block_nr,
                  uint32_t frame_size, uint32_t tov_ms, uint32_t hlen);

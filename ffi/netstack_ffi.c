@@ -478,9 +478,12 @@ int ns_csum_complete(uint8_t *frame, size_t len, size_t start, size_t offset)
  * Ethernet; IPv4 (any header length, not a fragment) or IPv6 with TCP or UDP right after the
  * fixed header (partial checksums come only from the local TCP/UDP senders); the sum runs to
  * the IP length, not to any padding. A TSO super-frame (longer than the MTU) is completed the
- * same way. Returns 1 when completed, 0 when the frame is none of these (it is then verified
- * and dropped as the wire would show it). */
-static int ns_complete_partial(uint8_t *f, size_t len)
+ * same way: the stack takes it as one segment. A UDP datagram longer than the MTU is a
+ * USO/UDP_SEGMENT super-datagram whose one checksum would make several datagrams one: it is
+ * left partial, so it is dropped as a bad checksum (`mtu` 0: no such limit). Returns 1 when
+ * completed, 0 when the frame is none of these (it is then verified and dropped as the wire
+ * would show it). */
+static int ns_complete_partial(uint8_t *f, size_t len, size_t mtu)
 {
     size_t start, end;
     uint8_t proto;
@@ -504,17 +507,17 @@ static int ns_complete_partial(uint8_t *f, size_t len)
         return 0;
     if (proto == 6)
         return ns_csum_complete(f, end, start, 16) == 0;
-    if (proto == 17)
+    if (proto == 17 && (mtu == 0 || end - 14 <= mtu))
         return ns_csum_complete(f, end, start, 6) == 0;
     return 0;
 }
 
 /* ns_recv_batch on a socket with PACKET_AUXDATA (a packet link without the virtio-net
  * header): each frame's auxiliary data says whether its checksum is still partial, and such
- * a frame is completed in place (ns_complete_partial). `completed` (may be NULL) gains the
- * frames completed. Same return convention as ns_recv_batch. */
+ * a frame is completed in place (ns_complete_partial, `mtu` the link's). `completed` (may be
+ * NULL) gains the frames completed. Same return convention as ns_recv_batch. */
 int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
-                      uint32_t *lens_out, uint64_t *completed)
+                      uint32_t *lens_out, uint64_t *completed, uint32_t mtu)
 {
     struct mmsghdr msgs[64];
     struct iovec iovs[64];
@@ -560,7 +563,7 @@ int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
                     continue;
                 memcpy(&aux, CMSG_DATA(c), sizeof(aux));
                 if ((aux.tp_status & TP_STATUS_CSUMNOTREADY) &&
-                    ns_complete_partial(iovs[i].iov_base, msgs[i].msg_len) && completed)
+                    ns_complete_partial(iovs[i].iov_base, msgs[i].msg_len, mtu) && completed)
                     (*completed)++;
             }
         }
@@ -810,6 +813,7 @@ struct ns_ring {
     uint32_t truncated; /* frames the kernel clamped to fit a block (the caller zeroes it) */
     uint64_t blocks;    /* blocks walked to the end, ever */
     uint64_t completed; /* partial checksums completed (no vnet header), ever */
+    uint32_t mtu;       /* the link's, for ns_complete_partial (the caller sets it) */
 };
 
 /* Turn `fd` (an AF_PACKET socket, PACKET_VNET_HDR already decided: the kernel refuses it once
@@ -916,7 +920,7 @@ int ns_ring_recv(struct ns_ring *ring, int max_frames, uint32_t *offs_out, uint3
                 n++;
                 /* without the virtio-net header, a partial checksum is only said here */
                 if (ring->hlen == 0 && (h->tp_status & TP_STATUS_CSUMNOTREADY) &&
-                    ns_complete_partial(blk + mac, h->tp_snaplen))
+                    ns_complete_partial(blk + mac, h->tp_snaplen, ring->mtu))
                     ring->completed++;
             }
             ring->next_off += h->tp_next_offset;

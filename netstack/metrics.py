@@ -661,7 +661,8 @@ class FrontCollector:
         yield moved
         errors = CounterMetricFamily(
             PREFIX + "socks_errors",
-            "SOCKS sessions refused or failed, by reason.",
+            "SOCKS sessions refused or failed, by reason (unexpected_peer: a stray connection "
+            "to a BIND's port, reset while the BIND waits on).",
             labels=["reason"],
         )
         counts = dict(socks.errors)

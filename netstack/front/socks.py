@@ -212,9 +212,6 @@ class Session:
                 self.end(None)  # the control connection ended: so does the association
             return  # anything else on the control connection is ignored (RFC 1928 7)
         if not data:
-            if self.state == BINDING:
-                self.end(None)  # the client gave up waiting: so does the BIND
-                return
             self._fail("truncated")
             return
         self.received += len(data)
@@ -304,7 +301,6 @@ class Session:
             self.server.stats.connects += 1
             address = pipe.transport.get_extra_info("sockname")
         self._send(s5.encode_reply(s5.REP_SUCCEEDED, address))  # type: ignore[arg-type]
-        self._set_reading(False)  # a BIND's control connection was read while it waited
         self.state = RELAY
         early = bytes(self.buf)
         self.buf = bytearray()
@@ -348,6 +344,7 @@ class Session:
             raise s5.SocksError("other", s5.REP_GENERAL_FAILURE) from err
         self.expected = None if expected.is_unspecified else expected
         self.state = BINDING
+        self._set_reading(False)  # as CONNECT's: early bytes and a half-close wait in the kernel
         self._timer.cancel()
         self._timer = self.port.loop.call_later(self.server.bind_timeout, self._bind_expired)
         bound = (addr_to_str(source), self.listener.port)

@@ -162,14 +162,16 @@ class PacketLink(BatchLink):
         a veth does not have), which only PACKET_AUXDATA (TP_STATUS_CSUMNOTREADY) tells
         apart from a corrupt one. Such frames are completed where they lie, in C, as the NIC
         would have: the stack then sees what a wire carries (the ring's frame status says the
-        same, see ns_ring_recv). A kernel that refuses the option leaves them as they are."""
+        same, see ns_ring_recv). A UDP super-datagram (the peer's UDP_SEGMENT) is left partial:
+        completed, its several datagrams would pass as one. A kernel that refuses the option
+        leaves them as they are."""
         if lib.ns_packet_set_option(fd, PACKET_AUXDATA, 1) != 0:
             return
         completed = self._completed = ffi.new("uint64_t *")
-        aux = lib.ns_recv_batch_aux
+        aux, mtu = lib.ns_recv_batch_aux, self.mtu
 
         def receive(fd: int, arena, slot_size: int, max_frames: int, lens) -> int:
-            return aux(fd, arena, slot_size, max_frames, lens, completed)
+            return aux(fd, arena, slot_size, max_frames, lens, completed, mtu)
 
         self._rx_fn = receive  # type: ignore[method-assign]
 
@@ -211,6 +213,7 @@ class PacketLink(BatchLink):
             self.ring_note = f"TPACKET_V3 ring refused ({os.strerror(-rc)}), recvmmsg instead"
             log.info("%s: %s", self.name, self.ring_note)
             return
+        state.mtu = self.mtu  # ns_ring_open zeroed it: UDP super-datagrams stay partial
         self._ring = state
         self.geometry = geometry
         self.rx_mode = RX_RING

@@ -45,6 +45,7 @@ STACK_IP = "192.0.2.2"
 STACK_MAC = bytes.fromhex("020000000002")
 ETHERTYPE_TEST = 0x88B5  # IEEE local experimental: nothing else on the wire uses it
 NUD_PERMANENT = 0x80
+UDP_SEGMENT = 103  # linux/udp.h: the socket option for UDP GSO
 _counter = itertools.count()
 
 
@@ -474,16 +475,19 @@ def _partial_checksums_over_veth(ns_a: str, ns_b: str, ring: str) -> dict:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for size in (1, 100, 1400):
         udp.sendto(b"x" * size, (STACK_IP, 9))
+    gso = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gso.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, 1000)
+    gso.sendto(b"g" * 3000, (STACK_IP, 9))  # three datagrams as one super-datagram
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setblocking(False)
     tcp.connect_ex((STACK_IP, 9))  # its SYN; nothing answers
     got: list[bytes] = []
     deadline = time.monotonic() + 5
-    while len(got) < 5 and time.monotonic() < deadline:
+    while len(got) < 6 and time.monotonic() < deadline:
         if wait_readable(receiver.fd, 0.2):
             got += [bytes(f) for f in receiver.receive_batch() if f[12:14] == b"\x08\x00"]
     result = {"frames": got, "completed": receiver.rx_csum_completed, "bad": bad}
-    for closing in (udp, tcp, sender, receiver):
+    for closing in (udp, gso, tcp, sender, receiver):
         closing.close()
     return result
 
@@ -493,11 +497,16 @@ def test_packet_link_completes_the_kernels_partial_checksums(make_netns, ring: s
     """--link packet --offload off over a veth: the peer kernel leaves TCP/UDP checksums to a
     NIC the veth does not have; PACKET_AUXDATA (recvmmsg) or the ring's frame status says
     so, and the link completes them as that NIC would. A frame whose checksum is wrong (not
-    partial) passes as it came, to be dropped as the wire showed it."""
+    partial) passes as it came, to be dropped as the wire showed it; so does a UDP
+    super-datagram (UDP_SEGMENT), whose one checksum would make its datagrams one."""
     result = in_child(_partial_checksums_over_veth, make_netns(), make_netns(), ring)
     frames = [sc_l2.Ether(f) for f in result["frames"]]
     assert result["bad"] in result["frames"]  # untouched, byte for byte
-    kernel = [f for f in frames if bytes(f) != result["bad"]]
+    (big,) = [f for f in frames if sc_inet.UDP in f and len(f[sc_inet.UDP].payload) == 3000]
+    given = big[sc_inet.UDP].chksum
+    del big[sc_inet.UDP].chksum
+    assert sc_l2.Ether(bytes(big))[sc_inet.UDP].chksum != given  # left partial
+    kernel = [f for f in frames if bytes(f) != result["bad"] and f is not big]
     assert sorted(len(f[sc_inet.UDP].payload) for f in kernel if sc_inet.UDP in f) == [1, 100, 1400]
     assert sum(1 for f in kernel if sc_inet.TCP in f and f[sc_inet.TCP].flags == "S") == 1
     for frame in kernel:

@@ -228,13 +228,13 @@ def test_bind_relays_the_named_hosts_connection(sworld: World) -> None:
                 5,
                 "the stranger counted",
             )
+            ctrl.sendall(b"RETR")  # early: waits in the kernel until the relay starts
             peer = sworld.socket(socket.AF_INET, socket.SOCK_STREAM)
             with peer:
                 peer.settimeout(10)
                 peer.bind((HOST_IP, 0))
                 peer.connect(bound)
                 assert _bind_reply(ctrl) == (b"\x05\x00", HOST_IP, peer.getsockname()[1])
-                ctrl.sendall(b"RETR")
                 assert recv_exactly(peer, 4) == b"RETR"
                 data = os.urandom(300_000)
                 peer.sendall(data)

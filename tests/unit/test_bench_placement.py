@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,10 @@ def test_no_client_is_none() -> None:
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         sampler = placement.PlacementSampler(server.pid, root=server.pid, every=0.002).start()
+        deadline = time.monotonic() + 30
+        while sampler.looks < 5 and time.monotonic() < deadline:  # it looked, found no client
+            time.sleep(0.01)
+        assert sampler.looks >= 5
         assert sampler.stop() is None
     finally:
         server.kill()
