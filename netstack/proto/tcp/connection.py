@@ -45,7 +45,14 @@ from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
 from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
-from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.proto.tcp.state import (
+    RECEIVING,
+    TRANSITIONS,
+    TRANSMITTING,
+    Event,
+    IllegalTransition,
+    State,
+)
 from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
@@ -579,7 +586,11 @@ class Connection:
             self._detach()
 
     def _event(self, event: Event) -> None:
-        self._set_state(next_state(self.state, event))
+        # state.next_state inlined (five events per connection): the same table, the same error
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise IllegalTransition(self.state, event)
+        self._set_state(new)
 
     def _detach(self) -> None:
         """CLOSED, and the application told (on_closed) with nothing left to deliver: drop
