@@ -45,7 +45,14 @@ from netstack.proto.tcp.buffers import ReceiveBuffer, SendBuffer
 from netstack.proto.tcp.recovery import Recovery
 from netstack.proto.tcp.scoreboard import Sent
 from netstack.proto.tcp.seq import HALF, MASK, unwrap
-from netstack.proto.tcp.state import RECEIVING, TRANSMITTING, Event, State, next_state
+from netstack.proto.tcp.state import (
+    RECEIVING,
+    TRANSITIONS,
+    TRANSMITTING,
+    Event,
+    IllegalTransition,
+    State,
+)
 from netstack.wire import tcp as wtcp
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG, TcpHeader, TcpOptions
 
@@ -97,6 +104,14 @@ WINDOW_MEMO = True
 # pointer, no SACK blocks): _xmit's and Recovery.sent's work inline; False takes the general
 # calls (tests/unit/tcp/test_lean.py and test_slim.py compare the two).
 LEAN_TX = True
+# The pure ACK (no text, no SYN/FIN/RST/URG) in a synchronized state other than ESTABLISHED
+# and TIME_WAIT: the handshake's final ACK (SYN_RECEIVED), LAST_ACK's, and the closing
+# states' ACKs (Connection._segment_pure_ack); False takes the general path for them
+# (tests/unit/tcp/test_slim.py compares the two).
+PURE_ACK = True
+PURE_ACK_STATES = frozenset(
+    {S.SYN_RECEIVED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK}
+)
 
 
 class Handler(Protocol):
@@ -571,7 +586,11 @@ class Connection:
             self._detach()
 
     def _event(self, event: Event) -> None:
-        self._set_state(next_state(self.state, event))
+        # state.next_state inlined (five events per connection): the same table, the same error
+        new = TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise IllegalTransition(self.state, event)
+        self._set_state(new)
 
     def _detach(self) -> None:
         """CLOSED, and the application told (on_closed) with nothing left to deliver: drop
@@ -629,6 +648,8 @@ class Connection:
             stats[2] += 1
         state = self.state
         if state is S.ESTABLISHED and SLIM and self._segment_slim(h, payload, now):
+            return
+        if state in PURE_ACK_STATES and PURE_ACK and self._segment_pure_ack(h, payload, now):
             return
         if state is S.SYN_SENT:
             self._rx_syn_sent(h, payload, now)
@@ -743,6 +764,44 @@ class Connection:
             self._rcv_urgent(seq + h.urgent)  # RFC 9293 3.10.7.4 sixth: the URG bit
         if plen or flags & FIN:
             self._process_data(h, seq, payload, now)
+
+    def _segment_pure_ack(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
+        """A pure ACK in SYN_RECEIVED or a closing state (PURE_ACK_STATES): the general
+        path's steps for it, with its decisions already known (a connection's handshake ACK
+        and its last ACK, two of the four segments a short connection brings). Returns
+        False, having changed nothing, for anything else: flags other than ACK (PSH allowed),
+        text, SEQ other than RCV.NXT, an ACK outside SND.UNA..SND.NXT (SND.UNA excluded in
+        SYN_RECEIVED, where the general path answers it with a RST), a full accept queue, and
+        with timestamps on a segment without one or with a TSval older than TS.Recent.
+        Why each general check is decided: SEQ = RCV.NXT with no text is acceptable in any
+        window; a TSval not older than TS.Recent fails PAWS's test (0 < TS.Recent - TSval <
+        2^31) and passes 4.3's freshness test; no RST, SYN, URG or FIN: their branches are
+        off. tests/unit/tcp/test_slim.py runs exchanges through both and compares."""
+        flags = h.flags
+        if flags & SLIM_EXCLUDED or not flags & ACK or len(payload):
+            return False
+        rcv_nxt = self.rcv_nxt
+        if h.seq != rcv_nxt & MASK:
+            return False
+        ts = h.options.timestamp
+        ts_ok = self.ts_ok
+        if ts_ok and (ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF):
+            return False
+        snd_una = self.snd_una
+        ack = unwrap(h.ack, snd_una)
+        if ack > self.snd_nxt or ack < snd_una:
+            return False
+        if self.state is S.SYN_RECEIVED:
+            if ack == snd_una or not self.engine.accept_ready(self):
+                return False
+            self._syn_acked(h, ack, rcv_nxt, now)
+        # -- from here on, the general path's steps for this segment, in its order --------
+        # RFC 7323 4.3: TS.Recent (the segment starts at RCV.NXT, the left edge).
+        if ts_ok and rcv_nxt <= self.last_ack_sent:
+            self.ts_recent = ts[0]  # type: ignore[index]
+            self.ts_recent_at = now
+        self._process_ack(h, ack, rcv_nxt, 0, now)
+        return True
 
     def _segment_slim(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
         """The common ESTABLISHED segment in one pass: the general path's steps for it, with

@@ -101,6 +101,15 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
         ack_fast(self, *args)
 
     monkeypatch.setattr(Recovery, "ack_fast", counted_fast)
+    pure = [0]
+    pure_ack = tcpconn.Connection._segment_pure_ack
+
+    def counted_pure(self, h, payload, now):
+        taken = pure_ack(self, h, payload, now)
+        pure[0] += taken
+        return taken
+
+    monkeypatch.setattr(tcpconn.Connection, "_segment_pure_ack", counted_pure)
     net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
                  config_a=config_a, config_b=config_b)  # fmt: skip
     for engine, key in ((net.a, b"a"), (net.b, b"b")):  # the same ISNs in both runs
@@ -124,7 +133,7 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
     assert bytes(client.received) == data
     end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
     monkeypatch.undo()
-    return trace, end, {"slim": hits[0], "fast_ack": fused[0]}
+    return trace, end, {"slim": hits[0], "fast_ack": fused[0], "pure_ack": pure[0]}
 
 
 def run_bursts(switches: dict, monkeypatch) -> tuple[list[tuple], tuple]:
@@ -172,6 +181,8 @@ def assert_same(monkeypatch, *args, switch: str = "SLIM") -> dict[str, int]:
         assert general_hits["fast_ack"] == 0
     if switch == "SLIM":
         assert general_hits["slim"] == 0
+    if switch == "PURE_ACK":
+        assert general_hits["pure_ack"] == 0
     assert len(slim_trace) == len(general_trace)
     for i, (a, b) in enumerate(zip(slim_trace, general_trace, strict=True)):
         assert a == b, f"transmission {i} differs"
@@ -308,3 +319,120 @@ def test_lean_data_segment_sends_what_xmit_sends(
     same wire, the same TCBs and scoreboards at the end."""
     args = (seed, loss, duplicate, jitter, size, config_a, config_b)
     assert_same(monkeypatch, *args, switch="LEAN_TX")
+
+
+def run_short(switch: str, monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b):
+    """A short connection as bench/tcpclient.c makes them, with connection.py's `switch`
+    on or off: the handshake's ACK goes alone (the client writes nothing when it is made),
+    then `size` bytes to the echo service and a half-close, and the run goes on until both
+    sides are done (the server's LAST_ACK answered, the client's TIME_WAIT over).
+    Returns (trace of every transmission, end state, pure-ACK path hits)."""
+    if switch:
+        monkeypatch.setattr(tcpconn, switch, False)
+    pure = [0]
+    pure_ack = tcpconn.Connection._segment_pure_ack
+
+    def counted_pure(self, h, payload, now):
+        taken = pure_ack(self, h, payload, now)
+        pure[0] += taken
+        return taken
+
+    monkeypatch.setattr(tcpconn.Connection, "_segment_pure_ack", counted_pure)
+    net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
+                 config_a=config_a, config_b=config_b)  # fmt: skip
+    for engine, key in ((net.a, b"a"), (net.b, b"b")):
+        engine.secrets = Secrets(key * 32)
+    trace: list[tuple] = []
+    transmit = net.transmit
+
+    def traced(src, dst, data, trusted=False):
+        trace.append((round(net.now, 9), src, dst, bytes(data)))
+        transmit(src, dst, data, trusted)
+
+    net.transmit = traced  # type: ignore[method-assign]
+    listen(net.b, 7, TcpEcho)
+    data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+    client = Client(data)
+    pump = client.pump
+    client.pump = lambda: None  # type: ignore[method-assign]  # nothing with the ACK
+    connect(net.a, (LOCAL_IP, 7), lambda: client)
+    net.run(60.0, stop=lambda: client.made)
+    client.pump = pump  # type: ignore[method-assign]
+    if client.made:
+        client.pump()
+    net.run(20_000, stop=lambda: bool(client.lost))
+    net.run(300.0)  # the server's LAST_ACK answered (or timed out), TIME_WAIT over
+    end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
+    monkeypatch.undo()
+    return trace, end, pure[0]
+
+
+def assert_short_same(monkeypatch, *args) -> int:
+    fast_trace, fast_end, hits = run_short("", monkeypatch, *args)
+    general_trace, general_end, general_hits = run_short("PURE_ACK", monkeypatch, *args)
+    assert general_hits == 0
+    assert len(fast_trace) == len(general_trace)
+    for i, (a, b) in enumerate(zip(fast_trace, general_trace, strict=True)):
+        assert a == b, f"transmission {i} differs"
+    assert fast_end == general_end
+    return hits
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    duplicate=st.sampled_from([0.0, 0.1]),
+    jitter=st.sampled_from([0.0, 0.003, 0.03]),
+    size=st.sampled_from([0, 1, 3000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_pure_ack_path_on_short_connections(
+    monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
+):
+    """Connection._segment_pure_ack on tcpclient.c's kind of connection: the handshake ACK
+    alone (SYN_RECEIVED), the ACKs of the echo in CLOSE_WAIT, LAST_ACK's ACK; with loss (a
+    lost SYN-ACK, FIN or last ACK resent), duplicates (old ACKs, duplicate SYNs in
+    SYN_RECEIVED), reordering and every option combination: the same wire, counters (drop
+    reasons included) and TCBs as the general path."""
+    assert_short_same(monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b)
+
+
+@pytest.mark.parametrize(
+    "config,size",
+    [
+        (TcpConfig(), 0),
+        (TcpConfig(), 3000),
+        (TcpConfig(timestamps=False, sack=False, window_scaling=False), 0),
+        (TcpConfig(timestamps=False), 1),
+    ],
+)
+def test_short_connection_takes_the_pure_ack_path(monkeypatch, config, size) -> None:
+    """On a clean link the server's handshake ACK and its last ACK (and the client's ACK of
+    the echo, in CLOSE_WAIT) go the pure-ACK way, and the wire is the general path's."""
+    hits = assert_short_same(monkeypatch, 3, 0.0, 0.0, 0.0, size, config, config)
+    assert hits >= 2
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31),
+    loss=st.sampled_from([0.0, 0.02, 0.1, 0.25]),
+    duplicate=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.003, 0.03]),
+    size=st.sampled_from([1, 3000, 70_000]),
+    config_a=configs,
+    config_b=configs,
+)
+def test_pure_ack_path_sends_what_the_general_path_sends(
+    monkeypatch, seed, loss, duplicate, jitter, size, config_a, config_b
+):
+    """Connection._segment_pure_ack (the handshake's final ACK, the closing states' ACKs)
+    against the general segment path, through loss (the handshake's segments and the FINs
+    lost and resent), duplication (old ACKs, duplicate SYNs in SYN_RECEIVED), reordering and
+    every option combination: the same wire, counters (drop reasons) and TCBs."""
+    args = (seed, loss, duplicate, jitter, size, config_a, config_b)
+    assert_same(monkeypatch, *args, switch="PURE_ACK")
