@@ -372,6 +372,7 @@ class Recovery:
         n = len(records)
         newest: float | None = None
         any_rexmit = False
+        whole = None  # the pieces of a partly acknowledged Run that the ACK covers whole
         while i < n:
             r = records[i]
             if r.end <= ack:
@@ -382,10 +383,21 @@ class Recovery:
                 i += 1
                 continue
             if r.start < ack:  # partially acknowledged
+                if r.seg:  # a Run (never resent): its pieces below ack are acknowledged
+                    whole = r.acked_pieces(ack)
+                    if whole is not None:
+                        newest = r.sent_at
                 r.start = ack
                 any_rexmit = any_rexmit or r.retransmitted
             break
-        delivered = records[head:i] if tcb.sack_ok and i > head else None
+        delivered = None
+        if tcb.sack_ok:
+            if i > head:
+                delivered = records[head:i]
+                if whole is not None:
+                    delivered.append(whole)
+            elif whole is not None:
+                delivered = [whole]
         board._head = i
         if i > 64 and i * 2 > n:
             del records[:i]
@@ -437,6 +449,18 @@ class Recovery:
                 echo = ts[1]
             fack = rack.fack
             for r in delivered:
+                if r.seg:  # a Run: its pieces, in order, all sent at once, none resent
+                    if r.first_end() < fack:  # (only the first piece can end below fack)
+                        rack.reord = True
+                    if r.end > fack:
+                        fack = r.end
+                    r_rtt = now - r.sent_at
+                    if r_rtt >= 0 and (rack.min_rtt is None or r_rtt < rack.min_rtt):
+                        rack.min_rtt = r_rtt
+                    order = r.last_order()
+                    if order > rack.order:
+                        rack.xmit_ts, rack.order, rack.rtt = r.sent_at, order, r_rtt
+                    continue
                 end = r.end
                 if end > fack:
                     fack = end
@@ -463,7 +487,9 @@ class Recovery:
         if head >= len(records):
             return  # (no record out: detect_loss has nothing to look at)
         first = records[head]
-        if first.order > rack.order and not first.retransmitted:
+        if (first.first_order() if first.seg else first.order) > rack.order and (
+            not first.retransmitted
+        ):
             return
         self._rack_detect(now)
         if self.ca_state == RECOVERY:  # RACK found losses and recovery began: on_sack_ack's
