@@ -105,17 +105,6 @@ class Run(Sent):
         end = self.base + ((self.start - self.base) // seg + 1) * seg
         return end if end < self.end else self.end
 
-    def acked_pieces(self, ack: int) -> Run | None:
-        """The pieces an ACK inside this Run covers whole, as a Run of their own (for RACK's
-        update and the RTT sample), or None when it covers none."""
-        seg = self.seg
-        end = self.base + (ack - self.base) // seg * seg
-        if end <= self.start:
-            return None
-        done = Run(self.start, end, seg, self.sent_at, self.order, False)
-        done.base = self.base
-        return done
-
     def pieces(self) -> list[Sent]:
         """The per-piece records this Run stands for (from `start`)."""
         base, seg, end, sent_at = self.base, self.seg, self.end, self.sent_at
