@@ -1,17 +1,19 @@
 """Bounded send and receive buffers, built so that payload is copied at most once each way.
 
 Send: the application's bytes are kept in a list of chunks indexed by *stream offset* (0 is the
-first byte after our SYN). A `bytes` write of COALESCE bytes or more is kept by reference (no
-copy: bytes are immutable); anything else is copied once, appended to a tail `bytearray` so
-that small writes coalesce. Segments are handed out as memoryview slices of the chunks, so a
-frame waiting in the tx queue points straight at the buffer.
+first byte after our SYN). A write of COALESCE bytes or more of `bytes`, or of a read-only
+memoryview of `bytes`, is kept by reference (no copy: bytes are immutable); anything else is
+copied once, appended to a tail `bytearray` so that small writes coalesce. Segments are handed
+out as memoryview slices of the chunks, so a frame waiting in the tx queue points straight at
+the buffer.
 
 The rule that makes that safe: **bytes of a chunk are never changed once written.** Appending
 to the tail bytearray while a view of it is alive is refused by Python (BufferError), and the
 buffer then simply starts a new chunk; acknowledged chunks are released by dropping our
 reference, and a frame still holding a view keeps its chunk alive. Nothing is ever compacted
 in place, so there is no "when is it safe to compact" rule to get wrong. A segment that spans
-two chunks (rare: once per chunk boundary) is joined into one `bytes` for the checksum.
+two chunks (once per chunk boundary: most 64 KiB super-segments over 32 KiB writes kept by
+reference) is joined into one `bytes` for the checksum.
 
 Receive: payload views (valid only during the receive call) are copied once into `bytes`;
 in-order data queues until the application takes it, out-of-order data waits in a sorted,
@@ -33,6 +35,17 @@ PUSH_GOAL = 65536  # Linux's largest skb (GSO_MAX_SIZE): writes coalesce under o
 def _byte_view(data: Buffer) -> memoryview:
     view = memoryview(data)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _immutable(view: memoryview) -> bool:
+    """A contiguous, read-only, one-byte-per-item view of a `bytes` object."""
+    return (
+        view.readonly
+        and type(view.obj) is bytes
+        and view.format == "B"
+        and view.ndim == 1
+        and view.contiguous
+    )
 
 
 class SendBuffer:
@@ -61,9 +74,16 @@ class SendBuffer:
         if take <= 0:
             return 0
         chunks = self._chunks
-        if type(data) is bytes and take >= COALESCE:
+        kind = type(data)
+        if take >= COALESCE and kind is bytes:
             self._offsets.append(self.end)
             chunks.append(data if take == size else memoryview(data)[:take])
+        elif take >= COALESCE and kind is memoryview and _immutable(data):  # type: ignore[arg-type]
+            # A read-only byte view of `bytes` (chargen's slices of its pattern block): as
+            # immutable as the bytes, so kept by reference too. A new view (data[:take]),
+            # so that the application's release() of its own view cannot end ours.
+            self._offsets.append(self.end)
+            chunks.append(data[:take])
         else:
             piece = _byte_view(data)[:take] if take < size or type(data) is not bytes else data
             tail = chunks[-1] if chunks else None

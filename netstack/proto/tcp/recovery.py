@@ -372,6 +372,7 @@ class Recovery:
         n = len(records)
         newest: float | None = None
         any_rexmit = False
+        whole = None  # the pieces of a partly acknowledged Run that the ACK covers whole
         while i < n:
             r = records[i]
             if r.end <= ack:
@@ -382,6 +383,15 @@ class Recovery:
                 i += 1
                 continue
             if r.start < ack:  # partially acknowledged
+                seg = r.seg
+                if seg:  # a Run (never resent): the pieces wholly below ack are delivered
+                    base = r.base
+                    k = (ack - base) // seg
+                    cut = base + k * seg
+                    if cut > r.start:  # (first piece's end, last piece's end and order)
+                        first_end = base + ((r.start - base) // seg + 1) * seg
+                        whole = (first_end, cut, r.order + k - 1, r.sent_at)
+                        newest = r.sent_at
                 r.start = ack
                 any_rexmit = any_rexmit or r.retransmitted
             break
@@ -431,12 +441,16 @@ class Recovery:
             return
         # on_sack_ack -> _rack_ack: Rack.update over the records this ACK delivered (in
         # sequence order, so already sorted by end).
-        if delivered:
+        if delivered or whole is not None:
             echo = None
             if tcb.ts_ok and ts is not None and ts[1]:
                 echo = ts[1]
             fack = rack.fack
-            for r in delivered:
+            for r in delivered or ():
+                if r.seg:  # a Run: its pieces, in order, all sent at once, none resent
+                    first_end, order = r.first_end(), r.last_order()
+                    fack = _rack_run(rack, fack, first_end, r.end, order, r.sent_at, now)
+                    continue
                 end = r.end
                 if end > fack:
                     fack = end
@@ -452,6 +466,8 @@ class Recovery:
                     rack.min_rtt = r_rtt
                 if r.order > rack.order:
                     rack.xmit_ts, rack.order, rack.rtt = r.sent_at, r.order, r_rtt
+            if whole is not None:  # (it follows the whole records in sequence)
+                fack = _rack_run(rack, fack, *whole, now)
             rack.fack = fack
         # _rack_detect: nothing can be lost when nothing is out, when no record was delivered
         # yet, or when the oldest outstanding record was sent after the newest delivered one
@@ -463,7 +479,9 @@ class Recovery:
         if head >= len(records):
             return  # (no record out: detect_loss has nothing to look at)
         first = records[head]
-        if first.order > rack.order and not first.retransmitted:
+        if (first.first_order() if first.seg else first.order) > rack.order and (
+            not first.retransmitted
+        ):
             return
         self._rack_detect(now)
         if self.ca_state == RECOVERY:  # RACK found losses and recovery began: on_sack_ack's
@@ -947,3 +965,22 @@ class Recovery:
         self.undo_marker = self.undo_saved = self.undo_tsval = self.undo_rexmits = None
         self.undos += 1
         tcb.wake()
+
+
+def _rack_run(
+    rack: Rack, fack: int, first_end: int, end: int, order: int, sent_at: float, now: float
+) -> int:
+    """Rack.update's steps for consecutive pieces of one Run delivered by a cumulative ACK
+    (first piece ending at `first_end`, last at `end` with transmission order `order`, all
+    sent at `sent_at`, none retransmitted), as ack_fast's loop would take them one by one;
+    returns the new fack. Only the first piece can end below fack; the rest ascend."""
+    if first_end < fack:
+        rack.reord = True
+    if end > fack:
+        fack = end
+    r_rtt = now - sent_at
+    if r_rtt >= 0 and (rack.min_rtt is None or r_rtt < rack.min_rtt):
+        rack.min_rtt = r_rtt
+    if order > rack.order:
+        rack.xmit_ts, rack.order, rack.rtt = sent_at, order, r_rtt
+    return fack

@@ -17,6 +17,14 @@ SACKed bytes, lie above it) where asked, from NewReno's first hole, or from the 
 
 `delivered` lists the records that the last ack()/sack() calls newly delivered (cumulatively
 or selectively), for RACK; the connection clears it before each incoming ACK.
+
+A TSO or software-GSO super-segment is one `Run` record (one object per 64 KiB send, not one
+per MSS piece) for as long as nothing but cumulative ACKs touches it: the common ACK
+(Recovery.ack_fast) handles a Run as the pieces it stands for. Every other view (iteration,
+records(), first(), SACK, loss marks, RTO, the general ACK path) first cuts the Runs into
+their per-piece records (`_explode`), exactly those add_pieces made before Runs existed, so
+SACK, RACK, DupThresh, undo and retransmission still work in wire segments. Cutting happens
+once per Run at most, and only when recovery has something to do.
 """
 
 from __future__ import annotations
@@ -70,6 +78,57 @@ class Sent:
         return f"Sent({self.start}-{self.end}{' FIN' if self.fin else ''} {marks})"
 
 
+class Run(Sent):
+    """Consecutive pieces of `seg` bytes from `base` (the last may be shorter), sent together
+    as one super-segment: piece k has order `order + k`, the PSH flag (if any) sits on the
+    last piece. Never SACKed, lost or retransmitted (those cut it into pieces first);
+    `start` moves up when a cumulative ACK takes part of it."""
+
+    __slots__ = ("base", "seg")
+
+    def __init__(self, start: int, end: int, seg: int, sent_at: float, order: int, psh: bool):
+        super().__init__(start, end, sent_at, False, order, psh)
+        self.base = start
+        self.seg = seg
+
+    def first_order(self) -> int:
+        """Order of the first piece still outstanding."""
+        return self.order + (self.start - self.base) // self.seg
+
+    def last_order(self) -> int:
+        """Order of the last piece (the newest transmission in the Run)."""
+        return self.order + (self.end - 1 - self.base) // self.seg
+
+    def first_end(self) -> int:
+        """End of the first piece still outstanding."""
+        seg = self.seg
+        end = self.base + ((self.start - self.base) // seg + 1) * seg
+        return end if end < self.end else self.end
+
+    def pieces(self) -> list[Sent]:
+        """The per-piece records this Run stands for (from `start`)."""
+        base, seg, end, sent_at = self.base, self.seg, self.end, self.sent_at
+        k = (self.start - base) // seg
+        order = self.order + k
+        out = []
+        lo = self.start
+        hi = base + (k + 1) * seg
+        while lo < end:
+            if hi > end:
+                hi = end
+            out.append(Sent(lo, hi, sent_at, False, order))
+            order += 1
+            lo = hi
+            hi += seg
+        out[-1].psh = self.psh
+        return out
+
+    def __repr__(self) -> str:
+        return f"Run({self.start}-{self.end}/{self.seg})"
+
+
+Sent.seg = 0  # (a plain record: not a Run; Run's slot overrides it)
+
 _start = operator.attrgetter("start")
 
 
@@ -81,6 +140,7 @@ class Scoreboard:
         "_lost_upto",
         "_records",
         "_rexmit_hint",
+        "_runs_from",
         "_tx",
         "delivered",
         "high_sacked",
@@ -100,19 +160,41 @@ class Scoreboard:
         self._rexmit_hint = 0  # no record below this one waits for a retransmission
         self.delivered: list[Sent] = []  # newly delivered by the current ACK (for RACK)
         self._tx = 0  # transmissions so far (Sent.order)
+        self._runs_from: int | None = None  # no Run starts below this sequence number
+
+    def _explode(self) -> None:
+        """Cut every Run into its per-piece records (see the module docstring)."""
+        lo = self._runs_from
+        if lo is None:
+            return
+        self._runs_from = None
+        records = self._records
+        n = len(records)
+        i = bisect.bisect_left(records, lo, self._head, n, key=_start)
+        out: list[Sent] = []
+        for r in records[i:]:
+            if r.seg:
+                out.extend(r.pieces())  # type: ignore[attr-defined]
+            else:
+                out.append(r)
+        records[i:] = out
 
     # -- views -------------------------------------------------------------------------------
     def __len__(self) -> int:
+        self._explode()
         return len(self._records) - self._head
 
     def __iter__(self):
+        self._explode()
         return iter(self._records[self._head :])
 
     def records(self) -> tuple[list[Sent], int]:
         """(the record list, index of the first live one): a loop without a copy."""
+        self._explode()
         return self._records, self._head
 
     def first(self) -> Sent | None:
+        self._explode()
         return self._records[self._head] if self._head < len(self._records) else None
 
     def first_retransmitted(self) -> Sent | None:
@@ -128,6 +210,7 @@ class Scoreboard:
 
     def last_unsacked(self) -> Sent | None:
         """The highest record not SACKed (a tail loss probe retransmits it)."""
+        self._explode()
         records = self._records
         for i in range(len(records) - 1, self._head - 1, -1):
             if not records[i].sacked:
@@ -146,15 +229,16 @@ class Scoreboard:
         return record
 
     def add_pieces(self, start: int, end: int, size: int, now: float, psh: bool = False) -> None:
-        """One record per `size` bytes of [start, end): a TSO super-segment as the wire will
-        carry it (add() for each piece, without a call per piece); PSH on the last piece."""
-        records = self._records
-        tx = self._tx
-        for piece in range(start, end, size):
-            tx += 1
-            records.append(Sent(piece, min(piece + size, end), now, False, tx))
-        self._tx = tx
-        records[-1].psh = psh
+        """A TSO super-segment as the wire will carry it, `size` bytes a piece: one Run record
+        standing for the pieces add() would have made one by one (PSH on the last piece)."""
+        if end - start <= size:
+            self.add(start, end, now, psh=psh)
+            return
+        order = self._tx + 1
+        self._tx += (end - start + size - 1) // size
+        self._records.append(Run(start, end, size, now, order, psh))
+        if self._runs_from is None:
+            self._runs_from = start
 
     def split(self, r: Sent, at: int) -> Sent:
         """Cut a live record at sequence `at` (start < at < end), as Linux's tcp_fragment: `r`
@@ -214,6 +298,7 @@ class Scoreboard:
         The sample is the newest fully acknowledged record's send time, and is None when
         any acknowledged record had been retransmitted (Karn's algorithm, as Linux applies it).
         """
+        self._explode()  # (`delivered` lists pieces, for RACK)
         records = self._records
         i, n = self._head, len(records)
         newest: float | None = None
@@ -245,6 +330,7 @@ class Scoreboard:
 
     def sack(self, blocks: list[tuple[int, int]]) -> int:
         """Mark records fully inside the (validated, unwrapped) blocks; returns new bytes."""
+        self._explode()
         records = self._records
         n = len(records)
         new = 0
@@ -276,6 +362,7 @@ class Scoreboard:
         """RFC 6675 IsLost() over the records below the SACKed ones; returns new lost bytes."""
         if not self.sacked_bytes:
             return 0
+        self._explode()
         records = self._records
         head = self._head
         top = bisect.bisect_left(records, self.high_sacked, head, len(records), key=_start) - 1
@@ -367,6 +454,7 @@ class Scoreboard:
         self._rexmit_hint = 0
 
     def clear(self) -> None:
+        self._runs_from = None
         self._records.clear()
         self.delivered.clear()
         self._head = 0

@@ -27,6 +27,49 @@ def test_large_bytes_are_kept_by_reference() -> None:
     assert isinstance(view, memoryview) and view.obj is data  # no copy at all
 
 
+def test_a_read_only_view_of_bytes_is_kept_by_reference() -> None:
+    """chargen writes memoryview slices of an immutable block: kept as they are (no copy),
+    and the application releasing its own view does not end the buffer's."""
+    data = bytes(range(256)) * (2 * COALESCE // 256 + 1)
+    buf = SendBuffer(1 << 20)
+    mine = memoryview(data)[7 : 7 + COALESCE]
+    assert buf.write(mine) == COALESCE
+    mine.release()
+    view = buf.view(100, 50)
+    assert isinstance(view, memoryview) and view.obj is data  # no copy at all
+    assert bytes(view) == data[107:157]
+
+
+def test_views_that_are_not_plain_bytes_views_are_copied() -> None:
+    """A writable view (of a bytearray) may change after the write, a cast or strided view
+    is not one byte per item in order: those are copied."""
+    ba = bytearray(b"a" * COALESCE)
+    buf = SendBuffer(1 << 20)
+    buf.write(memoryview(ba))
+    ba[0:1] = b"Z"
+    assert bytes(buf.view(0, 2)) == b"aa"
+    data = bytes(range(256)) * (2 * COALESCE // 256)
+    buf = SendBuffer(1 << 20)
+    buf.write(memoryview(data)[::2])
+    assert bytes(buf.view(0, 4)) == data[0:8:2] and buf.end == COALESCE
+    buf = SendBuffer(1 << 20)
+    assert buf.write(memoryview(data).cast("I")) == len(data)
+    assert bytes(buf.view(0, 8)) == data[:8]
+
+
+def test_chunks_of_views_join_only_across_a_boundary() -> None:
+    block = bytes(range(256)) * 600
+    buf = SendBuffer(1 << 20)
+    view = memoryview(block)
+    buf.write(view[0:COALESCE])
+    buf.write(view[3 : 3 + COALESCE])
+    assert isinstance(buf.view(10, 100), memoryview)
+    across = buf.view(COALESCE - 5, 10)
+    assert bytes(across) == block[COALESCE - 5 : COALESCE] + block[3:8]
+    buf.consume(COALESCE)
+    assert bytes(buf.view(COALESCE, 4)) == block[3:7] and len(buf) == COALESCE
+
+
 def test_small_writes_coalesce_into_one_chunk() -> None:
     buf = SendBuffer(1 << 20)
     for i in range(100):
