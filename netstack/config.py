@@ -130,6 +130,19 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse_int
 
 
+BUSY_POLL_AUTO_US = 50  # busy_poll = "auto": the adaptive policy's budget (io/busypoll.py)
+
+
+def _busy_poll(value: Any) -> int | str:
+    """busy_poll: microseconds (0-1000) or "auto"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int_range(0, 1000)(value)
+    except ValueError as err:
+        raise ValueError(f"microseconds (0-1000) or auto: {err}") from None
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def parse_choice(value: Any) -> str:
         text = str(value).lower()
@@ -433,10 +446,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "busy_poll",
-        _int_range(0, 1000),
+        _busy_poll,
         0,
         "microseconds the loop keeps looking for the next frame after a turn that received "
-        "some, before it sleeps (0: off; as Linux's net.core.busy_poll)",
+        "some, before it sleeps (0: off; as Linux's net.core.busy_poll); auto: up to "
+        f"{BUSY_POLL_AUTO_US} us, only while recent looks found frames with the CPU to themselves",
     ),
     Setting(
         "gso",
@@ -508,7 +522,7 @@ class Config:
     host_address6: ipaddress.IPv6Interface | None
     ipv6_secret: bytes | None
     packet_ring: str
-    busy_poll: int
+    busy_poll: int | str  # microseconds, or "auto"
     gso: str
     gro: str
     tap_tx: str

@@ -269,6 +269,12 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "Loop turns whose frames busy polling found (busy_poll) before the loop slept.",
         "loop_busy_polls",
     ),
+    _single(
+        "loop_busy_poll_spins",
+        "Spins busy_poll = auto tried after a turn that received (its success history allowed "
+        "them); loop_busy_polls counts those that found frames.",
+        "loop_busy_poll_spins",
+    ),
 )
 
 # Counter families by (direction, type): (name, help, Counters field keyed by (direction, type),

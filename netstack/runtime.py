@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from netstack.api.services import start_services
-from netstack.config import SETTINGS, Config, ConfigError
+from netstack.config import BUSY_POLL_AUTO_US, SETTINGS, Config, ConfigError
 from netstack.counters import Counters
 from netstack.io import netlink
 from netstack.io.fault import FaultLink
@@ -231,11 +231,12 @@ class Stack:
         )
         if offloads.vnet and offloads.available & TUN_F_USO:
             self.host.udp.gso_max = USO_ECHO_MAX  # the kernel cuts UDP super-frames: echo runs
-        busy = config.busy_poll / 1e6
+        adaptive = config.busy_poll == "auto"
+        busy = (BUSY_POLL_AUTO_US if adaptive else int(config.busy_poll)) / 1e6
         self.loop = (
-            Loop(self.counters, clock=clock, busy_poll=busy)
+            Loop(self.counters, clock=clock, busy_poll=busy, busy_poll_adaptive=adaptive)
             if clock
-            else Loop(self.counters, busy_poll=busy)
+            else Loop(self.counters, busy_poll=busy, busy_poll_adaptive=adaptive)
         )
         self.pcap: PcapWriter | None = None
         self.metrics = None  # a metrics.MetricsServer once start_metrics() has run

@@ -25,6 +25,7 @@ from typing import Any
 from netstack._ffi import ffi, lib
 from netstack.counters import Counters
 from netstack.drops import Drop
+from netstack.io.busypoll import AdaptiveBusyPoll
 from netstack.io.link import Frame, Link, LinkError, LinkTxError
 from netstack.io.timers import TimerCallback, TimerHandle, TimerHeap
 from netstack.logsetup import RateLimitedLog
@@ -81,12 +82,18 @@ class Loop:
         max_batches_per_turn: int = 4,
         tx_queue_limit: int = 4096,
         busy_poll: float = 0.0,
+        busy_poll_adaptive: bool = False,
     ) -> None:
         self.counters = counters if counters is not None else Counters()
         # Seconds to keep looking (zero-timeout epoll) for the next frame after a turn that
         # received some, before sleeping: a request/response peer's next request then finds
         # the stack awake, not idle (a wakeup from idle costs tens of us on a VM). 0: off.
         self.busy_poll = busy_poll
+        # busy_poll = "auto": spin only while recent spins found work with the CPU to
+        # themselves (io/busypoll.py); None: every received turn spins (the fixed knob).
+        self.busy_adaptive: AdaptiveBusyPoll | None = (
+            AdaptiveBusyPoll() if busy_poll_adaptive and busy_poll else None
+        )
         self._received = False  # this turn read frames from a link
         self.clock = clock
         self.max_batches_per_turn = max_batches_per_turn
@@ -277,9 +284,12 @@ class Loop:
         if self._received:
             self._received = False
             if n == 0 and self.busy_poll and (timeout is None or timeout > 0):
-                n = self._busy_poll(
-                    self.busy_poll if timeout is None else min(timeout, self.busy_poll)
-                )
+                budget = self.busy_poll if timeout is None else min(timeout, self.busy_poll)
+                adaptive = self.busy_adaptive
+                if adaptive is None:
+                    n = self._busy_poll(budget)
+                elif adaptive.should_spin():
+                    n = self._busy_poll_adaptive(budget, adaptive)
         if n == 0:
             wait = self._timeout_ms(now)
             if timeout is not None:
@@ -318,6 +328,26 @@ class Loop:
                 self.counters.loop_busy_polls += 1
                 return n
         return 0
+
+    def _busy_poll_adaptive(self, budget: float, adaptive: AdaptiveBusyPoll) -> int:
+        """Look as _busy_poll does, and tell the policy what the spin found and whether the
+        thread had the CPU to itself meanwhile (thread CPU time against wall time). No
+        sched_yield between looks: measured no better under load (bench/PROFILE.md, ninth
+        pass) and a system call per look; the scheduler preempts a spin for a woken task."""
+        wall, cpu_time = time.perf_counter, time.thread_time
+        cpu0 = cpu_time()
+        start = wall()
+        end = start + budget
+        epoll_wait, epfd, fds, events = lib.ns_epoll_wait, self._epfd, self._fds, self._events
+        self.counters.loop_busy_poll_spins += 1
+        while True:
+            n = epoll_wait(epfd, fds, events, MAX_EVENTS, 0)
+            if n or wall() >= end:
+                break
+        adaptive.record(n > 0, wall() - start, cpu_time() - cpu0)
+        if n > 0:
+            self.counters.loop_busy_polls += 1
+        return n
 
     def _dispatch(self, n: int, now: float) -> None:
         links = self._links

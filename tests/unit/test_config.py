@@ -55,6 +55,8 @@ def test_toml_and_flags_layering(tmp_path: Path) -> None:
         ({"gateway": "198.51.100.1"}, "gateway"),
         ({"interface": "a-name-that-is-too-long"}, "interface"),
         ({"mac": "01:00:5e:00:00:01"}, "mac"),
+        ({"busy_poll": "fast"}, "busy_poll"),
+        ({"busy_poll": 1001}, "busy_poll"),
     ],
 )
 def test_bad_values_name_the_key(layer: dict, key: str) -> None:
@@ -119,3 +121,10 @@ def test_bad_config_files_fail_in_one_line_for_run_and_check_config(
     )
     assert expected in lines[0]
     assert captured.out == ""
+
+
+def test_busy_poll_takes_microseconds_or_auto() -> None:
+    assert build_config().busy_poll == 0  # off by default: an idle stack never spins
+    assert build_config({"busy_poll": 50}).busy_poll == 50
+    assert build_config({"busy_poll": "50"}).busy_poll == 50
+    assert build_config({"busy_poll": "Auto"}).busy_poll == "auto"

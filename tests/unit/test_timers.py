@@ -448,3 +448,56 @@ def test_no_busy_poll_by_default(pair: PairLink, loop: Loop, epoll_calls: _Count
     epoll_calls.timeouts.clear()
     loop.run_once(timeout=0.01)
     assert epoll_calls.timeouts == [0, 10]
+
+
+def test_adaptive_busy_poll_sleeps_at_once_after_a_spin_that_found_nothing(
+    pair: PairLink, clock: FakeClock, epoll_calls: _CountingLib
+) -> None:
+    with Loop(Counters(), clock=clock, busy_poll=0.003, busy_poll_adaptive=True) as loop:
+        assert loop.busy_adaptive is not None
+        loop.add_link(pair, lambda f, n: None)
+        pair.peer.send(b"x")
+        loop.run_once(timeout=1)
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=0.05)  # nothing comes: the first spin looks, finds nothing
+        assert len(epoll_calls.timeouts) > 2 and epoll_calls.timeouts[-1] == 50
+        assert loop.counters.loop_busy_poll_spins == 1
+        assert loop.busy_adaptive.backoff == 1
+        pair.peer.send(b"y")
+        loop.run_once(timeout=1)  # received again, but the policy backs off: no spin
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=0.01)
+        assert epoll_calls.timeouts == [0, 10]
+        assert loop.counters.loop_busy_poll_spins == 1
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=0.01)  # idle (nothing received): never spins
+        assert epoll_calls.timeouts == [0, 10]
+
+
+def test_adaptive_busy_poll_finds_the_next_frame_and_keeps_spinning(
+    pair: PairLink, clock: FakeClock, epoll_calls: _CountingLib
+) -> None:
+    got: list[bytes] = []
+    with Loop(Counters(), clock=clock, busy_poll=2.0, busy_poll_adaptive=True) as loop:
+        loop.add_link(pair, lambda frames, now: got.extend(bytes(f) for f in frames))
+        pair.peer.send(b"request 1")
+        loop.run_once(timeout=1)
+        sender = threading.Timer(0.01, pair.peer.send, (b"request 2",))
+        sender.start()
+        epoll_calls.timeouts.clear()
+        loop.run_once(timeout=5)
+        sender.join()
+        assert got == [b"request 1", b"request 2"]
+        assert set(epoll_calls.timeouts) == {0}  # never slept
+        assert loop.counters.loop_busy_polls == 1
+        assert loop.counters.loop_busy_poll_spins == 1
+        policy = loop.busy_adaptive
+        assert policy is not None and policy.found == 1
+        # Found with the CPU to itself (an unloaded test machine), or judged shared: either
+        # way the history says so, and the next received turn follows it.
+        assert policy.backoff == (0 if policy.contended == 0 else 1)
+
+
+def test_adaptive_without_a_budget_is_off(pair: PairLink, clock: FakeClock) -> None:
+    with Loop(Counters(), clock=clock, busy_poll=0.0, busy_poll_adaptive=True) as loop:
+        assert loop.busy_adaptive is None
