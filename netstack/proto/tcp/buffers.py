@@ -78,10 +78,17 @@ class SendBuffer:
         if take >= COALESCE and kind is bytes:
             self._offsets.append(self.end)
             chunks.append(data if take == size else memoryview(data)[:take])
-        elif take >= COALESCE and kind is memoryview and _immutable(data):  # type: ignore[arg-type]
+        elif (
+            take >= COALESCE
+            and kind is memoryview
+            and _immutable(data)  # type: ignore[arg-type]
+            and 4 * take >= len(data.obj)  # type: ignore[union-attr, arg-type]
+        ):
             # A read-only byte view of `bytes` (chargen's slices of its pattern block): as
             # immutable as the bytes, so kept by reference too. A new view (data[:take]),
-            # so that the application's release() of its own view cannot end ours.
+            # so that the application's release() of its own view cannot end ours. Only
+            # when it covers a good part of that bytes: a small slice of a large one would
+            # keep all of it alive until acknowledged (review finding).
             self._offsets.append(self.end)
             chunks.append(data[:take])
         else:

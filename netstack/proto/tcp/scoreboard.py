@@ -24,7 +24,9 @@ per MSS piece) for as long as nothing but cumulative ACKs touches it: the common
 records(), first(), SACK, loss marks, RTO, the general ACK path) first cuts the Runs into
 their per-piece records (`_explode`), exactly those add_pieces made before Runs existed, so
 SACK, RACK, DupThresh, undo and retransmission still work in wire segments. Cutting happens
-once per Run at most, and only when recovery has something to do.
+once per Run at most: on SACK or loss, and also on any ACK the general path takes (after our
+FIN, in the closing states, while a TLP probe is out, a segment the slim path declines) and
+on an iteration such as tcp_info()'s, where the Runs' saving is simply lost.
 """
 
 from __future__ import annotations

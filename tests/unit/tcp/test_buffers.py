@@ -40,6 +40,17 @@ def test_a_read_only_view_of_bytes_is_kept_by_reference() -> None:
     assert bytes(view) == data[107:157]
 
 
+def test_a_small_view_of_a_large_bytes_is_copied() -> None:
+    """Kept by reference, a 16 KiB slice of 1 MiB would keep the whole MiB alive until
+    acknowledged: copied instead."""
+    big = bytes(1 << 20)
+    buf = SendBuffer(1 << 20)
+    assert buf.write(memoryview(big)[:COALESCE]) == COALESCE
+    view = buf.view(0, 10)
+    assert not (isinstance(view, memoryview) and view.obj is big)
+    assert bytes(view) == bytes(10)
+
+
 def test_views_that_are_not_plain_bytes_views_are_copied() -> None:
     """A writable view (of a bytearray) may change after the write, a cast or strided view
     is not one byte per item in order: those are copied."""
