@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parsed = []
     for v in variants:
         name, _, rest = v.partition("=")
-        cwd, _, stack = rest.rpartition(":") if rest.startswith("/") else ("", "", rest)
+        cwd, _, stack = rest.partition(":") if rest.startswith("/") else ("", "", rest)
         parsed.append((name, cwd or None, stack.split()))
     bench_args = argparse.Namespace(
         pin=False, keep_tmp=False, duration=args.seconds, repeat=1, stack_log_level="warning"
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.place == "cross":
         b.gen_cpu, b.resp_cpu = "0", "1"
     spinners: list[subprocess.Popen] = []
-    limit = str(int(args.rounds * len(parsed) * (args.seconds + 6) + 30))
+    # generous: the spinners are ended by PID below; each run checks they still spin
+    limit = str(int(args.rounds * len(parsed) * (args.seconds + 60) + 60))
     results: dict[str, list[dict]] = {name: [] for name, _, _ in parsed}
     try:
         b.compile()
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             spinners.append(subprocess.Popen(["timeout", limit, "sh", "-c", "while :; do :; done"]))
         for r in range(args.rounds):
             for name, cwd, stack in parsed:
+                if any(proc.poll() is not None for proc in spinners):
+                    raise SystemExit("a load spinner ended early: the figures would be unloaded")
                 row = one(b, cwd, stack, args.seconds)
                 results[name].append(row)
                 extra = " ".join(
@@ -113,10 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     finally:
-        for proc in spinners:  # SIGTERM: `timeout` passes it on to its shell (SIGKILL would not)
-            proc.terminate()
-            proc.wait(5)
-        b.close()
+        try:
+            for proc in spinners:  # SIGTERM: `timeout` passes it on (SIGKILL would not)
+                proc.terminate()
+            for proc in spinners:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            b.close()
     print(f"medians over {args.rounds} rounds, load {args.load}, place {args.place}:")
     for name, rows in results.items():
         if rows:

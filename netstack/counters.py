@@ -93,7 +93,7 @@ class Counters:
     nd_dad_conflicts: int = 0  # an address of ours another node holds (RFC 4862 5.4.5)
     mld_reports_tx: int = 0
     loop_busy_polls: int = 0  # frames found by busy polling (Loop.busy_poll), not a wakeup
-    loop_busy_poll_spins: int = 0  # spins busy_poll = "auto" tried (its policy allowed them)
+    loop_busy_poll_spins: int = 0  # busy-poll spins begun (fixed or auto: those it allowed)
     # ICMPv6 messages keyed by (direction, type name)
     icmp6: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
 

@@ -271,8 +271,8 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
     ),
     _single(
         "loop_busy_poll_spins",
-        "Spins busy_poll = auto tried after a turn that received (its success history allowed "
-        "them); loop_busy_polls counts those that found frames.",
+        "Busy-poll spins begun after a turn that received frames (busy_poll on; with auto, "
+        "those its success history allowed); loop_busy_polls counts those that found events.",
         "loop_busy_poll_spins",
     ),
 )

@@ -285,11 +285,20 @@ class Loop:
             self._received = False
             if n == 0 and self.busy_poll and (timeout is None or timeout > 0):
                 budget = self.busy_poll if timeout is None else min(timeout, self.busy_poll)
+                # A spin never makes a due timer late: it ends by the nearest deadline.
+                self._timeout_ms(now)  # brings the cached deadline up to date
+                deadline = self._deadline
+                if deadline is not None:
+                    budget = min(budget, deadline - now)
                 adaptive = self.busy_adaptive
-                if adaptive is None:
+                if budget <= 0:
+                    pass
+                elif adaptive is None:
                     n = self._busy_poll(budget)
                 elif adaptive.should_spin():
                     n = self._busy_poll_adaptive(budget, adaptive)
+                if n == 0:
+                    now = self.clock()  # the sleep below counts from the spin's end
         if n == 0:
             wait = self._timeout_ms(now)
             if timeout is not None:
@@ -322,6 +331,7 @@ class Loop:
         """Look for events without sleeping for up to `budget` seconds (see busy_poll)."""
         end = time.perf_counter() + budget
         epoll_wait, epfd, fds, events = lib.ns_epoll_wait, self._epfd, self._fds, self._events
+        self.counters.loop_busy_poll_spins += 1
         while time.perf_counter() < end:
             n = epoll_wait(epfd, fds, events, MAX_EVENTS, 0)
             if n:

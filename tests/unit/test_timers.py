@@ -501,3 +501,52 @@ def test_adaptive_busy_poll_finds_the_next_frame_and_keeps_spinning(
 def test_adaptive_without_a_budget_is_off(pair: PairLink, clock: FakeClock) -> None:
     with Loop(Counters(), clock=clock, busy_poll=0.0, busy_poll_adaptive=True) as loop:
         assert loop.busy_adaptive is None
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_busy_poll_never_spins_past_the_nearest_timer(
+    pair: PairLink, clock: FakeClock, epoll_calls: _CountingLib, adaptive: bool
+) -> None:
+    """A due timer: no spin at all, the timer runs in that turn. A timer due within the
+    budget: the spin ends by it (2 s budget, the timer 20 ms away), and the sleep after the
+    spin counts from the spin's end (review finding: it ran up to the budget late)."""
+    fired: list[float] = []
+    with Loop(Counters(), clock=clock, busy_poll=2.0, busy_poll_adaptive=adaptive) as loop:
+        loop.add_link(pair, lambda f, n: None)
+        pair.peer.send(b"x")
+        loop.run_once(timeout=1)
+        loop.call_at(clock.now, fired.append)
+        loop.run_once(timeout=5)
+        assert fired == [clock.now] and loop.counters.loop_busy_poll_spins == 0
+        pair.peer.send(b"y")
+        loop.run_once(timeout=1)
+        loop.call_at(clock.now + 0.02, fired.append)
+        epoll_calls.timeouts.clear()
+        started = time.perf_counter()
+        loop.run_once(timeout=5)
+        assert time.perf_counter() - started < 1.5  # not the 2 s budget
+        assert loop.counters.loop_busy_poll_spins == 1
+        assert epoll_calls.timeouts[-1] == 20  # the fake clock did not move: 20 ms to sleep
+
+
+@pytest.mark.parametrize("cpu_share", [1.0, 0.0])
+def test_adaptive_spin_judges_sharing_from_thread_cpu_against_wall(
+    pair: PairLink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, cpu_share: float
+) -> None:
+    """The spin reports (wall, thread CPU) in that order: a spin whose thread got the whole
+    wall keeps spinning allowed, one that got none of it (another task had the CPU) backs
+    off, whatever this machine's load."""
+    real = time.perf_counter
+    start = real()
+    monkeypatch.setattr(time, "thread_time", lambda: cpu_share * (real() - start))
+    with Loop(Counters(), clock=clock, busy_poll=2.0, busy_poll_adaptive=True) as loop:
+        loop.add_link(pair, lambda f, n: None)
+        pair.peer.send(b"request 1")
+        loop.run_once(timeout=1)
+        sender = threading.Timer(0.02, pair.peer.send, (b"request 2",))
+        sender.start()
+        loop.run_once(timeout=5)
+        sender.join()
+        policy = loop.busy_adaptive
+        assert policy is not None and policy.found == 1
+        assert (policy.contended, policy.backoff) == ((0, 0) if cpu_share else (1, 1))
