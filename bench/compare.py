@@ -554,7 +554,7 @@ def run(args: argparse.Namespace) -> dict:
     if more:
         results["notes"].append(f"netstack rows run with: {args.netstack_args}")
     if offloads is not None and has_soft_offloads(helptext):
-        variants.append((PER_SEGMENT[0], PER_SEGMENT[1], ROOT))
+        variants.append((PER_SEGMENT[0], [*PER_SEGMENT[1], *more], ROOT))
     bench = Compare(args, anchor)
     try:
         bench.compile()

@@ -447,9 +447,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "busy_poll",
         _busy_poll,
-        0,
+        "auto",
         "microseconds the loop keeps looking for the next frame after a turn that received "
-        "some, before it sleeps (0: off; as Linux's net.core.busy_poll); auto: up to "
+        "some, before it sleeps (0: off; as Linux's net.core.busy_poll); auto (default): up to "
         f"{BUSY_POLL_AUTO_US} us, only while recent looks found frames with the CPU to themselves",
     ),
     Setting(

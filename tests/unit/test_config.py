@@ -124,7 +124,10 @@ def test_bad_config_files_fail_in_one_line_for_run_and_check_config(
 
 
 def test_busy_poll_takes_microseconds_or_auto() -> None:
-    assert build_config().busy_poll == 0  # off by default: an idle stack never spins
+    # adaptive by default: it spins only after received turns whose recent spins paid (an
+    # idle stack never spins); 0 turns it off
+    assert build_config().busy_poll == "auto"
+    assert build_config({"busy_poll": 0}).busy_poll == 0
     assert build_config({"busy_poll": 50}).busy_poll == 50
     assert build_config({"busy_poll": "50"}).busy_poll == 50
     assert build_config({"busy_poll": "Auto"}).busy_poll == "auto"
