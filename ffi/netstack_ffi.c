@@ -316,13 +316,23 @@ int ns_write_batch(int fd, const struct iovec *iov, const int *iov_counts, int n
     return i;
 }
 
+static int ns_complete_partial(uint8_t *f, size_t len, size_t mtu);
+
 /* AF_PACKET receive: recvmmsg() of up to max_frames into consecutive slots. MSG_TRUNC makes the
  * kernel report a frame's real length, so (as for ns_read_batch) lens_out[i] >= slot_size means
- * "truncated". */
-int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out)
+ * "truncated". With `aux`, each message also gets
+ * room for its tpacket_auxdata (PACKET_AUXDATA), and a frame whose checksum it says is still
+ * partial is completed in place (ns_complete_partial, `mtu` the link's; `completed`, may be
+ * NULL, gains the frames completed). */
+static int ns_recvmmsg_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames,
+                             uint32_t *lens_out, int aux, uint64_t *completed, uint32_t mtu)
 {
     struct mmsghdr msgs[64];
     struct iovec iovs[64];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct tpacket_auxdata))];
+    } ctrl[64];
     int total = 0, want, n, i;
 
     while (total < max_frames) {
@@ -335,6 +345,10 @@ int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint
             iovs[i].iov_len = slot_size;
             msgs[i].msg_hdr.msg_iov = &iovs[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
+            if (aux) {
+                msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+                msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
+            }
         }
         n = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT | MSG_TRUNC, NULL);
         if (n < 0) {
@@ -344,13 +358,35 @@ int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint
                 break;
             return -errno;
         }
-        for (i = 0; i < n; i++)
+        for (i = 0; i < n; i++) {
+            struct cmsghdr *c;
+
             lens_out[total + i] = msgs[i].msg_len;
+            if (!aux || msgs[i].msg_len >= slot_size) /* truncated: the caller drops it */
+                continue;
+            for (c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
+                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+                struct tpacket_auxdata ad;
+
+                if (c->cmsg_level != SOL_PACKET || c->cmsg_type != PACKET_AUXDATA ||
+                    c->cmsg_len < CMSG_LEN(sizeof(ad)))
+                    continue;
+                memcpy(&ad, CMSG_DATA(c), sizeof(ad));
+                if ((ad.tp_status & TP_STATUS_CSUMNOTREADY) &&
+                    ns_complete_partial(iovs[i].iov_base, msgs[i].msg_len, mtu) && completed)
+                    (*completed)++;
+            }
+        }
         total += n;
         if (n < want)
             break;
     }
     return total;
+}
+
+int ns_recv_batch(int fd, uint8_t *arena, size_t slot_size, int max_frames, uint32_t *lens_out)
+{
+    return ns_recvmmsg_batch(fd, arena, slot_size, max_frames, lens_out, 0, NULL, 0);
 }
 
 /* AF_PACKET transmit: sendmmsg() of the whole batch (chunks of 64), frames as for
@@ -519,59 +555,7 @@ static int ns_complete_partial(uint8_t *f, size_t len, size_t mtu)
 int ns_recv_batch_aux(int fd, uint8_t *arena, size_t slot_size, int max_frames,
                       uint32_t *lens_out, uint64_t *completed, uint32_t mtu)
 {
-    struct mmsghdr msgs[64];
-    struct iovec iovs[64];
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(struct tpacket_auxdata))];
-    } ctrl[64];
-    int total = 0, want, n, i;
-
-    while (total < max_frames) {
-        want = max_frames - total;
-        if (want > 64)
-            want = 64;
-        memset(msgs, 0, sizeof(msgs[0]) * (size_t)want);
-        for (i = 0; i < want; i++) {
-            iovs[i].iov_base = arena + (size_t)(total + i) * slot_size;
-            iovs[i].iov_len = slot_size;
-            msgs[i].msg_hdr.msg_iov = &iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_control = ctrl[i].buf;
-            msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
-        }
-        n = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT | MSG_TRUNC, NULL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK || total > 0)
-                break;
-            return -errno;
-        }
-        for (i = 0; i < n; i++) {
-            struct cmsghdr *c;
-
-            lens_out[total + i] = msgs[i].msg_len;
-            if (msgs[i].msg_len >= slot_size) /* truncated: the caller drops it */
-                continue;
-            for (c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL;
-                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
-                struct tpacket_auxdata aux;
-
-                if (c->cmsg_level != SOL_PACKET || c->cmsg_type != PACKET_AUXDATA ||
-                    c->cmsg_len < CMSG_LEN(sizeof(aux)))
-                    continue;
-                memcpy(&aux, CMSG_DATA(c), sizeof(aux));
-                if ((aux.tp_status & TP_STATUS_CSUMNOTREADY) &&
-                    ns_complete_partial(iovs[i].iov_base, msgs[i].msg_len, mtu) && completed)
-                    (*completed)++;
-            }
-        }
-        total += n;
-        if (n < want)
-            break;
-    }
-    return total;
+    return ns_recvmmsg_batch(fd, arena, slot_size, max_frames, lens_out, 1, completed, mtu);
 }
 
 /* Receive fast path (netstack/proto/host.py Host.receive): is `frame` the common case? That is:
