@@ -37,8 +37,10 @@ def test_shared_and_separate_cpus(server_cpu: int, client_cpu: int, want: float)
     cpus = sorted(os.sched_getaffinity(0))
     server = spinner(cpus[server_cpu], 30)
     try:
+        # sampled only once the client runs pinned (spinner() waits for it): before its exec
+        # the taskset process may still be on another CPU
+        client = spinner(cpus[client_cpu], 1.0)
         sampler = placement.PlacementSampler(server.pid, every=0.005).start()
-        client = spinner(cpus[client_cpu], 0.3)
         client.wait(timeout=30)
         share = sampler.stop()
     finally:
