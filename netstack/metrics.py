@@ -343,8 +343,12 @@ class StackCollector:
         pmtu_cache_entries: Callable[[], int] = lambda: 0,
         nd_cache_entries: Callable[[], int] = lambda: 0,
         receive_mode: str | None = None,
+        rx_checksums_completed: Callable[[], int] | None = None,
     ) -> None:
         self.receive_mode = receive_mode  # AF_PACKET: "recvmmsg" or "tpacket_v3 ring"
+        # AF_PACKET without the vnet header: partial checksums the link completed (a C counter
+        # read on the scrape thread; one aligned 64-bit load)
+        self.rx_checksums_completed = rx_checksums_completed
         self.pmtu_cache_entries = pmtu_cache_entries  # len() of the PMTU caches (v4 + v6)
         self.nd_cache_entries = nd_cache_entries
         self.counters = counters
@@ -381,6 +385,17 @@ class StackCollector:
             )
             mode.add_metric([self.interface, self.receive_mode], 1)
             yield mode
+        if self.rx_checksums_completed is not None:
+            completed = self._call("rx_checksums_completed", self.rx_checksums_completed)
+            if completed is not None:
+                family = CounterMetricFamily(
+                    PREFIX + "link_rx_checksums_completed",
+                    "Partial TCP/UDP checksums (a local sender's CHECKSUM_PARTIAL over a veth) "
+                    "the AF_PACKET link completed without the virtio-net header.",
+                    labels=["interface"],
+                )
+                family.add_metric([self.interface], completed)
+                yield family
 
         for name, help, field in LINK_FAMILIES:
             family = CounterMetricFamily(PREFIX + name, help, labels=["interface"])
@@ -496,6 +511,7 @@ def build_registry(
     pmtu_cache_entries: Callable[[], int] = lambda: 0,
     nd_cache_entries: Callable[[], int] = lambda: 0,
     receive_mode: str | None = None,
+    rx_checksums_completed: Callable[[], int] | None = None,
 ) -> CollectorRegistry:
     """A fresh registry (never the global default one) with the stack and process collectors."""
     disable_created_metrics()  # no `_created` series: they double the series count for nothing
@@ -510,6 +526,7 @@ def build_registry(
             pmtu_cache_entries=pmtu_cache_entries,
             nd_cache_entries=nd_cache_entries,
             receive_mode=receive_mode,
+            rx_checksums_completed=rx_checksums_completed,
         )
     )
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, _open_fds, _cpu_...

@@ -363,6 +363,14 @@ class Stack:
         v6 = self.host.v6
         return len(self.host.ipv4.pmtu) + (len(v6.ipv6.pmtu) if v6 is not None else 0)
 
+    def checksum_completion_hook(self) -> Callable[[], int] | None:
+        """Reads the AF_PACKET link's count of partial checksums it completed; None for a TAP
+        and with the vnet header (the header flags such frames: nothing to complete)."""
+        link = self.link
+        if getattr(link, "vnet", True) or not hasattr(link, "rx_csum_completed"):
+            return None
+        return lambda: link.rx_csum_completed
+
     def nd_cache_entries(self) -> int:
         v6 = self.host.v6
         return 0 if v6 is None else v6.nd.cache_entries()
@@ -444,6 +452,7 @@ class Stack:
             pmtu_cache_entries=self.pmtu_cache_entries,
             nd_cache_entries=self.nd_cache_entries,
             receive_mode=getattr(self.link, "rx_mode", None),
+            rx_checksums_completed=self.checksum_completion_hook(),
         )
         from netstack.metrics import FrontCollector
 

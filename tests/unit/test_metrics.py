@@ -353,6 +353,24 @@ def test_link_receive_mode_is_exported_and_shown_by_stats() -> None:
     assert "Link tap0:" in render("http://x/metrics", Snapshot(plain, 1.0))
 
 
+def test_completed_checksums_are_exported_for_a_link_that_completes_them() -> None:
+    """AF_PACKET without the vnet header counts the partial checksums it completed; other
+    links export no such series (there is nothing to complete)."""
+    count = [0]
+    c = busy_counters()
+    count[0] = 41
+    text = exposition(c, rx_checksums_completed=lambda: count[0])
+    assert (
+        value(samples(text), "netstack_link_rx_checksums_completed_total", interface="tap0") == 41
+    )
+    count[0] = 42
+    text = exposition(c, rx_checksums_completed=lambda: count[0])
+    assert (
+        value(samples(text), "netstack_link_rx_checksums_completed_total", interface="tap0") == 42
+    )
+    assert "netstack_link_rx_checksums_completed" not in exposition(c)
+
+
 def test_stats_command_against_a_server(capsys: pytest.CaptureFixture[str]) -> None:
     c = busy_counters()
     with serving(c, arp_cache_entries=lambda: 3) as server:
