@@ -7,7 +7,7 @@ import socket
 import struct
 import time
 
-from tests.integration.world import World
+from tests.integration.world import World, ns_socket
 
 
 def wait_for(check, timeout: float, what: str):
@@ -27,7 +27,12 @@ def listening(world: World, port: int) -> bool:
 
 def scrape(world: World) -> str:
     """GET /metrics from inside the namespace (its own 127.0.0.1), no tools needed."""
-    sock = world.socket(socket.AF_INET, socket.SOCK_STREAM)
+    return scrape_in(world.ns)
+
+
+def scrape_in(ns: str) -> str:
+    """GET /metrics from the stack's default address inside namespace `ns`."""
+    sock = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(10)
     with sock:
         sock.connect(("127.0.0.1", 9464))

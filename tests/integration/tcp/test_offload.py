@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import front_helpers
 from tests.integration.tcp.conftest import FAST_ARGS, need_world
 from tests.integration.tcp.kit import (
     CHARGEN,
@@ -212,7 +213,7 @@ def test_packet_link_with_offloads_over_veth(
         # header flags them, without it the link completes them and counts them.
         completed = [
             line
-            for line in scrape_in(stack_ns).splitlines()
+            for line in front_helpers.scrape_in(stack_ns).splitlines()
             if line.startswith("netstack_link_rx_checksums_completed_total{")
         ]
         if mode == "soft":
@@ -226,21 +227,6 @@ def test_packet_link_with_offloads_over_veth(
             proc.wait(10)
         netns_del(kernel_ns)
         netns_del(stack_ns)
-
-
-def scrape_in(ns: str) -> str:
-    """GET /metrics from the stack's default address inside namespace `ns`."""
-    sock = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    with sock:
-        sock.connect(("127.0.0.1", 9464))
-        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200"), head
-    return body.decode()
 
 
 @pytest.mark.parametrize("mode", ["auto", "soft", "off"])
