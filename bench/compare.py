@@ -704,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         args.udp_secs, args.tcp_mb, args.tcp_secs, args.echo_mb, args.conns = 2.0, 20, 1.0, 1, 4
     if not 0.5 <= args.udp_secs <= 30 or not 1 <= args.tcp_mb <= 1000:
         p.error("--udp-secs 0.5..30, --tcp-mb 1..1000")
+    if not 0 <= args.warmup <= 30:
+        p.error("--warmup 0..30 seconds")
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         saved["targets"] = judge(saved["rows"])  # judged again, by today's targets
