@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402
@@ -99,3 +101,52 @@ def test_per_segment_row_is_an_offload_off_row() -> None:
     assert compare.row_label(compare.PER_SEGMENT[0]) == "netstack, offload off, gso/gro off"
     assert compare.has_soft_offloads("  --gso {auto,off}  ...\n  --gro {auto,off}")
     assert not compare.has_soft_offloads("  --offload {auto,off}")
+
+
+class _FakeBench:
+    """What warm_up drives: records the calls, fails the UDP load if told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+        self.ns_a = "ns"
+        self.stack_args: list[str] = []
+        self.stack_cwd = None
+
+    def start_stack(self) -> None:
+        self.calls.append(("start", tuple(self.stack_args), self.stack_cwd))
+
+    def udp_load(self, ns: str, seconds: float) -> dict:
+        self.calls.append(("udp", ns, seconds))
+        if self.fail:
+            raise compare.BenchError("udpgen failed")
+        return {}
+
+    def client(self, ns: str, mode: str, port: int, seconds: float) -> dict:
+        self.calls.append(("client", ns, mode, port, seconds))
+        return {}
+
+    def stop_stack(self) -> str:
+        self.calls.append(("stop",))
+        return ""
+
+
+def test_warm_up_runs_the_first_rows_stack_under_both_loads_and_always_stops_it() -> None:
+    bench = _FakeBench()
+    where = Path("/tmp/checkout")
+    compare.warm_up(bench, ("netstack_offload_auto", ["--offload", "auto"], where), 4.0)
+    assert bench.calls == [
+        ("start", ("--offload", "auto"), where),
+        ("udp", "ns", 2.0),
+        ("client", "ns", "conn", compare.tcp_bench.ECHO, 2.0),
+        ("stop",),
+    ]
+    failing = _FakeBench(fail=True)
+    with pytest.raises(compare.BenchError):
+        compare.warm_up(failing, ("netstack_baseline", [], where), 2.0)
+    assert failing.calls[-1] == ("stop",)
+
+
+def test_warmup_seconds_are_bounded() -> None:
+    with pytest.raises(SystemExit):
+        compare.main(["--warmup", "31", "--no-lwip"])
