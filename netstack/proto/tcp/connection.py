@@ -865,26 +865,34 @@ class Connection:
         return cc is not None and (cc.cwnd >= cc.ssthresh or cc.cwnd >= 2 * (snd_nxt - snd_una))
 
     def _ack_supersedes(self, h: TcpHeader, now: float, held: tuple[TcpHeader, float]) -> bool:
-        """Does pure ACK `h` make the held one redundant? It must be holdable itself, arrive
-        at the same `now`, acknowledge more and carry a timestamp the held one would not
-        make it fail (and, as holdable, no SACK blocks, no flag but ACK). Then _segment_slim
-        on `h` alone leaves the TCB as on both (the held one's window: SND.WL1/WL2 let both
-        update it, so SND.WND ends as `h` sets it, the largest window seen is kept by the
-        caller, and zero-window probing is not under way), save the RTT estimator (one
-        sample instead of two) and the per-ACK tallies of the last ACK."""
+        """Does pure ACK `h` (flags exactly ACK, no text) make the held one redundant? It
+        must arrive at the same `now`, start at RCV.NXT, carry no SACK blocks, acknowledge
+        more than the held one and no more than SND.NXT, and carry a timestamp neither
+        TS.Recent nor the held one would make it fail. What _ack_holdable asks of the TCB
+        alone held for the held ACK and still holds: nothing has changed the TCB since.
+        Then _segment_slim on `h` alone leaves the TCB as on both (the held one's window:
+        SND.WL1/WL2 let both update it, so SND.WND ends as `h` sets it, the largest window
+        seen is kept by the caller, and zero-window probing is not under way), save the RTT
+        estimator (one sample instead of two) and the per-ACK tallies of the last ACK."""
         first, at = held
-        if at != now or not self._ack_holdable(h):
+        if at != now or h.seq != first.seq:  # (the held one's: RCV.NXT)
+            return False
+        opts = h.options
+        if opts.sack_blocks and self.sack_ok:
             return False
         snd_una = self.snd_una
-        if unwrap(h.ack, snd_una) <= unwrap(first.ack, snd_una):
+        ack = unwrap(h.ack, snd_una)
+        if ack <= unwrap(first.ack, snd_una) or ack > self.snd_nxt:
             return False
-        # after `first`, TS.Recent would be its TSval when rcv_nxt <= last_ack_sent (RFC 7323
-        # 4.3): `h` must not be older than it
-        if self.ts_ok and self.rcv_nxt <= self.last_ack_sent:
-            ts0 = first.options.timestamp
-            ts = h.options.timestamp
-            if ts0 is None or ts is None or ((ts[0] - ts0[0]) & MASK) >= HALF:
+        if self.ts_ok:
+            ts = opts.timestamp
+            if ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF:
                 return False
+            # after `first`, TS.Recent would be its TSval (RFC 7323 4.3)
+            if self.rcv_nxt <= self.last_ack_sent:
+                ts0 = first.options.timestamp
+                if ts0 is None or ((ts[0] - ts0[0]) & MASK) >= HALF:
+                    return False
         return True
 
     def release_ack(self) -> None:
