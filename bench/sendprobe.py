@@ -28,6 +28,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import compare  # noqa: E402
+import placement  # noqa: E402
 import run as udp_bench  # noqa: E402
 
 CLIENT = r"""
@@ -97,13 +98,20 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         cpu = 1 if args.place == "same" else 0
     try:
         code = CLIENT.format(anchor=str(bench.anchor), host=udp_bench.STACK_IP, mb=args.mb)
+        tap0, (gso0, filt0) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
         before, iv0 = thread_stats(pid), nivcsw(pid)
+        sampler = placement.PlacementSampler(pid, every=0.02).start()
         t0 = time.monotonic()
-        out = bench.sh(
-            bench.in_ns(bench.ns_a, ["timeout", "120", "python3", "-c", code], cpu), timeout=150
-        ).stdout.split()
+        try:
+            out = bench.sh(
+                bench.in_ns(bench.ns_a, ["timeout", "120", "python3", "-c", code], cpu),
+                timeout=150,
+            ).stdout.split()
+        finally:
+            same = sampler.stop()
         wall = time.monotonic() - t0
         after, iv1 = thread_stats(pid), nivcsw(pid)
+        tap1, (gso1, filt1) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
     finally:
         log = bench.stop_stack()
     rate = float(out[0])
@@ -123,6 +131,11 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         "cpu_us/64K": per64k,
         "user_us/64K": user_s * 1e6 / (args.mb * 16),
         "client_cpu%": 100 * c_run / 1e9 / wall,
+        "loop_run_us/64K": loop[1] / 1e3 / (args.mb * 16),
+        "1cpu%": -1.0 if same is None else same,
+        "acks/64K": (tap1[0] - tap0[0]) / (args.mb * 16),
+        "segs/64K": (gso1 - gso0) / (args.mb * 16),
+        "filtered/64K": (filt1 - filt0) / (args.mb * 16),
         "loop_wait_s": loop[2] / 1e9,
         "loop_slices": loop[3],
         "stack_nivcsw": iv1 - iv0,
@@ -133,6 +146,32 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         "wall_s": wall,
         "startup": startup,
     }
+
+
+def tap_counts(bench, ns: str) -> tuple[int, int]:
+    """tap0's (tx, rx) packets as the kernel counts them: tx = frames to the stack (the
+    client's ACKs), rx = frames from it."""
+    import json
+
+    out = bench.sh(["ip", "-n", ns, "-j", "-s", "link", "show", "tap0"], check=False).stdout
+    with contextlib.suppress(ValueError, IndexError, KeyError):
+        st = json.loads(out)[0]["stats64"]
+        return st["tx"]["packets"], st["rx"]["packets"]
+    return 0, 0
+
+
+def scrape(bench, ns: str) -> tuple[float, float]:
+    """Super-segments the stack has sent (netstack_gso_frames_total{direction="tx"}) and the
+    ACKs it filtered (netstack_tcp_acks_filtered_total; 0 where the counter does not exist)."""
+    cmd = ["curl", "-s", "--max-time", "2", "http://127.0.0.1:9464/metrics"]
+    out = bench.sh(bench.in_ns(ns, cmd), check=False).stdout
+    gso = filtered = 0.0
+    for line in out.splitlines():
+        if line.startswith("netstack_gso_frames_total") and 'direction="tx"' in line:
+            gso = float(line.split()[-1])
+        elif line.startswith("netstack_tcp_acks_filtered_total"):
+            filtered = float(line.split()[-1])
+    return gso, filtered
 
 
 def loadavg() -> list[str]:
@@ -163,7 +202,9 @@ def main() -> int:
     bench = compare.Compare(ns, anchor)
     print(f"# {time.strftime('%H:%M:%S')} load {loadavg()}"
           f" stack args {a.stack_args!r}, {a.mb} MiB")  # fmt: skip
-    cols = ("MiB/s", "cpu%", "cpu_us/64K", "user_us/64K", "client_cpu%", "loop_wait_s",
+    cols = ("MiB/s", "cpu%", "cpu_us/64K", "user_us/64K", "loop_run_us/64K", "1cpu%",
+            "acks/64K", "segs/64K", "filtered/64K",
+            "client_cpu%", "loop_wait_s",
             "loop_slices", "stack_nivcsw", "client_wait_s", "client_slices",
             "client_nivcsw")  # fmt: skip
     print(f"{'round':>5} {'variant':>10} " + " ".join(f"{c:>13}" for c in cols))

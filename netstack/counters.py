@@ -94,6 +94,7 @@ class Counters:
     mld_reports_tx: int = 0
     loop_busy_polls: int = 0  # frames found by busy polling (Loop.busy_poll), not a wakeup
     loop_busy_poll_spins: int = 0  # busy-poll spins begun (fixed or auto: those it allowed)
+    tcp_acks_filtered: int = 0  # pure ACKs superseded within a receive batch (ACK_HOLD)
     # ICMPv6 messages keyed by (direction, type name)
     icmp6: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
 

@@ -275,6 +275,11 @@ COUNTER_FAMILIES: tuple[Family, ...] = (
         "those its success history allowed); loop_busy_polls counts those that found events.",
         "loop_busy_poll_spins",
     ),
+    _single(
+        "tcp_acks_filtered",
+        "Pure TCP ACKs a later ACK of the same receive batch made redundant (not processed).",
+        "tcp_acks_filtered",
+    ),
 )
 
 # Counter families by (direction, type): (name, help, Counters field keyed by (direction, type),

@@ -156,6 +156,7 @@ SECTIONS: tuple[tuple[str, tuple[tuple[str, str, dict[str, str]], ...]], ...] = 
             ("SYN cookies validated", "netstack_tcp_syn_cookies_validated_total", {}),
             ("SYN cookies failed", "netstack_tcp_syn_cookies_failed_total", {}),
             ("challenge ACKs sent", "netstack_tcp_challenge_acks_total", {}),
+            ("pure ACKs filtered (batch)", "netstack_tcp_acks_filtered_total", {}),
         ),
     ),
 )

@@ -150,9 +150,11 @@ class TcpTransport:
 
     def get_write_buffer_size(self) -> int:
         """Bytes not yet acknowledged by the peer (sent or not)."""
+        self._conn.release_ack()  # an ACK held to the flush point (ACK_HOLD) counts
         return len(self._conn.sndbuf)
 
     def get_write_buffer_free(self) -> int:
+        self._conn.release_ack()
         return self._conn.sndbuf.free()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:

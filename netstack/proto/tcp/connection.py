@@ -109,6 +109,16 @@ LEAN_TX = True
 # states' ACKs (Connection._segment_pure_ack); False takes the general path for them
 # (tests/unit/tcp/test_slim.py compares the two).
 PURE_ACK = True
+# ACK filtering within one receive batch (RFC 3449 4.3 / 5.2.1's ACK filtering, done by the
+# receiver of the ACKs): a pure ACK of new data in ESTABLISHED is held until the batch's flush
+# point (or anything else that reads or changes this TCB: Connection.release_ack's callers);
+# a later pure ACK of the same batch that acknowledges more replaces it, when processing only
+# the later one leaves every TCB field as processing both would except the RTT estimator's
+# (one sample instead of two; RFC 6298 / RFC 7323 ask for no sample per ACK). Conditions:
+# Connection._ack_supersedes. False processes every ACK as it arrives
+# (tests/unit/tcp/test_ackhold.py compares the two).
+ACK_HOLD = True
+_NO_TEXT = memoryview(b"")
 PURE_ACK_STATES = frozenset(
     {S.SYN_RECEIVED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK}
 )
@@ -171,6 +181,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",  # a TIME_WAIT record follows its connection weakly (timewait.py)
+        "ack_held",
         "ack_now",
         "ack_pending",
         "ack_points",
@@ -376,6 +387,7 @@ class Connection:
         self.last_send = 0.0
         self.last_data = 0.0  # when data (not just an ACK) last went out
         self.last_rx = 0.0
+        self.ack_held: tuple[TcpHeader, float] | None = None  # ACK_HOLD: (pure ACK, its now)
         # RTT, congestion, loss recovery, and their timers (the RTO's included)
         self.recovery = Recovery(self, cfg, engine.counters)
         self.challenge: TokenBucket | None = None
@@ -646,9 +658,32 @@ class Connection:
         stats[0] += 1
         if len(payload):
             stats[2] += 1
+        held = self.ack_held
+        if held is not None:
+            if h.flags == ACK and not len(payload) and self._ack_supersedes(h, now, held):
+                # The held ACK is filtered out: this one says more. Of what it would have
+                # done only its window's share in the largest window seen remains to do
+                # (SND.WND ends as `h` sets it either way).
+                wnd = held[0].window << self.snd_wscale
+                if wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = wnd
+                self.ack_held = (h, now)
+                self.counters.tcp_acks_filtered += 1
+                return
+            self.release_ack()
         state = self.state
-        if state is S.ESTABLISHED and SLIM and self._segment_slim(h, payload, now):
-            return
+        if state is S.ESTABLISHED and SLIM:
+            if (
+                ACK_HOLD
+                and h.flags == ACK
+                and not len(payload)
+                and self.engine.flush_follows
+                and self._ack_holdable(h)
+            ):
+                self.ack_held = (h, now)
+                return
+            if self._segment_slim(h, payload, now):
+                return
         if state in PURE_ACK_STATES and PURE_ACK and self._segment_pure_ack(h, payload, now):
             return
         if state is S.SYN_SENT:
@@ -802,6 +837,75 @@ class Connection:
             self.ts_recent_at = now
         self._process_ack(h, ack, rcv_nxt, 0, now)
         return True
+
+    def _ack_holdable(self, h: TcpHeader) -> bool:
+        """May this pure ACK (flags exactly ACK, no text) wait for the flush point? Only one
+        that _segment_slim takes through Recovery.ack_fast, acknowledging new data, with no
+        zero-window probing under way and congestion control not to be called for it (so
+        that a later ACK of the batch can stand for it: _ack_supersedes)."""
+        if h.seq != self.rcv_nxt & MASK or self.fin_seq is not None or self.persist_backoff:
+            return False
+        opts = h.options
+        if opts.sack_blocks and self.sack_ok:
+            return False
+        if self.ts_ok:
+            ts = opts.timestamp
+            if ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF:
+                return False
+        snd_una = self.snd_una
+        ack = unwrap(h.ack, snd_una)
+        snd_nxt = self.snd_nxt
+        if ack <= snd_una or ack > snd_nxt or self.rcv_adv - self.rcv_nxt < 0:
+            return False
+        rec = self.recovery
+        if not (FAST_ACK and rec.fast_ok()) or rec.cwnd_limited:
+            return False
+        cc = rec.cc
+        # Recovery.ack_fast grows cwnd only when this holds for the flight before the ACK
+        return cc is not None and (cc.cwnd >= cc.ssthresh or cc.cwnd >= 2 * (snd_nxt - snd_una))
+
+    def _ack_supersedes(self, h: TcpHeader, now: float, held: tuple[TcpHeader, float]) -> bool:
+        """Does pure ACK `h` (flags exactly ACK, no text) make the held one redundant? It
+        must arrive at the same `now`, start at RCV.NXT, carry no SACK blocks, acknowledge
+        more than the held one and no more than SND.NXT, and carry a timestamp neither
+        TS.Recent nor the held one would make it fail. What _ack_holdable asks of the TCB
+        alone held for the held ACK and still holds: nothing has changed the TCB since.
+        Then _segment_slim on `h` alone leaves the TCB as on both (the held one's window:
+        SND.WL1/WL2 let both update it, so SND.WND ends as `h` sets it, the largest window
+        seen is kept by the caller, and zero-window probing is not under way), save the RTT
+        estimator (one sample instead of two) and the per-ACK tallies of the last ACK."""
+        first, at = held
+        if at != now or h.seq != first.seq:  # (the held one's: RCV.NXT)
+            return False
+        opts = h.options
+        if opts.sack_blocks and self.sack_ok:
+            return False
+        snd_una = self.snd_una
+        ack = unwrap(h.ack, snd_una)
+        if ack <= unwrap(first.ack, snd_una) or ack > self.snd_nxt:
+            return False
+        if self.ts_ok:
+            ts = opts.timestamp
+            if ts is None or ((ts[0] - self.ts_recent) & MASK) >= HALF:
+                return False
+            # after `first`, TS.Recent would be its TSval (RFC 7323 4.3)
+            if self.rcv_nxt <= self.last_ack_sent:
+                ts0 = first.options.timestamp
+                if ts0 is None or ((ts[0] - ts0[0]) & MASK) >= HALF:
+                    return False
+        return True
+
+    def release_ack(self) -> None:
+        """Process the held pure ACK now (ACK_HOLD), before anything reads or changes the
+        TCB (every method the engine, the timers or the application call starts here).
+        _ack_holdable checked it against this very state, so the slim path takes it."""
+        held = self.ack_held
+        if held is None:
+            return
+        self.ack_held = None
+        h, now = held
+        if not self._segment_slim(h, _NO_TEXT, now):
+            raise AssertionError("a held ACK left the slim path")  # _ack_holdable's promise
 
     def _segment_slim(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
         """The common ESTABLISHED segment in one pass: the general path's steps for it, with
@@ -1496,6 +1600,8 @@ class Connection:
 
     def output(self, now: float) -> None:
         """Send what the state, the windows and the ACK rules allow."""
+        if self.ack_held is not None:
+            self.release_ack()
         state = self.state
         if state is S.CLOSED:
             return
@@ -1710,6 +1816,8 @@ class Connection:
     def next_timer(self) -> float | None:
         """The earliest of recovery's timers (Recovery.next_timer) and ours. Unrolled, no
         tuples: the engine asks this for every flushed connection and every heap look."""
+        if self.ack_held is not None:
+            self.release_ack()
         rec = self.recovery
         best = rec.rto_at
         t = rec.rack_at
@@ -1734,6 +1842,8 @@ class Connection:
 
     def on_timer(self, now: float) -> None:
         """Run whichever timers are due (the engine calls this when next_timer() passed)."""
+        if self.ack_held is not None:
+            self.release_ack()
         if self.close_at is not None and now >= self.close_at:
             self.close_at = None
             if self.state is S.FIN_WAIT_2:
@@ -1882,6 +1992,8 @@ class Connection:
         SYN_SENT only our SYN (ISS) is; else SND.UNA <= SEG.SEQ < SND.NXT. (Linux's
         tcp_v4_err accepts SEG.SEQ == SND.NXT too, its `between` being inclusive; we keep
         RFC 5927's half-open range: nothing at SND.NXT has been sent.)"""
+        if self.ack_held is not None:
+            self.release_ack()
         seq = unwrap(seq_wire, self.snd_una)
         if self.state is S.SYN_SENT:
             return seq == self.iss
@@ -1892,11 +2004,15 @@ class Connection:
         another connection's did and we had not looked yet): a smaller MSS at once, and what
         is in flight at the old size is resent at the new one (Linux's tcp_v4_mtu_reduced:
         tcp_sync_mss + tcp_simple_retransmit)."""
+        if self.ack_held is not None:
+            self.release_ack()
         if self._sync_pmtu(now):
             self.recovery.simple_retransmit(self.mss, now)
 
     def icmp_error(self, hard: bool, error: OSError, seq_wire: int) -> bool:
         """An ICMP error quoting one of our segments; False when it fails validation."""
+        if self.ack_held is not None:
+            self.release_ack()
         seq = unwrap(seq_wire, self.snd_una)
         if self.state is S.SYN_SENT:
             if seq != self.iss:
@@ -1914,6 +2030,8 @@ class Connection:
     # =========================================================================================
     def send(self, data) -> int:
         """Queue bytes to send; returns how many fit in the send buffer (maybe fewer)."""
+        if self.ack_held is not None:
+            self.release_ack()
         if self.error is not None:
             raise self.error
         if self.fin_queued or self.state not in (
@@ -1937,6 +2055,8 @@ class Connection:
         """Queue bytes as urgent data (RFC 9293 3.8.5; Linux's send(MSG_OOB)): the urgent
         pointer moves past them and every segment until then carries URG. Returns how many
         bytes the send buffer took; the pointer covers those."""
+        if self.ack_held is not None:
+            self.release_ack()
         taken = self.send(data)
         if taken:
             self.mark_urgent()
@@ -1944,10 +2064,14 @@ class Connection:
 
     def mark_urgent(self, back: int = 0) -> None:
         """The urgent data ends `back` bytes before the end of what was written so far."""
+        if self.ack_held is not None:
+            self.release_ack()
         self.snd_up = self.snd_base + self.sndbuf.end - back
 
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 CLOSE on the send side): a FIN after the queued data."""
+        if self.ack_held is not None:
+            self.release_ack()
         if self.fin_queued or self.state is S.CLOSED:
             return
         self.fin_queued = True
@@ -1960,6 +2084,8 @@ class Connection:
 
         Unread received data makes it an abort instead (RFC 1122 4.2.2.13, as Linux does).
         """
+        if self.ack_held is not None:
+            self.release_ack()
         if self.app_closed or self.state is S.CLOSED:
             return
         if self.rcvbuf.queued:
@@ -1979,6 +2105,8 @@ class Connection:
 
     def abort(self) -> None:
         """RST now (RFC 9293 3.10.5 ABORT) and forget the connection."""
+        if self.ack_held is not None:
+            self.release_ack()
         state = self.state
         if state is S.CLOSED:
             return
@@ -1990,14 +2118,20 @@ class Connection:
         self.engine.touch(self)
 
     def pause_reading(self) -> None:
+        if self.ack_held is not None:
+            self.release_ack()
         self.reading_paused = True
 
     def resume_reading(self) -> None:
+        if self.ack_held is not None:
+            self.release_ack()
         if self.reading_paused:
             self.reading_paused = False
             self.engine.touch(self)
 
     def set_nodelay(self, on: bool = True) -> None:
+        if self.ack_held is not None:
+            self.release_ack()
         self.nodelay = bool(on)
         if on:
             self.engine.touch(self)
@@ -2035,6 +2169,8 @@ class Connection:
         size set after that is advertised within the scale agreed (a larger buffer than
         0xFFFF << RCV.WSCALE shows as that); a smaller one never moves the right edge left.
         """
+        if self.ack_held is not None:
+            self.release_ack()
         if send is not None:
             cap = max(send, MIN_BUFFER)
             self.sndbuf.capacity = cap
@@ -2046,6 +2182,8 @@ class Connection:
                 self.rcv_wscale = self._our_wscale()  # the SYN has not gone out yet
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.ack_held is not None:
+            self.release_ack()
         if high is None:
             high = self.sndbuf.capacity
         if low is None:
@@ -2059,6 +2197,8 @@ class Connection:
     def dispatch(self) -> None:
         """Deliver pending events to the handler, in order: established, data, EOF,
         writable, lost. Data and EOF wait while reading is paused."""
+        if self.ack_held is not None:
+            self.release_ack()
         h = self.handler
         if h is None:
             return
@@ -2095,6 +2235,8 @@ class Connection:
     # -- introspection ---------------------------------------------------------------------------
     def info(self) -> dict[str, object]:
         """The stack's own view (seconds, bytes, names) plus Linux's tcp_info fields."""
+        if self.ack_held is not None:
+            self.release_ack()
         rec = self.recovery
         cc = rec.cc
         return {
@@ -2128,6 +2270,8 @@ class Connection:
         in segments, bytes in bytes), for tools that read `ss -ti` / getsockopt(TCP_INFO).
         `now` (default: the engine's clock) dates the last_* fields. Not kept: pacing rate,
         delivery rate and busy/limited times (no pacing here), rcv_rtt, ECN counts."""
+        if self.ack_held is not None:
+            self.release_ack()
         if now is None:
             now = self.engine.now
         rec = self.recovery
