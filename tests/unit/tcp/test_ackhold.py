@@ -295,3 +295,41 @@ def test_an_ack_behind_a_newer_window_is_not_held(monkeypatch) -> None:
                 tuple(t.recv()))  # fmt: skip
 
     assert play(True) == play(False)
+
+
+@pytest.mark.parametrize(
+    "ts1,ts2",
+    [
+        (200, 150),  # the later ACK's TSval is older than the held one's: PAWS drops it
+        (200, 200),  # equal: both pass
+        (200, 260),
+    ],
+)
+def test_a_replacing_ack_passes_paws_as_it_would_after_the_held_one(monkeypatch, ts1, ts2):
+    """With timestamps, TS.Recent would be the held ACK's TSval by the time the later one
+    arrives (RFC 7323 4.3): a later ACK whose TSval fails against it must not replace it."""
+
+    def play(hold: bool) -> tuple:
+        monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
+        t = make_harness(timestamps=True)
+        listener = tt_listen(t)
+        t.send(dataclasses.replace(SYN_SEG, ts=(100, 0)))
+        ours = t.recv()[0].ts[0]
+        t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, ts=(101, ours)))
+        conn = listener.handlers[0].conn
+        conn.send(b"x" * 4000)
+        t.engine.flush(t.now)
+        ours = t.recv()[-1].ts[0]
+        t.engine.flush_follows = True
+        t.send_batch(
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1001, ts=(ts1, ours)),
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 2001, ts=(ts2, ours)),
+        )
+        t.engine.flush_follows = False
+        t.engine.flush(t.now)
+        return (conn.snd_una, conn.ts_recent, conn.rcv_nxt, t.counters.drops.copy(),
+                tuple(t.recv()), t.counters.tcp_acks_filtered)  # fmt: skip
+
+    held, every = play(True), play(False)
+    assert held[:-1] == every[:-1]
+    assert held[-1] == (1 if ts2 >= ts1 else 0)
