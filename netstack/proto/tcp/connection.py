@@ -387,7 +387,8 @@ class Connection:
         self.last_send = 0.0
         self.last_data = 0.0  # when data (not just an ACK) last went out
         self.last_rx = 0.0
-        self.ack_held: tuple[TcpHeader, float] | None = None  # ACK_HOLD: (pure ACK, its now)
+        # ACK_HOLD: (pure ACK, its now, how many ACKs it stands for)
+        self.ack_held: tuple[TcpHeader, float, int] | None = None
         # RTT, congestion, loss recovery, and their timers (the RTO's included)
         self.recovery = Recovery(self, cfg, engine.counters)
         self.challenge: TokenBucket | None = None
@@ -667,7 +668,7 @@ class Connection:
                 wnd = held[0].window << self.snd_wscale
                 if wnd > self.max_snd_wnd:
                     self.max_snd_wnd = wnd
-                self.ack_held = (h, now)
+                self.ack_held = (h, now, held[2] + 1)
                 self.counters.tcp_acks_filtered += 1
                 return
             self.release_ack()
@@ -680,7 +681,7 @@ class Connection:
                 and self.engine.flush_follows
                 and self._ack_holdable(h)
             ):
-                self.ack_held = (h, now)
+                self.ack_held = (h, now, 1)
                 return
             if self._segment_slim(h, payload, now):
                 return
@@ -857,6 +858,12 @@ class Connection:
         snd_nxt = self.snd_nxt
         if ack <= snd_una or ack > snd_nxt or self.rcv_adv - self.rcv_nxt < 0:
             return False
+        # Its window must be one SND.WL1/WL2 take (then the replacing ACK's is too, and the
+        # largest window seen may take the held one's): not behind out-of-order data that
+        # carried a newer window (SND.WL1 > RCV.NXT)
+        wl1 = self.snd_wl1
+        if wl1 > self.rcv_nxt or (wl1 == self.rcv_nxt and self.snd_wl2 > ack):
+            return False
         rec = self.recovery
         if not (FAST_ACK and rec.fast_ok()) or rec.cwnd_limited:
             return False
@@ -873,8 +880,9 @@ class Connection:
         Then _segment_slim on `h` alone leaves the TCB as on both (the held one's window:
         SND.WL1/WL2 let both update it, so SND.WND ends as `h` sets it, the largest window
         seen is kept by the caller, and zero-window probing is not under way), save the RTT
-        estimator (one sample instead of two) and the per-ACK tallies of the last ACK."""
-        first, at = held
+        estimator (one sample instead of two, weighted as both: release_ack) and the per-ACK
+        tallies of the last ACK."""
+        first, at, _ = held
         if at != now or h.seq != first.seq:  # (the held one's: RCV.NXT)
             return False
         opts = h.options
@@ -903,9 +911,12 @@ class Connection:
         if held is None:
             return
         self.ack_held = None
-        h, now = held
+        h, now, merged = held
+        rec = self.recovery
+        rec.acks_merged = merged  # its RTT sample weighs as the ACKs it stands for
         if not self._segment_slim(h, _NO_TEXT, now):
             raise AssertionError("a held ACK left the slim path")  # _ack_holdable's promise
+        rec.acks_merged = 1
 
     def _segment_slim(self, h: TcpHeader, payload: memoryview, now: float) -> bool:
         """The common ESTABLISHED segment in one pass: the general path's steps for it, with

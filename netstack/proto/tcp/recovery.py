@@ -114,6 +114,7 @@ class Recovery:
     """RFC 6298 / 5681 / 6582 / 6675 / 8985 / 3522 / 2883 / 4015 state of one sender."""
 
     __slots__ = (
+        "acks_merged",
         "board",
         "ca_state",
         "cc",
@@ -153,6 +154,7 @@ class Recovery:
         self.tcb = tcb
         self.counters = counters
         self.rtt = RttEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        self.acks_merged = 1  # the ACKs ack_fast's ACK stands for (Connection.release_ack)
         self.cc: CongestionControl | None = None  # made once the MSS is known
         self.board = Scoreboard()
         self.rack = Rack()
@@ -416,7 +418,7 @@ class Recovery:
         if rtt is not None:
             # RttEstimator.expected_samples(flight, mss), in integers (exact: flight < 2**32)
             per_rtt = 2 * mss if mss > 0 else 2
-            estimator.sample(rtt, (flight + per_rtt - 1) // per_rtt or 1)
+            estimator.sample(rtt, (flight + per_rtt - 1) // per_rtt or 1, self.acks_merged)
             self.counters.tcp_rtt_seconds.observe(rtt)
             if rack.min_rtt is None or rtt < rack.min_rtt:
                 rack.min_rtt = rtt

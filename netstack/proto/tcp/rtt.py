@@ -44,14 +44,19 @@ class RttEstimator:
         self.backoff = 0  # how many times the current RTO has been doubled
         self.rto = min(max(initial, rto_min), rto_max)
 
-    def sample(self, r: float, samples_per_rtt: int = 1) -> None:
-        """Take one RTT measurement `r` (seconds); clears any backoff."""
+    def sample(self, r: float, samples_per_rtt: int = 1, acks: int = 1) -> None:
+        """Take one RTT measurement `r` (seconds); clears any backoff. With n samples
+        expected per RTT (one per ACK), each moves the estimate by 1/n of RFC 6298's gains
+        (RFC 7323 appendix G); a measurement that stands for `acks` ACKs (ACK filtering,
+        Connection.ACK_HOLD) moves it by acks/n, as those ACKs would have, at most 1."""
         r = max(r, 0.0)
         if self.srtt is None:
             self.srtt = r
             self.rttvar = r / 2
         else:
             n = max(1, samples_per_rtt)
+            if acks > 1:
+                n = n / min(acks, n)
             alpha, beta = ALPHA / n, BETA / n
             self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - r)
             self.srtt = (1 - alpha) * self.srtt + alpha * r

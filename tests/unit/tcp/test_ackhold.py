@@ -14,6 +14,7 @@ actually have filtered ACKs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 
@@ -22,10 +23,20 @@ import pytest
 from netstack.api.services import TcpDiscard
 from netstack.api.tcp import connect, listen
 from netstack.proto.tcp import connection as tcpconn
+from netstack.proto.tcp import rtt as rttmod
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.isn import Secrets
 from tests.unit.tcp.simnet import SimNet
-from tests.unit.tcp.tcptools import LOCAL_IP, ip_header
+from tests.unit.tcp.tcptools import (
+    LOCAL_IP,
+    LOCAL_ISN,
+    REMOTE_ISN,
+    SYN_SEG,
+    ip_header,
+    make_harness,
+    seg,
+)
+from tests.unit.tcp.tcptools import listen as tt_listen
 from tests.unit.tcp.test_sim import Client
 from tests.unit.tcp.test_slim import counters_of, tcbs_of
 
@@ -218,3 +229,107 @@ def test_application_reads_between_segments_see_every_ack(monkeypatch) -> None:
     assert n_held > 100 and none == 0
     assert len(held) == len(every) > 100
     assert held == every
+
+
+def test_an_rtt_sample_weighs_as_the_acks_it_stands_for(monkeypatch) -> None:
+    """Every filtered ACK is in the weight of the sample its replacement took (RFC 7323
+    appendix G's 1/n gain per ACK): one sample per batch would otherwise move SRTT and
+    RTTVAR as one ACK of the n per RTT, k times slower than the ACKs it replaced."""
+    weights: list[int] = []
+    sample = rttmod.RttEstimator.sample
+
+    def recorded(self, r, samples_per_rtt=1, acks=1):
+        weights.append(acks)
+        sample(self, r, samples_per_rtt, acks)
+
+    monkeypatch.setattr(rttmod.RttEstimator, "sample", recorded)
+    _, _, filtered = run(True, monkeypatch, 1, 0.0, 0.0, 2_000_000, TcpConfig(), "off")
+    assert filtered >= 100
+    assert sum(weights) - len(weights) == filtered
+
+
+def test_the_estimator_moves_by_the_acks_a_sample_stands_for() -> None:
+    one, four, each = (rttmod.RttEstimator(1.0, 0.2, 60.0) for _ in range(3))
+    for est in (one, four, each):
+        est.sample(0.100)
+    one.sample(0.200, 8)
+    four.sample(0.200, 8, acks=4)
+    for _ in range(4):
+        each.sample(0.200, 8)
+    assert one.srtt == pytest.approx(0.100 + 0.1 / 64)  # alpha / n
+    assert four.srtt == pytest.approx(each.srtt, rel=0.01)  # ~ four samples of it
+    assert four.rttvar == pytest.approx(each.rttvar, rel=0.05)
+    capped = rttmod.RttEstimator(1.0, 0.2, 60.0)
+    capped.sample(0.100)
+    capped.sample(0.200, 2, acks=9)  # never more than one whole RFC 6298 step
+    assert capped.srtt == pytest.approx(0.100 + 0.1 / 8)
+
+
+def test_an_ack_behind_a_newer_window_is_not_held(monkeypatch) -> None:
+    """Out-of-order data from the peer carried a window (SND.WL1 > RCV.NXT): pure ACKs at
+    RCV.NXT then update no window, so the first may not be held (folding its window into the
+    largest seen would widen RFC 5961's old-ACK range and the small-window test)."""
+
+    def play(hold: bool) -> tuple:
+        monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
+        t = make_harness()
+        listener = tt_listen(t)
+        t.send(dataclasses.replace(SYN_SEG, window=8000))
+        t.recv()
+        t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, window=8000))
+        conn = listener.handlers[0].conn
+        conn.send(b"x" * 4000)
+        t.engine.flush(t.now)
+        t.recv()
+        t.send(seg(seq=REMOTE_ISN + 101, ack=LOCAL_ISN + 1, window=8000, payload=b"y" * 50))
+        t.recv()
+        assert conn.snd_wl1 > conn.rcv_nxt
+        t.engine.flush_follows = True
+        t.send_batch(
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1001, window=20000),
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 2001, window=8000),
+        )
+        t.engine.flush_follows = False
+        t.engine.flush(t.now)
+        return (conn.max_snd_wnd, conn.snd_wnd, conn.snd_una, conn.snd_wl1, conn.snd_wl2,
+                tuple(t.recv()))  # fmt: skip
+
+    assert play(True) == play(False)
+
+
+@pytest.mark.parametrize(
+    "ts1,ts2",
+    [
+        (200, 150),  # the later ACK's TSval is older than the held one's: PAWS drops it
+        (200, 200),  # equal: both pass
+        (200, 260),
+    ],
+)
+def test_a_replacing_ack_passes_paws_as_it_would_after_the_held_one(monkeypatch, ts1, ts2):
+    """With timestamps, TS.Recent would be the held ACK's TSval by the time the later one
+    arrives (RFC 7323 4.3): a later ACK whose TSval fails against it must not replace it."""
+
+    def play(hold: bool) -> tuple:
+        monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
+        t = make_harness(timestamps=True)
+        listener = tt_listen(t)
+        t.send(dataclasses.replace(SYN_SEG, ts=(100, 0)))
+        ours = t.recv()[0].ts[0]
+        t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, ts=(101, ours)))
+        conn = listener.handlers[0].conn
+        conn.send(b"x" * 4000)
+        t.engine.flush(t.now)
+        ours = t.recv()[-1].ts[0]
+        t.engine.flush_follows = True
+        t.send_batch(
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1001, ts=(ts1, ours)),
+            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 2001, ts=(ts2, ours)),
+        )
+        t.engine.flush_follows = False
+        t.engine.flush(t.now)
+        return (conn.snd_una, conn.ts_recent, conn.rcv_nxt, t.counters.drops.copy(),
+                tuple(t.recv()), t.counters.tcp_acks_filtered)  # fmt: skip
+
+    held, every = play(True), play(False)
+    assert held[:-1] == every[:-1]
+    assert held[-1] == (1 if ts2 >= ts1 else 0)
