@@ -509,7 +509,7 @@ def warm_up(bench: Compare, variant: tuple[str, list[str], Path], seconds: float
 
 
 def run(args: argparse.Namespace) -> dict:
-    anchor = None if args.no_lwip else find_anchor(args.lwip)
+    anchor = find_anchor(args.lwip)  # its tools (udpecho.c, tcpprobe.py) even with --no-lwip
     results: dict = {
         "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
         "config": {
@@ -532,7 +532,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     rows = results["rows"]
     started = time.monotonic()
-    if anchor is None:
+    if anchor is not None and args.no_lwip:
+        results["notes"].append("lwIP rows skipped (--no-lwip); the anchor's tools measure")
+    elif anchor is None:
         note = (
             "lwIP row skipped: no anchor (looked for ../shared/anchors/lwip/run.sh beside the "
             "repository; --lwip DIR to point at it). udpecho.c/tcpprobe.py rows skipped too."
