@@ -19,6 +19,7 @@ from netstack.counters import Counters
 from netstack.proto.tcp import invariants
 from netstack.proto.tcp.config import TcpConfig
 from netstack.proto.tcp.engine import TcpEngine
+from netstack.proto.tcp.isn import Secrets
 from netstack.wire import ipv4 as wipv4
 from netstack.wire import vnet as wvnet
 from tests.unit.tcp.tcptools import LOCAL_IP, REMOTE_IP, FakeIpv4, ip_header
@@ -95,6 +96,30 @@ class SimNet:
         self.engines = {REMOTE_IP: self.a, LOCAL_IP: self.b}
         self.drop_filter = None  # optional callable(src, dst, data) -> bool: drop it
 
+    # Hand each arrival batch over as Host.receive_batch does: `flush_follows` set while its
+    # segments go in, then the flush (ACK filtering, connection.ACK_HOLD, needs it).
+    as_host = False
+
+    def flushed(self, engine) -> None:
+        """Called after each arrival batch's flush (a subclass checks what must hold then)."""
+
+    def same_isns(self) -> None:
+        """Fixed ISN secrets, so two runs of one seed put the same bytes on the link."""
+        for engine, key in ((self.a, b"a"), (self.b, b"b")):
+            engine.secrets = Secrets(key * 32)
+
+    def trace(self) -> list[tuple]:
+        """Record every transmission from now on: (virtual time, src, dst, bytes)."""
+        trace: list[tuple] = []
+        transmit = self.transmit
+
+        def traced(src, dst, data, trusted=False):
+            trace.append((round(self.now, 9), src, dst, bytes(data)))
+            transmit(src, dst, data, trusted)
+
+        self.transmit = traced  # type: ignore[method-assign]
+        return trace
+
     def transmit(self, src: int, dst: int, data: bytes, trusted: bool = False) -> None:
         if self.drop_filter is not None and self.drop_filter(src, dst, data):
             self.lost += 1
@@ -123,13 +148,18 @@ class SimNet:
             batch.setdefault(dst, []).append((src, data, trusted))
         for dst, frames in batch.items():
             engine = self.engines[dst]
-            for src, data, trusted in frames:
-                view = memoryview(data)
-                engine.csum_trusted = trusted
-                engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
-                engine.csum_trusted = False
-                self.delivered += 1
+            engine.flush_follows = self.as_host
+            try:
+                for src, data, trusted in frames:
+                    view = memoryview(data)
+                    engine.csum_trusted = trusted
+                    engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
+                    engine.csum_trusted = False
+                    self.delivered += 1
+            finally:
+                engine.flush_follows = False
             engine.flush(self.now)
+            self.flushed(engine)
         for engine in (self.a, self.b):
             d = engine.next_deadline()
             if d is not None and d <= self.now:

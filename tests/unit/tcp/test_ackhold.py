@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 
 import pytest
 
@@ -25,14 +24,12 @@ from netstack.api.tcp import connect, listen
 from netstack.proto.tcp import connection as tcpconn
 from netstack.proto.tcp import rtt as rttmod
 from netstack.proto.tcp.config import TcpConfig
-from netstack.proto.tcp.isn import Secrets
 from tests.unit.tcp.simnet import SimNet
 from tests.unit.tcp.tcptools import (
     LOCAL_IP,
     LOCAL_ISN,
     REMOTE_ISN,
     SYN_SEG,
-    ip_header,
     make_harness,
     seg,
 )
@@ -45,40 +42,14 @@ RTT_COUNTERS = ("tcp_rtt_seconds", "tcp_acks_filtered")
 
 
 class BatchNet(SimNet):
-    """SimNet whose engines see each arrival batch as a Host does: flush_follows set while
-    the batch's segments are handed over, then the flush."""
+    """SimNet whose engines see each arrival batch as a Host does (flush_follows set while
+    the batch's segments are handed over, then the flush), and no ACK is held past it."""
 
-    def step(self) -> bool:
-        candidates = [d for e in (self.a, self.b) if (d := e.next_deadline()) is not None]
-        if self._queue:
-            candidates.append(self._queue[0][0])
-        if not candidates:
-            return False
-        self.now = max(self.now, min(candidates))
-        batch: dict[int, list[tuple[int, bytes, bool]]] = {}
-        while self._queue and self._queue[0][0] <= self.now:
-            _, _, src, dst, data, trusted = heapq.heappop(self._queue)
-            batch.setdefault(dst, []).append((src, data, trusted))
-        for dst, frames in batch.items():
-            engine = self.engines[dst]
-            engine.flush_follows = True
-            try:
-                for src, data, trusted in frames:
-                    view = memoryview(data)
-                    engine.csum_trusted = trusted
-                    engine.receive(ip_header(src, dst, len(data)), view, view, self.now)
-                    engine.csum_trusted = False
-                    self.delivered += 1
-            finally:
-                engine.flush_follows = False
-            engine.flush(self.now)
-            held = [c for c in engine.conns.values() if getattr(c, "ack_held", None)]
-            assert not held, "an ACK still held after the flush point"
-        for engine in (self.a, self.b):
-            d = engine.next_deadline()
-            if d is not None and d <= self.now:
-                engine.poll(self.now)
-        return True
+    as_host = True
+
+    def flushed(self, engine) -> None:
+        held = [c for c in engine.conns.values() if getattr(c, "ack_held", None)]
+        assert not held, "an ACK still held after the flush point"
 
 
 def without_rtt(end: tuple) -> tuple:
@@ -109,16 +80,8 @@ def run(hold: bool, monkeypatch, seed, loss, jitter, size, config, offload):
     monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
     net = BatchNet(seed, loss=loss, jitter=jitter, config_a=config, config_b=config,
                    offload=offload)  # fmt: skip
-    for engine, key in ((net.a, b"a"), (net.b, b"b")):  # the same ISNs in both runs
-        engine.secrets = Secrets(key * 32)
-    trace: list[tuple] = []
-    transmit = net.transmit
-
-    def traced(src, dst, data, trusted=False):
-        trace.append((round(net.now, 9), src, dst, bytes(data)))
-        transmit(src, dst, data, trusted)
-
-    net.transmit = traced  # type: ignore[method-assign]
+    net.same_isns()  # the same ISNs in both runs
+    trace = net.trace()
     listen(net.b, 9, TcpDiscard)
     data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
     client = Client(data)
@@ -199,8 +162,7 @@ def write_buffer_mid_batch(hold: bool, monkeypatch) -> tuple[list[tuple[int, int
     and how often an ACK was held when the application looked."""
     monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
     net = BatchNet(21, config_a=SMALL)
-    for engine, key in ((net.a, b"a"), (net.b, b"b")):
-        engine.secrets = Secrets(key * 32)
+    net.same_isns()
     listen(net.b, 9, TcpDiscard)
     client = Client(bytes(600_000))
     transport = connect(net.a, (LOCAL_IP, 9), lambda: client)

@@ -22,7 +22,6 @@ from netstack.api.tcp import connect, listen
 from netstack.histogram import Histogram
 from netstack.proto.tcp import connection as tcpconn
 from netstack.proto.tcp.config import TcpConfig
-from netstack.proto.tcp.isn import Secrets
 from netstack.proto.tcp.recovery import Recovery
 from tests.unit.tcp.simnet import SimNet
 from tests.unit.tcp.tcptools import LOCAL_IP
@@ -112,16 +111,8 @@ def run(switches: dict, monkeypatch, seed, loss, duplicate, jitter, size, config
     monkeypatch.setattr(tcpconn.Connection, "_segment_pure_ack", counted_pure)
     net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
                  config_a=config_a, config_b=config_b)  # fmt: skip
-    for engine, key in ((net.a, b"a"), (net.b, b"b")):  # the same ISNs in both runs
-        engine.secrets = Secrets(key * 32)
-    trace: list[tuple] = []
-    transmit = net.transmit
-
-    def traced(src, dst, data, trusted=False):
-        trace.append((round(net.now, 9), src, dst, bytes(data)))
-        transmit(src, dst, data, trusted)
-
-    net.transmit = traced  # type: ignore[method-assign]
+    net.same_isns()  # the same ISNs in both runs
+    trace = net.trace()
     listen(net.b, 7, TcpEcho)
     data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
     client = Client(data)
@@ -142,16 +133,8 @@ def run_bursts(switches: dict, monkeypatch) -> tuple[list[tuple], tuple]:
     for name, value in switches.items():
         monkeypatch.setattr(tcpconn, name, value)
     net = SimNet(5, delay=0.02)
-    for engine, key in ((net.a, b"a"), (net.b, b"b")):
-        engine.secrets = Secrets(key * 32)
-    trace: list[tuple] = []
-    transmit = net.transmit
-
-    def traced(src, dst, data, trusted=False):
-        trace.append((round(net.now, 9), src, dst, bytes(data)))
-        transmit(src, dst, data, trusted)
-
-    net.transmit = traced  # type: ignore[method-assign]
+    net.same_isns()  # the same ISNs in both runs
+    trace = net.trace()
     listen(net.b, 7, TcpEcho)
     client = Client(b"")
     client.pump = lambda: None  # type: ignore[method-assign]  # written by hand below
@@ -340,16 +323,8 @@ def run_short(switch: str, monkeypatch, seed, loss, duplicate, jitter, size, con
     monkeypatch.setattr(tcpconn.Connection, "_segment_pure_ack", counted_pure)
     net = SimNet(seed, loss=loss, duplicate=duplicate, jitter=jitter,
                  config_a=config_a, config_b=config_b)  # fmt: skip
-    for engine, key in ((net.a, b"a"), (net.b, b"b")):
-        engine.secrets = Secrets(key * 32)
-    trace: list[tuple] = []
-    transmit = net.transmit
-
-    def traced(src, dst, data, trusted=False):
-        trace.append((round(net.now, 9), src, dst, bytes(data)))
-        transmit(src, dst, data, trusted)
-
-    net.transmit = traced  # type: ignore[method-assign]
+    net.same_isns()  # the same ISNs in both runs
+    trace = net.trace()
     listen(net.b, 7, TcpEcho)
     data = (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
     client = Client(data)
