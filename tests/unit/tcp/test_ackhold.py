@@ -35,7 +35,7 @@ from tests.unit.tcp.tcptools import (
 )
 from tests.unit.tcp.tcptools import listen as tt_listen
 from tests.unit.tcp.test_sim import Client
-from tests.unit.tcp.test_slim import counters_of, tcbs_of
+from tests.unit.tcp.test_slim import RECOVERY_FIELDS, TCB_FIELDS, counters_of, tcbs_of
 
 # What one RTT sample less may change (see the module docstring); everything else must match.
 RTT_COUNTERS = ("tcp_rtt_seconds", "tcp_acks_filtered")
@@ -47,9 +47,34 @@ class BatchNet(SimNet):
 
     as_host = True
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.states: list[tuple] = []  # the sender's state after each of its flush points
+
     def flushed(self, engine) -> None:
         held = [c for c in engine.conns.values() if getattr(c, "ack_held", None)]
         assert not held, "an ACK still held after the flush point"
+        if engine is self.a:
+            self.states.append((round(self.now, 9), *map(sender_state, self.a.conns.values())))
+
+
+def sender_state(c) -> tuple:
+    """What a flush point leaves of a connection, RTT estimator aside: the TCB, recovery,
+    RACK, congestion control and the scoreboard's totals (not its records: listing the board
+    would cut its Runs and change what the next ACK meets)."""
+    tcb = tuple(getattr(c, f, None) for f in TCB_FIELDS)
+    rec = getattr(c, "recovery", None)
+    if rec is None:  # a TIME_WAIT record
+        return tcb
+    rack, cc, board = rec.rack, rec.cc, rec.board
+    return (
+        *tcb,
+        tuple(getattr(rec, f) for f in RECOVERY_FIELDS if f not in ("rto_at", "tlp_at")),
+        (rack.xmit_ts, rack.order, rack.rtt, rack.fack, rack.reord, rack.reo_wnd_mult),
+        None if cc is None else (cc.cwnd, cc.ssthresh, repr(cc)),
+        (board.sacked_bytes, board.lost_bytes, board.rexmit_bytes, board.high_sacked),
+        (len(c.sndbuf), c.sndbuf.free()),
+    )
 
 
 def without_rtt(end: tuple) -> tuple:
@@ -90,6 +115,7 @@ def run(hold: bool, monkeypatch, seed, loss, jitter, size, config, offload):
     assert client.lost == [None]
     filtered = net.a.counters.tcp_acks_filtered
     end = (counters_of(net.a), counters_of(net.b), tcbs_of(net.a), tcbs_of(net.b), net.now)
+    run.states = net.states  # type: ignore[attr-defined]
     monkeypatch.undo()
     return trace, end, filtered
 
@@ -116,13 +142,18 @@ def test_filtered_acks_send_what_every_ack_sends(
 ):
     held_trace, held_end, filtered = run(True, monkeypatch, seed, loss, jitter, size, config,
                                          offload)  # fmt: skip
+    held_states = run.states  # type: ignore[attr-defined]
     all_trace, all_end, none = run(False, monkeypatch, seed, loss, jitter, size, config, offload)
+    all_states = run.states  # type: ignore[attr-defined]
     assert none == 0
     assert filtered >= min_filtered
     assert len(held_trace) == len(all_trace)
     for i, (a, b) in enumerate(zip(held_trace, all_trace, strict=True)):
         assert a == b, f"transmission {i} differs"
     assert without_rtt(held_end) == without_rtt(all_end)
+    assert len(held_states) == len(all_states) >= 10
+    for i, (a, b) in enumerate(zip(held_states, all_states, strict=True)):
+        assert a == b, f"the sender's state after flush point {i} differs"
 
 
 SMALL = TcpConfig(send_buffer=40_000)  # application-limited: cwnd is not what stops it
@@ -227,38 +258,6 @@ def test_the_estimator_moves_by_the_acks_a_sample_stands_for() -> None:
     assert capped.srtt == pytest.approx(0.100 + 0.1 / 8)
 
 
-def test_an_ack_behind_a_newer_window_is_not_held(monkeypatch) -> None:
-    """Out-of-order data from the peer carried a window (SND.WL1 > RCV.NXT): pure ACKs at
-    RCV.NXT then update no window, so the first may not be held (folding its window into the
-    largest seen would widen RFC 5961's old-ACK range and the small-window test)."""
-
-    def play(hold: bool) -> tuple:
-        monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
-        t = make_harness()
-        listener = tt_listen(t)
-        t.send(dataclasses.replace(SYN_SEG, window=8000))
-        t.recv()
-        t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, window=8000))
-        conn = listener.handlers[0].conn
-        conn.send(b"x" * 4000)
-        t.engine.flush(t.now)
-        t.recv()
-        t.send(seg(seq=REMOTE_ISN + 101, ack=LOCAL_ISN + 1, window=8000, payload=b"y" * 50))
-        t.recv()
-        assert conn.snd_wl1 > conn.rcv_nxt
-        t.engine.flush_follows = True
-        t.send_batch(
-            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1001, window=20000),
-            seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 2001, window=8000),
-        )
-        t.engine.flush_follows = False
-        t.engine.flush(t.now)
-        return (conn.max_snd_wnd, conn.snd_wnd, conn.snd_una, conn.snd_wl1, conn.snd_wl2,
-                tuple(t.recv()))  # fmt: skip
-
-    assert play(True) == play(False)
-
-
 @pytest.mark.parametrize(
     "ts1,ts2",
     [
@@ -295,3 +294,53 @@ def test_a_replacing_ack_passes_paws_as_it_would_after_the_held_one(monkeypatch,
     held, every = play(True), play(False)
     assert held[:-1] == every[:-1]
     assert held[-1] == (1 if ts2 >= ts1 else 0)
+
+
+def two_acks(monkeypatch, hold: bool, *, ooo: bool = False, closed: bool = False,
+             windows: tuple[int, int] = (20000, 8000)) -> tuple:  # fmt: skip
+    """A connection with 4 000 bytes out (and our FIN, `closed`; after out-of-order data from
+    the peer, `ooo`) gets one batch of two pure ACKs (+1 000, +2 000) with `windows`; returns
+    the TCB's window, ACK and state fields, what it sent, and the ACKs filtered."""
+    monkeypatch.setattr(tcpconn, "ACK_HOLD", hold)
+    t = make_harness()
+    listener = tt_listen(t)
+    t.send(dataclasses.replace(SYN_SEG, window=8000))
+    t.recv()
+    t.send(seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1, window=8000))
+    conn = listener.handlers[0].conn
+    conn.send(b"x" * 4000)
+    if closed:
+        conn.close()
+    t.engine.flush(t.now)
+    t.recv()
+    if ooo:
+        t.send(seg(seq=REMOTE_ISN + 101, ack=LOCAL_ISN + 1, window=8000, payload=b"y" * 50))
+        t.recv()
+        assert conn.snd_wl1 > conn.rcv_nxt
+    t.engine.flush_follows = True
+    t.send_batch(
+        seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 1001, window=windows[0]),
+        seg(seq=REMOTE_ISN + 1, ack=LOCAL_ISN + 2001, window=windows[1]),
+    )
+    t.engine.flush_follows = False
+    t.engine.flush(t.now)
+    fields = ("max_snd_wnd", "snd_wnd", "snd_una", "snd_wl1", "snd_wl2", "state", "fin_seq")
+    return (*(getattr(conn, f) for f in fields), tuple(t.recv()), t.counters.tcp_acks_filtered)
+
+
+@pytest.mark.parametrize(
+    "case,filtered",
+    [
+        (dict(windows=(20000, 8000)), 1),  # the held ACK's window is the largest seen
+        (dict(windows=(8000, 20000)), 1),
+        # out-of-order data from the peer carried a window (SND.WL1 > RCV.NXT): neither
+        # ACK's window is taken, so the first may not be held (its window folded into the
+        # largest seen would widen RFC 5961's old-ACK range and the small-window test)
+        (dict(ooo=True), 0),
+        (dict(closed=True), 0),  # our FIN is out (FIN_WAIT_1): held only in ESTABLISHED
+    ],
+)
+def test_a_batch_of_two_acks_leaves_what_both_would(monkeypatch, case, filtered) -> None:
+    held, every = two_acks(monkeypatch, True, **case), two_acks(monkeypatch, False, **case)
+    assert held[:-1] == every[:-1]
+    assert (held[-1], every[-1]) == (filtered, 0)
