@@ -291,12 +291,8 @@ class Loop:
                 if deadline is not None:
                     budget = min(budget, deadline - now)
                 adaptive = self.busy_adaptive
-                if budget <= 0:
-                    pass
-                elif adaptive is None:
-                    n = self._busy_poll(budget)
-                elif adaptive.should_spin():
-                    n = self._busy_poll_adaptive(budget, adaptive)
+                if budget > 0 and (adaptive is None or adaptive.should_spin()):
+                    n = self._busy_poll(budget, adaptive)
                 if n == 0:
                     now = self.clock()  # the sleep below counts from the spin's end
         if n == 0:
@@ -327,25 +323,14 @@ class Loop:
         self._flush(now)
         self.counters.loop_iteration_seconds.observe(time.perf_counter() - busy_since)
 
-    def _busy_poll(self, budget: float) -> int:
-        """Look for events without sleeping for up to `budget` seconds (see busy_poll)."""
-        end = time.perf_counter() + budget
-        epoll_wait, epfd, fds, events = lib.ns_epoll_wait, self._epfd, self._fds, self._events
-        self.counters.loop_busy_poll_spins += 1
-        while time.perf_counter() < end:
-            n = epoll_wait(epfd, fds, events, MAX_EVENTS, 0)
-            if n:
-                self.counters.loop_busy_polls += 1
-                return n
-        return 0
-
-    def _busy_poll_adaptive(self, budget: float, adaptive: AdaptiveBusyPoll) -> int:
-        """Look as _busy_poll does, and tell the policy what the spin found and whether the
-        thread had the CPU to itself meanwhile (thread CPU time against wall time). No
-        sched_yield between looks: measured no better under load (bench/PROFILE.md, ninth
-        pass) and a system call per look; the scheduler preempts a spin for a woken task."""
-        wall, cpu_time = time.perf_counter, time.thread_time
-        cpu0 = cpu_time()
+    def _busy_poll(self, budget: float, adaptive: AdaptiveBusyPoll | None = None) -> int:
+        """Look for events without sleeping for up to `budget` seconds (see busy_poll). With
+        the adaptive policy, tell it what the spin found and whether the thread had the CPU
+        to itself meanwhile (thread CPU time against wall time). No sched_yield between
+        looks: measured no better under load (bench/PROFILE.md, ninth pass) and a system
+        call per look; the scheduler preempts a spin for a woken task."""
+        wall = time.perf_counter
+        cpu0 = time.thread_time() if adaptive is not None else 0.0
         start = wall()
         end = start + budget
         epoll_wait, epfd, fds, events = lib.ns_epoll_wait, self._epfd, self._fds, self._events
@@ -354,7 +339,8 @@ class Loop:
             n = epoll_wait(epfd, fds, events, MAX_EVENTS, 0)
             if n or wall() >= end:
                 break
-        adaptive.record(n > 0, wall() - start, cpu_time() - cpu0)
+        if adaptive is not None:
+            adaptive.record(n > 0, wall() - start, time.thread_time() - cpu0)
         if n > 0:
             self.counters.loop_busy_polls += 1
         return n
