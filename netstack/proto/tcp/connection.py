@@ -114,7 +114,8 @@ PURE_ACK = True
 # point (or anything else that reads or changes this TCB: Connection.release_ack's callers);
 # a later pure ACK of the same batch that acknowledges more replaces it, when processing only
 # the later one leaves every TCB field as processing both would except the RTT estimator's
-# (one sample instead of two; RFC 6298 / RFC 7323 ask for no sample per ACK). Conditions:
+# (one sample weighted as both instead of two; RFC 6298 / RFC 7323 ask for no sample per
+# ACK). Conditions:
 # Connection._ack_supersedes. False processes every ACK as it arrives
 # (tests/unit/tcp/test_ackhold.py compares the two).
 ACK_HOLD = True
@@ -871,7 +872,7 @@ class Connection:
         # Recovery.ack_fast grows cwnd only when this holds for the flight before the ACK
         return cc is not None and (cc.cwnd >= cc.ssthresh or cc.cwnd >= 2 * (snd_nxt - snd_una))
 
-    def _ack_supersedes(self, h: TcpHeader, now: float, held: tuple[TcpHeader, float]) -> bool:
+    def _ack_supersedes(self, h: TcpHeader, now: float, held: tuple[TcpHeader, float, int]) -> bool:
         """Does pure ACK `h` (flags exactly ACK, no text) make the held one redundant? It
         must arrive at the same `now`, start at RCV.NXT, carry no SACK blocks, acknowledge
         more than the held one and no more than SND.NXT, and carry a timestamp neither
@@ -2003,8 +2004,7 @@ class Connection:
         SYN_SENT only our SYN (ISS) is; else SND.UNA <= SEG.SEQ < SND.NXT. (Linux's
         tcp_v4_err accepts SEG.SEQ == SND.NXT too, its `between` being inclusive; we keep
         RFC 5927's half-open range: nothing at SND.NXT has been sent.)"""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         seq = unwrap(seq_wire, self.snd_una)
         if self.state is S.SYN_SENT:
             return seq == self.iss
@@ -2015,15 +2015,13 @@ class Connection:
         another connection's did and we had not looked yet): a smaller MSS at once, and what
         is in flight at the old size is resent at the new one (Linux's tcp_v4_mtu_reduced:
         tcp_sync_mss + tcp_simple_retransmit)."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if self._sync_pmtu(now):
             self.recovery.simple_retransmit(self.mss, now)
 
     def icmp_error(self, hard: bool, error: OSError, seq_wire: int) -> bool:
         """An ICMP error quoting one of our segments; False when it fails validation."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         seq = unwrap(seq_wire, self.snd_una)
         if self.state is S.SYN_SENT:
             if seq != self.iss:
@@ -2066,8 +2064,6 @@ class Connection:
         """Queue bytes as urgent data (RFC 9293 3.8.5; Linux's send(MSG_OOB)): the urgent
         pointer moves past them and every segment until then carries URG. Returns how many
         bytes the send buffer took; the pointer covers those."""
-        if self.ack_held is not None:
-            self.release_ack()
         taken = self.send(data)
         if taken:
             self.mark_urgent()
@@ -2075,14 +2071,12 @@ class Connection:
 
     def mark_urgent(self, back: int = 0) -> None:
         """The urgent data ends `back` bytes before the end of what was written so far."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         self.snd_up = self.snd_base + self.sndbuf.end - back
 
     def shutdown_write(self) -> None:
         """Half-close (RFC 9293 CLOSE on the send side): a FIN after the queued data."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if self.fin_queued or self.state is S.CLOSED:
             return
         self.fin_queued = True
@@ -2095,8 +2089,7 @@ class Connection:
 
         Unread received data makes it an abort instead (RFC 1122 4.2.2.13, as Linux does).
         """
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if self.app_closed or self.state is S.CLOSED:
             return
         if self.rcvbuf.queued:
@@ -2116,8 +2109,7 @@ class Connection:
 
     def abort(self) -> None:
         """RST now (RFC 9293 3.10.5 ABORT) and forget the connection."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         state = self.state
         if state is S.CLOSED:
             return
@@ -2129,20 +2121,17 @@ class Connection:
         self.engine.touch(self)
 
     def pause_reading(self) -> None:
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         self.reading_paused = True
 
     def resume_reading(self) -> None:
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if self.reading_paused:
             self.reading_paused = False
             self.engine.touch(self)
 
     def set_nodelay(self, on: bool = True) -> None:
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         self.nodelay = bool(on)
         if on:
             self.engine.touch(self)
@@ -2180,8 +2169,7 @@ class Connection:
         size set after that is advertised within the scale agreed (a larger buffer than
         0xFFFF << RCV.WSCALE shows as that); a smaller one never moves the right edge left.
         """
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if send is not None:
             cap = max(send, MIN_BUFFER)
             self.sndbuf.capacity = cap
@@ -2193,8 +2181,7 @@ class Connection:
                 self.rcv_wscale = self._our_wscale()  # the SYN has not gone out yet
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if high is None:
             high = self.sndbuf.capacity
         if low is None:
@@ -2246,8 +2233,7 @@ class Connection:
     # -- introspection ---------------------------------------------------------------------------
     def info(self) -> dict[str, object]:
         """The stack's own view (seconds, bytes, names) plus Linux's tcp_info fields."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         rec = self.recovery
         cc = rec.cc
         return {
@@ -2281,8 +2267,7 @@ class Connection:
         in segments, bytes in bytes), for tools that read `ss -ti` / getsockopt(TCP_INFO).
         `now` (default: the engine's clock) dates the last_* fields. Not kept: pacing rate,
         delivery rate and busy/limited times (no pacing here), rcv_rtt, ECN counts."""
-        if self.ack_held is not None:
-            self.release_ack()
+        self.release_ack()
         if now is None:
             now = self.engine.now
         rec = self.recovery
