@@ -104,15 +104,7 @@ def parent(args: argparse.Namespace) -> int:
     )
     b = compare.Compare(cargs, anchor)
     snaps = b.tmp / "gc.jsonl"
-    popen = b.popen
-
-    def traced_popen(cmd: list[str], **kw):
-        if "-m" in cmd and "netstack" in cmd:  # `python -m netstack run ...` -> the child
-            i = cmd.index("-m")
-            cmd = [*cmd[:i], str(BENCH / "history.py"), "--child", str(snaps), *cmd[i + 2 :]]
-        return popen(cmd, **kw)
-
-    b.popen = traced_popen  # type: ignore[method-assign]
+    b.stack_through(BENCH / "history.py", snaps)  # the stack runs as this script's child()
 
     def snapshot() -> dict:
         n = len(snaps.read_text().splitlines()) if snaps.exists() else 0

@@ -290,15 +290,7 @@ def parent(args: argparse.Namespace) -> int:
     elif args.place == "cross":  # the client on the other CPU: every wakeup is remote
         b.gen_cpu, b.resp_cpu = "0", "1"
     out = b.tmp / "turns.json"
-    popen = b.popen
-
-    def traced_popen(cmd: list[str], **kw):
-        if "-m" in cmd and "netstack" in cmd:  # `python -m netstack run ...` -> the child
-            i = cmd.index("-m")
-            cmd = [*cmd[:i], str(BENCH / "rtt_trace.py"), "--child", str(out), *cmd[i + 2 :]]
-        return popen(cmd, **kw)
-
-    b.popen = traced_popen  # type: ignore[method-assign]
+    b.stack_through(BENCH / "rtt_trace.py", out)  # the stack runs as this script's child()
     if args.cprofile:
         os.environ[PROFILE_ENV] = str(Path(args.cprofile).resolve())
     try:

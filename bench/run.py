@@ -92,6 +92,20 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def stack_through(self, script: Path, out: Path) -> None:
+        """Start the stack (`python -m netstack run ...`) as `python SCRIPT --child OUT run
+        ...` from now on: a bench that measures from inside the stack's process (rtt_trace.py,
+        history.py) wraps it there and writes what it saw to OUT."""
+        popen = self.popen
+
+        def through(cmd: list[str], **kw) -> subprocess.Popen:
+            if "-m" in cmd and "netstack" in cmd:
+                i = cmd.index("-m")
+                cmd = [*cmd[:i], str(script), "--child", str(out), *cmd[i + 2 :]]
+            return popen(cmd, **kw)
+
+        self.popen = through  # type: ignore[method-assign]
+
     def end(self, proc: subprocess.Popen, timeout: float = 10) -> int | None:
         """SIGTERM a process we started (by its PID), then SIGKILL if it lingers."""
         if proc.poll() is None:
