@@ -939,32 +939,37 @@ static void ns_put32(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
-/* Where the TCP header of an untagged Ethernet frame starts (IPv4 with any header length, or
- * IPv6 with TCP right after the fixed header), and its pseudo-header sum without the length.
+/* Where the TCP or UDP header of an untagged Ethernet frame starts (IPv4 with any header
+ * length, or IPv6 with the transport header right after the fixed header), its protocol
+ * (6 or 17) in *proto, and its pseudo-header sum (protocol included) without the length.
  * Returns 0 for anything else. */
-static size_t ns_tcp_l4(const uint8_t *f, size_t len, uint32_t *pseudo)
+static size_t ns_gso_l4(const uint8_t *f, size_t len, uint32_t *pseudo, uint8_t *proto)
 {
-    uint32_t s = 6;
+    uint32_t s = 0;
     size_t l4;
+    uint8_t p;
 
-    if (len < 14 + 20 + 20)
+    if (len < 14 + 20 + 8)
         return 0;
     if (f[12] == 0x08 && f[13] == 0x00 && (f[14] >> 4) == 4) {
         l4 = 14 + (size_t)(f[14] & 0x0f) * 4;
-        if (l4 < 34 || l4 + 20 > len || f[23] != 6)
+        p = f[23];
+        if (l4 < 34)
             return 0;
         for (int i = 26; i < 34; i += 2)
             s += ns_be16(f + i);
     } else if (f[12] == 0x86 && f[13] == 0xDD && (f[14] >> 4) == 6) {
         l4 = 54;
-        if (len < 54 + 20 || f[20] != 6)
-            return 0;
+        p = f[20];
         for (int i = 22; i < 54; i += 2)
             s += ns_be16(f + i);
     } else {
         return 0;
     }
-    *pseudo = s;
+    if ((p != 6 && p != 17) || l4 + (p == 6 ? 20 : 8) > len)
+        return 0;
+    *pseudo = s + p;
+    *proto = p;
     return l4;
 }
 
@@ -974,24 +979,28 @@ static size_t ns_tcp_l4(const uint8_t *f, size_t len, uint32_t *pseudo)
  * carries payload [i*mss, min((i+1)*mss, plen)) after its own copy of the header, written to
  * hdrs_out + i*hlen: IPv4 total length, ID + i (RFC 6864, as Linux) and header checksum, or
  * the IPv6 payload length; sequence number advanced; FIN/PSH only on the last piece, CWR only
- * on the first; the complete TCP checksum over the piece (its payload summed here). Returns
- * the number of pieces, or -EINVAL (not an IPv4/IPv6 TCP header, hlen beyond
- * NS_GSO_MAX_HDR, mss 0, more than max_pieces pieces, a datagram over 65535 bytes). */
+ * on the first; the complete TCP checksum over the piece (its payload summed here).
+ * A UDP super-frame (GSO_UDP_L4: the echo runs, proto/udp.py) is cut as __udp_gso_segment
+ * does: `hdr` ends after the UDP header, each piece is a datagram of `mss` payload bytes (the
+ * last shorter) with its IP fields as above, its UDP length and its complete checksum (0 sent
+ * as 0xffff, RFC 768). Returns the number of pieces, or -EINVAL (not an IPv4/IPv6 TCP or UDP
+ * header, hlen beyond NS_GSO_MAX_HDR, mss 0, more than max_pieces pieces, a datagram over
+ * 65535 bytes). */
 int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t plen, size_t mss,
                uint8_t *hdrs_out, int max_pieces)
 {
-    uint32_t pseudo, seq, ident = 0;
+    uint32_t pseudo, seq = 0, ident = 0;
     size_t l4, thl, off;
     int pieces, v4, i;
-    uint8_t flags;
+    uint8_t flags = 0, proto;
 
     if (hlen > NS_GSO_MAX_HDR || mss == 0 || plen == 0)
         return -EINVAL;
-    l4 = ns_tcp_l4(hdr, hlen, &pseudo);
-    if (l4 == 0 || l4 + 20 > hlen)
+    l4 = ns_gso_l4(hdr, hlen, &pseudo, &proto);
+    if (l4 == 0)
         return -EINVAL;
-    thl = (size_t)(hdr[l4 + 12] >> 4) * 4;
-    if (thl < 20 || l4 + thl != hlen || mss + thl + (l4 - 14) > 65535)
+    thl = proto == 6 ? (size_t)(hdr[l4 + 12] >> 4) * 4 : 8;
+    if (thl < 8 || l4 + thl != hlen || mss + thl + (l4 - 14) > 65535)
         return -EINVAL;
     pieces = (int)((plen + mss - 1) / mss);
     if (pieces > max_pieces)
@@ -999,13 +1008,15 @@ int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t p
     v4 = hdr[12] == 0x08;
     if (v4)
         ident = ns_be16(hdr + 18);
-    seq = ns_be32(hdr + l4 + 4);
-    flags = hdr[l4 + 13];
+    if (proto == 6) {
+        seq = ns_be32(hdr + l4 + 4);
+        flags = hdr[l4 + 13];
+    }
     for (i = 0, off = 0; i < pieces; i++, off += mss) {
         uint8_t *h = hdrs_out + (size_t)i * hlen;
         size_t chunk = plen - off < mss ? plen - off : mss;
-        uint8_t f = flags;
         uint32_t sum;
+        uint16_t c;
 
         memcpy(h, hdr, hlen);
         if (v4) {
@@ -1016,16 +1027,28 @@ int ns_gso_cut(const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t p
         } else {
             ns_put16(h + 18, (uint32_t)(thl + chunk));
         }
-        ns_put32(h + l4 + 4, seq + (uint32_t)off);
-        if (i + 1 < pieces)
-            f &= (uint8_t)~0x09; /* FIN, PSH: the last piece's */
-        if (i > 0)
-            f &= (uint8_t)~0x80; /* CWR: the first's */
-        h[l4 + 13] = f;
-        h[l4 + 16] = h[l4 + 17] = 0;
+        if (proto == 6) {
+            uint8_t f = flags;
+
+            ns_put32(h + l4 + 4, seq + (uint32_t)off);
+            if (i + 1 < pieces)
+                f &= (uint8_t)~0x09; /* FIN, PSH: the last piece's */
+            if (i > 0)
+                f &= (uint8_t)~0x80; /* CWR: the first's */
+            h[l4 + 13] = f;
+            h[l4 + 16] = h[l4 + 17] = 0;
+        } else {
+            ns_put16(h + l4 + 4, (uint32_t)(8 + chunk));
+            h[l4 + 6] = h[l4 + 7] = 0;
+        }
         sum = ns_csum_partial(h + l4, thl, pseudo + (uint32_t)(thl + chunk));
         sum = ns_csum_partial(payload + off, chunk, sum);
-        ns_put16(h + l4 + 16, ns_csum_fold(sum));
+        c = ns_csum_fold(sum);
+        if (proto == 6) {
+            ns_put16(h + l4 + 16, c);
+        } else {
+            ns_put16(h + l4 + 6, c ? c : 0xffffu);
+        }
     }
     return pieces;
 }
@@ -1413,11 +1436,12 @@ static int ns_gro_candidate(const uint8_t *f, size_t len, const char *mac, struc
 {
     size_t l4, thl, iplen;
     const uint8_t *t;
+    uint8_t proto;
 
     if (len < 14 + 20 + 20 || memcmp(f, mac, 6) != 0)
         return 0;
-    l4 = ns_tcp_l4(f, len, &p->pseudo);
-    if (l4 == 0)
+    l4 = ns_gso_l4(f, len, &p->pseudo, &proto);
+    if (l4 == 0 || proto != 6)
         return 0;
     if (f[12] == 0x08) {
         if (l4 != 34 || ((f[20] & 0x3f) | f[21]) != 0) /* options, MF, fragment offset */

@@ -229,8 +229,10 @@ class Stack:
         self.services = start_services(
             self.host.udp, {**config.service_ports(), **config.tcp_service_ports()}, self.host.tcp
         )
-        if offloads.vnet and offloads.available & TUN_F_USO:
-            self.host.udp.gso_max = USO_ECHO_MAX  # the kernel cuts UDP super-frames: echo runs
+        if (offloads.vnet and offloads.available & TUN_F_USO) or soft_gso:
+            # The kernel (USO) or the link's software cut makes datagrams of UDP super-frames:
+            # the echo service's replies to one batch leave as one super-frame per peer.
+            self.host.udp.gso_max = USO_ECHO_MAX
         adaptive = config.busy_poll == "auto"
         busy = (BUSY_POLL_AUTO_US if adaptive else int(config.busy_poll)) / 1e6
         self.loop = (

@@ -1,5 +1,5 @@
 """Software GSO and GRO for a link that negotiated no offloads (issue 10): what Linux does for
-a device without TSO/GRO, at our link boundary, in C (ffi/netstack_ffi.c ns_gso_* / ns_gro_*).
+a device without TSO/USO/GRO, at our link boundary, in C (ffi/netstack_ffi.c ns_gso_* / ns_gro_*).
 
 Without them every Python step handles one 1500-byte frame (~8 us a received segment, ~12 us
 a sent one). With them TCP builds super-segments of up to 64 KB as it does for TSO
@@ -7,8 +7,11 @@ a sent one). With them TCP builds super-segments of up to 64 KB as it does for T
 the descriptor (the kernel's skb_gso_segment before the driver); the link reader merges the
 in-order segments of one flow within one receive batch (NAPI's tcp_gro_receive) and hands the
 result to the stack exactly as a virtio-net GRO super-frame (gso_type TCPV4/TCPV6, gso_size the
-piece size, the checksum vouched for). Everything between TCP and the link (pcap, --fault,
-counters) sees the super-frame, as with the kernel's offloads.
+piece size, the checksum vouched for). The writer also cuts UDP super-frames (GSO_UDP_L4, the
+UDP echo's runs of replies) into datagrams, as the kernel's __udp_gso_segment: one Python
+step then sends a batch's echo replies, as with the TAP's USO. Everything between the
+protocols and the link (pcap, --fault, counters) sees the super-frame, as with the kernel's
+offloads.
 
 `gso` and `gro` config keys: "auto" (software where the link lacks the feature) or "off".
 """
@@ -26,15 +29,17 @@ MODES = ("auto", "off")
 # pieces (a 64 KB payload at an MSS of 16 bytes; TCP never sends smaller pieces).
 MAX_PIECES = 4096
 MAX_HDR: int = lib.NS_GSO_MAX_HDR
-_GSO_TCP = frozenset({wvnet.GSO_TCPV4, wvnet.GSO_TCPV6})
+# What the cut takes: TCP super-segments (TSO/TSO6) and UDP super-frames (USO: the echo runs
+# of proto/udp.py and udp6.py, which the host makes whenever the link can cut them).
+_GSO_CUT = frozenset({wvnet.GSO_TCPV4, wvnet.GSO_TCPV6, wvnet.GSO_UDP_L4})
 _VnetMark = wvnet.VnetMark
 
 
 def gso_mark(frame: tuple) -> wvnet.VnetMark | None:
-    """The mark of a TCP super-segment (after the Ethernet header, where ARP/ND put it)."""
+    """The mark of a TCP or UDP super-frame (after the Ethernet header, where ARP/ND put it)."""
     if len(frame) > 1:
         mark = frame[1]
-        if mark.__class__ is _VnetMark and mark.vnet.gso in _GSO_TCP and mark.vnet.gso_size:
+        if mark.__class__ is _VnetMark and mark.vnet.gso in _GSO_CUT and mark.vnet.gso_size:
             return mark
     return None
 

@@ -1,5 +1,6 @@
-"""UDP echo with `--offload off`: every reply within the MTU is built by ns_udp_reflect in one
-piece (with offloads, replies go out as USO super-frames instead, tested elsewhere). The kernel
+"""UDP echo with `--offload off --gso off`: every reply within the MTU is built by
+ns_udp_reflect in one piece (with offloads, or the link's software GSO, replies go out as UDP
+super-frames instead, tested in tcp/test_offload.py and test_ipv6.py). The kernel
 is the judge: it drops a datagram whose IPv4 or UDP checksum is wrong, so an exact echo is a
 valid frame; tshark checks the stack's own capture too."""
 
@@ -19,7 +20,8 @@ from tests.integration.world import World, have_tools
 pytestmark = pytest.mark.integration
 
 
-WORLD_ARGS = ("--offload", "off")  # the one-call reply is the path without USO
+# the one-call reply is the path without USO, in the kernel or in software
+WORLD_ARGS = ("--offload", "off", "--gso", "off")
 
 
 def _connected(world: World) -> socket.socket:
@@ -115,4 +117,4 @@ def test_stack_capture_has_valid_udp_checksums(world: World) -> None:
 
 def test_the_world_runs_without_offloads(world: World) -> None:
     """WORLD_ARGS reached `netstack run`: without it every test here would take the USO path."""
-    assert "offload on tap0: off" in world.log()
+    assert "offload on tap0: off" in world.log() and "software gso" not in world.log()

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from netstack._ffi import lib
-from scapy.all import IP, TCP, Ether, IPv6, raw  # type: ignore[import-untyped]
+from scapy.all import IP, TCP, UDP, Ether, IPv6, raw  # type: ignore[import-untyped]
 
 from netstack.drops import Drop
 from netstack.io import softoffload
@@ -105,14 +105,92 @@ def test_c_cut_equals_the_reference_and_scapy(family, size, mss, flags, seq, ide
         assert [Ether(p)[IP].id for p in cut] == [(ident + i) & 0xFFFF for i in range(len(cut))]
 
 
-def test_cut_refuses_what_is_not_a_tcp_super_segment() -> None:
+def test_cut_refuses_what_is_not_a_tcp_or_udp_super_frame() -> None:
     frame, l4, thl = super_frame(4, b"x" * 3000)
     udp = bytearray(frame)
-    udp[23] = 17
+    udp[23] = 17  # UDP, but the header length says Ethernet + IP + a 32-byte TCP header
     with pytest.raises(OSError):
         softoffload.gso_cut(bytes(udp), mark_of(4, l4, thl, 1448))
+    icmp = bytearray(frame)
+    icmp[23] = 1
+    with pytest.raises(OSError):
+        softoffload.gso_cut(bytes(icmp), mark_of(4, l4, thl, 1448))
     with pytest.raises(OSError):  # a header length that is not Ethernet + IP + TCP
         softoffload.gso_cut(frame, mark_of(4, l4, thl + 4, 1448))
+
+
+def uso_frame(family: int, payload: bytes, size: int, ident: int = 7):
+    """A UDP super-frame as the echo runs make it (proto/udp.py flush): headers for the whole
+    payload, the UDP checksum field holding the pseudo-header sum (NEEDS_CSUM), gso_size
+    `size`. Returns (frame, mark)."""
+    udp = UDP(sport=7, dport=4000, len=8 + len(payload), chksum=0)
+    if family == 4:
+        ip = IP(src="192.0.2.2", dst="192.0.2.1", id=ident, flags="DF", proto=17)
+        l4 = 34
+    else:
+        ip = IPv6(src=DST6, dst=SRC6, nh=17)
+        l4 = 54
+    frame = bytearray(raw(Ether(dst=PEER_MAC, src=OUR_MAC) / ip / udp / payload))
+    if family == 4:
+        pseudo = wvnet.pseudo_sum(
+            wipv4.ip_from_str("192.0.2.2"), wipv4.ip_from_str("192.0.2.1"), len(payload) + 8, 17
+        )
+        frame[l4 + 6 : l4 + 8] = pseudo
+    vnet = wvnet.VnetHeader(wvnet.F_NEEDS_CSUM, wvnet.GSO_UDP_L4, l4 + 8, size, l4, 6)
+    return bytes(frame), wvnet.mark(vnet)
+
+
+def udp_valid(piece: bytes) -> bool:
+    """scapy recomputes the UDP (and IPv4 header) checksum: the same as the piece's?"""
+    pkt = Ether(piece)
+    want = pkt[UDP].chksum
+    del pkt[UDP].chksum
+    if IP in pkt:
+        ip_want = pkt[IP].chksum
+        del pkt[IP].chksum
+        again = Ether(raw(pkt))
+        return again[UDP].chksum == want and again[IP].chksum == ip_want
+    return Ether(raw(pkt))[UDP].chksum == want
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    family=st.sampled_from([4, 6]),
+    size=st.integers(1, 1472),
+    count=st.integers(1, 64),
+    short=st.integers(0, 1471),
+    ident=st.integers(0, 0xFFFF),
+)
+def test_c_cut_of_a_udp_super_frame_equals_the_reference_and_scapy(
+    family, size, count, short, ident
+) -> None:
+    """USO in software: datagrams of `size` payload bytes (the last shorter), each with its
+    own IP ID (+1, as Linux's __udp_gso_segment), lengths and a complete UDP checksum."""
+    count = min(count, (0xFFFF - 40 - 8) // size)  # within one IP packet, as the runs are
+    payload = os.urandom(size * count - min(short, size - 1))
+    frame, mark = uso_frame(family, payload, size, ident)
+    cut = softoffload.gso_cut(frame, mark)
+    assert cut == wvnet.software_segments(frame, mark.vnet)
+    assert len(cut) == -(-len(payload) // size)
+    assert all(udp_valid(piece) for piece in cut)
+    assert b"".join(bytes(Ether(p)[UDP].payload) for p in cut) == payload
+    if family == 4:
+        assert [Ether(p)[IP].id for p in cut] == [(ident + i) & 0xFFFF for i in range(len(cut))]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_c_cut_sends_a_zero_udp_checksum_as_ffff(family: int) -> None:
+    """RFC 768 (and RFC 8200 8.1): a computed UDP checksum of 0 goes out as 0xFFFF. The
+    datagram's last two payload bytes are chosen so that its sum comes to exactly that."""
+    body = bytearray(os.urandom(30) + b"\0\0")
+    frame, mark = uso_frame(family, bytes(body), len(body))
+    (piece,) = softoffload.gso_cut(frame, mark)
+    fix = Ether(piece)[UDP].chksum  # the complement of the sum with the two bytes zero
+    body[-2:] = fix.to_bytes(2, "big")  # adds `fix` to the sum: it folds to 0xFFFF, sent 0xFFFF
+    frame, mark = uso_frame(family, bytes(body), len(body))
+    (piece,) = softoffload.gso_cut(frame, mark)
+    assert Ether(piece)[UDP].chksum == 0xFFFF
+    assert [piece] == wvnet.software_segments(frame, mark.vnet)
 
 
 # -- the merge ------------------------------------------------------------------------------------
@@ -632,3 +710,37 @@ def test_loop_drains_on_while_software_gro_read_full_batches() -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("requests", [1, 2, 40])
+def test_link_cuts_echo_runs_into_the_replies_a_host_without_uso_sends(requests: int) -> None:
+    """Software USO end to end: a host whose echo service makes runs (udp.gso_max, as
+    runtime sets it when the link cuts in software) answers a batch of requests with a UDP
+    super-frame; the link's cut writes exactly the datagrams, byte for byte (IP IDs and
+    checksums included), that a host without runs sends for the same batch."""
+    from tests.unit.test_echo_batch import Arena, _ip, _udp
+    from tests.unit.test_echo_batch import _host as echo_host
+
+    wire: dict[int, list[bytes]] = {}
+    for uso in (64, 0):
+        host = echo_host()
+        host.udp.gso_max = uso
+        frames = [  # one flow (a run's key: peer, port, size), each payload its own
+            _ip(PEER_IP, OUR_IP, 17, _udp(PEER_IP, OUR_IP, 5000, 7, bytes([i, 7 * i & 0xFF]) * 50))
+            for i in range(requests)
+        ]
+        views, metas, arena = Arena(requests, False).lay(frames, [False] * requests)
+        host.tx.clear()
+        host.receive_batch(views, 1.0, metas, arena)
+        marks = [f for f in host.tx if softoffload.gso_mark(f) is not None]
+        assert len(marks) == (1 if uso and requests > 1 else 0)
+        link, a, b = _pair(gso=True)
+        try:
+            assert link.send_batch(host.tx) == len(host.tx)
+            wire[uso] = _drain(b)
+        finally:
+            a.close()
+            b.close()
+    assert len(wire[0]) == requests
+    assert wire[64] == wire[0]
+    assert all(udp_valid(d) for d in wire[64])
