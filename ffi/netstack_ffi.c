@@ -623,6 +623,35 @@ uint32_t ns_rx_fast_v(const uint8_t *f, size_t len, const char *mac, uint32_t ad
     return (total << 8) | proto;
 }
 
+/* The pure ACKs of a receive batch (proto/host.py Host._ack_batch; ACK filtering,
+ * proto/tcp/connection.py ACK_HOLD): out[i] = 1 for frame i (after hlen bytes of virtio-net
+ * header in slot i of the arena) when ns_rx_fast accepts it as a TCP segment to `addr` (its
+ * every check: the MAC, a 20-byte IPv4 header with a true checksum, not a fragment, a sane
+ * source, the TCP checksum) and it is exactly 66 bytes: 52 of IPv4, a 32-byte TCP header
+ * whose options are NOP NOP Timestamps (what wire/tcp.py parses on its fast case), flags
+ * exactly ACK, no payload. Python then reads it at fixed offsets without parsing it; the TCP
+ * checksum is always summed here (52 bytes). Returns how many frames were marked. */
+int ns_pure_acks(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
+                 int n, const char *mac, uint32_t addr, uint32_t bcast, uint8_t *out)
+{
+    static const uint8_t nop_nop_ts[4] = {1, 1, 8, 10};
+    int i, m = 0;
+
+    for (i = 0; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen;
+
+        out[i] = 0;
+        if (lens[i] != 66 + hlen || (f[46] >> 4) != 8 || f[47] != 0x10 ||
+            memcmp(f + 54, nop_nop_ts, 4) != 0)
+            continue;
+        if (ns_rx_fast_v(f, 66, mac, addr, bcast, 0) != ((52u << 8) | 6u))
+            continue;
+        out[i] = 1;
+        m++;
+    }
+    return m;
+}
+
 /* Receive with the virtio-net header (netstack/io/link.py BatchLink._receive_vnet): the common
  * case of a batch is frames whose header says nothing, or an ordinary (not GSO) frame whose L4
  * checksum the kernel left partial (its CHECKSUM_PARTIAL: every UDP datagram and small TCP

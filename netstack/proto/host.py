@@ -52,6 +52,10 @@ _ECHO_SEGS = 256  # segments (same peer, port and size in a row) of one ns_udp_e
 ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
 _ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
 _F_DATA_VALID = wvnet.F_DATA_VALID
+# A batch's pure ACKs (Host._ack_batch, ns_pure_acks): those that replace their connection's
+# held ACK skip the per-frame path. False turns it off (every frame takes Host.receive).
+ACK_BATCH = True
+_pure_acks = lib.ns_pure_acks
 
 
 @dataclasses.dataclass(slots=True)
@@ -145,6 +149,7 @@ class Host:
         self._echo_sock: UdpSocket | None = None
         self._echo_ips: list[int] = []
         self._echo_c: _EchoC | None = None
+        self._ack_marks = ffi.new("uint8_t[]", 64)  # _ack_batch's, one per frame (grows)
 
     # -- the loop's entry points ---------------------------------------------------------
     def start(self, now: float, lease: Lease | None = None) -> None:
@@ -194,9 +199,7 @@ class Host:
             if (
                 arena is not None
                 and len(frames) > 1  # (one frame: a C run would save nothing)
-                and ECHO_BATCH
-                and self._echo_sock is not None
-                and self._echo_batch(frames, now, meta, arena)
+                and self._in_c_runs(frames, now, meta, arena)
             ):
                 pass
             elif meta:
@@ -220,6 +223,60 @@ class Host:
             raise
         tcp.flush_follows = False
         tcp.flush(now)  # TCP's flush point: app events, ACKs and data for the batch
+
+    def _in_c_runs(
+        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
+    ) -> bool:
+        """The batch taken by a C pass: UDP echo requests (_echo_batch), else pure ACKs
+        (_ack_batch). False when neither took it (nothing done)."""
+        echo = ECHO_BATCH and self._echo_sock is not None
+        if echo and self._echo_batch(frames, now, meta, arena):
+            return True
+        return ACK_BATCH and self._ack_batch(frames, now, meta, arena)
+
+    def _ack_batch(
+        self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
+    ) -> bool:
+        """The batch with its pure ACKs found in one C pass (ns_pure_acks): each frame in
+        order, a marked one offered first to TcpEngine.receive_pure_ack, which takes it
+        when it replaces its connection's held ACK (a bulk sender's run of ACKs from a
+        peer that ACKs every other segment: one kept, the rest filtered, ACK_HOLD), the rest
+        through the per-frame path as receive_batch hands them on. The same frames, in the
+        same order, with the same effects, counters included: only the parse is saved.
+        False (nothing done) when the batch has fewer than two pure ACKs."""
+        arena_c, slot_size, hlen, lens, _ = arena
+        ipv4 = self.ipv4
+        dst = ipv4.config.address
+        if not dst:
+            return False
+        n = len(frames)
+        marks = self._ack_marks
+        if len(marks) < n:
+            marks = self._ack_marks = ffi.new("uint8_t[]", n)
+        mac = self.config.mac
+        if type(mac) is not bytes:
+            mac = bytes(mac)
+        bcast = ipv4.subnet_broadcast
+        if _pure_acks(arena_c, slot_size, hlen, lens, n, mac, dst, bcast or 0, marks) < 2:
+            return False
+        c = self.counters
+        receive = self.receive
+        take = self.tcp.receive_pure_ack
+        offloaded = self._receive_offloaded
+        for i, frame in enumerate(frames):
+            if marks[i] and take(frame, now):
+                c.rx_packets += 1
+                c.rx_bytes += 66
+                c.ipv4_rx += 1
+                continue
+            m = meta[i] if meta else 0
+            if not m:
+                receive(frame, now)
+            elif m == _F_DATA_VALID:
+                receive(frame, now, True)
+            else:
+                offloaded(frame, m, now)
+        return True
 
     def _echo_batch(
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple

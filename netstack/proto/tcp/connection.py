@@ -663,14 +663,7 @@ class Connection:
         held = self.ack_held
         if held is not None:
             if h.flags == ACK and not len(payload) and self._ack_supersedes(h, now, held):
-                # The held ACK is filtered out: this one says more. Of what it would have
-                # done only its window's share in the largest window seen remains to do
-                # (SND.WND ends as `h` sets it either way).
-                wnd = held[0].window << self.snd_wscale
-                if wnd > self.max_snd_wnd:
-                    self.max_snd_wnd = wnd
-                self.ack_held = (h, now, held[2] + 1)
-                self.counters.tcp_acks_filtered += 1
+                self._replace_held(h, now, held)
                 return
             self.release_ack()
         state = self.state
@@ -902,6 +895,30 @@ class Connection:
                 ts0 = first.options.timestamp
                 if ts0 is None or ((ts[0] - ts0[0]) & MASK) >= HALF:
                     return False
+        return True
+
+    def _replace_held(self, h: TcpHeader, now: float, held: tuple[TcpHeader, float, int]) -> None:
+        """The held ACK is filtered out: `h` (which _ack_supersedes let replace it) says more.
+        Of what the held one would have done only its window's share in the largest window
+        seen remains to do (SND.WND ends as `h` sets it either way)."""
+        wnd = held[0].window << self.snd_wscale
+        if wnd > self.max_snd_wnd:
+            self.max_snd_wnd = wnd
+        self.ack_held = (h, now, held[2] + 1)
+        self.counters.tcp_acks_filtered += 1
+
+    def take_superseding_ack(self, h: TcpHeader, now: float) -> bool:
+        """segment() for a pure ACK (flags exactly ACK, no text) when it replaces the held
+        one, and nothing otherwise: False leaves `h` to segment() (the engine's
+        receive_pure_ack, for the host's batch of pure ACKs: a held ACK's run costs one
+        header and this call per ACK instead of the whole per-frame path)."""
+        held = self.ack_held
+        if held is None or not self._ack_supersedes(h, now, held):
+            return False
+        self.last_rx = now
+        self.ka_probes = 0
+        self.stats[0] += 1
+        self._replace_held(h, now, held)
         return True
 
     def release_ack(self) -> None:

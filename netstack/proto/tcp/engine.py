@@ -40,6 +40,7 @@ import itertools
 import logging
 import os
 import random
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
@@ -89,6 +90,11 @@ SOFT_ERRNO = {
     (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE): errno.ECONNREFUSED,
 }
 COOKIE_WINDOW = 2 * isnmod.MAX_AGE * isnmod.COOKIE_PERIOD  # accept cookie ACKs this long
+# A pure ACK as ns_pure_acks vouched for it, read from the frame's IPv4 source address on
+# (offset 26): addresses, ports, seq, ack, data offset, flags, window, checksum, urgent
+# pointer, NOP NOP Timestamps (skipped), TSval, TSecr.
+_PURE_ACK = struct.Struct("!IIHHIIBBHHH4xII")
+_new = tuple.__new__
 
 
 class AddressInUse(OSError):
@@ -608,6 +614,26 @@ class TcpEngine:
             c.drop(bad.reason)
             return
         self._demux(src, dst, h, payload, now)
+
+    def receive_pure_ack(self, frame: memoryview, now: float) -> bool:
+        """One frame of the host's batch of pure ACKs (Host._ack_batch): a valid 66-byte IPv4
+        segment whose options are NOP NOP Timestamps, flags exactly ACK, no text, as
+        ns_pure_acks found it. When it replaces its connection's held ACK (ACK_HOLD), it is
+        taken here as receive_fast would take it, from its fields, without the parse and
+        the per-frame path; False leaves it to them (the host then hands it to receive)."""
+        src, dst, sport, dport, seq, ack, _offset, flags, window, csum, urgent, tsval, tsecr = (
+            _PURE_ACK.unpack_from(frame, 26)
+        )
+        conn = self.conns.get((dst, dport, src, sport))
+        if conn is None or conn.__class__ is not Connection or conn.ack_held is None:
+            return False
+        options = _new(TcpOptions, (None, None, False, (), (tsval, tsecr)))
+        h = _new(TcpHeader, (sport, dport, seq, ack, 32, flags, window, csum, urgent, options))
+        if not conn.take_superseding_ack(h, now):
+            return False
+        self.counters.tcp_segments_rx += 1
+        self._dirty[conn] = None
+        return True
 
     def _demux(
         self, src: Address, dst: Address, h: TcpHeader, payload: memoryview, now: float

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import struct
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -162,7 +163,7 @@ class Checker:
         transmit, transmit_fast, receive_fast, flush, poll = (
             engine.transmit, engine.transmit_fast, engine.receive_fast, engine.flush, engine.poll,
         )  # fmt: skip
-        receive6 = engine.receive6
+        receive6, receive_pure_ack = engine.receive6, engine.receive_pure_ack
 
         def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
@@ -182,6 +183,14 @@ class Checker:
                 sport = int.from_bytes(segment[0:2], "big")
                 dport = int.from_bytes(segment[2:4], "big")
                 self.arrivals[(dst, dport, src, sport)] += 1
+
+        def checked_receive_pure_ack(frame, now) -> bool:
+            # the host's batch of pure ACKs: those taken here arrived too (IPv4, fixed offsets)
+            taken = receive_pure_ack(frame, now)
+            if taken:
+                src, dst, sport, dport = struct.unpack_from("!IIHH", frame, 26)
+                self.arrivals[(dst, dport, src, sport)] += 1
+            return taken
 
         def checked_receive6(ip, segment, packet, now, checked=False) -> None:
             # IPv6 arrivals (registered by attach_ipv6, and read by the IPv6 fast path, both
@@ -207,6 +216,7 @@ class Checker:
         engine.transmit_fast = checked_transmit_fast  # type: ignore[method-assign]
         engine.receive_fast = checked_receive_fast  # type: ignore[method-assign]
         engine.receive6 = checked_receive6  # type: ignore[method-assign]
+        engine.receive_pure_ack = checked_receive_pure_ack  # type: ignore[method-assign]
         engine.flush = checked_flush  # type: ignore[method-assign]
         engine.poll = checked_poll  # type: ignore[method-assign]
         engine.invariants = self  # type: ignore[attr-defined]

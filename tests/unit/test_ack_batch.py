@@ -1,0 +1,261 @@
+"""A receive batch's pure ACKs taken from their fields (Host._ack_batch, ns_pure_acks,
+TcpEngine.receive_pure_ack) against the per-frame path.
+
+A bulk sender (the chargen service) on one Host, its peer on another, frames crossing as
+bytes. The peer's ACKs - one per two segments, as each of its receive batches has one segment
+- are handed to the sender in batches laid in an arena as a link lays them, with seeded
+perturbations (ACKs lost, duplicated, swapped, a stale or a future one, a bad checksum, SACK
+blocks, a window change, frames of other kinds and flows between them). Two such worlds, one
+with ACK_BATCH on and one with it off, must put the same bytes on the wire in every step and
+end with the same counters, TCB and congestion state: the batch path saves the parse, nothing
+else. And it must have been taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from netstack._ffi import ffi, lib
+
+from netstack.api.services import start_services
+from netstack.api.tcp import Protocol, connect
+from netstack.counters import Counters
+from netstack.proto import host as host_mod
+from netstack.proto.host import Host, HostConfig
+from netstack.proto.tcp import isn as isnmod
+from netstack.proto.tcp.config import TcpConfig
+from netstack.wire import ethernet as weth
+from netstack.wire import icmp as wicmp
+from netstack.wire import ipv4 as wipv4
+from netstack.wire import tcp as wtcp
+from netstack.wire.checksum import checksum, pseudo_header_sum
+from tests.unit.tcp.test_slim import TCB_FIELDS
+from tests.unit.test_echo_batch import Arena
+
+PEER_MAC, STACK_MAC = bytes.fromhex("02aabbccdd01"), bytes.fromhex("02aabbccdd02")
+PEER_IP, STACK_IP = wipv4.ip_from_str("192.0.2.1"), wipv4.ip_from_str("192.0.2.2")
+OTHER_IP = wipv4.ip_from_str("192.0.2.9")
+
+
+class Sink(Protocol):
+    """The peer's reader: takes everything (so it ACKs as a reading client does)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+def _host(mac: bytes, ip: int, seed: int, sack: bool) -> Host:
+    config = HostConfig(mac=mac, address=ip, prefix_len=24, tcp=TcpConfig(sack=sack))
+    host = Host(config, Counters(), random.Random(seed))
+    host.tcp.secrets = isnmod.Secrets(bytes([seed]) * 32)
+    return host
+
+
+def _frames(host: Host) -> list[bytes]:
+    out = [b"".join(bytes(p) for p in f) for f in host.tx]
+    host.tx.clear()
+    return out
+
+
+def _fix_tcp(frame: bytearray, src: int = PEER_IP) -> bytes:
+    """Recompute a hand-edited 66-byte segment's checksums (IPv4 header, TCP)."""
+    frame[24:26] = b"\0\0"
+    frame[24:26] = checksum(bytes(frame[14:34])).to_bytes(2, "big")
+    frame[50:52] = b"\0\0"
+    csum = checksum(bytes(frame[34:]), initial=pseudo_header_sum(src, STACK_IP, 6, 32))
+    frame[50:52] = csum.to_bytes(2, "big")
+    return bytes(frame)
+
+
+def _other(kind: int, r: random.Random, like: bytes) -> list[bytes]:
+    """A frame the perturbation puts into the batch (kind: see _perturb)."""
+    if kind == 0:  # the ACK again: a duplicate (never a replacement: it says nothing more)
+        return [like]
+    f = bytearray(like)
+    if kind == 1:  # a bad TCP checksum: dropped by either path
+        f[50] ^= 0x40
+        return [bytes(f)]
+    if kind == 2:  # another window
+        f[48:50] = r.randrange(0, 1 << 16).to_bytes(2, "big")
+        return [_fix_tcp(f)]
+    if kind == 3:  # an older TSval (PAWS within the batch)
+        ts = int.from_bytes(f[58:62], "big")
+        f[58:62] = ((ts - r.randrange(1, 5)) & 0xFFFFFFFF).to_bytes(4, "big")
+        return [_fix_tcp(f)]
+    if kind == 4:  # an ACK of data not yet sent (beyond SND.NXT): an ACK is owed back
+        ack = int.from_bytes(f[42:46], "big")
+        f[42:46] = ((ack + r.randrange(1, 1 << 20)) & 0xFFFFFFFF).to_bytes(4, "big")
+        return [_fix_tcp(f)]
+    if kind == 5:  # an older ACK (a reordered one)
+        ack = int.from_bytes(f[42:46], "big")
+        f[42:46] = ((ack - r.randrange(1, 3000)) & 0xFFFFFFFF).to_bytes(4, "big")
+        return [_fix_tcp(f)]
+    if kind == 6:  # an ICMP echo request to the stack (answered; no TCP effect)
+        icmp = wicmp.build(wicmp.TYPE_ECHO_REQUEST, 0, r.randrange(1 << 16), b"ping")
+        ip = wipv4.build(PEER_IP, STACK_IP, 1, len(icmp))
+        return [weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4) + ip + icmp]
+    if kind == 7:  # the same segment from another address (no connection: a RST)
+        f[26:30] = OTHER_IP.to_bytes(4, "big")
+        return [_fix_tcp(f, OTHER_IP)]
+    # kind 8: the ACK to another MAC (not for us)
+    f[0:6] = bytes.fromhex("02aabbccdd77")
+    return [bytes(f)]
+
+
+def _perturb(batch: list[bytes], r: random.Random, rate: float) -> list[bytes]:
+    """The peer's frames of a step as the stack reads them: some lost, some followed (or
+    preceded, anywhere in the batch) by a frame _other makes of them, two swapped."""
+    out: list[bytes] = []
+    for frame in batch:
+        roll = r.random()
+        if roll < rate / 4:
+            continue  # lost
+        out.append(frame)
+        if len(frame) == 66 and roll < rate:
+            at = r.randrange(len(out) + 1)
+            out[at:at] = _other(r.randrange(9), r, frame)
+    if len(out) > 2 and r.random() < rate:
+        i = r.randrange(len(out) - 1)
+        out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+@dataclasses.dataclass
+class World:
+    peer: Host
+    stack: Host
+    wire: list[list[bytes]]
+    taken: int = 0
+
+
+def _world(ack_batch: bool, seed: int, rate: float, steps: int, sack: bool) -> World:
+    peer, stack = _host(PEER_MAC, PEER_IP, 1, sack), _host(STACK_MAC, STACK_IP, 2, sack)
+    start_services(stack.udp, {"tcp_chargen": 19}, stack.tcp)
+    world = World(peer, stack, [])
+    real = stack.tcp.receive_pure_ack
+
+    def counted(frame, now):
+        taken = real(frame, now)
+        world.taken += taken
+        return taken
+
+    stack.tcp.receive_pure_ack = counted  # type: ignore[method-assign]
+    r = random.Random(seed)
+    arena = Arena(512, False)
+    now = 10.0
+    peer.start(now)
+    stack.start(now)
+    connect(peer.tcp, ("192.0.2.2", 19), Sink)
+    old = host_mod.ACK_BATCH
+    host_mod.ACK_BATCH = ack_batch
+    try:
+        for _ in range(steps):
+            now += 0.0005
+            batch = _perturb(_frames(peer), r, rate)[:512]
+            if batch:
+                views, metas, arena_t = arena.lay(batch, [False] * len(batch))
+                stack.receive_batch(views, now, metas, arena_t)
+            deadline = stack.next_deadline()
+            if deadline is not None and deadline <= now:
+                stack.poll(now)
+            out = _frames(stack)
+            world.wire.append(out)
+            for frame in out:  # one segment per peer batch: it ACKs every other one
+                peer.receive_batch([memoryview(frame)], now)
+            deadline = peer.next_deadline()
+            if deadline is not None and deadline <= now:
+                peer.poll(now)
+    finally:
+        host_mod.ACK_BATCH = old
+    return world
+
+
+def _state(host: Host) -> tuple:
+    c = host.counters
+    counters = {
+        f.name: getattr(c, f.name)
+        for f in dataclasses.fields(c)
+        if isinstance(getattr(c, f.name), int | dict)
+    }
+    conns = []
+    for conn in host.tcp.conns.values():
+        tcb = tuple(getattr(conn, f, None) for f in TCB_FIELDS)
+        rec = getattr(conn, "recovery", None)
+        cc = None if rec is None else rec.cc
+        rtt = None if rec is None else (rec.rtt.srtt, rec.rtt.rttvar)
+        conns.append((tcb, None if cc is None else (cc.cwnd, cc.ssthresh), rtt))
+    return counters, conns
+
+
+@pytest.mark.parametrize("sack", [True, False])
+def test_clean_transfer_same_wire_and_state(sack: bool) -> None:
+    on, off = _world(True, 1, 0.0, 300, sack), _world(False, 1, 0.0, 300, sack)
+    assert on.wire == off.wire
+    assert _state(on.stack) == _state(off.stack)
+    assert on.taken > 100 and off.taken == 0
+    assert on.stack.counters.tcp_acks_filtered > on.taken / 2
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1 << 30), rate=st.sampled_from([0.02, 0.1, 0.3]), sack=st.booleans())
+def test_perturbed_batches_same_wire_and_state(seed: int, rate: float, sack: bool) -> None:
+    on, off = _world(True, seed, rate, 100, sack), _world(False, seed, rate, 100, sack)
+    assert on.wire == off.wire
+    assert _state(on.stack) == _state(off.stack)
+    assert _state(on.peer) == _state(off.peer)
+    event(f"pure ACKs taken from their fields: {'some' if on.taken else 'none'}")
+
+
+@pytest.mark.parametrize(("seed", "rate"), [(3, 0.05), (4, 0.1), (5, 0.1)])
+def test_perturbed_batches_take_the_batch_path(seed: int, rate: float) -> None:
+    """Fixed seeds whose runs of ACKs the perturbations break but do not end: the batch
+    path is taken (and still changes nothing)."""
+    on, off = _world(True, seed, rate, 150, True), _world(False, seed, rate, 150, True)
+    assert on.wire == off.wire
+    assert _state(on.stack) == _state(off.stack)
+    assert on.taken > 20
+
+
+def _pure_ack(**edit: int) -> bytes:
+    """A valid 66-byte pure ACK from the peer (NOP NOP Timestamps), fields edited."""
+    opts = wtcp.TcpOptions(timestamp=(5, 6))
+    tcp = bytearray(wtcp.build(PEER_IP, STACK_IP, 4000, 19, 100, 200, wtcp.ACK, 500, options=opts))
+    ip = wipv4.build(PEER_IP, STACK_IP, 6, len(tcp))
+    frame = bytearray(weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4) + ip + tcp)
+    for at, value in edit.items():
+        frame[int(at[1:])] = value
+    return bytes(frame)
+
+
+@pytest.mark.parametrize(
+    ("frame", "marked"),
+    [
+        (_pure_ack(), True),
+        (_pure_ack(b47=0x18), False),  # PSH too
+        (_pure_ack(b47=0x11), False),  # FIN
+        (_pure_ack(b54=0x08), False),  # options not NOP NOP TS
+        (_pure_ack(b50=0x00, b51=0x00), False),  # TCP checksum wrong (or absent)
+        (_pure_ack(b24=0x00), False),  # IPv4 header checksum wrong
+        (_pure_ack(b5=0x77), False),  # another MAC
+        (_pure_ack()[:-1], False),  # 65 bytes
+        (_pure_ack() + b"x", False),  # a byte of payload (the IP length says no: not fast)
+    ],
+)
+def test_c_marks_only_valid_pure_acks(frame: bytes, marked: bool) -> None:
+    arena = Arena(2, False)
+    good = _pure_ack()
+    _views, _, (arena_c, slot, hlen, lens, _) = arena.lay([frame, good], [False, False])
+    out = ffi.new("uint8_t[]", 2)
+    n = lib.ns_pure_acks(arena_c, slot, hlen, lens, 2, STACK_MAC, STACK_IP, 0, out)
+    assert list(out) == [int(marked), 1] and n == 1 + marked
+    header, _ = wtcp.parse(memoryview(good)[34:], PEER_IP, STACK_IP)
+    fields = struct.unpack_from("!IIHHIIBBHHH4xII", good, 26)
+    assert fields[4:6] == (header.seq, header.ack) and fields[-2:] == header.options.timestamp
