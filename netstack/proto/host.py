@@ -232,7 +232,7 @@ class Host:
         echo = ECHO_BATCH and self._echo_sock is not None
         if echo and self._echo_batch(frames, now, meta, arena):
             return True
-        return ACK_BATCH and self._ack_batch(frames, now, meta, arena)
+        return ACK_BATCH and bool(self.tcp.conns) and self._ack_batch(frames, now, meta, arena)
 
     def _ack_batch(
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
