@@ -98,7 +98,8 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         cpu = 1 if args.place == "same" else 0
     try:
         code = CLIENT.format(anchor=str(bench.anchor), host=udp_bench.STACK_IP, mb=args.mb)
-        tap0, (gso0, filt0) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
+        tap0, (gso0, filt0, rex0) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
+        kdrop0 = kernel_drops(bench, bench.ns_a)
         before, iv0 = thread_stats(pid), nivcsw(pid)
         sampler = placement.PlacementSampler(pid, every=0.02).start()
         t0 = time.monotonic()
@@ -111,7 +112,8 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
             same = sampler.stop()
         wall = time.monotonic() - t0
         after, iv1 = thread_stats(pid), nivcsw(pid)
-        tap1, (gso1, filt1) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
+        tap1, (gso1, filt1, rex1) = tap_counts(bench, bench.ns_a), scrape(bench, bench.ns_a)
+        kdrop1 = kernel_drops(bench, bench.ns_a)
     finally:
         log = bench.stop_stack()
     rate = float(out[0])
@@ -136,6 +138,8 @@ def one(bench: compare.Compare, name: str, cwd: Path, args: argparse.Namespace) 
         "acks/64K": (tap1[0] - tap0[0]) / (args.mb * 16),
         "segs/64K": (gso1 - gso0) / (args.mb * 16),
         "filtered/64K": (filt1 - filt0) / (args.mb * 16),
+        "rexmit": rex1 - rex0,
+        "kdrops": kdrop1 - kdrop0,
         "loop_wait_s": loop[2] / 1e9,
         "loop_slices": loop[3],
         "stack_nivcsw": iv1 - iv0,
@@ -160,18 +164,35 @@ def tap_counts(bench, ns: str) -> tuple[int, int]:
     return 0, 0
 
 
-def scrape(bench, ns: str) -> tuple[float, float]:
-    """Super-segments the stack has sent (netstack_gso_frames_total{direction="tx"}) and the
-    ACKs it filtered (netstack_tcp_acks_filtered_total; 0 where the counter does not exist)."""
+def scrape(bench, ns: str) -> tuple[float, float, float]:
+    """Super-segments the stack has sent (netstack_gso_frames_total{direction="tx"}), the
+    ACKs it filtered (netstack_tcp_acks_filtered_total; 0 where the counter does not exist)
+    and the segments it sent again (netstack_tcp_retransmitted_segments_total)."""
     cmd = ["curl", "-s", "--max-time", "2", "http://127.0.0.1:9464/metrics"]
     out = bench.sh(bench.in_ns(ns, cmd), check=False).stdout
-    gso = filtered = 0.0
+    gso = filtered = rexmit = 0.0
     for line in out.splitlines():
         if line.startswith("netstack_gso_frames_total") and 'direction="tx"' in line:
             gso = float(line.split()[-1])
         elif line.startswith("netstack_tcp_acks_filtered_total"):
             filtered = float(line.split()[-1])
-    return gso, filtered
+        elif line.startswith("netstack_tcp_retransmitted_segments_total"):
+            rexmit = float(line.split()[-1])
+    return gso, filtered, rexmit
+
+
+KERNEL_DROPS = ("TCPBacklogDrop", "TCPRcvQDrop", "TCPOFODrop", "TCPZeroWindowDrop")
+
+
+def kernel_drops(bench, ns: str) -> int:
+    """Segments the client's kernel dropped on receive (its socket backlog or receive queue
+    full, /proc/net/netstat TcpExt): what makes a sender retransmit on a clean TAP."""
+    out = bench.sh(bench.in_ns(ns, ["cat", "/proc/net/netstat"]), check=False).stdout
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return 0
+    row = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return sum(int(row.get(k, 0)) for k in KERNEL_DROPS)
 
 
 def loadavg() -> list[str]:
@@ -203,7 +224,7 @@ def main() -> int:
     print(f"# {time.strftime('%H:%M:%S')} load {loadavg()}"
           f" stack args {a.stack_args!r}, {a.mb} MiB")  # fmt: skip
     cols = ("MiB/s", "cpu%", "cpu_us/64K", "user_us/64K", "loop_run_us/64K", "1cpu%",
-            "acks/64K", "segs/64K", "filtered/64K",
+            "acks/64K", "segs/64K", "filtered/64K", "rexmit", "kdrops",
             "client_cpu%", "loop_wait_s",
             "loop_slices", "stack_nivcsw", "client_wait_s", "client_slices",
             "client_nivcsw")  # fmt: skip
