@@ -88,8 +88,12 @@ class SoftLink:
             self.slots[i][: len(f)] = f
             self.lens[i] = len(f)
 
-    def merge(self, n: int) -> tuple[list[memoryview], list[int] | None]:
-        return self.gro.merge(self.arena, VNET_RX_SLOT, self.lens, n, self.slots)
+    def merge(self, n: int) -> tuple[list[memoryview], list[int] | None, tuple | None]:
+        """The merged frames, their metadata, and the arena as BatchLink's rx_arena says it
+        (only when nothing merged: the frames are then the arena's first slots)."""
+        frames, meta = self.gro.merge(self.arena, VNET_RX_SLOT, self.lens, n, self.slots)
+        arena = None if meta is not None else (self.arena, VNET_RX_SLOT, 0, self.lens, ffi.NULL)
+        return frames, meta, arena
 
 
 class Pair:
@@ -165,8 +169,8 @@ class Pair:
             if soft is None:
                 self.stack.receive_batch(batch, now)
             else:
-                frames, meta = soft.merge(len(batch))
-                self.stack.receive_batch(frames, now, meta)
+                frames, meta, arena = soft.merge(len(batch))
+                self.stack.receive_batch(frames, now, meta, arena)
             busy += clock() - t0
             if PROFILER is not None:
                 PROFILER.disable()
