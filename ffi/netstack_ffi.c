@@ -988,6 +988,8 @@ static size_t ns_gso_l4(const uint8_t *f, size_t len, uint32_t *pseudo, uint8_t 
         for (int i = 26; i < 34; i += 2)
             s += ns_be16(f + i);
     } else if (f[12] == 0x86 && f[13] == 0xDD && (f[14] >> 4) == 6) {
+        if (len < 54 + 8)
+            return 0;
         l4 = 54;
         p = f[20];
         for (int i = 22; i < 54; i += 2)

@@ -63,8 +63,8 @@ class SoftGso:
     each on a TAP, sendmmsg on AF_PACKET), payloads from where they lie.
 
     When the kernel says EAGAIN part-way, the pieces written are remembered by the frame's
-    headers and length: the loop keeps the frame (an owned copy, hence no identity) and offers
-    it again, and only the rest is written then.
+    bytes: the loop keeps the frame (an owned copy, hence no identity) and offers it again,
+    and only the rest is written then.
     """
 
     def __init__(self, fd: int, mmsg: bool, name: str) -> None:
@@ -73,7 +73,7 @@ class SoftGso:
         self.mmsg = 1 if mmsg else 0
         self.name = name
         self._scratch = ffi.new("uint8_t[]", MAX_HDR * MAX_PIECES)
-        self._resume: tuple[bytes, int, int] | None = None  # (headers, payload length, done)
+        self._resume: tuple[bytes, bytes, int] | None = None  # (headers, payload, done)
         self.frames = 0  # super-segments cut
         self.pieces = 0  # wire segments written from them
 
@@ -85,7 +85,7 @@ class SoftGso:
         hdr, data = split(frame, vnet.hdr_len)
         resume = self._resume
         skip = 0
-        if resume is not None and resume[0] == hdr and resume[1] == len(data):
+        if resume is not None and resume[0] == hdr and resume[1] == data:
             skip = resume[2]
         self._resume = None
         if self.ring is not None:
@@ -105,7 +105,11 @@ class SoftGso:
         if r >= total:
             self.frames += 1
             return True
-        self._resume = (hdr, len(data), r)
+        # Remembered by its bytes, headers and payload: a frame the loop let go meanwhile
+        # (its queue trimmed, a --fault drop) must not make the next one skip pieces, and
+        # two UDP runs can have the same headers (IPv6 has no ID). Only an identical frame
+        # resumes, and its pieces are then exactly the ones still owed.
+        self._resume = (hdr, bytes(data), r)
         return False
 
 

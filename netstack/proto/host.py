@@ -264,7 +264,14 @@ class Host:
         take = self.tcp.receive_pure_ack
         offloaded = self._receive_offloaded
         for i, frame in enumerate(frames):
-            if marks[i] and take(frame, now):
+            # (C checked the address and broadcast as they were at the batch's start: a frame
+            # before this one may have changed them, a DHCPACK or NAK; then per frame)
+            if (
+                marks[i]
+                and ipv4.config.address == dst
+                and ipv4.subnet_broadcast == bcast
+                and take(frame, now)
+            ):
                 c.rx_packets += 1
                 c.rx_bytes += 66
                 c.ipv4_rx += 1

@@ -136,7 +136,23 @@ class World:
     taken: int = 0
 
 
-def _world(ack_batch: bool, seed: int, rate: float, steps: int, sack: bool) -> World:
+# A frame that, handed to the stack, moves its address (as a DHCPACK or NAK would) before
+# the rest of its batch is read: _world(move_at=...) puts one amid a step's ACKs.
+MOVE = weth.build(STACK_MAC, PEER_MAC, 0x88B5) + b"move the address"
+
+
+def _world(
+    ack_batch: bool,
+    seed: int,
+    rate: float,
+    steps: int,
+    sack: bool,
+    *,
+    vnet: bool = False,
+    move_at: int | None = None,
+) -> World:
+    """`vnet`: the arena holds a virtio-net header before each frame, and the link vouches
+    for some frames' checksums (DATA_VALID), as a TAP with offloads hands them over."""
     peer, stack = _host(PEER_MAC, PEER_IP, 1, sack), _host(STACK_MAC, STACK_IP, 2, sack)
     start_services(stack.udp, {"tcp_chargen": 19}, stack.tcp)
     world = World(peer, stack, [])
@@ -148,8 +164,16 @@ def _world(ack_batch: bool, seed: int, rate: float, steps: int, sack: bool) -> W
         return taken
 
     stack.tcp.receive_pure_ack = counted  # type: ignore[method-assign]
+    real_receive = stack.receive
+
+    def receive(frame, now, l4_valid=False):
+        if bytes(frame) == MOVE:
+            stack.set_address(OTHER_IP, 24, PEER_IP)
+        real_receive(frame, now, l4_valid)
+
+    stack.receive = receive  # type: ignore[method-assign]
     r = random.Random(seed)
-    arena = Arena(512, False)
+    arena = Arena(512, vnet)
     now = 10.0
     peer.start(now)
     stack.start(now)
@@ -157,11 +181,14 @@ def _world(ack_batch: bool, seed: int, rate: float, steps: int, sack: bool) -> W
     old = host_mod.ACK_BATCH
     host_mod.ACK_BATCH = ack_batch
     try:
-        for _ in range(steps):
+        for step in range(steps):
             now += 0.0005
-            batch = _perturb(_frames(peer), r, rate)[:512]
+            batch = _perturb(_frames(peer), r, rate)[:511]
+            if step == move_at:
+                batch.insert(len(batch) // 3, MOVE)
             if batch:
-                views, metas, arena_t = arena.lay(batch, [False] * len(batch))
+                valid = [vnet and r.random() < 0.5 for _ in batch]
+                views, metas, arena_t = arena.lay(batch, valid)
                 stack.receive_batch(views, now, metas, arena_t)
             deadline = stack.next_deadline()
             if deadline is not None and deadline <= now:
@@ -195,9 +222,10 @@ def _state(host: Host) -> tuple:
     return counters, conns
 
 
-@pytest.mark.parametrize("sack", [True, False])
-def test_clean_transfer_same_wire_and_state(sack: bool) -> None:
-    on, off = _world(True, 1, 0.0, 300, sack), _world(False, 1, 0.0, 300, sack)
+@pytest.mark.parametrize(("sack", "vnet"), [(True, False), (False, False), (True, True)])
+def test_clean_transfer_same_wire_and_state(sack: bool, vnet: bool) -> None:
+    on = _world(True, 1, 0.0, 300, sack, vnet=vnet)
+    off = _world(False, 1, 0.0, 300, sack, vnet=vnet)
     assert on.wire == off.wire
     assert _state(on.stack) == _state(off.stack)
     assert on.taken > 100 and off.taken == 0
@@ -224,14 +252,34 @@ def test_perturbed_batches_take_the_batch_path(seed: int, rate: float) -> None:
     assert on.taken > 20
 
 
-def _pure_ack(**edit: int) -> bytes:
-    """A valid 66-byte pure ACK from the peer (NOP NOP Timestamps), fields edited."""
+def test_an_address_moved_mid_batch_stops_the_batch_path() -> None:
+    """A frame amid the ACKs moves the stack's address (a DHCPACK or NAK would): the pure ACKs
+    after it are no longer for us, as the per-frame path finds; C marked them with the
+    address the batch started with, so the batch path must look again."""
+    on = _world(True, 1, 0.0, 120, True, move_at=100)
+    off = _world(False, 1, 0.0, 120, True, move_at=100)
+    assert on.wire == off.wire
+    assert _state(on.stack) == _state(off.stack)
+    assert on.taken > 20
+
+
+def _pure_ack(fix: bool = False, **edit: int) -> bytes:
+    """A valid 66-byte pure ACK from the peer (NOP NOP Timestamps), bytes edited (`b47=0x18`:
+    byte 47 set to 0x18); `fix`: both checksums made right again after the edits."""
     opts = wtcp.TcpOptions(timestamp=(5, 6))
     tcp = bytearray(wtcp.build(PEER_IP, STACK_IP, 4000, 19, 100, 200, wtcp.ACK, 500, options=opts))
     ip = wipv4.build(PEER_IP, STACK_IP, 6, len(tcp))
     frame = bytearray(weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4) + ip + tcp)
     for at, value in edit.items():
         frame[int(at[1:])] = value
+    if fix:
+        src = int.from_bytes(frame[26:30], "big")
+        dst = int.from_bytes(frame[30:34], "big")
+        frame[24:26] = b"\0\0"
+        frame[24:26] = checksum(bytes(frame[14:34])).to_bytes(2, "big")
+        frame[50:52] = b"\0\0"
+        csum = checksum(bytes(frame[34:]), initial=pseudo_header_sum(src, dst, 6, 32))
+        frame[50:52] = csum.to_bytes(2, "big")
     return bytes(frame)
 
 
@@ -246,7 +294,15 @@ def _pure_ack(**edit: int) -> bytes:
         (_pure_ack(b24=0x00), False),  # IPv4 header checksum wrong
         (_pure_ack(b5=0x77), False),  # another MAC
         (_pure_ack()[:-1], False),  # 65 bytes
-        (_pure_ack() + b"x", False),  # a byte of payload (the IP length says no: not fast)
+        (_pure_ack() + b"x", False),  # 67 bytes (a byte of payload, or padding)
+        (_pure_ack(True, b47=0x18), False),  # PSH too, checksums right
+        (_pure_ack(True, b46=0x70), False),  # a 28-byte TCP header
+        (_pure_ack(True, b20=0x20), False),  # more fragments
+        (_pure_ack(True, b33=0x09), False),  # to another address
+        (_pure_ack(True, b29=0xFF), False),  # from the subnet's broadcast address (bcast)
+        (_pure_ack(True, b26=0x7F), False),  # from a loopback address
+        (_pure_ack(True, b23=0x11), False),  # UDP
+        (_pure_ack(True, b15=0x01), True),  # TOS/ECN bits: still a pure ACK as parse sees it
     ],
 )
 def test_c_marks_only_valid_pure_acks(frame: bytes, marked: bool) -> None:
@@ -254,7 +310,8 @@ def test_c_marks_only_valid_pure_acks(frame: bytes, marked: bool) -> None:
     good = _pure_ack()
     _views, _, (arena_c, slot, hlen, lens, _) = arena.lay([frame, good], [False, False])
     out = ffi.new("uint8_t[]", 2)
-    n = lib.ns_pure_acks(arena_c, slot, hlen, lens, 2, STACK_MAC, STACK_IP, 0, out)
+    bcast = wipv4.ip_from_str("192.0.2.255")
+    n = lib.ns_pure_acks(arena_c, slot, hlen, lens, 2, STACK_MAC, STACK_IP, bcast, out)
     assert list(out) == [int(marked), 1] and n == 1 + marked
     header, _ = wtcp.parse(memoryview(good)[34:], PEER_IP, STACK_IP)
     fields = struct.unpack_from("!IIHHIIBBHHH4xII", good, 26)

@@ -744,3 +744,41 @@ def test_link_cuts_echo_runs_into_the_replies_a_host_without_uso_sends(requests:
     assert len(wire[0]) == requests
     assert wire[64] == wire[0]
     assert all(udp_valid(d) for d in wire[64])
+
+
+def test_udp_cut_refuses_an_ipv6_header_cut_short() -> None:
+    """An IPv6 UDP super-frame whose header length says less than Ethernet + IPv6 + UDP:
+    refused before any address byte past the header is read."""
+    frame, mark = uso_frame(6, b"x" * 300, 100)
+    for hlen in (42, 50, 53, 61):
+        vnet = mark.vnet._replace(hdr_len=hlen)
+        with pytest.raises(OSError):
+            softoffload.gso_cut(frame[:hlen] + frame[62:], wvnet.mark(vnet))
+
+
+def test_udp_runs_with_the_same_headers_never_resume_each_other() -> None:
+    """Two IPv6 echo runs to one peer, port and size have the same headers (no IP ID). The
+    first is cut short by EAGAIN and then let go (the loop trims its queue, or --fault drops
+    it); the second must still be written whole: only the very same frame resumes."""
+    link, a, b = _pair(gso=True)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        first, mark = uso_frame(6, bytes([1]) * 40 * 1000, 1000)
+        second, _ = uso_frame(6, bytes([2]) * 40 * 1000, 1000)
+        as_sent = [(f[:14], mark, f[14:62], memoryview(f)[62:]) for f in (first, second)]
+        assert link.send_batch([as_sent[0]]) == 0  # part of it went, then EAGAIN
+        sent_first = _drain(b)
+        assert 0 < len(sent_first) < 40
+        got: list[bytes] = []
+        queue = [wvnet.own_frame(as_sent[1])]
+        for _ in range(200):
+            if not queue:
+                break
+            if link.send_batch(queue):
+                queue = []
+            got += _drain(b)
+        got += _drain(b)
+        assert got == softoffload.gso_cut(second, mark)
+    finally:
+        a.close()
+        b.close()
