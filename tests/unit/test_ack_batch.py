@@ -65,12 +65,15 @@ def _frames(host: Host) -> list[bytes]:
     return out
 
 
-def _fix_tcp(frame: bytearray, src: int = PEER_IP) -> bytes:
-    """Recompute a hand-edited 66-byte segment's checksums (IPv4 header, TCP)."""
+def _fix_tcp(frame: bytearray) -> bytes:
+    """Recompute a hand-edited 66-byte segment's checksums (IPv4 header, TCP), for the
+    addresses it now carries."""
+    src = int.from_bytes(frame[26:30], "big")
+    dst = int.from_bytes(frame[30:34], "big")
     frame[24:26] = b"\0\0"
     frame[24:26] = checksum(bytes(frame[14:34])).to_bytes(2, "big")
     frame[50:52] = b"\0\0"
-    csum = checksum(bytes(frame[34:]), initial=pseudo_header_sum(src, STACK_IP, 6, 32))
+    csum = checksum(bytes(frame[34:]), initial=pseudo_header_sum(src, dst, 6, 32))
     frame[50:52] = csum.to_bytes(2, "big")
     return bytes(frame)
 
@@ -104,7 +107,7 @@ def _other(kind: int, r: random.Random, like: bytes) -> list[bytes]:
         return [weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4) + ip + icmp]
     if kind == 7:  # the same segment from another address (no connection: a RST)
         f[26:30] = OTHER_IP.to_bytes(4, "big")
-        return [_fix_tcp(f, OTHER_IP)]
+        return [_fix_tcp(f)]
     # kind 8: the ACK to another MAC (not for us)
     f[0:6] = bytes.fromhex("02aabbccdd77")
     return [bytes(f)]
@@ -272,15 +275,7 @@ def _pure_ack(fix: bool = False, **edit: int) -> bytes:
     frame = bytearray(weth.build(STACK_MAC, PEER_MAC, weth.ETHERTYPE_IPV4) + ip + tcp)
     for at, value in edit.items():
         frame[int(at[1:])] = value
-    if fix:
-        src = int.from_bytes(frame[26:30], "big")
-        dst = int.from_bytes(frame[30:34], "big")
-        frame[24:26] = b"\0\0"
-        frame[24:26] = checksum(bytes(frame[14:34])).to_bytes(2, "big")
-        frame[50:52] = b"\0\0"
-        csum = checksum(bytes(frame[34:]), initial=pseudo_header_sum(src, dst, 6, 32))
-        frame[50:52] = csum.to_bytes(2, "big")
-    return bytes(frame)
+    return _fix_tcp(frame) if fix else bytes(frame)
 
 
 @pytest.mark.parametrize(

@@ -63,17 +63,18 @@ def mark_of(family: int, l4: int, thl: int, mss: int) -> wvnet.VnetMark:
     return (wvnet.tcp4_gso_mark if family == 4 else wvnet.tcp6_gso_mark)(l4, thl, mss)
 
 
-def scapy_valid(frame: bytes) -> bool:
-    """scapy recomputes the IPv4 header and TCP checksums: the same as the frame's?"""
+def scapy_valid(frame: bytes, layer=TCP) -> bool:
+    """scapy recomputes the IPv4 header and the TCP (or UDP) checksum: the same as the
+    frame's?"""
     pkt = Ether(frame)
-    want = pkt[TCP].chksum
-    del pkt[TCP].chksum
+    want = pkt[layer].chksum
+    del pkt[layer].chksum
     if IP in pkt:
         ip_want = pkt[IP].chksum
         del pkt[IP].chksum
         again = Ether(raw(pkt))
-        return again[TCP].chksum == want and again[IP].chksum == ip_want
-    return Ether(raw(pkt))[TCP].chksum == want
+        return again[layer].chksum == want and again[IP].chksum == ip_want
+    return Ether(raw(pkt))[layer].chksum == want
 
 
 # -- the cut --------------------------------------------------------------------------------------
@@ -141,16 +142,7 @@ def uso_frame(family: int, payload: bytes, size: int, ident: int = 7):
 
 
 def udp_valid(piece: bytes) -> bool:
-    """scapy recomputes the UDP (and IPv4 header) checksum: the same as the piece's?"""
-    pkt = Ether(piece)
-    want = pkt[UDP].chksum
-    del pkt[UDP].chksum
-    if IP in pkt:
-        ip_want = pkt[IP].chksum
-        del pkt[IP].chksum
-        again = Ether(raw(pkt))
-        return again[UDP].chksum == want and again[IP].chksum == ip_want
-    return Ether(raw(pkt))[UDP].chksum == want
+    return scapy_valid(piece, UDP)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
