@@ -55,6 +55,7 @@ _F_DATA_VALID = wvnet.F_DATA_VALID
 # A batch's pure ACKs (Host._ack_batch, ns_pure_acks): those that replace their connection's
 # held ACK skip the per-frame path. False turns it off (every frame takes Host.receive).
 ACK_BATCH = True
+ACK_BATCH_MIN = 4
 _pure_acks = lib.ns_pure_acks
 
 
@@ -228,11 +229,18 @@ class Host:
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
     ) -> bool:
         """The batch taken by a C pass: UDP echo requests (_echo_batch), else pure ACKs
-        (_ack_batch). False when neither took it (nothing done)."""
+        (_ack_batch; from ACK_BATCH_MIN frames: a handshake's or a round trip's turn of two or
+        three frames would pay the pass for at most one ACK taken). False when neither took
+        it (nothing done)."""
         echo = ECHO_BATCH and self._echo_sock is not None
         if echo and self._echo_batch(frames, now, meta, arena):
             return True
-        return ACK_BATCH and bool(self.tcp.conns) and self._ack_batch(frames, now, meta, arena)
+        return (
+            ACK_BATCH
+            and len(frames) >= ACK_BATCH_MIN
+            and bool(self.tcp.conns)
+            and self._ack_batch(frames, now, meta, arena)
+        )
 
     def _ack_batch(
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
