@@ -8,6 +8,7 @@ tap_tx = "writev" (one writev per frame: the fallback where io_uring is unavaila
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import subprocess
 import sys
@@ -221,12 +222,50 @@ def test_packet_link_with_offloads_over_veth(
             assert float(completed[0].rsplit(" ", 1)[1]) >= SIZE // 65536, completed
         else:
             assert completed == []
+        _udp_burst_through_packet_link(proc, kernel_ns, stack_ns, mode)
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
             proc.wait(10)
         netns_del(kernel_ns)
         netns_del(stack_ns)
+
+
+def _udp_gso_tx(ns: str) -> float:
+    for line in front_helpers.scrape_in(ns).splitlines():
+        if line.startswith("netstack_gso_frames_total{") and 'direction="tx"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _udp_burst_through_packet_link(
+    proc: subprocess.Popen, kernel_ns: str, stack_ns: str, mode: str
+) -> None:
+    """64 echo requests queued while the stack is stopped, so one receive batch holds them:
+    every reply back exactly once (the kernel drops a bad checksum). With software GSO the
+    replies leave as a UDP super-frame the link cuts (pieces by sendmmsg): gso frames grow."""
+    sock = ns_socket(kernel_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.settimeout(5)
+        sock.connect((STACK_IP, ECHO))
+        sock.send(b"hello")  # the stack learns the peer (and the kernel the stack) first
+        assert sock.recv(2048) == b"hello"
+        before = _udp_gso_tx(stack_ns)
+        sent = [i.to_bytes(4, "big") + bytes([i]) * 60 for i in range(64)]
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for payload in sent:
+                sock.send(payload)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        got = [sock.recv(2048) for _ in sent]
+    finally:
+        sock.close()
+    assert sorted(got) == sorted(sent)
+    grew = _udp_gso_tx(stack_ns) - before
+    if mode == "soft":
+        assert grew >= 1, grew
 
 
 @pytest.mark.parametrize("mode", ["auto", "soft", "off"])
