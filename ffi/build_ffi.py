@@ -139,6 +139,9 @@ int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const 
                      int start, int n, uint32_t addr, uint32_t port);
 int ns_pure_acks(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
                  int n, const char *mac, uint32_t addr, uint32_t bcast, uint8_t *out);
+int ns_ack_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n,
+                const char *mac, uint32_t addr, uint32_t bcast, uint8_t *pure, int32_t *head,
+                int32_t *member, uint16_t *wnd);
 """
 
 ffibuilder = FFI()

@@ -1793,3 +1793,112 @@ int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const 
     }
     return n;
 }
+
+/* Runs of pure ACKs in a receive batch (proto/host.py Host._ack_batch): frames as ns_pure_acks
+ * marks them, grouped per flow into runs the host may take at once. Within a run every member
+ * after the first is a pure ACK of the same flow whose sequence number equals the first's,
+ * whose ACK rises strictly over the member before and whose TSval does not fall, both spans
+ * from the first member below 2^31: so each member would replace the one before it as the
+ * held ACK (connection.py _ack_supersedes) exactly when the last would replace the first.
+ * A run ends at any frame of its flow that is not such a member, and every run ends at any
+ * frame that is not a TCP segment ns_rx_fast accepts (an ICMP error may release a held ACK,
+ * a DHCP reply may move the address: nothing between a run's members may touch its
+ * connection). Out, for runs of three members or more: head[i] = the index of the run's last
+ * member | the run's length << 16 for its first member i (else -1), member[i] = first + 1 for its later members (else
+ * 0), wnd[i] = the largest raw window among the run's members but the last. Returns the
+ * number of pure ACKs marked (as ns_pure_acks). */
+#define NS_RUN_FLOWS 8
+struct ns_ack_run {
+    uint8_t key[12];
+    int first, second, last, count;
+    uint32_t seq, ack0, ack, ts0, ts;
+    uint16_t wnd, last_wnd;
+};
+
+static void ns_run_end(struct ns_ack_run *r, int32_t *head, int32_t *member, uint16_t *wnd)
+{
+    if (r->count >= 3) {
+        head[r->first] = r->last | (r->count << 16);
+        wnd[r->first] = r->wnd;
+    } else if (r->count == 2) {
+        member[r->second] = 0;
+    }
+    r->count = 0;
+}
+
+int ns_ack_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n,
+                const char *mac, uint32_t addr, uint32_t bcast, uint8_t *pure_out, int32_t *head,
+                int32_t *member, uint16_t *wnd)
+{
+    static const uint8_t nop_nop_ts[4] = {1, 1, 8, 10};
+    struct ns_ack_run runs[NS_RUN_FLOWS];
+    int i, k, m = 0, nruns = 0;
+
+    for (i = 0; i < n; i++) {
+        const uint8_t *f = arena + (size_t)i * slot_size + hlen;
+        size_t len = lens[i] >= hlen ? lens[i] - hlen : 0;
+        uint32_t r = len >= 34 && len < slot_size ? ns_rx_fast_v(f, len, mac, addr, bcast, 0) : 0;
+        struct ns_ack_run *run = NULL;
+        int pure;
+
+        head[i] = -1;
+        member[i] = 0;
+        wnd[i] = 0;
+        pure_out[i] = 0;
+        if ((r & 0xff) != 6) { /* not a TCP segment the fast path takes: every run ends */
+            for (k = 0; k < nruns; k++)
+                ns_run_end(&runs[k], head, member, wnd);
+            nruns = 0;
+            continue;
+        }
+        pure = len == 66 && r == ((52u << 8) | 6u) && (f[46] >> 4) == 8 && f[47] == 0x10 &&
+               memcmp(f + 54, nop_nop_ts, 4) == 0;
+        m += pure;
+        pure_out[i] = (uint8_t)pure;
+        for (k = 0; k < nruns; k++)
+            if (memcmp(runs[k].key, f + 26, 12) == 0) {
+                run = &runs[k];
+                break;
+            }
+        if (pure) {
+            uint32_t seq = ns_be32(f + 38), ack = ns_be32(f + 42), ts = ns_be32(f + 58);
+            uint16_t w = (uint16_t)ns_be16(f + 48);
+
+            if (run != NULL && run->count > 0 && seq == run->seq && ack - run->ack - 1 < 0x7fffffffu &&
+                ack - run->ack0 < 0x80000000u && ts - run->ts < 0x80000000u &&
+                ts - run->ts0 < 0x80000000u) {
+                if (run->last_wnd > run->wnd)
+                    run->wnd = run->last_wnd;
+                if (run->count == 1)
+                    run->second = i;
+                run->count++;
+                run->last = i;
+                run->ack = ack;
+                run->ts = ts;
+                run->last_wnd = w;
+                member[i] = run->first + 1;
+                continue;
+            }
+            if (run == NULL) {
+                if (nruns == NS_RUN_FLOWS)
+                    continue; /* too many flows in one batch: this one takes no run */
+                run = &runs[nruns++];
+                memcpy(run->key, f + 26, 12);
+            } else {
+                ns_run_end(run, head, member, wnd);
+            }
+            run->first = run->last = i;
+            run->count = 1;
+            run->seq = seq;
+            run->ack0 = run->ack = ack;
+            run->ts0 = run->ts = ts;
+            run->wnd = 0;
+            run->last_wnd = w;
+        } else if (run != NULL) {
+            ns_run_end(run, head, member, wnd); /* another segment of the flow */
+        }
+    }
+    for (k = 0; k < nruns; k++)
+        ns_run_end(&runs[k], head, member, wnd);
+    return m;
+}

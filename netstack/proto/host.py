@@ -56,7 +56,7 @@ _F_DATA_VALID = wvnet.F_DATA_VALID
 # held ACK skip the per-frame path. False turns it off (every frame takes Host.receive).
 ACK_BATCH = True
 ACK_BATCH_MIN = 4
-_pure_acks = lib.ns_pure_acks
+_ack_runs = lib.ns_ack_runs
 
 
 @dataclasses.dataclass(slots=True)
@@ -150,7 +150,7 @@ class Host:
         self._echo_sock: UdpSocket | None = None
         self._echo_ips: list[int] = []
         self._echo_c: _EchoC | None = None
-        self._ack_marks = ffi.new("uint8_t[]", 64)  # _ack_batch's, one per frame (grows)
+        self._ack_marks: tuple | None = None  # _ack_batch's per-frame arrays (grow)
 
     # -- the loop's entry points ---------------------------------------------------------
     def start(self, now: float, lease: Lease | None = None) -> None:
@@ -245,13 +245,17 @@ class Host:
     def _ack_batch(
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
     ) -> bool:
-        """The batch with its pure ACKs found in one C pass (ns_pure_acks): each frame in
-        order, a marked one offered first to TcpEngine.receive_pure_ack, which takes it
-        when it replaces its connection's held ACK (a bulk sender's run of ACKs from a
-        peer that ACKs every other segment: one kept, the rest filtered, ACK_HOLD), the rest
-        through the per-frame path as receive_batch hands them on. The same frames, in the
-        same order, with the same effects, counters included: only the parse is saved.
-        False (nothing done) when the batch has fewer than two pure ACKs."""
+        """The batch with its pure ACKs found in one C pass (ns_ack_runs): each frame in
+        order, a pure ACK offered first to TcpEngine.receive_pure_ack, which takes it when
+        it replaces its connection's held ACK (ACK_HOLD), the rest through the per-frame path
+        as receive_batch hands them on. A run of pure ACKs of one flow (three or more, the
+        ACK rising, nothing between them that could touch the connection) is offered whole
+        after its first member: TcpEngine.take_ack_run takes its last member for all of them
+        when that one replaces the first (then each would have replaced the one before), and
+        the other members are passed over; else they go one by one as above. The same
+        frames, in the same order, with the same effects, counters included: only the
+        parse, and for a run the per-ACK calls, are saved. False (nothing done) when the
+        batch has fewer than two pure ACKs."""
         arena_c, slot_size, hlen, lens, _ = arena
         ipv4 = self.ipv4
         dst = ipv4.config.address
@@ -259,38 +263,54 @@ class Host:
             return False
         n = len(frames)
         marks = self._ack_marks
-        if len(marks) < n:
-            marks = self._ack_marks = ffi.new("uint8_t[]", n)
+        if marks is None or len(marks[0]) < n:
+            size = max(n, 64)
+            marks = self._ack_marks = (
+                ffi.new("uint8_t[]", size), ffi.new("int32_t[]", size),
+                ffi.new("int32_t[]", size), ffi.new("uint16_t[]", size),
+            )  # fmt: skip
+        pure, head, member, wnd = marks
         mac = self.config.mac
         if type(mac) is not bytes:
             mac = bytes(mac)
         bcast = ipv4.subnet_broadcast
-        if _pure_acks(arena_c, slot_size, hlen, lens, n, mac, dst, bcast or 0, marks) < 2:
+        if _ack_runs(arena_c, slot_size, hlen, lens, n, mac, dst, bcast or 0, *marks) < 2:
             return False
         c = self.counters
         receive = self.receive
-        take = self.tcp.receive_pure_ack
+        tcp = self.tcp
+        take = tcp.receive_pure_ack
         offloaded = self._receive_offloaded
+        taken_runs: set[int] | None = None  # first members whose run was taken whole
         for i, frame in enumerate(frames):
+            first = member[i] - 1
+            if first >= 0 and taken_runs is not None and first in taken_runs:
+                continue  # counted with its run
             # (C checked the address and broadcast as they were at the batch's start: a frame
             # before this one may have changed them, a DHCPACK or NAK; then per frame)
-            if (
-                marks[i]
-                and ipv4.config.address == dst
-                and ipv4.subnet_broadcast == bcast
-                and take(frame, now)
-            ):
+            same = ipv4.config.address == dst and ipv4.subnet_broadcast == bcast
+            if pure[i] and same and take(frame, now):
                 c.rx_packets += 1
                 c.rx_bytes += 66
                 c.ipv4_rx += 1
-                continue
-            m = meta[i] if meta else 0
-            if not m:
-                receive(frame, now)
-            elif m == _F_DATA_VALID:
-                receive(frame, now, True)
             else:
-                offloaded(frame, m, now)
+                m = meta[i] if meta else 0
+                if not m:
+                    receive(frame, now)
+                elif m == _F_DATA_VALID:
+                    receive(frame, now, True)
+                else:
+                    offloaded(frame, m, now)
+            run = head[i]
+            if run >= 0 and same:
+                last, more = run & 0xFFFF, (run >> 16) - 1
+                if tcp.take_ack_run(frames[last], more, wnd[i], now):
+                    c.rx_packets += more
+                    c.rx_bytes += 66 * more
+                    c.ipv4_rx += more
+                    if taken_runs is None:
+                        taken_runs = set()
+                    taken_runs.add(i)
         return True
 
     def _echo_batch(

@@ -921,6 +921,27 @@ class Connection:
         self._replace_held(h, now, held)
         return True
 
+    def take_ack_run(self, h: TcpHeader, more: int, window: int, now: float) -> bool:
+        """A run of `more` pure ACKs after the held one, `h` its last (Host._ack_batch): the
+        same seq, the ACK rising and TSval not falling from member to member, both within
+        2^31 of the held one's, nothing else of the connection between them. When `h`
+        replaces the held ACK, each member would have replaced the one before: every
+        _ack_supersedes condition lies between the held one's, which held, and `h`'s. Then
+        segment() on each in turn leaves what this does once: the members counted, the
+        largest window among all but the last (`window`, raw) folded in, `h` held for all."""
+        held = self.ack_held
+        if held is None or not self._ack_supersedes(h, now, held):
+            return False
+        self.last_rx = now
+        self.ka_probes = 0
+        self.stats[0] += more
+        wnd = max(held[0].window, window) << self.snd_wscale
+        if wnd > self.max_snd_wnd:
+            self.max_snd_wnd = wnd
+        self.ack_held = (h, now, held[2] + more)
+        self.counters.tcp_acks_filtered += more
+        return True
+
     def release_ack(self) -> None:
         """Process the held pure ACK now (ACK_HOLD), before anything reads or changes the
         TCB (every method the engine, the timers or the application call starts here).

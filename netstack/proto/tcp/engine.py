@@ -635,6 +635,27 @@ class TcpEngine:
         self._dirty[conn] = None
         return True
 
+    def take_ack_run(self, frame: memoryview, more: int, window: int, now: float) -> bool:
+        """The rest of a run of pure ACKs (Host._ack_batch, ns_ack_runs): `frame` is its last
+        member, `more` how many members followed the first, `window` the largest raw window
+        of all but the last. Taken at once when the last replaces the connection's held ACK
+        (the run's first, just processed): then, the run being monotone, each member would
+        have replaced the one before (Connection.take_ack_run). False leaves the members to
+        be offered one by one."""
+        src, dst, sport, dport, seq, ack, _offset, flags, wnd, csum, urgent, tsval, tsecr = (
+            _PURE_ACK.unpack_from(frame, 26)
+        )
+        conn = self.conns.get((dst, dport, src, sport))
+        if conn is None or conn.__class__ is not Connection or conn.ack_held is None:
+            return False
+        options = _new(TcpOptions, (None, None, False, (), (tsval, tsecr)))
+        h = _new(TcpHeader, (sport, dport, seq, ack, 32, flags, wnd, csum, urgent, options))
+        if not conn.take_ack_run(h, more, window, now):
+            return False
+        self.counters.tcp_segments_rx += more
+        self._dirty[conn] = None
+        return True
+
     def _demux(
         self, src: Address, dst: Address, h: TcpHeader, payload: memoryview, now: float
     ) -> None:

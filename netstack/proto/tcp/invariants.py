@@ -164,6 +164,7 @@ class Checker:
             engine.transmit, engine.transmit_fast, engine.receive_fast, engine.flush, engine.poll,
         )  # fmt: skip
         receive6, receive_pure_ack = engine.receive6, engine.receive_pure_ack
+        take_ack_run = engine.take_ack_run
 
         def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
@@ -192,6 +193,14 @@ class Checker:
                 self.arrivals[(dst, dport, src, sport)] += 1
             return taken
 
+        def checked_take_ack_run(frame, more, window, now) -> bool:
+            # a run of pure ACKs taken at once: `more` arrivals on its flow
+            taken = take_ack_run(frame, more, window, now)
+            if taken:
+                src, dst, sport, dport = struct.unpack_from("!IIHH", frame, 26)
+                self.arrivals[(dst, dport, src, sport)] += more
+            return taken
+
         def checked_receive6(ip, segment, packet, now, checked=False) -> None:
             # IPv6 arrivals (registered by attach_ipv6, and read by the IPv6 fast path, both
             # after this: they take this wrapper)
@@ -217,6 +226,7 @@ class Checker:
         engine.receive_fast = checked_receive_fast  # type: ignore[method-assign]
         engine.receive6 = checked_receive6  # type: ignore[method-assign]
         engine.receive_pure_ack = checked_receive_pure_ack  # type: ignore[method-assign]
+        engine.take_ack_run = checked_take_ack_run  # type: ignore[method-assign]
         engine.flush = checked_flush  # type: ignore[method-assign]
         engine.poll = checked_poll  # type: ignore[method-assign]
         engine.invariants = self  # type: ignore[attr-defined]
