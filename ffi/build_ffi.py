@@ -137,8 +137,6 @@ int ns_udp_echo_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const 
                      uint32_t *segs, int max_segs, int *nsegs, uint64_t *rx_bytes);
 int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
                      int start, int n, uint32_t addr, uint32_t port);
-int ns_pure_acks(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
-                 int n, const char *mac, uint32_t addr, uint32_t bcast, uint8_t *out);
 int ns_ack_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens, int n,
                 const char *mac, uint32_t addr, uint32_t bcast, uint8_t *pure, int32_t *head,
                 int32_t *member, uint16_t *wnd);

@@ -623,35 +623,6 @@ uint32_t ns_rx_fast_v(const uint8_t *f, size_t len, const char *mac, uint32_t ad
     return (total << 8) | proto;
 }
 
-/* The pure ACKs of a receive batch (proto/host.py Host._ack_batch; ACK filtering,
- * proto/tcp/connection.py ACK_HOLD): out[i] = 1 for frame i (after hlen bytes of virtio-net
- * header in slot i of the arena) when ns_rx_fast accepts it as a TCP segment to `addr` (its
- * every check: the MAC, a 20-byte IPv4 header with a true checksum, not a fragment, a sane
- * source, the TCP checksum) and it is exactly 66 bytes: 52 of IPv4, a 32-byte TCP header
- * whose options are NOP NOP Timestamps (what wire/tcp.py parses on its fast case), flags
- * exactly ACK, no payload. Python then reads it at fixed offsets without parsing it; the TCP
- * checksum is always summed here (52 bytes). Returns how many frames were marked. */
-int ns_pure_acks(const uint8_t *arena, size_t slot_size, size_t hlen, const uint32_t *lens,
-                 int n, const char *mac, uint32_t addr, uint32_t bcast, uint8_t *out)
-{
-    static const uint8_t nop_nop_ts[4] = {1, 1, 8, 10};
-    int i, m = 0;
-
-    for (i = 0; i < n; i++) {
-        const uint8_t *f = arena + (size_t)i * slot_size + hlen;
-
-        out[i] = 0;
-        if (lens[i] != 66 + hlen || (f[46] >> 4) != 8 || f[47] != 0x10 ||
-            memcmp(f + 54, nop_nop_ts, 4) != 0)
-            continue;
-        if (ns_rx_fast_v(f, 66, mac, addr, bcast, 0) != ((52u << 8) | 6u))
-            continue;
-        out[i] = 1;
-        m++;
-    }
-    return m;
-}
-
 /* Receive with the virtio-net header (netstack/io/link.py BatchLink._receive_vnet): the common
  * case of a batch is frames whose header says nothing, or an ordinary (not GSO) frame whose L4
  * checksum the kernel left partial (its CHECKSUM_PARTIAL: every UDP datagram and small TCP
@@ -1794,8 +1765,14 @@ int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const 
     return n;
 }
 
-/* Runs of pure ACKs in a receive batch (proto/host.py Host._ack_batch): frames as ns_pure_acks
- * marks them, grouped per flow into runs the host may take at once. Within a run every member
+/* The pure ACKs of a receive batch and their runs (proto/host.py Host._ack_batch; ACK filtering,
+ * proto/tcp/connection.py ACK_HOLD). pure[i] = 1 for frame i (after hlen bytes of virtio-net
+ * header in slot i of the arena) when ns_rx_fast accepts it as a TCP segment to `addr` (its
+ * every check: the MAC, a 20-byte IPv4 header with a true checksum, not a fragment, a sane
+ * source, the TCP checksum, always summed here) and it is exactly 66 bytes: 52 of IPv4, a
+ * 32-byte TCP header whose options are NOP NOP Timestamps (what wire/tcp.py parses on its
+ * fast case), flags exactly ACK, no payload; Python then reads it at fixed offsets. These are
+ * grouped per flow into runs the host may take at once. Within a run every member
  * after the first is a pure ACK of the same flow whose sequence number equals the first's,
  * whose ACK rises strictly over the member before and whose TSval does not fall, both spans
  * from the first member below 2^31: so each member would replace the one before it as the
@@ -1804,9 +1781,9 @@ int ns_udp_echo_scan(const uint8_t *arena, size_t slot_size, size_t hlen, const 
  * frame that is not a TCP segment ns_rx_fast accepts (an ICMP error may release a held ACK,
  * a DHCP reply may move the address: nothing between a run's members may touch its
  * connection). Out, for runs of three members or more: head[i] = the index of the run's last
- * member | the run's length << 16 for its first member i (else -1), member[i] = first + 1 for its later members (else
- * 0), wnd[i] = the largest raw window among the run's members but the last. Returns the
- * number of pure ACKs marked (as ns_pure_acks). */
+ * member | the run's length << 16 for its first member i (else -1; n < 32768), member[i] =
+ * first + 1 for its later members (else 0), wnd[i] = the largest raw window among the run's
+ * members but the last. Returns the number of pure ACKs marked. */
 #define NS_RUN_FLOWS 8
 struct ns_ack_run {
     uint8_t key[12];
@@ -1837,7 +1814,7 @@ int ns_ack_runs(const uint8_t *arena, size_t slot_size, size_t hlen, const uint3
     for (i = 0; i < n; i++) {
         const uint8_t *f = arena + (size_t)i * slot_size + hlen;
         size_t len = lens[i] >= hlen ? lens[i] - hlen : 0;
-        uint32_t r = len >= 34 && len < slot_size ? ns_rx_fast_v(f, len, mac, addr, bcast, 0) : 0;
+        uint32_t r = len >= 34 && lens[i] < slot_size ? ns_rx_fast_v(f, len, mac, addr, bcast, 0) : 0;
         struct ns_ack_run *run = NULL;
         int pure;
 

@@ -52,7 +52,7 @@ _ECHO_SEGS = 256  # segments (same peer, port and size in a row) of one ns_udp_e
 ECHO_PEERS = 8  # peers whose headers C may use at once (the most recently learned)
 _ECHO_OUT_SIZE = 1 << 18  # replies of one C run; a run stops early when full (and resumes)
 _F_DATA_VALID = wvnet.F_DATA_VALID
-# A batch's pure ACKs (Host._ack_batch, ns_pure_acks): those that replace their connection's
+# A batch's pure ACKs (Host._ack_batch, ns_ack_runs): those that replace their connection's
 # held ACK skip the per-frame path. False turns it off (every frame takes Host.receive).
 ACK_BATCH = True
 ACK_BATCH_MIN = 4
@@ -262,6 +262,8 @@ class Host:
         if not dst:
             return False
         n = len(frames)
+        if n >= 32768 or (meta and meta.count(0) + meta.count(_F_DATA_VALID) != n):
+            return False  # (a link hands over an arena only with plain frames; be sure)
         marks = self._ack_marks
         if marks is None or len(marks[0]) < n:
             size = max(n, 64)

@@ -90,7 +90,7 @@ SOFT_ERRNO = {
     (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE): errno.ECONNREFUSED,
 }
 COOKIE_WINDOW = 2 * isnmod.MAX_AGE * isnmod.COOKIE_PERIOD  # accept cookie ACKs this long
-# A pure ACK as ns_pure_acks vouched for it, read from the frame's IPv4 source address on
+# A pure ACK as ns_ack_runs vouched for it, read from the frame's IPv4 source address on
 # (offset 26): addresses, ports, seq, ack, data offset, flags, window, checksum, urgent
 # pointer, NOP NOP Timestamps (skipped), TSval, TSecr.
 _PURE_ACK = struct.Struct("!IIHHIIBBHHH4xII")
@@ -618,7 +618,7 @@ class TcpEngine:
     def receive_pure_ack(self, frame: memoryview, now: float) -> bool:
         """One frame of the host's batch of pure ACKs (Host._ack_batch): a valid 66-byte IPv4
         segment whose options are NOP NOP Timestamps, flags exactly ACK, no text, as
-        ns_pure_acks found it. When it replaces its connection's held ACK (ACK_HOLD), it is
+        ns_ack_runs found it. When it replaces its connection's held ACK (ACK_HOLD), it is
         taken here as receive_fast would take it, from its fields, without the parse and
         the per-frame path; False leaves it to them (the host then hands it to receive)."""
         src, dst, sport, dport, seq, ack, _offset, flags, window, csum, urgent, tsval, tsecr = (
@@ -629,8 +629,12 @@ class TcpEngine:
             return False
         options = _new(TcpOptions, (None, None, False, (), (tsval, tsecr)))
         h = _new(TcpHeader, (sport, dport, seq, ack, 32, flags, window, csum, urgent, options))
-        if not conn.take_superseding_ack(h, now):
-            return False
+        try:
+            if not conn.take_superseding_ack(h, now):
+                return False
+        except Exception:  # as _demux: a bug costs one connection, not the batch
+            self._internal_error(conn, "processing a segment")
+            self.counters.drop(Drop.TCP_INTERNAL_ERROR)
         self.counters.tcp_segments_rx += 1
         self._dirty[conn] = None
         return True
@@ -650,8 +654,12 @@ class TcpEngine:
             return False
         options = _new(TcpOptions, (None, None, False, (), (tsval, tsecr)))
         h = _new(TcpHeader, (sport, dport, seq, ack, 32, flags, wnd, csum, urgent, options))
-        if not conn.take_ack_run(h, more, window, now):
-            return False
+        try:
+            if not conn.take_ack_run(h, more, window, now):
+                return False
+        except Exception:  # as _demux: a bug costs one connection, not the batch
+            self._internal_error(conn, "processing a segment")
+            self.counters.drop(Drop.TCP_INTERNAL_ERROR)
         self.counters.tcp_segments_rx += more
         self._dirty[conn] = None
         return True
