@@ -246,8 +246,8 @@ class Host:
         self, frames: list[memoryview], now: float, meta: list[int] | None, arena: tuple
     ) -> bool:
         """The batch with its pure ACKs found in one C pass (ns_ack_runs): each frame in
-        order, a pure ACK offered first to TcpEngine.receive_pure_ack, which takes it when
-        it replaces its connection's held ACK (ACK_HOLD), the rest through the per-frame path
+        order, a pure ACK offered first to TcpEngine.take_ack_run, which takes it when it
+        replaces its connection's held ACK (ACK_HOLD), the rest through the per-frame path
         as receive_batch hands them on. A run of pure ACKs of one flow (three or more, the
         ACK rising, nothing between them that could touch the connection) is offered whole
         after its first member: TcpEngine.take_ack_run takes its last member for all of them
@@ -281,7 +281,7 @@ class Host:
         c = self.counters
         receive = self.receive
         tcp = self.tcp
-        take = tcp.receive_pure_ack
+        take = tcp.take_ack_run
         offloaded = self._receive_offloaded
         taken_runs: set[int] | None = None  # first members whose run was taken whole
         for i, frame in enumerate(frames):
@@ -291,7 +291,7 @@ class Host:
             # (C checked the address and broadcast as they were at the batch's start: a frame
             # before this one may have changed them, a DHCPACK or NAK; then per frame)
             same = ipv4.config.address == dst and ipv4.subnet_broadcast == bcast
-            if pure[i] and same and take(frame, now):
+            if pure[i] and same and take(frame, 1, 0, now):
                 c.rx_packets += 1
                 c.rx_bytes += 66
                 c.ipv4_rx += 1
@@ -306,7 +306,7 @@ class Host:
             run = head[i]
             if run >= 0 and same:
                 last, more = run & 0xFFFF, (run >> 16) - 1
-                if tcp.take_ack_run(frames[last], more, wnd[i], now):
+                if take(frames[last], more, wnd[i], now):
                     c.rx_packets += more
                     c.rx_bytes += 66 * more
                     c.ipv4_rx += more

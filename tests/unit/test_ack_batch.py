@@ -1,5 +1,5 @@
 """A receive batch's pure ACKs taken from their fields (Host._ack_batch, ns_ack_runs,
-TcpEngine.receive_pure_ack) against the per-frame path.
+TcpEngine.take_ack_run) against the per-frame path.
 
 A bulk sender (the chargen service) on one Host, its peer on another, frames crossing as
 bytes. The peer's ACKs - one per two segments, as each of its receive batches has one segment
@@ -170,22 +170,17 @@ def _world(
     peer, stack = _host(PEER_MAC, PEER_IP, 1, sack), _host(STACK_MAC, STACK_IP, 2, sack)
     start_services(stack.udp, {"tcp_chargen": 19}, stack.tcp)
     world = World(peer, stack, [])
-    real = stack.tcp.receive_pure_ack
+    real_take = stack.tcp.take_ack_run
 
-    def counted(frame, now):
-        taken = real(frame, now)
-        world.taken += taken
+    def counted(frame, more, window, now):  # one ACK alone (more 1), or a run's members
+        taken = real_take(frame, more, window, now)
+        if more == 1:
+            world.taken += taken
+        else:
+            world.runs += taken
         return taken
 
-    stack.tcp.receive_pure_ack = counted  # type: ignore[method-assign]
-    real_run = stack.tcp.take_ack_run
-
-    def counted_run(frame, more, window, now):
-        taken = real_run(frame, more, window, now)
-        world.runs += taken
-        return taken
-
-    stack.tcp.take_ack_run = counted_run  # type: ignore[method-assign]
+    stack.tcp.take_ack_run = counted  # type: ignore[method-assign]
     real_receive = stack.receive
 
     def receive(frame, now, l4_valid=False):

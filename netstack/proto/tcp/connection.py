@@ -907,28 +907,17 @@ class Connection:
         self.ack_held = (h, now, held[2] + 1)
         self.counters.tcp_acks_filtered += 1
 
-    def take_superseding_ack(self, h: TcpHeader, now: float) -> bool:
-        """segment() for a pure ACK (flags exactly ACK, no text) when it replaces the held
-        one, and nothing otherwise: False leaves `h` to segment() (the engine's
-        receive_pure_ack, for the host's batch of pure ACKs: a held ACK's run costs one
-        header and this call per ACK instead of the whole per-frame path)."""
-        held = self.ack_held
-        if held is None or not self._ack_supersedes(h, now, held):
-            return False
-        self.last_rx = now
-        self.ka_probes = 0
-        self.stats[0] += 1
-        self._replace_held(h, now, held)
-        return True
-
     def take_ack_run(self, h: TcpHeader, more: int, window: int, now: float) -> bool:
-        """A run of `more` pure ACKs after the held one, `h` its last (Host._ack_batch): the
-        same seq, the ACK rising and TSval not falling from member to member, both within
-        2^31 of the held one's, nothing else of the connection between them. When `h`
-        replaces the held ACK, each member would have replaced the one before: every
-        _ack_supersedes condition lies between the held one's, which held, and `h`'s. Then
-        segment() on each in turn leaves what this does once: the members counted, the
-        largest window among all but the last (`window`, raw) folded in, `h` held for all."""
+        """segment() for `more` pure ACKs (flags exactly ACK, no text) after the held one, `h`
+        the last, when it replaces the held ACK, and nothing otherwise: False leaves them to
+        segment() (TcpEngine.take_ack_run, for the host's batch of pure ACKs). With more > 1
+        they are a run (Host._ack_batch): the same seq, the ACK rising and TSval not falling
+        from member to member, both within 2^31 of the held one's, nothing else of the
+        connection between them; when `h` replaces the held ACK, each member would have
+        replaced the one before (every _ack_supersedes condition lies between the held
+        one's, which held, and `h`'s). Then segment() on each in turn leaves what this does
+        once: the ACKs counted, the largest window among all but the last (`window`, raw)
+        folded in, `h` held for all."""
         held = self.ack_held
         if held is None or not self._ack_supersedes(h, now, held):
             return False

@@ -90,9 +90,9 @@ SOFT_ERRNO = {
     (wicmp.TYPE_DEST_UNREACHABLE, wicmp.CODE_PORT_UNREACHABLE): errno.ECONNREFUSED,
 }
 COOKIE_WINDOW = 2 * isnmod.MAX_AGE * isnmod.COOKIE_PERIOD  # accept cookie ACKs this long
-# A pure ACK as ns_ack_runs vouched for it, read from the frame's IPv4 source address on
-# (offset 26): addresses, ports, seq, ack, data offset, flags, window, checksum, urgent
-# pointer, NOP NOP Timestamps (skipped), TSval, TSecr.
+# A pure ACK as ns_ack_runs vouched for it (take_ack_run), read from the frame's IPv4 source
+# address on (offset 26): addresses, ports, seq, ack, data offset, flags, window, checksum,
+# urgent pointer, NOP NOP Timestamps (skipped), TSval, TSecr.
 _PURE_ACK = struct.Struct("!IIHHIIBBHHH4xII")
 _new = tuple.__new__
 
@@ -615,37 +615,15 @@ class TcpEngine:
             return
         self._demux(src, dst, h, payload, now)
 
-    def receive_pure_ack(self, frame: memoryview, now: float) -> bool:
-        """One frame of the host's batch of pure ACKs (Host._ack_batch): a valid 66-byte IPv4
-        segment whose options are NOP NOP Timestamps, flags exactly ACK, no text, as
-        ns_ack_runs found it. When it replaces its connection's held ACK (ACK_HOLD), it is
-        taken here as receive_fast would take it, from its fields, without the parse and
-        the per-frame path; False leaves it to them (the host then hands it to receive)."""
-        src, dst, sport, dport, seq, ack, _offset, flags, window, csum, urgent, tsval, tsecr = (
-            _PURE_ACK.unpack_from(frame, 26)
-        )
-        conn = self.conns.get((dst, dport, src, sport))
-        if conn is None or conn.__class__ is not Connection or conn.ack_held is None:
-            return False
-        options = _new(TcpOptions, (None, None, False, (), (tsval, tsecr)))
-        h = _new(TcpHeader, (sport, dport, seq, ack, 32, flags, window, csum, urgent, options))
-        try:
-            if not conn.take_superseding_ack(h, now):
-                return False
-        except Exception:  # as _demux: a bug costs one connection, not the batch
-            self._internal_error(conn, "processing a segment")
-            self.counters.drop(Drop.TCP_INTERNAL_ERROR)
-        self.counters.tcp_segments_rx += 1
-        self._dirty[conn] = None
-        return True
-
     def take_ack_run(self, frame: memoryview, more: int, window: int, now: float) -> bool:
-        """The rest of a run of pure ACKs (Host._ack_batch, ns_ack_runs): `frame` is its last
-        member, `more` how many members followed the first, `window` the largest raw window
-        of all but the last. Taken at once when the last replaces the connection's held ACK
-        (the run's first, just processed): then, the run being monotone, each member would
-        have replaced the one before (Connection.take_ack_run). False leaves the members to
-        be offered one by one."""
+        """Pure ACKs of the host's batch (Host._ack_batch), as ns_ack_runs found them: valid
+        66-byte IPv4 segments whose options are NOP NOP Timestamps, flags exactly ACK, no
+        text. `frame` is the last of `more` ACKs of one flow (one alone, or the members of a
+        run after its first), `window` the largest raw window of the others (0: none). When
+        `frame` replaces the connection's held ACK (ACK_HOLD), all are taken here as
+        receive_fast would take them one by one, from the frame's fields, without the parse
+        and the per-frame path (Connection.take_ack_run: for a run, being monotone, each
+        member would have replaced the one before). False leaves them to that path."""
         src, dst, sport, dport, seq, ack, _offset, flags, wnd, csum, urgent, tsval, tsecr = (
             _PURE_ACK.unpack_from(frame, 26)
         )

@@ -163,8 +163,7 @@ class Checker:
         transmit, transmit_fast, receive_fast, flush, poll = (
             engine.transmit, engine.transmit_fast, engine.receive_fast, engine.flush, engine.poll,
         )  # fmt: skip
-        receive6, receive_pure_ack = engine.receive6, engine.receive_pure_ack
-        take_ack_run = engine.take_ack_run
+        receive6, take_ack_run = engine.receive6, engine.take_ack_run
 
         def checked_transmit(conn, seq, ack, flags, window, payload, options, *more) -> None:
             self.on_transmit(conn, seq, ack, flags, window, payload, options)
@@ -185,16 +184,8 @@ class Checker:
                 dport = int.from_bytes(segment[2:4], "big")
                 self.arrivals[(dst, dport, src, sport)] += 1
 
-        def checked_receive_pure_ack(frame, now) -> bool:
-            # the host's batch of pure ACKs: those taken here arrived too (IPv4, fixed offsets)
-            taken = receive_pure_ack(frame, now)
-            if taken:
-                src, dst, sport, dport = struct.unpack_from("!IIHH", frame, 26)
-                self.arrivals[(dst, dport, src, sport)] += 1
-            return taken
-
         def checked_take_ack_run(frame, more, window, now) -> bool:
-            # a run of pure ACKs taken at once: `more` arrivals on its flow
+            # pure ACKs of the host's batch taken from their fields: `more` arrivals on the flow
             taken = take_ack_run(frame, more, window, now)
             if taken:
                 src, dst, sport, dport = struct.unpack_from("!IIHH", frame, 26)
@@ -225,7 +216,6 @@ class Checker:
         engine.transmit_fast = checked_transmit_fast  # type: ignore[method-assign]
         engine.receive_fast = checked_receive_fast  # type: ignore[method-assign]
         engine.receive6 = checked_receive6  # type: ignore[method-assign]
-        engine.receive_pure_ack = checked_receive_pure_ack  # type: ignore[method-assign]
         engine.take_ack_run = checked_take_ack_run  # type: ignore[method-assign]
         engine.flush = checked_flush  # type: ignore[method-assign]
         engine.poll = checked_poll  # type: ignore[method-assign]
