@@ -282,7 +282,6 @@ class Host:
         receive = self.receive
         tcp = self.tcp
         take = tcp.take_ack_run
-        offloaded = self._receive_offloaded
         taken_runs: set[int] | None = None  # first members whose run was taken whole
         for i, frame in enumerate(frames):
             first = member[i] - 1
@@ -295,14 +294,8 @@ class Host:
                 c.rx_packets += 1
                 c.rx_bytes += 66
                 c.ipv4_rx += 1
-            else:
-                m = meta[i] if meta else 0
-                if not m:
-                    receive(frame, now)
-                elif m == _F_DATA_VALID:
-                    receive(frame, now, True)
-                else:
-                    offloaded(frame, m, now)
+            else:  # (plain metadata only: 0 or DATA_VALID, checked above)
+                receive(frame, now, bool(meta) and meta[i] == _F_DATA_VALID)
             run = head[i]
             if run >= 0 and same:
                 last, more = run & 0xFFFF, (run >> 16) - 1
